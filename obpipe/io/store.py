@@ -1,0 +1,402 @@
+"""The survey cube: a chunked Zarr store of spectra read and written with xarray.
+
+Layout (DESIGN.md, "The cube")::
+
+    survey.zarr/                 root group: the observed survey
+        wave (wave)              vacuum wavelength, AA (coordinate)
+        flux, ivar (spec, wave)  float32, flux in 1e-17 erg/s/cm2/AA and its inverse variance
+        mask (spec, wave)        uint8 bit mask (MASK_BITS)
+        <column> (spec)          one variable per per-spectrum column (SPECTRUM_COLUMNS)
+        truth/                   ground truth of a simulated survey (TRUTH_COLUMNS);
+                                 read by validation only, never by a stage
+
+Chunks hold whole wavelength rows (``chunk_size`` spectra x 3,909 pixels), because
+smoothing and PCA need whole rows. Stores are written block by block: ``create_cube``
+writes the metadata and empty arrays, ``write_block`` fills one chunk-aligned region,
+and ``mark_complete`` sets the root attribute ``obpipe_complete`` last, so a store
+from a killed run is never taken for a finished one.
+
+The functions accept local paths or fsspec URLs (``memory://``, ``s3://`` ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from obpipe.spectra.grid import is_lamost_grid, wavelength_grid
+
+log = logging.getLogger(__name__)
+
+ZARR_FORMAT = 3
+#: Consolidated metadata is not part of the Zarr v3 spec: always off, on write and read.
+CONSOLIDATED = False
+COMPLETE_ATTR = "obpipe_complete"
+TRUTH_GROUP = "truth"
+SPECTRAL_VARIABLES = ("flux", "ivar", "mask")
+
+#: Bits of the per-pixel ``mask``.
+MASK_BITS: dict[str, int] = {
+    "bad_pixel": 1,  # flagged by the reduction (LAMOST andmask/ormask) or a detector artefact
+    "no_coverage": 2,  # outside the wavelength coverage of the original spectrum
+    "sky_residual": 4,  # strong night-sky line residual
+    "telluric": 8,  # strong telluric absorption band
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    """A per-spectrum column: dtype, astropy unit string, description, fill value."""
+
+    dtype: str
+    unit: str
+    description: str
+
+    @property
+    def fill(self) -> Any:
+        if self.dtype == "str":
+            return ""
+        if self.dtype.startswith("float"):
+            return np.nan
+        return -9
+
+
+def _c(dtype: str, unit: str, description: str) -> Column:
+    return Column(dtype, unit, description)
+
+
+#: The observed per-spectrum table: Table 1 names of the paper where they exist.
+SPECTRUM_COLUMNS: dict[str, Column] = {
+    "specid": _c("int64", "", "unique spectrum id (LAMOST obsid)"),
+    "fitsname": _c("str", "", "file name of the spectrum"),
+    "star_id": _c("str", "", "star identifier Jhhmmss.ss+ddmmss.s from RA/Dec (shared by visits)"),
+    "uniqflag": _c("int16", "", "1 for the highest-S/N visit of a star, 2, 3 ... for the others"),
+    "ra": _c("float64", "deg", "right ascension (ICRS)"),
+    "dec": _c("float64", "deg", "declination (ICRS)"),
+    "mjd": _c("int32", "d", "modified Julian date of the observation"),
+    "snr_g": _c("float32", "", "spectral S/N per pixel in the g band"),
+    "rv": _c("float32", "km / s", "radial velocity applied to shift to the rest frame"),
+    "rv_err": _c("float32", "km / s", "uncertainty of rv"),
+    "teff": _c("float32", "K", "survey pipeline effective temperature"),
+    "teff_err": _c("float32", "K", "uncertainty of teff"),
+    "logg": _c("float32", "dex", "survey pipeline surface gravity log10(g / cm s-2)"),
+    "logg_err": _c("float32", "dex", "uncertainty of logg"),
+    "feh": _c("float32", "dex", "survey pipeline [Fe/H]"),
+    "feh_err": _c("float32", "dex", "uncertainty of feh"),
+    "gaia_id": _c("int64", "", "Gaia source_id"),
+    "gaia_release": _c("str", "", "Gaia data release of the astrometry (DR2 or DR3)"),
+    "parallax": _c("float64", "mas", "Gaia parallax as published (no zero-point correction)"),
+    "parallax_error": _c("float32", "mas", "Gaia parallax uncertainty"),
+    "pmra": _c("float32", "mas / yr", "proper motion in RA*cos(dec)"),
+    "pmra_error": _c("float32", "mas / yr", "uncertainty of pmra"),
+    "pmdec": _c("float32", "mas / yr", "proper motion in Dec"),
+    "pmdec_error": _c("float32", "mas / yr", "uncertainty of pmdec"),
+    "ruwe": _c("float32", "", "Gaia renormalised unit weight error"),
+    "astrometric_params_solved": _c("int16", "", "Gaia: 31 = 5-parameter, 95 = 6-parameter"),
+    "nu_eff_used_in_astrometry": _c("float32", "1 / um", "Gaia effective wavenumber (5p)"),
+    "pseudocolour": _c("float32", "1 / um", "Gaia astrometric pseudocolour (6p)"),
+    "ecl_lat": _c("float32", "deg", "ecliptic latitude"),
+    "phot_g_mean_mag": _c("float32", "mag", "Gaia G"),
+    "phot_g_mean_mag_error": _c("float32", "mag", "uncertainty of G"),
+    "phot_bp_mean_mag": _c("float32", "mag", "Gaia BP"),
+    "phot_bp_mean_mag_error": _c("float32", "mag", "uncertainty of BP"),
+    "phot_rp_mean_mag": _c("float32", "mag", "Gaia RP"),
+    "phot_rp_mean_mag_error": _c("float32", "mag", "uncertainty of RP"),
+    "g": _c("float32", "mag", "optical g (AB)"),
+    "g_err": _c("float32", "mag", "uncertainty of g"),
+    "r": _c("float32", "mag", "optical r (AB)"),
+    "r_err": _c("float32", "mag", "uncertainty of r"),
+    "i": _c("float32", "mag", "optical i (AB)"),
+    "i_err": _c("float32", "mag", "uncertainty of i"),
+    "J": _c("float32", "mag", "2MASS J"),
+    "J_err": _c("float32", "mag", "uncertainty of J"),
+    "H": _c("float32", "mag", "2MASS H"),
+    "H_err": _c("float32", "mag", "uncertainty of H"),
+    "Ks": _c("float32", "mag", "2MASS Ks"),
+    "Ks_err": _c("float32", "mag", "uncertainty of Ks"),
+}
+
+#: Ground truth of the mock survey, one row per spectrum (group ``truth``).
+TRUTH_COLUMNS: dict[str, Column] = {
+    "specid": _c("int64", "", "spectrum id, as in the observed table"),
+    "star_index": _c("int64", "", "index of the star (system) in the simulated population"),
+    "visit": _c("int16", "", "visit number of this star, 0-based"),
+    "star_class": _c("str", "", "OB, interloper, subdwarf or white_dwarf"),
+    "is_evolved": _c("bool", "", "observed past the main sequence"),
+    "mass_msun": _c("float32", "solMass", "mass of the primary"),
+    "teff_true": _c("float32", "K", "effective temperature of the primary"),
+    "logg_true": _c("float32", "dex", "surface gravity of the primary"),
+    "feh_true": _c("float32", "dex", "metallicity"),
+    "log_lum_true": _c("float32", "dex(solLum)", "log10 luminosity of the primary"),
+    "vsini_true": _c("float32", "km / s", "projected rotation velocity of the primary"),
+    "MKs_true": _c("float32", "mag", "Ks absolute magnitude of the primary alone"),
+    "MKs_system_true": _c("float32", "mag", "Ks absolute magnitude of the unresolved system"),
+    "distance_kpc_true": _c("float64", "kpc", "heliocentric distance"),
+    "parallax_mas_true": _c("float64", "mas", "true parallax 1/d"),
+    "parallax_zero_point_mas": _c("float32", "mas", "zero-point offset injected in parallax"),
+    "ebv_true": _c("float32", "mag", "E(B-V) along the sight line"),
+    "AKs_true": _c("float32", "mag", "Ks-band extinction"),
+    "is_binary": _c("bool", "", "unresolved binary"),
+    "mass_ratio": _c("float32", "", "secondary/primary mass (0 for single stars)"),
+    "teff_secondary_true": _c("float32", "K", "effective temperature of the secondary"),
+    "MKs_secondary_true": _c("float32", "mag", "Ks absolute magnitude of the secondary"),
+    "rv_true": _c("float32", "km / s", "radial velocity of the primary at this visit"),
+    "has_emission": _c("bool", "", "emission lines present"),
+    "emission_type": _c("str", "", "none, be_disc or nebular"),
+    "halpha_ew_true": _c("float32", "Angstrom", "H-alpha equivalent width (negative = emission)"),
+    "is_broken": _c("bool", "", "spectrum carries an artefact (Appendix A of the paper)"),
+    "broken_kind": _c("str", "", "none, flux_jump, dead_segment, wavelength_shift, spikes"),
+    "snr_true": _c("float32", "", "S/N of the visit set by magnitude and conditions"),
+}
+
+FLUX_UNIT = "1e-17 erg / (s cm2 Angstrom)"
+
+
+class InvalidCubeError(ValueError):
+    """A store that is not a valid (or complete) obpipe cube."""
+
+
+def _numpy_dtype(column: Column) -> Any:
+    return object if column.dtype == "str" else np.dtype(column.dtype)
+
+
+def _template_variable(name: str, column: Column, n_spec: int, chunk_size: int) -> xr.Variable:
+    attrs = {"units": column.unit, "description": column.description}
+    if column.dtype == "str":
+        # Variable-length strings: write the (small) empty column now; dask object
+        # arrays would be loaded anyway by xarray to choose the on-disk dtype.
+        data: Any = np.full(n_spec, "", dtype=object)
+    else:
+        data = da.full(n_spec, column.fill, dtype=_numpy_dtype(column), chunks=chunk_size)
+    return xr.Variable(("spec",), data, attrs=attrs)
+
+
+def _column_encoding(names: Mapping[str, Column], chunk_size: int) -> dict[str, dict[str, Any]]:
+    return {name: {"chunks": (chunk_size,)} for name in names}
+
+
+def create_cube(
+    path: str,
+    n_spec: int,
+    chunk_size: int,
+    attrs: Mapping[str, Any] | None = None,
+    columns: Mapping[str, Column] = SPECTRUM_COLUMNS,
+    truth_columns: Mapping[str, Column] | None = None,
+    overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Create an empty cube of ``n_spec`` spectra on the common grid.
+
+    Writes metadata, the wavelength coordinate and fill values for the small
+    per-spectrum string columns; the big arrays are written later, chunk by chunk,
+    with :func:`write_block`. ``attrs`` become root attributes (provenance). The
+    store is marked incomplete until :func:`mark_complete` is called.
+    """
+    if n_spec <= 0:
+        raise ValueError(f"n_spec must be positive, got {n_spec}")
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    wave = wavelength_grid()
+    n_pix = wave.size
+    spectral = {
+        "flux": ("float32", FLUX_UNIT, "flux density, rest frame", np.nan),
+        "ivar": ("float32", f"({FLUX_UNIT})-2", "inverse variance of flux (0 = no data)", 0.0),
+        "mask": ("uint8", "", "pixel bit mask, bits in attribute 'bits'", 0),
+    }
+    data_vars: dict[str, xr.Variable] = {}
+    for name, (dtype, unit, desc, fill) in spectral.items():
+        arr = da.full((n_spec, n_pix), fill, dtype=dtype, chunks=(chunk_size, n_pix))
+        var_attrs: dict[str, Any] = {"units": unit, "description": desc}
+        if name == "mask":
+            var_attrs["bits"] = ", ".join(f"{k}={v}" for k, v in MASK_BITS.items())
+        data_vars[name] = xr.Variable(("spec", "wave"), arr, attrs=var_attrs)
+    for name, column in columns.items():
+        data_vars[name] = _template_variable(name, column, n_spec, chunk_size)
+    root_attrs = dict(attrs or {})
+    root_attrs[COMPLETE_ATTR] = False
+    root_attrs.setdefault("chunk_size", int(chunk_size))
+    ds = xr.Dataset(
+        data_vars,
+        coords={"wave": ("wave", wave, {"units": "Angstrom", "description": "vacuum wavelength"})},
+        attrs=root_attrs,
+    )
+    encoding = _column_encoding(columns, chunk_size)
+    encoding.update({name: {"chunks": (chunk_size, n_pix)} for name in spectral})
+    mode = "w" if overwrite else "w-"
+    ds.to_zarr(
+        path,
+        mode=mode,
+        compute=False,
+        consolidated=CONSOLIDATED,
+        zarr_format=ZARR_FORMAT,
+        encoding=encoding,
+        storage_options=dict(storage_options) if storage_options else None,
+    )
+    if truth_columns is not None:
+        truth = xr.Dataset(
+            {n: _template_variable(n, c, n_spec, chunk_size) for n, c in truth_columns.items()},
+            attrs={"description": "ground truth of the simulated survey; validation only"},
+        )
+        truth.to_zarr(
+            path,
+            group=TRUTH_GROUP,
+            mode="w",
+            compute=False,
+            consolidated=CONSOLIDATED,
+            zarr_format=ZARR_FORMAT,
+            encoding=_column_encoding(truth_columns, chunk_size),
+            storage_options=dict(storage_options) if storage_options else None,
+        )
+    log.info("created cube %s: %d spectra in chunks of %d", path, n_spec, chunk_size)
+
+
+def _as_block_dataset(block: Mapping[str, Any] | xr.Dataset) -> xr.Dataset:
+    if isinstance(block, xr.Dataset):
+        return block.drop_vars([v for v in ("wave",) if v in block.variables])
+    data_vars = {}
+    for name, value in block.items():
+        arr = np.asarray(value)
+        dims = ("spec", "wave") if arr.ndim == 2 else ("spec",)
+        if arr.dtype.kind == "U":
+            arr = arr.astype(object)
+        data_vars[name] = (dims, arr)
+    return xr.Dataset(data_vars)
+
+
+def write_block(
+    path: str,
+    start: int,
+    block: Mapping[str, Any] | xr.Dataset,
+    group: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> int:
+    """Write one block of rows ``start : start + n`` (chunk-aligned) into an existing cube.
+
+    ``block`` maps variable names to arrays with ``n`` rows (2-D for spectral
+    variables). Returns the number of rows written. Blocks must start on a
+    chunk boundary so that parallel writers never touch the same chunk.
+    """
+    ds = _as_block_dataset(block)
+    n = ds.sizes["spec"]
+    ds.to_zarr(
+        path,
+        group=group,
+        region={"spec": slice(start, start + n)},
+        consolidated=CONSOLIDATED,
+        zarr_format=ZARR_FORMAT,
+        storage_options=dict(storage_options) if storage_options else None,
+    )
+    return n
+
+
+def _open_group(path: str, storage_options: Mapping[str, Any] | None = None) -> zarr.Group:
+    return zarr.open_group(
+        path,
+        mode="r+",
+        zarr_format=ZARR_FORMAT,
+        storage_options=dict(storage_options) if storage_options else None,
+    )
+
+
+def update_attrs(
+    path: str, attrs: Mapping[str, Any], storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Merge ``attrs`` into the root attributes of a store."""
+    _open_group(path, storage_options).attrs.update(dict(attrs))
+
+
+def mark_complete(path: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Mark a store as completely written (the last write of a producer)."""
+    update_attrs(path, {COMPLETE_ATTR: True}, storage_options)
+
+
+def _open_dataset(
+    path: str, group: str | None, storage_options: Mapping[str, Any] | None
+) -> xr.Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        return xr.open_zarr(
+            path,
+            group=group,
+            consolidated=CONSOLIDATED,
+            zarr_format=ZARR_FORMAT,
+            storage_options=dict(storage_options) if storage_options else None,
+        )
+
+
+def validate_cube(ds: xr.Dataset, require_complete: bool = True) -> list[str]:
+    """List what makes ``ds`` not a valid cube (empty list = valid)."""
+    problems: list[str] = []
+    for dim in ("spec", "wave"):
+        if dim not in ds.dims:
+            problems.append(f"missing dimension '{dim}'")
+    if "wave" not in ds.coords:
+        problems.append("missing coordinate 'wave'")
+    elif not is_lamost_grid(ds["wave"].values):
+        problems.append(
+            "coordinate 'wave' is not the common grid log10(lambda) = 3.5682 + 1e-4 i, i < 3909"
+        )
+    for name in SPECTRAL_VARIABLES:
+        if name not in ds.variables:
+            problems.append(f"missing variable '{name}' (spec, wave)")
+        elif ds[name].dims != ("spec", "wave"):
+            problems.append(f"variable '{name}' has dims {ds[name].dims}, expected (spec, wave)")
+        elif ds[name].chunks is not None and len(ds[name].chunks[1]) != 1:
+            problems.append(f"variable '{name}' is chunked along 'wave'; chunks must be whole rows")
+    for name in ("specid", "star_id", "ra", "dec", "snr_g"):
+        if name not in ds.variables:
+            problems.append(f"missing per-spectrum variable '{name}'")
+    if require_complete and not ds.attrs.get(COMPLETE_ATTR, False):
+        problems.append(
+            f"root attribute '{COMPLETE_ATTR}' is not true: the store was not completely "
+            "written (interrupted run?)"
+        )
+    return problems
+
+
+def open_cube(
+    path: str,
+    require_complete: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """Open and validate a survey cube; lazily (dask arrays).
+
+    Raises :class:`InvalidCubeError` naming the store and every missing piece.
+    """
+    try:
+        ds = _open_dataset(path, None, storage_options)
+    except (FileNotFoundError, KeyError, ValueError, zarr.errors.NodeTypeValidationError) as exc:
+        raise InvalidCubeError(f"{path}: not a Zarr v3 obpipe cube ({exc})") from exc
+    problems = validate_cube(ds, require_complete=require_complete)
+    if problems:
+        raise InvalidCubeError(f"{path}: invalid cube: " + "; ".join(problems))
+    return ds
+
+
+def has_truth(path: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """True if the store carries a ``truth`` group (a simulated survey)."""
+    try:
+        group = zarr.open_group(
+            path,
+            mode="r",
+            zarr_format=ZARR_FORMAT,
+            storage_options=dict(storage_options) if storage_options else None,
+        )
+    except (FileNotFoundError, ValueError):
+        return False
+    return TRUTH_GROUP in group
+
+
+def open_truth(path: str, storage_options: Mapping[str, Any] | None = None) -> xr.Dataset:
+    """Open the ``truth`` group of a simulated survey (validation only)."""
+    if not has_truth(path, storage_options):
+        raise InvalidCubeError(f"{path}: no '{TRUTH_GROUP}' group (not a simulated survey)")
+    return _open_dataset(path, TRUTH_GROUP, storage_options)

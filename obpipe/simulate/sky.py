@@ -1,0 +1,282 @@
+"""The sky of the mock survey: positions, dust, photometry and Gaia astrometry.
+
+* Positions: a thin OB disk (exponential in Galactocentric radius, scale length
+  ``disk_scale_length_kpc``; exponential in height, ``disk_scale_height_kpc``),
+  Sun at X = -8.1 kpc. Each star gets a position drawn, by rejection, so that its
+  apparent G lies within the LAMOST-like limits and its declination above
+  ``min_declination_deg``: a magnitude-limited sample, so luminous stars are seen
+  to ~15 kpc and subdwarfs/white dwarfs only nearby.
+* Dust: a plane-parallel exponential layer (``dust_ebv_per_kpc`` in the plane,
+  scale height ``dust_scale_height_kpc``) with lognormal clumpiness per sight
+  line, so E(B-V) grows with distance (to ~3 mag in the plane at 5-8 kpc).
+  Band extinctions use the Fitzpatrick (1999) R_V = 3.1 coefficients of
+  ``obpipe.photometry.synthetic`` for the star's Teff.
+* Photometry: J, H, Ks (2MASS-like errors, 1 % missing), G, BP, RP (Gaia-like
+  errors), g, r, i (XSTPS-GAC-like errors, saturated at r < 12.5 and ~8 % missing);
+  binaries sum the fluxes of both components; Be discs add a near-IR excess.
+* Gaia: parallax errors from the (E)DR3 precision-magnitude relation, inflated by
+  x1.6 for DR2; RUWE lognormal around 1 with a tail for binaries whose parallax
+  scatter exceeds the quoted error; the parallax zero-point of Lindegren et al.
+  (2021) (``gaiadr3-zeropoint``) for DR3, a constant -0.05 mas for DR2.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from obpipe.config import SimulationConfig
+from obpipe.photometry.synthetic import absolute_magnitudes, extinction_coefficients
+
+log = logging.getLogger(__name__)
+
+BAND_COLUMNS = {
+    "g": "g", "r": "r", "i": "i",
+    "G": "phot_g_mean_mag", "BP": "phot_bp_mean_mag", "RP": "phot_rp_mean_mag",
+    "J": "J", "H": "H", "Ks": "Ks",
+}
+_NEAR_IR_EXCESS_SHARE = {"Ks": 1.0, "H": 0.75, "J": 0.45, "RP": 0.12, "G": 0.08, "i": 0.1}
+
+
+def dust_column_ebv(
+    distance_kpc: np.ndarray, sin_b: np.ndarray, cfg: SimulationConfig, clump: np.ndarray
+) -> np.ndarray:
+    """E(B-V) to distance d through an exponential dust layer (mag).
+
+    E = k * h / |sin b| * (1 - exp(-d |sin b| / h)) * clump, which tends to k d in
+    the plane; capped at ``cfg.max_ebv``.
+    """
+    h = cfg.dust_scale_height_kpc
+    s = np.maximum(np.abs(sin_b), 1e-6)
+    col = np.where(
+        s * distance_kpc / h < 1e-6,
+        distance_kpc,
+        h / s * (1.0 - np.exp(-distance_kpc * s / h)),
+    )
+    return np.minimum(cfg.dust_ebv_per_kpc * col * clump, cfg.max_ebv)
+
+
+def _galactic_to_icrs(l_deg: np.ndarray, b_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+
+    c = SkyCoord(l=l_deg * u.deg, b=b_deg * u.deg, frame="galactic").icrs
+    return c.ra.deg, c.dec.deg
+
+
+def _ecliptic_latitude(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
+    from astropy import units as u
+    from astropy.coordinates import BarycentricTrueEcliptic, SkyCoord
+
+    c = SkyCoord(ra=ra_deg * u.deg, dec=dec_deg * u.deg, frame="icrs")
+    return c.transform_to(BarycentricTrueEcliptic()).lat.deg
+
+
+def system_absolute_magnitudes(pop: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Absolute magnitudes of the unresolved systems (plus disc excess) per band."""
+    m1 = absolute_magnitudes(pop["teff"], pop["logg"], pop["log_lum"])
+    binary = pop["is_binary"]
+    teff2 = np.where(binary, pop["teff2"], 20000.0)
+    logg2 = np.where(binary, pop["logg2"], 4.0)
+    logl2 = np.where(binary, pop["log_lum2"], -10.0)
+    m2 = absolute_magnitudes(teff2, logg2, logl2)
+    out = {}
+    for band in BAND_COLUMNS:
+        f = 10.0 ** (-0.4 * m1[band]) + np.where(binary, 10.0 ** (-0.4 * m2[band]), 0.0)
+        out[band] = -2.5 * np.log10(f) + _NEAR_IR_EXCESS_SHARE.get(band, 0.0) * pop[
+            "disc_ks_excess"
+        ]
+    return out
+
+
+def place_stars(
+    pop: dict[str, np.ndarray], cfg: SimulationConfig, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Give every star a position, distance and E(B-V) inside the survey limits."""
+    n = pop["teff"].size
+    abs_mag = system_absolute_magnitudes(pop)
+    abs_g = abs_mag["G"]
+    r_g = extinction_coefficients(pop["teff"])["G"]
+    # largest distance at which the star can be brighter than the faint limit (no dust)
+    d_max = np.clip(10.0 ** ((cfg.faint_limit_g - abs_g + 5.0) / 5.0) / 1000.0, 0.02, None)
+    d_max = np.minimum(d_max, cfg.max_distance_kpc)
+    d_min = np.clip(10.0 ** ((cfg.bright_limit_g - abs_g + 5.0) / 5.0) / 1000.0, 0.005, None)
+    d_min = np.minimum(d_min, 0.9 * d_max)
+
+    out = {k: np.full(n, np.nan) for k in ("distance_kpc", "l", "b", "ebv")}
+    todo = np.arange(n)
+    x_sun = cfg.sun_galactocentric_x_kpc
+    for _ in range(200):
+        if todo.size == 0:
+            break
+        m = todo.size
+        # area-uniform distance in a thin disk between d_min and d_max
+        u = rng.random(m)
+        d = np.sqrt(d_min[todo] ** 2 + u * (d_max[todo] ** 2 - d_min[todo] ** 2))
+        lon = rng.uniform(0.0, 360.0, m)
+        z = rng.laplace(0.0, cfg.disk_scale_height_kpc, m)
+        sin_b = np.clip(z / d, -1.0, 1.0)
+        x = x_sun + d * np.cos(np.radians(lon)) * np.sqrt(1 - sin_b**2)
+        y = d * np.sin(np.radians(lon)) * np.sqrt(1 - sin_b**2)
+        r_gc = np.hypot(x, y)
+        keep_disk = rng.random(m) < np.exp(-(r_gc - abs(x_sun)) / cfg.disk_scale_length_kpc) / (
+            np.exp(-(3.0 - abs(x_sun)) / cfg.disk_scale_length_kpc)
+        )
+        keep_disk &= r_gc > 3.0
+        clump = 10.0 ** rng.normal(0.0, cfg.dust_clumpiness_dex, m)
+        ebv = dust_column_ebv(d, sin_b, cfg, clump)
+        g_app = abs_g[todo] + 5.0 * np.log10(d * 1000.0) - 5.0 + r_g[todo] * ebv
+        ok = keep_disk & (g_app >= cfg.bright_limit_g) & (g_app <= cfg.faint_limit_g)
+        b_deg = np.degrees(np.arcsin(sin_b))
+        idx = todo[ok]
+        out["distance_kpc"][idx] = d[ok]
+        out["l"][idx] = lon[ok]
+        out["b"][idx] = b_deg[ok]
+        out["ebv"][idx] = ebv[ok]
+        todo = todo[~ok]
+    if todo.size:
+        # extremely faint objects: place them at the bright edge of their range, unreddened
+        out["distance_kpc"][todo] = d_min[todo]
+        out["l"][todo] = rng.uniform(0.0, 360.0, todo.size)
+        out["b"][todo] = rng.uniform(-5.0, 5.0, todo.size)
+        out["ebv"][todo] = 0.01
+    ra, dec = _galactic_to_icrs(out["l"], out["b"])
+    # LAMOST sees the northern sky: reflect southern positions in Galactic longitude
+    south = dec < cfg.min_declination_deg
+    if south.any():
+        out["l"][south] = (180.0 - out["l"][south]) % 360.0
+        ra[south], dec[south] = _galactic_to_icrs(out["l"][south], out["b"][south])
+        dec = np.where(dec < cfg.min_declination_deg, -dec, dec)
+    out["ra"], out["dec"] = ra, dec
+    out["abs_mag"] = abs_mag
+    return out
+
+
+def photometric_error(band: str, mag: np.ndarray) -> np.ndarray:
+    """Typical photometric uncertainty (mag) at magnitude ``mag`` in ``band``."""
+    mag = np.asarray(mag, dtype=float)
+    if band in ("J", "H", "Ks"):
+        lim = {"J": 15.8, "H": 15.1, "Ks": 14.3}[band]
+        return np.sqrt(0.02**2 + (0.1 * 10.0 ** (0.4 * (mag - lim))) ** 2)
+    if band == "G":
+        return np.sqrt(0.0003**2 + (0.002 * 10.0 ** (0.4 * (mag - 17.0))) ** 2)
+    if band in ("BP", "RP"):
+        return np.sqrt(0.002**2 + (0.01 * 10.0 ** (0.4 * (mag - 17.0))) ** 2)
+    return np.sqrt(0.015**2 + (0.02 * 10.0 ** (0.4 * (mag - 17.5))) ** 2)
+
+
+def observe_photometry(
+    abs_mag: dict[str, np.ndarray],
+    distance_kpc: np.ndarray,
+    ebv: np.ndarray,
+    teff: np.ndarray,
+    cfg: SimulationConfig,
+    rng: np.random.Generator,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Apparent magnitudes: (true, observed, error) per band; gaps are NaN."""
+    coeff = extinction_coefficients(teff)
+    dm = 5.0 * np.log10(distance_kpc * 1000.0) - 5.0
+    n = distance_kpc.size
+    true, obs, err = {}, {}, {}
+    optical_missing = rng.random(n) < cfg.optical_missing_fraction
+    twomass_missing = rng.random(n) < cfg.twomass_missing_fraction
+    for band in BAND_COLUMNS:
+        m = abs_mag[band] + dm + coeff[band] * ebv
+        e = photometric_error(band, m)
+        o = m + rng.normal(0.0, 1.0, n) * e
+        if band in ("g", "r", "i"):
+            gap = optical_missing | (m < 12.5)
+        elif band in ("J", "H", "Ks"):
+            gap = twomass_missing
+        else:
+            gap = np.zeros(n, dtype=bool)
+        true[band] = m
+        obs[band] = np.where(gap, np.nan, o)
+        err[band] = np.where(gap, np.nan, e)
+    return true, obs, err
+
+
+def parallax_precision_mas(g_mag: np.ndarray, release: str = "dr3") -> np.ndarray:
+    """Gaia parallax uncertainty (mas) vs G: sqrt(40 + 800 z + 30 z^2) uas, z = 10^(0.4(G-15))
+    with G floored at 13 (the (E)DR3 performance relation); x1.6 for DR2."""
+    z = 10.0 ** (0.4 * (np.maximum(np.asarray(g_mag, dtype=float), 13.0) - 15.0))
+    sigma = np.sqrt(40.0 + 800.0 * z + 30.0 * z**2) / 1000.0
+    return sigma * (1.6 if release == "dr2" else 1.0)
+
+
+def nu_eff_from_colour(bp_rp: np.ndarray) -> np.ndarray:
+    """Effective wavenumber (1/um) used in Gaia EDR3 astrometry from BP-RP
+    (Lindegren et al. 2021, A&A 649, A2, eq. 3), clipped to its valid range."""
+    nu = 1.76 - (1.61 / np.pi) * np.arctan(0.531 * np.asarray(bp_rp, dtype=float))
+    return np.clip(nu, 1.24, 1.72)
+
+
+def parallax_zero_point_mas(
+    g_mag: np.ndarray,
+    nu_eff: np.ndarray,
+    pseudocolour: np.ndarray,
+    ecl_lat_deg: np.ndarray,
+    params_solved: np.ndarray,
+    release: str,
+) -> np.ndarray:
+    """Zero-point offset (mas) that the mock adds to the true parallax."""
+    if release == "dr2":
+        return np.full(np.shape(g_mag), -0.05)
+    from zero_point import zpt
+
+    zpt.load_tables()
+    g = np.clip(np.asarray(g_mag, dtype=float), 6.0, 20.9)
+    with np.errstate(all="ignore"):
+        zp = zpt.get_zpt(
+            g,
+            np.asarray(nu_eff, dtype=float),
+            np.asarray(pseudocolour, dtype=float),
+            np.asarray(ecl_lat_deg, dtype=float),
+            np.asarray(params_solved, dtype=int),
+            _warnings=False,
+        )
+    return np.nan_to_num(np.asarray(zp, dtype=float), nan=-0.017)
+
+
+def observe_astrometry(
+    parallax_true_mas: np.ndarray,
+    g_mag: np.ndarray,
+    bp_rp: np.ndarray,
+    ra: np.ndarray,
+    dec: np.ndarray,
+    is_binary: np.ndarray,
+    cfg: SimulationConfig,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """Gaia astrometry of every star: parallax (with zero-point), errors, RUWE, PM."""
+    n = parallax_true_mas.size
+    sigma = parallax_precision_mas(g_mag, cfg.gaia_release)
+    ruwe = 10.0 ** rng.normal(0.0, 0.03, n)
+    wobbly = is_binary & (rng.random(n) < 0.25)
+    ruwe[wobbly] = rng.uniform(1.4, 6.0, int(wobbly.sum()))
+    # unmodelled orbital motion: true scatter exceeds the quoted error
+    true_scatter = sigma * np.where(wobbly, ruwe, 1.0)
+    params_solved = np.where((rng.random(n) < 0.12) & (g_mag > 15.5), 95, 31)
+    nu_eff = nu_eff_from_colour(bp_rp)
+    pseudocolour = np.where(params_solved == 95, nu_eff + rng.normal(0, 0.03, n), np.nan)
+    nu_eff_used = np.where(params_solved == 31, nu_eff, np.nan)
+    ecl_lat = _ecliptic_latitude(ra, dec)
+    zp = parallax_zero_point_mas(g_mag, nu_eff_used, pseudocolour, ecl_lat, params_solved,
+                                 cfg.gaia_release)
+    parallax = parallax_true_mas + zp + rng.normal(0.0, 1.0, n) * true_scatter
+    pm_err = 1.1 * sigma
+    return {
+        "parallax": parallax,
+        "parallax_error": sigma,
+        "parallax_zero_point_mas": zp,
+        "ruwe": ruwe,
+        "astrometric_params_solved": params_solved,
+        "nu_eff_used_in_astrometry": nu_eff_used,
+        "pseudocolour": pseudocolour,
+        "ecl_lat": ecl_lat,
+        "pmra": rng.normal(-1.0, 2.5, n) + rng.normal(0, 1, n) * pm_err,
+        "pmra_error": pm_err,
+        "pmdec": rng.normal(-1.5, 2.0, n) + rng.normal(0, 1, n) * pm_err,
+        "pmdec_error": pm_err,
+    }
