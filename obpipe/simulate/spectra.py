@@ -45,7 +45,7 @@ from functools import lru_cache
 
 import numpy as np
 import scipy.fft
-from scipy.special import j1
+from scipy.special import expit, j1
 
 from obpipe.spectra.grid import SPEED_OF_LIGHT_KMS, velocity_per_pixel_kms, wavelength_grid
 
@@ -54,7 +54,7 @@ LIMB_DARKENING = 0.6
 #: Minimum Gaussian width (pixels) given to narrow lines before the FFT convolution; the
 #: instrumental kernel is reduced so that a narrow line ends at the nominal resolution.
 MIN_LINE_SIGMA_PX = 0.6
-BALMER_CORE_TAU = 2.5
+BALMER_CORE_TAU = 1.0
 ARM_SPLIT_AA = 5900.0  # the LAMOST blue/red arm junction
 
 
@@ -73,35 +73,42 @@ def instrumental_sigma_px(resolving_power: float) -> float:
 def balmer_ew_aa(teff_k: np.ndarray, logg: np.ndarray) -> np.ndarray:
     """Equivalent width (AA) of H-beta-like Balmer lines vs Teff and log g.
 
-    log10 EW = 1.17 - 1.1 x - 25 min(x + 0.02, 0)^2 + 0.25 (log g - 4), with
-    x = log10(Teff / 10^4): ~14 AA for A0 dwarfs, ~6.5 AA at 20 kK, ~4 AA at
-    30 kK, 2.7x weaker in supergiants (log g ~ 2.3) than in dwarfs. Calibrated
-    against MILES hot stars (tests/test_simulate_realism.py).
+    log10 EW = a + c1 x + c2 x^2 - 25 min(x + 0.02, 0)^2 + b (log g - 4), with
+    x = log10(Teff / 10^4). The coefficients are the fit of the H-gamma index EW
+    of the MILES hot stars (``tests/data/miles_hot_star_ews.csv``, R = 1,800)
+    against Teff and log g, corrected for the ratio of index to total EW of this
+    line model; the cool-side term turns the EW over below ~9,500 K (A stars).
+    Supergiants (log g ~ 2.5) have ~2x weaker Balmer lines than dwarfs.
     """
     x = np.log10(np.asarray(teff_k, dtype=float) / 1.0e4)
     log_ew = (
         BALMER_LOG_EW_COEFFS[0]
         + BALMER_LOG_EW_COEFFS[1] * x
-        + BALMER_LOG_EW_COEFFS[2] * np.minimum(x + 0.02, 0.0) ** 2
-        + BALMER_LOG_EW_COEFFS[3] * x**2
+        + BALMER_LOG_EW_COEFFS[2] * x**2
+        - 25.0 * np.minimum(x + 0.02, 0.0) ** 2
         + BALMER_GRAVITY_SLOPE * (np.asarray(logg, dtype=float) - 4.0)
     )
     return np.clip(10.0**log_ew, 0.3, 60.0)
 
 
-BALMER_LOG_EW_COEFFS = (1.17, -1.1, -25.0, 0.0)
-BALMER_GRAVITY_SLOPE = 0.25
+#: (a, c1, c2) and b: iterated until the model's H-gamma index EW (R = 1,800, v sin i =
+#: 100 km/s) reproduces the MILES fit log EW = 1.1644 + 0.2198 (log g - 4) - 1.4030 x
+#: - 0.0543 x^2 on 9.5-30 kK, log g 3-4.2 (to 0.03 dex).
+BALMER_LOG_EW_COEFFS = (1.2004, -1.5061, 0.1074)
+BALMER_GRAVITY_SLOPE = 0.2282
 
 
 def he_i_4471_ew_aa(teff_k: np.ndarray, logg: np.ndarray) -> np.ndarray:
     """EW (AA) of He I 4471: an asymmetric bell in log Teff peaking near 22 kK."""
     x = np.log10(np.asarray(teff_k, dtype=float) / 1.0e4)
-    width = np.where(x < HEI_PEAK_X, 0.22, 0.17)
-    return HEI_PEAK_EW * np.exp(-(((x - HEI_PEAK_X) / width) ** 2))
+    return HEI_PEAK_EW * np.exp(-0.5 * ((x - HEI_PEAK_X) / HEI_WIDTH_X) ** 2)
 
 
-HEI_PEAK_EW = 1.35
-HEI_PEAK_X = 0.35
+#: Gaussian in log Teff fitted to MILES He I 4471 index EWs (peak 1.253 AA at 22.2 kK,
+#: sigma 0.146 dex), scaled by the model's total/index EW ratio.
+HEI_PEAK_EW = 1.50
+HEI_PEAK_X = 0.3465
+HEI_WIDTH_X = 0.1462
 
 
 @dataclass(frozen=True)
@@ -223,7 +230,7 @@ def hydrogen_tau(wave: np.ndarray, teff_k: np.ndarray, logg: np.ndarray) -> np.n
 
 
 def _balmer_relative(n_up: int) -> float:
-    return {3: 0.85, 4: 1.0, 5: 1.0, 6: 1.0, 7: 0.95, 8: 0.9, 9: 0.85, 10: 0.8}.get(
+    return {3: 0.85, 4: 0.87, 5: 1.0, 6: 1.0, 7: 0.95, 8: 0.9, 9: 0.85, 10: 0.8}.get(
         n_up, max(0.8 - 0.07 * (n_up - 10), 0.15)
     )
 
@@ -348,8 +355,8 @@ def extinction_curve_per_ebv() -> np.ndarray:
 
 
 def _gauss(wave: np.ndarray, center: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    c = np.asarray(center, dtype=float)[:, None]
-    s = np.asarray(sigma, dtype=float)[:, None]
+    c = np.atleast_1d(np.asarray(center, dtype=float))[:, None]
+    s = np.atleast_1d(np.asarray(sigma, dtype=float))[:, None]
     return np.exp(-0.5 * ((wave[None, :] - c) / s) ** 2) / (s * np.sqrt(2.0 * np.pi))
 
 
@@ -430,7 +437,7 @@ def telluric_transmission(
     obs = wave[None, :] * (1.0 + rv_kms[:, None] / SPEED_OF_LIGHT_KMS)
     t = np.ones((rv_kms.size, wave.size))
     for lo, hi, d in TELLURIC_BANDS:
-        edge = 1.0 / (1.0 + np.exp(-(obs - lo) / 2.0)) / (1.0 + np.exp((obs - hi) / 2.0))
+        edge = expit((obs - lo) / 2.0) * expit((hi - obs) / 2.0)
         structure = 0.7 + 0.3 * np.sin(2.0 * np.pi * obs / 3.1)
         t *= 1.0 - residual[:, None] * d * edge * structure
     return t

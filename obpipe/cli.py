@@ -1,0 +1,204 @@
+"""Command line: ``obpipe simulate | run | validate | info | demo``.
+
+Orchestration only: parse arguments, call the library, print results. Errors
+exit non-zero with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+log = logging.getLogger("obpipe")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from exc
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {value}")
+    return value
+
+
+def _scheduler_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", choices=["threads", "processes", "synchronous"],
+                   default=None, help="local dask scheduler (default: processes for "
+                   "simulate, threads otherwise)")
+    p.add_argument("--address", default=None,
+                   help="address of a running dask scheduler, e.g. tcp://127.0.0.1:8786")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from obpipe.config import SimulationConfig
+
+    d = SimulationConfig()
+    parser = argparse.ArgumentParser(prog="obpipe", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("simulate", help="simulate a mock LAMOST OB survey into a Zarr cube")
+    p.add_argument("--n-stars", type=_positive_int, default=d.n_stars)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", required=True, help="output store (path or fsspec URL)")
+    p.add_argument("--chunk-size", type=_positive_int, default=d.chunk_size)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    for name in ("interloper_fraction", "subdwarf_fraction", "white_dwarf_fraction",
+                 "evolved_fraction", "binary_fraction", "emission_fraction",
+                 "broken_fraction"):
+        p.add_argument("--" + name.replace("_", "-"), type=_fraction,
+                       default=getattr(d, name), help=f"default {getattr(d, name)}")
+    p.add_argument("--gaia-release", choices=["dr2", "dr3"], default=d.gaia_release)
+    _scheduler_options(p)
+
+    p = sub.add_parser("run", help="run pipeline stages on a survey store")
+    p.add_argument("survey")
+    p.add_argument("--out", required=True, help="products directory")
+    p.add_argument("--stages", default=None, help="comma-separated stages (default: all)")
+    p.add_argument("--force", action="store_true", help="rerun complete stages")
+    _scheduler_options(p)
+
+    p = sub.add_parser("validate", help="metrics of a store (and products) against truth")
+    p.add_argument("survey")
+    p.add_argument("--json", action="store_true", help="print JSON (default: also JSON)")
+
+    p = sub.add_parser("info", help="human summary of a store")
+    p.add_argument("survey")
+
+    p = sub.add_parser("demo", help="simulate the default survey and run every stage")
+    p.add_argument("--dir", default="demo", help="working directory for the demo products")
+    p.add_argument("--n-stars", type=_positive_int, default=d.n_stars)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--overwrite", action="store_true")
+    _scheduler_options(p)
+    return parser
+
+
+def _client(address: str | None):  # noqa: ANN202 - optional distributed import
+    if not address:
+        return None
+    from distributed import Client
+
+    return Client(address)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from obpipe.config import SimulationConfig
+    from obpipe.simulate.survey import simulate_survey
+
+    fractions = {k: getattr(args, k) for k in (
+        "interloper_fraction", "subdwarf_fraction", "white_dwarf_fraction", "evolved_fraction",
+        "binary_fraction", "emission_fraction", "broken_fraction")}
+    cfg = SimulationConfig(n_stars=args.n_stars, seed=args.seed, chunk_size=args.chunk_size,
+                           gaia_release=args.gaia_release, **fractions)
+    cfg.validate()
+    client = _client(args.address)
+    scheduler = None if client else (args.scheduler or "processes")
+    t0 = time.perf_counter()
+    try:
+        summary = simulate_survey(args.out, cfg, overwrite=args.overwrite, scheduler=scheduler)
+    finally:
+        if client:
+            client.close()
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(summary))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from obpipe.pipeline import run_pipeline
+
+    stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
+    client = _client(args.address)
+    try:
+        report = run_pipeline(args.survey, args.out, stages, scheduler=args.scheduler,
+                              force=args.force)
+    finally:
+        if client:
+            client.close()
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from obpipe.validate import validate_survey
+
+    print(json.dumps(validate_survey(args.survey), indent=2, default=float))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from obpipe.info import store_summary
+
+    print(store_summary(args.survey))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from obpipe.config import SimulationConfig
+    from obpipe.info import store_summary
+    from obpipe.pipeline import run_pipeline
+    from obpipe.simulate.survey import simulate_survey
+    from obpipe.validate import validate_survey
+
+    os.makedirs(args.dir, exist_ok=True)
+    survey = os.path.join(args.dir, "survey.zarr")
+    products = os.path.join(args.dir, "products")
+    t0 = time.perf_counter()
+    if os.path.exists(survey) and not args.overwrite:
+        print(f"using existing survey {survey} (pass --overwrite to simulate again)")
+    else:
+        cfg = SimulationConfig(n_stars=args.n_stars, seed=args.seed)
+        simulate_survey(survey, cfg, overwrite=True, scheduler=args.scheduler or "processes")
+        print(f"simulated {survey} in {time.perf_counter() - t0:.0f} s")
+    report = run_pipeline(survey, products, None, scheduler=args.scheduler)
+    print(store_summary(survey))
+    metrics = validate_survey(survey)
+    pop = metrics.get("population", {})
+    print("stages:", ", ".join(f"{k} ({v['status']})" for k, v in report.items()))
+    print(f"population: {pop.get('n_stars')} stars, {pop.get('n_spectra')} spectra; "
+          f"emission {pop.get('emission_fraction_of_stars', float('nan')):.3f}, "
+          f"broken {pop.get('broken_fraction_of_spectra', float('nan')):.3f}")
+    print(f"products: {os.path.abspath(products)}")
+    print(f"survey:   {os.path.abspath(survey)}")
+    print("open with: xarray.open_zarr(PATH, consolidated=False)")
+    return 0
+
+
+COMMANDS = {"simulate": _cmd_simulate, "run": _cmd_run, "validate": _cmd_validate,
+            "info": _cmd_info, "demo": _cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("obpipe: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one-line reason for the user; details with -v
+        if args.verbose:
+            log.exception("failed")
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"obpipe {args.command}: error: {reason}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Validation against the truth of a simulated survey (``obpipe validate``).
+
+Each stage adds its own metrics here; the foundation reports the realism of the
+mock itself: population fractions, the S/N distribution, repeat visits, the
+equal-mass-binary offset, and the parallax pull distribution.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from obpipe.io import store
+
+log = logging.getLogger(__name__)
+
+
+def population_metrics(truth: xr.Dataset) -> dict[str, Any]:
+    """Fractions of classes, binaries, emission, broken spectra (per star / per spectrum)."""
+    star = truth["star_index"].values
+    first = np.unique(star, return_index=True)[1]
+    cls = truth["star_class"].values[first].astype(str)
+    n_star = first.size
+    fractions = {f"class_{c}": float(np.mean(cls == c)) for c in np.unique(cls)}
+    eligible = np.isin(cls, ["OB", "interloper"])
+    is_binary = truth["is_binary"].values[first].astype(bool)
+    is_ob = cls == "OB"
+    return {
+        "n_spectra": int(truth.sizes["spec"]),
+        "n_stars": int(n_star),
+        "visits_per_star": float(truth.sizes["spec"] / max(n_star, 1)),
+        "fractions": fractions,
+        "binary_fraction_of_ob_and_interlopers": float(np.mean(is_binary[eligible]))
+        if eligible.any() else float("nan"),
+        "emission_fraction_of_stars": float(
+            np.mean(truth["has_emission"].values[first].astype(bool))
+        ),
+        "evolved_fraction_of_ob": float(np.mean(truth["is_evolved"].values[first][is_ob]))
+        if is_ob.any() else float("nan"),
+        "broken_fraction_of_spectra": float(np.mean(truth["is_broken"].values.astype(bool))),
+    }
+
+
+def snr_metrics(survey: xr.Dataset) -> dict[str, Any]:
+    snr = survey["snr_g"].values.astype(float)
+    snr = snr[np.isfinite(snr)]
+    q = np.percentile(snr, [1, 5, 16, 50, 84, 95, 99]) if snr.size else [np.nan] * 7
+    return {
+        "snr_g_percentiles": dict(zip(["p1", "p5", "p16", "p50", "p84", "p95", "p99"],
+                                      map(float, q), strict=True)),
+        "snr_g_min": float(snr.min()) if snr.size else float("nan"),
+        "snr_g_max": float(snr.max()) if snr.size else float("nan"),
+        "fraction_snr_g_above_50": float(np.mean(snr > 50)) if snr.size else float("nan"),
+    }
+
+
+def binary_metrics(truth: xr.Dataset) -> dict[str, Any]:
+    """Offset between system and primary M_Ks vs mass ratio (equal mass: 2.5 log10 2)."""
+    q = truth["mass_ratio"].values.astype(float)
+    binary = truth["is_binary"].values.astype(bool)
+    offset = truth["MKs_true"].values.astype(float) - truth["MKs_system_true"].values.astype(float)
+    equal = binary & (q > 0.98)
+    out: dict[str, Any] = {"expected_equal_mass_offset_mag": float(2.5 * np.log10(2.0))}
+    out["equal_mass_offset_mag"] = float(np.median(offset[equal])) if equal.any() else None
+    bins = [0.1, 0.3, 0.5, 0.7, 0.9, 1.0001]
+    out["median_offset_by_q"] = {
+        f"{lo:.1f}-{min(hi, 1.0):.1f}": float(np.median(offset[binary & (q >= lo) & (q < hi)]))
+        for lo, hi in zip(bins[:-1], bins[1:], strict=True)
+        if np.any(binary & (q >= lo) & (q < hi))
+    }
+    return out
+
+
+def parallax_metrics(survey: xr.Dataset, truth: xr.Dataset) -> dict[str, Any]:
+    """Pull (parallax - zero point - true) / error for well-behaved astrometry."""
+    plx = survey["parallax"].values.astype(float)
+    err = survey["parallax_error"].values.astype(float)
+    ruwe = survey["ruwe"].values.astype(float)
+    pull = (plx - truth["parallax_zero_point_mas"].values - truth["parallax_mas_true"].values) / err
+    good = np.isfinite(pull) & (ruwe < 1.4)
+    return {
+        "pull_mean": float(np.mean(pull[good])),
+        "pull_std": float(np.std(pull[good])),
+        "pull_std_all_ruwe": float(np.nanstd(pull)),
+        "fraction_parallax_over_error_above_10": float(np.mean(plx / err > 10)),
+        "median_zero_point_mas": float(np.median(truth["parallax_zero_point_mas"].values)),
+    }
+
+
+def validate_survey(path: str) -> dict[str, Any]:
+    """All metrics available for the store at ``path`` (plus products where present)."""
+    survey = store.open_cube(path)
+    metrics: dict[str, Any] = {"store": path, "snr": snr_metrics(survey)}
+    if store.has_truth(path):
+        truth = store.open_truth(path).load()
+        metrics["population"] = population_metrics(truth)
+        metrics["binaries"] = binary_metrics(truth)
+        metrics["parallax"] = parallax_metrics(survey, truth)
+        ebv = truth["ebv_true"].values
+        dist = truth["distance_kpc_true"].values
+        metrics["extinction"] = {
+            "ebv_percentiles": dict(zip(["p5", "p50", "p95", "max"], map(
+                float, np.percentile(ebv, [5, 50, 95, 100])), strict=True)),
+            "distance_kpc_percentiles": dict(zip(["p5", "p50", "p95", "max"], map(
+                float, np.percentile(dist, [5, 50, 95, 100])), strict=True)),
+            "spearman_ebv_distance": float(_spearman(ebv, dist)),
+        }
+    else:
+        metrics["note"] = "no truth group: only survey-level metrics"
+    return metrics
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
