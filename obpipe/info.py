@@ -32,7 +32,7 @@ def store_summary(path: str) -> str:
     lines.append(f"chunks: {len(chunks[0])} x {chunks[0][0]} spectra, whole rows")
     lines.append(f"producer: {ds.attrs.get('producer', '?')}  "
                  f"version: {ds.attrs.get('obpipe_version', '?')}  seed: {ds.attrs.get('seed')}")
-    star = ds["star_id"].values
+    star = ds["star_id"].values.astype(object)
     n_star = np.unique(star).size
     lines.append(f"stars: {n_star} ({n_spec / max(n_star, 1):.2f} visits per star)")
     snr = ds["snr_g"].values.astype(float)
@@ -45,7 +45,7 @@ def store_summary(path: str) -> str:
     lines.append("stage products in store: " + (", ".join(products) if products else "none"))
     if store.has_truth(path):
         truth = store.open_truth(path)
-        cls = truth["star_class"].values.astype(str)
+        cls = truth["star_class"].values.astype(object).astype(str)
         frac = {c: np.mean(cls == c) for c in np.unique(cls)}
         lines.append("truth: " + ", ".join(f"{c} {f:.3f}" for c, f in frac.items())
                      + f"; binaries {np.mean(truth['is_binary'].values):.3f}"

@@ -22,7 +22,7 @@ def population_metrics(truth: xr.Dataset) -> dict[str, Any]:
     """Fractions of classes, binaries, emission, broken spectra (per star / per spectrum)."""
     star = truth["star_index"].values
     first = np.unique(star, return_index=True)[1]
-    cls = truth["star_class"].values[first].astype(str)
+    cls = truth["star_class"].values.astype(object)[first].astype(str)
     n_star = first.size
     fractions = {f"class_{c}": float(np.mean(cls == c)) for c in np.unique(cls)}
     eligible = np.isin(cls, ["OB", "interloper"])

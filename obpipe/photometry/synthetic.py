@@ -31,7 +31,7 @@ No model-atmosphere spectra are available offline, so the base SED is a blackbod
 at Teff (emergent flux pi B_lambda). A blackbody is a poor hot-star SED (Balmer jump,
 line blanketing, H/He bound-free and free-free opacity). Measured against the
 references (O9V-F1V): its BC_Ks is off by 0.1-0.43 mag for B stars (-0.34 at B0V),
-J - H by +0.03-0.08, H - Ks by -0.03-+0.02, g - r by +0.07-0.25 mag (Mamajek), and
+J - H by +0.01-0.08, H - Ks by -0.03-+0.02, g - r by +0.07-0.25 mag (Mamajek), and
 BP - RP by up to +0.24 mag at 9-10 kK, G - RP by up to +0.19 mag (Kurucz). The
 table therefore is ``BC_X = BC_X,BB(Teff) + Delta_X(Teff, log g)`` with an
 *empirical* correction Delta_X calibrated to published references:
@@ -61,7 +61,7 @@ table therefore is ``BC_X = BC_X,BB(Teff) + Delta_X(Teff, log g)`` with an
    Residuals of the table (dwarfs O9V-F1V at their log g): M_Ks - M_Ks,Mamajek within
    +-0.065 mag (B1V worst), J - H and H - Ks within 0.021 mag, g - r within 0.043 mag
    (O5V-F1V); BP - RP and G - RP equal the Kurucz grid to < 0.001 mag on its nodes.
-   Not calibrated, for information: M_G is 0.01-0.10 mag brighter than Mamajek's
+   Not calibrated, for information: M_G is 0.01-0.11 mag brighter than Mamajek's
    (DR2-based) M_G for B3V-F1V, r - i within 0.02 mag of Mamajek at A0V/A5V/F1V.
    Linear interpolation in the table is good to 0.004 mag.
 

@@ -376,8 +376,8 @@ def emission_spectrum(
     inst_kms = SPEED_OF_LIGHT_KMS / resolving_power / 2.3548
     if be.any():
         ew = -halpha_ew[be]
-        v_peak = np.maximum(0.45 * vsini_kms[be], 50.0)
-        sig_v = np.sqrt((0.3 * vsini_kms[be] + 40.0) ** 2 + inst_kms**2)
+        v_peak = np.maximum(0.6 * vsini_kms[be], 50.0)
+        sig_v = np.sqrt((0.15 * vsini_kms[be] + 20.0) ** 2 + inst_kms**2)
         be_lines = ((6564.61, 1.0), (4862.68, 0.18), (4341.68, 0.06), (4102.89, 0.03),
                     (5877.3, 0.02), (6680.0, 0.015), (5170.5, 0.01), (5318.0, 0.01))
         be_lines += tuple(

@@ -1,0 +1,36 @@
+# obpipe: two commands on a fresh machine -- `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(PY) -m pip
+# torch first, pinned: 2.13.0 is the CPU build available on these machines; an unpinned
+# torch would pull a multi-GB CUDA build (see README, "Pinned versions").
+TORCH   = torch==2.13.0
+STAMP   = $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/obpipe demo --dir demo
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check obpipe tests benchmarks
+	$(PY) -m pytest -n 2 --dist loadfile tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check obpipe tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/simulate.py
+
+clean:
+	rm -rf demo .pytest_cache
