@@ -92,4 +92,5 @@ def test_mid_main_sequence_matches_mamajek_dwarfs(shared_data) -> None:
         mks = stars.mks_of(teff, stars.logg_from_m_r(mass, log_r), log_l)
         order = np.argsort(teff)
         diff = np.interp(teff_ref, teff[order], mks[order]) - mks_ref
-        assert np.all((diff > lo) & (diff < hi)), dict(zip(spt[hot], np.round(diff, 2)))
+        detail = dict(zip(spt[hot], np.round(diff, 2), strict=True))
+        assert np.all((diff > lo) & (diff < hi)), detail

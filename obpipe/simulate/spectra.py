@@ -55,6 +55,9 @@ LIMB_DARKENING = 0.6
 #: instrumental kernel is reduced so that a narrow line ends at the nominal resolution.
 MIN_LINE_SIGMA_PX = 0.6
 BALMER_CORE_TAU = 1.0
+#: half-widths of the windows in which line opacity is evaluated (fixed: row-independent)
+HYDROGEN_WINDOW_AA = 300.0
+METAL_WINDOW_AA = 25.0
 ARM_SPLIT_AA = 5900.0  # the LAMOST blue/red arm junction
 
 
@@ -217,7 +220,8 @@ def hydrogen_tau(wave: np.ndarray, teff_k: np.ndarray, logg: np.ndarray) -> np.n
             dissolve = np.exp(-((n_up / n_max) ** 4)) if n_up > 6 else np.ones(n)
             ew = ew_ref * rel(n_up) * dissolve
             w = ew / area  # wing width parameter, AA
-            sl = _window(wave, lam, min(300.0, 60.0 * float(np.max(w)) + 20.0))
+            # a fixed window, so that a row never depends on the other rows of its batch
+            sl = _window(wave, lam, HYDROGEN_WINDOW_AA)
             if sl.stop <= sl.start:
                 continue
             dl = wave[sl][None, :] - lam
@@ -245,7 +249,7 @@ def gaussian_tau(
     """Add a Gaussian line of equivalent width ``ew`` (AA, weak-line) in place."""
     dpix = center * np.log(10.0) * 1e-4
     sig = np.maximum(sigma_aa, MIN_LINE_SIGMA_PX * dpix)
-    sl = _window(wave, center, 6.0 * float(np.max(sig)) + 3.0 * dpix)
+    sl = _window(wave, center, METAL_WINDOW_AA)
     if sl.stop <= sl.start:
         return
     dl = wave[sl][None, :] - center

@@ -105,7 +105,9 @@ def logg_from_m_r(mass_msun: np.ndarray, log_r: np.ndarray) -> np.ndarray:
     return LOGG_SUN + np.log10(np.asarray(mass_msun, dtype=float)) - 2.0 * np.asarray(log_r)
 
 
-def log_l_from_m_teff_logg(mass_msun: np.ndarray, teff_k: np.ndarray, logg: np.ndarray) -> np.ndarray:
+def log_l_from_m_teff_logg(
+    mass_msun: np.ndarray, teff_k: np.ndarray, logg: np.ndarray
+) -> np.ndarray:
     """log10 L/Lsun = log M + 4 log(Teff/Teff_sun) - (log g - log g_sun)  (eq. 5)."""
     return (
         np.log10(np.asarray(mass_msun, dtype=float))
