@@ -24,11 +24,9 @@ import xarray as xr
 
 from obpipe import __version__
 from obpipe.io import store
+from obpipe.products import PRODUCTS_STORE, stage_complete
 
 log = logging.getLogger(__name__)
-
-PRODUCTS_STORE = "products.zarr"
-
 
 @dataclass
 class RunContext:
@@ -42,6 +40,9 @@ class RunContext:
     @property
     def products_path(self) -> str:
         return os.path.join(self.products_dir, PRODUCTS_STORE)
+
+    def stage_complete(self, stage: str) -> bool:
+        return stage_complete(self.products_dir, stage)
 
     def open_survey(self) -> xr.Dataset:
         return store.open_cube(self.survey_path)

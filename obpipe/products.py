@@ -1,0 +1,222 @@
+"""The products store and the one thin Dask wrapper that every per-spectrum stage uses.
+
+``PRODUCTS_DIR/products.zarr`` has the survey's ``spec`` dimension (same order,
+same chunks) and gains variables stage by stage. A blockwise stage is a pure
+numpy function ``block_fn(inputs: dict[str, ndarray]) -> dict[str, ndarray]`` on
+one chunk of rows; :func:`run_blockwise_stage` maps it over the chunks with
+``dask.delayed`` (any scheduler, or a ``distributed`` cluster), writes each result
+as a chunk-aligned region, and records each finished block in a small
+``<stage>_blocks_done`` array, so that a killed run resumes from the blocks in
+flight and a finished stage is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from obpipe.io import store
+
+log = logging.getLogger(__name__)
+
+PRODUCTS_STORE = "products.zarr"
+
+
+@dataclass(frozen=True)
+class Output:
+    """A product variable: its dims after ``spec``, dtype, fill and attributes."""
+
+    dtype: str
+    units: str = ""
+    description: str = ""
+    #: extra dimensions after ``spec``: (name, size) pairs, e.g. (("wave", 3909),)
+    extra_dims: tuple[tuple[str, int], ...] = ()
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def fill(self) -> Any:
+        if self.dtype.startswith("float"):
+            return np.nan
+        if self.dtype == "bool":
+            return False
+        return -9
+
+
+def products_path(products_dir: str) -> str:
+    return os.path.join(products_dir, PRODUCTS_STORE)
+
+
+def open_products(products_dir: str) -> xr.Dataset:
+    """Open the products store lazily (error naming the path if it is missing)."""
+    path = products_path(products_dir)
+    try:
+        return xr.open_zarr(path, consolidated=store.CONSOLIDATED, zarr_format=store.ZARR_FORMAT)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise FileNotFoundError(f"{path}: no products store (run the 'index' stage)") from exc
+
+
+def _group(path: str, mode: str = "r+") -> zarr.Group:
+    return zarr.open_group(path, mode=mode, zarr_format=store.ZARR_FORMAT)
+
+
+def _blocks_var(stage: str) -> str:
+    return f"{stage}_blocks_done"
+
+
+def block_bounds(n_spec: int, chunk: int) -> list[tuple[int, int]]:
+    return [(s, min(s + chunk, n_spec)) for s in range(0, n_spec, chunk)]
+
+
+def stage_complete(products_dir: str, stage: str) -> bool:
+    """True if every block of ``stage`` has been written."""
+    try:
+        grp = _group(products_path(products_dir), mode="r")
+    except (FileNotFoundError, ValueError):
+        return False
+    if _blocks_var(stage) not in grp:
+        return False
+    return bool(np.all(grp[_blocks_var(stage)][:]))
+
+
+def ensure_outputs(
+    products_dir: str, stage: str, outputs: Mapping[str, Output], n_spec: int, chunk: int
+) -> None:
+    """Create the stage's output variables (metadata only) and its block register."""
+    path = products_path(products_dir)
+    grp = _group(path)
+    missing = {k: v for k, v in outputs.items() if k not in grp}
+    n_blocks = len(block_bounds(n_spec, chunk))
+    if missing:
+        data_vars = {}
+        encoding = {}
+        for name, out in missing.items():
+            dims = ("spec", *[d for d, _ in out.extra_dims])
+            shape = (n_spec, *[s for _, s in out.extra_dims])
+            chunks = (chunk, *[s for _, s in out.extra_dims])
+            attrs = {"units": out.units, "description": out.description, "stage": stage,
+                     **dict(out.attrs)}
+            data_vars[name] = xr.Variable(dims, da.full(shape, out.fill, dtype=out.dtype,
+                                                        chunks=chunks), attrs=attrs)
+            encoding[name] = {"chunks": chunks}
+        xr.Dataset(data_vars).to_zarr(path, mode="a", compute=False,
+                                      consolidated=store.CONSOLIDATED,
+                                      zarr_format=store.ZARR_FORMAT, encoding=encoding)
+    if _blocks_var(stage) not in grp:
+        arr = grp.create_array(_blocks_var(stage), shape=(n_blocks,), dtype="bool",
+                               fill_value=False, chunks=(n_blocks,),
+                               dimension_names=(f"{stage}_block",))
+        arr[:] = np.zeros(n_blocks, dtype=bool)
+
+
+def read_block(
+    survey_path: str,
+    products_dir: str,
+    start: int,
+    stop: int,
+    survey_vars: Sequence[str] = (),
+    product_vars: Sequence[str] = (),
+) -> dict[str, np.ndarray]:
+    """Load rows ``start:stop`` of the named survey and product variables as numpy."""
+    out: dict[str, np.ndarray] = {}
+    if survey_vars:
+        ds = xr.open_zarr(survey_path, consolidated=store.CONSOLIDATED,
+                          zarr_format=store.ZARR_FORMAT)
+        sub = ds[list(survey_vars)].isel(spec=slice(start, stop)).load()
+        out.update({k: sub[k].values for k in survey_vars})
+    if product_vars:
+        ds = open_products(products_dir)
+        sub = ds[list(product_vars)].isel(spec=slice(start, stop)).load()
+        out.update({k: sub[k].values for k in product_vars})
+    return out
+
+
+def write_products_block(products_dir: str, start: int, block: Mapping[str, np.ndarray]) -> None:
+    """Write rows ``start:...`` of product variables (chunk-aligned region write)."""
+    path = products_path(products_dir)
+    grp = _group(path)
+    for name, values in block.items():
+        arr = grp[name]
+        values = np.asarray(values)
+        arr[start : start + values.shape[0]] = values.astype(arr.dtype, copy=False)
+
+
+def _mark_block(products_dir: str, stage: str, index: int) -> None:
+    grp = _group(products_path(products_dir))
+    grp[_blocks_var(stage)][index] = True
+
+
+def _run_one_block(
+    block_fn: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    survey_path: str,
+    products_dir: str,
+    stage: str,
+    index: int,
+    start: int,
+    stop: int,
+    survey_vars: Sequence[str],
+    product_vars: Sequence[str],
+    output_names: Sequence[str],
+) -> int:
+    inputs = read_block(survey_path, products_dir, start, stop, survey_vars, product_vars)
+    result = block_fn(inputs)
+    missing = set(output_names) - set(result)
+    if missing:
+        raise ValueError(f"stage {stage}: block {index} did not produce {sorted(missing)}")
+    rows = {k: v.shape[0] for k, v in result.items()}
+    if any(n != stop - start for n in rows.values()):
+        raise ValueError(f"stage {stage}: block {index} returned {rows} rows, "
+                         f"expected {stop - start} (one per input spectrum)")
+    write_products_block(products_dir, start, {k: result[k] for k in output_names})
+    _mark_block(products_dir, stage, index)
+    return stop - start
+
+
+def run_blockwise_stage(
+    survey_path: str,
+    products_dir: str,
+    stage: str,
+    block_fn: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    outputs: Mapping[str, Output],
+    survey_vars: Sequence[str] = (),
+    product_vars: Sequence[str] = (),
+    scheduler: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Map ``block_fn`` over the survey's row chunks and write its outputs (resumable).
+
+    ``block_fn`` must be picklable (a module-level function or a
+    ``functools.partial`` of one with small arguments, e.g. model weights as arrays).
+    """
+    prods = open_products(products_dir)
+    n_spec = int(prods.sizes["spec"])
+    chunk = int(prods["specid"].chunks[0][0])
+    if force and stage_complete(products_dir, stage):
+        grp = _group(products_path(products_dir))
+        del grp[_blocks_var(stage)]
+    ensure_outputs(products_dir, stage, outputs, n_spec, chunk)
+    done = _group(products_path(products_dir))[_blocks_var(stage)][:]
+    tasks = []
+    for index, (start, stop) in enumerate(block_bounds(n_spec, chunk)):
+        if done[index] and not force:
+            continue
+        tasks.append(dask.delayed(_run_one_block)(
+            block_fn, survey_path, products_dir, stage, index, start, stop,
+            tuple(survey_vars), tuple(product_vars), tuple(outputs),
+            dask_key_name=f"{stage}-block-{index}",
+        ))
+    kwargs = {"scheduler": scheduler} if scheduler else {}
+    written = sum(dask.compute(*tasks, **kwargs)) if tasks else 0
+    store.update_attrs(products_path(products_dir), {f"stage_{stage}_complete": True})
+    log.info("stage %s: %d blocks (%d spectra) written, %d skipped", stage, len(tasks), written,
+             int(done.sum()))
+    return {"blocks_written": len(tasks), "spectra_written": int(written),
+            "blocks_skipped": int(np.sum(done)) if not force else 0}
