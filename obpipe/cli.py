@@ -1,4 +1,4 @@
-"""Command line: ``obpipe simulate | run | validate | info | demo``.
+"""Command line: ``obpipe simulate | ingest | run | validate | info | demo``.
 
 Orchestration only: parse arguments, call the library, print results. Errors
 exit non-zero with a one-line reason.
@@ -64,6 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gaia-release", choices=["dr2", "dr3"], default=d.gaia_release)
     _scheduler_options(p)
 
+    p = sub.add_parser("ingest", help="ingest LAMOST FITS files and a star table into a cube")
+    p.add_argument("inputs", nargs="+", metavar="FILES_OR_DIRS",
+                   help="LAMOST FITS files (.fits, .fits.gz) or directories to search")
+    p.add_argument("--table", required=True,
+                   help="Gaia x 2MASS star table (CSV, ECSV, FITS, Parquet, VOTable)")
+    p.add_argument("--out", required=True, help="output store (path or fsspec URL)")
+    p.add_argument("--append", action="store_true",
+                   help="add files to an existing complete store (files in it are skipped)")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first file that is not cleanly ingested")
+    p.add_argument("--column-map", default=None,
+                   help="table column -> cube column: 'old=new,old2=new2' or a JSON file")
+    p.add_argument("--match-radius", type=float, default=3.0,
+                   help="sky-position join radius in arcsec (when no id is shared)")
+    p.add_argument("--gaia-release", choices=["auto", "dr2", "dr3"], default="auto")
+    p.add_argument("--chunk-size", type=_positive_int, default=2000,
+                   help="spectra per chunk of a new store")
+    p.add_argument("--report", default=None,
+                   help="CSV report path (default: <store>.ingest_report.csv)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="local worker count")
+    _scheduler_options(p)
+
     p = sub.add_parser("run", help="run pipeline stages on a survey store")
     p.add_argument("survey")
     p.add_argument("--out", required=True, help="products directory")
@@ -73,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="metrics of a store (and products) against truth")
     p.add_argument("survey")
+    p.add_argument("--products", default=None, help="products directory to validate too")
     p.add_argument("--json", action="store_true", help="print JSON (default: also JSON)")
 
     p = sub.add_parser("info", help="human summary of a store")
@@ -118,6 +141,38 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _column_map(text: str | None) -> dict[str, str] | None:
+    if not text:
+        return None
+    if os.path.isfile(text):
+        with open(text) as fh:
+            return dict(json.load(fh))
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if any(len(p) != 2 for p in pairs):
+        raise ValueError(f"--column-map: expected 'old=new,...' or a JSON file, got {text!r}")
+    return {old.strip(): new.strip() for old, new in pairs}
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from obpipe.ingest import IngestConfig, ingest
+
+    cfg = IngestConfig(chunk_size=args.chunk_size, match_radius_arcsec=args.match_radius,
+                       gaia_release=args.gaia_release, strict=args.strict)
+    client = _client(args.address)
+    scheduler = None if client else (args.scheduler or "processes")
+    t0 = time.perf_counter()
+    try:
+        summary = ingest(args.inputs, args.table, args.out, append=args.append, config=cfg,
+                         scheduler=scheduler, column_map=_column_map(args.column_map),
+                         report_csv=args.report, num_workers=args.workers)
+    finally:
+        if client:
+            client.close()
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(summary))
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from obpipe.pipeline import run_pipeline
 
@@ -136,7 +191,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from obpipe.validate import validate_survey
 
-    print(json.dumps(validate_survey(args.survey), indent=2, default=float))
+    print(json.dumps(validate_survey(args.survey, args.products), indent=2, default=float))
     return 0
 
 
@@ -178,8 +233,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"simulate": _cmd_simulate, "run": _cmd_run, "validate": _cmd_validate,
-            "info": _cmd_info, "demo": _cmd_demo}
+COMMANDS = {"simulate": _cmd_simulate, "ingest": _cmd_ingest, "run": _cmd_run,
+            "validate": _cmd_validate, "info": _cmd_info, "demo": _cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

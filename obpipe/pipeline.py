@@ -35,6 +35,7 @@ class RunContext:
     survey_path: str
     products_dir: str
     scheduler: str | None = None
+    force: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -99,9 +100,15 @@ def _index_run(ctx: RunContext) -> dict[str, Any]:
 
 def registered_stages() -> list[Stage]:
     """All stages in run order. Later stage modules register themselves here."""
+    from obpipe.photometry import stage as photometry_stage
+    from obpipe.spectra.stages import stages as spectral_stages
+
     return [
         Stage("index", "products store with one row per input spectrum", _index_run,
               _index_complete),
+        *[Stage(*s) for s in spectral_stages()],
+        Stage("photometry", "E(B-V), A_Ks, parallax zero-point, geometric M_Ks (Sec. 4, "
+              "eqs. 11-12, 24)", photometry_stage.run_stage, photometry_stage.is_complete),
     ]
 
 
@@ -132,7 +139,7 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Run the selected stages in order; skip those already complete unless ``force``."""
     store.open_cube(survey_path)  # fail early, with the reason, on an invalid survey
-    ctx = RunContext(survey_path, products_dir, scheduler)
+    ctx = RunContext(survey_path, products_dir, scheduler, force)
     report: dict[str, Any] = {}
     for stage in select_stages(stages):
         if not force and stage.is_complete(ctx):

@@ -111,8 +111,9 @@ def ensure_outputs(
                                       consolidated=store.CONSOLIDATED,
                                       zarr_format=store.ZARR_FORMAT, encoding=encoding)
     if _blocks_var(stage) not in grp:
+        # one chunk per block: concurrent tasks never write the same chunk
         arr = grp.create_array(_blocks_var(stage), shape=(n_blocks,), dtype="bool",
-                               fill_value=False, chunks=(n_blocks,),
+                               fill_value=False, chunks=(1,),
                                dimension_names=(f"{stage}_block",))
         arr[:] = np.zeros(n_blocks, dtype=bool)
 

@@ -90,7 +90,7 @@ def parallax_metrics(survey: xr.Dataset, truth: xr.Dataset) -> dict[str, Any]:
     }
 
 
-def validate_survey(path: str) -> dict[str, Any]:
+def validate_survey(path: str, products_dir: str | None = None) -> dict[str, Any]:
     """All metrics available for the store at ``path`` (plus products where present)."""
     survey = store.open_cube(path)
     metrics: dict[str, Any] = {"store": path, "snr": snr_metrics(survey)}
@@ -108,6 +108,14 @@ def validate_survey(path: str) -> dict[str, Any]:
                 float, np.percentile(dist, [5, 50, 95, 100])), strict=True)),
             "spearman_ebv_distance": float(_spearman(ebv, dist)),
         }
+        if products_dir is not None:
+            from obpipe.photometry.stage import photometry_metrics
+            from obpipe.products import open_products, stage_complete
+
+            products = open_products(products_dir)
+            metrics["spectral"] = spectral_metrics(survey, products, truth)
+            if stage_complete(products_dir, "photometry"):
+                metrics["photometry"] = photometry_metrics(survey, products.load(), truth)
     else:
         metrics["note"] = "no truth group: only survey-level metrics"
     return metrics
@@ -117,3 +125,61 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
     return float(spearmanr(a, b).statistic)
+
+
+def spectral_metrics(survey: xr.Dataset, products: xr.Dataset, truth: xr.Dataset
+                     ) -> dict[str, Any]:
+    """Emission completeness/purity by H-alpha EW, emission fraction, broken-spectrum recall,
+    reduced chi2 of clean spectra (issue: spectral chain)."""
+    out: dict[str, Any] = {}
+    if "em_flag" not in products:
+        return out
+    em_flag = products["em_flag"].values
+    flagged = em_flag == 1
+    has_em = truth["has_emission"].values.astype(bool)
+    ew = truth["halpha_ew_true"].values.astype(float)
+    broken = truth["is_broken"].values.astype(bool)
+    q = products["quality_flags"].values
+    flagged_broken = (q & 1) > 0
+    usable = ~broken
+    strong = has_em & (ew < -2.0) & usable
+    out["emission_completeness_ew_lt_-2"] = float(np.mean(flagged[strong])) if strong.any() \
+        else None
+    out["emission_purity"] = float(np.mean(has_em[flagged & usable])) if np.any(
+        flagged & usable) else None
+    bins = [-np.inf, -20, -10, -5, -3, -2, -1, 0]
+    out["emission_completeness_by_ew"] = {
+        f"{lo}..{hi}": {"n": int(np.sum(sel)), "completeness": float(np.mean(flagged[sel]))}
+        for lo, hi in zip(bins[:-1], bins[1:], strict=True)
+        if (sel := has_em & usable & (ew >= lo) & (ew < hi)).any()
+    }
+    snr = survey["snr_g"].values
+    out["emission_completeness_ew_lt_-2_by_snr"] = {
+        f"{lo}-{hi}": float(np.mean(flagged[strong & (snr >= lo) & (snr < hi)]))
+        for lo, hi in ((0, 10), (10, 20), (20, 50), (50, 100000))
+        if np.any(strong & (snr >= lo) & (snr < hi))
+    }
+    star = truth["star_index"].values
+    first = np.unique(star, return_index=True)[1]
+    star_flag = products["em_flag_star"].values[first] == 1
+    out["emission_fraction_stars"] = {"recovered": float(np.mean(star_flag)),
+                                      "truth": float(np.mean(has_em[first]))}
+    out["emission_fraction_spectra"] = {"recovered": float(np.mean(flagged)),
+                                        "truth": float(np.mean(has_em))}
+    kinds = truth["broken_kind"].values.astype(object).astype(str)
+    out["broken_recall"] = float(np.mean(flagged_broken[broken])) if broken.any() else None
+    out["broken_recall_by_kind"] = {
+        k: float(np.mean(flagged_broken[kinds == k])) for k in np.unique(kinds[broken])}
+    out["broken_flag_purity"] = float(np.mean(broken[flagged_broken])) if np.any(
+        flagged_broken) else None
+    cls = truth["star_class"].values.astype(object).astype(str)
+    out["broken_false_positives_by_class"] = {
+        c: int(np.sum(flagged_broken & ~broken & (cls == c))) for c in np.unique(cls)}
+    chi2 = products["quality_chi2"].values
+    clean = ~has_em & ~broken & (cls == "OB")
+    out["quality_chi2_clean_median_by_snr"] = {
+        f"{lo}-{hi}": float(np.nanmedian(chi2[clean & (snr >= lo) & (snr < hi)]))
+        for lo, hi in ((0, 20), (20, 50), (50, 100), (100, 300), (300, 100000))
+        if np.any(clean & (snr >= lo) & (snr < hi))
+    }
+    return out

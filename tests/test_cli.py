@@ -64,13 +64,16 @@ def test_simulate_run_validate_info(tmp_path, capsys) -> None:
     assert summary["n_stars"] == 60 and summary["n_spectra"] >= 60
 
     products = str(tmp_path / "products")
-    assert main(["run", survey, "--out", products]) == 0
+    # too few high-S/N spectra for K = 100 PCA components: a clear one-line error
+    assert main(["run", survey, "--out", products, "--stages", "index,normalize,pca"]) == 2
+    assert "need 200 to fit K = 100" in capsys.readouterr().err
+    assert main(["run", survey, "--out", products, "--stages", "index"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["index"]["status"] == "done"
+    assert report["index"]["status"].startswith(("done", "skipped"))
     prod = xr.open_zarr(os.path.join(products, "products.zarr"), consolidated=False)
     assert prod.sizes["spec"] == summary["n_spectra"]
     # resume: a complete stage is skipped
-    assert main(["run", survey, "--out", products]) == 0
+    assert main(["run", survey, "--out", products, "--stages", "index"]) == 0
     assert json.loads(capsys.readouterr().out)["index"]["status"].startswith("skipped")
     assert main(["run", survey, "--out", products, "--stages", "nonsense"]) == 2
     assert "unknown stage" in capsys.readouterr().err

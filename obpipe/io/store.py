@@ -400,3 +400,87 @@ def open_truth(path: str, storage_options: Mapping[str, Any] | None = None) -> x
     if not has_truth(path, storage_options):
         raise InvalidCubeError(f"{path}: no '{TRUTH_GROUP}' group (not a simulated survey)")
     return _open_dataset(path, TRUTH_GROUP, storage_options)
+
+
+def _arrays_along(group: zarr.Group, dim: str) -> list[tuple[str, zarr.Array]]:
+    out = []
+    for name, arr in group.arrays():
+        names = getattr(arr.metadata, "dimension_names", None) or ()
+        if names and names[0] == dim:
+            out.append((name, arr))
+    return out
+
+
+def resize_rows(
+    path: str,
+    n_rows: int,
+    group: str | None = None,
+    dim: str = "spec",
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Set the length of dimension ``dim`` (the first axis) of every array along it.
+
+    Used to grow a store before appending and to cut a store back to its last
+    committed row after an interrupted append.
+    """
+    root = _open_group(path, storage_options)
+    g = root[group] if group else root
+    for _, arr in _arrays_along(g, dim):
+        if arr.shape[0] != n_rows:
+            arr.resize((n_rows, *arr.shape[1:]))
+
+
+def append_rows(
+    path: str,
+    start: int,
+    block: Mapping[str, Any],
+    group: str | None = None,
+    dim: str = "spec",
+    storage_options: Mapping[str, Any] | None = None,
+) -> int:
+    """Write ``block`` (arrays of ``n`` rows) at rows ``start : start + n``, growing the store.
+
+    Every array along ``dim`` must be in ``block`` (rows left unwritten would hold
+    the Zarr fill value). Rows need not be chunk-aligned: partial chunks are
+    read, updated and rewritten, so calls must not run concurrently on one store.
+    Returns ``n``.
+    """
+    root = _open_group(path, storage_options)
+    g = root[group] if group else root
+    arrays = dict(_arrays_along(g, dim))
+    missing = sorted(set(arrays) - set(block))
+    if missing:
+        raise ValueError(f"{path}: append_rows misses variables {missing}")
+    sizes = {np.shape(v)[0] for v in block.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"{path}: append_rows got blocks of different lengths {sizes}")
+    n = sizes.pop()
+    for name, arr in arrays.items():
+        if arr.shape[0] != start + n:
+            arr.resize((start + n, *arr.shape[1:]))
+        value = np.asarray(block[name])
+        if value.dtype.kind == "U":
+            value = value.astype(object)
+        if n:
+            arr[start : start + n] = value
+    return n
+
+
+def create_row_group(
+    path: str,
+    group: str,
+    columns: Mapping[str, Column],
+    chunk_size: int,
+    dim: str,
+    attrs: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Create (or replace) a group of empty 1-D arrays along ``dim`` (e.g. a report table)."""
+    root = _open_group(path, storage_options)
+    g = root.require_group(group)
+    g.attrs.update(dict(attrs or {}))
+    for name, column in columns.items():
+        dtype: Any = str if column.dtype == "str" else np.dtype(column.dtype)
+        g.create_array(name, shape=(0,), dtype=dtype, chunks=(chunk_size,),
+                       dimension_names=[dim], overwrite=True,
+                       attributes={"units": column.unit, "description": column.description})

@@ -1,0 +1,585 @@
+"""``obpipe ingest``: LAMOST FITS files + a star table -> the survey cube (thin Dask layer).
+
+Work split:
+
+* workers (``dask.delayed`` over batches of files): read each file, checksum it,
+  parse it (:func:`obpipe.io.lamost.parse_lamost`), shift it to the rest frame and
+  rebin it onto the grid (:func:`obpipe.io.lamost.to_grid`). Pure per-file work;
+  a bad file gives a report line, never an exception.
+* the driver, window by window in file order: drops duplicates (same checksum or
+  obsid as a file already in the store), joins the star table
+  (:class:`obpipe.io.tables.StarTable`), appends the rows to the store
+  (:func:`obpipe.io.store.append_rows`) and the window's lines to the
+  ``ingest_report`` group, then commits (root attributes ``ingest_n_rows`` /
+  ``ingest_n_report``). The next window is read while this one is written.
+* at the end: repeat visits are grouped into stars (``star_id``, ``uniqflag``,
+  :func:`obpipe.io.tables.assign_stars`) over the whole store, the report is
+  written as CSV too, and the store is marked complete.
+
+Resume: a killed run leaves at most one uncommitted window; re-running the same
+command cuts the store back to the last commit and skips files whose path and
+checksum are already in the report, so the result equals an uninterrupted run
+(rows are always in sorted file order). ``append=True`` adds new files to a
+complete store the same way.
+
+Every input file gets one report line: ``ingested``; ``flagged`` (a row with
+``ingest_flags``: e.g. no_table_match, negative_parallax, zero_ivar, off_grid);
+``skipped`` (not a readable LAMOST spectrum: not FITS, truncated, wrong shape, no
+wavelength); or ``duplicate`` (same content or obsid as an earlier file).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as _dt
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import dask
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+
+from obpipe import __version__
+from obpipe.io import store
+from obpipe.io.lamost import (
+    LamostFormatError,
+    checksum,
+    parse_lamost,
+    read_bytes,
+    to_grid,
+    write_lamost_fits,
+)
+from obpipe.io.store import Column
+from obpipe.io.tables import TABLE_COLUMNS, StarTable, assign_stars
+from obpipe.spectra.grid import wavelength_grid
+
+log = logging.getLogger(__name__)
+
+PRODUCER = "obpipe ingest"
+REPORT_GROUP = "ingest_report"
+FITS_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".fz")
+#: extra per-spectrum column of an ingested cube
+INGEST_COLUMNS: dict[str, Column] = {
+    "ingest_flags": Column("str", "", "comma-separated ingest flags of the row (empty = clean)"),
+}
+#: the per-file report (group ``ingest_report``, dimension ``file``)
+REPORT_COLUMNS: dict[str, Column] = {
+    "path": Column("str", "", "input file (absolute path)"),
+    "fitsname": Column("str", "", "file name from the header (FILENAME) or the path"),
+    "checksum": Column("str", "", "BLAKE2b-128 of the file's bytes"),
+    "size": Column("int64", "byte", "file size"),
+    "obsid": Column("int64", "", "LAMOST obsid (synthetic id if the header has none; -9)"),
+    "layout": Column("str", "", "image, image-subcontinuum or bintable"),
+    "status": Column("str", "", "ingested, flagged, skipped or duplicate"),
+    "reason": Column("str", "", "why flagged / skipped / duplicate"),
+    "row": Column("int64", "", "row in the cube (spec index), -1 if none"),
+}
+ROW_STATUSES = ("ingested", "flagged")
+
+
+class IngestError(RuntimeError):
+    """An ingest that cannot go on (strict mode, unusable store or inputs)."""
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Options of ``obpipe ingest``.
+
+    ``chunk_size``: spectra per Zarr chunk (new stores) and per commit window.
+    ``files_per_task``: files read by one Dask task. ``match_radius_arcsec``:
+    radius of the sky-position join. ``group_radius_arcsec``: visits closer than
+    this (and without a shared Gaia id) are one star. ``strict``: stop at the first
+    file that is not cleanly ingested.
+    """
+
+    chunk_size: int = 2000
+    files_per_task: int = 250
+    match_radius_arcsec: float = 3.0
+    group_radius_arcsec: float = 2.0
+    gaia_release: str = "auto"
+    strict: bool = False
+
+    def validate(self) -> None:
+        if self.chunk_size <= 0 or self.files_per_task <= 0:
+            raise ValueError("chunk_size and files_per_task must be positive")
+        if self.match_radius_arcsec <= 0 or self.group_radius_arcsec <= 0:
+            raise ValueError("match and group radii must be positive")
+
+
+# ------------------------------------------------------------------ input files
+
+
+def find_files(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """Absolute paths of the input files: files as given, directories searched recursively
+    for ``*.fits``, ``*.fit`` (optionally ``.gz``); sorted, without repeats."""
+    found: set[str] = set()
+    for item in inputs:
+        path = os.path.abspath(os.fspath(item))
+        if os.path.isdir(path):
+            for root, _, names in os.walk(path):
+                for name in names:
+                    if name.lower().endswith(FITS_SUFFIXES):
+                        found.add(os.path.join(root, name))
+        elif os.path.exists(path):
+            found.add(path)
+        else:
+            raise IngestError(f"{path}: no such file or directory")
+    return sorted(found)
+
+
+# ------------------------------------------------------------------ worker side
+
+
+def process_file(path: str, known_checksum: str | None = None) -> dict[str, Any]:
+    """Read, check and grid one file; never raises for bad content.
+
+    Returns a record: path, checksum, size, status ("ok", "skipped", "already"),
+    reason, and for "ok" the metadata and the gridded flux/ivar/mask and flags.
+    """
+    rec: dict[str, Any] = {"path": path, "checksum": "", "size": -1, "layout": "",
+                           "status": "skipped", "reason": ""}
+    try:
+        raw = read_bytes(path)
+    except OSError as exc:
+        rec["reason"] = f"cannot read file ({exc})"
+        return rec
+    rec["size"] = len(raw)
+    rec["checksum"] = checksum(raw)
+    if known_checksum is not None and rec["checksum"] == known_checksum:
+        rec["status"] = "already"
+        return rec
+    try:
+        spec = parse_lamost(raw, path)
+        gridded = to_grid(spec)
+    except LamostFormatError as exc:
+        rec["reason"] = exc.reason
+        return rec
+    except Exception as exc:  # an unforeseen defect of one file must not stop the ingest
+        log.warning("%s: unexpected error: %r", path, exc)
+        rec["reason"] = f"unexpected error ({type(exc).__name__}: {exc})"
+        return rec
+    rec.update(status="ok", layout=spec.layout, meta=spec.meta, flux=gridded.flux,
+               ivar=gridded.ivar, mask=gridded.mask, rv=gridded.rv, rv_err=gridded.rv_err,
+               flags=gridded.flags)
+    return rec
+
+
+def process_batch(paths: Sequence[str], known: Mapping[str, str]) -> list[dict[str, Any]]:
+    """:func:`process_file` over a batch; ``known`` maps path -> checksum already ingested."""
+    return [process_file(p, known.get(p)) for p in paths]
+
+
+# ------------------------------------------------------------------ the store
+
+
+def _all_columns() -> dict[str, Column]:
+    return {**store.SPECTRUM_COLUMNS, **INGEST_COLUMNS}
+
+
+def _store_exists(path: str) -> bool:
+    if "://" not in path:
+        return os.path.exists(path)
+    try:
+        zarr.open_group(path, mode="r", zarr_format=store.ZARR_FORMAT)
+        return True
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def _read_report(path: str, n: int) -> pd.DataFrame:
+    if n == 0:
+        return pd.DataFrame({k: pd.Series(dtype=object) for k in REPORT_COLUMNS})
+    ds = xr.open_zarr(path, group=REPORT_GROUP, consolidated=store.CONSOLIDATED,
+                      zarr_format=store.ZARR_FORMAT)
+    frame = ds.isel(file=slice(0, n)).to_dataframe().reset_index(drop=True)
+    return frame[list(REPORT_COLUMNS)]
+
+
+def _empty_row_block(n: int) -> dict[str, np.ndarray]:
+    block: dict[str, np.ndarray] = {}
+    for name, col in _all_columns().items():
+        if col.dtype == "str":
+            block[name] = np.full(n, "", dtype=object)
+        else:
+            block[name] = np.full(n, col.fill, dtype=np.dtype(col.dtype))
+    n_pix = wavelength_grid().size
+    block["flux"] = np.zeros((n, n_pix), np.float32)
+    block["ivar"] = np.zeros((n, n_pix), np.float32)
+    block["mask"] = np.zeros((n, n_pix), np.uint8)
+    return block
+
+
+@dataclass
+class _State:
+    n_rows: int
+    n_report: int
+    known: dict[str, str]  # path -> checksum (files already reported)
+    seen_checksum: dict[str, str]  # checksum -> path (files with a row)
+    seen_obsid: dict[int, str]  # obsid -> path (files with a row)
+
+
+def _open_or_create(out: str, append: bool, cfg: IngestConfig, attrs: dict[str, Any]) -> _State:
+    if _store_exists(out):
+        root = zarr.open_group(out, mode="r+", zarr_format=store.ZARR_FORMAT)
+        a = dict(root.attrs)
+        if a.get("producer") != PRODUCER or "ingest_n_rows" not in a:
+            raise IngestError(f"{out}: exists and was not made by obpipe ingest; choose a new "
+                              "--out")
+        if a.get(store.COMPLETE_ATTR) and not append:
+            raise IngestError(f"{out}: exists and is complete; pass --append to add files "
+                              "(files already in it are skipped)")
+        n_rows, n_report = int(a["ingest_n_rows"]), int(a["ingest_n_report"])
+        store.resize_rows(out, n_rows)
+        store.resize_rows(out, n_report, group=REPORT_GROUP, dim="file")
+        root.attrs.update({store.COMPLETE_ATTR: False})
+        rep = _read_report(out, n_report)
+        log.info("%s: resuming/appending after %d rows, %d report lines", out, n_rows, n_report)
+    else:
+        if "://" not in out:
+            parent = os.path.dirname(os.path.abspath(out)) or "."
+            if not os.path.isdir(parent):
+                raise IngestError(f"{parent}: output directory does not exist")
+        store.create_cube(out, 1, cfg.chunk_size, attrs=attrs, columns=_all_columns())
+        store.resize_rows(out, 0)
+        store.create_row_group(out, REPORT_GROUP, REPORT_COLUMNS, 10_000, "file",
+                               attrs={"description": "one line per input file of obpipe "
+                                      "ingest: ingested, flagged, skipped or duplicate"})
+        store.update_attrs(out, {"ingest_n_rows": 0, "ingest_n_report": 0})
+        n_rows = n_report = 0
+        rep = _read_report(out, 0)
+    with_row = rep[rep["status"].isin(ROW_STATUSES)]
+    return _State(
+        n_rows=n_rows,
+        n_report=n_report,
+        known=dict(zip(rep["path"], rep["checksum"], strict=True)),
+        seen_checksum=dict(zip(with_row["checksum"], with_row["path"], strict=True)),
+        seen_obsid={int(o): p for o, p in zip(with_row["obsid"], with_row["path"], strict=True)},
+    )
+
+
+# ------------------------------------------------------------------ driver side
+
+
+def _assemble(
+    records: list[dict[str, Any]], state: _State, table: StarTable | None, strict: bool
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Rows and report lines of one window (records in file order)."""
+    report: list[dict[str, Any]] = []
+    keep: list[dict[str, Any]] = []
+    for rec in records:
+        if rec["status"] == "already":
+            continue
+        line = {"path": rec["path"], "fitsname": os.path.basename(rec["path"]),
+                "checksum": rec["checksum"], "size": rec["size"], "obsid": -9,
+                "layout": rec["layout"], "status": rec["status"], "reason": rec["reason"],
+                "row": -1}
+        if rec["status"] == "ok":
+            meta = rec["meta"]
+            line["fitsname"], line["obsid"] = meta["fitsname"], int(meta["obsid"])
+            if rec["checksum"] in state.seen_checksum:
+                line.update(status="duplicate", reason="same content as "
+                            f"{state.seen_checksum[rec['checksum']]}")
+            elif int(meta["obsid"]) in state.seen_obsid:
+                line.update(status="duplicate", reason=f"obsid {meta['obsid']} already "
+                            f"ingested from {state.seen_obsid[int(meta['obsid'])]}")
+            else:
+                state.seen_checksum[rec["checksum"]] = rec["path"]
+                state.seen_obsid[int(meta["obsid"])] = rec["path"]
+                keep.append(rec)
+        report.append(line)
+        state.known[rec["path"]] = rec["checksum"]
+
+    n = len(keep)
+    block = _empty_row_block(n)
+    flags: list[list[str]] = [list(r["flags"]) for r in keep]
+    if n:
+        meta = pd.DataFrame({
+            "obsid": [int(r["meta"]["obsid"]) for r in keep],
+            "obsid_synthetic": ["no_obsid_in_header" in r["flags"] for r in keep],
+            "fitsname": [r["meta"]["fitsname"] for r in keep],
+            "ra": [r["meta"]["ra"] for r in keep],
+            "dec": [r["meta"]["dec"] for r in keep],
+        })
+        block["specid"] = np.array(meta["obsid"], dtype=np.int64)
+        block["fitsname"] = np.array(meta["fitsname"], dtype=object)
+        block["ra"] = np.array(meta["ra"], dtype=np.float64)
+        block["dec"] = np.array(meta["dec"], dtype=np.float64)
+        block["mjd"] = np.array([r["meta"]["mjd"] for r in keep], np.int32)
+        block["snr_g"] = np.array([r["meta"]["snr_g"] for r in keep], np.float32)
+        block["rv"] = np.array([r["rv"] for r in keep], np.float32)
+        block["rv_err"] = np.array([r["rv_err"] for r in keep], np.float32)
+        block["flux"] = np.stack([r["flux"] for r in keep])
+        block["ivar"] = np.stack([r["ivar"] for r in keep])
+        block["mask"] = np.stack([r["mask"] for r in keep])
+        if table is not None:
+            joined, table_flags = table.join(meta)
+            for name in TABLE_COLUMNS:
+                if name in joined:
+                    block[name] = joined[name].astype(block[name].dtype)
+            for pos in ("ra", "dec"):  # a header without a position: take the table's
+                if pos in joined:
+                    missing = ~np.isfinite(block[pos])
+                    block[pos][missing] = joined[pos][missing]
+            if "obsid" in joined:  # a file without OBSID matched by name: the table's obsid
+                syn = meta["obsid_synthetic"].to_numpy(bool) & (joined["_match"] == "fitsname")
+                tob = np.asarray(joined["obsid"], dtype=np.float64)
+                use = syn & np.isfinite(tob) & (tob > 0)
+                block["specid"][use] = tob[use].astype(np.int64)
+                for k in np.flatnonzero(use):
+                    flags[k] = [f for f in flags[k] if f != "no_obsid_in_header"]
+            for k in range(n):
+                flags[k].extend(table_flags[k])
+        else:
+            for k in range(n):
+                flags[k].append("no_table")
+        block["ingest_flags"] = np.array([",".join(f) for f in flags], dtype=object)
+    # report lines for the kept rows
+    row_of = {r["path"]: state.n_rows + k for k, r in enumerate(keep)}
+    for line in report:
+        if line["path"] in row_of:
+            k = row_of[line["path"]] - state.n_rows
+            line["row"] = row_of[line["path"]]
+            line["obsid"] = int(block["specid"][k])
+            line["status"] = "flagged" if flags[k] else "ingested"
+            line["reason"] = ",".join(flags[k])
+    if strict:
+        for line in report:
+            if line["status"] != "ingested":
+                raise IngestError(f"{line['path']}: {line['status']}: {line['reason']} "
+                                  "(--strict)")
+    rep_block = {
+        name: np.array([line[name] for line in report],
+                       dtype=object if col.dtype == "str" else np.dtype(col.dtype))
+        for name, col in REPORT_COLUMNS.items()
+    }
+    return block, rep_block
+
+
+def _finalize(out: str, group_radius_arcsec: float) -> None:
+    """Group visits into stars over the whole store: star_id and uniqflag."""
+    root = zarr.open_group(out, mode="r+", zarr_format=store.ZARR_FORMAT)
+    n = root["specid"].shape[0]
+    if n == 0:
+        return
+    star_id, uniqflag = assign_stars(root["ra"][:], root["dec"][:], root["gaia_id"][:],
+                                     root["snr_g"][:], group_radius_arcsec)
+    root["star_id"][:] = star_id
+    root["uniqflag"][:] = uniqflag
+
+
+def report_frame(out: str) -> pd.DataFrame:
+    """The ``ingest_report`` of a store as a DataFrame (committed lines only)."""
+    root = zarr.open_group(out, mode="r", zarr_format=store.ZARR_FORMAT)
+    return _read_report(out, int(root.attrs.get("ingest_n_report", 0)))
+
+
+def default_report_csv(out: str) -> str | None:
+    """``<store without .zarr>.ingest_report.csv`` next to a local store (None for URLs)."""
+    if "://" in out:
+        return None
+    base = out.rstrip("/")
+    base = base[:-5] if base.endswith(".zarr") else base
+    return base + ".ingest_report.csv"
+
+
+def _run_windows(
+    windows: list[list[str]],
+    compute: Callable[[list[str]], list[dict[str, Any]]],
+    state: _State,
+    star_table: StarTable | None,
+    cfg: IngestConfig,
+    out: str,
+    counts: dict[str, int],
+    _after_append: Callable[[int], None] | None,
+) -> None:
+    """Read window w + 1 (workers) while window w is assembled and committed (driver)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(compute, windows[0]) if windows else None
+        for w in range(len(windows)):
+            records = pending.result()
+            pending = pool.submit(compute, windows[w + 1]) if w + 1 < len(windows) else None
+            counts["already"] += sum(r["status"] == "already" for r in records)
+            try:
+                block, rep_block = _assemble(records, state, star_table, cfg.strict)
+            except IngestError:
+                if pending is not None:
+                    pending.cancel()
+                raise
+            n_new = store.append_rows(out, state.n_rows, block)
+            if _after_append is not None:
+                _after_append(w)
+            m_new = store.append_rows(out, state.n_report, rep_block, group=REPORT_GROUP,
+                                      dim="file")
+            state.n_rows += n_new
+            state.n_report += m_new
+            store.update_attrs(out, {"ingest_n_rows": state.n_rows,
+                                     "ingest_n_report": state.n_report})
+            for s in rep_block["status"]:
+                counts[str(s)] += 1
+            log.info("window %d/%d: %d rows (store %d), %d report lines", w + 1, len(windows),
+                     n_new, state.n_rows, m_new)
+
+
+def ingest(
+    inputs: Sequence[str | os.PathLike[str]],
+    table: str | os.PathLike[str] | StarTable | None,
+    out: str,
+    append: bool = False,
+    config: IngestConfig | None = None,
+    scheduler: str | None = None,
+    column_map: Mapping[str, str] | None = None,
+    report_csv: str | None = None,
+    num_workers: int | None = None,
+    _after_append: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Ingest LAMOST FITS files (paths or directories) and a star table into the cube ``out``.
+
+    ``table``: a table file (CSV, ECSV, FITS, Parquet, VOTable), a
+    :class:`StarTable`, or None (rows flagged ``no_table``). ``scheduler``: a dask
+    scheduler name or None for the current default (a ``distributed.Client`` if
+    one is active). Returns a summary (counts by status, paths). Raises
+    :class:`IngestError` in strict mode at the first file not cleanly ingested.
+    """
+    cfg = config or IngestConfig()
+    cfg.validate()
+    files = find_files(inputs)
+    if not files:
+        raise IngestError("no input files found (directories are searched for *.fits, "
+                          "*.fit, *.fits.gz)")
+    if isinstance(table, StarTable) or table is None:
+        star_table = table
+    else:
+        star_table = StarTable.from_file(table, column_map, cfg.gaia_release,
+                                         cfg.match_radius_arcsec)
+    if star_table is not None and cfg.strict and star_table.problems:
+        raise IngestError(f"{star_table.source}: {', '.join(star_table.problems)} (--strict)")
+    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    attrs = {
+        "title": "obpipe survey cube ingested from LAMOST FITS files",
+        "obpipe_version": __version__,
+        "producer": PRODUCER,
+        "created_utc": now,
+        "ingest_config": json.dumps(asdict(cfg)),
+        "flux_unit": store.FLUX_UNIT,
+        "wavelength_frame": "vacuum, rest frame (shifted by rv = c z from the FITS header)",
+        "resampling": "flux-conserving rebinning, ivar propagated, masks never interpolated",
+    }
+    state = _open_or_create(out, append, cfg, attrs)
+    root = zarr.open_group(out, mode="r+", zarr_format=store.ZARR_FORMAT)
+    window = int(root.attrs.get("chunk_size", cfg.chunk_size))
+    todo = files
+    windows = [todo[k : k + window] for k in range(0, len(todo), window)]
+    kwargs: dict[str, Any] = {"scheduler": scheduler} if scheduler else {}
+    if num_workers:
+        kwargs["num_workers"] = num_workers
+    process_pool = None
+    if scheduler == "processes":
+        # one pool for the whole run: dask would otherwise start (spawn) a new one per window
+        from dask.multiprocessing import get_context
+
+        process_pool = concurrent.futures.ProcessPoolExecutor(
+            num_workers or os.cpu_count() or 1, mp_context=get_context())
+        kwargs["pool"] = process_pool
+
+    def compute(paths: list[str]) -> list[dict[str, Any]]:
+        tasks = [dask.delayed(process_batch)(
+            paths[k : k + cfg.files_per_task],
+            {p: state.known[p] for p in paths[k : k + cfg.files_per_task] if p in state.known},
+        ) for k in range(0, len(paths), cfg.files_per_task)]
+        return [rec for batch in dask.compute(*tasks, **kwargs) for rec in batch]
+
+    counts = {"ingested": 0, "flagged": 0, "skipped": 0, "duplicate": 0, "already": 0}
+    try:
+        _run_windows(windows, compute, state, star_table, cfg, out, counts, _after_append)
+    finally:
+        if process_pool is not None:
+            process_pool.shutdown(cancel_futures=True)
+    _finalize(out, cfg.group_radius_arcsec)
+    report = report_frame(out)
+    csv = report_csv or default_report_csv(out)
+    if csv:
+        report.to_csv(csv, index=False)
+    runs = list(root.attrs.get("ingest_runs", []))
+    runs.append({"finished_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                 "inputs": [os.fspath(i) for i in inputs][:100],
+                 "table": getattr(star_table, "source", None), "append": bool(append),
+                 **{k: int(v) for k, v in counts.items()}})
+    store.update_attrs(out, {"ingest_runs": runs})
+    store.mark_complete(out)
+    summary = {"store": out, "report_csv": csv, "n_files": len(files), "n_rows": state.n_rows,
+               **counts}
+    log.info("ingest done: %s", summary)
+    return summary
+
+
+# ------------------------------------------------------------------ mock round trip
+
+
+def export_fits(
+    cube: str,
+    out_dir: str,
+    layout: str = "image",
+    gzip: bool = False,
+    table_path: str | None = None,
+    rows: slice | None = None,
+) -> tuple[list[str], str]:
+    """Write a cube (e.g. a simulated survey) as LAMOST-layout FITS files plus its star table.
+
+    The table has one row per spectrum, keyed by ``obsid``, with Gaia archive and
+    2MASS column names (``source_id``, ``parallax`` ..., ``j_m``, ``j_msigcom`` ...)
+    and survey parameters. Ingesting the files with the table gives back the
+    cube's spectra and columns (to float32 precision). Returns (files, table).
+    """
+    ds = store.open_cube(cube)
+    if rows is not None:
+        ds = ds.isel(spec=rows)
+    os.makedirs(out_dir, exist_ok=True)
+    cols = {name: ds[name].values for name in store.SPECTRUM_COLUMNS if name in ds}
+    files = []
+    chunk = 500
+    for lo in range(0, ds.sizes["spec"], chunk):
+        part = ds.isel(spec=slice(lo, lo + chunk))
+        flux, ivar, mask = part["flux"].values, part["ivar"].values, part["mask"].values
+        for k in range(flux.shape[0]):
+            i = lo + k
+            name = str(cols["fitsname"][i]) + (".gz" if gzip else "")
+            path = os.path.join(out_dir, name)
+            meta = {c: cols[c][i] for c in ("specid", "fitsname", "ra", "dec", "mjd", "snr_g",
+                                             "rv", "rv_err")}
+            meta["obsid"] = int(meta.pop("specid"))
+            write_lamost_fits(path, flux[k], ivar[k], mask[k], meta, layout=layout,
+                              overwrite=True)
+            files.append(path)
+    table_path = table_path or os.path.join(out_dir, "stars.ecsv")
+    write_star_table(cols, table_path)
+    return files, table_path
+
+
+#: cube name -> archive name used by :func:`write_star_table`
+ARCHIVE_NAMES = {"gaia_id": "source_id", "J": "j_m", "J_err": "j_msigcom", "H": "h_m",
+                 "H_err": "h_msigcom", "Ks": "ks_m", "Ks_err": "ks_msigcom"}
+
+
+def write_star_table(cols: Mapping[str, np.ndarray], path: str) -> None:
+    """Write per-spectrum table columns with Gaia archive / 2MASS names (format from suffix)."""
+    from astropy.table import Table
+
+    from obpipe.io.tables import table_format
+
+    t = Table()
+    t["obsid"] = np.asarray(cols["specid"], np.int64)
+    t["ra"] = np.asarray(cols["ra"], np.float64)
+    t["dec"] = np.asarray(cols["dec"], np.float64)
+    for name in TABLE_COLUMNS:
+        if name in cols:
+            values = np.asarray(cols[name])
+            if values.dtype.kind in "OT":  # object / numpy StringDType from zarr
+                values = np.array([str(v) for v in values.tolist()], dtype="U")
+            t[ARCHIVE_NAMES.get(name, name)] = values
+    t.write(path, format=table_format(path), overwrite=True)

@@ -1,0 +1,722 @@
+"""Read (and write) LAMOST low-resolution spectra in every layout of the releases.
+
+Layouts, detected from the file's structure (never from a release number):
+
+``image``
+    Primary HDU image (5, N) float32, rows flux, inverse variance, wavelength
+    (vacuum AA), andmask, ormask (DR2-DR8 style). Header keys OBSID, DESIG, RA,
+    DEC, Z, Z_ERR, SNRG, MJD, COEFF0/COEFF1 (log10-linear dispersion).
+``image-subcontinuum``
+    The same image, but row 2 is a sub-continuum (about 1), not a wavelength
+    (DR1). The wavelength is 10**(COEFF0 + COEFF1 i); no OBSID key (a stable
+    synthetic id is made from the file's plan/spectrograph/fibre and flagged).
+``bintable``
+    A binary table HDU with array columns FLUX, IVAR, WAVELENGTH, ANDMASK, ORMASK
+    (later releases); metadata in the primary and/or table header. The first
+    row (the co-add) is read.
+
+Where the header carries COEFF0/COEFF1 and the file's wavelength array agrees
+with them to float32 precision, the exact float64 dispersion is used (the
+array is stored as float32, ~1e-7 relative, which would otherwise blur pixel
+edges by ~1e-3 pixel).
+
+Gzipped files (``.fits.gz``, detected by content) are read too. A fast path
+parses the (simple, uncompressed) FITS structure with numpy; anything unusual
+(scaled columns, variable-length arrays) goes through ``astropy.io.fits``.
+
+Mask bits: LAMOST and/or-masks use BADCCD=1, BADPROFILE=2, NOSKY=4,
+BRIGHTSKY=8, BADCENTER=16, NODATA=32 (LAMOST data release documentation).
+They map to the cube's :data:`obpipe.io.store.MASK_BITS` as BRIGHTSKY ->
+sky_residual (informational), NODATA -> no_coverage, the others -> bad_pixel.
+The project's own writer stores the cube's telluric bit as bit 64 (TELLURIC,
+an obpipe extension that real files never set).
+
+``Spectrum.read(path, format="LAMOST")`` works in specutils after
+:func:`register_specutils_loader` (called automatically when this module is
+imported after specutils).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import logging
+import os
+import re
+import sys
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from obpipe.io.store import MASK_BITS
+from obpipe.spectra.grid import SPEED_OF_LIGHT_KMS, wavelength_grid
+from obpipe.spectra.resample import rebin_spectrum, rest_frame_wavelength
+
+log = logging.getLogger(__name__)
+
+BLOCK = 2880
+#: LAMOST pixel mask bits (andmask / ormask)
+LAMOST_MASK_BITS: dict[str, int] = {
+    "BADCCD": 1, "BADPROFILE": 2, "NOSKY": 4, "BRIGHTSKY": 8, "BADCENTER": 16, "NODATA": 32,
+    "TELLURIC": 64,  # obpipe extension, written by write_lamost_fits only
+}
+#: range of a plausible wavelength array, AA (wide: off-grid coverage is flagged later)
+WAVE_RANGE_AA = (500.0, 100_000.0)
+#: LAMOST marks a failed redshift with -9999
+Z_FAILED = -9999.0
+#: relative agreement needed to replace a float32 wavelength array by COEFF0/COEFF1
+COEFF_RTOL = 2e-6
+
+
+class LamostFormatError(ValueError):
+    """A file that cannot be read as a LAMOST spectrum; the message names the file."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class _Fallback(Exception):
+    """The fast parser met something it does not handle: use astropy."""
+
+
+@dataclass
+class LamostSpectrum:
+    """One LAMOST spectrum as stored in the file (observed frame, vacuum AA).
+
+    ``meta`` holds obsid (int or None), fitsname, desig, ra, dec (deg), mjd,
+    snr_g, z, z_err (NaN when absent or failed); ``notes`` lists oddities found.
+    """
+
+    path: str
+    layout: str
+    wave: np.ndarray
+    flux: np.ndarray
+    ivar: np.ndarray
+    andmask: np.ndarray
+    ormask: np.ndarray
+    meta: dict[str, Any]
+    header: dict[str, Any] = field(repr=False, default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GriddedSpectrum:
+    """A spectrum on the common grid (rest frame): float32 flux/ivar, uint8 mask, flags."""
+
+    flux: np.ndarray
+    ivar: np.ndarray
+    mask: np.ndarray
+    rv: float
+    rv_err: float
+    flags: list[str]
+
+
+# --------------------------------------------------------------------------- bytes
+
+
+def read_bytes(path: str) -> bytes:
+    """Raw bytes of a file (as stored: possibly gzipped)."""
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def checksum(raw: bytes) -> str:
+    """Content checksum of a file's raw bytes (BLAKE2b, 128 bits, hex)."""
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def _decompress(raw: bytes, path: str) -> bytes:
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise LamostFormatError(path, f"truncated or corrupt gzip stream ({exc})") from exc
+
+
+# ------------------------------------------------------------------ fast FITS parse
+
+_STRING_VALUE = re.compile(rb"'((?:[^']|'')*)'")
+_BITPIX_DTYPE = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+_TFORM = re.compile(r"^\s*(\d*)([LXBIJKAEDCMPQ])")
+_TFORM_DTYPE = {"L": "i1", "B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4",
+                "D": ">f8", "A": "S"}
+
+
+def _card_value(text: bytes) -> Any:
+    text = text.strip()
+    if text.startswith(b"'"):
+        m = _STRING_VALUE.match(text)
+        return m.group(1).replace(b"''", b"'").decode("ascii", "replace").rstrip() if m else ""
+    token = text.split(b"/", 1)[0].strip()
+    if token == b"T":
+        return True
+    if token == b"F":
+        return False
+    try:
+        return int(token)
+    except ValueError:
+        pass
+    try:
+        return float(token.replace(b"D", b"E"))
+    except ValueError:
+        return token.decode("ascii", "replace")
+
+
+class _RawHeader(dict):
+    """Header cards as raw value bytes, parsed on first access (most are never read)."""
+
+    def __getitem__(self, key: str) -> Any:
+        value = dict.__getitem__(self, key)
+        if isinstance(value, bytes):
+            value = _card_value(value)
+            dict.__setitem__(self, key, value)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def items(self):  # noqa: ANN201 - dict view semantics
+        return ((k, self[k]) for k in self.keys())
+
+    def copy(self) -> _RawHeader:
+        return _RawHeader(dict.items(self))
+
+
+_END_CARD = b"END" + b" " * 77
+
+
+def _parse_header(buf: bytes, start: int) -> tuple[_RawHeader, int]:
+    end = buf.find(_END_CARD, start)
+    while end >= 0 and (end - start) % 80:
+        end = buf.find(_END_CARD, end + 1)
+    if end < 0:
+        raise _Truncated("header ends before its END card")
+    data_start = start + ((end - start) // BLOCK + 1) * BLOCK
+    if data_start > len(buf):
+        raise _Truncated("header block is incomplete")
+    header = _RawHeader()
+    for k in range(start, end, 80):
+        if buf[k + 8 : k + 10] == b"= ":
+            key = buf[k : k + 8].rstrip().decode("ascii", "replace")
+            if key not in header:
+                dict.__setitem__(header, key, buf[k + 10 : k + 80])
+    return header, data_start
+
+
+class _Truncated(Exception):
+    pass
+
+
+def _data_size(h: dict[str, Any]) -> int:
+    naxis = int(h.get("NAXIS", 0))
+    if naxis == 0:
+        return 0
+    n = 1
+    for k in range(1, naxis + 1):
+        n *= int(h[f"NAXIS{k}"])
+    return abs(int(h["BITPIX"])) // 8 * int(h.get("GCOUNT", 1)) * (int(h.get("PCOUNT", 0)) + n)
+
+
+def _fast_hdus(buf: bytes) -> list[tuple[dict[str, Any], Any]]:
+    """(header, data) of every HDU; data is an ndarray (image), a record array, or None."""
+    hdus: list[tuple[dict[str, Any], Any]] = []
+    pos = 0
+    while pos < len(buf):
+        if pos > 0 and not buf[pos : pos + BLOCK].strip(b"\0 "):
+            break  # zero padding after the last HDU
+        h, data_start = _parse_header(buf, pos)
+        size = _data_size(h)
+        if data_start + size > len(buf):
+            raise _Truncated(
+                f"HDU {len(hdus)} needs {size} data bytes but only "
+                f"{len(buf) - data_start} remain"
+            )
+        data: Any = None
+        if size:
+            if h.get("XTENSION", "IMAGE" if pos == 0 else "") == "BINTABLE":
+                data = _fast_bintable(h, buf, data_start)
+            elif pos == 0 or h.get("XTENSION") == "IMAGE":
+                data = _fast_image(h, buf, data_start)
+        hdus.append((h, data))
+        pos = data_start + (size + BLOCK - 1) // BLOCK * BLOCK
+    return hdus
+
+
+def _fast_image(h: dict[str, Any], buf: bytes, offset: int) -> np.ndarray:
+    if "BSCALE" in h or "BZERO" in h or "BLANK" in h:
+        raise _Fallback
+    dtype = _BITPIX_DTYPE[int(h["BITPIX"])]
+    shape = tuple(int(h[f"NAXIS{k}"]) for k in range(int(h["NAXIS"]), 0, -1))
+    return np.frombuffer(buf, dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
+
+
+def _fast_bintable(h: dict[str, Any], buf: bytes, offset: int) -> np.ndarray:
+    fields = []
+    for k in range(1, int(h["TFIELDS"]) + 1):
+        if f"TSCAL{k}" in h or f"TZERO{k}" in h:
+            raise _Fallback
+        m = _TFORM.match(str(h[f"TFORM{k}"]))
+        if m is None or m.group(2) not in _TFORM_DTYPE:
+            raise _Fallback
+        repeat = int(m.group(1) or 1)
+        code = _TFORM_DTYPE[m.group(2)]
+        name = str(h.get(f"TTYPE{k}", f"COL{k}")).strip()
+        if code == "S":
+            fields.append((name, f"S{repeat}"))
+        else:
+            fields.append((name, code, (repeat,)) if repeat != 1 else (name, code))
+    dtype = np.dtype(fields)
+    if dtype.itemsize != int(h["NAXIS1"]):
+        raise _Fallback
+    return np.frombuffer(buf, dtype, count=int(h["NAXIS2"]), offset=offset)
+
+
+def _astropy_hdus(buf: bytes) -> list[tuple[dict[str, Any], Any]]:
+    from astropy.io import fits
+
+    out: list[tuple[dict[str, Any], Any]] = []
+    with fits.open(io.BytesIO(buf), memmap=False) as hdul:
+        for hdu in hdul:
+            header = {k: v for k, v in hdu.header.items() if k not in ("COMMENT", "HISTORY", "")}
+            data = hdu.data
+            if isinstance(hdu, fits.BinTableHDU) and data is not None:
+                data = np.asarray(data)
+            elif data is not None:
+                data = np.array(data)
+            out.append((header, data))
+    return out
+
+
+def _hdus(buf: bytes, path: str) -> list[tuple[dict[str, Any], Any]]:
+    if not buf.startswith(b"SIMPLE  ="):
+        raise LamostFormatError(path, "not a FITS file (does not start with a SIMPLE card)")
+    try:
+        return _fast_hdus(buf)
+    except _Truncated as exc:
+        raise LamostFormatError(path, f"truncated FITS file: {exc}") from exc
+    except (_Fallback, KeyError, ValueError, TypeError):
+        pass
+    try:
+        return _astropy_hdus(buf)
+    except Exception as exc:  # astropy raises many types for corrupt files
+        raise LamostFormatError(path, f"unreadable FITS file ({type(exc).__name__}: {exc})") \
+            from exc
+
+
+# ------------------------------------------------------------------------ layouts
+
+
+def _plausible_wavelength(w: np.ndarray) -> bool:
+    return bool(
+        w.size > 1 and np.all(np.isfinite(w)) and np.all(np.diff(w) > 0)
+        and w[0] > WAVE_RANGE_AA[0] and w[-1] < WAVE_RANGE_AA[1]
+    )
+
+
+def _coeff_wavelength(h: dict[str, Any], n: int) -> np.ndarray | None:
+    c0, c1 = h.get("COEFF0"), h.get("COEFF1")
+    if not isinstance(c0, int | float) or not isinstance(c1, int | float) or c1 <= 0:
+        return None
+    return 10.0 ** (float(c0) + float(c1) * np.arange(n))
+
+
+def _choose_wavelength(
+    row: np.ndarray | None, h: dict[str, Any], n: int, path: str, notes: list[str]
+) -> tuple[np.ndarray, bool]:
+    """(wavelength, row_was_wavelength) from a candidate array and COEFF0/COEFF1."""
+    coeff = _coeff_wavelength(h, n)
+    if row is not None and _plausible_wavelength(np.asarray(row, np.float64)):
+        row64 = np.asarray(row, np.float64)
+        if coeff is not None:
+            if np.allclose(row64, coeff, rtol=COEFF_RTOL, atol=0):
+                return coeff, True
+            notes.append("wavelength_array_disagrees_with_COEFF0_COEFF1")
+        return row64, True
+    if coeff is not None and _plausible_wavelength(coeff):
+        return coeff, False
+    raise LamostFormatError(
+        path,
+        "missing wavelength: no wavelength row/column and no COEFF0/COEFF1 in the header",
+    )
+
+
+def _field(rec: np.ndarray, *names: str) -> np.ndarray | None:
+    lower = {n.lower(): n for n in rec.dtype.names or ()}
+    for name in names:
+        if name.lower() in lower:
+            return np.asarray(rec[lower[name.lower()]])
+    return None
+
+
+def _from_image(
+    h: dict[str, Any], data: np.ndarray, path: str
+) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    notes: list[str] = []
+    if data.ndim != 2 or data.shape[0] != 5 or data.shape[1] < 2:
+        raise LamostFormatError(
+            path,
+            f"wrong shape {data.shape} of the primary image: expected (5, N) rows flux, "
+            "ivar, wavelength (or sub-continuum), andmask, ormask",
+        )
+    n = data.shape[1]
+    wave, row_is_wave = _choose_wavelength(data[2], h, n, path, notes)
+    layout = "image" if row_is_wave else "image-subcontinuum"
+    return (layout, wave, data[0], data[1], data[3], data[4], notes)
+
+
+def _from_bintable(
+    h: dict[str, Any], rec: np.ndarray, path: str
+) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    notes: list[str] = []
+    if rec.size == 0:
+        raise LamostFormatError(path, "binary table has no rows")
+    row = rec[:1]
+    flux, ivar = _field(row, "FLUX"), _field(row, "IVAR")
+    if ivar is None:
+        raise LamostFormatError(path, "binary table has FLUX but no IVAR column")
+    flux, ivar = flux.reshape(-1), ivar.reshape(-1)
+    n = flux.size
+    if ivar.size != n or n < 2:
+        raise LamostFormatError(
+            path, f"wrong shape: FLUX has {n} and IVAR {ivar.size} values; expected equal, >= 2"
+        )
+    w = _field(row, "WAVELENGTH", "LOGLAM")
+    if w is not None and _field(row, "WAVELENGTH") is None:
+        w = 10.0 ** np.asarray(w, np.float64)
+    w = None if w is None else w.reshape(-1)
+    if w is not None and w.size != n:
+        raise LamostFormatError(path, f"wrong shape: WAVELENGTH has {w.size} values, FLUX {n}")
+    wave, row_is_wave = _choose_wavelength(w, h, n, path, notes)
+    if not row_is_wave and w is not None:
+        raise LamostFormatError(path, "WAVELENGTH column is not an increasing wavelength array")
+    masks = []
+    for name in ("ANDMASK", "ORMASK"):
+        mk = _field(row, name)
+        masks.append(np.zeros(n, np.int32) if mk is None else mk.reshape(-1))
+    return ("bintable", wave, flux, ivar, masks[0], masks[1], notes)
+
+
+def _number(h: dict[str, Any], *keys: str) -> float:
+    for key in keys:
+        v = h.get(key)
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, int | float):
+            return float(v)
+        if isinstance(v, str):
+            try:
+                return float(v)
+            except ValueError:
+                continue
+    return float("nan")
+
+
+def synthetic_obsid(h: dict[str, Any], fitsname: str) -> int:
+    """Stable 62-bit id for a file without OBSID (DR1): hash of plan/spectrograph/fibre.
+
+    Offset by 2**62 so that it can never collide with a real LAMOST obsid.
+    """
+    key = "|".join(str(h.get(k, "")) for k in ("LMJD", "PLANID", "SPID", "FIBERID"))
+    if key == "|||":
+        key = fitsname
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return 2**62 + int.from_bytes(digest, "big") % 2**62
+
+
+def header_metadata(h: dict[str, Any], path: str) -> dict[str, Any]:
+    """Per-spectrum metadata from a LAMOST header (units: deg, km/s via z)."""
+    fitsname = str(h.get("FILENAME") or os.path.basename(path)).strip()
+    if fitsname.endswith(".gz"):
+        fitsname = fitsname[:-3]
+    obsid = h.get("OBSID")
+    if isinstance(obsid, str) and obsid.strip().lstrip("-").isdigit():
+        obsid = int(obsid)
+    if not isinstance(obsid, int) or isinstance(obsid, bool):
+        obsid = None
+    z = _number(h, "Z")
+    z_err = _number(h, "Z_ERR")
+    if not np.isfinite(z) or z <= Z_FAILED + 1:
+        z, z_err = float("nan"), float("nan")
+    mjd = _number(h, "MJD")
+    return {
+        "obsid": obsid,
+        "fitsname": fitsname,
+        "desig": str(h.get("DESIG", "")).strip(),
+        "ra": _number(h, "RA", "RA_OBS"),
+        "dec": _number(h, "DEC", "DEC_OBS"),
+        "mjd": int(mjd) if np.isfinite(mjd) else -9,
+        "snr_g": _number(h, "SNRG", "SN_G"),
+        "z": z,
+        "z_err": z_err,
+    }
+
+
+def parse_lamost(buf: bytes, path: str = "<bytes>") -> LamostSpectrum:
+    """Parse the (decompressed or gzipped) bytes of a LAMOST file. See :func:`read_lamost`."""
+    buf = _decompress(buf, path)
+    hdus = _hdus(buf, path)
+    primary_h, primary_data = hdus[0]
+    table = next(
+        ((h, d) for h, d in hdus[1:]
+         if isinstance(d, np.ndarray) and d.dtype.names
+         and "flux" in {n.lower() for n in d.dtype.names}),
+        None,
+    )
+    if table is not None:
+        merged = table[0].copy() if isinstance(table[0], _RawHeader) else dict(table[0])
+        for k in primary_h.keys():
+            if k not in ("NAXIS", "BITPIX", "EXTEND"):
+                dict.__setitem__(merged, k, dict.__getitem__(primary_h, k))
+        layout, wave, flux, ivar, am, om, notes = _from_bintable(merged, table[1], path)
+        header = merged
+    elif isinstance(primary_data, np.ndarray):
+        layout, wave, flux, ivar, am, om, notes = _from_image(primary_h, primary_data, path)
+        header = primary_h
+    else:
+        raise LamostFormatError(
+            path, "no spectrum: neither a primary image nor a binary table with a FLUX column"
+        )
+    meta = header_metadata(header, path)
+    if meta["obsid"] is None:
+        meta["obsid"] = synthetic_obsid(header, meta["fitsname"])
+        notes.append("no_obsid_in_header")
+    return LamostSpectrum(
+        path=path, layout=layout, wave=np.asarray(wave, np.float64),
+        flux=np.asarray(flux, np.float64), ivar=np.asarray(ivar, np.float64),
+        andmask=np.asarray(am).astype(np.int64), ormask=np.asarray(om).astype(np.int64),
+        meta=meta, header=header, notes=notes,
+    )
+
+
+def read_lamost(path: Any) -> LamostSpectrum:
+    """Read one LAMOST low-resolution spectrum (any layout, gzipped or not).
+
+    ``path``: a file path or an open binary file object.
+
+    Raises :class:`LamostFormatError` naming the file and the problem for a file
+    that is not a readable LAMOST spectrum (not FITS, truncated, wrong shape,
+    no wavelength).
+    """
+    if hasattr(path, "read"):  # an open (binary) file object
+        name = str(getattr(path, "name", "<file object>"))
+        return parse_lamost(path.read(), name)
+    path = os.fspath(path)
+    try:
+        raw = read_bytes(path)
+    except OSError as exc:
+        raise LamostFormatError(path, f"cannot read file ({exc})") from exc
+    return parse_lamost(raw, path)
+
+
+# ------------------------------------------------------------------ onto the grid
+
+
+def lamost_mask_to_cube(mask: np.ndarray) -> np.ndarray:
+    """Translate LAMOST and/or-mask bits to the cube's MASK_BITS (uint8)."""
+    mask = np.asarray(mask).astype(np.int64)
+    out = np.zeros(mask.shape, np.uint8)
+    lb = LAMOST_MASK_BITS
+    bad = lb["BADCCD"] | lb["BADPROFILE"] | lb["NOSKY"] | lb["BADCENTER"]
+    out[(mask & bad) != 0] |= MASK_BITS["bad_pixel"]
+    out[(mask & lb["BRIGHTSKY"]) != 0] |= MASK_BITS["sky_residual"]
+    out[(mask & lb["NODATA"]) != 0] |= MASK_BITS["no_coverage"]
+    out[(mask & lb["TELLURIC"]) != 0] |= MASK_BITS["telluric"]
+    return out
+
+
+def cube_mask_to_lamost(mask: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`lamost_mask_to_cube` (for the project's own writer), int32."""
+    mask = np.asarray(mask).astype(np.int64)
+    out = np.zeros(mask.shape, np.int32)
+    lb = LAMOST_MASK_BITS
+    out[(mask & MASK_BITS["bad_pixel"]) != 0] |= lb["BADCCD"]
+    out[(mask & MASK_BITS["sky_residual"]) != 0] |= lb["BRIGHTSKY"]
+    out[(mask & MASK_BITS["no_coverage"]) != 0] |= lb["NODATA"]
+    out[(mask & MASK_BITS["telluric"]) != 0] |= lb["TELLURIC"]
+    return out
+
+
+def to_grid(spec: LamostSpectrum, grid_aa: np.ndarray | None = None) -> GriddedSpectrum:
+    """Shift ``spec`` to the rest frame with its header redshift and rebin onto the grid.
+
+    Flux is conserved (:func:`obpipe.spectra.resample.rebin_spectrum`); the ivar
+    is propagated; masked pixels stay masked; pixels outside the coverage get
+    ivar = 0 and the ``no_coverage`` bit. Unusable data does not raise: it gives
+    an all-ivar-0 row with flags (``all_nan_flux``, ``zero_ivar``, ``off_grid``,
+    ``no_redshift``) so that the spectrum keeps its row.
+    """
+    flags = list(spec.notes)
+    grid = wavelength_grid() if grid_aa is None else grid_aa
+    z = spec.meta["z"]
+    if not np.isfinite(z):
+        flags.append("no_redshift")
+        z_use = 0.0
+    else:
+        z_use = z
+    rv = z * SPEED_OF_LIGHT_KMS if np.isfinite(z) else float("nan")
+    rv_err = spec.meta["z_err"] * SPEED_OF_LIGHT_KMS
+    flux, ivar = spec.flux, spec.ivar
+    if not np.any(np.isfinite(flux)):
+        flags.append("all_nan_flux")
+    if not np.any(np.isfinite(ivar) & (ivar > 0)):
+        flags.append("zero_ivar")
+    wave = rest_frame_wavelength(spec.wave, z_use)
+    if wave[-1] <= grid[0] or wave[0] >= grid[-1]:
+        flags.append("off_grid")
+    mask = lamost_mask_to_cube(spec.andmask)
+    f, iv, m = rebin_spectrum(wave, flux, ivar, mask, grid)
+    if "off_grid" not in flags and not np.any(iv > 0) and "zero_ivar" not in flags \
+            and "all_nan_flux" not in flags:
+        flags.append("no_usable_pixel")
+    return GriddedSpectrum(f, iv, m, rv, rv_err, flags)
+
+
+# ------------------------------------------------------------------------- writer
+
+
+def write_lamost_fits(
+    path: str | os.PathLike[str],
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    mask: np.ndarray,
+    meta: dict[str, Any],
+    layout: str = "image",
+    wave_rest_aa: np.ndarray | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Write one spectrum as a LAMOST-layout FITS file (gzipped if ``path`` ends in .gz).
+
+    ``flux``, ``ivar``, ``mask`` (cube bits) are on the rest-frame grid
+    ``wave_rest_aa`` (default: the common grid); the file gets the observed
+    frame, lambda_obs = lambda_rest (1 + z) with z = rv / c, and COEFF0 =
+    3.5682 + log10(1 + z) so that a reader recovers the grid exactly. ``meta``:
+    obsid, fitsname, ra, dec, mjd, snr_g, rv, rv_err (km/s). ``layout`` is
+    "image" (DR2-DR8), "image-subcontinuum" (DR1: row 2 = 1, no OBSID) or
+    "bintable" (later releases).
+    """
+    from astropy.io import fits
+
+    rest = wavelength_grid() if wave_rest_aa is None else np.asarray(wave_rest_aa, np.float64)
+    rv = float(meta.get("rv", 0.0))
+    z = rv / SPEED_OF_LIGHT_KMS if np.isfinite(rv) else Z_FAILED
+    zf = 0.0 if z == Z_FAILED else z
+    log_step = float(np.log10(rest[1] / rest[0]))
+    coeff0 = float(np.log10(rest[0]) + np.log10(1.0 + zf))
+    wave_obs = rest * (1.0 + zf)
+    lmask = cube_mask_to_lamost(mask)
+    h = fits.Header()
+    fitsname = str(meta.get("fitsname") or os.path.basename(os.fspath(path)))
+    h["FILENAME"] = fitsname.removesuffix(".gz")
+    if layout != "image-subcontinuum":
+        h["OBSID"] = (int(meta["obsid"]), "Unique number ID of this spectrum")
+    h["AUTHOR"] = "obpipe writer (mock LAMOST)"
+    h["RA"] = (float(meta.get("ra", np.nan)), "[deg] Right ascension of object")
+    h["DEC"] = (float(meta.get("dec", np.nan)), "[deg] Declination of object")
+    h["DESIG"] = str(meta.get("desig", ""))
+    h["MJD"] = int(meta.get("mjd", -9))
+    for key, val in (("LMJD", meta.get("mjd", -9)), ("PLANID", meta.get("planid", "MOCK")),
+                     ("SPID", meta.get("spid", 0)), ("FIBERID", meta.get("fiberid", 0))):
+        h[key] = val
+    h["VACUUM"] = True
+    h["COEFF0"] = (coeff0, "Central wavelength (log10) of first pixel")
+    h["COEFF1"] = (log_step, "Log10 dispersion per pixel")
+    h["Z"] = (z, "Redshift of object")
+    rv_err = float(meta.get("rv_err", np.nan))
+    h["Z_ERR"] = (rv_err / SPEED_OF_LIGHT_KMS if np.isfinite(rv_err) else Z_FAILED)
+    snr_key = "SN_G" if layout == "image-subcontinuum" else "SNRG"
+    snr = float(meta.get("snr_g", np.nan))
+    h[snr_key] = snr if np.isfinite(snr) else -9999.0
+    flux32 = np.asarray(flux, np.float32)
+    ivar32 = np.asarray(ivar, np.float32)
+    if layout in ("image", "image-subcontinuum"):
+        row2 = wave_obs if layout == "image" else np.ones_like(wave_obs)
+        h["EXTEN0"] = ("Flux, Inverse, Wavelength, Andmask, Ormask" if layout == "image"
+                       else "Flux Inverse Subcontinuum Andmask Ormask")
+        data = np.vstack([flux32, ivar32, row2.astype(np.float32), lmask.astype(np.float32),
+                          lmask.astype(np.float32)])
+        hdul = fits.HDUList([fits.PrimaryHDU(data, header=h)])
+    elif layout == "bintable":
+        n = flux32.size
+        cols = [
+            fits.Column("FLUX", f"{n}E", array=flux32[None]),
+            fits.Column("IVAR", f"{n}E", array=ivar32[None]),
+            fits.Column("WAVELENGTH", f"{n}D", array=wave_obs[None]),
+            fits.Column("ANDMASK", f"{n}J", array=lmask[None]),
+            fits.Column("ORMASK", f"{n}J", array=lmask[None]),
+        ]
+        hdul = fits.HDUList([fits.PrimaryHDU(header=h),
+                             fits.BinTableHDU.from_columns(cols, name="COADD")])
+    else:
+        raise ValueError(f"unknown layout {layout!r}: image, image-subcontinuum or bintable")
+    hdul.writeto(os.fspath(path), overwrite=overwrite)
+
+
+# ---------------------------------------------------------------------- specutils
+
+
+def _identify_lamost(origin: str, path: Any, fileobj: Any = None, *args: Any,
+                     **kwargs: Any) -> bool:
+    """astropy registry identifier: a FITS file whose first header blocks mention LAMOST."""
+    try:
+        if fileobj is not None:
+            pos = fileobj.tell()
+            head = fileobj.read(BLOCK * 8)
+            fileobj.seek(pos)
+        elif isinstance(path, str | os.PathLike):
+            raw = read_bytes(os.fspath(path))
+            head = _decompress(raw[: 1 << 20] if raw[:2] != b"\x1f\x8b" else raw,
+                               os.fspath(path))[: BLOCK * 8]
+        else:
+            return False
+        return head.startswith(b"SIMPLE  =") and b"LAMOST" in head
+    except (OSError, ValueError):
+        return False
+
+
+def _specutils_reader(path: str, **kwargs: Any) -> Any:
+    import astropy.units as u
+    from astropy.nddata import InverseVariance
+    from specutils import Spectrum
+
+    spec = read_lamost(path)
+    unit = u.Unit("1e-17 erg / (s cm2 Angstrom)")
+    ivar = np.where(np.isfinite(spec.ivar), spec.ivar, 0.0)
+    return Spectrum(
+        flux=spec.flux * unit,
+        spectral_axis=spec.wave * u.AA,
+        uncertainty=InverseVariance(ivar / unit**2),
+        mask=(lamost_mask_to_cube(spec.andmask) != 0) | (ivar <= 0),
+        meta={"header": dict(spec.header.items()), "obpipe": spec.meta, "layout": spec.layout},
+    )
+
+
+_REGISTERED = False
+
+
+def register_specutils_loader() -> bool:
+    """Register ``Spectrum.read(path, format="LAMOST")`` with specutils (idempotent).
+
+    Returns False when specutils is not installed.
+    """
+    global _REGISTERED
+    if _REGISTERED:
+        return True
+    try:
+        from specutils import Spectrum
+        from specutils.io.registers import data_loader
+    except ImportError:  # pragma: no cover - specutils is a dependency
+        return False
+    data_loader("LAMOST", identifier=_identify_lamost, dtype=Spectrum,
+                extensions=["fits", "fits.gz", "fit"], priority=5, force=True)(_specutils_reader)
+    _REGISTERED = True
+    return True
+
+
+if "specutils" in sys.modules:  # specutils users: available right after import
+    register_specutils_loader()

@@ -1,0 +1,306 @@
+"""The ``photometry`` stage: E(B-V), A_Ks, parallax zero-point and geometric M_Ks.
+
+Sec. 4 and eqs. (11), (12), (24) of Xiang et al. The science is in
+:mod:`obpipe.photometry.extinction` and :mod:`obpipe.photometry.parallax`; this module
+only maps :func:`photometry_block` (pure numpy, one chunk of rows) over the survey with
+:func:`obpipe.products.run_blockwise_stage` and adds validation metrics against the truth
+of a simulated survey (:func:`photometry_metrics`).
+
+Registration (pipeline.py): ``Stage("photometry", ..., run_stage, is_complete)`` after
+``index``; it reads only survey columns (no earlier products).
+
+``photometry_flags`` bits (int32; 0 = all fine)
+-----------------------------------------------
+====  =====  ================================================================
+bit   value  meaning
+====  =====  ================================================================
+0     1      fewer than two usable bands: ebv, AKs, Ks0, MKs_geo are NaN
+1     2      Teff missing: default 20 kK intrinsic colours, inflated error
+2     4      log g missing: 4.0 +- 0.5 assumed
+3     8      Teff / log g outside the intrinsic-colour table (clamped)
+4     16     E(B-V) + 3 sigma < 0 (kept as measured)
+5     32     parallax zero-point: global fallback (2p, out of range, missing)
+6     64     unknown gaia_release (treated as DR3)
+7     128    corrected parallax <= 0: MKs_geo NaN
+8     256    parallax or its error missing
+9     512    Ks / Ks_err missing or A_Ks unavailable: Ks0, MKs_geo NaN
+10    1024   0 < parallax / error < 5 (MKs_geo error Gaussian is poor)
+====  =====  ================================================================
+
+Measured on the default mock survey
+-----------------------------------
+``obpipe simulate --out /tmp/dr5.zarr --n-stars 16002 --seed 42`` (27,893 spectra), then
+``python benchmarks/photometry.py --survey /tmp/dr5.zarr --skip-throughput``:
+
+* E(B-V) - truth, non-emission stars with all seven bands and a measured Teff
+  (n = 18,069): bias -0.0012 mag, scatter 0.032 (robust 0.0135), pull std 1.08
+  (single stars 0.91, binaries 1.34: a companion's colours are not modelled).
+* Same with the paper's fixed 12,000 K coefficients (``coefficients="fixed"``): bias
+  +0.020, scatter 0.082, pull std 5.6 (+0.10 mag for stars hotter than 25 kK), because
+  the mock reddens each star with the coefficients of its own Teff. Without the
+  Teff/log g term in the error (``include_parameter_error=False``): pull std 3.5.
+  Strict pivot-wavelength adjacency (g, BP, r, i, RP, J, H): robust scatter 0.019.
+* M_Ks_geo - MKs_system_true, non-emission, RUWE < 1.4, parallax S/N > 10 (n = 8,433):
+  pull median 0.01, std 1.02. Zero-point vs the injected one: max |residual| 0.2 uas.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from obpipe.photometry import extinction, parallax
+from obpipe.products import Output, run_blockwise_stage, stage_complete
+
+log = logging.getLogger(__name__)
+
+STAGE = "photometry"
+
+#: survey column of each band's magnitude and error.
+BAND_COLUMNS: dict[str, tuple[str, str]] = {
+    "g": ("g", "g_err"),
+    "r": ("r", "r_err"),
+    "i": ("i", "i_err"),
+    "G": ("phot_g_mean_mag", "phot_g_mean_mag_error"),
+    "BP": ("phot_bp_mean_mag", "phot_bp_mean_mag_error"),
+    "RP": ("phot_rp_mean_mag", "phot_rp_mean_mag_error"),
+    "J": ("J", "J_err"),
+    "H": ("H", "H_err"),
+    "Ks": ("Ks", "Ks_err"),
+}
+_OTHER_COLUMNS: tuple[str, ...] = (
+    "teff", "teff_err", "logg", "logg_err",
+    "parallax", "parallax_error", "gaia_release", "astrometric_params_solved",
+    "nu_eff_used_in_astrometry", "pseudocolour", "ecl_lat",
+)
+SURVEY_VARS: tuple[str, ...] = (
+    *[c for pair in BAND_COLUMNS.values() for c in pair], *_OTHER_COLUMNS
+)
+
+_FLAG_DOC = (
+    "bits: 0 <2 usable bands; 1 Teff missing (default); 2 logg missing (default); "
+    "3 Teff/logg outside table; 4 E(B-V)+3sigma<0; 5 zero-point fallback; 6 unknown "
+    "Gaia release; 7 parallax<=0; 8 parallax missing; 9 Ks missing; 10 parallax S/N<5"
+)
+
+OUTPUTS: dict[str, Output] = {
+    "ebv": Output("float32", "mag", "E(B-V) from adjacent-band colour excesses (Sec. 4)"),
+    "ebv_err": Output("float32", "mag", "uncertainty of E(B-V) (propagated, incl. Teff/logg)"),
+    "ebv_nbands": Output("int16", "", "number of usable bands for E(B-V) (colours = N-1)"),
+    "ebv_chi2": Output("float32", "", "reduced chi2 of the per-colour E(B-V) about the mean"),
+    "R_Ks": Output("float32", "", "A_Ks / E(B-V) used (F99 R_V=3.1, Kurucz, dustapprox)"),
+    "AKs": Output("float32", "mag", "K_s extinction R_Ks E(B-V) (eq. 24)"),
+    "AKs_err": Output("float32", "mag", "uncertainty of AKs"),
+    "Ks0": Output("float32", "mag", "dereddened apparent K_s, m0 = Ks - AKs"),
+    "Ks0_err": Output("float32", "mag", "uncertainty of Ks0 (Ks and AKs in quadrature)"),
+    "parallax_offset": Output(
+        "float32", "mas",
+        "Gaia parallax zero-point Z (subtracted): DR2 Leung & Bovy 2019, DR3 Lindegren+2021"),
+    "parallax_corrected": Output("float64", "mas", "Gaia parallax minus parallax_offset"),
+    "parallax_corrected_error": Output("float32", "mas", "uncertainty of parallax_corrected"),
+    "MKs_geo": Output("float32", "mag", "geometric M_Ks = Ks0 + 5 log10(parallax) - 10 (eq. 11)"),
+    "MKs_geo_err": Output("float32", "mag", "uncertainty of MKs_geo (eq. 12)"),
+    "photometry_flags": Output("int32", "", "photometry stage bitmask; " + _FLAG_DOC),
+}
+
+
+def _col(inputs: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray:
+    val = inputs.get(name)
+    if val is None:
+        return np.full(n, np.nan)
+    return np.asarray(val, dtype=float)
+
+
+def photometry_block(
+    inputs: Mapping[str, np.ndarray],
+    bands: tuple[str, ...] = extinction.EBV_BANDS,
+    coefficients: str = "star",
+    include_parameter_error: bool = True,
+) -> dict[str, np.ndarray]:
+    """The stage's pure numpy function on one chunk of rows (all outputs of :data:`OUTPUTS`).
+
+    ``inputs`` maps survey column names (:data:`SURVEY_VARS`) to arrays of one chunk;
+    absent columns are treated as missing (NaN). One output row per input row.
+    """
+    n = len(next(iter(inputs.values())))
+    mags = np.column_stack([_col(inputs, BAND_COLUMNS[b][0], n) for b in bands])
+    errs = np.column_stack([_col(inputs, BAND_COLUMNS[b][1], n) for b in bands])
+    ext = extinction.ebv_from_colour_excess(
+        mags, errs, _col(inputs, "teff", n), _col(inputs, "logg", n),
+        _col(inputs, "teff_err", n), _col(inputs, "logg_err", n), bands=bands,
+        coefficients=coefficients, include_parameter_error=include_parameter_error,
+    )
+    aks, aks_err = extinction.aks_from_ebv(ext["ebv"], ext["ebv_err"], ext["r_ks"])
+
+    release = inputs.get("gaia_release")
+    if release is None:
+        release = np.full(n, "DR3")
+    aps = inputs.get("astrometric_params_solved")
+    aps = np.full(n, 31) if aps is None else np.asarray(aps)
+    zp, zp_flags = parallax.parallax_zero_point(
+        release, _col(inputs, "phot_g_mean_mag", n), _col(inputs, "nu_eff_used_in_astrometry", n),
+        _col(inputs, "pseudocolour", n), _col(inputs, "ecl_lat", n), aps,
+    )
+    plx = parallax.correct_parallax(_col(inputs, "parallax", n), zp)
+    plx_err = _col(inputs, "parallax_error", n)
+    geo = parallax.geometric_absolute_magnitude(
+        _col(inputs, "Ks", n), _col(inputs, "Ks_err", n), aks, aks_err, plx, plx_err
+    )
+    flags = ext["flags"] | zp_flags | geo["flags"]
+    return {
+        "ebv": ext["ebv"].astype(np.float32),
+        "ebv_err": ext["ebv_err"].astype(np.float32),
+        "ebv_nbands": ext["n_bands"].astype(np.int16),
+        "ebv_chi2": ext["chi2_red"].astype(np.float32),
+        "R_Ks": ext["r_ks"].astype(np.float32),
+        "AKs": aks.astype(np.float32),
+        "AKs_err": aks_err.astype(np.float32),
+        "Ks0": geo["Ks0"].astype(np.float32),
+        "Ks0_err": geo["Ks0_err"].astype(np.float32),
+        "parallax_offset": zp.astype(np.float32),
+        "parallax_corrected": plx.astype(np.float64),
+        "parallax_corrected_error": plx_err.astype(np.float32),
+        "MKs_geo": geo["MKs_geo"].astype(np.float32),
+        "MKs_geo_err": geo["MKs_geo_err"].astype(np.float32),
+        "photometry_flags": flags.astype(np.int32),
+    }
+
+
+def _survey_columns(survey_path: str) -> tuple[str, ...]:
+    from obpipe.io import store
+
+    ds = store.open_cube(survey_path)
+    present = tuple(v for v in SURVEY_VARS if v in ds.variables)
+    missing = sorted(set(SURVEY_VARS) - set(present))
+    if missing:
+        log.warning("photometry: survey lacks %s; treated as missing", ", ".join(missing))
+    return present
+
+
+def run_stage(ctx: Any, **options: Any) -> dict[str, Any]:
+    """Run the photometry stage for ``ctx`` (an :class:`obpipe.pipeline.RunContext`).
+
+    Options (keyword or ``ctx.options["photometry"]``): ``bands``, ``coefficients``
+    ("star" | "fixed"), ``include_parameter_error``, ``force``.
+    """
+    opts = dict(getattr(ctx, "options", {}).get(STAGE, {}) or {})
+    opts.update(options)
+    force = bool(opts.pop("force", False))
+    block_fn = functools.partial(photometry_block, **opts) if opts else photometry_block
+    report = run_blockwise_stage(
+        ctx.survey_path, ctx.products_dir, STAGE, block_fn, OUTPUTS,
+        survey_vars=_survey_columns(ctx.survey_path), scheduler=ctx.scheduler, force=force,
+    )
+    return report
+
+
+def is_complete(ctx: Any) -> bool:
+    """True when every block of the photometry stage has been written."""
+    return stage_complete(ctx.products_dir, STAGE)
+
+
+# ----------------------------------------------------------------------- validation
+
+
+def _stats(x: np.ndarray) -> dict[str, float]:
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return {"n": 0, "mean": float("nan"), "median": float("nan"), "std": float("nan"),
+                "robust_std": float("nan")}
+    med = float(np.median(x))
+    return {"n": int(x.size), "mean": float(np.mean(x)), "median": med,
+            "std": float(np.std(x)), "robust_std": float(1.4826 * np.median(np.abs(x - med)))}
+
+
+def photometry_metrics(
+    survey: xr.Dataset, products: xr.Dataset, truth: xr.Dataset
+) -> dict[str, Any]:
+    """E(B-V), M_Ks_geo and zero-point accuracy against the truth of a simulated survey.
+
+    * ``ebv``: E(B-V) - ebv_true (bias = mean, scatter = std) and the pull
+      (E(B-V) - true) / ebv_err for non-emission and emission stars (truth
+      ``has_emission``; Fig. 4 of the paper; ``fraction_excess_gt_0.1`` is the share
+      with E(B-V) - true > 0.1 mag, the disc-reddened tail), and for "non-emission stars with all
+      bands" (all seven E(B-V) bands usable and Teff measured), the issue's target
+      (|bias| <= 0.02, scatter <= 0.06, pull std 0.8-1.25); also split by
+      binarity.
+    * ``MKs_geo``: pull (MKs_geo - MKs_system_true) / MKs_geo_err for non-emission
+      stars with RUWE < 1.4 and parallax S/N > 10 (where eq. 11's Gaussian holds), and
+      the same with the true A_Ks substituted (``pull_with_true_AKs``: isolates the
+      parallax and photometric part).
+    * ``zero_point``: parallax_offset - truth parallax_zero_point_mas (mas).
+    """
+    def val(ds: xr.Dataset, name: str) -> np.ndarray:
+        return np.asarray(ds[name].values)
+
+    ebv = val(products, "ebv").astype(float)
+    ebv_err = val(products, "ebv_err").astype(float)
+    true = val(truth, "ebv_true").astype(float)
+    em = val(truth, "has_emission").astype(bool)
+    binary = val(truth, "is_binary").astype(bool)
+    nb = val(products, "ebv_nbands").astype(int)
+    flags = val(products, "photometry_flags").astype(np.int64)
+    diff = ebv - true
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pull = diff / ebv_err
+    all_bands = (nb == len(extinction.EBV_BANDS)) & ((flags & extinction.FLAG_DEFAULT_TEFF) == 0)
+
+    def block(sel: np.ndarray) -> dict[str, Any]:
+        d, p = _stats(diff[sel]), _stats(pull[sel])
+        finite = sel & np.isfinite(diff)
+        tail = float(np.mean(diff[finite] > 0.1)) if finite.any() else float("nan")
+        return {"n": d["n"], "bias": d["mean"], "median_diff": d["median"],
+                "scatter": d["std"], "robust_scatter": d["robust_std"],
+                "fraction_excess_gt_0.1": tail,
+                "pull_mean": p["mean"], "pull_std": p["std"],
+                "pull_robust_std": p["robust_std"]}
+
+    out: dict[str, Any] = {
+        "ebv": {
+            "non_emission": block(~em),
+            "emission": block(em),
+            "non_emission_all_bands": block(~em & all_bands),
+            "non_emission_all_bands_single": block(~em & all_bands & ~binary),
+            "non_emission_all_bands_binary": block(~em & all_bands & binary),
+            "fraction_nan": float(np.mean(~np.isfinite(ebv))),
+        }
+    }
+
+    mks = val(products, "MKs_geo").astype(float)
+    mks_err = val(products, "MKs_geo_err").astype(float)
+    m_true = val(truth, "MKs_system_true").astype(float)
+    plx = val(products, "parallax_corrected").astype(float)
+    plx_err = val(products, "parallax_corrected_error").astype(float)
+    ruwe = val(survey, "ruwe").astype(float) if "ruwe" in survey else np.ones_like(plx)
+    ks = val(survey, "Ks").astype(float)
+    ks_err = val(survey, "Ks_err").astype(float)
+    aks_true = val(truth, "AKs_true").astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        snr = plx / plx_err
+        pull_m = (mks - m_true) / mks_err
+        geo_true = parallax.geometric_absolute_magnitude(
+            ks, ks_err, aks_true, np.zeros_like(aks_true), plx, plx_err)
+        pull_mt = (geo_true["MKs_geo"] - m_true) / geo_true["MKs_geo_err"]
+    base = ~em & (ruwe < 1.4)
+    out["MKs_geo"] = {
+        "pull_plx_snr_gt_10": _stats(pull_m[base & (snr > 10)]),
+        "pull_plx_snr_gt_5": _stats(pull_m[base & (snr > 5)]),
+        "pull_with_true_AKs_plx_snr_gt_10": _stats(pull_mt[base & (snr > 10)]),
+        "fraction_nan": float(np.mean(~np.isfinite(mks))),
+        "fraction_nonpositive_parallax": float(
+            np.mean((flags & parallax.FLAG_PLX_NONPOSITIVE) != 0)),
+    }
+    zp_res = val(products, "parallax_offset").astype(float) - val(
+        truth, "parallax_zero_point_mas").astype(float)
+    zs = _stats(zp_res)
+    out["zero_point"] = {
+        "residual_mean_mas": zs["mean"], "residual_std_mas": zs["std"],
+        "residual_max_abs_mas": float(np.nanmax(np.abs(zp_res))) if zs["n"] else float("nan"),
+        "fraction_fallback": float(np.mean((flags & parallax.FLAG_ZP_FALLBACK) != 0)),
+    }
+    return out

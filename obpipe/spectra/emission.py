@@ -1,0 +1,269 @@
+"""Emission-line and broken-spectrum flags from PCA residuals (Sec. 3, Fig. 3; App. A).
+
+For each spectrum, with ``recon`` the clean-window PCA reconstruction (it never
+sees H-alpha) and ``sigma_model`` the basis' own reconstruction error:
+
+* ``halpha_excess`` = mean(observed - reconstructed) over 6,557-6,571 AA (Fig. 3,
+  x axis), in units of the pseudo-continuum; its uncertainty from the pixel
+  variances 1/ivar + sigma_model^2 (neighbouring pixels are treated as
+  independent);
+* ``halpha_chi2`` = reduced chi^2 over 6,400-6,550 and 6,590-6,690 AA (Fig. 3, y axis);
+* ``quality_chi2`` = reduced chi^2 over the full range except the emission-line
+  windows (``EMISSION_WINDOWS_AA``);
+* ``window_chi2_max`` = the largest reduced chi^2 in any 16-pixel window, outside
+  the emission-line windows (the wide ones, ``EMISSION_WINDOWS_WIDE_AA``, for
+  spectra flagged as emission: the 50 AA continuum spreads strong emission) and
+  the telluric bands. Artefacts (Fig. 15: arm jumps, dead segments, bad
+  wavelength calibration, spikes) are local, so a local statistic finds them
+  where a full-range chi^2 dilutes them.
+
+Thresholds come from the data, not from constants tuned to the mock:
+
+* emission: the significance s = excess / sigma of spectra without emission is
+  symmetric about zero, while emission adds only a positive tail. The threshold
+  is the smallest s_t >= 3 at which the negative tail (a mirror estimate of the
+  false positives) is at most ``1 - target_purity`` of the positive tail, and at
+  least ``min_excess`` in flux (0 by default);
+* broken: log10(window_chi2_max) above the median plus ``broken_mad_sigma``
+  robust standard deviations (1.4826 MAD) of spectra of similar S/N (ten
+  quantile bins of snr_g), and above ``broken_min_chi2``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from obpipe.spectra.grid import wavelength_grid
+
+HALPHA_CORE_AA = (6557.0, 6571.0)
+HALPHA_WINGS_AA = ((6400.0, 6550.0), (6590.0, 6690.0))
+#: Windows that emission lines may fill (excluded from the quality chi2): Balmer, He I,
+#: [N II], [S II], [O III], Fe II, Paschen / O I / Ca II triplet.
+EMISSION_WINDOWS_AA = (
+    (4325.0, 4357.0), (4820.0, 4905.0), (4950.0, 5020.0), (5150.0, 5180.0), (5300.0, 5330.0),
+    (6480.0, 6760.0), (7050.0, 7085.0), (8100.0, 9100.0),
+)
+EMISSION_WINDOWS_WIDE_AA = (
+    (4080.0, 4125.0), (4280.0, 4400.0), (4760.0, 5025.0), (5150.0, 5180.0), (5300.0, 5330.0),
+    (5860.0, 5895.0), (6360.0, 6770.0), (7050.0, 7085.0), (8100.0, 9100.0),
+)
+TELLURIC_WINDOWS_AA = ((6270.0, 6310.0), (6860.0, 6935.0), (7150.0, 7350.0), (7580.0, 7700.0),
+                       (8100.0, 8350.0), (8900.0, 9100.0))
+QUALITY_WINDOW_PX = 16
+
+#: bits of ``quality_flags``
+QUALITY_BITS: dict[str, int] = {
+    "broken": 1,  # large chi2 against the reconstruction over the clean windows (App. A)
+    "no_halpha_data": 2,  # no usable pixel in the H-alpha core window
+    "few_pixels": 4,  # less than half of the clean-window pixels usable
+    "projection_failed": 8,  # no coefficients (no usable pixel)
+}
+
+
+def _in(wave: np.ndarray, windows: tuple[tuple[float, float], ...]) -> np.ndarray:
+    m = np.zeros(wave.size, dtype=bool)
+    for lo, hi in windows:
+        m |= (wave >= lo) & (wave <= hi)
+    return m
+
+
+def residual_statistics(
+    norm_flux: np.ndarray,
+    norm_ivar: np.ndarray,
+    recon: np.ndarray,
+    sigma_model: np.ndarray,
+    clean_pixels: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """H-alpha excess (and its error), H-alpha chi2 and quality chi2 per row.
+
+    ``clean_pixels`` (the clean-window mask) sets ``clean_fraction``, the share of
+    those pixels that are usable.
+    """
+    wave = wavelength_grid()
+    f = np.asarray(norm_flux, dtype=np.float64)
+    iv = np.asarray(norm_ivar, dtype=np.float64)
+    good = np.isfinite(f) & (iv > 0) & np.isfinite(recon)
+    var = np.where(good, 1.0 / np.where(good, iv, 1.0), np.inf) + sigma_model[None, :] ** 2
+    resid = np.where(good, f - recon, 0.0)
+    core = _in(wave, (HALPHA_CORE_AA,))
+    wings = _in(wave, HALPHA_WINGS_AA)
+    n_core = good[:, core].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        excess = resid[:, core].sum(axis=1) / n_core
+        excess_err = np.sqrt(np.where(good[:, core], var[:, core], 0.0).sum(axis=1)) / n_core
+        chi = np.where(good, resid**2 / var, 0.0)
+        n_w = good[:, wings].sum(axis=1)
+        halpha_chi2 = chi[:, wings].sum(axis=1) / n_w
+        n_c = good[:, clean_pixels].sum(axis=1)
+        quality = ~_in(wave, EMISSION_WINDOWS_AA)
+        quality_chi2 = chi[:, quality].sum(axis=1) / good[:, quality].sum(axis=1)
+        telluric = _in(wave, TELLURIC_WINDOWS_AA)
+        win_narrow = _max_window_chi2(chi, good & (quality & ~telluric)[None, :])
+        wide = ~_in(wave, EMISSION_WINDOWS_WIDE_AA) & ~telluric
+        win_wide = _max_window_chi2(chi, good & wide[None, :])
+    return {
+        "halpha_excess": excess.astype(np.float32),
+        "halpha_excess_err": excess_err.astype(np.float32),
+        "halpha_chi2": halpha_chi2.astype(np.float32),
+        "quality_chi2": quality_chi2.astype(np.float32),
+        "window_chi2_max": win_narrow.astype(np.float32),
+        "window_chi2_max_wide": win_wide.astype(np.float32),
+        "clean_fraction": (n_c / max(int(clean_pixels.sum()), 1)).astype(np.float32),
+    }
+
+
+def _max_window_chi2(chi: np.ndarray, use: np.ndarray, width: int = QUALITY_WINDOW_PX
+                     ) -> np.ndarray:
+    """Largest mean chi^2 over ``width`` consecutive pixels (at least half of them used)."""
+    c = np.cumsum(np.pad(np.where(use, chi, 0.0), ((0, 0), (1, 0))), axis=1)
+    n = np.cumsum(np.pad(use.astype(np.int32), ((0, 0), (1, 0))), axis=1)
+    counts = n[:, width:] - n[:, :-width]
+    sums = c[:, width:] - c[:, :-width]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(counts >= width // 2, sums / np.maximum(counts, 1), -np.inf)
+    out = mean.max(axis=1)
+    return np.where(np.isfinite(out), out, np.nan)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Data-driven cuts (see module docstring), stored with the products."""
+
+    emission_significance: float
+    emission_min_excess: float
+    estimated_purity: float
+    #: S/N bin edges (snr_g) and the log10 window-chi2 cut in each bin
+    broken_snr_edges: tuple[float, ...]
+    broken_log_chi2: tuple[float, ...]
+
+    def as_attrs(self) -> dict[str, float | str]:
+        return {
+            "threshold_emission_significance": float(self.emission_significance),
+            "threshold_emission_min_excess": float(self.emission_min_excess),
+            "threshold_estimated_purity": float(self.estimated_purity),
+            "threshold_broken_snr_edges": json.dumps([round(x, 3) for x in
+                                                      self.broken_snr_edges]),
+            "threshold_broken_log_chi2": json.dumps([round(x, 4) for x in
+                                                     self.broken_log_chi2]),
+        }
+
+
+def emission_threshold(
+    significance: np.ndarray, target_purity: float = 0.99, floor: float = 3.0
+) -> tuple[float, float]:
+    """Smallest s_t >= floor with N(s < -s_t) <= (1 - purity) N(s > s_t) (mirror estimate).
+
+    Returns (s_t, estimated purity at s_t).
+    """
+    s = np.asarray(significance, dtype=float)
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        return floor, float("nan")
+    for t in np.arange(floor, 50.0, 0.05):
+        pos = np.count_nonzero(s > t)
+        neg = np.count_nonzero(s < -t)
+        if pos == 0:
+            return float(t), float("nan")
+        if neg <= (1.0 - target_purity) * pos:
+            return float(t), float(1.0 - neg / pos)
+    return 50.0, float("nan")
+
+
+def broken_statistic(stats: dict[str, np.ndarray], em_flag: np.ndarray) -> np.ndarray:
+    """The window chi2 that decides 'broken': wide emission exclusions for emission spectra."""
+    return np.where(em_flag == 1, stats["window_chi2_max_wide"], stats["window_chi2_max"])
+
+
+def broken_thresholds(
+    window_chi2: np.ndarray, snr: np.ndarray, mad_sigma: float = 8.0, min_chi2: float = 3.0,
+    n_bins: int = 10,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per S/N bin: median + mad_sigma x 1.4826 MAD of log10 chi2, at least log10(min_chi2)."""
+    lc = np.log10(np.asarray(window_chi2, dtype=float))
+    snr = np.nan_to_num(np.asarray(snr, dtype=float), nan=0.0)
+    ok = np.isfinite(lc)
+    if ok.sum() < n_bins * 10:
+        n_bins = 1
+    edges = np.quantile(snr[ok], np.linspace(0.0, 1.0, n_bins + 1)) if ok.any() else \
+        np.array([0.0, np.inf])
+    edges[0], edges[-1] = -np.inf, np.inf
+    cuts = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        sel = ok & (snr >= lo) & (snr < hi)
+        if sel.sum() < 5:
+            cuts.append(float(np.log10(min_chi2)))
+            continue
+        med = np.median(lc[sel])
+        mad = 1.4826 * np.median(np.abs(lc[sel] - med))
+        cuts.append(float(max(med + mad_sigma * mad, np.log10(min_chi2))))
+    return tuple(float(e) for e in edges), tuple(cuts)
+
+
+def choose_thresholds(
+    stats: dict[str, np.ndarray],
+    snr: np.ndarray,
+    target_purity: float = 0.99,
+    min_excess: float = 0.0,
+    broken_mad_sigma: float = 8.0,
+    broken_min_chi2: float = 3.0,
+) -> Thresholds:
+    """Thresholds for ``flag`` from the statistics of the whole survey (or training set)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sig = stats["halpha_excess"] / stats["halpha_excess_err"]
+    # artefacts scatter the significance both ways: leave out what the wide-window
+    # statistic (valid with or without emission) already calls broken
+    edges0, cuts0 = broken_thresholds(stats["window_chi2_max_wide"], snr, broken_mad_sigma,
+                                      broken_min_chi2)
+    b0 = np.clip(np.searchsorted(np.asarray(edges0), np.nan_to_num(snr, nan=0.0),
+                                 side="right") - 1, 0, len(cuts0) - 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        suspect = np.log10(stats["window_chi2_max_wide"]) > np.asarray(cuts0)[b0]
+    t, purity = emission_threshold(sig[~suspect], target_purity)
+    em = np.where((sig > t) & (stats["halpha_excess"] > min_excess), 1, 0)
+    edges, cuts = broken_thresholds(broken_statistic(stats, em), snr, broken_mad_sigma,
+                                    broken_min_chi2)
+    return Thresholds(t, float(min_excess), purity, edges, cuts)
+
+
+def flag(stats: dict[str, np.ndarray], snr: np.ndarray, thresholds: Thresholds
+         ) -> dict[str, np.ndarray]:
+    """``em_flag`` (1 emission, 0 none, -9 undetermined) and ``quality_flags`` bits."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sig = stats["halpha_excess"] / stats["halpha_excess_err"]
+    em = (sig > thresholds.emission_significance) & (
+        stats["halpha_excess"] > thresholds.emission_min_excess)
+    em_flag = np.where(em, 1, 0).astype(np.int8)
+    no_ha = ~np.isfinite(stats["halpha_excess"])
+    em_flag[no_ha] = -9
+    with np.errstate(invalid="ignore", divide="ignore"):
+        log_chi2 = np.log10(broken_statistic(stats, em_flag))
+    edges = np.asarray(thresholds.broken_snr_edges)
+    b = np.clip(np.searchsorted(edges, np.nan_to_num(snr, nan=0.0), side="right") - 1, 0,
+                len(thresholds.broken_log_chi2) - 1)
+    cut = np.asarray(thresholds.broken_log_chi2)[b]
+    q = np.zeros(sig.size, dtype=np.int16)
+    q[log_chi2 > cut] |= QUALITY_BITS["broken"]
+    q[no_ha] |= QUALITY_BITS["no_halpha_data"]
+    q[stats["clean_fraction"] < 0.5] |= QUALITY_BITS["few_pixels"]
+    q[~np.isfinite(stats["quality_chi2"])] |= QUALITY_BITS["projection_failed"]
+    return {"em_flag": em_flag, "quality_flags": q,
+            "halpha_significance": sig.astype(np.float32)}
+
+
+def star_flag_from_best_visit(
+    star_id: np.ndarray, snr: np.ndarray, visit_flag: np.ndarray
+) -> np.ndarray:
+    """Each visit gets its star's flag from the star's highest-S/N visit (footnote 2)."""
+    star_id = np.asarray(star_id).astype(object).astype(str)
+    snr = np.nan_to_num(np.asarray(snr, dtype=float), nan=-1.0)
+    order = np.lexsort((-snr, star_id))
+    sorted_ids = star_id[order]
+    first = np.r_[True, sorted_ids[1:] != sorted_ids[:-1]]
+    best = order[first]  # index of the best visit of each star (in sorted-star order)
+    group = np.cumsum(first) - 1
+    out = np.empty_like(np.asarray(visit_flag))
+    out[order] = np.asarray(visit_flag)[best][group]
+    return out

@@ -1,0 +1,342 @@
+"""PCA reconstruction of normalised spectra (Sec. 3, eqs. 1-2 of the paper).
+
+Two bases, as in the paper:
+
+* the **full-range** basis: K = 100 principal components of the standardised
+  normalised flux over the whole grid, used to denoise non-emission spectra;
+* the **clean-window** basis: K = 100 components of the pixels in the clean
+  windows (``CLEAN_WINDOWS_AA``: no emission lines, tellurics or Na D), plus the
+  matrix B solved from P B = X_full^T (least squares; P are the training
+  spectra's clean-window coefficients), which maps coefficients to the whole
+  spectrum. It reconstructs spectra with emission, and detects it.
+
+Pixels are standardised by the training set's mean and standard deviation.
+
+Beyond the paper, a spectrum is projected by weighted least squares with its own
+inverse variance and mask instead of a dot product: the coefficients c solve
+(Phi W Phi^T + Lambda^-1) c = Phi W z, where z is the standardised spectrum, W
+= diag(norm_ivar std^2) (0 for bad pixels) and Lambda = diag(component
+variances) is the training set's own prior on the coefficients (a Wiener
+filter; ``prior=False`` gives plain weighted least squares). For speed W is
+split into a smooth part, a sum of J Gaussian bumps along the spectrum whose
+K x K matrices are precomputed, plus exact low-rank corrections at pixels whose
+weight departs from the smooth part by more than a factor 3 (masked pixels, sky
+lines, gaps); within a factor 3 the smooth weight is used, which loses a little
+efficiency but no accuracy in expectation.
+
+The fitted bases are a small ``.npz`` model file (loaded with allow_pickle=False)
+with their wavelength windows, training selection and package version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from obpipe.spectra.grid import wavelength_grid
+
+log = logging.getLogger(__name__)
+
+N_COMPONENTS = 100
+#: Clean windows (vacuum AA): free of emission lines (Balmer H-alpha to H-delta, He I
+#: 5876/6678/7065, [N II], [S II], [O III], Fe II 5169/5317, Paschen / Ca II triplet / O I
+#: 8446), telluric bands and interstellar Na D. They also stay > 270 AA from H-alpha: the
+#: 50 AA pseudo-continuum spreads strong H-alpha emission over +-150 AA of the normalised
+#: spectrum, which would leak emission into the coefficients.
+CLEAN_WINDOWS_AA: tuple[tuple[float, float], ...] = (
+    (3700.0, 4085.0), (4120.0, 4325.0), (4357.0, 4820.0), (4905.0, 4950.0),
+    (5020.0, 5150.0), (5180.0, 5300.0), (5330.0, 5860.0), (5905.0, 6270.0),
+    (6935.0, 7050.0), (7085.0, 7150.0), (7350.0, 7580.0), (7700.0, 7760.0),
+    (7790.0, 8100.0),
+)
+_N_WEIGHT_BUMPS = 12
+_DEVIANT_FACTOR = 3.0
+
+
+def window_mask(windows: tuple[tuple[float, float], ...], wave: np.ndarray | None = None
+                ) -> np.ndarray:
+    """Boolean mask of the grid pixels inside any of ``windows`` (AA)."""
+    wave = wavelength_grid() if wave is None else wave
+    m = np.zeros(wave.size, dtype=bool)
+    for lo, hi in windows:
+        m |= (wave >= lo) & (wave <= hi)
+    return m
+
+
+@dataclass
+class PCABasis:
+    """A fitted basis. Arrays over ``pixels`` (P of them) or the full grid (N)."""
+
+    name: str
+    pixels: np.ndarray  # (N,) bool: pixels used for the projection
+    mean: np.ndarray  # (P,)
+    std: np.ndarray  # (P,)
+    components: np.ndarray  # (K, P) orthonormal rows
+    variance: np.ndarray  # (K,) variance of the training coefficients
+    to_full: np.ndarray  # (K, N): coefficients -> standardised full spectrum
+    full_mean: np.ndarray  # (N,)
+    full_std: np.ndarray  # (N,)
+    sigma_model: np.ndarray  # (N,) reconstruction error of the training set, norm. flux
+    weight_template: np.ndarray  # (P,) typical shape of the weights ivar std^2 along a row
+    meta: dict[str, Any] = field(default_factory=dict)
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def n_components(self) -> int:
+        return int(self.components.shape[0])
+
+    # ---- projection ----------------------------------------------------------------
+    def _bumps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if "bumps" not in self._cache:
+            idx = np.flatnonzero(self.pixels).astype(float)
+            centres = np.linspace(idx.min(), idx.max(), _N_WEIGHT_BUMPS)
+            width = (idx.max() - idx.min()) / (_N_WEIGHT_BUMPS - 1)
+            g = np.exp(-0.5 * ((idx[:, None] - centres[None, :]) / width) ** 2)  # (P, J)
+            g = g * self.weight_template[:, None]
+            pinv = np.linalg.pinv(g)  # (J, P)
+            phi = self.components.astype(np.float64)
+            h = np.einsum("pj,kp,lp->jkl", g, phi, phi)  # (J, K, K)
+            self._cache["bumps"] = (g, pinv, h)
+        return self._cache["bumps"]
+
+    def standardise(self, norm_flux: np.ndarray, norm_ivar: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """z and its weights w = ivar std^2 on the basis pixels (0 where unusable)."""
+        f = np.asarray(norm_flux, dtype=np.float64)[:, self.pixels]
+        iv = np.asarray(norm_ivar, dtype=np.float64)[:, self.pixels]
+        good = np.isfinite(f) & np.isfinite(iv) & (iv > 0)
+        z = np.where(good, (np.where(good, f, 0.0) - self.mean) / self.std, 0.0)
+        w = np.where(good, iv * self.std**2, 0.0)
+        return z, w
+
+    def project(self, norm_flux: np.ndarray, norm_ivar: np.ndarray, prior: bool = True,
+                batch: int = 500) -> np.ndarray:
+        """Coefficients (n, K) by inverse-variance weighted least squares (see module doc)."""
+        norm_flux = np.atleast_2d(norm_flux)
+        norm_ivar = np.atleast_2d(norm_ivar)
+        out = np.empty((norm_flux.shape[0], self.n_components))
+        for lo in range(0, norm_flux.shape[0], batch):
+            sl = slice(lo, lo + batch)
+            out[sl] = self._project_batch(norm_flux[sl], norm_ivar[sl], prior)
+        return out
+
+    def _project_batch(self, norm_flux: np.ndarray, norm_ivar: np.ndarray, prior: bool
+                       ) -> np.ndarray:
+        z, w = self.standardise(norm_flux, norm_ivar)
+        k = self.n_components
+        g, pinv, h = self._bumps()
+        phi = self.components.astype(np.float64)
+        n_good = np.count_nonzero(w > 0, axis=1)
+        row_fill = w.sum(axis=1) / np.maximum(n_good, 1)
+        filled = np.where(w > 0, w, row_fill[:, None])
+        a = filled @ pinv.T  # (n, J)
+        w_smooth = np.clip(a @ g.T, 1e-12, None)  # (n, P)
+        deviant = (w > _DEVIANT_FACTOR * w_smooth) | (w * _DEVIANT_FACTOR < w_smooth)
+        gram = (a @ h.reshape(h.shape[0], -1)).reshape(-1, k, k)
+        _add_deviant_corrections(gram, phi, deviant, w - w_smooth)
+        if prior:
+            gram += np.diag(1.0 / np.maximum(self.variance, 1e-12))[None, :, :]
+        else:
+            gram += 1e-9 * np.eye(k)[None, :, :]
+        rhs = (w * z) @ phi.T
+        empty = ~np.any(w > 0, axis=1)
+        coeff = np.linalg.solve(gram, rhs[:, :, None])[:, :, 0]
+        coeff[empty] = np.nan
+        return coeff
+
+    def project_plain(self, norm_flux: np.ndarray) -> np.ndarray:
+        """The paper's projection p = x . xi (missing pixels set to the training mean)."""
+        f = np.asarray(norm_flux, dtype=np.float64)[:, self.pixels]
+        z = np.where(np.isfinite(f), (f - self.mean) / self.std, 0.0)
+        return z @ self.components.T.astype(np.float64)
+
+    def reconstruct(self, coeff: np.ndarray) -> np.ndarray:
+        """Full-grid normalised flux (n, N) from coefficients."""
+        return (self.full_mean + self.full_std * (np.asarray(coeff) @ self.to_full)).astype(
+            np.float32)
+
+    # ---- persistence ----------------------------------------------------------------
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {
+            f"{prefix}pixels": self.pixels, f"{prefix}mean": self.mean, f"{prefix}std": self.std,
+            f"{prefix}components": self.components, f"{prefix}variance": self.variance,
+            f"{prefix}to_full": self.to_full, f"{prefix}full_mean": self.full_mean,
+            f"{prefix}full_std": self.full_std, f"{prefix}sigma_model": self.sigma_model,
+            f"{prefix}weight_template": self.weight_template,
+            f"{prefix}meta": np.array(json.dumps(self.meta)),
+        }
+
+    @classmethod
+    def from_arrays(cls, name: str, data: Any, prefix: str) -> PCABasis:
+        return cls(
+            name=name,
+            pixels=np.asarray(data[f"{prefix}pixels"], bool),
+            mean=data[f"{prefix}mean"], std=data[f"{prefix}std"],
+            components=data[f"{prefix}components"], variance=data[f"{prefix}variance"],
+            to_full=data[f"{prefix}to_full"], full_mean=data[f"{prefix}full_mean"],
+            full_std=data[f"{prefix}full_std"], sigma_model=data[f"{prefix}sigma_model"],
+            weight_template=data[f"{prefix}weight_template"],
+            meta=json.loads(str(data[f"{prefix}meta"])),
+        )
+
+
+def _add_deviant_corrections(gram: np.ndarray, phi: np.ndarray, deviant: np.ndarray,
+                             delta: np.ndarray, max_batched: int = 64) -> None:
+    """gram[i] += sum over deviant pixels p of delta[i, p] phi_p phi_p^T (in place).
+
+    Rows with up to ``max_batched`` deviant pixels are done in one padded batched
+    matrix product; rows with more (e.g. dead segments) one by one.
+    """
+    counts = deviant.sum(axis=1)
+    small = (counts > 0) & (counts <= max_batched)
+    if small.any():
+        rows = np.flatnonzero(small)
+        r, c = np.nonzero(deviant[rows])
+        starts = np.r_[0, np.cumsum(counts[rows])[:-1]]
+        pos = np.arange(r.size) - np.repeat(starts, counts[rows])
+        d_max = int(counts[rows].max())
+        order = np.zeros((rows.size, d_max), dtype=np.intp)
+        dvals = np.zeros((rows.size, d_max))
+        order[r, pos] = c
+        dvals[r, pos] = delta[rows[r], c]
+        sub = phi.T[order]  # (m, d_max, K)
+        gram[rows] += np.matmul(np.swapaxes(sub * dvals[:, :, None], 1, 2), sub)
+    for i in np.flatnonzero(counts > max_batched):
+        cols = np.flatnonzero(deviant[i])
+        sub = phi[:, cols]
+        gram[i] += (sub * delta[i, cols]) @ sub.T
+
+
+def _weight_template(ivar: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Median shape of ivar std^2 along a row (each row scaled by its median)."""
+    w = np.where(ivar > 0, ivar, np.nan) * std[None, :] ** 2
+    with np.errstate(all="ignore"):
+        rel = w / np.nanmedian(w, axis=1, keepdims=True)
+        t = np.nanmedian(rel, axis=0)
+    return np.where(np.isfinite(t) & (t > 0), t, 1.0)
+
+
+def _fill_and_standardise(flux: np.ndarray, ivar: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training matrix with unusable pixels replaced by the pixel's median."""
+    good = np.isfinite(flux) & (ivar > 0)
+    med = np.nanmedian(np.where(good, flux, np.nan), axis=0)
+    med = np.where(np.isfinite(med), med, 1.0)
+    x = np.where(good, flux, med[None, :])
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    std = np.where(std > 1e-6, std, 1e-6)
+    return (x - mean) / std, mean, std
+
+
+def fit_components(z: np.ndarray, n_components: int, random_state: int = 0,
+                   chunk_rows: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Leading principal components (K, P) and their variances with dask-ml's
+    randomized PCA (works on data that need not fit in memory)."""
+    import dask.array as da
+    from dask_ml.decomposition import PCA
+
+    k = min(n_components, z.shape[0] - 1, z.shape[1])
+    dz = da.from_array(np.asarray(z, dtype=np.float32), chunks=(chunk_rows, z.shape[1]))
+    pca = PCA(n_components=k, svd_solver="randomized", random_state=random_state,
+              iterated_power=4, whiten=False)
+    # dask-ml 2025.1 + scikit-learn >= 1.8 (dask/dask-ml#1023): set the normaliser explicitly
+    pca.power_iteration_normalizer = "auto"
+    pca.fit(dz)
+    return np.asarray(pca.components_, dtype=np.float64), np.asarray(
+        pca.explained_variance_, dtype=np.float64)
+
+
+def _model_error(basis: PCABasis, flux: np.ndarray, ivar: np.ndarray,
+                 max_rows: int = 2000, seed: int = 0) -> np.ndarray:
+    """Per-pixel reconstruction error (norm. flux) of the training set, noise removed.
+
+    Robust to a minority of outliers (emission lines, artefacts): per pixel, the
+    sigma_model for which the median of r^2 / (1/ivar + sigma_model^2) equals the
+    median of a chi^2 with one degree of freedom (0.4549), found by bisection.
+    """
+    if flux.shape[0] > max_rows:
+        rows = np.sort(np.random.default_rng(seed).choice(flux.shape[0], max_rows, replace=False))
+        flux, ivar = flux[rows], ivar[rows]
+    recon = basis.reconstruct(basis.project(flux, ivar))
+    good = np.isfinite(flux) & (ivar > 0)
+    resid2 = np.where(good, (flux - recon) ** 2, np.nan)
+    noise2 = np.where(good, 1.0 / np.where(good, ivar, 1.0), np.nan)
+    target = 0.454936  # median of chi^2 with 1 degree of freedom
+    lo = np.full(flux.shape[1], -6.0)  # log10 sigma_model
+    hi = np.full(flux.shape[1], 0.5)
+    with np.errstate(all="ignore"):
+        if np.all(np.isnan(resid2)):
+            return np.zeros(flux.shape[1])
+        at_zero = np.nanmedian(resid2 / noise2, axis=0)
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            med = np.nanmedian(resid2 / (noise2 + 10.0 ** (2 * mid)), axis=0)
+            too_small = med > target
+            lo = np.where(too_small, mid, lo)
+            hi = np.where(too_small, hi, mid)
+    sigma = 10.0 ** (0.5 * (lo + hi))
+    # no model error where the noise alone already explains the residuals
+    return np.where(np.nan_to_num(at_zero, nan=0.0) <= target, 0.0, sigma)
+
+
+def fit_basis(
+    name: str,
+    norm_flux: np.ndarray,
+    norm_ivar: np.ndarray,
+    pixels: np.ndarray,
+    n_components: int = N_COMPONENTS,
+    random_state: int = 0,
+    meta: dict[str, Any] | None = None,
+) -> PCABasis:
+    """Fit a basis on training spectra (M, N): components on ``pixels``, B to the full grid."""
+    norm_flux = np.asarray(norm_flux, dtype=np.float64)
+    norm_ivar = np.asarray(norm_ivar, dtype=np.float64)
+    z_full, full_mean, full_std = _fill_and_standardise(norm_flux, norm_ivar)
+    z = z_full[:, pixels]
+    comps, var = fit_components(z, n_components, random_state)
+    if pixels.all():
+        to_full = comps
+    else:
+        scores = z @ comps.T  # P (M, K)
+        to_full, *_ = np.linalg.lstsq(scores, z_full, rcond=None)  # B (K, N): P B = X^T
+    basis = PCABasis(
+        name=name, pixels=np.asarray(pixels, bool), mean=full_mean[pixels],
+        std=full_std[pixels], components=comps, variance=var, to_full=to_full,
+        full_mean=full_mean, full_std=full_std, sigma_model=np.zeros(pixels.size),
+        weight_template=_weight_template(norm_ivar[:, pixels], full_std[pixels]),
+        meta=dict(meta or {}),
+    )
+    basis.sigma_model = _model_error(basis, norm_flux, norm_ivar)
+    basis.meta.update({"n_train": int(norm_flux.shape[0]), "n_components": int(comps.shape[0]),
+                       "explained_variance_ratio_sum": float(var.sum() / max(
+                           np.sum(np.var(z, axis=0)), 1e-12))})
+    return basis
+
+
+@dataclass
+class PCAModel:
+    """The two bases of Sec. 3 in one model file."""
+
+    full: PCABasis
+    clean: PCABasis
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str) -> None:
+        arrays = {**self.full.arrays("full_"), **self.clean.arrays("clean_"),
+                  "meta": np.array(json.dumps(self.meta)), "wave": wavelength_grid()}
+        with open(path, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+    @classmethod
+    def load(cls, path: str) -> PCAModel:
+        with np.load(path, allow_pickle=False) as data:
+            if not np.allclose(data["wave"], wavelength_grid()):
+                raise ValueError(f"{path}: PCA model was fitted on another wavelength grid")
+            return cls(full=PCABasis.from_arrays("full", data, "full_"),
+                       clean=PCABasis.from_arrays("clean", data, "clean_"),
+                       meta=json.loads(str(data["meta"])))

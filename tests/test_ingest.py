@@ -1,0 +1,245 @@
+"""``obpipe ingest``: round trip with the mock, bad files, duplicates, resume, append."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from astropy.table import Table
+
+from obpipe.cli import main
+from obpipe.config import SimulationConfig
+from obpipe.ingest import IngestConfig, IngestError, export_fits, ingest, report_frame
+from obpipe.io import store
+from obpipe.io.lamost import read_lamost, write_lamost_fits
+from obpipe.simulate.survey import simulate_survey
+
+CFG = IngestConfig(chunk_size=16, files_per_task=5)
+COMPARE = ("flux", "ivar", "mask", "specid", "fitsname", "ra", "dec", "mjd", "snr_g", "rv",
+           "rv_err", "teff", "logg", "feh", "gaia_id", "gaia_release", "parallax",
+           "parallax_error", "ruwe", "astrometric_params_solved", "phot_g_mean_mag", "J",
+           "Ks", "Ks_err", "g", "star_id")
+
+
+@pytest.fixture(scope="module")
+def mock(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("ingest")
+    sim = str(root / "sim.zarr")
+    simulate_survey(sim, SimulationConfig(n_stars=24, seed=5, chunk_size=16),
+                    scheduler="threads")
+    n = store.open_cube(sim).sizes["spec"]
+    half = n // 2
+    files_a, table = export_fits(sim, str(root / "fits"), layout="image", gzip=True,
+                                 rows=slice(0, half), table_path=str(root / "a.ecsv"))
+    files_b, _ = export_fits(sim, str(root / "fits"), layout="bintable", gzip=False,
+                             rows=slice(half, n), table_path=str(root / "b.ecsv"))
+    full = Table.read(sim.replace("sim.zarr", "a.ecsv"))
+    from astropy.table import vstack
+
+    table = str(root / "stars.parquet")
+    vstack([full, Table.read(str(root / "b.ecsv"))]).write(table)
+    return {"root": root, "sim": sim, "files": sorted(files_a + files_b), "table": table,
+            "dir": str(root / "fits")}
+
+
+def _by_specid(path: str) -> xr.Dataset:
+    ds = store.open_cube(path)
+    return ds.isel(spec=np.argsort(ds["specid"].values)).load()
+
+
+def _assert_same(a: xr.Dataset, b: xr.Dataset, names: tuple[str, ...] = COMPARE) -> None:
+    assert a.sizes["spec"] == b.sizes["spec"]
+    for name in names:
+        x, y = a[name].values, b[name].values
+        if x.dtype.kind in "OTU":
+            assert [str(v) for v in x] == [str(v) for v in y], name
+        else:
+            np.testing.assert_array_equal(x, y, err_msg=name)
+
+
+def test_simulate_fits_ingest_gives_the_simulated_cube(mock: dict, tmp_path: Path) -> None:
+    out = str(tmp_path / "ing.zarr")
+    summary = ingest([mock["dir"]], mock["table"], out, config=CFG, scheduler="threads")
+    assert summary["n_rows"] == len(mock["files"]) and summary["skipped"] == 0
+    _assert_same(_by_specid(mock["sim"]), _by_specid(out))
+    rep = report_frame(out)
+    assert set(rep["status"]) <= {"ingested", "flagged"}
+    flagged = rep[rep["status"] == "flagged"]
+    assert set(flagged["reason"]) <= {"negative_parallax"}
+    csv = pd.read_csv(tmp_path / "ing.ingest_report.csv")
+    assert len(csv) == len(mock["files"])
+    uniq = store.open_cube(out)["uniqflag"].values
+    assert set(np.unique(uniq)) >= {1}
+
+
+def _bad_files(d: Path, good: Path) -> dict[str, str]:
+    """Every kind of bad input next to good files; returns name -> expected status."""
+    raw = good.read_bytes()
+    spec = read_lamost(good)
+    (d / "truncated.fits").write_bytes(raw[: len(raw) // 3])
+    (d / "notfits.fits").write_text("SIMPLE? no.\n" * 300)
+    from astropy.io import fits
+
+    fits.PrimaryHDU(np.ones((3, 100), np.float32)).writeto(d / "shape.fits")
+    fits.PrimaryHDU(np.ones((5, 3909), np.float32)).writeto(d / "nowave.fits")
+    base = {"ra": spec.meta["ra"], "dec": spec.meta["dec"], "mjd": 58000, "snr_g": 20.0,
+            "rv": 10.0, "rv_err": 2.0}
+    g = np.ones(3909, np.float32)
+    m = np.zeros(3909, np.uint8)
+    write_lamost_fits(d / "nanflux.fits", g * np.nan, g, m,
+                      {**base, "obsid": 900000001, "fitsname": "nanflux.fits"})
+    write_lamost_fits(d / "zeroivar.fits", g, g * 0, m,
+                      {**base, "obsid": 900000002, "fitsname": "zeroivar.fits"})
+    write_lamost_fits(d / "offgrid.fits", g, g, m,
+                      {**base, "obsid": 900000003, "fitsname": "offgrid.fits"},
+                      wave_rest_aa=10 ** (4.3 + 1e-4 * np.arange(3909)))
+    write_lamost_fits(d / "nomatch.fits", g, g, m,
+                      {**base, "obsid": 900000004, "fitsname": "nomatch.fits"})
+    # same obsid as the good file, other content
+    write_lamost_fits(d / "zz_dupobsid.fits", g * 2, g, m,
+                      {**base, "obsid": spec.meta["obsid"], "fitsname": "zz_dupobsid.fits"})
+    shutil.copy(good, d / "zz_copy_of_good.fits.gz")  # same bytes
+    return {"truncated.fits": "skipped", "notfits.fits": "skipped", "shape.fits": "skipped",
+            "nowave.fits": "skipped", "nanflux.fits": "flagged", "zeroivar.fits": "flagged",
+            "offgrid.fits": "flagged", "nomatch.fits": "flagged", "zz_dupobsid.fits": "duplicate",
+            "zz_copy_of_good.fits.gz": "duplicate"}
+
+
+def test_bad_inputs_each_get_a_report_line_and_good_files_all_land(
+    mock: dict, tmp_path: Path
+) -> None:
+    d = tmp_path / "in"
+    shutil.copytree(mock["dir"], d)
+    good = Path(sorted(d.glob("*.fits.gz"))[0])
+    expected = _bad_files(d, good)
+    out = str(tmp_path / "bad.zarr")
+    # through the command line, with a negative parallax in the table
+    t = Table.read(mock["table"])
+    t["parallax"][0] = -0.3
+    table = str(tmp_path / "stars.fits")
+    t.write(table)
+    rc = main(["ingest", str(d), "--table", table, "--out", out, "--scheduler", "threads",
+               "--chunk-size", "16"])
+    assert rc == 0
+    rep = report_frame(out).set_index("path")
+    assert len(rep) == len(mock["files"]) + len(expected)
+    for name, status in expected.items():
+        line = rep.loc[str(d / name)]
+        assert line["status"] == status, (name, line["reason"])
+        assert line["reason"], name
+    reasons = {name: rep.loc[str(d / name), "reason"] for name in expected}
+    assert "truncated" in reasons["truncated.fits"]
+    assert "not a FITS file" in reasons["notfits.fits"]
+    assert "wrong shape" in reasons["shape.fits"]
+    assert "missing wavelength" in reasons["nowave.fits"]
+    assert "all_nan_flux" in reasons["nanflux.fits"]
+    assert "zero_ivar" in reasons["zeroivar.fits"]
+    assert "off_grid" in reasons["offgrid.fits"]
+    assert "no_table_match" in reasons["nomatch.fits"]
+    assert "already ingested from" in reasons["zz_dupobsid.fits"]
+    assert "same content as" in reasons["zz_copy_of_good.fits.gz"]
+    neg = rep[rep["obsid"] == int(t["obsid"][0])]
+    assert "negative_parallax" in neg["reason"].iloc[0]
+    # every good file has its row, exactly once; flagged rows carry their flags
+    ds = store.open_cube(out)
+    specids = list(ds["specid"].values)
+    assert len(specids) == len(set(specids)) == len(mock["files"]) + 4
+    sim = _by_specid(mock["sim"])
+    got = ds.isel(spec=[specids.index(s) for s in sim["specid"].values]).load()
+    _assert_same(sim, got, ("flux", "ivar", "mask", "specid", "gaia_id"))
+    flags = dict(zip(ds["fitsname"].values, ds["ingest_flags"].values, strict=True))
+    assert flags["nomatch.fits"] == "no_table_match"
+
+
+def test_strict_stops_at_the_first_bad_file(mock: dict, tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    shutil.copytree(mock["dir"], d)
+    (d / "bad.fits").write_text("not fits")
+    with pytest.raises(IngestError, match="bad.fits: skipped: not a FITS file"):
+        ingest([str(d)], mock["table"], str(tmp_path / "s.zarr"),
+               config=IngestConfig(chunk_size=200, strict=True), scheduler="threads")
+
+
+def test_table_problems_flag_rows_or_stop_in_strict_mode(mock: dict, tmp_path: Path) -> None:
+    t = Table.read(mock["table"])
+    t.remove_columns(["parallax", "ks_m"])
+    table = str(tmp_path / "noplx.csv")
+    t.write(table)
+    files = mock["files"][:3]
+    out = str(tmp_path / "t.zarr")
+    ingest(files, table, out, config=CFG, scheduler="threads")
+    flags = set(store.open_cube(out)["ingest_flags"].values)
+    assert flags == {"table_has_no_parallax,table_has_no_Ks"}
+    with pytest.raises(IngestError, match="table_has_no_parallax"):
+        ingest(files, table, str(tmp_path / "t2.zarr"), scheduler="threads",
+               config=IngestConfig(strict=True))
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_rerun_after_kill_equals_uninterrupted_run(mock: dict, tmp_path: Path) -> None:
+    clean = str(tmp_path / "clean.zarr")
+    ingest([mock["dir"]], mock["table"], clean, config=CFG, scheduler="threads")
+
+    def kill(window: int) -> None:
+        if window == 1:  # rows of window 1 written, report not committed
+            raise _Killed
+
+    killed = str(tmp_path / "killed.zarr")
+    with pytest.raises(_Killed):
+        ingest([mock["dir"]], mock["table"], killed, config=CFG, scheduler="threads",
+               _after_append=kill)
+    with pytest.raises(store.InvalidCubeError, match="not completely"):
+        store.open_cube(killed)
+    summary = ingest([mock["dir"]], mock["table"], killed, config=CFG, scheduler="threads")
+    assert summary["already"] == CFG.chunk_size  # window 0 was committed
+    a, b = store.open_cube(clean).load(), store.open_cube(killed).load()
+    _assert_same(a, b, (*COMPARE, "uniqflag", "ingest_flags"))
+    pd.testing.assert_frame_equal(report_frame(clean), report_frame(killed))
+    # a complete store is not silently re-ingested
+    with pytest.raises(IngestError, match="pass --append"):
+        ingest([mock["dir"]], mock["table"], clean, config=CFG, scheduler="threads")
+
+
+def test_append_adds_a_new_batch(mock: dict, tmp_path: Path) -> None:
+    files = mock["files"]
+    half = len(files) // 2
+    out = str(tmp_path / "app.zarr")
+    ingest(files[:half], mock["table"], out, config=CFG, scheduler="threads")
+    summary = ingest(files, mock["table"], out, append=True, config=CFG, scheduler="threads")
+    assert summary["already"] == half and summary["ingested"] + summary["flagged"] == \
+        len(files) - half
+    whole = str(tmp_path / "whole.zarr")
+    ingest(files, mock["table"], whole, config=CFG, scheduler="threads")
+    _assert_same(store.open_cube(whole).load(), store.open_cube(out).load(),
+                 (*COMPARE, "uniqflag"))
+    assert len(store.open_cube(out).attrs["ingest_runs"]) == 2
+
+
+def test_real_lamost_files_with_index_table(shared_data: Path, tmp_path: Path) -> None:
+    index = pd.read_csv(shared_data / "lamost_dr8" / "index.csv")
+    table = tmp_path / "index.csv"
+    index.to_csv(table, index=False)
+    out = str(tmp_path / "real.zarr")
+    summary = ingest([shared_data / "lamost_dr8", shared_data / "lamost_dr1"], str(table), out,
+                     config=CFG, scheduler="threads")
+    assert summary["n_rows"] == 44 and summary["skipped"] == 0
+    ds = store.open_cube(out).load()
+    rep = report_frame(out).set_index("obsid")
+    dr8 = ds.isel(spec=np.flatnonzero(np.isin(ds["specid"].values, index["combined_obsid"])))
+    assert dr8.sizes["spec"] == 34
+    # repeat visits (GroupID) share one star_id; uniqflag 1 on the best S/N visit
+    groups = index.set_index("combined_obsid").loc[dr8["specid"].values, "GroupID"].to_numpy()
+    for gid in np.unique(groups):
+        ids = set(dr8["star_id"].values[groups == gid])
+        assert len(ids) == 1
+    dr1 = ds.isel(spec=np.flatnonzero(~np.isin(ds["specid"].values, index["combined_obsid"])))
+    assert all("no_obsid_in_header" in f for f in dr1["ingest_flags"].values)
+    assert all("no_table_match" in f for f in dr1["ingest_flags"].values)
+    assert set(rep["layout"]) == {"image", "image-subcontinuum"}

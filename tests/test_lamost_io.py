@@ -1,0 +1,262 @@
+"""LAMOST readers (all layouts, gz), the writer, rebinning onto the grid, bad files."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.io import fits
+
+from obpipe.io import lamost
+from obpipe.io.lamost import LamostFormatError, read_lamost, to_grid, write_lamost_fits
+from obpipe.io.store import MASK_BITS
+from obpipe.spectra.grid import SPEED_OF_LIGHT_KMS, wavelength_grid
+from obpipe.spectra.resample import bin_edges, rebin_spectrum
+
+GRID = wavelength_grid()
+META = {"obsid": 123456789, "fitsname": "spec-1-T_sp01-001.fits", "ra": 10.5, "dec": -1.25,
+        "mjd": 58000, "snr_g": 55.5, "rv": 37.3, "rv_err": 4.0}
+
+
+def _spectrum(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    flux = (100.0 * (GRID / 5000.0) ** -2 + rng.normal(0, 1, GRID.size)).astype(np.float32)
+    ivar = np.ones(GRID.size, np.float32)
+    mask = np.zeros(GRID.size, np.uint8)
+    ivar[500], mask[500] = 0.0, MASK_BITS["bad_pixel"]
+    mask[1000:1003] = MASK_BITS["sky_residual"]
+    flux[:3], ivar[:3], mask[:3] = 0.0, 0.0, MASK_BITS["no_coverage"]
+    return flux, ivar, mask
+
+
+@pytest.mark.parametrize("layout", ["image", "image-subcontinuum", "bintable"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_writer_reader_round_trip_every_layout(tmp_path: Path, layout: str, gz: bool) -> None:
+    flux, ivar, mask = _spectrum()
+    path = tmp_path / ("s.fits.gz" if gz else "s.fits")
+    write_lamost_fits(path, flux, ivar, mask, META, layout=layout)
+    spec = read_lamost(path)
+    assert spec.layout == layout
+    assert spec.meta["ra"] == META["ra"] and spec.meta["snr_g"] == pytest.approx(55.5)
+    if layout == "image-subcontinuum":
+        assert "no_obsid_in_header" in spec.notes and spec.meta["obsid"] >= 2**62
+    else:
+        assert spec.meta["obsid"] == META["obsid"]
+    # observed frame in the file, rest frame (= the grid, exactly) after the shift
+    assert spec.wave[0] == pytest.approx(GRID[0] * (1 + META["rv"] / SPEED_OF_LIGHT_KMS))
+    g = to_grid(spec)
+    assert g.rv == pytest.approx(META["rv"]) and g.rv_err == pytest.approx(META["rv_err"])
+    np.testing.assert_array_equal(g.flux, flux)
+    np.testing.assert_array_equal(g.ivar, ivar)
+    np.testing.assert_array_equal(g.mask, mask)
+
+
+def test_fast_parser_agrees_with_astropy(tmp_path: Path) -> None:
+    flux, ivar, mask = _spectrum(1)
+    for layout in ("image", "bintable"):
+        path = tmp_path / f"{layout}.fits"
+        write_lamost_fits(path, flux, ivar, mask, META, layout=layout)
+        raw = path.read_bytes()
+        fast, slow = lamost._fast_hdus(raw), lamost._astropy_hdus(raw)
+        assert len(fast) == len(slow)
+        for (hf, df), (hs, ds) in zip(fast, slow, strict=True):
+            for key in ("OBSID", "Z", "COEFF0", "RA", "FILENAME"):
+                if key in hs:
+                    assert hf[key] == hs[key]
+            if ds is not None and ds.dtype.names:
+                for name in ds.dtype.names:
+                    np.testing.assert_array_equal(df[name], ds[name])
+            elif ds is not None:
+                np.testing.assert_array_equal(df, ds)
+
+
+# ---------------------------------------------------------------- resampling
+
+
+def test_rebinning_conserves_flux_of_a_smooth_spectrum() -> None:
+    step = 1e-4
+    wave = 10 ** (3.5682 + step * (np.arange(3950) - 20.37))  # shifted by a fraction of a pixel
+
+    def smooth(w: np.ndarray) -> np.ndarray:
+        return 1e3 * (w / 5000.0) ** -2.5 * (1 + 0.2 * np.sin(w / 300.0))
+
+    flux, ivar, mask = rebin_spectrum(wave, smooth(wave), np.ones(wave.size))
+    assert not mask.any() and np.all(ivar > 0)
+    # integral of f dlambda over the grid's range, against the input's integral there
+    edges_out = bin_edges(GRID)
+    edges_in = bin_edges(wave)
+    total_out = np.sum(flux * np.diff(edges_out))
+    inside = (edges_in[:-1] >= edges_out[0]) & (edges_in[1:] <= edges_out[-1])
+    total_in = np.sum(smooth(wave)[inside] * np.diff(edges_in)[inside])
+    assert total_out == pytest.approx(total_in, rel=1e-3)
+    # and pixel by pixel against the smooth function
+    assert np.max(np.abs(flux / smooth(GRID) - 1)) < 1e-3
+
+
+def test_rebinning_propagates_ivar_chi2_of_constant_fit_is_one() -> None:
+    rng = np.random.default_rng(2)
+    wave = 10 ** (3.5682 + 1e-4 * (np.arange(3950) - 20.41))
+    sigma = 0.5 + 0.3 * np.sin(np.arange(wave.size) / 200.0) ** 2
+    chi2 = []
+    for _ in range(30):
+        flux, ivar, _ = rebin_spectrum(wave, 5.0 + rng.normal(0, sigma), 1 / sigma**2)
+        ok = ivar > 0
+        c = np.sum(flux[ok] * ivar[ok]) / np.sum(ivar[ok])
+        chi2.append(np.sum((flux[ok] - c) ** 2 * ivar[ok]) / (ok.sum() - 1))
+    assert np.mean(chi2) == pytest.approx(1.0, abs=0.03)
+
+
+def test_masks_are_never_interpolated_into_good_pixels() -> None:
+    wave = 10 ** (3.5682 + 1e-4 * (np.arange(3909) + 0.4))
+    flux = np.full(wave.size, 7.0)
+    ivar = np.ones(wave.size)
+    mask = np.zeros(wave.size, np.uint8)
+    flux[1000], ivar[1000] = 1e6, 0.0  # unflagged bad pixel (ivar 0)
+    mask[2000] = MASK_BITS["bad_pixel"]
+    mask[3000] = MASK_BITS["sky_residual"]  # informational: keeps its ivar
+    f, iv, m = rebin_spectrum(wave, flux, ivar, mask)
+    bad = np.flatnonzero(iv == 0)
+    assert set(bad) == {0, 1000, 1001, 2000, 2001}  # two per bad pixel + the blue edge
+    assert np.all(m[[1000, 1001, 2000, 2001]] & MASK_BITS["bad_pixel"])
+    assert m[0] & MASK_BITS["no_coverage"]
+    assert np.all(f[iv > 0] == pytest.approx(7.0))
+    assert m[3000] & MASK_BITS["sky_residual"] and iv[3000] > 0
+
+
+def test_pixels_outside_coverage_get_zero_ivar_and_bit() -> None:
+    wave = GRID[1000:2000] * (1 + 1e-5)
+    f, iv, m = rebin_spectrum(wave, np.ones(wave.size), np.ones(wave.size))
+    assert np.all(iv[:1001] == 0) and np.all(m[:1001] & MASK_BITS["no_coverage"])
+    assert np.all(iv[2000:] == 0) and np.all(iv[1001:1999] > 0)
+
+
+# ---------------------------------------------------------------- bad files
+
+
+def _good_file(tmp_path: Path, name: str = "good.fits", **kw: object) -> Path:
+    flux, ivar, mask = _spectrum()
+    path = tmp_path / name
+    write_lamost_fits(path, flux, ivar, mask, {**META, **kw})
+    return path
+
+
+def test_truncated_fits_is_a_clear_error(tmp_path: Path) -> None:
+    raw = _good_file(tmp_path).read_bytes()
+    bad = tmp_path / "trunc.fits"
+    bad.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(LamostFormatError, match="trunc.fits: truncated"):
+        read_lamost(bad)
+    badgz = tmp_path / "trunc.fits.gz"
+    badgz.write_bytes(gzip.compress(raw)[:5000])
+    with pytest.raises(LamostFormatError, match="gzip"):
+        read_lamost(badgz)
+
+
+def test_non_fits_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.fits"
+    bad.write_text("this is not a spectrum\n" * 200)
+    with pytest.raises(LamostFormatError, match="notes.fits: not a FITS file"):
+        read_lamost(bad)
+
+
+def test_wrong_shape_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "shape.fits"
+    fits.PrimaryHDU(np.ones((4, 3909), np.float32)).writeto(bad)
+    with pytest.raises(LamostFormatError, match=r"wrong shape \(4, 3909\)"):
+        read_lamost(bad)
+
+
+def test_missing_wavelength_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "nowave.fits"
+    data = np.ones((5, 3909), np.float32)  # row 2 is not a wavelength, no COEFF0/COEFF1
+    fits.PrimaryHDU(data).writeto(bad)
+    with pytest.raises(LamostFormatError, match="missing wavelength"):
+        read_lamost(bad)
+    bad2 = tmp_path / "nowave_table.fits"
+    col = fits.Column("FLUX", "3909E", array=np.ones((1, 3909), np.float32))
+    col2 = fits.Column("IVAR", "3909E", array=np.ones((1, 3909), np.float32))
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns([col, col2])]).writeto(bad2)
+    with pytest.raises(LamostFormatError, match="missing wavelength"):
+        read_lamost(bad2)
+
+
+@pytest.mark.parametrize(
+    ("change", "flag"),
+    [("nan_flux", "all_nan_flux"), ("zero_ivar", "zero_ivar"), ("off_grid", "off_grid")],
+)
+def test_unusable_data_gives_a_flagged_all_ivar0_row(tmp_path: Path, change: str,
+                                                     flag: str) -> None:
+    flux, ivar, mask = _spectrum()
+    wave = None
+    if change == "nan_flux":
+        flux[:] = np.nan
+    elif change == "zero_ivar":
+        ivar[:] = 0
+    else:
+        wave = 10 ** (4.2 + 1e-4 * np.arange(GRID.size))  # 15,800 AA onwards
+    path = tmp_path / "x.fits"
+    write_lamost_fits(path, flux, ivar, mask, META, wave_rest_aa=wave)
+    g = to_grid(read_lamost(path))
+    assert flag in g.flags
+    assert np.all(g.ivar == 0) and g.flux.shape == GRID.shape
+
+
+def test_failed_redshift_is_flagged_not_shifted(tmp_path: Path) -> None:
+    path = _good_file(tmp_path, rv=np.nan)
+    g = to_grid(read_lamost(path))
+    assert "no_redshift" in g.flags and np.isnan(g.rv)
+
+
+# ---------------------------------------------------------------- real files
+
+
+def test_real_dr8_files(shared_data: Path) -> None:
+    files = sorted((shared_data / "lamost_dr8").glob("*.fits.gz"))
+    index = pd.read_csv(shared_data / "lamost_dr8" / "index.csv")
+    assert files
+    for path in files:
+        spec = read_lamost(path)
+        assert spec.layout == "image"
+        assert spec.meta["obsid"] in set(index["combined_obsid"])
+        row = index[index["combined_obsid"] == spec.meta["obsid"]].iloc[0]
+        assert spec.meta["ra"] == pytest.approx(row["combined_ra_obs"], abs=1e-5)
+        assert spec.meta["snr_g"] == pytest.approx(row["combined_snrg"], abs=0.01)
+        # the wavelength row agrees with the exact COEFF0/COEFF1 solution that replaced it
+        with fits.open(path) as hdul:
+            row2 = hdul[0].data[2].astype(np.float64)
+            flux = hdul[0].data[0]
+        np.testing.assert_allclose(spec.wave, row2, rtol=2e-6)
+        np.testing.assert_array_equal(spec.flux, flux)
+        g = to_grid(spec)
+        # rebinning keeps the good pixels good (a few lost to edges and masks next door)
+        assert (g.ivar > 0).mean() >= (spec.ivar > 0).mean() - 0.03
+        assert abs(g.rv) < 600
+        # one real file's wavelength row departs from its COEFF0/COEFF1: used, and flagged
+        assert set(g.flags) <= {"wavelength_array_disagrees_with_COEFF0_COEFF1"}
+
+
+def test_real_dr1_files_use_coefficients_not_subcontinuum(shared_data: Path) -> None:
+    files = sorted((shared_data / "lamost_dr1").glob("*.fits"))
+    assert files
+    for path in files:
+        spec = read_lamost(path)
+        assert spec.layout == "image-subcontinuum"
+        assert spec.wave[0] == pytest.approx(10**3.5682) and spec.wave[-1] > 9000
+        assert "no_obsid_in_header" in spec.notes
+        g = to_grid(spec)
+        assert (g.ivar > 0).mean() > 0.5
+
+
+def test_specutils_reads_lamost_files(shared_data: Path, tmp_path: Path) -> None:
+    specutils = pytest.importorskip("specutils")
+    lamost.register_specutils_loader()
+    path = sorted((shared_data / "lamost_dr8").glob("*.fits.gz"))[0]
+    sp = specutils.Spectrum.read(path)
+    assert sp.flux.size == 3906 and sp.meta["layout"] == "image"
+    table_file = _good_file(tmp_path, "t.fits")
+    write_lamost_fits(table_file, *_spectrum(), META, layout="bintable", overwrite=True)
+    sp2 = specutils.Spectrum.read(table_file, format="LAMOST")
+    assert sp2.meta["layout"] == "bintable"
