@@ -47,14 +47,7 @@ import zarr
 
 from obpipe import __version__
 from obpipe.io import store
-from obpipe.io.lamost import (
-    LamostFormatError,
-    checksum,
-    parse_lamost,
-    read_bytes,
-    to_grid,
-    write_lamost_fits,
-)
+from obpipe.io.lamost import process_batch, process_file, write_lamost_fits  # noqa: F401
 from obpipe.io.store import Column
 from obpipe.io.tables import TABLE_COLUMNS, StarTable, assign_stars
 from obpipe.spectra.grid import wavelength_grid
@@ -131,48 +124,6 @@ def find_files(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
         else:
             raise IngestError(f"{path}: no such file or directory")
     return sorted(found)
-
-
-# ------------------------------------------------------------------ worker side
-
-
-def process_file(path: str, known_checksum: str | None = None) -> dict[str, Any]:
-    """Read, check and grid one file; never raises for bad content.
-
-    Returns a record: path, checksum, size, status ("ok", "skipped", "already"),
-    reason, and for "ok" the metadata and the gridded flux/ivar/mask and flags.
-    """
-    rec: dict[str, Any] = {"path": path, "checksum": "", "size": -1, "layout": "",
-                           "status": "skipped", "reason": ""}
-    try:
-        raw = read_bytes(path)
-    except OSError as exc:
-        rec["reason"] = f"cannot read file ({exc})"
-        return rec
-    rec["size"] = len(raw)
-    rec["checksum"] = checksum(raw)
-    if known_checksum is not None and rec["checksum"] == known_checksum:
-        rec["status"] = "already"
-        return rec
-    try:
-        spec = parse_lamost(raw, path)
-        gridded = to_grid(spec)
-    except LamostFormatError as exc:
-        rec["reason"] = exc.reason
-        return rec
-    except Exception as exc:  # an unforeseen defect of one file must not stop the ingest
-        log.warning("%s: unexpected error: %r", path, exc)
-        rec["reason"] = f"unexpected error ({type(exc).__name__}: {exc})"
-        return rec
-    rec.update(status="ok", layout=spec.layout, meta=spec.meta, flux=gridded.flux,
-               ivar=gridded.ivar, mask=gridded.mask, rv=gridded.rv, rv_err=gridded.rv_err,
-               flags=gridded.flags)
-    return rec
-
-
-def process_batch(paths: Sequence[str], known: Mapping[str, str]) -> list[dict[str, Any]]:
-    """:func:`process_file` over a batch; ``known`` maps path -> checksum already ingested."""
-    return [process_file(p, known.get(p)) for p in paths]
 
 
 # ------------------------------------------------------------------ the store
@@ -483,8 +434,10 @@ def ingest(
         # one pool for the whole run: dask would otherwise start (spawn) a new one per window
         from dask.multiprocessing import get_context
 
-        process_pool = concurrent.futures.ProcessPoolExecutor(
-            num_workers or os.cpu_count() or 1, mp_context=get_context())
+        n_proc = num_workers or os.cpu_count() or 1
+        process_pool = concurrent.futures.ProcessPoolExecutor(n_proc, mp_context=get_context())
+        for _ in range(n_proc):  # start (import) the workers while the driver sets up
+            process_pool.submit(process_batch, [], {})
         kwargs["pool"] = process_pool
 
     def compute(paths: list[str]) -> list[dict[str, Any]]:

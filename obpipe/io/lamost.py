@@ -46,6 +46,7 @@ import os
 import re
 import sys
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -575,6 +576,48 @@ def to_grid(spec: LamostSpectrum, grid_aa: np.ndarray | None = None) -> GriddedS
             and "all_nan_flux" not in flags:
         flags.append("no_usable_pixel")
     return GriddedSpectrum(f, iv, m, rv, rv_err, flags)
+
+
+# ------------------------------------------------------- per-file work (ingest)
+
+
+def process_file(path: str, known_checksum: str | None = None) -> dict[str, Any]:
+    """Read, check and grid one file; never raises for bad content.
+
+    Returns a record: path, checksum, size, status ("ok", "skipped", "already"),
+    reason, and for "ok" the metadata and the gridded flux/ivar/mask and flags.
+    """
+    rec: dict[str, Any] = {"path": path, "checksum": "", "size": -1, "layout": "",
+                           "status": "skipped", "reason": ""}
+    try:
+        raw = read_bytes(path)
+    except OSError as exc:
+        rec["reason"] = f"cannot read file ({exc})"
+        return rec
+    rec["size"] = len(raw)
+    rec["checksum"] = checksum(raw)
+    if known_checksum is not None and rec["checksum"] == known_checksum:
+        rec["status"] = "already"
+        return rec
+    try:
+        spec = parse_lamost(raw, path)
+        gridded = to_grid(spec)
+    except LamostFormatError as exc:
+        rec["reason"] = exc.reason
+        return rec
+    except Exception as exc:  # an unforeseen defect of one file must not stop the ingest
+        log.warning("%s: unexpected error: %r", path, exc)
+        rec["reason"] = f"unexpected error ({type(exc).__name__}: {exc})"
+        return rec
+    rec.update(status="ok", layout=spec.layout, meta=spec.meta, flux=gridded.flux,
+               ivar=gridded.ivar, mask=gridded.mask, rv=gridded.rv, rv_err=gridded.rv_err,
+               flags=gridded.flags)
+    return rec
+
+
+def process_batch(paths: Sequence[str], known: Mapping[str, str]) -> list[dict[str, Any]]:
+    """:func:`process_file` over a batch; ``known`` maps path -> checksum already ingested."""
+    return [process_file(p, known.get(p)) for p in paths]
 
 
 # ------------------------------------------------------------------------- writer
