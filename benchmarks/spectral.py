@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="obpipe-spectral-")
+    os.makedirs(work, exist_ok=True)
     print(f"cores: {os.cpu_count()}")
     surveys = {}
     for scale in (1, 3):

@@ -221,12 +221,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"simulated {survey} in {time.perf_counter() - t0:.0f} s")
     report = run_pipeline(survey, products, None, scheduler=args.scheduler)
     print(store_summary(survey))
-    metrics = validate_survey(survey)
+    metrics = validate_survey(survey, products)
     pop = metrics.get("population", {})
     print("stages:", ", ".join(f"{k} ({v['status']})" for k, v in report.items()))
     print(f"population: {pop.get('n_stars')} stars, {pop.get('n_spectra')} spectra; "
           f"emission {pop.get('emission_fraction_of_stars', float('nan')):.3f}, "
           f"broken {pop.get('broken_fraction_of_spectra', float('nan')):.3f}")
+    spec = metrics.get("spectral", {})
+    if spec:
+        print(f"emission flags vs truth: completeness (EW < -2 AA) "
+              f"{spec['emission_completeness_ew_lt_-2']:.3f}, purity "
+              f"{spec['emission_purity']:.3f}; broken-spectrum recall "
+              f"{spec['broken_recall']:.3f}")
+    phot = metrics.get("photometry", {})
+    if phot:
+        print("photometry vs truth:", json.dumps(phot.get("ebv", {}).get(
+            "non_emission_all_bands", phot.get("ebv", {})), default=float)[:300])
+    print(f"full metrics: obpipe validate {survey} --products {products}")
     print(f"products: {os.path.abspath(products)}")
     print(f"survey:   {os.path.abspath(survey)}")
     print("open with: xarray.open_zarr(PATH, consolidated=False)")
