@@ -40,15 +40,18 @@ def _peak_rss(stop: threading.Event, out: list[float]) -> None:
     out.append(peak)
 
 
-def _chain_block(inputs, model_path):
+def _chain_block(survey: str, start: int, stop: int, model_path: str) -> int:
+    """Read one block of the cube and run the whole chain on it (one task per block)."""
     from threadpoolctl import threadpool_limits
 
+    from obpipe.io import store
     from obpipe.spectra import emission, normalize
     from obpipe.spectra.stages import _load_model
 
+    sub = store.open_cube(survey)[["flux", "ivar", "mask"]].isel(spec=slice(start, stop)).load()
     model = _load_model(model_path, os.path.getmtime(model_path))
     with threadpool_limits(1):
-        nf, ni = normalize.normalize(inputs["flux"], inputs["ivar"], inputs["mask"])
+        nf, ni = normalize.normalize(sub["flux"].values, sub["ivar"].values, sub["mask"].values)
         c = model.clean.project(nf, ni)
         model.full.project(nf, ni)
         recon = model.clean.reconstruct(c)
@@ -56,8 +59,8 @@ def _chain_block(inputs, model_path):
     return int(nf.shape[0])
 
 
-def run_chain(survey: str, model_path: str, scheduler: str = "processes") -> tuple[int, float,
-                                                                                    float]:
+def run_chain(survey: str, model_path: str, scheduler: str = "processes"
+              ) -> tuple[int, float, float]:
     import dask
 
     from obpipe.io import store
@@ -65,13 +68,8 @@ def run_chain(survey: str, model_path: str, scheduler: str = "processes") -> tup
 
     ds = store.open_cube(survey)
     chunk = ds["flux"].chunks[0][0]
-    tasks = []
-    for start, stop in block_bounds(ds.sizes["spec"], chunk):
-        def load(start=start, stop=stop):
-            sub = store.open_cube(survey)[["flux", "ivar", "mask"]].isel(
-                spec=slice(start, stop)).load()
-            return {k: sub[k].values for k in ("flux", "ivar", "mask")}
-        tasks.append(dask.delayed(_chain_block)(dask.delayed(load)(), model_path))
+    tasks = [dask.delayed(_chain_block)(survey, a, b, model_path)
+             for a, b in block_bounds(ds.sizes["spec"], chunk)]
     stop_evt, peak = threading.Event(), []
     watcher = threading.Thread(target=_peak_rss, args=(stop_evt, peak))
     watcher.start()

@@ -115,7 +115,9 @@ def validate_survey(path: str, products_dir: str | None = None) -> dict[str, Any
             products = open_products(products_dir)
             metrics["spectral"] = spectral_metrics(survey, products, truth)
             if stage_complete(products_dir, "photometry"):
-                metrics["photometry"] = photometry_metrics(survey, products.load(), truth)
+                per_spectrum = [v for v in products.data_vars if products[v].dims == ("spec",)]
+                metrics["photometry"] = photometry_metrics(survey, products[per_spectrum].load(),
+                                                           truth)
     else:
         metrics["note"] = "no truth group: only survey-level metrics"
     return metrics

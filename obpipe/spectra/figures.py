@@ -37,8 +37,10 @@ def write_spectral_figures(survey_path: str, products_dir: str, thresholds: Any)
         if cand.size == 0:
             continue
         i = int(cand[0])
-        ax.plot(wave, prods["norm_flux"].values[i], color="k", lw=0.6, label="observed")
-        ax.plot(wave, prods["recon_flux"].values[i], color="r", lw=0.8, label="PCA")
+        row = prods[["norm_flux", "norm_ivar", "recon_flux"]].isel(spec=i).load()
+        shown = np.where(row["norm_ivar"].values > 0, row["norm_flux"].values, np.nan)
+        ax.plot(wave, shown, color="k", lw=0.6, label="observed")
+        ax.plot(wave, row["recon_flux"].values, color="r", lw=0.8, label="PCA")
         for lo, hi in pca.CLEAN_WINDOWS_AA:
             ax.axvspan(lo, hi, ymin=0, ymax=0.04, color="tab:blue", alpha=0.8, lw=0)
         ax.set_ylim(0.2, 1.6 if want == 0 else 3.0)
