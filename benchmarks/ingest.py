@@ -9,9 +9,8 @@ from a small simulated survey (spectra reused with new obsids), then times
   flux and ivar onto the grid, one ``to_zarr`` at the end (no masks, no table join,
   no report, no resume: the least a script does);
 
-and prints files/s, the ratio, CPU seconds (the process tree, workers included)
-and the peak resident memory (sum over the process tree, sampled every 0.05 s;
-forked workers count their shared pages again, so this overstates the total).
+and prints files/s, the ratio, and the peak resident memory (process tree, sampled
+every 0.05 s).
 
     python benchmarks/ingest.py                    # 10,000 files, 2 workers
     python benchmarks/ingest.py --n-files 2000
@@ -21,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -71,23 +69,19 @@ def _watch(proc: psutil.Process, stop: threading.Event, out: list[float]) -> Non
     out.append(peak)
 
 
-def timed(cmd: list[str]) -> tuple[float, float, float]:
-    """(wall seconds, CPU seconds of the process tree, peak RSS in MB) of a command."""
-    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """(seconds, peak RSS in MB) of a command."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stop, peak = threading.Event(), []
     w = threading.Thread(target=_watch, args=(psutil.Process(proc.pid), stop, peak))
     w.start()
     out, err = proc.communicate()
-    wall = time.perf_counter() - t0
     stop.set()
     w.join()
     if proc.returncode:
         raise SystemExit(f"{cmd[:4]} failed: {err.strip()[-2000:]}")
-    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # waited-for descendants: workers too
-    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-    return wall, cpu, peak[0] / 2**20
+    return time.perf_counter() - t0, peak[0] / 2**20
 
 
 def make_files(workdir: str, n_files: int) -> tuple[str, str]:
@@ -144,34 +138,25 @@ def main() -> None:
         for name in files[: len(files) // 4]:
             os.symlink(os.path.join(fits_dir, name), os.path.join(quarter_dir, name))
 
-    def ingest_run(src: str) -> tuple[float, float, float]:
+    rows = []
+    for label, src, n in (("ingest N/4", quarter_dir, len(files) // 4),
+                          ("ingest N", fits_dir, len(files))):
         out = os.path.join(workdir, "out.zarr")
         shutil.rmtree(out, ignore_errors=True)
-        return timed([sys.executable, "-m", "obpipe.cli", "ingest", src, "--table", table,
-                      "--out", out, "--scheduler", "processes", "--workers",
-                      str(args.workers), "--report", os.path.join(workdir, "r.csv")])
-
-    def plain_run() -> tuple[float, float, float]:
-        out = os.path.join(workdir, "plain.zarr")
-        shutil.rmtree(out, ignore_errors=True)
-        return timed([sys.executable, "-c", PLAIN_LOOP, fits_dir, out])
-
-    load0 = os.getloadavg()[0]
-    rows = [("ingest N/4", len(files) // 4, *ingest_run(quarter_dir)),
-            ("plain astropy loop N", len(files), *plain_run()),
-            ("ingest N", len(files), *ingest_run(fits_dir))]
-    load1 = os.getloadavg()[0]
-    print(f"{'run':24s} {'files':>7s} {'seconds':>8s} {'files/s':>8s} {'CPU s':>7s} "
-          f"{'CPU ms/file':>11s} {'peak MB':>8s}")
-    for label, n, sec, cpu, mem in rows:
-        print(f"{label:24s} {n:7d} {sec:8.1f} {n / sec:8.0f} {cpu:7.1f} {1e3 * cpu / n:11.2f} "
-              f"{mem:8.0f}")
-    ratio = rows[1][2] / rows[2][2]
-    print(f"ingest ({args.workers} workers) / plain loop throughput ratio (wall): {ratio:.2f}x")
-    print(f"peak memory N / (N/4): {rows[2][4] / rows[0][4]:.2f} "
-          f"({rows[0][4]:.0f} MB -> {rows[2][4]:.0f} MB for 4x the files)")
-    print(f"cores: {os.cpu_count()}; load average (1 min) before/after: {load0:.1f} / "
-          f"{load1:.1f} (other processes on the machine slow both runs)")
+        sec, mem = timed([sys.executable, "-m", "obpipe.cli", "ingest", src, "--table", table,
+                          "--out", out, "--scheduler", "processes", "--workers",
+                          str(args.workers), "--report", os.path.join(workdir, "r.csv")])
+        rows.append((label, n, sec, mem))
+    out = os.path.join(workdir, "plain.zarr")
+    shutil.rmtree(out, ignore_errors=True)
+    sec, mem = timed([sys.executable, "-c", PLAIN_LOOP, fits_dir, out])
+    rows.append(("plain astropy loop N", len(files), sec, mem))
+    print(f"{'run':24s} {'files':>7s} {'seconds':>8s} {'files/s':>8s} {'peak MB':>8s}")
+    for label, n, sec, mem in rows:
+        print(f"{label:24s} {n:7d} {sec:8.1f} {n / sec:8.0f} {mem:8.0f}")
+    ratio = (rows[1][1] / rows[1][2]) / (rows[2][1] / rows[2][2])
+    print(f"ingest ({args.workers} workers) / plain loop throughput ratio: {ratio:.2f}x")
+    print(f"cores: {os.cpu_count()}")
 
 
 if __name__ == "__main__":
