@@ -83,27 +83,32 @@ def residual_statistics(
     those pixels that are usable.
     """
     wave = wavelength_grid()
-    f = np.asarray(norm_flux, dtype=np.float64)
-    iv = np.asarray(norm_ivar, dtype=np.float64)
-    good = np.isfinite(f) & (iv > 0) & np.isfinite(recon)
-    var = np.where(good, 1.0 / np.where(good, iv, 1.0), np.inf) + sigma_model[None, :] ** 2
-    resid = np.where(good, f - recon, 0.0)
+    f = np.asarray(norm_flux, dtype=np.float32)
+    iv = np.asarray(norm_ivar, dtype=np.float32)
+    recon = np.asarray(recon, dtype=np.float32)
+    good = (iv > 0) & np.isfinite(f) & np.isfinite(recon)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = 1.0 / np.where(good, iv, np.float32(1.0))
+    var += (sigma_model.astype(np.float32) ** 2)[None, :]
+    resid = np.where(good, f - recon, np.float32(0.0))
+    chi = resid * resid / var
+    chi[~good] = 0.0
     core = _in(wave, (HALPHA_CORE_AA,))
     wings = _in(wave, HALPHA_WINGS_AA)
-    n_core = good[:, core].sum(axis=1)
+    quality = ~_in(wave, EMISSION_WINDOWS_AA)
+    telluric = _in(wave, TELLURIC_WINDOWS_AA)
+    wide = ~_in(wave, EMISSION_WINDOWS_WIDE_AA) & ~telluric
+    g_core = good[:, core]
+    n_core = g_core.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        excess = resid[:, core].sum(axis=1) / n_core
-        excess_err = np.sqrt(np.where(good[:, core], var[:, core], 0.0).sum(axis=1)) / n_core
-        chi = np.where(good, resid**2 / var, 0.0)
-        n_w = good[:, wings].sum(axis=1)
-        halpha_chi2 = chi[:, wings].sum(axis=1) / n_w
+        excess = resid[:, core].sum(axis=1, dtype=np.float64) / n_core
+        excess_err = np.sqrt(np.where(g_core, var[:, core], 0.0).sum(axis=1)) / n_core
+        halpha_chi2 = chi[:, wings].sum(axis=1) / good[:, wings].sum(axis=1)
         n_c = good[:, clean_pixels].sum(axis=1)
-        quality = ~_in(wave, EMISSION_WINDOWS_AA)
-        quality_chi2 = chi[:, quality].sum(axis=1) / good[:, quality].sum(axis=1)
-        telluric = _in(wave, TELLURIC_WINDOWS_AA)
-        win_narrow = _max_window_chi2(chi, good & (quality & ~telluric)[None, :])
-        wide = ~_in(wave, EMISSION_WINDOWS_WIDE_AA) & ~telluric
-        win_wide = _max_window_chi2(chi, good & wide[None, :])
+        quality_chi2 = chi[:, quality].sum(axis=1, dtype=np.float64) / good[:, quality].sum(
+            axis=1)
+        win_narrow = _max_window_chi2(chi, good, quality & ~telluric)
+        win_wide = _max_window_chi2(chi, good, wide)
     return {
         "halpha_excess": excess.astype(np.float32),
         "halpha_excess_err": excess_err.astype(np.float32),
@@ -115,16 +120,21 @@ def residual_statistics(
     }
 
 
-def _max_window_chi2(chi: np.ndarray, use: np.ndarray, width: int = QUALITY_WINDOW_PX
-                     ) -> np.ndarray:
-    """Largest mean chi^2 over ``width`` consecutive pixels (at least half of them used)."""
-    c = np.cumsum(np.pad(np.where(use, chi, 0.0), ((0, 0), (1, 0))), axis=1)
-    n = np.cumsum(np.pad(use.astype(np.int32), ((0, 0), (1, 0))), axis=1)
-    counts = n[:, width:] - n[:, :-width]
+def _max_window_chi2(chi: np.ndarray, good: np.ndarray, columns: np.ndarray,
+                     width: int = QUALITY_WINDOW_PX) -> np.ndarray:
+    """Largest mean chi^2 over ``width`` consecutive pixels of the grid, counting only
+    ``good`` pixels in ``columns`` (at least half of the window's pixels used)."""
+    use = good & columns[None, :]
+    n = chi.shape[0]
+    c = np.zeros((n, chi.shape[1] + 1), dtype=np.float32)
+    np.cumsum(np.where(use, chi, 0.0), axis=1, out=c[:, 1:])
+    k = np.zeros((n, chi.shape[1] + 1), dtype=np.int32)
+    np.cumsum(use, axis=1, out=k[:, 1:])
+    counts = k[:, width:] - k[:, :-width]
     sums = c[:, width:] - c[:, :-width]
+    sums[counts < width // 2] = -np.inf
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(counts >= width // 2, sums / np.maximum(counts, 1), -np.inf)
-    out = mean.max(axis=1)
+        out = (sums / np.maximum(counts, 1)).max(axis=1)
     return np.where(np.isfinite(out), out, np.nan)
 
 

@@ -104,14 +104,30 @@ class PCABasis:
             self._cache["bumps"] = (g, pinv, h)
         return self._cache["bumps"]
 
+    def _f32(self) -> dict[str, np.ndarray]:
+        if "f32" not in self._cache:
+            self._cache["f32"] = {
+                "mean": self.mean.astype(np.float32),
+                "inv_std": (1.0 / self.std).astype(np.float32),
+                "std2": (self.std**2).astype(np.float32),
+                "phi_t": np.ascontiguousarray(self.components.T, dtype=np.float32),
+            }
+        return self._cache["f32"]
+
     def standardise(self, norm_flux: np.ndarray, norm_ivar: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:
-        """z and its weights w = ivar std^2 on the basis pixels (0 where unusable)."""
-        f = np.asarray(norm_flux, dtype=np.float64)[:, self.pixels]
-        iv = np.asarray(norm_ivar, dtype=np.float64)[:, self.pixels]
-        good = np.isfinite(f) & np.isfinite(iv) & (iv > 0)
-        z = np.where(good, (np.where(good, f, 0.0) - self.mean) / self.std, 0.0)
-        w = np.where(good, iv * self.std**2, 0.0)
+        """z and its weights w = ivar std^2 on the basis pixels (0 where unusable), float32."""
+        c = self._f32()
+        all_pixels = bool(self.pixels.all())
+        f = np.asarray(norm_flux, dtype=np.float32)
+        iv = np.asarray(norm_ivar, dtype=np.float32)
+        if not all_pixels:
+            f, iv = f[:, self.pixels], iv[:, self.pixels]
+        good = (iv > 0) & np.isfinite(f)
+        z = (f - c["mean"]) * c["inv_std"]
+        z[~good] = 0.0
+        w = iv * c["std2"]
+        w[~good] = 0.0
         return z, w
 
     def project(self, norm_flux: np.ndarray, norm_ivar: np.ndarray, prior: bool = True,
@@ -130,25 +146,32 @@ class PCABasis:
         z, w = self.standardise(norm_flux, norm_ivar)
         k = self.n_components
         g, pinv, h = self._bumps()
+        g32, pinv32 = self._cache.setdefault(
+            "bumps32", (g.astype(np.float32), pinv.T.astype(np.float32)))
         phi = self.components.astype(np.float64)
-        n_good = np.count_nonzero(w > 0, axis=1)
-        row_fill = w.sum(axis=1) / np.maximum(n_good, 1)
-        filled = np.where(w > 0, w, row_fill[:, None])
-        a = filled @ pinv.T  # (n, J)
-        w_smooth = np.clip(a @ g.T, 1e-12, None)  # (n, P)
+        used = w > 0
+        n_good = np.count_nonzero(used, axis=1)
+        row_fill = (w.sum(axis=1, dtype=np.float64) / np.maximum(n_good, 1)).astype(np.float32)
+        filled = np.where(used, w, row_fill[:, None])
+        a = filled @ pinv32  # (n, J)
+        w_smooth = a @ g32.T  # (n, P)
+        np.maximum(w_smooth, np.float32(1e-12), out=w_smooth)
         deviant = (w > _DEVIANT_FACTOR * w_smooth) | (w * _DEVIANT_FACTOR < w_smooth)
-        gram = (a @ h.reshape(h.shape[0], -1)).reshape(-1, k, k)
+        h32 = self._cache.setdefault("h32", h.reshape(h.shape[0], -1).astype(np.float32))
+        gram = (a @ h32).reshape(-1, k, k)
         # many small matrices: one BLAS thread each (threads only contend here)
         with threadpool_limits(1):
-            _add_deviant_corrections(gram, phi, deviant, w - w_smooth)
+            _add_deviant_corrections(gram, phi, deviant, w, w_smooth)
         if prior:
-            gram += np.diag(1.0 / np.maximum(self.variance, 1e-12))[None, :, :]
+            gram += np.diag(1.0 / np.maximum(self.variance, 1e-12)).astype(np.float32)[None]
         else:
-            gram += 1e-9 * np.eye(k)[None, :, :]
-        rhs = (w * z) @ phi.T
-        empty = ~np.any(w > 0, axis=1)
+            gram += np.float32(1e-6) * np.eye(k, dtype=np.float32)[None, :, :]
+        w *= z
+        rhs = w @ self._f32()["phi_t"]
+        empty = n_good == 0
         with threadpool_limits(1):
             coeff = np.linalg.solve(gram, rhs[:, :, None])[:, :, 0]
+        coeff = coeff.astype(np.float64)
         coeff[empty] = np.nan
         return coeff
 
@@ -189,30 +212,34 @@ class PCABasis:
 
 
 def _add_deviant_corrections(gram: np.ndarray, phi: np.ndarray, deviant: np.ndarray,
-                             delta: np.ndarray, max_batched: int = 64) -> None:
-    """gram[i] += sum over deviant pixels p of delta[i, p] phi_p phi_p^T (in place).
+                             w: np.ndarray, w_smooth: np.ndarray, max_batched: int = 64
+                             ) -> None:
+    """gram[i] += sum over deviant pixels p of (w - w_smooth)[i, p] phi_p phi_p^T (in place).
 
     Rows with up to ``max_batched`` deviant pixels are done in one padded batched
     matrix product; rows with more (e.g. dead segments) one by one.
     """
     counts = deviant.sum(axis=1)
-    small = (counts > 0) & (counts <= max_batched)
-    if small.any():
-        rows = np.flatnonzero(small)
+    # rows grouped by their number of deviant pixels, so that padding stays small
+    for lo, hi in ((1, 4), (5, 8), (9, 16), (17, 32), (33, max_batched)):
+        rows = np.flatnonzero((counts >= lo) & (counts <= hi))
+        if rows.size == 0:
+            continue
         r, c = np.nonzero(deviant[rows])
         starts = np.r_[0, np.cumsum(counts[rows])[:-1]]
         pos = np.arange(r.size) - np.repeat(starts, counts[rows])
         d_max = int(counts[rows].max())
         order = np.zeros((rows.size, d_max), dtype=np.intp)
-        dvals = np.zeros((rows.size, d_max))
+        dvals = np.zeros((rows.size, d_max), dtype=gram.dtype)
         order[r, pos] = c
-        dvals[r, pos] = delta[rows[r], c]
-        sub = phi.T[order]  # (m, d_max, K)
+        dvals[r, pos] = w[rows[r], c] - w_smooth[rows[r], c]
+        sub = phi.T.astype(gram.dtype)[order]  # (m, d_max, K)
         gram[rows] += np.matmul(np.swapaxes(sub * dvals[:, :, None], 1, 2), sub)
     for i in np.flatnonzero(counts > max_batched):
         cols = np.flatnonzero(deviant[i])
         sub = phi[:, cols]
-        gram[i] += (sub * delta[i, cols]) @ sub.T
+        gram[i] += ((sub * (w[i, cols] - w_smooth[i, cols]).astype(np.float64)) @ sub.T).astype(
+            gram.dtype)
 
 
 def _weight_template(ivar: np.ndarray, std: np.ndarray, max_rows: int = 1200) -> np.ndarray:
