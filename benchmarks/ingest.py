@@ -9,8 +9,10 @@ from a small simulated survey (spectra reused with new obsids), then times
   flux and ivar onto the grid, one ``to_zarr`` at the end (no masks, no table join,
   no report, no resume: the least a script does);
 
-and prints files/s, the ratio, and the peak resident memory (process tree, sampled
-every 0.05 s).
+and prints files/s, the ratio, CPU seconds (the process tree, workers included)
+and the peak memory, sampled every 0.05 s and summed over the process tree: RSS
+(forked workers count the pages they share with the driver again: an overstatement)
+and PSS (shared pages divided among the processes sharing them: the real total).
 
     python benchmarks/ingest.py                    # 10,000 files, 2 workers
     python benchmarks/ingest.py --n-files 2000
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -53,35 +56,41 @@ xr.Dataset({"flux": (("spec", "wave"), flux), "ivar": (("spec", "wave"), ivar),
 
 
 def _watch(proc: psutil.Process, stop: threading.Event, out: list[float]) -> None:
-    peak = 0.0
+    """Peak RSS and peak PSS, each summed over the process tree."""
+    peak_rss = peak_pss = 0.0
     while not stop.is_set():
-        rss = 0.0
+        rss = pss = 0.0
         try:
             for p in [proc, *proc.children(recursive=True)]:
                 try:
                     rss += p.memory_info().rss
-                except psutil.NoSuchProcess:
+                    pss += getattr(p.memory_full_info(), "pss", 0.0)
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
                     pass
         except psutil.NoSuchProcess:
             break
-        peak = max(peak, rss)
+        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
         time.sleep(0.05)
-    out.append(peak)
+    out.extend([peak_rss, peak_pss])
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of a command."""
+def timed(cmd: list[str]) -> tuple[float, float, float, float]:
+    """(wall s, CPU s of the process tree, peak RSS MB, peak PSS MB) of a command."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stop, peak = threading.Event(), []
     w = threading.Thread(target=_watch, args=(psutil.Process(proc.pid), stop, peak))
     w.start()
     out, err = proc.communicate()
+    wall = time.perf_counter() - t0
     stop.set()
     w.join()
     if proc.returncode:
         raise SystemExit(f"{cmd[:4]} failed: {err.strip()[-2000:]}")
-    return time.perf_counter() - t0, peak[0] / 2**20
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # waited-for descendants: workers too
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return wall, cpu, peak[0] / 2**20, peak[1] / 2**20
 
 
 def make_files(workdir: str, n_files: int) -> tuple[str, str]:
@@ -138,25 +147,36 @@ def main() -> None:
         for name in files[: len(files) // 4]:
             os.symlink(os.path.join(fits_dir, name), os.path.join(quarter_dir, name))
 
-    rows = []
-    for label, src, n in (("ingest N/4", quarter_dir, len(files) // 4),
-                          ("ingest N", fits_dir, len(files))):
+    def ingest_run(src: str) -> tuple[float, float, float, float]:
         out = os.path.join(workdir, "out.zarr")
         shutil.rmtree(out, ignore_errors=True)
-        sec, mem = timed([sys.executable, "-m", "obpipe.cli", "ingest", src, "--table", table,
-                          "--out", out, "--scheduler", "processes", "--workers",
-                          str(args.workers), "--report", os.path.join(workdir, "r.csv")])
-        rows.append((label, n, sec, mem))
-    out = os.path.join(workdir, "plain.zarr")
-    shutil.rmtree(out, ignore_errors=True)
-    sec, mem = timed([sys.executable, "-c", PLAIN_LOOP, fits_dir, out])
-    rows.append(("plain astropy loop N", len(files), sec, mem))
-    print(f"{'run':24s} {'files':>7s} {'seconds':>8s} {'files/s':>8s} {'peak MB':>8s}")
-    for label, n, sec, mem in rows:
-        print(f"{label:24s} {n:7d} {sec:8.1f} {n / sec:8.0f} {mem:8.0f}")
-    ratio = (rows[1][1] / rows[1][2]) / (rows[2][1] / rows[2][2])
-    print(f"ingest ({args.workers} workers) / plain loop throughput ratio: {ratio:.2f}x")
-    print(f"cores: {os.cpu_count()}")
+        return timed([sys.executable, "-m", "obpipe.cli", "ingest", src, "--table", table,
+                      "--out", out, "--scheduler", "processes", "--workers",
+                      str(args.workers), "--report", os.path.join(workdir, "r.csv")])
+
+    def plain_run() -> tuple[float, float, float, float]:
+        out = os.path.join(workdir, "plain.zarr")
+        shutil.rmtree(out, ignore_errors=True)
+        return timed([sys.executable, "-c", PLAIN_LOOP, fits_dir, out])
+
+    load0 = os.getloadavg()[0]
+    rows = [("ingest N/4", len(files) // 4, *ingest_run(quarter_dir)),
+            ("plain astropy loop N", len(files), *plain_run()),
+            ("ingest N", len(files), *ingest_run(fits_dir))]
+    load1 = os.getloadavg()[0]
+    print(f"{'run':24s} {'files':>7s} {'seconds':>8s} {'files/s':>8s} {'CPU s':>7s} "
+          f"{'CPU ms/file':>11s} {'peak RSS MB':>11s} {'peak PSS MB':>11s}")
+    for label, n, sec, cpu, rss, pss in rows:
+        print(f"{label:24s} {n:7d} {sec:8.1f} {n / sec:8.0f} {cpu:7.1f} {1e3 * cpu / n:11.2f} "
+              f"{rss:11.0f} {pss:11.0f}")
+    ratio = rows[1][2] / rows[2][2]
+    print(f"ingest ({args.workers} workers) / plain loop throughput ratio (wall): {ratio:.2f}x")
+    print(f"CPU seconds plain loop / ingest: {rows[1][3] / rows[2][3]:.2f}")
+    print(f"peak memory N / (N/4): RSS {rows[2][4] / rows[0][4]:.2f} ({rows[0][4]:.0f} -> "
+          f"{rows[2][4]:.0f} MB), PSS {rows[2][5] / rows[0][5]:.2f} ({rows[0][5]:.0f} -> "
+          f"{rows[2][5]:.0f} MB) for 4x the files")
+    print(f"cores: {os.cpu_count()}; load average (1 min) before/after: {load0:.1f} / "
+          f"{load1:.1f} (other processes on the machine slow both runs)")
 
 
 if __name__ == "__main__":

@@ -2,23 +2,32 @@
 
 Work split:
 
-* workers (``dask.delayed`` over batches of files): read each file, checksum it,
-  parse it (:func:`obpipe.io.lamost.parse_lamost`), shift it to the rest frame and
-  rebin it onto the grid (:func:`obpipe.io.lamost.to_grid`). Pure per-file work;
-  a bad file gives a report line, never an exception.
-* the driver, window by window in file order: drops duplicates (same checksum or
-  obsid as a file already in the store), joins the star table
-  (:class:`obpipe.io.tables.StarTable`), appends the rows to the store
-  (:func:`obpipe.io.store.append_rows`) and the window's lines to the
-  ``ingest_report`` group, then commits (root attributes ``ingest_n_rows`` /
-  ``ingest_n_report``). The next window is read while this one is written.
+* workers (``dask.delayed`` over batches of ``files_per_task`` files; with
+  ``scheduler="processes"`` one pool of *forked* workers for the whole run, so a
+  worker starts in milliseconds with the driver's modules already imported): read
+  each file, checksum it, parse it (:func:`obpipe.io.lamost.parse_lamost`), shift
+  it to the rest frame and rebin it onto the grid (:func:`obpipe.io.lamost.to_grid`;
+  LAMOST's log-linear COEFF0/COEFF1 dispersion takes a vectorised fractional-pixel
+  shift, :func:`obpipe.spectra.resample.rebin_loglinear`). A batch comes back as
+  small per-file records plus three stacked arrays. Pure per-file work; a bad file
+  gives a report line, never an exception.
+* the driver, window by window (``WINDOW_FILES`` files, in file order; the next
+  ``WINDOWS_AHEAD`` windows are being read meanwhile): drops duplicates (same
+  checksum or obsid as a file already in the store), joins the star table
+  (:class:`obpipe.io.tables.StarTable`) on the small metadata, and writes rows in
+  whole chunks of the store (rows that do not fill a chunk wait for the next
+  window: no chunk is ever read back and rewritten), then commits: the report
+  lines of the files whose rows are written, and the root attributes
+  ``ingest_n_rows`` / ``ingest_n_report``. Memory is bounded by a few windows and
+  one chunk, whatever the number of files; the store's arrays are sized once per
+  run, not per window.
 * at the end: repeat visits are grouped into stars (``star_id``, ``uniqflag``,
   :func:`obpipe.io.tables.assign_stars`) over the whole store, the report is
   written as CSV too, and the store is marked complete.
 
-Resume: a killed run leaves at most one uncommitted window; re-running the same
-command cuts the store back to the last commit and skips files whose path and
-checksum are already in the report, so the result equals an uninterrupted run
+Resume: a killed run leaves at most the rows of one uncommitted chunk; re-running
+the same command cuts the store back to the last commit and skips files whose path
+and checksum are already in the report, so the result equals an uninterrupted run
 (rows are always in sorted file order). ``append=True`` adds new files to a
 complete store the same way.
 
@@ -35,6 +44,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -47,7 +57,13 @@ import zarr
 
 from obpipe import __version__
 from obpipe.io import store
-from obpipe.io.lamost import process_batch, process_file, write_lamost_fits  # noqa: F401
+from obpipe.io.lamost import (  # noqa: F401
+    FileBatch,
+    process_batch,
+    process_file,
+    process_file_batch,
+    write_lamost_fits,
+)
 from obpipe.io.store import Column
 from obpipe.io.tables import TABLE_COLUMNS, StarTable, assign_stars
 from obpipe.spectra.grid import wavelength_grid
@@ -74,6 +90,10 @@ REPORT_COLUMNS: dict[str, Column] = {
     "row": Column("int64", "", "row in the cube (spec index), -1 if none"),
 }
 ROW_STATUSES = ("ingested", "flagged")
+#: windows (of ``chunk_size`` files) being read while the driver writes the current one
+WINDOWS_AHEAD = 2
+#: files per window (one dask.compute); a window never spans more than one chunk of files
+WINDOW_FILES = 500
 
 
 class IngestError(RuntimeError):
@@ -92,7 +112,7 @@ class IngestConfig:
     """
 
     chunk_size: int = 2000
-    files_per_task: int = 250
+    files_per_task: int = 100
     match_radius_arcsec: float = 3.0
     group_radius_arcsec: float = 2.0
     gaia_release: str = "auto"
@@ -175,29 +195,49 @@ class _State:
     seen_obsid: dict[int, str]  # obsid -> path (files with a row)
 
 
-def _open_or_create(out: str, append: bool, cfg: IngestConfig, attrs: dict[str, Any]) -> _State:
-    if _store_exists(out):
-        root = zarr.open_group(out, mode="r+", zarr_format=store.ZARR_FORMAT)
-        a = dict(root.attrs)
-        if a.get("producer") != PRODUCER or "ingest_n_rows" not in a:
-            raise IngestError(f"{out}: exists and was not made by obpipe ingest; choose a new "
-                              "--out")
-        if a.get(store.COMPLETE_ATTR) and not append:
-            raise IngestError(f"{out}: exists and is complete; pass --append to add files "
-                              "(files already in it are skipped)")
-        n_rows, n_report = int(a["ingest_n_rows"]), int(a["ingest_n_report"])
-        store.resize_rows(out, n_rows)
+@dataclass
+class _Existing:
+    n_rows: int
+    n_report: int
+    report: pd.DataFrame
+    chunk_size: int
+
+
+def _existing_store(out: str, append: bool) -> _Existing | None:
+    """The committed state of an existing store (read only), None if there is none."""
+    if not _store_exists(out):
+        return None
+    root = zarr.open_group(out, mode="r", zarr_format=store.ZARR_FORMAT)
+    a = dict(root.attrs)
+    if a.get("producer") != PRODUCER or "ingest_n_rows" not in a:
+        raise IngestError(f"{out}: exists and was not made by obpipe ingest; choose a new "
+                          "--out")
+    if a.get(store.COMPLETE_ATTR) and not append:
+        raise IngestError(f"{out}: exists and is complete; pass --append to add files "
+                          "(files already in it are skipped)")
+    n_rows, n_report = int(a["ingest_n_rows"]), int(a["ingest_n_report"])
+    chunk = int(a.get("chunk_size") or root["flux"].chunks[0])
+    return _Existing(n_rows, n_report, _read_report(out, n_report), chunk)
+
+
+def _open_or_create(
+    out: str, existing: _Existing | None, cfg: IngestConfig, attrs: dict[str, Any],
+    n_files: int,
+) -> _State:
+    """Cut an existing store back to its last commit, or create one with room for
+    ``n_files`` rows (grown once, cut to size at the end: no resize per window)."""
+    if existing is not None:
+        n_rows, n_report, rep = existing.n_rows, existing.n_report, existing.report
+        store.resize_rows(out, n_rows)  # cut back to the last commit
         store.resize_rows(out, n_report, group=REPORT_GROUP, dim="file")
-        root.attrs.update({store.COMPLETE_ATTR: False})
-        rep = _read_report(out, n_report)
+        store.update_attrs(out, {store.COMPLETE_ATTR: False})
         log.info("%s: resuming/appending after %d rows, %d report lines", out, n_rows, n_report)
     else:
         if "://" not in out:
             parent = os.path.dirname(os.path.abspath(out)) or "."
             if not os.path.isdir(parent):
                 raise IngestError(f"{parent}: output directory does not exist")
-        store.create_cube(out, 1, cfg.chunk_size, attrs=attrs, columns=_all_columns())
-        store.resize_rows(out, 0)
+        store.create_cube(out, n_files, cfg.chunk_size, attrs=attrs, columns=_all_columns())
         store.create_row_group(out, REPORT_GROUP, REPORT_COLUMNS, 10_000, "file",
                                attrs={"description": "one line per input file of obpipe "
                                       "ingest: ingested, flagged, skipped or duplicate"})
@@ -218,34 +258,56 @@ def _open_or_create(out: str, append: bool, cfg: IngestConfig, attrs: dict[str, 
 
 
 def _assemble(
-    records: list[dict[str, Any]], state: _State, table: StarTable | None, strict: bool
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Rows and report lines of one window (records in file order)."""
+    batches: list[dict[str, Any]], state: _State, table: StarTable | None, strict: bool,
+    start_row: int,
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Rows (from ``start_row`` on) and report lines of one window.
+
+    ``batches``: results of :func:`obpipe.io.lamost.process_file_batch`, in file order.
+    """
     report: list[dict[str, Any]] = []
     keep: list[dict[str, Any]] = []
-    for rec in records:
-        if rec["status"] == "already":
-            continue
-        line = {"path": rec["path"], "fitsname": os.path.basename(rec["path"]),
-                "checksum": rec["checksum"], "size": rec["size"], "obsid": -9,
-                "layout": rec["layout"], "status": rec["status"], "reason": rec["reason"],
-                "row": -1}
-        if rec["status"] == "ok":
-            meta = rec["meta"]
-            line["fitsname"], line["obsid"] = meta["fitsname"], int(meta["obsid"])
-            if rec["checksum"] in state.seen_checksum:
-                line.update(status="duplicate", reason="same content as "
-                            f"{state.seen_checksum[rec['checksum']]}")
-            elif int(meta["obsid"]) in state.seen_obsid:
-                line.update(status="duplicate", reason=f"obsid {meta['obsid']} already "
-                            f"ingested from {state.seen_obsid[int(meta['obsid'])]}")
-            else:
-                state.seen_checksum[rec["checksum"]] = rec["path"]
-                state.seen_obsid[int(meta["obsid"])] = rec["path"]
+    take: list[tuple[int, int]] = []  # (batch, slot) of the kept rows
+    for b, batch in enumerate(batches):
+        for rec in batch["records"]:
+            if _screen(rec, state, report):
                 keep.append(rec)
-        report.append(line)
-        state.known[rec["path"]] = rec["checksum"]
+                take.append((b, rec["slot"]))
+    return _build_rows(batches, keep, take, report, state, table, strict, start_row)
 
+
+def _screen(rec: dict[str, Any], state: _State, report: list[dict[str, Any]]) -> bool:
+    """Append the report line of ``rec``; True if it gets a row (read, not a duplicate)."""
+    if rec["status"] == "already":
+        return False
+    kept = False
+    line = {"path": rec["path"], "fitsname": os.path.basename(rec["path"]),
+            "checksum": rec["checksum"], "size": rec["size"], "obsid": -9,
+            "layout": rec["layout"], "status": rec["status"], "reason": rec["reason"],
+            "row": -1}
+    if rec["status"] == "ok":
+        meta = rec["meta"]
+        line["fitsname"], line["obsid"] = meta["fitsname"], int(meta["obsid"])
+        if rec["checksum"] in state.seen_checksum:
+            line.update(status="duplicate", reason="same content as "
+                        f"{state.seen_checksum[rec['checksum']]}")
+        elif int(meta["obsid"]) in state.seen_obsid:
+            line.update(status="duplicate", reason=f"obsid {meta['obsid']} already "
+                        f"ingested from {state.seen_obsid[int(meta['obsid'])]}")
+        else:
+            state.seen_checksum[rec["checksum"]] = rec["path"]
+            state.seen_obsid[int(meta["obsid"])] = rec["path"]
+            kept = True
+    report.append(line)
+    state.known[rec["path"]] = rec["checksum"]
+    return kept
+
+
+def _build_rows(
+    batches: list[dict[str, Any]], keep: list[dict[str, Any]], take: list[tuple[int, int]],
+    report: list[dict[str, Any]], state: _State, table: StarTable | None, strict: bool,
+    start_row: int,
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
     n = len(keep)
     block = _empty_row_block(n)
     flags: list[list[str]] = [list(r["flags"]) for r in keep]
@@ -265,9 +327,12 @@ def _assemble(
         block["snr_g"] = np.array([r["meta"]["snr_g"] for r in keep], np.float32)
         block["rv"] = np.array([r["rv"] for r in keep], np.float32)
         block["rv_err"] = np.array([r["rv_err"] for r in keep], np.float32)
-        block["flux"] = np.stack([r["flux"] for r in keep])
-        block["ivar"] = np.stack([r["ivar"] for r in keep])
-        block["mask"] = np.stack([r["mask"] for r in keep])
+        bidx = np.array([b for b, _ in take])
+        slots = np.array([slot for _, slot in take])
+        for b in np.unique(bidx):
+            rows = np.flatnonzero(bidx == b)
+            for name in ("flux", "ivar", "mask"):
+                block[name][rows] = batches[b][name][slots[rows]]
         if table is not None:
             joined, table_flags = table.join(meta)
             for name in TABLE_COLUMNS:
@@ -291,10 +356,10 @@ def _assemble(
                 flags[k].append("no_table")
         block["ingest_flags"] = np.array([",".join(f) for f in flags], dtype=object)
     # report lines for the kept rows
-    row_of = {r["path"]: state.n_rows + k for k, r in enumerate(keep)}
+    row_of = {r["path"]: start_row + k for k, r in enumerate(keep)}
     for line in report:
         if line["path"] in row_of:
-            k = row_of[line["path"]] - state.n_rows
+            k = row_of[line["path"]] - start_row
             line["row"] = row_of[line["path"]]
             line["obsid"] = int(block["specid"][k])
             line["status"] = "flagged" if flags[k] else "ingested"
@@ -304,12 +369,15 @@ def _assemble(
             if line["status"] != "ingested":
                 raise IngestError(f"{line['path']}: {line['status']}: {line['reason']} "
                                   "(--strict)")
-    rep_block = {
-        name: np.array([line[name] for line in report],
+    return block, report
+
+
+def _report_block(lines: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    return {
+        name: np.array([line[name] for line in lines],
                        dtype=object if col.dtype == "str" else np.dtype(col.dtype))
         for name, col in REPORT_COLUMNS.items()
     }
-    return block, rep_block
 
 
 def _finalize(out: str, group_radius_arcsec: float) -> None:
@@ -339,42 +407,169 @@ def default_report_csv(out: str) -> str | None:
     return base + ".ingest_report.csv"
 
 
+def _arrays_along(group: zarr.Group, dim: str) -> dict[str, zarr.Array]:
+    out = {}
+    for name, arr in group.arrays():
+        names = getattr(arr.metadata, "dimension_names", None) or ()
+        if names and names[0] == dim:
+            out[name] = arr
+    return out
+
+
+class _Writer:
+    """The store's row arrays (``spec``) and report arrays (``file``), opened once per run.
+
+    The arrays are grown once to the most rows / lines the run can add (instead of
+    once per window: ~60 metadata writes each time) and cut to the committed size
+    at the end; a killed run is cut back to its last commit by the next one.
+    """
+
+    def __init__(self, out: str, max_rows: int, max_report: int) -> None:
+        self.out = out
+        root = zarr.open_group(out, mode="r+", zarr_format=store.ZARR_FORMAT)
+        self.rows = _arrays_along(root, "spec")
+        self.report = _arrays_along(root[REPORT_GROUP], "file")
+        self.resize(max_rows, max_report)
+
+    def resize(self, n_rows: int, n_report: int) -> None:
+        for arrays, n in ((self.rows, n_rows), (self.report, n_report)):
+            for arr in arrays.values():
+                if arr.shape[0] != n:
+                    arr.resize((n, *arr.shape[1:]))
+
+    @staticmethod
+    def _write(arrays: dict[str, zarr.Array], start: int, block: Mapping[str, Any]) -> None:
+        missing = sorted(set(arrays) - set(block))
+        if missing:
+            raise ValueError(f"block misses variables {missing}")
+        for name, arr in arrays.items():
+            value = np.asarray(block[name])
+            if value.dtype.kind == "U":
+                value = value.astype(object)
+            if len(value):
+                arr[start : start + len(value)] = value
+
+    def write_rows(self, start: int, block: Mapping[str, Any]) -> None:
+        self._write(self.rows, start, block)
+
+    def write_report(self, start: int, block: Mapping[str, Any]) -> None:
+        self._write(self.report, start, block)
+
+
+def _rows_of(block: dict[str, np.ndarray]) -> int:
+    return len(block["specid"])
+
+
+def _concat_blocks(blocks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    blocks = [b for b in blocks if _rows_of(b)] or blocks[:1]
+    if len(blocks) == 1:
+        return blocks[0]
+    return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+
+
 def _run_windows(
     windows: list[list[str]],
     compute: Callable[[list[str]], list[dict[str, Any]]],
+    pending: list[concurrent.futures.Future[list[dict[str, Any]]]],
+    submit: Callable[[list[str]], concurrent.futures.Future[list[dict[str, Any]]]],
     state: _State,
     star_table: StarTable | None,
     cfg: IngestConfig,
-    out: str,
+    writer: _Writer,
+    chunk: int,
     counts: dict[str, int],
     _after_append: Callable[[int], None] | None,
 ) -> None:
-    """Read window w + 1 (workers) while window w is assembled and committed (driver)."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(compute, windows[0]) if windows else None
-        for w in range(len(windows)):
-            records = pending.result()
-            pending = pool.submit(compute, windows[w + 1]) if w + 1 < len(windows) else None
-            counts["already"] += sum(r["status"] == "already" for r in records)
-            try:
-                block, rep_block = _assemble(records, state, star_table, cfg.strict)
-            except IngestError:
-                if pending is not None:
-                    pending.cancel()
-                raise
-            n_new = store.append_rows(out, state.n_rows, block)
-            if _after_append is not None:
-                _after_append(w)
-            m_new = store.append_rows(out, state.n_report, rep_block, group=REPORT_GROUP,
-                                      dim="file")
-            state.n_rows += n_new
-            state.n_report += m_new
-            store.update_attrs(out, {"ingest_n_rows": state.n_rows,
-                                     "ingest_n_report": state.n_report})
-            for s in rep_block["status"]:
-                counts[str(s)] += 1
-            log.info("window %d/%d: %d rows (store %d), %d report lines", w + 1, len(windows),
-                     n_new, state.n_rows, m_new)
+    """Assemble, write and commit the windows in order while the next ones are read.
+
+    ``pending`` holds the futures of the first windows (already submitted); one more
+    is submitted each time one is taken, so the workers never wait for the driver.
+    Rows are written in whole chunks (``chunk`` rows, aligned on the store's
+    chunks): the rows of a window that do not fill a chunk are carried to the next
+    window, with the report lines of their files, and written (and committed) with
+    it; the last window writes everything. A commit is: rows up to a chunk
+    boundary, the report lines of every file up to the first file whose row is not
+    written yet, then the root attributes ``ingest_n_rows`` / ``ingest_n_report``.
+    """
+    blocks: list[dict[str, np.ndarray]] = []  # rows planned but not written yet
+    carry_lines: list[dict[str, Any]] = []
+    planned = state.n_rows
+    for w in range(len(windows)):
+        records = pending.pop(0).result()
+        if w + len(pending) + 1 < len(windows):
+            pending.append(submit(windows[w + len(pending) + 1]))
+        counts["already"] += sum(r["status"] == "already" for b in records
+                                 for r in b["records"])
+        block, lines = _assemble(records, state, star_table, cfg.strict, planned)
+        del records
+        planned += _rows_of(block)
+        blocks.append(block)
+        del block
+        lines = carry_lines + lines
+        last = w == len(windows) - 1
+        boundary = planned if last else max(state.n_rows, planned // chunk * chunk)
+        n_write = boundary - state.n_rows
+        if n_write:  # whole chunks (all rows in the last window): one concatenation
+            rows = _concat_blocks(blocks)
+            writer.write_rows(state.n_rows, {k: v[:n_write] for k, v in rows.items()})
+            blocks = [{k: v[n_write:].copy() for k, v in rows.items()}]  # frees `rows`
+            del rows
+        if _after_append is not None:
+            _after_append(w)
+        k = next((i for i, line in enumerate(lines) if line["row"] >= boundary), len(lines))
+        commit, carry_lines = lines[:k], lines[k:]
+        if commit:
+            writer.write_report(state.n_report, _report_block(commit))
+        state.n_rows = boundary
+        state.n_report += len(commit)
+        store.update_attrs(writer.out, {"ingest_n_rows": state.n_rows,
+                                        "ingest_n_report": state.n_report})
+        for line in commit:
+            counts[str(line["status"])] += 1
+        log.info("window %d/%d: %d rows written (store %d), %d report lines committed",
+                 w + 1, len(windows), n_write, state.n_rows, len(commit))
+    assert not carry_lines and not sum(_rows_of(b) for b in blocks)
+
+
+def _release_large_buffers_to_the_os() -> None:
+    """Serve every allocation of 4 MiB and more with its own mmap (glibc only, best effort).
+
+    glibc raises its mmap threshold each time a large block is freed (up to 32 MiB),
+    after which the driver's window and chunk buffers (8-31 MiB, allocated and freed
+    every window) come from the heap, which fragments and grows with the number of
+    windows; a fixed threshold keeps the driver's memory flat.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD (a fixed value: no dynamic raise)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _worker_pool(num_workers: int | None) -> concurrent.futures.ProcessPoolExecutor:
+    """A process pool for the whole run, its workers started now.
+
+    Where the OS can fork (Linux), workers are forked from the driver: they inherit
+    its imported modules and start in milliseconds (a spawned worker re-imports
+    numpy, dask, xarray, zarr ...: seconds). Created before the driver opens the
+    store; zarr resets its event loop in a forked child.
+    """
+    import multiprocessing
+
+    n_proc = num_workers or os.cpu_count() or 1
+    if "fork" in multiprocessing.get_all_start_methods():
+        ctx: Any = multiprocessing.get_context("fork")
+    else:  # pragma: no cover - macOS / Windows
+        from dask.multiprocessing import get_context
+
+        ctx = get_context()
+    pool = concurrent.futures.ProcessPoolExecutor(n_proc, mp_context=ctx)
+    for f in [pool.submit(process_batch, [], {}) for _ in range(n_proc)]:
+        f.result()
+    return pool
 
 
 def ingest(
@@ -394,15 +589,75 @@ def ingest(
     ``table``: a table file (CSV, ECSV, FITS, Parquet, VOTable), a
     :class:`StarTable`, or None (rows flagged ``no_table``). ``scheduler``: a dask
     scheduler name or None for the current default (a ``distributed.Client`` if
-    one is active). Returns a summary (counts by status, paths). Raises
-    :class:`IngestError` in strict mode at the first file not cleanly ingested.
+    one is active); "processes" uses one pool of forked workers for the whole run.
+    Returns a summary (counts by status, paths). Raises :class:`IngestError` in
+    strict mode at the first file not cleanly ingested.
     """
     cfg = config or IngestConfig()
     cfg.validate()
+    _release_large_buffers_to_the_os()
     files = find_files(inputs)
     if not files:
         raise IngestError("no input files found (directories are searched for *.fits, "
                           "*.fit, *.fits.gz)")
+    kwargs: dict[str, Any] = {"scheduler": scheduler} if scheduler else {}
+    if num_workers:
+        kwargs["num_workers"] = num_workers
+    process_pool = _worker_pool(num_workers) if scheduler == "processes" else None
+    if process_pool is not None:
+        kwargs["pool"] = process_pool
+    threads = concurrent.futures.ThreadPoolExecutor(max_workers=WINDOWS_AHEAD)
+    try:
+        return _ingest(files, inputs, table, out, append, cfg, kwargs, threads, column_map,
+                       report_csv, _after_append)
+    finally:
+        threads.shutdown(wait=False, cancel_futures=True)
+        if process_pool is not None:
+            process_pool.shutdown(cancel_futures=True)
+
+
+def _ingest(
+    files: list[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    table: str | os.PathLike[str] | StarTable | None,
+    out: str,
+    append: bool,
+    cfg: IngestConfig,
+    kwargs: dict[str, Any],
+    threads: concurrent.futures.ThreadPoolExecutor,
+    column_map: Mapping[str, str] | None,
+    report_csv: str | None,
+    _after_append: Callable[[int], None] | None,
+) -> dict[str, Any]:
+    existing = _existing_store(out, append)
+    known: dict[str, str] = {}
+    chunk = cfg.chunk_size
+    if existing is not None:
+        known = dict(zip(existing.report["path"], existing.report["checksum"], strict=True))
+        chunk = existing.chunk_size
+    # windows of files read per dask.compute: at most WINDOW_FILES (bounded memory in
+    # flight); rows are still written in whole chunks of the store
+    window = min(chunk, max(WINDOW_FILES, cfg.files_per_task))
+    windows = [files[k : k + window] for k in range(0, len(files), window)]
+
+    task = dask.delayed(process_file_batch, name="lamost-batch", pure=False)
+    run_id = uuid.uuid4().hex
+
+    def compute(paths: list[str]) -> list[dict[str, Any]]:
+        # opaque FileBatch arguments and explicit keys: dask neither traverses nor
+        # tokenizes (pickles) them
+        step = cfg.files_per_task
+        tasks = [task(FileBatch(paths[k : k + step],
+                                {p: known[p] for p in paths[k : k + step] if p in known}),
+                      dask_key_name=f"lamost-batch-{run_id}-{paths[k]}")
+                 for k in range(0, len(paths), step)]
+        return list(dask.compute(*tasks, **kwargs))
+
+    def submit(paths: list[str]) -> concurrent.futures.Future[list[dict[str, Any]]]:
+        return threads.submit(compute, paths)
+
+    # the workers start reading while the driver loads the table and prepares the store
+    pending = [submit(w) for w in windows[:WINDOWS_AHEAD]]
     if isinstance(table, StarTable) or table is None:
         star_table = table
     else:
@@ -421,38 +676,13 @@ def ingest(
         "wavelength_frame": "vacuum, rest frame (shifted by rv = c z from the FITS header)",
         "resampling": "flux-conserving rebinning, ivar propagated, masks never interpolated",
     }
-    state = _open_or_create(out, append, cfg, attrs)
+    state = _open_or_create(out, existing, cfg, attrs, len(files))
     root = zarr.open_group(out, mode="r+", zarr_format=store.ZARR_FORMAT)
-    window = int(root.attrs.get("chunk_size", cfg.chunk_size))
-    todo = files
-    windows = [todo[k : k + window] for k in range(0, len(todo), window)]
-    kwargs: dict[str, Any] = {"scheduler": scheduler} if scheduler else {}
-    if num_workers:
-        kwargs["num_workers"] = num_workers
-    process_pool = None
-    if scheduler == "processes":
-        # one pool for the whole run: dask would otherwise start (spawn) a new one per window
-        from dask.multiprocessing import get_context
-
-        n_proc = num_workers or os.cpu_count() or 1
-        process_pool = concurrent.futures.ProcessPoolExecutor(n_proc, mp_context=get_context())
-        for _ in range(n_proc):  # start (import) the workers while the driver sets up
-            process_pool.submit(process_batch, [], {})
-        kwargs["pool"] = process_pool
-
-    def compute(paths: list[str]) -> list[dict[str, Any]]:
-        tasks = [dask.delayed(process_batch)(
-            paths[k : k + cfg.files_per_task],
-            {p: state.known[p] for p in paths[k : k + cfg.files_per_task] if p in state.known},
-        ) for k in range(0, len(paths), cfg.files_per_task)]
-        return [rec for batch in dask.compute(*tasks, **kwargs) for rec in batch]
-
+    writer = _Writer(out, state.n_rows + len(files), state.n_report + len(files))
     counts = {"ingested": 0, "flagged": 0, "skipped": 0, "duplicate": 0, "already": 0}
-    try:
-        _run_windows(windows, compute, state, star_table, cfg, out, counts, _after_append)
-    finally:
-        if process_pool is not None:
-            process_pool.shutdown(cancel_futures=True)
+    _run_windows(windows, compute, pending, submit, state, star_table, cfg, writer, chunk,
+                 counts, _after_append)
+    writer.resize(state.n_rows, state.n_report)
     _finalize(out, cfg.group_radius_arcsec)
     report = report_frame(out)
     csv = report_csv or default_report_csv(out)

@@ -243,3 +243,43 @@ def test_real_lamost_files_with_index_table(shared_data: Path, tmp_path: Path) -
     assert all("no_obsid_in_header" in f for f in dr1["ingest_flags"].values)
     assert all("no_table_match" in f for f in dr1["ingest_flags"].values)
     assert set(rep["layout"]) == {"image", "image-subcontinuum"}
+
+
+def test_forked_worker_processes_give_the_same_store(mock: dict, tmp_path: Path) -> None:
+    files = mock["files"][:40]
+    a, b = str(tmp_path / "threads.zarr"), str(tmp_path / "procs.zarr")
+    ingest(files, mock["table"], a, config=CFG, scheduler="threads")
+    ingest(files, mock["table"], b, config=CFG, scheduler="processes", num_workers=2)
+    _assert_same(store.open_cube(a).load(), store.open_cube(b).load(),
+                 (*COMPARE, "uniqflag", "ingest_flags"))
+    pd.testing.assert_frame_equal(report_frame(a), report_frame(b))
+
+
+def test_rerun_after_kill_with_rows_carried_between_windows(mock: dict, tmp_path: Path) -> None:
+    """Bad files shift the rows off the chunk boundaries: the rows that do not fill a
+    chunk wait for the next window; a kill then a re-run still gives the same store."""
+    d = tmp_path / "in"
+    d.mkdir()
+    for k, f in enumerate(mock["files"][:40]):
+        shutil.copy(f, d / Path(f).name)
+        if k % 7 == 3:
+            (d / f"{Path(f).name}.bad.fits").write_text("not fits")
+    clean = str(tmp_path / "clean.zarr")
+    ingest([str(d)], mock["table"], clean, config=CFG, scheduler="threads")
+
+    def kill(window: int) -> None:
+        if window == 2:
+            raise _Killed
+
+    killed = str(tmp_path / "killed.zarr")
+    with pytest.raises(_Killed):
+        ingest([str(d)], mock["table"], killed, config=CFG, scheduler="threads",
+               _after_append=kill)
+    committed = report_frame(killed)
+    assert 0 < len(committed) < 32 and set(committed["row"][committed["row"] >= 0]) == \
+        set(range(16))  # one whole chunk of rows, and only the files before its end
+    ingest([str(d)], mock["table"], killed, config=CFG, scheduler="threads")
+    a, b = store.open_cube(clean).load(), store.open_cube(killed).load()
+    _assert_same(a, b, (*COMPARE, "uniqflag", "ingest_flags"))
+    pd.testing.assert_frame_equal(report_frame(clean), report_frame(killed))
+    assert (report_frame(clean)["status"] == "skipped").sum() == 6

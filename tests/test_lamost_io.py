@@ -260,3 +260,47 @@ def test_specutils_reads_lamost_files(shared_data: Path, tmp_path: Path) -> None
     write_lamost_fits(table_file, *_spectrum(), META, layout="bintable", overwrite=True)
     sp2 = specutils.Spectrum.read(table_file, format="LAMOST")
     assert sp2.meta["layout"] == "bintable"
+
+
+def test_loglinear_fast_path_agrees_with_the_general_rebinning() -> None:
+    """The fractional-pixel-shift path gives rebin_spectrum's result (masks exactly)."""
+    from obpipe.spectra.resample import rebin_loglinear, rest_frame_wavelength
+
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        n = int(rng.integers(50, 4000))
+        c0 = 3.5682 + (rng.uniform(-0.05, 0.05) if trial % 3 else int(rng.integers(-20, 20)) * 1e-4)
+        if trial % 5 == 0:  # on the grid up to a floating-point sliver
+            c0 = 3.5682 + int(rng.integers(-5, 5)) * 1e-4 + float(rng.choice([1e-13, -1e-13]))
+        flux = rng.normal(10, 3, n)
+        ivar = rng.uniform(0, 2, n)
+        ivar[rng.random(n) < 0.05] = 0
+        flux[rng.random(n) < 0.02] = np.nan
+        mask = np.zeros(n, np.uint8)
+        bad = rng.random(n) < 0.05
+        mask[bad] = rng.choice([1, 2, 4, 8], bad.sum())
+        z = rng.uniform(-0.002, 0.002) if trial % 2 else 0.0
+        wave = rest_frame_wavelength(10 ** (c0 + 1e-4 * np.arange(n)), z)
+        fast = rebin_loglinear(c0 - np.log10(1 + z), 1e-4, flux, ivar, mask)
+        assert fast is not None
+        ref = rebin_spectrum(wave, flux, ivar, mask)
+        np.testing.assert_array_equal(fast[2], ref[2])
+        np.testing.assert_allclose(fast[0], ref[0], rtol=3e-7, atol=0)
+        np.testing.assert_allclose(fast[1], ref[1], rtol=3e-7, atol=0)
+    # another log step: no fast path
+    assert rebin_loglinear(3.5682, 1.1e-4, np.ones(100), np.ones(100)) is None
+
+
+def test_to_grid_takes_the_fast_path_for_coefficient_wavelengths(tmp_path: Path) -> None:
+    flux, ivar, mask = _spectrum(2)
+    path = tmp_path / "s.fits"
+    write_lamost_fits(path, flux, ivar, mask, META)
+    spec = read_lamost(path)
+    assert spec.loglam is not None and spec.loglam[1] == pytest.approx(1e-4)
+    g = to_grid(spec)
+    spec.loglam = None  # the general path
+    ref = to_grid(spec)
+    np.testing.assert_array_equal(g.mask, ref.mask)
+    np.testing.assert_allclose(g.flux, ref.flux, rtol=3e-7)
+    np.testing.assert_allclose(g.ivar, ref.ivar, rtol=3e-7)
+    assert g.flags == ref.flags

@@ -38,6 +38,7 @@ imported after specutils).
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -54,7 +55,7 @@ import numpy as np
 
 from obpipe.io.store import MASK_BITS
 from obpipe.spectra.grid import SPEED_OF_LIGHT_KMS, wavelength_grid
-from obpipe.spectra.resample import rebin_spectrum, rest_frame_wavelength
+from obpipe.spectra.resample import rebin_loglinear, rebin_spectrum, rest_frame_wavelength
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ class LamostSpectrum:
     meta: dict[str, Any]
     header: dict[str, Any] = field(repr=False, default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: (COEFF0, COEFF1) when ``wave`` is exactly 10**(COEFF0 + COEFF1 i) (log-linear)
+    loglam: tuple[float, float] | None = None
 
 
 @dataclass
@@ -135,7 +138,12 @@ def _decompress(raw: bytes, path: str) -> bytes:
     if raw[:2] != b"\x1f\x8b":
         return raw
     try:
-        return gzip.decompress(raw)
+        # one gzip member (the usual case): zlib checks the CRC and length itself
+        d = zlib.decompressobj(31)
+        out = d.decompress(raw)
+        if d.eof and not d.unused_data:
+            return out
+        return gzip.decompress(raw)  # several members (or truncated: raises)
     except (OSError, EOFError, zlib.error) as exc:
         raise LamostFormatError(path, f"truncated or corrupt gzip stream ({exc})") from exc
 
@@ -329,18 +337,24 @@ def _coeff_wavelength(h: dict[str, Any], n: int) -> np.ndarray | None:
 
 def _choose_wavelength(
     row: np.ndarray | None, h: dict[str, Any], n: int, path: str, notes: list[str]
-) -> tuple[np.ndarray, bool]:
-    """(wavelength, row_was_wavelength) from a candidate array and COEFF0/COEFF1."""
+) -> tuple[np.ndarray, bool, bool]:
+    """(wavelength, row_was_wavelength, from_coeff) from a candidate array and COEFF0/COEFF1."""
     coeff = _coeff_wavelength(h, n)
-    if row is not None and _plausible_wavelength(np.asarray(row, np.float64)):
+    if row is not None:
         row64 = np.asarray(row, np.float64)
-        if coeff is not None:
-            if np.allclose(row64, coeff, rtol=COEFF_RTOL, atol=0):
-                return coeff, True
-            notes.append("wavelength_array_disagrees_with_COEFF0_COEFF1")
-        return row64, True
+        if coeff is not None and _plausible_wavelength(coeff):
+            # the common case: the array is the COEFF dispersion in float32 (implies plausible)
+            if np.all(np.abs(row64 - coeff) <= COEFF_RTOL * coeff):
+                return coeff, True, True
+            if _plausible_wavelength(row64):
+                notes.append("wavelength_array_disagrees_with_COEFF0_COEFF1")
+                return row64, True, False
+        elif _plausible_wavelength(row64):
+            if coeff is not None:
+                notes.append("wavelength_array_disagrees_with_COEFF0_COEFF1")
+            return row64, True, False
     if coeff is not None and _plausible_wavelength(coeff):
-        return coeff, False
+        return coeff, False, True
     raise LamostFormatError(
         path,
         "missing wavelength: no wavelength row/column and no COEFF0/COEFF1 in the header",
@@ -357,7 +371,7 @@ def _field(rec: np.ndarray, *names: str) -> np.ndarray | None:
 
 def _from_image(
     h: dict[str, Any], data: np.ndarray, path: str
-) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str], bool]:
     notes: list[str] = []
     if data.ndim != 2 or data.shape[0] != 5 or data.shape[1] < 2:
         raise LamostFormatError(
@@ -366,14 +380,14 @@ def _from_image(
             "ivar, wavelength (or sub-continuum), andmask, ormask",
         )
     n = data.shape[1]
-    wave, row_is_wave = _choose_wavelength(data[2], h, n, path, notes)
+    wave, row_is_wave, from_coeff = _choose_wavelength(data[2], h, n, path, notes)
     layout = "image" if row_is_wave else "image-subcontinuum"
-    return (layout, wave, data[0], data[1], data[3], data[4], notes)
+    return (layout, wave, data[0], data[1], data[3], data[4], notes, from_coeff)
 
 
 def _from_bintable(
     h: dict[str, Any], rec: np.ndarray, path: str
-) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str], bool]:
     notes: list[str] = []
     if rec.size == 0:
         raise LamostFormatError(path, "binary table has no rows")
@@ -393,14 +407,14 @@ def _from_bintable(
     w = None if w is None else w.reshape(-1)
     if w is not None and w.size != n:
         raise LamostFormatError(path, f"wrong shape: WAVELENGTH has {w.size} values, FLUX {n}")
-    wave, row_is_wave = _choose_wavelength(w, h, n, path, notes)
+    wave, row_is_wave, from_coeff = _choose_wavelength(w, h, n, path, notes)
     if not row_is_wave and w is not None:
         raise LamostFormatError(path, "WAVELENGTH column is not an increasing wavelength array")
     masks = []
     for name in ("ANDMASK", "ORMASK"):
         mk = _field(row, name)
         masks.append(np.zeros(n, np.int32) if mk is None else mk.reshape(-1))
-    return ("bintable", wave, flux, ivar, masks[0], masks[1], notes)
+    return ("bintable", wave, flux, ivar, masks[0], masks[1], notes, from_coeff)
 
 
 def _number(h: dict[str, Any], *keys: str) -> float:
@@ -474,10 +488,12 @@ def parse_lamost(buf: bytes, path: str = "<bytes>") -> LamostSpectrum:
         for k in primary_h.keys():
             if k not in ("NAXIS", "BITPIX", "EXTEND"):
                 dict.__setitem__(merged, k, dict.__getitem__(primary_h, k))
-        layout, wave, flux, ivar, am, om, notes = _from_bintable(merged, table[1], path)
+        layout, wave, flux, ivar, am, om, notes, from_coeff = _from_bintable(merged, table[1],
+                                                                             path)
         header = merged
     elif isinstance(primary_data, np.ndarray):
-        layout, wave, flux, ivar, am, om, notes = _from_image(primary_h, primary_data, path)
+        layout, wave, flux, ivar, am, om, notes, from_coeff = _from_image(primary_h,
+                                                                          primary_data, path)
         header = primary_h
     else:
         raise LamostFormatError(
@@ -492,6 +508,7 @@ def parse_lamost(buf: bytes, path: str = "<bytes>") -> LamostSpectrum:
         flux=np.asarray(flux, np.float64), ivar=np.asarray(ivar, np.float64),
         andmask=np.asarray(am).astype(np.int64), ormask=np.asarray(om).astype(np.int64),
         meta=meta, header=header, notes=notes,
+        loglam=(float(header["COEFF0"]), float(header["COEFF1"])) if from_coeff else None,
     )
 
 
@@ -518,17 +535,25 @@ def read_lamost(path: Any) -> LamostSpectrum:
 # ------------------------------------------------------------------ onto the grid
 
 
-def lamost_mask_to_cube(mask: np.ndarray) -> np.ndarray:
-    """Translate LAMOST and/or-mask bits to the cube's MASK_BITS (uint8)."""
-    mask = np.asarray(mask).astype(np.int64)
-    out = np.zeros(mask.shape, np.uint8)
+def _mask_lut() -> np.ndarray:
     lb = LAMOST_MASK_BITS
     bad = lb["BADCCD"] | lb["BADPROFILE"] | lb["NOSKY"] | lb["BADCENTER"]
-    out[(mask & bad) != 0] |= MASK_BITS["bad_pixel"]
-    out[(mask & lb["BRIGHTSKY"]) != 0] |= MASK_BITS["sky_residual"]
-    out[(mask & lb["NODATA"]) != 0] |= MASK_BITS["no_coverage"]
-    out[(mask & lb["TELLURIC"]) != 0] |= MASK_BITS["telluric"]
-    return out
+    v = np.arange(128)
+    lut = np.zeros(128, np.uint8)
+    lut[(v & bad) != 0] |= MASK_BITS["bad_pixel"]
+    lut[(v & lb["BRIGHTSKY"]) != 0] |= MASK_BITS["sky_residual"]
+    lut[(v & lb["NODATA"]) != 0] |= MASK_BITS["no_coverage"]
+    lut[(v & lb["TELLURIC"]) != 0] |= MASK_BITS["telluric"]
+    return lut
+
+
+#: cube bits of every combination of the (7) LAMOST bits that are mapped
+_MASK_LUT = _mask_lut()
+
+
+def lamost_mask_to_cube(mask: np.ndarray) -> np.ndarray:
+    """Translate LAMOST and/or-mask bits to the cube's MASK_BITS (uint8)."""
+    return _MASK_LUT[np.asarray(mask).astype(np.int64) & 127]
 
 
 def cube_mask_to_lamost(mask: np.ndarray) -> np.ndarray:
@@ -543,6 +568,12 @@ def cube_mask_to_lamost(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+@functools.cache
+def _grid_ends() -> tuple[float, float]:
+    grid = wavelength_grid()
+    return float(grid[0]), float(grid[-1])
+
+
 def to_grid(spec: LamostSpectrum, grid_aa: np.ndarray | None = None) -> GriddedSpectrum:
     """Shift ``spec`` to the rest frame with its header redshift and rebin onto the grid.
 
@@ -553,7 +584,7 @@ def to_grid(spec: LamostSpectrum, grid_aa: np.ndarray | None = None) -> GriddedS
     ``no_redshift``) so that the spectrum keeps its row.
     """
     flags = list(spec.notes)
-    grid = wavelength_grid() if grid_aa is None else grid_aa
+    grid = _grid_ends() if grid_aa is None else grid_aa
     z = spec.meta["z"]
     if not np.isfinite(z):
         flags.append("no_redshift")
@@ -567,11 +598,22 @@ def to_grid(spec: LamostSpectrum, grid_aa: np.ndarray | None = None) -> GriddedS
         flags.append("all_nan_flux")
     if not np.any(np.isfinite(ivar) & (ivar > 0)):
         flags.append("zero_ivar")
-    wave = rest_frame_wavelength(spec.wave, z_use)
-    if wave[-1] <= grid[0] or wave[0] >= grid[-1]:
-        flags.append("off_grid")
     mask = lamost_mask_to_cube(spec.andmask)
-    f, iv, m = rebin_spectrum(wave, flux, ivar, mask, grid)
+    fast = None
+    if spec.loglam is not None and grid_aa is None:
+        # log-linear input (COEFF0/COEFF1): the rest-frame shift is a shift in log10
+        # lambda, and on the grid's step the rebinning is a fractional-pixel shift
+        c0 = spec.loglam[0] - float(np.log10(1.0 + z_use))
+        lo, hi = 10.0**c0, 10.0 ** (c0 + spec.loglam[1] * (flux.size - 1))
+        fast = rebin_loglinear(c0, spec.loglam[1], flux, ivar, mask)
+    if fast is not None:
+        f, iv, m = fast
+    else:
+        wave = rest_frame_wavelength(spec.wave, z_use)
+        lo, hi = wave[0], wave[-1]
+        f, iv, m = rebin_spectrum(wave, flux, ivar, mask, grid_aa)
+    if hi <= grid[0] or lo >= grid[-1]:
+        flags.append("off_grid")
     if "off_grid" not in flags and not np.any(iv > 0) and "zero_ivar" not in flags \
             and "all_nan_flux" not in flags:
         flags.append("no_usable_pixel")
@@ -618,6 +660,36 @@ def process_file(path: str, known_checksum: str | None = None) -> dict[str, Any]
 def process_batch(paths: Sequence[str], known: Mapping[str, str]) -> list[dict[str, Any]]:
     """:func:`process_file` over a batch; ``known`` maps path -> checksum already ingested."""
     return [process_file(p, known.get(p)) for p in paths]
+
+
+class FileBatch:
+    """Files for one ingest task (a plain object: dask passes it through untouched)."""
+
+    __slots__ = ("known", "paths")
+
+    def __init__(self, paths: Sequence[str], known: Mapping[str, str]) -> None:
+        self.paths = list(paths)
+        self.known = dict(known)
+
+
+def process_file_batch(batch: FileBatch) -> dict[str, Any]:
+    """:func:`process_file` over a batch, the gridded arrays stacked (cheap to send back).
+
+    Returns ``{"records": [...], "flux": (k, n_pix), "ivar": ..., "mask": ...}``: the
+    records without their arrays; record ``i`` with status "ok" has ``slot`` = its
+    row in the stacked arrays.
+    """
+    records = [process_file(p, batch.known.get(p)) for p in batch.paths]
+    ok = [r for r in records if r["status"] == "ok"]
+    n_pix = ok[0]["flux"].size if ok else 0
+    out = {"records": records, "flux": np.empty((len(ok), n_pix), np.float32),
+           "ivar": np.empty((len(ok), n_pix), np.float32),
+           "mask": np.empty((len(ok), n_pix), np.uint8)}
+    for slot, r in enumerate(ok):
+        for name in ("flux", "ivar", "mask"):
+            out[name][slot] = r.pop(name)
+        r["slot"] = slot
+    return out
 
 
 # ------------------------------------------------------------------------- writer

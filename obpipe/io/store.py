@@ -77,7 +77,7 @@ def _c(dtype: str, unit: str, description: str) -> Column:
 SPECTRUM_COLUMNS: dict[str, Column] = {
     "specid": _c("int64", "", "unique spectrum id (LAMOST obsid)"),
     "fitsname": _c("str", "", "file name of the spectrum"),
-    "star_id": _c("str", "", "star id Shhmmss+ddmmss from RA/Dec (Table 1), shared by visits"),
+    "star_id": _c("str", "", "star id Shhmmss±ddmmss (RA in hours, Table 1), shared by visits"),
     "uniqflag": _c("int16", "", "1 for the highest-S/N visit of a star, 2, 3 ... for the others"),
     "ra": _c("float64", "deg", "right ascension (ICRS)"),
     "dec": _c("float64", "deg", "declination (ICRS)"),

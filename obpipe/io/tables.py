@@ -27,9 +27,6 @@ import pandas as pd
 
 from obpipe.io.store import SPECTRUM_COLUMNS
 
-# star_identifier / uniqflag_by_snr live in the mock survey module (not ours to move):
-from obpipe.simulate.survey import star_identifier, uniqflag_by_snr
-
 log = logging.getLogger(__name__)
 
 #: archive column name (lower case) -> cube name. Gaia archive, 2MASS PSC, common optical.
@@ -374,6 +371,10 @@ def assign_stars(
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
+
+    # star_identifier / uniqflag_by_snr live in the mock survey module (not ours to move);
+    # imported here, not at module level: it pulls in the whole simulator
+    from obpipe.simulate.survey import star_identifier, uniqflag_by_snr
 
     ra = np.asarray(ra, np.float64)
     dec = np.asarray(dec, np.float64)
