@@ -151,7 +151,9 @@ class PCABasis:
         phi = self.components.astype(np.float64)
         used = w > 0
         n_good = np.count_nonzero(used, axis=1)
-        row_fill = (w.sum(axis=1, dtype=np.float64) / np.maximum(n_good, 1)).astype(np.float32)
+        with np.errstate(all="ignore"):
+            row_fill = np.nan_to_num(np.nanmedian(np.where(used, w, np.nan), axis=1)).astype(
+                np.float32)
         filled = np.where(used, w, row_fill[:, None])
         a = filled @ pinv32  # (n, J)
         w_smooth = a @ g32.T  # (n, P)
@@ -252,14 +254,34 @@ def _weight_template(ivar: np.ndarray, std: np.ndarray, max_rows: int = 1200) ->
     return np.where(np.isfinite(t) & (t > 0), t, 1.0)
 
 
+def _column_median(x: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """Median of each column over its ``good`` rows, without a Python loop per column:
+    missing entries become alternately +inf and -inf, which leaves the median of the rest
+    in place (to half a rank when a column misses an odd number of rows)."""
+    parity = np.cumsum(~good, axis=0) % 2 == 0
+    return np.median(np.where(good, x, np.where(parity, np.inf, -np.inf)), axis=0)
+
+
 def _fill_and_standardise(flux: np.ndarray, ivar: np.ndarray
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Training matrix with unusable pixels replaced by the pixel's mean over good rows."""
+    """Training matrix with unusable pixels replaced by the pixel's mean over good rows.
+
+    Values further than 20 robust standard deviations (+1.0) from the pixel's median are
+    treated as unusable too: an artefact the quality flags missed (a dead segment divided
+    by a near-zero continuum) must not set the pixel's scale.
+    """
     good = np.isfinite(flux) & (ivar > 0)
+    with np.errstate(invalid="ignore"):
+        med = _column_median(flux, good)
+        mad = _column_median(np.abs(flux - med[None, :]), good)
+    med = np.where(np.isfinite(med), med, 1.0)
+    mad = np.where(np.isfinite(mad), mad, 0.0)
+    good &= np.abs(np.where(good, flux, med[None, :]) - med[None, :]) <= (
+        20.0 * 1.4826 * mad + 1.0)[None, :]
     n_good = good.sum(axis=0)
-    med = np.where(good, flux, 0.0).sum(axis=0) / np.maximum(n_good, 1)
-    med = np.where(n_good > 0, med, 1.0)
-    x = np.where(good, flux, med[None, :])
+    fill = np.where(good, flux, 0.0).sum(axis=0) / np.maximum(n_good, 1)
+    fill = np.where(n_good > 0, fill, 1.0)
+    x = np.where(good, flux, fill[None, :])
     mean = x.mean(axis=0)
     std = x.std(axis=0)
     std = np.where(std > 1e-6, std, 1e-6)
@@ -304,14 +326,8 @@ def _model_error(basis: PCABasis, flux: np.ndarray, ivar: np.ndarray,
     hi = np.full(flux.shape[1], 0.5)
     if not good.any():
         return np.zeros(flux.shape[1])
-    # a column median that ignores missing rows without a Python loop per column: missing
-    # entries become alternately +inf and -inf, which leaves the median of the rest in place
-    # (to half a rank when a column misses an odd number of rows)
-    parity = np.cumsum(~good, axis=0) % 2 == 0
-    fill = np.where(parity, np.inf, -np.inf)
-
     def col_median(x: np.ndarray) -> np.ndarray:
-        return np.median(np.where(good, x, fill), axis=0)
+        return _column_median(x, good)
 
     with np.errstate(all="ignore"):
         at_zero = col_median(resid2 / noise2)
