@@ -45,9 +45,11 @@ def _chain_block(survey: str, start: int, stop: int, model_path: str) -> int:
     from threadpoolctl import threadpool_limits
 
     from obpipe.io import store
+    from obpipe.memory import release_large_buffers_to_the_os
     from obpipe.spectra import emission, normalize
     from obpipe.spectra.stages import _load_model
 
+    release_large_buffers_to_the_os()
     sub = store.open_cube(survey)[["flux", "ivar", "mask"]].isel(spec=slice(start, stop)).load()
     model = _load_model(model_path, os.path.getmtime(model_path))
     with threadpool_limits(1):

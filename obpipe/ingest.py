@@ -66,6 +66,7 @@ from obpipe.io.lamost import (  # noqa: F401
 )
 from obpipe.io.store import Column
 from obpipe.io.tables import TABLE_COLUMNS, StarTable, assign_stars
+from obpipe.memory import release_large_buffers_to_the_os
 from obpipe.spectra.grid import wavelength_grid
 
 log = logging.getLogger(__name__)
@@ -531,24 +532,6 @@ def _run_windows(
     assert not carry_lines and not sum(_rows_of(b) for b in blocks)
 
 
-def _release_large_buffers_to_the_os() -> None:
-    """Serve every allocation of 4 MiB and more with its own mmap (glibc only, best effort).
-
-    glibc raises its mmap threshold each time a large block is freed (up to 32 MiB),
-    after which the driver's window and chunk buffers (8-31 MiB, allocated and freed
-    every window) come from the heap, which fragments and grows with the number of
-    windows; a fixed threshold keeps the driver's memory flat.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD (a fixed value: no dynamic raise)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def _worker_pool(num_workers: int | None) -> concurrent.futures.ProcessPoolExecutor:
     """A process pool for the whole run, its workers started now.
 
@@ -595,7 +578,7 @@ def ingest(
     """
     cfg = config or IngestConfig()
     cfg.validate()
-    _release_large_buffers_to_the_os()
+    release_large_buffers_to_the_os()
     files = find_files(inputs)
     if not files:
         raise IngestError("no input files found (directories are searched for *.fits, "

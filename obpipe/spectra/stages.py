@@ -30,6 +30,7 @@ from threadpoolctl import threadpool_limits
 
 from obpipe import __version__
 from obpipe.io import store
+from obpipe.memory import release_large_buffers_to_the_os
 from obpipe.products import (
     Output,
     open_products,
@@ -72,6 +73,7 @@ NORMALIZE_OUTPUTS = {
 
 
 def normalize_block(inputs: dict[str, np.ndarray], width_aa: float) -> dict[str, np.ndarray]:
+    release_large_buffers_to_the_os()
     with threadpool_limits(1):
         nf, ni = normalize.normalize(inputs["flux"], inputs["ivar"], inputs["mask"], width_aa)
     return {"norm_flux": nf, "norm_ivar": ni}
@@ -117,6 +119,7 @@ def load_pca_model(products_dir: str) -> pca.PCAModel:
 
 def pca_block(inputs: dict[str, np.ndarray], model_path: str, prior: bool
               ) -> dict[str, np.ndarray]:
+    release_large_buffers_to_the_os()
     model = _load_model(model_path, os.path.getmtime(model_path))
     nf, ni = inputs["norm_flux"], inputs["norm_ivar"]
     with threadpool_limits(1):
@@ -225,6 +228,7 @@ FLAG_OUTPUTS = {
 
 
 def recon_block(inputs: dict[str, np.ndarray], model_path: str) -> dict[str, np.ndarray]:
+    release_large_buffers_to_the_os()
     model = _load_model(model_path, os.path.getmtime(model_path))
     em = inputs["em_flag"] == 1
     with threadpool_limits(1):
