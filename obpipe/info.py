@@ -38,7 +38,7 @@ def store_summary(path: str) -> str:
     snr = ds["snr_g"].values.astype(float)
     lines.append("snr_g: median {:.0f}, 5-95% {:.0f}-{:.0f}".format(
         *np.nanpercentile(snr, [50, 5, 95])))
-    per_spec = [v for v in ds.data_vars if ds[v].dims == ("spec",)]
+    per_spec = sorted(v for v in ds.data_vars if ds[v].dims == ("spec",))
     lines.append(f"per-spectrum columns ({len(per_spec)}): {', '.join(per_spec)}")
     products = [v for v in ds.data_vars if v not in store.SPECTRUM_COLUMNS
                 and v not in store.SPECTRAL_VARIABLES]
