@@ -107,9 +107,11 @@ def ensure_outputs(
             data_vars[name] = xr.Variable(dims, da.full(shape, out.fill, dtype=out.dtype,
                                                         chunks=chunks), attrs=attrs)
             encoding[name] = {"chunks": chunks}
-        xr.Dataset(data_vars).to_zarr(path, mode="a", compute=False,
-                                      consolidated=store.CONSOLIDATED,
-                                      zarr_format=store.ZARR_FORMAT, encoding=encoding)
+        # xarray's append rewrites the root attributes: carry the existing ones over, or
+        # the stage-complete marks and thresholds of earlier stages would be lost
+        xr.Dataset(data_vars, attrs=dict(grp.attrs)).to_zarr(
+            path, mode="a", compute=False, consolidated=store.CONSOLIDATED,
+            zarr_format=store.ZARR_FORMAT, encoding=encoding)
     if _blocks_var(stage) not in grp:
         # one chunk per block: concurrent tasks never write the same chunk
         arr = grp.create_array(_blocks_var(stage), shape=(n_blocks,), dtype="bool",

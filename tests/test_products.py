@@ -54,6 +54,12 @@ def test_blockwise_stage_writes_one_row_per_spectrum(survey, tmp_path) -> None:
     assert np.all(np.isfinite(ds["flux_median"].values))
     assert ds["profile"].shape == (n, 5)
     assert stage_complete(products, "toy")
+    # adding a stage's variables keeps the earlier stages' marks: a rerun of the pipeline
+    # skips 'index' (which would otherwise rewrite the store and wipe every product)
+    assert open_products(products).attrs.get("stage_index_complete") is True
+    again = run_pipeline(survey, products, ["index"])
+    assert again["index"]["status"].startswith("skipped")
+    assert "flux_median" in open_products(products)
     # a complete stage writes nothing the second time
     assert _run(survey, products, _block_fn)["blocks_written"] == 0
 
