@@ -100,6 +100,7 @@ def _index_run(ctx: RunContext) -> dict[str, Any]:
 
 def registered_stages() -> list[Stage]:
     """All stages in run order. Later stage modules register themselves here."""
+    from obpipe.luminosity import stage as luminosity_stage
     from obpipe.photometry import stage as photometry_stage
     from obpipe.spectra.stages import stages as spectral_stages
 
@@ -109,6 +110,11 @@ def registered_stages() -> list[Stage]:
         *[Stage(*s) for s in spectral_stages()],
         Stage("photometry", "E(B-V), A_Ks, parallax zero-point, geometric M_Ks (Sec. 4, "
               "eqs. 11-12, 24)", photometry_stage.run_stage, photometry_stage.is_complete),
+        Stage("luminosity", "two M_Ks networks, binary-cleaned; emcee noise model (Secs. "
+              "5.1-5.3, eqs. 6-14)", luminosity_stage.run_luminosity,
+              luminosity_stage.is_complete),
+        Stage("binary", "spectro-photometric parallax excess and binary flag (Sec. 6, "
+              "eqs. 15-17)", luminosity_stage.run_binary, luminosity_stage.is_binary_complete),
     ]
 
 

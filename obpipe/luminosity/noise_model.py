@@ -1,0 +1,337 @@
+"""Measurement (aleatoric) and intrinsic (epistemic) uncertainty of M_Ks (Sec. 5.3, eqs. 7-14).
+
+Model (the paper's):
+
+* mean spectroscopic magnitude linear in the geometric one,
+  ``Mbar_s = (1 + eps) M_g + delta``                                        (7)
+* intrinsic scatter ``M_s ~ G(Mbar_s, sigma_int)``                          (8)
+* measurement scatter ``M_o ~ G(M_s, sigma_s)``                             (9)
+  with ``sigma_s = sigma_s100 / ((S/N) / 100)``                             (10)
+* geometric magnitude ``M_g = m0 + 5 log10(plx) - 10`` with the error of
+  eqs. (11)-(12) (``MKs_geo_err`` of the photometry stage),
+* so that each star contributes the Gaussian likelihood                     (14)
+  ``G(M_o - [(1 + eps) M_g + delta],
+      sqrt(sigma_int^2 + sigma_s^2 + sigma_geo^2))``
+  and the posterior is their product times flat priors                      (13).
+
+The posterior is sampled with ``emcee`` (vectorised log-probability). Binaries are
+removed iteratively, as in the paper: stars whose spectroscopic M_Ks is more than
+``clip_sigma`` (2) standard deviations fainter than the model (geometric brighter:
+the binary direction; ``clip="both"`` clips both sides) are dropped and the
+parameters re-fitted until the kept set no longer changes. The clipping iterations
+use the maximum-likelihood point (fast, deterministic); the MCMC runs on the final
+set. Convergence: the chain must be longer than ``50 tau`` (integrated
+autocorrelation time of every parameter) with a mean acceptance fraction within
+0.15-0.8; otherwise it is extended up to ``max_steps`` and flagged.
+
+Per-spectrum uncertainty of M_Ks: ``sqrt(sigma_int^2 + (sigma_s100 / (S/N / 100))^2)``
+(:func:`mks_uncertainty`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PARAM_NAMES = ("eps", "delta", "sigma_int", "sigma_s100")
+PARAM_LABELS = (r"$\varepsilon$", r"$\delta$", r"$\sigma_{\rm int}$", r"$\sigma_s^{100}$")
+#: flat prior bounds (eq. 13): eps, delta (mag), sigma_int (mag), sigma_s100 (mag)
+DEFAULT_PRIOR_BOUNDS: tuple[tuple[float, float], ...] = (
+    (-1.0, 1.0), (-5.0, 5.0), (0.0, 3.0), (0.0, 3.0),
+)
+FORMAT_VERSION = 1
+
+
+def mks_uncertainty(snr: np.ndarray, sigma_int: float, sigma_s100: float) -> np.ndarray:
+    """Total M_Ks uncertainty (mag), eqs. (8)-(10): sqrt(sigma_int^2 + sigma_s^2)."""
+    snr = np.asarray(snr, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma_s = sigma_s100 / (snr / 100.0)
+    out = np.sqrt(sigma_int**2 + sigma_s**2)
+    return np.where(np.isfinite(snr) & (snr > 0), out, np.nan)
+
+
+def log_likelihood(theta: np.ndarray, mks_spec: np.ndarray, mks_geo: np.ndarray,
+                   mks_geo_err: np.ndarray, snr: np.ndarray) -> np.ndarray:
+    """Sum over stars of the log of eq. (14); ``theta`` (..., 4) -> (...,)."""
+    theta = np.asarray(theta, dtype=np.float64)
+    eps, delta, s_int, s_100 = (theta[..., k, None] for k in range(4))
+    resid = mks_spec - ((1.0 + eps) * mks_geo + delta)
+    var = s_int**2 + (s_100 / (snr / 100.0)) ** 2 + mks_geo_err**2
+    return -0.5 * np.sum(resid**2 / var + np.log(2.0 * np.pi * var), axis=-1)
+
+
+def log_prior(theta: np.ndarray,
+              bounds: tuple[tuple[float, float], ...] = DEFAULT_PRIOR_BOUNDS) -> np.ndarray:
+    """Flat priors (eq. 13): 0 inside ``bounds``, -inf outside; ``theta`` (..., 4)."""
+    theta = np.atleast_2d(theta)
+    inside = np.ones(theta.shape[0], dtype=bool)
+    for k, (lo, hi) in enumerate(bounds):
+        inside &= (theta[:, k] > lo) & (theta[:, k] < hi)
+    return np.where(inside, 0.0, -np.inf)
+
+
+class _LogProb:
+    """Picklable vectorised log-posterior for emcee (walkers x 4 -> walkers)."""
+
+    def __init__(self, mks_spec, mks_geo, mks_geo_err, snr, bounds) -> None:  # noqa: ANN001
+        self.args = (mks_spec, mks_geo, mks_geo_err, snr)
+        self.bounds = bounds
+
+    def __call__(self, theta: np.ndarray) -> np.ndarray:
+        theta = np.atleast_2d(theta)
+        lp = log_prior(theta, self.bounds)
+        out = np.full(theta.shape[0], -np.inf)
+        ok = np.isfinite(lp)
+        if ok.any():
+            out[ok] = lp[ok] + log_likelihood(theta[ok], *self.args)
+        return out
+
+
+def standardized_residual(theta: np.ndarray, mks_spec: np.ndarray, mks_geo: np.ndarray,
+                          mks_geo_err: np.ndarray, snr: np.ndarray) -> np.ndarray:
+    """(M_o - model) / total sigma of eq. (14) per star; > 0: geometric brighter."""
+    eps, delta, s_int, s_100 = (float(t) for t in theta)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = s_int**2 + (s_100 / (snr / 100.0)) ** 2 + mks_geo_err**2
+        return (mks_spec - ((1.0 + eps) * mks_geo + delta)) / np.sqrt(var)
+
+
+def maximum_likelihood(mks_spec: np.ndarray, mks_geo: np.ndarray, mks_geo_err: np.ndarray,
+                       snr: np.ndarray, start: np.ndarray | None = None,
+                       bounds: tuple[tuple[float, float], ...] = DEFAULT_PRIOR_BOUNDS
+                       ) -> np.ndarray:
+    """Maximum of eq. (13) with flat priors (L-BFGS-B within the prior bounds)."""
+    from scipy.optimize import minimize
+
+    args = tuple(np.asarray(a, dtype=np.float64) for a in (mks_spec, mks_geo, mks_geo_err, snr))
+    if start is None:
+        resid = args[0] - args[1]
+        start = np.array([0.0, float(np.median(resid)),
+                          max(float(1.4826 * np.median(np.abs(resid - np.median(resid)))), 0.05),
+                          0.1])
+
+    def nll(t: np.ndarray) -> float:
+        return -float(log_likelihood(t[None, :], *args)[0])
+
+    eps_b = [(lo + 1e-6, hi - 1e-6) for lo, hi in bounds]
+    eps_b[2] = (1e-4, bounds[2][1])
+    eps_b[3] = (1e-4, bounds[3][1])
+    res = minimize(nll, np.clip(start, [b[0] for b in eps_b], [b[1] for b in eps_b]),
+                   method="L-BFGS-B", bounds=eps_b)
+    return np.asarray(res.x, dtype=np.float64)
+
+
+@dataclass
+class NoiseModelResult:
+    """Posterior of (eps, delta, sigma_int, sigma_s100) and the clipping record."""
+
+    samples: np.ndarray  # (n_samples, 4) flat, burn-in discarded, thinned
+    ml: np.ndarray  # (4,) maximum likelihood on the final kept set
+    keep: np.ndarray  # (n,) bool: used in the final fit
+    tau: np.ndarray  # (4,) integrated autocorrelation times (steps)
+    acceptance: float
+    n_steps: int
+    converged: bool
+    n_clip_iterations: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mean(self) -> dict[str, float]:
+        return {k: float(v) for k, v in zip(PARAM_NAMES, self.samples.mean(axis=0), strict=True)}
+
+    @property
+    def std(self) -> dict[str, float]:
+        return {k: float(v) for k, v in zip(PARAM_NAMES, self.samples.std(axis=0), strict=True)}
+
+    @property
+    def sigma_int(self) -> float:
+        return self.mean["sigma_int"]
+
+    @property
+    def sigma_s100(self) -> float:
+        return self.mean["sigma_s100"]
+
+    def summary(self) -> dict[str, Any]:
+        q = np.percentile(self.samples, [16, 50, 84], axis=0)
+        return {
+            "mean": self.mean, "std": self.std,
+            "p16": dict(zip(PARAM_NAMES, map(float, q[0]), strict=True)),
+            "p50": dict(zip(PARAM_NAMES, map(float, q[1]), strict=True)),
+            "p84": dict(zip(PARAM_NAMES, map(float, q[2]), strict=True)),
+            "ml": dict(zip(PARAM_NAMES, map(float, self.ml), strict=True)),
+            "n_used": int(self.keep.sum()), "n_clipped": int(self.meta.get("n_input", 0)
+                                                             - self.keep.sum()),
+            "tau_steps": dict(zip(PARAM_NAMES, map(float, self.tau), strict=True)),
+            "acceptance_fraction": float(self.acceptance), "n_steps": int(self.n_steps),
+            "converged": bool(self.converged), "n_clip_iterations": int(self.n_clip_iterations),
+            **{k: v for k, v in self.meta.items() if k not in ("n_input",)},
+        }
+
+    def save(self, path: str) -> None:
+        """Write an ``.npz`` (plain arrays + JSON metadata; read with allow_pickle=False)."""
+        np.savez_compressed(
+            path, samples=self.samples.astype(np.float32), ml=self.ml, keep=self.keep,
+            tau=self.tau, param_names=np.array(PARAM_NAMES),
+            meta_json=np.array(json.dumps({**self.meta, "acceptance": self.acceptance,
+                                           "n_steps": self.n_steps,
+                                           "converged": self.converged,
+                                           "n_clip_iterations": self.n_clip_iterations,
+                                           "format_version": FORMAT_VERSION})),
+        )
+
+    @classmethod
+    def load(cls, path: str) -> NoiseModelResult:
+        with np.load(path, allow_pickle=False) as d:
+            meta = json.loads(str(d["meta_json"]))
+            return cls(samples=d["samples"].astype(np.float64), ml=d["ml"], keep=d["keep"],
+                       tau=d["tau"], acceptance=float(meta.pop("acceptance")),
+                       n_steps=int(meta.pop("n_steps")), converged=bool(meta.pop("converged")),
+                       n_clip_iterations=int(meta.pop("n_clip_iterations")), meta=meta)
+
+
+def clip_binaries(mks_spec: np.ndarray, mks_geo: np.ndarray, mks_geo_err: np.ndarray,
+                  snr: np.ndarray, clip_sigma: float = 2.0, clip: str = "upper",
+                  max_iter: int = 20,
+                  bounds: tuple[tuple[float, float], ...] = DEFAULT_PRIOR_BOUNDS
+                  ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Iterative ``clip_sigma`` clipping of likely binaries (Sec. 5.3).
+
+    Returns (keep mask, maximum-likelihood theta on the kept set, iterations).
+    """
+    ok = (np.isfinite(mks_spec) & np.isfinite(mks_geo) & np.isfinite(mks_geo_err)
+          & np.isfinite(snr) & (snr > 0))
+    keep = ok.copy()
+    theta = None
+    it = 0
+    for _ in range(max_iter):
+        it += 1
+        theta = maximum_likelihood(mks_spec[keep], mks_geo[keep], mks_geo_err[keep], snr[keep],
+                                   start=theta, bounds=bounds)
+        if clip_sigma is None or not np.isfinite(clip_sigma):
+            break
+        z = standardized_residual(theta, mks_spec, mks_geo, mks_geo_err, snr)
+        new = ok & ((z <= clip_sigma) if clip == "upper" else (np.abs(z) <= clip_sigma))
+        if np.array_equal(new, keep):
+            break
+        keep = new
+    assert theta is not None
+    return keep, theta, it
+
+
+def fit_noise_model(
+    mks_spec: np.ndarray,
+    mks_geo: np.ndarray,
+    mks_geo_err: np.ndarray,
+    snr: np.ndarray,
+    clip_sigma: float = 2.0,
+    clip: str = "upper",
+    n_walkers: int = 32,
+    n_steps: int = 2000,
+    max_steps: int = 12000,
+    seed: int = 0,
+    bounds: tuple[tuple[float, float], ...] = DEFAULT_PRIOR_BOUNDS,
+    meta: dict[str, Any] | None = None,
+) -> NoiseModelResult:
+    """Sample the eq. (13) posterior with emcee after iterative binary clipping.
+
+    Inputs per star: spectroscopic M_Ks (``mks_spec``), geometric M_Ks and its error
+    (eqs. 11-12), spectral S/N. Non-finite rows are ignored.
+    """
+    import emcee
+
+    t0 = time.perf_counter()
+    arrs = [np.asarray(a, dtype=np.float64) for a in (mks_spec, mks_geo, mks_geo_err, snr)]
+    keep, theta_ml, n_it = clip_binaries(*arrs, clip_sigma=clip_sigma, clip=clip,
+                                         bounds=bounds)
+    if keep.sum() < 10:
+        raise ValueError(f"noise model: only {int(keep.sum())} stars after clipping")
+    data = [a[keep] for a in arrs]
+    rng = np.random.default_rng(seed)
+    scale = np.array([1e-3, 1e-3, 1e-3, 1e-3])
+    p0 = theta_ml + scale * rng.standard_normal((n_walkers, 4))
+    p0[:, 2:] = np.abs(p0[:, 2:])
+    sampler = emcee.EnsembleSampler(n_walkers, 4, _LogProb(*data, bounds), vectorize=True)
+    sampler.random_state = np.random.RandomState(int(rng.integers(2**31))).get_state()
+    state = sampler.run_mcmc(p0, n_steps, progress=False)
+    total = n_steps
+    while True:
+        tau = np.asarray(sampler.get_autocorr_time(tol=0), dtype=np.float64)
+        acc = float(np.mean(sampler.acceptance_fraction))
+        converged = bool(np.all(total > 50 * tau) and 0.15 <= acc <= 0.8)
+        if converged or total >= max_steps:
+            break
+        extra = min(max(int(50 * np.max(tau)) - total, 1000), max_steps - total)
+        state = sampler.run_mcmc(state, extra, progress=False)
+        total += extra
+    burn = int(min(max(3 * np.max(tau), 200), total // 2))
+    thin = max(1, int(np.max(tau) / 2))
+    samples = sampler.get_chain(discard=burn, thin=thin, flat=True)
+    if not converged:
+        log.warning("noise model: chain not converged after %d steps (tau %s, acceptance "
+                    "%.2f)", total, np.round(tau, 1), acc)
+    res = NoiseModelResult(
+        samples=samples, ml=theta_ml, keep=keep, tau=tau, acceptance=acc, n_steps=total,
+        converged=converged, n_clip_iterations=n_it,
+        meta={"n_input": int(np.isfinite(arrs[0]).sum()), "clip_sigma": clip_sigma,
+              "clip": clip, "n_walkers": n_walkers, "burn": burn, "thin": thin,
+              "prior_bounds": [list(b) for b in bounds], "seconds": time.perf_counter() - t0,
+              **(meta or {})},
+    )
+    m, s = res.mean, res.std
+    log.info("noise model: %d of %d stars kept after %d clipping iterations; eps %.3f+-%.3f "
+             "delta %.3f+-%.3f sigma_int %.3f+-%.3f sigma_s100 %.3f+-%.3f (tau max %.0f, "
+             "acceptance %.2f, %.1f s)", keep.sum(), res.meta["n_input"], n_it, m["eps"],
+             s["eps"], m["delta"], s["delta"], m["sigma_int"], s["sigma_int"],
+             m["sigma_s100"], s["sigma_s100"], np.max(tau), acc, res.meta["seconds"])
+    return res
+
+
+def corner_plot(result: NoiseModelResult, path: str, title: str = "") -> str:
+    """A corner-style plot of the posterior (Fig. 8 of the paper) with matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = result.samples
+    k = s.shape[1]
+    fig, axes = plt.subplots(k, k, figsize=(2.2 * k, 2.2 * k))
+    for i in range(k):
+        for j in range(k):
+            ax = axes[i, j]
+            if j > i:
+                ax.axis("off")
+                continue
+            if i == j:
+                ax.hist(s[:, i], bins=40, histtype="step", color="k")
+                q = np.percentile(s[:, i], [16, 50, 84])
+                for v in q:
+                    ax.axvline(v, color="C0", ls="--", lw=0.8)
+                ax.set_title(f"{PARAM_LABELS[i]} = {q[1]:.3f}$^{{+{q[2] - q[1]:.3f}}}"
+                             f"_{{-{q[1] - q[0]:.3f}}}$", fontsize=8)
+                ax.set_yticks([])
+            else:
+                ax.hist2d(s[:, j], s[:, i], bins=40, cmap="Greys")
+            if i == k - 1:
+                ax.set_xlabel(PARAM_LABELS[j])
+            else:
+                ax.set_xticklabels([])
+            if j == 0 and i > 0:
+                ax.set_ylabel(PARAM_LABELS[i])
+            elif j > 0:
+                ax.set_yticklabels([])
+            ax.tick_params(labelsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

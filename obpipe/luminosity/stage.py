@@ -1,0 +1,577 @@
+"""Stages ``luminosity`` (Secs. 5.1-5.3) and ``binary`` (Sec. 6): thin wiring.
+
+``luminosity``
+    1. reads the good-parallax candidates (and the rows of an optional extra training
+       table) from the products store: ``recon_flux`` (or the PCA coefficients for
+       the ``input_kind="pca_coeff"`` variant), ``em_flag``, ``quality_flags``,
+       ``MKs_geo(_err)``, ``Ks0(_err)``, ``parallax_corrected(_error)``, S/N;
+    2. trains networks (a) and (b) with two binary-cleaning iterations and samples
+       the noise model (:mod:`obpipe.luminosity.training`);
+    3. writes ``PRODUCTS_DIR/models/mks_network_{a,b}.pt`` (tensors + JSON metadata,
+       ``torch.load(weights_only=True)``), ``noise_model_{a,b}.npz``,
+       ``luminosity_training.json`` and figures ``fig5_mks_spec_vs_geo.png``,
+       ``fig8_noise_model_{a,b}.png``; a rerun finds the files and skips training;
+    4. maps :func:`luminosity_block` over the cube with
+       :func:`obpipe.products.run_blockwise_stage`: the networks travel to the
+       workers as file paths (loaded once per process, ``lru_cache``), the noise
+       parameters as floats.
+
+    Products: ``MKs``, ``MKs_err`` (sqrt(sigma_int^2 + (sigma_s100 / (S/N / 100))^2),
+    eq. 10), ``MKs_model`` (0 = network a, 1 = network b, -9 = none: em_flag 0 uses
+    (a); 1 and -9 (undetermined) use (b), which ignores the emission-line regions),
+    ``luminosity_set`` (bits: 1 trained (a), 2 trained (b), 4 test set, 8 removed from
+    training as a binary, 16 extra training table).
+
+``binary``
+    eqs. (15)-(17) per spectrum (:mod:`obpipe.binary`): ``parallax_spec``,
+    ``parallax_spec_err`` (mas), ``snr_dparallax``, ``binary_flag`` (1 / 0 / -9); figure
+    ``fig10_parallax_excess.png``.
+
+Registration (pipeline.py), after ``photometry``::
+
+    Stage("luminosity", ..., luminosity_stage.run_luminosity, luminosity_stage.is_complete)
+    Stage("binary", ..., luminosity_stage.run_binary, luminosity_stage.is_binary_complete)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from dataclasses import replace
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from obpipe import __version__
+from obpipe.binary import FLAG_BINARY, identify_binaries
+from obpipe.io import store
+from obpipe.luminosity import noise_model
+from obpipe.luminosity.network import (
+    MKsNetwork,
+    TrainConfig,
+    recon_out_of_range,
+    wavelength_mask,
+)
+from obpipe.luminosity.training import TrainingConfig, train_with_binary_cleaning
+from obpipe.products import (
+    Output,
+    ensure_outputs,
+    open_products,
+    products_path,
+    run_blockwise_stage,
+    stage_complete,
+    write_products_block,
+)
+
+log = logging.getLogger(__name__)
+
+STAGE = "luminosity"
+BINARY_STAGE = "binary"
+SETS_STAGE = "luminosity_sets"
+MODEL_DIR = "models"
+NETWORK_FILES = {"a": "mks_network_a.pt", "b": "mks_network_b.pt"}
+NOISE_FILES = {"a": "noise_model_a.npz", "b": "noise_model_b.npz"}
+REPORT_FILE = "luminosity_training.json"
+MODEL_CODES = {"a": 0, "b": 1}
+BROKEN_BIT = 1
+
+SET_BITS = {"train_a": 1, "train_b": 2, "test": 4, "removed_binary": 8, "extra": 16}
+
+OUTPUTS: dict[str, Output] = {
+    "MKs": Output("float32", "mag", "spectroscopic K_s absolute magnitude (eq. 6 network)"),
+    "MKs_err": Output("float32", "mag", "sqrt(sigma_int^2 + (sigma_s100 / (S/N/100))^2) "
+                      "(Sec. 5.3, eq. 10)"),
+    "MKs_model": Output("int8", "", "network used: 0 = (a) non-emission, full range; "
+                        "1 = (b) clean windows (em_flag 1 or -9); -9 = no estimate"),
+    "MKs_flag": Output("int8", "", "bits: 1 input reconstruction out of range (max |f - 1| "
+                       "> 2 within the model pixels: a failed PCA projection, M_Ks "
+                       "unreliable), 2 spectrum flagged broken (quality_flags bit 0)"),
+}
+SET_OUTPUTS: dict[str, Output] = {
+    "luminosity_set": Output("int8", "", "bits: " + ", ".join(
+        f"{v} {k}" for k, v in SET_BITS.items())),
+}
+BINARY_OUTPUTS: dict[str, Output] = {
+    "parallax_spec": Output("float32", "mas", "spectro-photometric parallax (eq. 15)"),
+    "parallax_spec_err": Output("float32", "mas", "uncertainty of parallax_spec (eq. 17)"),
+    "snr_dparallax": Output("float32", "", "(parallax_spec - parallax) / error (eq. 16)"),
+    "binary_flag": Output("int8", "", "1 binary (snr_dparallax > 2), 0 single, -9 "
+                          "unclassified (no parallax, Ks or M_Ks)"),
+}
+
+_CANDIDATE_PRODUCTS = ("em_flag", "quality_flags", "MKs_geo", "MKs_geo_err", "Ks0", "Ks0_err",
+                       "parallax_corrected", "parallax_corrected_error")
+
+
+def _model_paths(products_dir: str) -> dict[str, str]:
+    return {m: os.path.join(products_dir, MODEL_DIR, f) for m, f in NETWORK_FILES.items()}
+
+
+def _noise_paths(products_dir: str) -> dict[str, str]:
+    return {m: os.path.join(products_dir, MODEL_DIR, f) for m, f in NOISE_FILES.items()}
+
+
+@lru_cache(maxsize=8)
+def _load_network(path: str, mtime: float) -> MKsNetwork:
+    return MKsNetwork.load(path)
+
+
+def load_network(path: str) -> MKsNetwork:
+    return _load_network(path, os.path.getmtime(path))
+
+
+def _config(ctx: Any, overrides: dict[str, Any] | None = None) -> tuple[TrainingConfig,
+                                                                        dict[str, Any]]:
+    opts = dict(getattr(ctx, "options", {}).get(STAGE, {}) or {})
+    opts.update(overrides or {})
+    extra_path = opts.pop("extra_training", None)
+    net_opts = opts.pop("network", {}) or {}
+    cfg = TrainingConfig(**opts)
+    if net_opts:
+        cfg = replace(cfg, network=replace(TrainConfig(), **net_opts))
+    return cfg, {"extra_training": extra_path}
+
+
+def read_extra_training(path: str, specid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An extra training table (CSV / Parquet / FITS; columns ``specid``, ``MKs``, optional
+    ``MKs_err``) as per-row arrays aligned with ``specid`` (NaN where absent)."""
+    from astropy.table import Table
+
+    tab = Table.read(path)
+    ids = np.asarray(tab["specid"], dtype=np.int64)
+    pos = {int(s): i for i, s in enumerate(np.asarray(specid, dtype=np.int64))}
+    mks = np.full(specid.size, np.nan)
+    err = np.full(specid.size, np.nan)
+    has_err = "MKs_err" in tab.colnames
+    missing = 0
+    for k, sid in enumerate(ids):
+        i = pos.get(int(sid))
+        if i is None:
+            missing += 1
+            continue
+        mks[i] = float(tab["MKs"][k])
+        err[i] = float(tab["MKs_err"][k]) if has_err else 0.1
+    if missing:
+        log.warning("extra training table %s: %d specids not in the survey", path, missing)
+    return mks, err
+
+
+def _network_inputs(prods: xr.Dataset, rows: np.ndarray, em: np.ndarray, input_kind: str
+                    ) -> np.ndarray | dict[str, np.ndarray]:
+    if input_kind == "recon_flux":
+        return prods["recon_flux"].isel(spec=rows).values
+    if input_kind == "pca_coeff":
+        return {"a": prods["pca_coeff_full"].isel(spec=rows).values,
+                "b": prods["pca_coeff"].isel(spec=rows).values}
+    raise ValueError(f"unknown input_kind {input_kind!r}")
+
+
+def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = None
+                        ) -> dict[str, Any]:
+    """Steps 1-3 of the stage: train, calibrate, save the model files and figures."""
+    t0 = time.perf_counter()
+    survey = store.open_cube(ctx.survey_path)
+    prods = open_products(ctx.products_dir)
+    snr_all = survey["snr_g"].values.astype(float)
+    star_all = survey["star_id"].values.astype(object).astype(str)
+    specid_all = survey["specid"].values
+    cols = {k: prods[k].values for k in _CANDIDATE_PRODUCTS}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        plx_snr = cols["parallax_corrected"] / cols["parallax_corrected_error"]
+    extra_mks = extra_err = None
+    cand = np.isfinite(cols["MKs_geo"]) & (plx_snr > cfg.min_parallax_snr)
+    if extra_path:
+        extra_mks, extra_err = read_extra_training(extra_path, specid_all)
+        cand |= np.isfinite(extra_mks)
+    rows = np.flatnonzero(cand)
+    log.info("luminosity: %d candidate spectra (good parallax or extra table) of %d",
+             rows.size, snr_all.size)
+    em = cols["em_flag"][rows]
+    x = _network_inputs(prods, rows, em, cfg.input_kind)
+    first = x if isinstance(x, np.ndarray) else x["a"]
+    usable = (((cols["quality_flags"][rows] & BROKEN_BIT) == 0)
+              & np.all(np.isfinite(first), axis=1))
+    if cfg.input_kind == "recon_flux":
+        # failed reconstructions within the model's own pixels never train a network
+        bad_a = recon_out_of_range(first[:, wavelength_mask("a")])
+        bad_b = recon_out_of_range(first[:, wavelength_mask("b")])
+        usable &= np.where(em == 0, ~bad_a, ~bad_b)
+        log.info("luminosity: %d candidates with an out-of-range reconstruction excluded",
+                 int(np.sum(np.where(em == 0, bad_a, bad_b))))
+    t_read = time.perf_counter() - t0
+    res = train_with_binary_cleaning(
+        x, star_all[rows], snr_all[rows], em, usable,
+        cols["MKs_geo"][rows], cols["MKs_geo_err"][rows], cols["Ks0"][rows],
+        cols["Ks0_err"][rows], cols["parallax_corrected"][rows],
+        cols["parallax_corrected_error"][rows], cfg,
+        extra_mks=None if extra_mks is None else extra_mks[rows],
+        extra_mks_err=None if extra_err is None else extra_err[rows],
+    )
+    res.report["timing_s"]["read_inputs"] = t_read
+    mdir = os.path.join(ctx.products_dir, MODEL_DIR)
+    os.makedirs(mdir, exist_ok=True)
+    for m, path in _model_paths(ctx.products_dir).items():
+        res.networks[m].meta.update({"products": os.path.abspath(ctx.products_dir),
+                                     "survey_seed": survey.attrs.get("seed", -1)})
+        tmp = path + ".tmp"
+        res.networks[m].save(tmp)
+        os.replace(tmp, path)
+    for m, path in _noise_paths(ctx.products_dir).items():
+        tmp = path + ".tmp.npz"
+        res.noise[m].save(tmp)
+        os.replace(tmp, path)
+    # set membership, written as one product column
+    sets = np.zeros(snr_all.size, dtype=np.int8)
+    s = res.sets
+    for name, mask in (("train_a", res.clean_train["a"]), ("train_b", res.clean_train["b"]),
+                       ("test", s.test), ("extra", s.extra),
+                       ("removed_binary", (s.train_a & ~res.clean_train["a"])
+                        | (s.train_b & ~res.clean_train["b"]))):
+        sets[rows[mask]] |= SET_BITS[name]
+    n_spec = snr_all.size
+    chunk = int(prods["specid"].chunks[0][0])
+    ensure_outputs(ctx.products_dir, SETS_STAGE, SET_OUTPUTS, n_spec, chunk)
+    write_products_block(ctx.products_dir, 0, {"luminosity_set": sets})
+    grp = zarr.open_group(products_path(ctx.products_dir), mode="r+",
+                          zarr_format=store.ZARR_FORMAT)
+    grp[f"{SETS_STAGE}_blocks_done"][:] = True
+    report = {**res.report, "noise": {m: r.summary() for m, r in res.noise.items()},
+              "obpipe_version": __version__, "n_candidates": int(rows.size),
+              "extra_training": extra_path}
+    with open(os.path.join(mdir, REPORT_FILE), "w") as fh:
+        json.dump(report, fh, indent=1, default=float)
+    try:
+        figdir = os.path.join(ctx.products_dir, "figures")
+        os.makedirs(figdir, exist_ok=True)
+        for m, r in res.noise.items():
+            noise_model.corner_plot(r, os.path.join(figdir, f"fig8_noise_model_{m}.png"),
+                                    title=f"network ({m}): {r.meta.get('sample', '')}")
+    except Exception as exc:  # figures never fail a run
+        log.warning("luminosity figures not written: %s", exc)
+    return report
+
+
+def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str, str], ...],
+                     sigmas: tuple[tuple[str, float, float], ...], input_kind: str,
+                     batch_size: int = 2048) -> dict[str, np.ndarray]:
+    """M_Ks, its error and the model code for one chunk of spectra (pure numpy)."""
+    from threadpoolctl import threadpool_limits
+
+    em = np.asarray(inputs["em_flag"])
+    snr = np.asarray(inputs["snr_g"], dtype=float)
+    n = em.size
+    mks = np.full(n, np.nan)
+    err = np.full(n, np.nan)
+    code = np.full(n, -9, dtype=np.int8)
+    flag = np.where((np.asarray(inputs["quality_flags"]) & BROKEN_BIT) > 0, 2, 0).astype(np.int8)
+    paths = dict(model_paths)
+    sig = {m: (si, s100) for m, si, s100 in sigmas}
+    for m, rows in (("a", em == 0), ("b", em != 0)):
+        if not rows.any():
+            continue
+        net = load_network(paths[m])
+        if input_kind == "recon_flux":
+            x = inputs["recon_flux"][rows]
+        else:
+            x = inputs["pca_coeff_full" if m == "a" else "pca_coeff"][rows]
+        with threadpool_limits(1):
+            mks[rows] = net.predict(x, batch_size=batch_size)
+            flag[rows] |= net.input_out_of_range(x).astype(np.int8)
+        err[rows] = noise_model.mks_uncertainty(snr[rows], *sig[m])
+        code[rows] = MODEL_CODES[m]
+    bad = ~np.isfinite(mks)
+    err[bad] = np.nan
+    code[bad] = -9
+    return {"MKs": mks.astype(np.float32), "MKs_err": err.astype(np.float32),
+            "MKs_model": code, "MKs_flag": flag}
+
+
+def run_luminosity(ctx: Any, **overrides: Any) -> dict[str, Any]:
+    """Train (unless the model files exist), calibrate, then infer M_Ks over the cube."""
+    cfg, extra = _config(ctx, overrides)
+    force = bool(getattr(ctx, "force", False))
+    paths = _model_paths(ctx.products_dir)
+    npaths = _noise_paths(ctx.products_dir)
+    report: dict[str, Any] = {}
+    have = all(os.path.exists(p) for p in (*paths.values(), *npaths.values()))
+    if force or not have:
+        report["training"] = train_from_products(ctx, cfg, extra["extra_training"])
+    noise = {m: noise_model.NoiseModelResult.load(p) for m, p in npaths.items()}
+    sigmas = tuple((m, r.sigma_int, r.sigma_s100) for m, r in noise.items())
+    input_kind = load_network(paths["a"]).input_kind
+    pvars: tuple[str, ...] = ("em_flag", "quality_flags")
+    pvars += ("recon_flux",) if input_kind == "recon_flux" else ("pca_coeff", "pca_coeff_full")
+    t0 = time.perf_counter()
+    result = run_blockwise_stage(
+        ctx.survey_path, ctx.products_dir, STAGE,
+        functools.partial(luminosity_block, model_paths=tuple(sorted(paths.items())),
+                          sigmas=sigmas, input_kind=input_kind),
+        OUTPUTS, survey_vars=("snr_g",), product_vars=pvars, scheduler=ctx.scheduler,
+        force=force,
+    )
+    result["inference_seconds"] = time.perf_counter() - t0
+    # on the MKs_err array itself: root attributes are rewritten when a later stage adds
+    # variables (products.ensure_outputs), variable attributes are not
+    grp = zarr.open_group(products_path(ctx.products_dir), mode="r+",
+                          zarr_format=store.ZARR_FORMAT)
+    grp["MKs_err"].attrs.update({f"noise_{m}_{k}": float(v) for m, r in noise.items()
+                                 for k, v in r.mean.items()})
+    return {**result, "noise": {m: r.mean for m, r in noise.items()},
+            "training_seconds": report.get("training", {}).get("timing_s", {})}
+
+
+def is_complete(ctx: Any) -> bool:
+    return stage_complete(ctx.products_dir, STAGE)
+
+
+# ------------------------------------------------------------------------- binary
+def binary_block(inputs: dict[str, np.ndarray], threshold: float = 2.0) -> dict[str, np.ndarray]:
+    out = identify_binaries(inputs["MKs"], inputs["MKs_err"], inputs["Ks0"], inputs["Ks0_err"],
+                            inputs["parallax_corrected"], inputs["parallax_corrected_error"],
+                            threshold=threshold)
+    return {k: (v.astype(np.float32) if v.dtype.kind == "f" else v) for k, v in out.items()}
+
+
+def run_binary(ctx: Any, threshold: float = 2.0) -> dict[str, Any]:
+    """Eqs. (15)-(17) over the cube; Fig. 10."""
+    result = run_blockwise_stage(
+        ctx.survey_path, ctx.products_dir, BINARY_STAGE,
+        functools.partial(binary_block, threshold=threshold), BINARY_OUTPUTS,
+        product_vars=("MKs", "MKs_err", "Ks0", "Ks0_err", "parallax_corrected",
+                      "parallax_corrected_error"),
+        scheduler=ctx.scheduler, force=bool(getattr(ctx, "force", False)),
+    )
+    prods = open_products(ctx.products_dir)
+    flag = prods["binary_flag"].values
+    result["fractions"] = {"binary": float(np.mean(flag == FLAG_BINARY)),
+                           "single": float(np.mean(flag == 0)),
+                           "unclassified": float(np.mean(flag == -9))}
+    try:
+        result["figure"] = write_fig10(ctx.survey_path, ctx.products_dir)
+        result["figure5"] = write_fig5(ctx.survey_path, ctx.products_dir)
+    except Exception as exc:  # figures never fail a run
+        log.warning("binary figures not written: %s", exc)
+    return result
+
+
+def is_binary_complete(ctx: Any) -> bool:
+    return stage_complete(ctx.products_dir, BINARY_STAGE)
+
+
+# ------------------------------------------------------------------------- figures
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_fig5(survey_path: str, products_dir: str) -> str:
+    """Fig. 5: spectroscopic vs geometric M_Ks for test stars (plx/err > 10, S/N > 20)."""
+    plt = _plt()
+    survey = store.open_cube(survey_path)
+    p = open_products(products_dir)[["MKs", "MKs_geo", "em_flag", "luminosity_set",
+                                     "parallax_corrected", "parallax_corrected_error",
+                                     "MKs_model"]].load()
+    snr = survey["snr_g"].values
+    with np.errstate(invalid="ignore", divide="ignore"):
+        good = (p["parallax_corrected"].values / p["parallax_corrected_error"].values > 10)
+    test = ((p["luminosity_set"].values & SET_BITS["test"]) > 0) & good & (snr > 20)
+    em = p["em_flag"].values
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.8), sharex=True, sharey=True)
+    lims = (-6, 3)
+    for ax, sel, title in ((axes[0], test & (em == 0), "(a) non-emission, full range"),
+                           (axes[1], test & (em != 0), "(b) clean windows, emission")):
+        ax.scatter(p["MKs_geo"].values[sel], p["MKs"].values[sel], s=3, alpha=0.5,
+                   color="C0" if ax is axes[0] else "C3")
+        ax.plot(lims, lims, "k-", lw=0.8)
+        ax.plot(lims, np.add(lims, 0.75), "k--", lw=0.8)
+        ax.set_xlim(lims)
+        ax.set_ylim(lims)
+        ax.set_title(f"{title} (n = {int(sel.sum())})", fontsize=9)
+        ax.set_xlabel(r"geometric $M_{K_s}$ (mag)")
+    axes[0].set_ylabel(r"spectroscopic $M_{K_s}$ (mag)")
+    fig.tight_layout()
+    path = os.path.join(products_dir, "figures", "fig5_mks_spec_vs_geo.png")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_fig10(survey_path: str, products_dir: str) -> str:
+    """Fig. 10: S/N_dplx for plx/err > 10 and S/N > 50; all and MKs_geo < 0."""
+    plt = _plt()
+    survey = store.open_cube(survey_path)
+    p = open_products(products_dir)[["snr_dparallax", "MKs_geo", "parallax_corrected",
+                                     "parallax_corrected_error"]].load()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sel = ((p["parallax_corrected"].values / p["parallax_corrected_error"].values > 10)
+               & (survey["snr_g"].values > 50) & np.isfinite(p["snr_dparallax"].values))
+    x = p["snr_dparallax"].values
+    bins = np.linspace(-6, 12, 73)
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ax.hist(x[sel], bins=bins, histtype="step", color="k", label="all")
+    ax.hist(x[sel & (p["MKs_geo"].values < 0)], bins=bins, histtype="step", color="C3",
+            label=r"$M_{K_s}^{\rm geo} < 0$")
+    ax.axvline(2.0, color="k", ls="--", lw=0.8)
+    ax.set_xlabel(r"$S/N_{\Delta\varpi}$")
+    ax.set_ylabel("spectra")
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(products_dir, "figures", "fig10_parallax_excess.png")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------- validation
+def _stats(d: np.ndarray) -> dict[str, float]:
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return {"n": 0}
+    med = float(np.median(d))
+    return {"n": int(d.size), "bias": float(np.mean(d)), "median": med,
+            "scatter": float(np.std(d)),
+            "robust_scatter": float(1.4826 * np.median(np.abs(d - med)))}
+
+
+def luminosity_metrics(survey: xr.Dataset, products: xr.Dataset, truth: xr.Dataset
+                       ) -> dict[str, Any]:
+    """M_Ks and binary-flag accuracy against the truth of a simulated survey.
+
+    * ``mks_vs_truth``: MKs - MKs_true (the primary: a binary's spectrum is its dominant
+      star's) for single non-emission OB stars by S/N bin (bias, scatter, robust scatter,
+      pull std with MKs_err); the same for single emission stars;
+    * ``mks_vs_geo_test``: MKs - MKs_geo for test-set stars (plx/err > 10, S/N > 20);
+    * ``noise_model``: sigma_int, sigma_s100 (posterior mean of each network) against the
+      scatter measured from truth: sigma_int_truth from single non-emission OB stars with
+      S/N > 100 after subtracting the model's sigma_s in quadrature;
+    * ``binary``: completeness of ``binary_flag == 1`` among true binaries by mass ratio
+      (q >= 0.85, 0.5-0.85, < 0.5) for plx/err > 10 and for all, purity, false-positive
+      rate among true singles, the fraction of equal-mass (q > 0.95) binaries flagged.
+    """
+    def v(ds: xr.Dataset, name: str) -> np.ndarray:
+        return np.asarray(ds[name].values)
+
+    out: dict[str, Any] = {}
+    if "MKs" not in products:
+        return out
+    mks = v(products, "MKs").astype(float)
+    err = v(products, "MKs_err").astype(float)
+    true = v(truth, "MKs_true").astype(float)
+    snr = v(survey, "snr_g").astype(float)
+    binary = v(truth, "is_binary").astype(bool)
+    em = v(truth, "has_emission").astype(bool)
+    cls = v(truth, "star_class").astype(object).astype(str)
+    broken = v(truth, "is_broken").astype(bool)
+    single_ob = (cls == "OB") & ~binary & ~broken
+    d = mks - true
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pull = d / err
+    flagm = v(products, "MKs_flag") if "MKs_flag" in products else np.zeros(mks.size, int)
+    bins = ((5, 20), (20, 50), (50, 100), (100, 200), (200, 100000))
+
+    def by_snr(sel: np.ndarray) -> dict[str, Any]:
+        res = {}
+        for lo, hi in bins:
+            s = sel & (snr >= lo) & (snr < hi)
+            if s.any():
+                res[f"{lo}-{hi}"] = {**_stats(d[s]), "pull_std": float(np.nanstd(pull[s])),
+                                     "median_err": float(np.nanmedian(err[s]))}
+        return res
+
+    out["mks_vs_truth"] = {
+        "single_nonemission_ob_snr_gt_50": {
+            **_stats(d[single_ob & ~em & (snr > 50)]),
+            "pull_std": float(np.nanstd(pull[single_ob & ~em & (snr > 50)]))},
+        "single_nonemission_ob_snr_gt_50_unflagged": _stats(
+            d[single_ob & ~em & (snr > 50) & (flagm == 0)]),
+        "single_nonemission_ob_by_snr": by_snr(single_ob & ~em),
+        "single_emission_ob_snr_gt_50": {
+            **_stats(d[single_ob & em & (snr > 50)]),
+            "pull_std": float(np.nanstd(pull[single_ob & em & (snr > 50)]))},
+        "single_emission_ob_by_snr": by_snr(single_ob & em),
+        "population_scatter_single_nonemission_ob": float(np.nanstd(true[single_ob & ~em])),
+        "all_classes_snr_gt_50": _stats(d[~binary & (snr > 50)]),
+        "fraction_nan": float(np.mean(~np.isfinite(mks))),
+    }
+    if "luminosity_set" in products and "MKs_geo" in products:
+        lset = v(products, "luminosity_set")
+        test = (lset & SET_BITS["test"]) > 0
+        geo = v(products, "MKs_geo").astype(float)
+        em_flag = v(products, "em_flag")
+        dg = mks - geo
+        out["mks_vs_geo_test"] = {
+            "nonemission_snr_gt_20": _stats(dg[test & (snr > 20) & (em_flag == 0)]),
+            "emission_snr_gt_20": _stats(dg[test & (snr > 20) & (em_flag == 1)]),
+            "nonemission_single_truth_snr_gt_20": _stats(
+                dg[test & (snr > 20) & (em_flag == 0) & ~binary]),
+        }
+        out["training_set_sizes"] = {k: int(np.sum((lset & b) > 0)) for k, b in SET_BITS.items()}
+        removed = (lset & SET_BITS["removed_binary"]) > 0
+        out["training_binaries_removed"] = {
+            "n_removed": int(removed.sum()),
+            "fraction_true_binaries": float(np.mean(binary[removed])) if removed.any() else None,
+            "true_binaries_left_in_training": int(np.sum(
+                binary & ((lset & (SET_BITS["train_a"] | SET_BITS["train_b"])) > 0))),
+        }
+    attrs = products["MKs_err"].attrs
+    noise = {m: {k: attrs.get(f"noise_{m}_{k}") for k in noise_model.PARAM_NAMES}
+             for m in ("a", "b")}
+    hi = single_ob & ~em & (snr > 100) & np.isfinite(d)
+    if hi.any() and noise["a"]["sigma_s100"] is not None:
+        sig_s = float(noise["a"]["sigma_s100"]) / (snr[hi] / 100.0)
+        tot = float(np.std(d[hi]))
+        noise["sigma_int_truth"] = float(np.sqrt(max(tot**2 - np.mean(sig_s**2), 0.0)))
+        noise["scatter_truth_single_nonemission_snr_gt_100"] = tot
+    out["noise_model"] = noise
+    if "binary_flag" in products:
+        flag = v(products, "binary_flag")
+        q = v(truth, "mass_ratio").astype(float)
+        plx = v(products, "parallax_corrected").astype(float)
+        plx_e = v(products, "parallax_corrected_error").astype(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            good = plx / plx_e > 10
+        classified = flag != -9
+        ob = cls == "OB"
+
+        def comp(sel: np.ndarray) -> dict[str, Any]:
+            s = sel & classified
+            return {"n": int(s.sum()),
+                    "completeness": float(np.mean(flag[s] == 1)) if s.any() else None}
+
+        bq = {}
+        for name, (lo, hi_q) in {"q_ge_0.85": (0.85, 1.01), "q_0.5_0.85": (0.5, 0.85),
+                                 "q_lt_0.5": (0.0, 0.5)}.items():
+            sel = binary & ob & (q >= lo) & (q < hi_q)
+            bq[name] = {"plx_snr_gt_10": comp(sel & good), "all": comp(sel),
+                        "plx_snr_gt_10_snr_gt_50": comp(sel & good & (snr > 50))}
+        flagged = (flag == 1)
+        single_cls = ~binary & classified
+        out["binary"] = {
+            "completeness_by_q": bq,
+            "equal_mass_q_gt_0.95_flagged": comp(binary & ob & (q > 0.95)),
+            "equal_mass_q_gt_0.95_flagged_plx_snr_gt_10": comp(binary & ob & (q > 0.95) & good),
+            "false_positive_rate_singles": float(np.mean(flagged[single_cls]))
+            if single_cls.any() else None,
+            "false_positive_rate_singles_plx_snr_gt_10": float(
+                np.mean(flagged[single_cls & good])) if np.any(single_cls & good) else None,
+            "false_positive_rate_single_ob_nonemission": float(
+                np.mean(flagged[single_cls & ob & ~em])) if np.any(single_cls & ob & ~em)
+            else None,
+            "purity": float(np.mean(binary[flagged])) if flagged.any() else None,
+            "fractions": {"binary": float(np.mean(flag == 1)),
+                          "single": float(np.mean(flag == 0)),
+                          "unclassified": float(np.mean(flag == -9))},
+        }
+    return out

@@ -1,0 +1,59 @@
+"""Eqs. (15)-(17): spectro-photometric parallax, parallax-excess S/N and the binary flag."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from obpipe.binary import (
+    identify_binaries,
+    spectrophotometric_parallax_mas,
+)
+
+
+def test_parallax_of_known_distance() -> None:
+    # M = 0 at 1 kpc, no extinction: Ks0 = 10 -> 1 mas
+    np.testing.assert_allclose(spectrophotometric_parallax_mas(10.0, 0.0), 1.0)
+    np.testing.assert_allclose(spectrophotometric_parallax_mas(15.0, 0.0), 0.1)
+
+
+def _survey(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    mks_true = rng.uniform(-3, 1, n)
+    d_kpc = rng.uniform(0.3, 1.5, n)
+    plx_true = 1.0 / d_kpc
+    ks0 = mks_true + 5 * np.log10(d_kpc * 100)
+    plx_err = 0.05 * plx_true
+    return rng, mks_true, plx_true, ks0, plx_err
+
+
+def test_single_star_snr_near_zero_equal_mass_binary_positive() -> None:
+    rng, mks, plx_true, ks0, plx_err = _survey(4000, 0)
+    sig = 0.15
+    mks_obs = mks + rng.normal(0, sig, mks.size)
+    plx = plx_true + rng.normal(0, 1, mks.size) * plx_err
+    ks0_err = np.full(mks.size, 0.03)
+    single = identify_binaries(mks_obs, np.full(mks.size, sig), ks0, ks0_err, plx, plx_err)
+    snr = single["snr_dparallax"]
+    assert abs(np.median(snr)) < 0.1
+    assert 0.8 < np.std(snr) < 1.25
+    assert np.mean(single["binary_flag"] == 1) < 0.05
+    # an equal-mass binary: the system is 0.75 mag brighter than the star the spectrum shows
+    binary = identify_binaries(mks_obs, np.full(mks.size, sig), ks0 - 2.5 * np.log10(2),
+                               ks0_err, plx, plx_err)
+    assert np.median(binary["snr_dparallax"]) > 2
+    assert np.mean(binary["binary_flag"] == 1) > 0.8
+    # exact agreement gives exactly zero
+    exact = identify_binaries(np.array([0.0]), np.array([0.2]), np.array([10.0]),
+                              np.array([0.02]), np.array([1.0]), np.array([0.05]))
+    np.testing.assert_allclose(exact["snr_dparallax"], 0.0, atol=1e-12)
+    np.testing.assert_allclose(exact["parallax_spec_err"],
+                               0.2 * np.log(10) * np.hypot(0.2, 0.02))
+
+
+def test_missing_inputs_unclassified_negative_parallax_kept() -> None:
+    out = identify_binaries(np.array([0.0, 0.0, np.nan, 0.0]), np.full(4, 0.2),
+                            np.array([10.0, np.nan, 10.0, 10.0]), np.full(4, 0.02),
+                            np.array([np.nan, 1.0, 1.0, -0.2]), np.full(4, 0.1))
+    np.testing.assert_array_equal(out["binary_flag"], [-9, -9, -9, 1])
+    assert np.isnan(out["snr_dparallax"][:3]).all()
+    assert out["binary_flag"].dtype == np.int8
