@@ -7,12 +7,13 @@ exit non-zero with a one-line reason.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 log = logging.getLogger("obpipe")
 
@@ -110,12 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _client(address: str | None):  # noqa: ANN202 - optional distributed import
-    if not address:
-        return None
+@contextlib.contextmanager
+def _dask_scheduler(args: argparse.Namespace, default: str | None) -> Iterator[str | None]:
+    """The scheduler for dask.compute: a distributed Client connected to ``--address``
+    (returned as None: it becomes the default), else ``--scheduler`` or ``default``."""
+    if not args.address:
+        yield args.scheduler or default
+        return
     from distributed import Client
 
-    return Client(address)
+    with Client(args.address):
+        yield None
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -128,14 +134,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     cfg = SimulationConfig(n_stars=args.n_stars, seed=args.seed, chunk_size=args.chunk_size,
                            gaia_release=args.gaia_release, **fractions)
     cfg.validate()
-    client = _client(args.address)
-    scheduler = None if client else (args.scheduler or "processes")
     t0 = time.perf_counter()
-    try:
+    with _dask_scheduler(args, "processes") as scheduler:
         summary = simulate_survey(args.out, cfg, overwrite=args.overwrite, scheduler=scheduler)
-    finally:
-        if client:
-            client.close()
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(summary))
     return 0
@@ -158,16 +159,11 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
     cfg = IngestConfig(chunk_size=args.chunk_size, match_radius_arcsec=args.match_radius,
                        gaia_release=args.gaia_release, strict=args.strict)
-    client = _client(args.address)
-    scheduler = None if client else (args.scheduler or "processes")
     t0 = time.perf_counter()
-    try:
+    with _dask_scheduler(args, "processes") as scheduler:
         summary = ingest(args.inputs, args.table, args.out, append=args.append, config=cfg,
                          scheduler=scheduler, column_map=_column_map(args.column_map),
                          report_csv=args.report, num_workers=args.workers)
-    finally:
-        if client:
-            client.close()
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(summary))
     return 0
@@ -177,13 +173,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from obpipe.pipeline import run_pipeline
 
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
-    client = _client(args.address)
-    try:
-        report = run_pipeline(args.survey, args.out, stages, scheduler=args.scheduler,
+    with _dask_scheduler(args, None) as scheduler:
+        report = run_pipeline(args.survey, args.out, stages, scheduler=scheduler,
                               force=args.force)
-    finally:
-        if client:
-            client.close()
     print(json.dumps(report, indent=2, default=str))
     return 0
 
