@@ -24,7 +24,7 @@ import xarray as xr
 
 from obpipe import __version__
 from obpipe.io import store
-from obpipe.products import PRODUCTS_STORE, stage_complete
+from obpipe.products import products_path, stage_complete
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class RunContext:
 
     @property
     def products_path(self) -> str:
-        return os.path.join(self.products_dir, PRODUCTS_STORE)
+        return products_path(self.products_dir)
 
     def stage_complete(self, stage: str) -> bool:
         return stage_complete(self.products_dir, stage)

@@ -21,6 +21,7 @@ import numpy as np
 from obpipe import __version__
 from obpipe.config import SimulationConfig, to_json
 from obpipe.io import store
+from obpipe.photometry.synthetic import absolute_magnitudes, extinction_coefficients
 from obpipe.simulate import sky, spectra, stars
 from obpipe.spectra.grid import SPEED_OF_LIGHT_KMS, velocity_per_pixel_kms, wavelength_grid
 
@@ -77,9 +78,7 @@ def build_tables(cfg: SimulationConfig) -> tuple[dict[str, np.ndarray], dict[str
         parallax_true, true_mag["G"], true_mag["BP"] - true_mag["RP"], place["ra"],
         place["dec"], pop["is_binary"], cfg, rng,
     )
-    r_ks = __import__("obpipe.photometry.synthetic", fromlist=["x"]).extinction_coefficients(
-        pop["teff"]
-    )["Ks"]
+    r_ks = extinction_coefficients(pop["teff"])["Ks"]
     gaia_id = rng.choice(2**62, size=n_star, replace=False).astype(np.int64)
     systemic_rv = rng.normal(0.0, cfg.rv_dispersion_kms, n_star)
     star_ids = star_identifier(place["ra"], place["dec"])
@@ -216,8 +215,6 @@ def build_tables(cfg: SimulationConfig) -> tuple[dict[str, np.ndarray], dict[str
 
 
 def _abs_g(teff: np.ndarray, logg: np.ndarray, log_l: np.ndarray) -> np.ndarray:
-    from obpipe.photometry.synthetic import absolute_magnitudes
-
     t = np.nan_to_num(teff, nan=20000.0)
     g = np.nan_to_num(logg, nan=4.0)
     lum = np.nan_to_num(log_l, nan=-10.0)

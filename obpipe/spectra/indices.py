@@ -196,12 +196,7 @@ def equivalent_width(
     """
     if isinstance(index, str):
         index = LINE_INDICES[index]
-    wave = np.asarray(wave_aa, dtype=float)
-    f = np.asarray(flux, dtype=float)
-    one_d = f.ndim == 1
-    f2 = np.atleast_2d(f)
-    if f2.ndim != 2 or f2.shape[-1] != wave.size:
-        raise ValueError(f"flux shape {f.shape} does not match wave ({wave.size},)")
+    wave, f2, one_d = _rows_on_grid(wave_aa, flux)
     n_spec = f2.shape[0]
     edges = pixel_edges(wave)
     lo_all, hi_all = index.wave_range
@@ -241,6 +236,16 @@ def equivalent_widths(
     """EWs (AA) of several indices (default: all of ``LINE_INDICES``), keyed by name."""
     names = tuple(LINE_INDICES) if names is None else names
     return {n: equivalent_width(wave_aa, flux, LINE_INDICES[n]) for n in names}
+
+
+def _rows_on_grid(wave_aa: np.ndarray, flux: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(wave, flux as 2-D rows, whether the input was 1-D), checking the shapes agree."""
+    wave = np.asarray(wave_aa, dtype=float)
+    f = np.asarray(flux, dtype=float)
+    f2 = np.atleast_2d(f)
+    if f2.ndim != 2 or f2.shape[-1] != wave.size:
+        raise ValueError(f"flux shape {f.shape} does not match wave ({wave.size},)")
+    return wave, f2, f.ndim == 1
 
 
 def degrade_resolution(
@@ -284,12 +289,7 @@ def degrade_resolution(
     logged): resolution cannot be improved. Non-finite input pixels are excluded
     from the sums and stay non-finite in the output.
     """
-    wave = np.asarray(wave_aa, dtype=float)
-    f = np.asarray(flux, dtype=float)
-    one_d = f.ndim == 1
-    f2 = np.atleast_2d(f)
-    if f2.shape[-1] != wave.size:
-        raise ValueError(f"flux shape {f.shape} does not match wave ({wave.size},)")
+    wave, f2, one_d = _rows_on_grid(wave_aa, flux)
     if input_kind == "fwhm_aa":
         fwhm_in_aa = np.full_like(wave, float(fwhm_in))
     elif input_kind == "R":
@@ -309,7 +309,7 @@ def degrade_resolution(
     dlam = np.diff(pixel_edges(wave))
     active = sigma > 0.05 * dlam  # narrower kernels are a no-op at this sampling
     if not np.any(active):
-        return f.copy()
+        return (f2[0] if one_d else f2).copy()
     half = int(np.ceil(n_sigma * np.max(sigma[active] / dlam[active]))) + 1
 
     good = np.isfinite(f2)
@@ -366,12 +366,7 @@ def resample_to_loglam(
     (wave_out, flux_out): vacuum AA (n_pix,) and flux (same leading shape as input).
     Output pixels not fully inside the input coverage are NaN.
     """
-    wave = np.asarray(wave_aa, dtype=float)
-    f = np.asarray(flux, dtype=float)
-    one_d = f.ndim == 1
-    f2 = np.atleast_2d(f)
-    if f2.shape[-1] != wave.size:
-        raise ValueError(f"flux shape {f.shape} does not match wave ({wave.size},)")
+    wave, f2, one_d = _rows_on_grid(wave_aa, flux)
     wave_out = 10.0 ** (log10_start + log10_step * np.arange(n_pix))
     if method == "linear":
         j = np.clip(np.searchsorted(wave, wave_out) - 1, 0, wave.size - 2)
