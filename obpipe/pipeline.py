@@ -84,7 +84,8 @@ def _index_run(ctx: RunContext) -> dict[str, Any]:
         "survey_seed": survey.attrs.get("seed", -1),
     }
     encoding = {v: {"chunks": (chunk,)} for v in ds.data_vars}
-    os.makedirs(ctx.products_dir, exist_ok=True)
+    if "://" not in ctx.products_dir:  # a URL (s3://, file://): the store creates its keys
+        os.makedirs(ctx.products_dir, exist_ok=True)
     ds = ds.chunk({"spec": chunk})
     for v in ds.data_vars:
         if ds[v].dtype == object or ds[v].dtype.kind in "UT":

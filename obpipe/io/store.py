@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
+import fsspec
 import numpy as np
 import xarray as xr
 import zarr
@@ -35,6 +36,13 @@ import zarr
 from obpipe.spectra.grid import is_lamost_grid, wavelength_grid
 
 log = logging.getLogger(__name__)
+
+# A ``file://`` URL goes through zarr's FsspecStore, whose local filesystem does not
+# create parent directories (writing ``file:///x/s.zarr/zarr.json`` fails with
+# FileNotFoundError); object stores (s3://, gs://, memory://) have no directories.
+# Default the local filesystem to create them, so a file:// URL behaves like s3://.
+# A user's own fsspec configuration of ``auto_mkdir`` wins.
+fsspec.config.conf.setdefault("file", {}).setdefault("auto_mkdir", True)
 
 ZARR_FORMAT = 3
 #: Consolidated metadata is not part of the Zarr v3 spec: always off, on write and read.
