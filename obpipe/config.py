@@ -156,6 +156,54 @@ class RunConfig:
     overwrite: bool = False
 
 
+@dataclass(frozen=True)
+class DistanceConfig:
+    """Options of the distance posterior (Sec. 7, eqs. 18-24; ``obpipe.distance``)."""
+
+    #: grid step of the distance posterior, pc (the paper's 0.1 pc)
+    grid_step_pc: float = 0.1
+    #: largest distance on the grid, kpc: the edge of the flat prior (the OB disk of
+    #: the Milky Way ends ~ 15-20 kpc from the Sun towards the anticentre; 30 kpc
+    #: leaves room for halo runaways and for parallax-only posteriors to show that
+    #: they are improper)
+    d_max_kpc: float = 30.0
+    #: distance prior: "flat" (the paper, Sec. 7) or "edsd", the exponentially
+    #: decreasing space density P(d) ~ d^2 exp(-d / L) of Bailer-Jones et al. (2018)
+    prior: str = "flat"
+    #: length scale L of the "edsd" prior, kpc
+    edsd_length_kpc: float = 1.35
+    #: the window keeps every grid point whose log posterior is within this many nats
+    #: of the maximum (starting value: a star whose window could hide more than half
+    #: the mass of the grid point at a percentile is re-evaluated with 10 more nats,
+    #: so results equal the full grid's to the grid step whatever this value)
+    window_log_tolerance: float = 15.0
+    #: grid points evaluated at once inside one star's window (memory bound per task)
+    segment_points: int = 65536
+    #: windows wider than this many nodes are evaluated on two levels: exactly at every
+    #: (width / coarse_nodes)-th grid point, and at every 0.1 pc point only where the
+    #: mode and the percentiles are decided (same answers as the full grid; see
+    #: obpipe.distance)
+    coarse_nodes: int = 512
+    #: spectroscopic M_Ks is ignored (parallax alone) for binary_flag == 1 (Sec. 7)
+    parallax_only_binaries: bool = True
+
+    def __post_init__(self) -> None:
+        if self.prior not in ("flat", "edsd"):
+            raise ValueError(f"distance prior must be 'flat' or 'edsd', got {self.prior!r}")
+        if not 0 < self.grid_step_pc <= 1000:
+            raise ValueError(f"grid_step_pc must be in (0, 1000], got {self.grid_step_pc}")
+        if not self.d_max_kpc > self.grid_step_pc * 1e-3:
+            raise ValueError(f"d_max_kpc must exceed the grid step, got {self.d_max_kpc}")
+        if self.edsd_length_kpc <= 0:
+            raise ValueError(f"edsd_length_kpc must be > 0, got {self.edsd_length_kpc}")
+        if self.window_log_tolerance < 10:
+            raise ValueError("window_log_tolerance below 10 nats would bias the percentiles")
+        if self.segment_points < 1024:
+            raise ValueError("segment_points must be >= 1024")
+        if self.coarse_nodes < 64:
+            raise ValueError("coarse_nodes must be >= 64")
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain-dict form of a config dataclass (for provenance attributes)."""
     return dataclasses.asdict(cfg)

@@ -1,0 +1,435 @@
+"""The value-added catalog (the paper's Table 1) and its unique-star view.
+
+One row per input spectrum, in the survey's order, never dropped: a spectrum whose
+inputs are missing keeps its row with NaN (floats) / -9 (integers) and a bit in
+``quality_flags`` (:data:`QUALITY_BITS`). Columns: every column of Table 1 (names as
+there, units and descriptions on every column) plus ``quality_flags``,
+``distance_flags`` and ``em_flag_star``.
+
+Files (``PRODUCTS_DIR``):
+
+* ``catalog.parquet`` — written block by block with pyarrow (memory flat in the
+  number of spectra), with the column units/descriptions both as Parquet field
+  metadata and in astropy's ``table_meta_yaml`` (``Table.read`` restores them);
+* ``catalog.fits`` (binary table; units in TUNITn, descriptions in TCOMMn, which
+  TOPCAT shows) and, on request, ``catalog.ecsv`` — for catalogs up to
+  ``FITS_MAX_ROWS`` rows;
+* ``catalog_unique.*``: one row per star (``uniqflag == 1``) where the star's visits
+  are combined: M_Ks is the inverse-variance mean over its visits (the paper's
+  treatment of LB-1's 12 spectra, Sec. 8), with an uncertainty that keeps the
+  intrinsic term, ``sqrt(sigma_int^2 + 1 / sum_i 1/sigma_s,i^2)`` (sigma_int, the
+  model's intrinsic scatter, does not average down over visits of one star), and
+  the distance is recomputed from it (Sec. 7).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+
+from obpipe.binary import FLAG_BINARY
+from obpipe.config import DistanceConfig
+from obpipe.distance import (
+    DISTANCE_FLAG_BITS,
+    DistanceGrid,
+    distance_modulus_terms,
+    galactocentric_xyz_kpc,
+    summarize_distance_posteriors,
+)
+from obpipe.io import store
+from obpipe.products import block_bounds, open_products, products_path, read_block
+
+log = logging.getLogger(__name__)
+
+FITS_MAX_ROWS = 5_000_000
+DEFAULT_FORMATS = ("parquet", "fits")
+CATALOG_NAME = "catalog"
+UNIQUE_NAME = "catalog_unique"
+
+
+@dataclass(frozen=True)
+class CatalogColumn:
+    """A catalog column: where it comes from, its dtype, unit and description."""
+
+    source: str  # "survey", "products" or "derived"
+    var: str
+    dtype: str
+    unit: str
+    description: str
+
+
+def _s(var: str, dtype: str, unit: str, description: str) -> CatalogColumn:
+    return CatalogColumn("survey", var, dtype, unit, description)
+
+
+def _p(var: str, dtype: str, unit: str, description: str) -> CatalogColumn:
+    return CatalogColumn("products", var, dtype, unit, description)
+
+
+#: bits of the catalog's ``quality_flags``
+QUALITY_BITS: Mapping[str, int] = {
+    "no_parallax": 1,  # no usable Gaia parallax (missing or error <= 0)
+    "no_ks": 2,  # no 2MASS Ks
+    "no_ebv": 4,  # no E(B-V) (too few bands), so no A_Ks, Ks0, MKs_geo
+    "no_mks": 8,  # no spectroscopic M_Ks (no usable spectrum / network input)
+    "broken_spectrum": 16,  # spectrum flagged broken (App. A)
+    "emission_undetermined": 32,  # em_flag = -9
+    "binary": 64,  # binary_flag = 1: distance from the parallax alone (Sec. 7)
+    "distance_parallax_only": 128,  # distance from the parallax alone (any reason)
+    "distance_truncated": 256,  # flat prior: posterior reaches d_max (improper)
+    "no_distance": 512,  # no distance at all
+}
+
+#: the paper's Table 1 (names as there) plus quality_flags, distance_flags, em_flag_star
+CATALOG_COLUMNS: Mapping[str, CatalogColumn] = {
+    "specid": _s("specid", "int64", "", "spectrum id (LAMOST obsid)"),
+    "fitsname": _s("fitsname", "str", "", "name of the spectrum's FITS file"),
+    "ra": _s("ra", "float64", "deg", "right ascension (J2000 / ICRS)"),
+    "dec": _s("dec", "float64", "deg", "declination (J2000 / ICRS)"),
+    "uniqflag": _s("uniqflag", "int16", "", "1 = highest-S/N visit of the star (unique "
+                   "star), 2, 3, ... = further visits ordered by S/N"),
+    "star_id": _s("star_id", "str", "", "unique star id from RA and Dec, Shhmmss+ddmmss"),
+    "snr_g": _s("snr_g", "float32", "", "spectral S/N per pixel in the g band"),
+    "rv": _s("rv", "float32", "km / s", "radial velocity"),
+    "rv_err": _s("rv_err", "float32", "km / s", "uncertainty of rv"),
+    "MKs": _p("MKs", "float32", "mag", "spectroscopic K_s absolute magnitude (Sec. 5)"),
+    "MKs_err": _p("MKs_err", "float32", "mag", "uncertainty of MKs (noise model, eq. 10)"),
+    "MKs_geo": _p("MKs_geo", "float32", "mag", "geometric M_Ks from the Gaia parallax and "
+                  "2MASS Ks (eq. 11)"),
+    "MKs_geo_err": _p("MKs_geo_err", "float32", "mag", "uncertainty of MKs_geo (eq. 12)"),
+    "dis": _p("dis", "float64", "kpc", "distance at the mode of the posterior (Sec. 7)"),
+    "dis_low": _p("dis_low", "float64", "kpc", "distance at the 16th percentile of the "
+                  "cumulative posterior"),
+    "dis_high": _p("dis_high", "float64", "kpc", "distance at the 84th percentile of the "
+                   "cumulative posterior"),
+    "logdis": _p("logdis", "float32", "", "posterior-weighted mean of log10(d / "
+                 "kpc)"),
+    "logdis_err": _p("logdis_err", "float32", "", "posterior standard deviation of "
+                     "log10(d / kpc)"),
+    "ebv": _p("ebv", "float32", "mag", "reddening E(B-V) (Sec. 4)"),
+    "ebv_err": _p("ebv_err", "float32", "mag", "uncertainty of ebv"),
+    "snr_dparallax": _p("snr_dparallax", "float32", "", "significance of the "
+                        "spectro-photometric parallax excess (eq. 16)"),
+    "binary_flag": _p("binary_flag", "int8", "", "1 binary (snr_dparallax > 2), 0 single, "
+                      "-9 unclassified"),
+    "em_flag": _p("em_flag", "int8", "", "emission lines in this spectrum: 1 yes, 0 no, "
+                  "-9 undetermined (Sec. 3)"),
+    "gaia_id": _s("gaia_id", "int64", "", "Gaia source_id"),
+    "parallax": _s("parallax", "float64", "mas", "Gaia parallax as published"),
+    "parallax_error": _s("parallax_error", "float32", "mas", "uncertainty of parallax"),
+    "parallax_offset": _p("parallax_offset", "float32", "mas", "parallax zero-point "
+                          "subtracted from the Gaia parallax (DR2: Leung & Bovy 2019; DR3: "
+                          "Lindegren et al. 2021)"),
+    "pmra": _s("pmra", "float32", "mas / yr", "proper motion in RA * cos(dec)"),
+    "pmra_error": _s("pmra_error", "float32", "mas / yr", "uncertainty of pmra"),
+    "pmdec": _s("pmdec", "float32", "mas / yr", "proper motion in Dec"),
+    "pmdec_error": _s("pmdec_error", "float32", "mas / yr", "uncertainty of pmdec"),
+    "ruwe": _s("ruwe", "float32", "", "Gaia renormalised unit weight error"),
+    "J": _s("J", "float32", "mag", "2MASS J"),
+    "J_err": _s("J_err", "float32", "mag", "uncertainty of J"),
+    "H": _s("H", "float32", "mag", "2MASS H"),
+    "H_err": _s("H_err", "float32", "mag", "uncertainty of H"),
+    "Ks": _s("Ks", "float32", "mag", "2MASS Ks"),
+    "Ks_err": _s("Ks_err", "float32", "mag", "uncertainty of Ks"),
+    "X": _p("X", "float32", "kpc", "Galactic Cartesian X, Sun at X = -8.1 kpc, towards the "
+            "Galactic centre"),
+    "Y": _p("Y", "float32", "kpc", "Galactic Cartesian Y, direction of Galactic rotation"),
+    "Z": _p("Z", "float32", "kpc", "Galactic Cartesian Z, towards the North Galactic Pole"),
+    "quality_flags": CatalogColumn("derived", "", "int32", "", "bits: " + ", ".join(
+        f"{k}={v}" for k, v in QUALITY_BITS.items())),
+    "distance_flags": _p("distance_flags", "int32", "", "distance posterior bits: " + ", ".join(
+        f"{k}={v}" for k, v in DISTANCE_FLAG_BITS.items())),
+    "em_flag_star": _p("em_flag_star", "int8", "", "em_flag of the star's highest-S/N "
+                       "visit"),
+}
+_UNIQUE_EXTRA: Mapping[str, CatalogColumn] = {
+    "MKs_nvisits": CatalogColumn("derived", "", "int16", "", "number of visits combined "
+                                 "into MKs / MKs_err (uniqflag = 1 rows)"),
+}
+#: extra product variables read to derive quality_flags and the unique view
+_AUX_PRODUCTS = ("quality_flags", "MKs_model", "Ks0")
+_AUX_SURVEY: tuple[str, ...] = ()
+
+
+def catalog_path(products_dir: str, fmt: str, name: str = CATALOG_NAME) -> str:
+    return os.path.join(products_dir, f"{name}.{fmt}")
+
+
+def catalog_complete(products_dir: str) -> bool:
+    try:
+        grp = zarr.open_group(products_path(products_dir), mode="r",
+                              zarr_format=store.ZARR_FORMAT)
+    except (FileNotFoundError, ValueError):
+        return False
+    return bool(grp.attrs.get("stage_catalog_complete", False))
+
+
+def quality_flags(cols: Mapping[str, np.ndarray], spectral_quality: np.ndarray,
+                  ks0_mag: np.ndarray) -> np.ndarray:
+    """The catalog's ``quality_flags`` (bits :data:`QUALITY_BITS`) from its columns."""
+    n = len(cols["specid"])
+    q = np.zeros(n, dtype=np.int32)
+    with np.errstate(invalid="ignore"):
+        plx_ok = np.isfinite(cols["parallax"]) & (cols["parallax_error"] > 0)
+    q[~plx_ok] |= QUALITY_BITS["no_parallax"]
+    q[~np.isfinite(cols["Ks"])] |= QUALITY_BITS["no_ks"]
+    q[~np.isfinite(cols["ebv"]) | ~np.isfinite(ks0_mag)] |= QUALITY_BITS["no_ebv"]
+    q[~np.isfinite(cols["MKs"])] |= QUALITY_BITS["no_mks"]
+    q[(np.asarray(spectral_quality) & 1) > 0] |= QUALITY_BITS["broken_spectrum"]
+    q[np.asarray(cols["em_flag"]) == -9] |= QUALITY_BITS["emission_undetermined"]
+    q[np.asarray(cols["binary_flag"]) == FLAG_BINARY] |= QUALITY_BITS["binary"]
+    dflags = np.asarray(cols["distance_flags"])
+    q[(dflags & DISTANCE_FLAG_BITS["parallax_only"]) > 0] |= QUALITY_BITS[
+        "distance_parallax_only"]
+    q[(dflags & DISTANCE_FLAG_BITS["truncated_by_prior_edge"]) > 0] |= QUALITY_BITS[
+        "distance_truncated"]
+    q[~np.isfinite(cols["dis"])] |= QUALITY_BITS["no_distance"]
+    return q
+
+
+def _fill(values: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "str":
+        return np.asarray(values).astype(object).astype(str)
+    v = np.asarray(values)
+    if dtype.startswith("float"):
+        return v.astype(dtype)
+    if v.dtype.kind == "f":  # an integer column read as float: missing -> -9
+        v = np.where(np.isfinite(v), v, -9)
+    return v.astype(dtype)
+
+
+def catalog_block(survey_path: str, products_dir: str, start: int, stop: int
+                  ) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rows ``start:stop`` of the catalog as a DataFrame (one row per spectrum), and the
+    network that gave each row's M_Ks (``MKs_model``, for the unique-star view)."""
+    svars = tuple(c.var for c in CATALOG_COLUMNS.values() if c.source == "survey")
+    pvars = tuple(c.var for c in CATALOG_COLUMNS.values() if c.source == "products")
+    raw = read_block(survey_path, products_dir, start, stop, svars + _AUX_SURVEY,
+                     pvars + _AUX_PRODUCTS)
+    cols = {name: _fill(raw[c.var], c.dtype) for name, c in CATALOG_COLUMNS.items()
+            if c.source != "derived"}
+    cols["quality_flags"] = quality_flags(cols, raw["quality_flags"], raw["Ks0"])
+    frame = pd.DataFrame({name: cols[name] for name in CATALOG_COLUMNS})
+    return frame, np.asarray(raw["MKs_model"])
+
+
+def _missing_products(products_dir: str) -> list[str]:
+    have = set(open_products(products_dir).variables)
+    need = {c.var for c in CATALOG_COLUMNS.values() if c.source == "products"}
+    return sorted((need | set(_AUX_PRODUCTS)) - have)
+
+
+def _arrow_schema(columns: Mapping[str, CatalogColumn], str_lengths: Mapping[str, int]
+                  ) -> pa.Schema:
+    """pyarrow schema with units/descriptions as field metadata and astropy's yaml header."""
+    from astropy.table import Table
+    from astropy.table.meta import get_yaml_from_table
+
+    fields = []
+    empty = Table()
+    for name, c in columns.items():
+        if c.dtype == "str":
+            typ = pa.string()
+            empty[name] = np.zeros(0, dtype=f"U{max(int(str_lengths.get(name, 1)), 1)}")
+        else:
+            typ = pa.from_numpy_dtype(np.dtype(c.dtype))
+            empty[name] = np.zeros(0, dtype=c.dtype)
+        empty[name].unit = c.unit or None
+        empty[name].description = c.description
+        fields.append(pa.field(name, typ, metadata={"unit": c.unit,
+                                                    "description": c.description}))
+    meta = {"table_meta_yaml": "\n".join(get_yaml_from_table(empty))}
+    for name, length in str_lengths.items():
+        meta[f"table::len::{name}"] = str(int(length))
+    return pa.schema(fields, metadata={k.encode(): v.encode() for k, v in meta.items()})
+
+
+def _write_fits_and_ecsv(parquet_file: str, columns: Mapping[str, CatalogColumn],
+                         formats: Sequence[str]) -> list[str]:
+    from astropy.io import fits
+    from astropy.table import Table
+
+    written = []
+    table = Table.read(parquet_file, format="parquet")
+    base = parquet_file[: -len(".parquet")]
+    if "fits" in formats:
+        hdu = fits.table_to_hdu(table)
+        for i, name in enumerate(table.colnames, start=1):
+            hdu.header[f"TCOMM{i}"] = columns[name].description[:68]
+        hdu.header["EXTNAME"] = "CATALOG"
+        hdu.writeto(base + ".fits", overwrite=True)
+        written.append(base + ".fits")
+    if "ecsv" in formats:
+        table.write(base + ".ecsv", format="ascii.ecsv", overwrite=True)
+        written.append(base + ".ecsv")
+    return written
+
+
+def _string_lengths(survey_path: str) -> dict[str, int]:
+    survey = store.open_cube(survey_path)
+    out = {}
+    for name in ("fitsname", "star_id"):
+        vals = survey[name].values.astype(object).astype(str)
+        out[name] = int(max((len(v) for v in vals), default=1))
+    return out
+
+
+def combine_visits(star_id: np.ndarray, mks_mag: np.ndarray, mks_err_mag: np.ndarray,
+                   sigma_int_mag: np.ndarray) -> pd.DataFrame:
+    """Inverse-variance mean of M_Ks over each star's visits (Sec. 8, LB-1).
+
+    Each visit's variance is sigma_int^2 + sigma_s,i^2 (``MKs_err``); the weights are
+    1 / MKs_err^2; the combined uncertainty is sqrt(sigma_int^2 + 1 / sum 1/sigma_s,i^2)
+    with sigma_int the (weighted) mean intrinsic term of the visits. Visits without
+    M_Ks are ignored. Returns a frame indexed by star_id with ``MKs``, ``MKs_err`` and
+    ``MKs_nvisits``.
+    """
+    mks = np.asarray(mks_mag, dtype=np.float64)
+    err = np.asarray(mks_err_mag, dtype=np.float64)
+    sint = np.asarray(sigma_int_mag, dtype=np.float64)
+    ok = np.isfinite(mks) & np.isfinite(err) & (err > 0)
+    w = np.where(ok, 1.0 / np.where(ok, err, 1.0) ** 2, 0.0)
+    sig_s2 = np.clip(err**2 - np.nan_to_num(sint) ** 2, 1e-8, None)
+    frame = pd.DataFrame({"star_id": star_id, "w": w, "wm": w * np.where(ok, mks, 0.0),
+                          "ws": np.where(ok, 1.0 / sig_s2, 0.0),
+                          "wint": w * np.nan_to_num(sint) ** 2, "n": ok.astype(np.int16)})
+    g = frame.groupby("star_id", sort=False).sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = g["wm"] / g["w"]
+        sint2 = g["wint"] / g["w"]
+        err_c = np.sqrt(sint2 + 1.0 / g["ws"])
+    has = g["n"] > 0
+    return pd.DataFrame({"MKs": np.where(has, mean, np.nan),
+                         "MKs_err": np.where(has, err_c, np.nan),
+                         "MKs_nvisits": g["n"].astype(np.int16)}, index=g.index)
+
+
+def _sigma_int_per_visit(products_dir: str, model: np.ndarray) -> np.ndarray:
+    attrs = dict(open_products(products_dir)["MKs_err"].attrs)
+    out = np.full(model.shape, np.nan)
+    for code, name in ((0, "a"), (1, "b")):
+        val = attrs.get(f"noise_{name}_sigma_int")
+        if val is not None:
+            out[model == code] = float(val)
+    if np.isnan(out[model >= 0]).any():
+        log.warning("catalog: no sigma_int in MKs_err attributes; visits combined by "
+                    "plain inverse variance")
+    return out
+
+
+def write_catalog(survey_path: str, products_dir: str,
+                  formats: Sequence[str] = DEFAULT_FORMATS,
+                  distance_cfg: DistanceConfig | None = None) -> dict[str, Any]:
+    """Write ``catalog.*`` and ``catalog_unique.*`` (see the module docstring)."""
+    distance_cfg = distance_cfg or DistanceConfig()
+    unknown = set(formats) - {"parquet", "fits", "ecsv"}
+    if unknown:
+        raise ValueError(f"unknown catalog format(s) {sorted(unknown)}; "
+                         "choose from parquet, fits, ecsv")
+    missing = _missing_products(products_dir)
+    if missing:
+        raise ValueError(f"{products_path(products_dir)}: the catalog needs product "
+                         f"variables {missing}; run the stages that make them first")
+    prods = open_products(products_dir)
+    n_spec = int(prods.sizes["spec"])
+    chunk = int(prods["specid"].chunks[0][0])
+    lengths = _string_lengths(survey_path)
+    schema = _arrow_schema(CATALOG_COLUMNS, lengths)
+    path = catalog_path(products_dir, "parquet")
+    tmp = path + ".partial"
+    rows = 0
+    keep_cols = ["star_id", "uniqflag", "MKs", "MKs_err"]
+    small: list[pd.DataFrame] = []  # the columns the unique view needs, all rows
+    models: list[np.ndarray] = []
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for start, stop in block_bounds(n_spec, chunk):
+            frame, model = catalog_block(survey_path, products_dir, start, stop)
+            writer.write_table(pa.Table.from_pandas(frame, schema=schema,
+                                                    preserve_index=False))
+            rows += len(frame)
+            small.append(frame[keep_cols])
+            models.append(model)
+    os.replace(tmp, path)
+    if rows != n_spec:
+        raise RuntimeError(f"catalog has {rows} rows for {n_spec} spectra")
+    written = [path]
+    if rows <= FITS_MAX_ROWS:
+        written += _write_fits_and_ecsv(path, CATALOG_COLUMNS, formats)
+    else:
+        log.warning("catalog: %d rows > %d, FITS/ECSV not written (use the Parquet file)",
+                    rows, FITS_MAX_ROWS)
+    # unique-star view: combine visits over the whole survey, then the uniqflag=1 rows
+    allrows = pd.concat(small, ignore_index=True)
+    model = np.concatenate(models)
+    uniq_idx = np.flatnonzero(allrows["uniqflag"].to_numpy() == 1)
+    full_uniq = pq.read_table(path).take(pa.array(uniq_idx)).to_pandas()
+    sub = prods[["Ks0", "Ks0_err", "parallax_corrected", "parallax_corrected_error"]].isel(
+        spec=uniq_idx).load()
+    uniq = unique_view_from_rows(full_uniq, allrows, model, products_dir,
+                                 distance_cfg, {k: sub[k].values for k in sub.data_vars})
+    ucols = {**CATALOG_COLUMNS, **_UNIQUE_EXTRA}
+    upath = catalog_path(products_dir, "parquet", UNIQUE_NAME)
+    uschema = _arrow_schema(ucols, lengths)
+    pq.write_table(pa.Table.from_pandas(uniq[list(ucols)], schema=uschema,
+                                        preserve_index=False), upath)
+    written.append(upath)
+    written += _write_fits_and_ecsv(upath, ucols, formats)
+    store.update_attrs(products_path(products_dir), {"stage_catalog_complete": True})
+    log.info("catalog: %d rows, %d unique stars -> %s", rows, len(uniq), products_dir)
+    return {"rows": rows, "unique_stars": int(len(uniq)), "files": written}
+
+
+def unique_view_from_rows(uniq_rows: pd.DataFrame, all_rows: pd.DataFrame,
+                          mks_model: np.ndarray, products_dir: str,
+                          distance_cfg: DistanceConfig,
+                          distance_inputs: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """The unique-star view from the uniqflag = 1 rows and (star_id, MKs, MKs_err) of all
+    rows; ``distance_inputs``: Ks0, Ks0_err, parallax_corrected(_error) of the unique rows."""
+    sint = _sigma_int_per_visit(products_dir, np.asarray(mks_model))
+    combined = combine_visits(all_rows["star_id"].to_numpy(), all_rows["MKs"].to_numpy(),
+                              all_rows["MKs_err"].to_numpy(), sint)
+    uniq = uniq_rows.copy()
+    comb = combined.reindex(uniq["star_id"].to_numpy())
+    uniq["MKs"] = comb["MKs"].to_numpy(dtype=np.float32)
+    uniq["MKs_err"] = comb["MKs_err"].to_numpy(dtype=np.float32)
+    uniq["MKs_nvisits"] = comb["MKs_nvisits"].fillna(0).to_numpy(dtype=np.int16)
+    dm0, sig = distance_modulus_terms(distance_inputs["Ks0"], distance_inputs["Ks0_err"],
+                                      uniq["MKs"].to_numpy(), uniq["MKs_err"].to_numpy())
+    binary = uniq["binary_flag"].to_numpy() == FLAG_BINARY
+    if distance_cfg.parallax_only_binaries:
+        dm0 = np.where(binary, np.nan, dm0)
+    res = summarize_distance_posteriors(distance_inputs["parallax_corrected"],
+                                        distance_inputs["parallax_corrected_error"], dm0, sig,
+                                        distance_cfg, grid=DistanceGrid.build(distance_cfg))
+    for k in ("dis", "dis_low", "dis_high"):
+        uniq[k] = res[k]
+    uniq["logdis"] = res["logdis"].astype(np.float32)
+    uniq["logdis_err"] = res["logdis_err"].astype(np.float32)
+    flags = res["distance_flags"]
+    if distance_cfg.parallax_only_binaries:
+        flags[binary] |= DISTANCE_FLAG_BITS["binary_parallax_only"]
+    uniq["distance_flags"] = flags
+    x, y, z = galactocentric_xyz_kpc(uniq["ra"].to_numpy(), uniq["dec"].to_numpy(),
+                                     res["dis"])
+    uniq["X"], uniq["Y"], uniq["Z"] = (x.astype(np.float32), y.astype(np.float32),
+                                       z.astype(np.float32))
+    no_dis = ~np.isfinite(uniq["dis"].to_numpy())
+    q = uniq["quality_flags"].to_numpy().copy()
+    q &= ~(QUALITY_BITS["no_distance"] | QUALITY_BITS["distance_parallax_only"]
+           | QUALITY_BITS["distance_truncated"])
+    q[no_dis] |= QUALITY_BITS["no_distance"]
+    q[(flags & DISTANCE_FLAG_BITS["parallax_only"]) > 0] |= QUALITY_BITS[
+        "distance_parallax_only"]
+    q[(flags & DISTANCE_FLAG_BITS["truncated_by_prior_edge"]) > 0] |= QUALITY_BITS[
+        "distance_truncated"]
+    uniq["quality_flags"] = q
+    return uniq

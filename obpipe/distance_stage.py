@@ -1,0 +1,120 @@
+"""Stages ``distance`` (Sec. 7) and ``catalog`` (Table 1): thin wiring.
+
+``distance`` maps :func:`distance_block` over the cube's row chunks with
+:func:`obpipe.products.run_blockwise_stage` (any Dask scheduler; each block builds
+the 0.1 pc grid once and evaluates its stars' windows, see :mod:`obpipe.distance`).
+Inputs: ``parallax_corrected(_error)``, ``Ks0(_err)`` (photometry), ``MKs(_err)``
+(luminosity), ``binary_flag`` (binary) and the survey's ``ra``/``dec``. Products:
+``dis``, ``dis_low``, ``dis_high`` (kpc), ``logdis``, ``logdis_err`` (log10 kpc),
+``distance_flags`` and Galactocentric ``X``, ``Y``, ``Z`` (kpc, Sun at X = -8.1).
+
+``catalog`` writes ``PRODUCTS_DIR/catalog.{parquet,fits[,ecsv]}`` and
+``catalog_unique.*`` (:mod:`obpipe.catalog`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from obpipe import catalog as catalog_mod
+from obpipe.binary import FLAG_BINARY
+from obpipe.config import DistanceConfig
+from obpipe.distance import (
+    DISTANCE_FLAG_BITS,
+    DistanceGrid,
+    distance_modulus_terms,
+    galactocentric_xyz_kpc,
+    summarize_distance_posteriors,
+)
+from obpipe.products import Output, open_products, run_blockwise_stage, stage_complete
+
+log = logging.getLogger(__name__)
+
+STAGE = "distance"
+CATALOG_STAGE = "catalog"
+_FLAG_DOC = ", ".join(f"{k}={v}" for k, v in DISTANCE_FLAG_BITS.items())
+
+OUTPUTS: dict[str, Output] = {
+    "dis": Output("float64", "kpc", "distance at the mode of the posterior (eq. 18, 0.1 pc "
+                  "grid)"),
+    "dis_low": Output("float64", "kpc", "distance at the 16th percentile of the posterior"),
+    "dis_high": Output("float64", "kpc", "distance at the 84th percentile of the posterior"),
+    "logdis": Output("float32", "dex(kpc)", "posterior mean of log10(d / kpc)"),
+    "logdis_err": Output("float32", "dex", "posterior standard deviation of log10(d / kpc)"),
+    "distance_flags": Output("int32", "", "bits: " + _FLAG_DOC),
+    "X": Output("float32", "kpc", "Galactic Cartesian X (Sun at X = -8.1 kpc; towards the "
+                "Galactic centre)"),
+    "Y": Output("float32", "kpc", "Galactic Cartesian Y (direction of Galactic rotation)"),
+    "Z": Output("float32", "kpc", "Galactic Cartesian Z (towards the North Galactic Pole)"),
+}
+PRODUCT_INPUTS = ("parallax_corrected", "parallax_corrected_error", "Ks0", "Ks0_err", "MKs",
+                  "MKs_err", "binary_flag")
+
+
+def distance_config(ctx: Any) -> DistanceConfig:
+    """The run's DistanceConfig: ``ctx.config.distance`` if present, else ``ctx.options``."""
+    cfg = getattr(getattr(ctx, "config", None), "distance", None)
+    if isinstance(cfg, DistanceConfig):
+        return cfg
+    opts = getattr(ctx, "options", {}).get(STAGE, {}) or {}
+    return opts if isinstance(opts, DistanceConfig) else DistanceConfig(**opts)
+
+
+def distance_block(inputs: dict[str, np.ndarray], cfg: DistanceConfig) -> dict[str, np.ndarray]:
+    """Eqs. (18)-(24) for one block of spectra; binaries (flag 1) use the parallax alone."""
+    dm0, sig = distance_modulus_terms(inputs["Ks0"], inputs["Ks0_err"], inputs["MKs"],
+                                      inputs["MKs_err"])
+    binary = np.asarray(inputs["binary_flag"]) == FLAG_BINARY
+    if cfg.parallax_only_binaries:
+        dm0 = np.where(binary, np.nan, dm0)
+    res = summarize_distance_posteriors(inputs["parallax_corrected"],
+                                        inputs["parallax_corrected_error"], dm0, sig, cfg,
+                                        grid=DistanceGrid.build(cfg))
+    flags = res["distance_flags"]
+    if cfg.parallax_only_binaries:
+        flags[binary] |= DISTANCE_FLAG_BITS["binary_parallax_only"]
+    x, y, z = galactocentric_xyz_kpc(inputs["ra"], inputs["dec"], res["dis"])
+    return {"dis": res["dis"], "dis_low": res["dis_low"], "dis_high": res["dis_high"],
+            "logdis": res["logdis"].astype(np.float32),
+            "logdis_err": res["logdis_err"].astype(np.float32), "distance_flags": flags,
+            "X": x.astype(np.float32), "Y": y.astype(np.float32), "Z": z.astype(np.float32)}
+
+
+def run_distance(ctx: Any) -> dict[str, Any]:
+    """The distance posterior of every spectrum, blockwise over the cube."""
+    cfg = distance_config(ctx)
+    t0 = time.perf_counter()
+    result = run_blockwise_stage(
+        ctx.survey_path, ctx.products_dir, STAGE, functools.partial(distance_block, cfg=cfg),
+        OUTPUTS, survey_vars=("ra", "dec"), product_vars=PRODUCT_INPUTS,
+        scheduler=ctx.scheduler, force=bool(getattr(ctx, "force", False)))
+    result["seconds"] = time.perf_counter() - t0
+    result["config"] = dataclasses.asdict(cfg)
+    flags = open_products(ctx.products_dir)["distance_flags"].values
+    result["fractions"] = {k: float(np.mean((flags & v) > 0))
+                           for k, v in DISTANCE_FLAG_BITS.items()}
+    return result
+
+
+def is_complete(ctx: Any) -> bool:
+    return stage_complete(ctx.products_dir, STAGE)
+
+
+def run_catalog(ctx: Any) -> dict[str, Any]:
+    """Write the Table 1 catalog and its unique-star view from the survey and products."""
+    opts = getattr(ctx, "options", {}).get(CATALOG_STAGE, {}) or {}
+    formats = tuple(opts.get("formats", catalog_mod.DEFAULT_FORMATS))
+    return catalog_mod.write_catalog(ctx.survey_path, ctx.products_dir, formats=formats,
+                                     distance_cfg=distance_config(ctx))
+
+
+def is_catalog_complete(ctx: Any) -> bool:
+    return catalog_mod.catalog_complete(ctx.products_dir) and os.path.exists(
+        catalog_mod.catalog_path(ctx.products_dir, "parquet"))

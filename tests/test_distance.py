@@ -1,0 +1,184 @@
+"""Distance posterior on the 0.1 pc grid (Sec. 7, eqs. 18-24): science without Dask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy import integrate, optimize, stats
+
+from obpipe.config import DistanceConfig
+from obpipe.distance import (
+    DISTANCE_FLAG_BITS,
+    DistanceGrid,
+    distance_modulus_terms,
+    galactocentric_xyz_kpc,
+    phi,
+    posterior_windows,
+    summarize_distance_posteriors,
+)
+
+CFG = DistanceConfig()
+GRID = DistanceGrid.build(CFG)
+STEP_KPC = CFG.grid_step_pc * 1e-3
+
+
+def _one(plx: float, plx_err: float, dm0: float, sig: float, cfg: DistanceConfig = CFG,
+         windowed: bool = True) -> dict[str, float]:
+    grid = GRID if cfg.d_max_kpc == CFG.d_max_kpc else None
+    res = summarize_distance_posteriors(np.array([plx]), np.array([plx_err]), np.array([dm0]),
+                                        np.array([sig]), cfg, windowed=windowed, grid=grid)
+    return {k: v[0] for k, v in res.items()}
+
+
+def test_grid_is_the_paper_step() -> None:
+    assert GRID.n_points == 300_000
+    assert GRID.distance_kpc(0) == pytest.approx(1e-4)
+    assert GRID.distance_kpc(GRID.n_points - 1) == pytest.approx(30.0)
+
+
+def test_spectrophotometric_only_matches_the_closed_form() -> None:
+    """Flat prior, eq. (22) alone: p(d) ∝ exp(-(ln d - m)^2 / 2 s^2) with s = sigma ln10 / 5,
+    so the mode is d0 = 10^((dm0 - 10)/5) and the CDF of d is Gaussian in ln d with mean
+    m + s^2 (the lognormal times d)."""
+    dm0, sig = 12.5, 0.2  # d0 = 3.162 kpc
+    r = _one(np.nan, np.nan, dm0, sig)
+    d0 = 10 ** ((dm0 - 10) / 5)
+    s = sig * np.log(10) / 5
+    assert r["dis"] == pytest.approx(d0, abs=STEP_KPC)
+    z84 = stats.norm.ppf(0.84)  # 0.9945: the 16/84 percentiles are not exactly +-1 sigma
+    assert r["dis_low"] == pytest.approx(d0 * np.exp(s * s - z84 * s), abs=1.5 * STEP_KPC)
+    assert r["dis_high"] == pytest.approx(d0 * np.exp(s * s + z84 * s), abs=1.5 * STEP_KPC)
+    assert r["logdis"] == pytest.approx((np.log(d0) + s * s) / np.log(10), abs=1e-6)
+    assert r["logdis_err"] == pytest.approx(s / np.log(10), rel=1e-4)
+    assert r["distance_flags"] == DISTANCE_FLAG_BITS["no_parallax"]
+
+
+def test_both_factors_match_an_independent_quadrature() -> None:
+    """Mode and percentiles of eqs. (18)-(22) against scipy quad + brentq on the continuous
+    posterior (independent of the grid code): agreement to the grid step."""
+    plx, plx_err, dm0, sig = 0.31, 0.05, 12.9, 0.3
+
+    def post(d: float) -> float:
+        return float(np.exp(-0.5 * phi(np.array([d]), plx, plx_err, dm0, sig)[0]))
+
+    lo, hi = 0.5, 12.0
+    total = integrate.quad(post, lo, hi, points=[2.5, 3.5, 4.5], limit=200)[0]
+
+    def cdf(d: float) -> float:
+        return integrate.quad(post, lo, d, limit=200)[0] / total
+
+    q16 = optimize.brentq(lambda d: cdf(d) - 0.16, lo, hi, xtol=1e-7)
+    q84 = optimize.brentq(lambda d: cdf(d) - 0.84, lo, hi, xtol=1e-7)
+    mode = optimize.minimize_scalar(lambda d: -post(d), bounds=(2.0, 6.0), method="bounded",
+                                    options={"xatol": 1e-8}).x
+    r = _one(plx, plx_err, dm0, sig)
+    assert r["dis"] == pytest.approx(mode, abs=1.5 * STEP_KPC)
+    # a grid sum is a Riemann sum: the percentile moves by at most ~ one step
+    assert r["dis_low"] == pytest.approx(q16, abs=1.5 * STEP_KPC)
+    assert r["dis_high"] == pytest.approx(q84, abs=1.5 * STEP_KPC)
+
+
+def test_parallax_only_precise_parallax_peaks_at_inverse_parallax() -> None:
+    r = _one(2.0, 0.01, np.nan, np.nan)
+    assert r["dis"] == pytest.approx(0.5, abs=STEP_KPC)
+    assert r["distance_flags"] == DISTANCE_FLAG_BITS["parallax_only"]
+    # sigma_d = d^2 dplx = 0.0025 kpc: the 16-84 range is about 2 sigma
+    assert r["dis_high"] - r["dis_low"] == pytest.approx(0.005, rel=0.05)
+
+
+def test_low_snr_parallax_only_is_truncated_by_the_flat_prior_and_proper_with_edsd() -> None:
+    flat = _one(0.05, 0.2, np.nan, np.nan)
+    assert flat["distance_flags"] & DISTANCE_FLAG_BITS["truncated_by_prior_edge"]
+    assert flat["dis_high"] > 15.0  # the posterior is set by d_max, not by the data
+    edsd_cfg = DistanceConfig(prior="edsd", edsd_length_kpc=1.35)
+    edsd = _one(0.05, 0.2, np.nan, np.nan, edsd_cfg)
+    assert not edsd["distance_flags"] & DISTANCE_FLAG_BITS["truncated_by_prior_edge"]
+    # the mode of d^2 exp(-d/L) G(plx; 1/d, dplx), found independently
+    mode = optimize.minimize_scalar(
+        lambda d: -(2 * np.log(d) - d / 1.35 - 0.5 * ((0.05 - 1 / d) / 0.2) ** 2),
+        bounds=(0.5, 20.0), method="bounded", options={"xatol": 1e-8}).x
+    assert edsd["dis"] == pytest.approx(mode, abs=1.5 * STEP_KPC)
+    assert edsd["dis_high"] < 15.0
+
+
+def test_missing_inputs_give_nan_and_a_flag_never_a_dropped_row() -> None:
+    plx = np.array([0.5, np.nan, 0.5, np.nan, 0.4])
+    err = np.array([0.05, 0.05, -1.0, np.nan, 0.04])
+    dm0 = np.array([np.nan, 11.0, np.nan, np.nan, 12.0])
+    sig = np.array([np.nan, 0.3, np.nan, 0.3, 0.0])  # sigma 0: no spectro-photometric term
+    res = summarize_distance_posteriors(plx, err, dm0, sig, CFG, grid=GRID)
+    assert all(v.shape == (5,) for v in res.values())
+    no = DISTANCE_FLAG_BITS["no_distance"]
+    assert np.isfinite(res["dis"][[0, 1, 4]]).all()
+    assert np.isnan(res["dis"][[2, 3]]).all()
+    assert (res["distance_flags"][[2, 3]] == no).all()
+    assert res["distance_flags"][4] == DISTANCE_FLAG_BITS["parallax_only"]
+
+
+def test_windows_are_much_smaller_than_the_grid_for_typical_stars() -> None:
+    lo, hi, _ = posterior_windows(np.array([0.5]), np.array([0.03]), np.array([11.5]),
+                                  np.array([0.25]), GRID, CFG)
+    assert 0 < hi[0] - lo[0] < GRID.n_points / 20
+    assert lo[0] < 2.0 / STEP_KPC - 1 < hi[0]  # the mode (d = 2 kpc) is inside
+
+
+finite = dict(allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    d_true=st.floats(0.05, 25.0, **finite),
+    rel_plx_err=st.floats(0.005, 20.0, **finite),  # plx/err from 200 down to 0.05
+    plx_noise=st.floats(-4.0, 4.0, **finite),
+    sig=st.floats(0.03, 2.0, **finite),
+    dm_noise=st.floats(-3.0, 3.0, **finite),
+    has_plx=st.booleans(),
+    has_phot=st.booleans(),
+    prior=st.sampled_from(["flat", "edsd"]),
+)
+def test_windowed_equals_full_grid(d_true: float, rel_plx_err: float, plx_noise: float,
+                                   sig: float, dm_noise: float, has_plx: bool, has_phot: bool,
+                                   prior: str) -> None:
+    """The windowed (two-level) evaluation equals the whole 0.1 pc grid: mode and
+    percentiles to one grid step, logdis to the same 0.1 pc, over random inputs including
+    negative parallaxes (plx_noise < -1/rel), huge errors and one factor missing."""
+    cfg = DistanceConfig(prior=prior)
+    plx_err = rel_plx_err / d_true
+    plx = 1.0 / d_true + plx_noise * plx_err if has_plx else np.nan
+    dm0 = 5 * np.log10(d_true) + 10 + dm_noise * sig if has_phot else np.nan
+    w = _one(plx, plx_err, dm0, sig, cfg, windowed=True)
+    f = _one(plx, plx_err, dm0, sig, cfg, windowed=False)
+    if not (has_plx or has_phot):
+        assert np.isnan(w["dis"]) and np.isnan(f["dis"])
+        return
+    tol = STEP_KPC * 1.001
+    assert abs(w["dis"] - f["dis"]) <= tol
+    assert abs(w["dis_low"] - f["dis_low"]) <= tol
+    assert abs(w["dis_high"] - f["dis_high"]) <= tol
+    # logdis to 0.1 pc: |d ln10 dlogdis| <= step
+    assert abs(w["logdis"] - f["logdis"]) * np.log(10) * 10 ** f["logdis"] <= tol
+    assert w["logdis_err"] == pytest.approx(f["logdis_err"], rel=1e-3, abs=1e-6)
+    assert w["window_points"] <= f["window_points"]
+
+
+def test_distance_modulus_terms_follow_eq_23() -> None:
+    dm0, sig = distance_modulus_terms(np.array([10.0]), np.array([0.04]), np.array([-1.0]),
+                                      np.array([0.3]))
+    assert dm0[0] == 11.0
+    assert sig[0] == pytest.approx(np.sqrt(0.3**2 + 0.04**2))
+
+
+def test_galactocentric_xyz_puts_the_sun_at_minus_8_1() -> None:
+    # towards the Galactic centre (Sgr A*) at 8.1 kpc: the origin; anticentre at 1 kpc: X=-9.1
+    ra = np.array([266.4168, 86.405])
+    dec = np.array([-29.0078, 28.936])
+    x, y, z = galactocentric_xyz_kpc(ra, dec, np.array([8.1, 1.0]))
+    assert abs(x[0]) < 0.01 and abs(y[0]) < 0.01 and abs(z[0]) < 0.01
+    assert x[1] == pytest.approx(-9.1, abs=0.01)
+    # distance 1e-6 kpc: the Sun itself
+    x, y, z = galactocentric_xyz_kpc(np.array([10.0]), np.array([20.0]), np.array([1e-6]))
+    assert (x[0], y[0], z[0]) == pytest.approx((-8.1, 0.0, 0.0), abs=1e-5)
+    x, _, _ = galactocentric_xyz_kpc(np.array([10.0]), np.array([20.0]), np.array([np.nan]))
+    assert np.isnan(x[0])
