@@ -190,7 +190,7 @@ def run_stage(ctx: Any, **options: Any) -> dict[str, Any]:
     """
     opts = dict(getattr(ctx, "options", {}).get(STAGE, {}) or {})
     opts.update(options)
-    force = bool(opts.pop("force", False))
+    force = bool(opts.pop("force", False)) or bool(getattr(ctx, "force", False))
     block_fn = functools.partial(photometry_block, **opts) if opts else photometry_block
     report = run_blockwise_stage(
         ctx.survey_path, ctx.products_dir, STAGE, block_fn, OUTPUTS,
