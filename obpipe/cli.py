@@ -1,4 +1,4 @@
-"""Command line: ``obpipe simulate | ingest | run | validate | info | demo``.
+"""Command line: ``obpipe simulate | ingest | run | validate | info | demo | config``.
 
 Orchestration only: parse arguments, call the library, print results. Errors
 exit non-zero with a one-line reason.
@@ -14,6 +14,10 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from obpipe.config import PipelineConfig
 
 log = logging.getLogger("obpipe")
 
@@ -35,12 +39,26 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _scheduler_spec(text: str) -> str:
+    from obpipe.config import LOCAL_CLUSTER, LOCAL_SCHEDULERS, is_scheduler_address
+
+    if text in (*LOCAL_SCHEDULERS, LOCAL_CLUSTER) or is_scheduler_address(text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"expected {', '.join(LOCAL_SCHEDULERS)}, {LOCAL_CLUSTER} or a scheduler address "
+        f"such as tcp://127.0.0.1:8786, got {text!r}")
+
+
 def _scheduler_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scheduler", choices=["threads", "processes", "synchronous"],
-                   default=None, help="local dask scheduler (default: processes for "
-                   "simulate, threads otherwise)")
-    p.add_argument("--address", default=None,
-                   help="address of a running dask scheduler, e.g. tcp://127.0.0.1:8786")
+    p.add_argument("--scheduler", type=_scheduler_spec, default=None,
+                   metavar="threads|processes|synchronous|local-cluster|ADDRESS",
+                   help="local dask scheduler, a distributed.LocalCluster on 127.0.0.1 "
+                   "(local-cluster) or the address of a running scheduler "
+                   "(tcp://HOST:8786); default: processes for simulate and ingest, the "
+                   "configuration's run.scheduler (threads) otherwise")
+    p.add_argument("--address", default=None, type=_scheduler_spec,
+                   help="address of a running dask scheduler, e.g. tcp://127.0.0.1:8786 "
+                   "(same as --scheduler ADDRESS)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="products directory")
     p.add_argument("--stages", default=None, help="comma-separated stages (default: all)")
     p.add_argument("--force", action="store_true", help="rerun complete stages")
+    _run_options(p)
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     _scheduler_options(p)
 
     p = sub.add_parser("validate", help="metrics of a store (and products) against truth")
@@ -107,21 +127,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-stars", type=_positive_int, default=d.n_stars)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--overwrite", action="store_true")
+    _run_options(p)
     _scheduler_options(p)
+
+    p = sub.add_parser("config", help="the effective run configuration (TOML)")
+    p.add_argument("--show", action="store_true",
+                   help="print the effective configuration as TOML (the default action)")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="TOML configuration file to validate and merge over the defaults")
     return parser
 
 
-@contextlib.contextmanager
-def _dask_scheduler(args: argparse.Namespace, default: str | None) -> Iterator[str | None]:
-    """The scheduler for dask.compute: a distributed Client connected to ``--address``
-    (returned as None: it becomes the default), else ``--scheduler`` or ``default``."""
-    if not args.address:
-        yield args.scheduler or default
-        return
-    from distributed import Client
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="TOML configuration (see `obpipe config --show`)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
-    with Client(args.address):
-        yield None
+
+@contextlib.contextmanager
+def _dask_scheduler(args: argparse.Namespace, default: str | None,
+                    config: PipelineConfig | None = None) -> Iterator[str | None]:
+    """The scheduler for dask.compute (:func:`obpipe.runtime.dask_scheduler`): ``--address``,
+    else ``--scheduler``, else ``default``; a cluster's client is yielded as None."""
+    from obpipe.config import RunConfig
+    from obpipe.runtime import dask_scheduler
+
+    run = config.run if config is not None else RunConfig()
+    with dask_scheduler(args.address or args.scheduler or default,
+                        local_cluster_workers=run.local_cluster_workers,
+                        threads_per_worker=run.threads_per_worker,
+                        connect_timeout_s=run.connect_timeout_s) as scheduler:
+        yield scheduler
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -169,14 +205,60 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from obpipe.pipeline import run_pipeline
+def _run_and_summarize(args: argparse.Namespace, survey: str, products: str,
+                       stages: list[str] | None, force: bool) -> dict:
+    """run_pipeline with the CLI's configuration, scheduler and progress; the summary."""
+    from obpipe.config import load_config
+    from obpipe.pipeline import run_pipeline, summarize_run
+    from obpipe.runtime import progress_enabled
 
+    config = load_config(args.config)
+    spec = args.address or args.scheduler or config.run.scheduler
+    progress = progress_enabled(config.run.progress and not args.quiet)
+    t0 = time.perf_counter()
+    with _dask_scheduler(args, config.run.scheduler, config) as scheduler:
+        report = run_pipeline(survey, products, stages, scheduler=scheduler, force=force,
+                              config=config, progress=progress)
+        return summarize_run(survey, products, report, time.perf_counter() - t0,
+                             scheduler=spec)
+
+
+def _format_summary(summary: dict) -> str:
+    """The run summary for a person (the numbers come from pipeline.summarize_run)."""
+    lines = [f"obpipe run: {len(summary['stages'])} stages in {summary['seconds_total']:.1f} s "
+             f"(scheduler: {summary['scheduler']})"]
+    lines.append(f"  {'stage':<12} {'status':<20} {'seconds':>8}  blocks written/skipped")
+    for name, rec in summary["stages"].items():
+        blocks = (f"{rec['blocks_written']}/{rec['blocks_skipped']}"
+                  if "blocks_written" in rec else "")
+        lines.append(f"  {name:<12} {rec['status']:<20} {rec['seconds']:>8.1f}  {blocks}")
+    if "n_spectra" in summary:
+        lines.append(f"spectra: {summary['n_spectra']} ({summary['n_stars']} stars)")
+    if summary.get("fractions"):
+        lines.append("fractions of spectra: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in summary["fractions"].items()))
+    files = summary["files"]
+    lines.append(f"products: {files['products_store']}")
+    for label in ("catalogs", "models", "figures"):
+        if files[label]:
+            shown = files[label] if label == "catalogs" else [
+                f"{os.path.dirname(files[label][0])} ({len(files[label])} files)"]
+            lines.append(f"{label}: " + ", ".join(shown))
+    lines.append(f"summary: {files['summary']}")
+    return "\n".join(lines)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
-    with _dask_scheduler(args, None) as scheduler:
-        report = run_pipeline(args.survey, args.out, stages, scheduler=scheduler,
-                              force=args.force)
-    print(json.dumps(report, indent=2, default=str))
+    summary = _run_and_summarize(args, args.survey, args.out, stages, args.force)
+    print(json.dumps(summary, indent=1) if args.json else _format_summary(summary))
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from obpipe.config import config_to_toml, load_config
+
+    print(config_to_toml(load_config(args.config)), end="")
     return 0
 
 
@@ -197,7 +279,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from obpipe.config import SimulationConfig
     from obpipe.info import store_summary
-    from obpipe.pipeline import run_pipeline
     from obpipe.simulate.survey import simulate_survey
     from obpipe.validate import validate_survey
 
@@ -209,13 +290,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"using existing survey {survey} (pass --overwrite to simulate again)")
     else:
         cfg = SimulationConfig(n_stars=args.n_stars, seed=args.seed)
-        simulate_survey(survey, cfg, overwrite=True, scheduler=args.scheduler or "processes")
+        with _dask_scheduler(args, "processes") as scheduler:
+            simulate_survey(survey, cfg, overwrite=True, scheduler=scheduler)
         print(f"simulated {survey} in {time.perf_counter() - t0:.0f} s")
-    report = run_pipeline(survey, products, None, scheduler=args.scheduler)
+    summary = _run_and_summarize(args, survey, products, None, False)
     print(store_summary(survey))
     metrics = validate_survey(survey, products)
     pop = metrics.get("population", {})
-    print("stages:", ", ".join(f"{k} ({v['status']})" for k, v in report.items()))
+    print(_format_summary(summary))
     print(f"population: {pop.get('n_stars')} stars, {pop.get('n_spectra')} spectra; "
           f"emission {pop.get('emission_fraction_of_stars', float('nan')):.3f}, "
           f"broken {pop.get('broken_fraction_of_spectra', float('nan')):.3f}")
@@ -237,7 +319,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"simulate": _cmd_simulate, "ingest": _cmd_ingest, "run": _cmd_run,
-            "validate": _cmd_validate, "info": _cmd_info, "demo": _cmd_demo}
+            "validate": _cmd_validate, "info": _cmd_info, "demo": _cmd_demo,
+            "config": _cmd_config}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported lazily at run time (see PipelineConfig)
+    from obpipe.luminosity.training import TrainingConfig
+    from obpipe.spectra.stages import SpectralConfig
 
 # LAMOST low-resolution grid (DESIGN.md, "The cube"): log10(lambda/AA) = 3.5682 + 1e-4 i.
 LAMOST_LOG10_WAVE_START = 3.5682
@@ -146,14 +151,50 @@ class SimulationConfig:
         return int(round(self.n_stars * self.mean_visits))
 
 
+#: Local Dask schedulers by name; "local-cluster" starts a ``distributed.LocalCluster``.
+LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
+LOCAL_CLUSTER = "local-cluster"
+
+
+def is_scheduler_address(text: str) -> bool:
+    """True for the address of a running Dask scheduler (``tcp://host:8786``, ``host:8786``)."""
+    return "://" in text or bool(re.fullmatch(r"[\w.\-\[\]:]+:\d+", text))
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """Options of ``obpipe run`` shared by all stages."""
+    """Options of ``obpipe run`` that are not science: where and how the stages run."""
 
-    #: Dask scheduler address (``tcp://host:8786``); None runs a local threaded scheduler.
-    scheduler_address: str | None = None
-    stages: tuple[str, ...] = field(default_factory=tuple)
-    overwrite: bool = False
+    #: Dask scheduler: "threads", "processes" or "synchronous" (local), "local-cluster"
+    #: (a distributed.LocalCluster on 127.0.0.1 for the duration of the run) or the
+    #: address of a running scheduler, e.g. "tcp://10.0.0.5:8786"; the command line's
+    #: --scheduler / --address take precedence
+    scheduler: str = "threads"
+    #: stages to run, a subset of the registered ones (empty: all), always in run order
+    stages: tuple[str, ...] = ()
+    #: rerun stages whose products are complete (default: skip them, i.e. resume)
+    force: bool = False
+    #: worker processes of "local-cluster" (0: Dask's choice from the number of cores)
+    local_cluster_workers: int = 0
+    #: threads per worker process of "local-cluster"
+    threads_per_worker: int = 1
+    #: seconds to wait for the scheduler at an address to answer before giving up
+    connect_timeout_s: float = 30.0
+    #: progress bars on a terminal (never when stderr is not a TTY; --quiet turns them off)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        known = (*LOCAL_SCHEDULERS, LOCAL_CLUSTER)
+        if self.scheduler not in known and not is_scheduler_address(self.scheduler):
+            raise ValueError(f"scheduler must be one of {', '.join(known)} or a scheduler "
+                             f"address such as tcp://127.0.0.1:8786, got {self.scheduler!r}")
+        if self.local_cluster_workers < 0:
+            raise ValueError(f"local_cluster_workers must be >= 0, got "
+                             f"{self.local_cluster_workers}")
+        if self.threads_per_worker < 1:
+            raise ValueError(f"threads_per_worker must be >= 1, got {self.threads_per_worker}")
+        if not self.connect_timeout_s > 0:
+            raise ValueError(f"connect_timeout_s must be > 0, got {self.connect_timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -211,3 +252,400 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def to_json(cfg: Any) -> str:
     return json.dumps(to_dict(cfg), sort_keys=True)
+
+
+# ---------------------------------------------------------------- the pipeline configuration
+# One typed configuration for ``obpipe run`` / ``obpipe demo`` (``--config FILE``, TOML).
+# The stage sections nest the stages' own dataclasses, which stay in their modules
+# (imported lazily here, so that ``import obpipe.config`` stays light).
+
+
+def _spectral_config() -> Any:
+    from obpipe.spectra.stages import SpectralConfig
+
+    return SpectralConfig()
+
+
+def _training_config() -> Any:
+    from obpipe.luminosity.training import TrainingConfig
+
+    return TrainingConfig()
+
+
+def _ebv_bands() -> tuple[str, ...]:
+    from obpipe.photometry.extinction import EBV_BANDS
+
+    return tuple(EBV_BANDS)
+
+
+@dataclass(frozen=True)
+class PhotometryConfig:
+    """Options of the photometry stage (Sec. 4; ``obpipe.photometry.stage``)."""
+
+    #: bands whose adjacent colour excesses give E(B-V) (Sec. 4), in the survey-grouped
+    #: wavelength order of ``obpipe.photometry.extinction.EBV_BANDS``; K_s is never used
+    bands: tuple[str, ...] = field(default_factory=_ebv_bands)
+    #: extinction coefficients R_X: "star" (F99 R_V = 3.1 on a Kurucz model of each
+    #: star's Teff / log g, dustapprox) or "fixed" (the paper's 12,000 K values)
+    coefficients: str = "star"
+    #: include the Teff / log g uncertainty of the intrinsic colours in the E(B-V) error
+    include_parameter_error: bool = True
+
+    def __post_init__(self) -> None:
+        if self.coefficients not in ("star", "fixed"):
+            raise ValueError(f"coefficients must be 'star' or 'fixed', got {self.coefficients!r}")
+        from obpipe.photometry.stage import BAND_COLUMNS
+
+        unknown = [b for b in self.bands if b not in BAND_COLUMNS]
+        if unknown:
+            raise ValueError(f"bands: unknown {unknown}; known: {', '.join(BAND_COLUMNS)}")
+        if "Ks" in self.bands:
+            raise ValueError("bands: K_s is never used for E(B-V) (a disc brightens it)")
+        if len(self.bands) < 2:
+            raise ValueError(f"bands: at least two bands make a colour, got {list(self.bands)}")
+
+
+@dataclass(frozen=True)
+class BinaryConfig:
+    """Options of the binary stage (Sec. 6, eqs. 15-17; ``obpipe.binary``)."""
+
+    #: a spectrum is flagged binary when its parallax excess S/N_dplx (eq. 16) exceeds this
+    snr_threshold: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not self.snr_threshold > 0:
+            raise ValueError(f"snr_threshold must be > 0, got {self.snr_threshold}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything ``obpipe run`` can be told, one section per stage (``--config FILE``).
+
+    Sections: ``run`` (:class:`RunConfig`), ``spectral``
+    (``obpipe.spectra.stages.SpectralConfig``: normalize, pca, emission), ``photometry``
+    (:class:`PhotometryConfig`), ``luminosity`` (``obpipe.luminosity.training.
+    TrainingConfig`` with its ``network`` sub-table, ``obpipe.luminosity.network.
+    TrainConfig``), ``binary`` (:class:`BinaryConfig`), ``distance``
+    (:class:`DistanceConfig`). A stage reads its section from ``RunContext.config``.
+    """
+
+    #: luminosity stage: an extra training table (CSV / Parquet / FITS with columns
+    #: specid, MKs and optionally MKs_err), e.g. the paper's ~200 bright stars without
+    #: good parallaxes (Sec. 5.2); empty: none
+    extra_training_table: str = ""
+    #: where and how the stages run (scheduler, stage selection, progress)
+    run: RunConfig = field(default_factory=RunConfig)
+    #: normalize, pca and emission stages (Secs. 2-3)
+    spectral: SpectralConfig = field(default_factory=_spectral_config)
+    #: photometry stage: E(B-V), A_Ks, parallax zero-point (Sec. 4)
+    photometry: PhotometryConfig = field(default_factory=PhotometryConfig)
+    #: luminosity stage: training sets, binary cleaning, noise model, network (Sec. 5)
+    luminosity: TrainingConfig = field(default_factory=_training_config)
+    #: binary stage (Sec. 6)
+    binary: BinaryConfig = field(default_factory=BinaryConfig)
+    #: distance stage (Sec. 7)
+    distance: DistanceConfig = field(default_factory=DistanceConfig)
+
+    def __post_init__(self) -> None:
+        """Range checks of the stage sections whose classes do not check themselves."""
+        from obpipe.spectra.pca import N_COMPONENTS
+
+        s, lum = self.spectral, self.luminosity
+        net = lum.network
+        checks = [
+            ("spectral.continuum_kernel_aa", s.continuum_kernel_aa > 0, "must be > 0"),
+            ("spectral.n_components", s.n_components == N_COMPONENTS,
+             f"must be {N_COMPONENTS} (the products' component axis has that fixed size)"),
+            ("spectral.max_train", s.max_train >= 2 * s.n_components,
+             "must be >= 2 n_components"),
+            ("spectral.emission_target_purity", 0 < s.emission_target_purity < 1,
+             "must be in (0, 1)"),
+            ("spectral.broken_mad_sigma", s.broken_mad_sigma > 0, "must be > 0"),
+            ("luminosity.train_fraction", 0 < lum.train_fraction < 1, "must be in (0, 1)"),
+            ("luminosity.n_clean_iterations", lum.n_clean_iterations >= 0, "must be >= 0"),
+            ("luminosity.noise_n_steps", lum.noise_n_steps >= 10, "must be >= 10"),
+            ("luminosity.noise_clip_sigma", lum.noise_clip_sigma > 0, "must be > 0"),
+            ("luminosity.input_kind", lum.input_kind in ("recon_flux", "pca_coeff"),
+             "must be 'recon_flux' or 'pca_coeff'"),
+            ("luminosity.network.n_hidden", net.n_hidden >= 1, "must be >= 1"),
+            ("luminosity.network.dropout", 0 <= net.dropout < 1, "must be in [0, 1)"),
+            ("luminosity.network.learning_rate", net.learning_rate > 0, "must be > 0"),
+            ("luminosity.network.batch_size", net.batch_size >= 1, "must be >= 1"),
+            ("luminosity.network.max_epochs", net.max_epochs >= 1, "must be >= 1"),
+            ("luminosity.network.patience", net.patience >= 1, "must be >= 1"),
+            ("luminosity.network.validation_fraction", 0 < net.validation_fraction < 1,
+             "must be in (0, 1)"),
+            ("luminosity.network.device", net.device in ("cpu", "auto"),
+             "must be 'cpu' or 'auto'"),
+        ]
+        for key, ok, what in checks:
+            if not ok:
+                section, _, name = key.rpartition(".")
+                value = getattr(net if section.endswith("network") else
+                                (s if section == "spectral" else lum), name)
+                raise ValueError(f"{key} {what}, got {value!r}")
+
+    def stage_options(self) -> dict[str, dict[str, Any]]:
+        """The per-stage option dicts of ``RunContext.options`` (what stages read)."""
+        lum = dataclasses.asdict(self.luminosity)
+        if self.extra_training_table:
+            lum["extra_training"] = self.extra_training_table
+        return {"photometry": dataclasses.asdict(self.photometry), "luminosity": lum,
+                "binary": dataclasses.asdict(self.binary),
+                "distance": dataclasses.asdict(self.distance)}
+
+
+class ConfigError(ValueError):
+    """An invalid configuration file; the message names the file and the key."""
+
+
+#: Docstrings of options whose class (in a stage module) has no ``#:`` comment for them,
+#: keyed ``ClassName.field``.
+_FIELD_DOCS: dict[str, str] = {
+    "SpectralConfig.continuum_kernel_aa": "width L (AA) of the Gaussian pseudo-continuum "
+    "kernel w = exp(-(lambda - lambda0)^2 / L^2) (Sec. 2: 50 AA)",
+    "SpectralConfig.n_components": "principal components K of each PCA basis (Sec. 3: 100)",
+    "SpectralConfig.max_train": "at most this many training spectra for the bases (a "
+    "seeded random subset of those above train_min_snr)",
+    "SpectralConfig.seed": "random seed of the training subset and of the randomized PCA",
+    "SpectralConfig.emission_target_purity": "H-alpha emission threshold: the smallest "
+    "significance at which the mirrored negative tail (false positives) is below "
+    "1 - purity of the positive tail (Sec. 3)",
+    "SpectralConfig.broken_mad_sigma": "broken spectrum: largest 16-pixel reduced chi2 above "
+    "the median + this many MADs of its S/N bin (App. A)",
+    "SpectralConfig.broken_min_chi2": "broken spectrum: and above this reduced chi2 (App. A)",
+    "TrainingConfig.min_parallax_snr": "good parallax: corrected parallax / error above "
+    "this (Sec. 5.2: 10)",
+    "TrainingConfig.min_snr": "training candidates: spectra with S/N above this (Sec. 5.2: 50)",
+    "TrainingConfig.train_fraction": "share of the candidate stars (all their visits) in "
+    "the training set; the rest are the test set (Sec. 5.2: 4/5)",
+    "TrainingConfig.n_clean_iterations": "binary-cleaning rounds: retrain without training "
+    "spectra whose S/N_dplx exceeds binary_snr_threshold (Sec. 5.2: 2)",
+    "TrainingConfig.binary_snr_threshold": "S/N_dplx (eq. 16) above which a training "
+    "spectrum is removed as a binary (Sec. 6: 2)",
+    "TrainingConfig.noise_clip_sigma": "sigma clipping of the noise-model fit (eq. 14: 2)",
+    "TrainingConfig.noise_n_steps": "emcee steps of the noise-model posterior (Sec. 5.3)",
+    "TrainingConfig.min_emission_test": "fewest emission test spectra for network (b)'s own "
+    "noise model; below it (b) is calibrated on all its test predictions",
+    "TrainingConfig.seed": "random seed of the star-level train/test split and of emcee",
+    "TrainingConfig.network": "the network and its optimiser (eq. 6, Sec. 5.1)",
+    "TrainConfig.n_hidden": "sigmoid units per hidden layer (eq. 6: 100)",
+    "TrainConfig.dropout": "dropout probability after each hidden layer (Sec. 5.1: 0.2)",
+    "TrainConfig.learning_rate": "Adam learning rate",
+    "TrainConfig.weight_decay": "Adam weight decay (L2)",
+    "TrainConfig.batch_size": "mini-batch size (spectra)",
+    "TrainConfig.max_epochs": "most training epochs (early stopping usually ends sooner)",
+    "TrainConfig.patience": "early stopping: epochs without a better validation loss",
+    "TrainConfig.validation_fraction": "share of the training rows held out for early "
+    "stopping (seeded)",
+    "TrainConfig.seed": "random seed of the weights, batches and validation split "
+    "(iteration i of the binary cleaning uses seed + i)",
+}
+
+
+def _is_config_class(obj: Any) -> bool:
+    return dataclasses.is_dataclass(obj)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Docstring of every field of a config dataclass: its ``#:`` comment lines in the
+    class source, else :data:`_FIELD_DOCS`; "" where neither has one."""
+    import inspect
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # base classes first, subclasses override
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            lines = []
+        block: list[str] = []
+        for line in lines:
+            text = line.strip()
+            if text.startswith("#:"):
+                block.append(text[2:].strip())
+                continue
+            m = re.match(r"(\w+)\s*:", text)
+            if m and block:
+                docs[m.group(1)] = " ".join(block)
+            block = []
+    out = {}
+    for f in dataclasses.fields(cls):
+        out[f.name] = docs.get(f.name) or _FIELD_DOCS.get(f"{cls.__name__}.{f.name}", "")
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` (from TOML) as type ``tp``, or ConfigError naming ``key``."""
+    import types
+    import typing
+
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args:
+            if isinstance(value, str) and value.lower() == "none":
+                return None
+            args = tuple(a for a in args if a is not type(None))
+            if len(args) == 1:
+                return _coerce(value, args[0], key)
+        for a in args:
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected one of {[_type_name(a) for a in args]}, "
+                          f"got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, default: Any, data: dict[str, Any], prefix: str) -> Any:
+    """A ``cls`` instance: ``default`` with the keys of the TOML table ``data`` applied."""
+    import typing
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{prefix}] must be a table, got {data!r}")
+    local = {"SpectralConfig": type(_spectral_config()),
+             "TrainingConfig": type(_training_config())} if cls is PipelineConfig else None
+    hints = typing.get_type_hints(cls, localns=local)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        where = f"[{prefix}] " if prefix else ""
+        raise ConfigError(f"{where}unknown key {unknown[0]!r}; known keys: {', '.join(names)}")
+    changes: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        current = getattr(default, name)
+        if _is_config_class(current) and not isinstance(current, type):
+            changes[name] = _build(type(current), current, value, key)
+        else:
+            tp = hints.get(name, Any)
+            if tp is Any and current is not None:
+                tp = type(current)
+            changes[name] = _coerce(value, tp, key)
+    try:
+        return dataclasses.replace(default, **changes)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"[{prefix}] {exc}" if prefix else str(exc)) from exc
+
+
+def config_from_dict(data: dict[str, Any]) -> PipelineConfig:
+    """A validated :class:`PipelineConfig` from nested dicts (a parsed TOML file)."""
+    cfg = _build(PipelineConfig, PipelineConfig(), data, "")
+    if cfg.run.stages:
+        from obpipe.pipeline import stage_names
+
+        known = stage_names()
+        unknown = [s for s in cfg.run.stages if s not in known]
+        if unknown:
+            raise ConfigError(f"[run] stages: unknown {unknown}; known: {', '.join(known)}")
+    return cfg
+
+
+def load_config(path: str | None = None) -> PipelineConfig:
+    """Read and validate a TOML configuration file (None: all defaults).
+
+    Every key is optional (a missing key keeps its default); unknown keys, wrong types
+    and impossible values raise :class:`ConfigError` naming the file and the key. An
+    option whose default is "none" (no value) takes the string ``"none"``.
+    """
+    if path is None:
+        return PipelineConfig()
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: configuration file not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _toml_value(value: Any) -> str:
+    if value is None:
+        return '"none"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value:
+            return "nan"
+        if value in (float("inf"), float("-inf")):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def config_to_toml(cfg: Any, header: bool = True) -> str:
+    """TOML text of a configuration, every key preceded by its docstring as a comment.
+
+    ``load_config`` of the text gives back an equal configuration.
+    """
+    import textwrap
+
+    out: list[str] = []
+    if header:
+        out += ["# obpipe configuration (obpipe run --config FILE). Every key is optional:",
+                "# a missing key keeps the default shown by `obpipe config --show`;",
+                '# "none" stands for no value (Python None).', ""]
+
+    def emit(obj: Any, prefix: str) -> None:
+        docs = field_docs(type(obj))
+        tables = []
+        if prefix:
+            doc = (type(obj).__doc__ or "").strip().splitlines()[0]
+            out.append(f"[{prefix}]")
+            out.append(f"# {doc}")
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if _is_config_class(value):
+                tables.append((f.name, value))
+                continue
+            for line in textwrap.wrap(docs[f.name], 86):
+                out.append(f"# {line}")
+            out.append(f"{f.name} = {_toml_value(value)}")
+        out.append("")
+        for name, value in tables:
+            emit(value, f"{prefix}.{name}" if prefix else name)
+
+    emit(cfg, "")
+    return "\n".join(out).rstrip() + "\n"

@@ -13,8 +13,10 @@ No science lives here: every stage's science is in its own module.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +25,7 @@ import numpy as np
 import xarray as xr
 
 from obpipe import __version__
+from obpipe.config import PipelineConfig, to_json
 from obpipe.io import store
 from obpipe.products import products_path, stage_complete
 
@@ -30,13 +33,23 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunContext:
-    """What a stage gets: where the survey and products live, and run options."""
+    """What a stage gets: where the survey and products live, and run options.
+
+    ``config`` is the whole typed configuration (a stage reads its own section, e.g.
+    ``ctx.config.distance``); ``options`` holds the per-stage option dicts that some
+    stages read (``ctx.options["photometry"]``), derived from ``config``; sections given
+    explicitly in ``options`` replace the derived ones.
+    """
 
     survey_path: str
     products_dir: str
     scheduler: str | None = None
     force: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    config: PipelineConfig = field(default_factory=PipelineConfig)
+
+    def __post_init__(self) -> None:
+        self.options = {**self.config.stage_options(), **self.options}
 
     @property
     def products_path(self) -> str:
@@ -99,6 +112,22 @@ def _index_run(ctx: RunContext) -> dict[str, Any]:
     return {"n_spectra": n}
 
 
+def _with_section(run: Callable[..., dict[str, Any]], section: str
+                  ) -> Callable[[RunContext], dict[str, Any]]:
+    """``run(ctx, ctx.config.<section>)``: for stages that take their config positionally."""
+    def run_configured(ctx: RunContext) -> dict[str, Any]:
+        return run(ctx, getattr(ctx.config, section))
+
+    run_configured.__name__ = getattr(run, "__name__", "run")
+    return run_configured
+
+
+def _run_binary(ctx: RunContext) -> dict[str, Any]:
+    from obpipe.luminosity import stage as luminosity_stage
+
+    return luminosity_stage.run_binary(ctx, threshold=ctx.config.binary.snr_threshold)
+
+
 def registered_stages() -> list[Stage]:
     """All stages in run order. Later stage modules register themselves here."""
     from obpipe.luminosity import stage as luminosity_stage
@@ -108,14 +137,14 @@ def registered_stages() -> list[Stage]:
     return [
         Stage("index", "products store with one row per input spectrum", _index_run,
               _index_complete),
-        *[Stage(*s) for s in spectral_stages()],
+        *[Stage(n, d, _with_section(r, "spectral"), c) for n, d, r, c in spectral_stages()],
         Stage("photometry", "E(B-V), A_Ks, parallax zero-point, geometric M_Ks (Sec. 4, "
               "eqs. 11-12, 24)", photometry_stage.run_stage, photometry_stage.is_complete),
         Stage("luminosity", "two M_Ks networks, binary-cleaned; emcee noise model (Secs. "
               "5.1-5.3, eqs. 6-14)", luminosity_stage.run_luminosity,
               luminosity_stage.is_complete),
         Stage("binary", "spectro-photometric parallax excess and binary flag (Sec. 6, "
-              "eqs. 15-17)", luminosity_stage.run_binary, luminosity_stage.is_binary_complete),
+              "eqs. 15-17)", _run_binary, luminosity_stage.is_binary_complete),
     ]
 
 
@@ -143,17 +172,143 @@ def run_pipeline(
     stages: Sequence[str] | None = None,
     scheduler: str | None = None,
     force: bool = False,
+    config: PipelineConfig | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Run the selected stages in order; skip those already complete unless ``force``."""
+    """Run the selected stages in order; skip those already complete unless ``force``.
+
+    ``config``: the typed configuration (default: all defaults); ``stages`` and
+    ``force`` given here win over ``config.run``. ``scheduler`` is what
+    ``dask.compute`` gets (a local scheduler's name, or None for Dask's default, e.g.
+    an active ``distributed.Client``; see :func:`obpipe.runtime.dask_scheduler`).
+    ``progress``: progress bars on stderr (:mod:`obpipe.runtime`). Returns, per stage,
+    its status ("done" / "skipped (complete)"), wall-clock ``seconds`` and the stage's
+    own report.
+    """
+    from obpipe.runtime import dask_progress, show_progress, single_threaded_blas, stage_banner
+
+    config = config or PipelineConfig()
+    stages = stages or list(config.run.stages) or None
+    force = force or config.run.force
     store.open_cube(survey_path)  # fail early, with the reason, on an invalid survey
-    ctx = RunContext(survey_path, products_dir, scheduler, force)
+    ctx = RunContext(survey_path, products_dir, scheduler, force, config=config)
+    selected = select_stages(stages)
     report: dict[str, Any] = {}
-    for stage in select_stages(stages):
-        if not force and stage.is_complete(ctx):
-            log.info("stage %s: complete, skipped", stage.name)
-            report[stage.name] = {"status": "skipped (complete)"}
-            continue
-        log.info("stage %s: running", stage.name)
-        result = stage.run(ctx)
-        report[stage.name] = {"status": "done", **result}
+    with show_progress(progress), single_threaded_blas():
+        for i, stage in enumerate(selected, start=1):
+            t0 = time.perf_counter()
+            if not force and stage.is_complete(ctx):
+                log.info("stage %s: complete, skipped", stage.name)
+                report[stage.name] = {"status": "skipped (complete)",
+                                      "seconds": time.perf_counter() - t0}
+                continue
+            log.info("stage %s: running", stage.name)
+            stage_banner(i, len(selected), stage.name, stage.description)
+            with dask_progress(stage.name):
+                result = stage.run(ctx)
+            report[stage.name] = {"status": "done", "seconds": time.perf_counter() - t0,
+                                  **result}
+            if stage.name == "index" or "obpipe_config" not in _products_attrs(ctx):
+                _record_config(ctx)
     return report
+
+
+def _record_config(ctx: RunContext) -> None:
+    """Provenance: the configuration of the run in the products' root attributes."""
+    try:
+        store.update_attrs(ctx.products_path, {"obpipe_config": to_json(ctx.config)})
+    except (FileNotFoundError, OSError, ValueError, KeyError) as exc:
+        log.warning("configuration not recorded in %s: %s", ctx.products_path, exc)
+
+
+#: Fractions in the run summary: name -> (product variable, value counted), spectra with
+#: the variable's value equal to it (flags) or, with None, with a finite value.
+SUMMARY_FRACTIONS: dict[str, tuple[str, int | None]] = {
+    "emission": ("em_flag", 1),
+    "emission_undetermined": ("em_flag", -9),
+    "ebv_measured": ("ebv", None),
+    "MKs_geo_measured": ("MKs_geo", None),
+    "MKs_estimated": ("MKs", None),
+    "binary": ("binary_flag", 1),
+    "binary_unclassified": ("binary_flag", -9),
+    "distance_estimated": ("dis", None),
+}
+
+
+def _list_files(products_dir: str, pattern: str) -> list[str]:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(products_dir)
+    found = sorted(fs.glob(f"{root.rstrip('/')}/{pattern}"))
+    if "://" in products_dir:
+        proto = products_dir.split("://", 1)[0]
+        return [f"{proto}://{p}" if "://" not in p else p for p in found]
+    return found
+
+
+def summarize_run(
+    survey_path: str,
+    products_dir: str,
+    report: dict[str, Any],
+    seconds: float | None = None,
+    scheduler: str | None = None,
+) -> dict[str, Any]:
+    """The end-of-run summary: counts, fractions, per-stage timings, where the files are.
+
+    ``report``: what :func:`run_pipeline` returned. Fractions are of all spectra
+    (:data:`SUMMARY_FRACTIONS`, for the products that exist; ``broken`` is bit
+    ``broken`` of ``quality_flags``). Also written to ``PRODUCTS_DIR/run_summary.json``.
+    """
+    summary: dict[str, Any] = {"survey": survey_path, "products_dir": products_dir,
+                               "scheduler": scheduler or "default"}
+    stages = {}
+    for name, rec in report.items():
+        keep = {k: rec[k] for k in ("status", "blocks_written", "blocks_skipped",
+                                    "spectra_written") if k in rec}
+        keep["seconds"] = round(float(rec.get("seconds", 0.0)), 2)
+        stages[name] = keep
+    summary["stages"] = stages
+    summary["seconds_total"] = round(float(seconds if seconds is not None else sum(
+        s["seconds"] for s in stages.values())), 2)
+    try:
+        from obpipe.products import open_products
+
+        prods = open_products(products_dir)
+    except FileNotFoundError:
+        prods = None
+    if prods is not None:
+        summary["n_spectra"] = int(prods.sizes["spec"])
+        star_id = prods["star_id"].values.astype(object).astype(str)
+        summary["n_stars"] = int(np.unique(star_id).size)
+        fractions: dict[str, float] = {}
+        for name, (var, value) in SUMMARY_FRACTIONS.items():
+            if var not in prods:
+                continue
+            x = prods[var].values
+            hit = np.isfinite(x) if value is None else (x == value)
+            fractions[name] = round(float(np.mean(hit)), 4)
+        if "quality_flags" in prods:
+            from obpipe.spectra.emission import QUALITY_BITS
+
+            q = prods["quality_flags"].values
+            fractions["broken"] = round(float(np.mean((q & QUALITY_BITS["broken"]) > 0)), 4)
+        summary["fractions"] = fractions
+        summary["products_variables"] = len(prods.data_vars)
+    summary["files"] = {
+        "products_store": products_path(products_dir),
+        "catalogs": _list_files(products_dir, "catalog*"),
+        "models": _list_files(products_dir, "models/*"),
+        "figures": _list_files(products_dir, "figures/*"),
+        "summary": os.path.join(products_dir, SUMMARY_FILE),
+    }
+    try:
+        import fsspec
+
+        with fsspec.open(summary["files"]["summary"], "w") as fh:
+            json.dump(summary, fh, indent=1)
+    except OSError as exc:
+        log.warning("run summary not written: %s", exc)
+    return summary
+
+
+SUMMARY_FILE = "run_summary.json"

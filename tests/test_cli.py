@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import xarray as xr
@@ -67,14 +68,15 @@ def test_simulate_run_validate_info(tmp_path, capsys) -> None:
     # too few high-S/N spectra for K = 100 PCA components: a clear one-line error
     assert main(["run", survey, "--out", products, "--stages", "index,normalize,pca"]) == 2
     assert "need 200 to fit K = 100" in capsys.readouterr().err
-    assert main(["run", survey, "--out", products, "--stages", "index"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    assert main(["run", survey, "--out", products, "--stages", "index", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["stages"]
     assert report["index"]["status"].startswith(("done", "skipped"))
     prod = xr.open_zarr(os.path.join(products, "products.zarr"), consolidated=False)
     assert prod.sizes["spec"] == summary["n_spectra"]
     # resume: a complete stage is skipped
-    assert main(["run", survey, "--out", products, "--stages", "index"]) == 0
-    assert json.loads(capsys.readouterr().out)["index"]["status"].startswith("skipped")
+    assert main(["run", survey, "--out", products, "--stages", "index", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["stages"]["index"]["status"].startswith(
+        "skipped")
     assert main(["run", survey, "--out", products, "--stages", "nonsense"]) == 2
     assert "unknown stage" in capsys.readouterr().err
 
@@ -87,3 +89,117 @@ def test_simulate_run_validate_info(tmp_path, capsys) -> None:
     assert main(["info", survey]) == 0
     info = capsys.readouterr().out
     assert "spectra:" in info and "chunks:" in info and "truth:" in info
+
+
+# ------------------------------------------------------------ run / config / progress
+@pytest.fixture(scope="module")
+def tiny_survey(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from obpipe.config import SimulationConfig
+    from obpipe.simulate.survey import simulate_survey
+
+    path = str(tmp_path_factory.mktemp("cli") / "tiny.zarr")
+    simulate_survey(path, SimulationConfig(n_stars=60, seed=2, chunk_size=40),
+                    scheduler="threads")
+    return path
+
+
+def test_config_show_and_config_file(tmp_path, capsys) -> None:
+    import tomllib
+
+    from obpipe.config import PipelineConfig, config_from_dict
+
+    assert main(["config", "--show"]) == 0
+    shown = capsys.readouterr().out
+    assert config_from_dict(tomllib.loads(shown)) == PipelineConfig()
+    assert "[luminosity.network]" in shown and "# " in shown
+    path = tmp_path / "my.toml"
+    path.write_text('[distance]\nprior = "edsd"\n[luminosity.network]\nmax_epochs = 5\n')
+    assert main(["config", "--show", "--config", str(path)]) == 0
+    merged = tomllib.loads(capsys.readouterr().out)
+    assert merged["distance"]["prior"] == "edsd"
+    assert merged["luminosity"]["network"]["max_epochs"] == 5
+    default_patience = PipelineConfig().luminosity.network.patience
+    assert merged["luminosity"]["network"]["patience"] == default_patience
+    path.write_text("[luminosity.network]\nmax_epochs = -5\n")
+    assert main(["config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "luminosity.network.max_epochs" in err[0]
+
+
+def test_run_summary_and_scheduler_choices(tiny_survey, tmp_path, capsys) -> None:
+    products = str(tmp_path / "p")
+    assert main(["run", tiny_survey, "--out", products, "--stages", "index,normalize",
+                 "--scheduler", "synchronous"]) == 0
+    text = capsys.readouterr().out
+    assert "normalize" in text and "done" in text
+    assert os.path.join(products, "products.zarr") in text
+    with open(os.path.join(products, "run_summary.json")) as fh:
+        summary = json.load(fh)
+    n_blocks = -(-summary["n_spectra"] // 40)
+    assert summary["stages"]["normalize"]["blocks_written"] == n_blocks
+    assert summary["stages"]["normalize"]["seconds"] > 0
+    assert summary["n_stars"] == 60 and summary["files"]["summary"].endswith("run_summary.json")
+    # unknown scheduler names are refused by the parser, with the choices
+    res = _run("run", tiny_survey, "--out", products, "--scheduler", "gpu")
+    assert res.returncode == 2 and "local-cluster" in res.stderr
+    # a scheduler address that nobody listens on: a one-line reason, non-zero exit
+    config = tmp_path / "c.toml"
+    config.write_text("[run]\nconnect_timeout_s = 2\n")
+    t0 = time.perf_counter()
+    assert main(["run", tiny_survey, "--out", products, "--address", "tcp://127.0.0.1:9",
+                 "--config", str(config)]) == 2
+    assert time.perf_counter() - t0 < 20
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "127.0.0.1:9" in err[0]
+
+
+def _run_in_terminal(args: list[str], timeout: float = 240) -> tuple[int, str, str]:
+    """Run obpipe with stderr on a pseudo-terminal (as a person would); (rc, out, err)."""
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "obpipe.cli", *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other side closed
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.join(10)
+        os.close(master)
+    return proc.returncode, out, b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_on_a_terminal_with_a_local_cluster(tiny_survey, tmp_path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[run]\nlocal_cluster_workers = 1\n")
+    products = str(tmp_path / "p")
+    rc, out, err = _run_in_terminal(["run", tiny_survey, "--out", products, "--stages",
+                                     "index,normalize", "--scheduler", "local-cluster",
+                                     "--config", str(config)])
+    assert rc == 0, err[-2000:]
+    # a banner per stage run and distributed's progress bar, on stderr only
+    assert "[1/2] index" in err and "[2/2] normalize" in err
+    assert "100% Completed" in err
+    assert "Completed" not in out and "scheduler: local-cluster" in out
+    # --quiet: no bars, and a complete stage is skipped
+    rc, out, err = _run_in_terminal(["run", tiny_survey, "--out", products, "--stages",
+                                     "index,normalize", "--quiet"])
+    assert rc == 0 and "Completed" not in err and "[1/2]" not in err
+    assert out.count("skipped (complete)") == 2
