@@ -122,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="human summary of a store")
     p.add_argument("survey")
 
+    p = sub.add_parser("report", help="the paper's figures (PNG) and one HTML page of a run")
+    p.add_argument("products", metavar="PRODUCTS", help="products directory")
+    p.add_argument("--survey", default=None,
+                   help="survey store (default: the products' 'survey' attribute)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory (default: PRODUCTS/report)")
+
     p = sub.add_parser("demo", help="simulate the default survey and run every stage")
     p.add_argument("--dir", default="demo", help="working directory for the demo products")
     p.add_argument("--n-stars", type=_positive_int, default=d.n_stars)
@@ -276,6 +283,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from obpipe.report import write_report
+
+    print(write_report(args.products, survey_path=args.survey, out_dir=args.out))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from obpipe.config import SimulationConfig
     from obpipe.info import store_summary
@@ -319,7 +333,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"simulate": _cmd_simulate, "ingest": _cmd_ingest, "run": _cmd_run,
-            "validate": _cmd_validate, "info": _cmd_info, "demo": _cmd_demo,
+            "validate": _cmd_validate, "info": _cmd_info, "report": _cmd_report,
+            "demo": _cmd_demo,
             "config": _cmd_config}
 
 
