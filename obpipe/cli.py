@@ -137,6 +137,25 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(p)
     _scheduler_options(p)
 
+    p = sub.add_parser("distance", help="distance posterior of one star (Sec. 7, eqs. 18-24)")
+    p.add_argument("--parallax", type=float, default=float("nan"),
+                   help="Gaia parallax, mas (zero-point corrected; see --parallax-offset)")
+    p.add_argument("--parallax-error", type=float, default=float("nan"), help="mas")
+    p.add_argument("--parallax-offset", type=float, default=0.0,
+                   help="zero-point subtracted from --parallax, mas (default 0)")
+    p.add_argument("--ks", type=float, default=float("nan"), help="apparent 2MASS Ks, mag")
+    p.add_argument("--ks-error", type=float, default=0.0, help="mag")
+    p.add_argument("--aks", type=float, default=0.0, help="Ks extinction A_Ks, mag (eq. 24)")
+    p.add_argument("--aks-error", type=float, default=0.0, help="mag")
+    p.add_argument("--mks", type=float, default=float("nan"),
+                   help="spectroscopic M_Ks, mag (omit for a parallax-only distance)")
+    p.add_argument("--mks-error", type=float, default=float("nan"), help="mag")
+    p.add_argument("--prior", choices=("flat", "edsd"), default="flat")
+    p.add_argument("--edsd-length", type=float, default=1.35, help="EDSD length scale, kpc")
+    p.add_argument("--d-max", type=float, default=30.0, help="grid edge / flat prior edge, kpc")
+    p.add_argument("--plot", default=None, metavar="FILE", help="save the posterior (PNG/PDF)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     p = sub.add_parser("config", help="the effective run configuration (TOML)")
     p.add_argument("--show", action="store_true",
                    help="print the effective configuration as TOML (the default action)")
@@ -262,6 +281,38 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_distance(args: argparse.Namespace) -> int:
+    import math
+
+    from obpipe.config import DistanceConfig
+    from obpipe.distance import star_distance, write_posterior_plot
+
+    cfg = DistanceConfig(prior=args.prior, edsd_length_kpc=args.edsd_length,
+                         d_max_kpc=args.d_max)
+    res = star_distance(args.parallax - args.parallax_offset, args.parallax_error, args.ks,
+                        args.ks_error, args.aks, args.aks_error, args.mks, args.mks_error, cfg)
+    if args.plot:
+        res["plot"] = write_posterior_plot(args.plot, res["parallax_mas"],
+                                           args.parallax_error, res["dm0_mag"],
+                                           res["sigma_tot_mag"], res, cfg)
+    if args.json:
+        print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v)
+                          for k, v in res.items()}, indent=1))
+        return 0
+    if math.isnan(res["dis"]):
+        print("no distance: give a parallax with its error, or Ks and M_Ks with errors")
+        return 1
+    print(f"distance (mode)  {res['dis']:.4f} kpc  (+{res['dis_high'] - res['dis']:.4f} / "
+          f"-{res['dis'] - res['dis_low']:.4f}; 16th {res['dis_low']:.4f}, "
+          f"84th {res['dis_high']:.4f})")
+    print(f"log10(d / kpc)   {res['logdis']:.4f} +- {res['logdis_err']:.4f}  "
+          f"(relative uncertainty {res['relative_uncertainty']:.3f})")
+    print(f"flags            {res['flags']}")
+    if args.plot:
+        print(f"plot             {res['plot']}")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     from obpipe.config import config_to_toml, load_config
 
@@ -334,6 +385,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {"simulate": _cmd_simulate, "ingest": _cmd_ingest, "run": _cmd_run,
             "validate": _cmd_validate, "info": _cmd_info, "report": _cmd_report,
+            "distance": _cmd_distance,
             "demo": _cmd_demo,
             "config": _cmd_config}
 

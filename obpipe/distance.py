@@ -44,6 +44,7 @@ running log-sum-exp.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -315,16 +316,23 @@ def _summarize_fine(grid: DistanceGrid, lo: int, hi: int, plx: float, plx_err: f
                     wq[0], wq[1], _edge_weight(grid, plx, plx_err, dm0, sig, cfg, m_all))
 
 
+@functools.lru_cache(maxsize=4)
+def _lagrange_inverse(first_node: int) -> np.ndarray:
+    """inv(V) of the Vandermonde matrix of the nodes first_node .. first_node + 3."""
+    nodes = np.arange(first_node, first_node + 4, dtype=np.float64)
+    return np.linalg.inv(np.vander(nodes, 4, increasing=True))
+
+
 def _cubic_cell_weights(stride: int, first_node: int = -1) -> np.ndarray:
     """Weights of the nodes at first_node .. first_node + 3 (in strides) giving the sum of
-    the cubic through them over the ``stride`` fine points 0, 1/stride, ..., of cell [0, 1)."""
-    x = np.arange(stride) / stride
-    nodes = np.arange(first_node, first_node + 4, dtype=np.float64)
-    w = np.empty(4)
-    for m in range(4):
-        others = np.delete(nodes, m)
-        w[m] = np.sum(np.prod([(x - o) / (nodes[m] - o) for o in others], axis=0))
-    return w
+    the cubic through them over the ``stride`` fine points 0, 1/stride, ..., of cell [0, 1):
+    the power sums sum_j (j/stride)^p (Faulhaber) times the inverse Vandermonde matrix."""
+    n = float(stride)
+    j1 = (n - 1) * n / 2
+    j2 = (n - 1) * n * (2 * n - 1) / 6
+    j3 = j1 * j1
+    power_sums = np.array([n, j1 / n, j2 / n**2, j3 / n**3])
+    return power_sums @ _lagrange_inverse(first_node)
 
 
 def _summarize_two_level(grid: DistanceGrid, lo: int, hi: int, stride: int, plx: float,
@@ -376,15 +384,23 @@ def _summarize_two_level(grid: DistanceGrid, lo: int, hi: int, stride: int, plx:
     interp_error = float(np.sum(np.abs(other - cell_sum[2:-1])))
     exact: dict[int, np.ndarray] = {}
 
-    def exact_cell(k: int) -> np.ndarray:
-        if k not in exact:
-            s = lo + k * stride
-            e = hi if k == n_cells - 1 else s + stride  # the last cell takes the remainder
-            exact[k] = fine(s, e)
-        return exact[k]
+    def evaluate_cells(cells: set[int]) -> None:
+        """Every 0.1 pc point of the given cells, one evaluation per contiguous run."""
+        todo = sorted(k for k in cells if k not in exact and 0 <= k < n_cells)
+        while todo:
+            first = last = todo.pop(0)
+            while todo and todo[0] == last + 1:
+                last = todo.pop(0)
+            s = lo + first * stride
+            e = hi if last == n_cells - 1 else lo + (last + 1) * stride
+            w = fine(s, e)
+            for k in range(first, last + 1):
+                a = (k - first) * stride
+                exact[k] = w[a:] if k == n_cells - 1 else w[a:a + stride]
 
+    evaluate_cells({0, n_cells - 1})
     for k in (0, n_cells - 1):
-        w = exact_cell(k)
+        w = exact[k]
         s = lo + k * stride
         cell_sum[k] = w.sum()
         cell_s1[k] = w @ grid.log10_d[s:s + w.size]
@@ -392,23 +408,24 @@ def _summarize_two_level(grid: DistanceGrid, lo: int, hi: int, stride: int, plx:
     total = float(cell_sum.sum())
     mean = float(cell_s1.sum()) / total
     var = max(float(cell_s2.sum()) / total - mean * mean, 0.0)
-    # the mode: fine points around every node within 1 % of the node maximum
-    for node in np.flatnonzero(f >= 0.99):
-        for k in (node - 1, node):
-            if 0 <= k < n_cells:
-                exact_cell(int(k))
-    # percentiles: the crossing cell and its neighbours exactly
     cum = np.cumsum(cell_sum)
+    crossing = [int(np.searchsorted(cum, q * total, side="left")) for q in _PERCENTILES]
+    # the mode: the fine maximum is within half a stride of a node whose value is at
+    # least (1 - delta) times it, delta ~ (1/sd_k)^2 / 8 for a posterior of sd_k nodes;
+    # take every node within 4x that of the node maximum
+    delta = 0.5 / (sd_k * sd_k)
+    wanted = {k for kc in crossing for k in (kc - 1, kc, kc + 1)}
+    wanted |= {int(k) for node in np.flatnonzero(f >= 1.0 - delta) for k in (node - 1, node)}
+    evaluate_cells(wanted)
     idx, wq = [], []
-    for q in _PERCENTILES:
+    for q, kc in zip(_PERCENTILES, crossing, strict=True):
         target = q * total
-        kc = int(np.searchsorted(cum, target, side="left"))
         k0 = max(kc - 1, 0)
         k1 = min(kc + 1, n_cells - 1)
         running = float(cum[k0 - 1]) if k0 > 0 else 0.0
         found = None
         for k in range(k0, k1 + 1):
-            w = exact_cell(k)
+            w = exact[k]
             c = np.cumsum(w) + running
             j = int(np.searchsorted(c, target, side="left"))
             if j < w.size:

@@ -130,6 +130,7 @@ def _run_binary(ctx: RunContext) -> dict[str, Any]:
 
 def registered_stages() -> list[Stage]:
     """All stages in run order. Later stage modules register themselves here."""
+    from obpipe import distance_stage
     from obpipe.luminosity import stage as luminosity_stage
     from obpipe.photometry import stage as photometry_stage
     from obpipe.spectra.stages import stages as spectral_stages
@@ -145,6 +146,10 @@ def registered_stages() -> list[Stage]:
               luminosity_stage.is_complete),
         Stage("binary", "spectro-photometric parallax excess and binary flag (Sec. 6, "
               "eqs. 15-17)", _run_binary, luminosity_stage.is_binary_complete),
+        Stage("distance", "distance posterior on the 0.1 pc grid, X/Y/Z (Sec. 7, eqs. "
+              "18-24)", distance_stage.run_distance, distance_stage.is_complete),
+        Stage("catalog", "Table 1 catalog and unique-star view (Parquet, FITS)",
+              distance_stage.run_catalog, distance_stage.is_catalog_complete),
     ]
 
 
@@ -188,6 +193,9 @@ def run_pipeline(
     from obpipe.runtime import dask_progress, show_progress, single_threaded_blas, stage_banner
 
     config = config or PipelineConfig()
+    # workers resolve relative paths against their own working directory: make them absolute
+    survey_path, products_dir = (p if "://" in p else os.path.abspath(p)
+                                 for p in (survey_path, products_dir))
     stages = stages or list(config.run.stages) or None
     force = force or config.run.force
     store.open_cube(survey_path)  # fail early, with the reason, on an invalid survey
@@ -259,6 +267,8 @@ def summarize_run(
     (:data:`SUMMARY_FRACTIONS`, for the products that exist; ``broken`` is bit
     ``broken`` of ``quality_flags``). Also written to ``PRODUCTS_DIR/run_summary.json``.
     """
+    survey_path, products_dir = (p if "://" in p else os.path.abspath(p)
+                                 for p in (survey_path, products_dir))
     summary: dict[str, Any] = {"survey": survey_path, "products_dir": products_dir,
                                "scheduler": scheduler or "default"}
     stages = {}

@@ -125,9 +125,63 @@ def validate_survey(path: str, products_dir: str | None = None) -> dict[str, Any
                                      "MKs_geo", "em_flag", "binary_flag", "parallax_corrected",
                                      "parallax_corrected_error") if v in products]
                 metrics["luminosity"] = luminosity_metrics(survey, products[lvars].load(), truth)
+            if stage_complete(products_dir, "distance"):
+                dvars = ["dis", "dis_low", "dis_high", "logdis", "logdis_err", "distance_flags",
+                         "binary_flag", "parallax_corrected", "parallax_corrected_error"]
+                metrics["distance"] = distance_metrics(products[dvars].load(), truth)
     else:
         metrics["note"] = "no truth group: only survey-level metrics"
     return metrics
+
+
+def distance_metrics(products: xr.Dataset, truth: xr.Dataset,
+                     parallax_only_sample: int = 3000, seed: int = 0) -> dict[str, Any]:
+    """Distances (Sec. 7) against ``distance_kpc_true``, for single stars (binary_flag 0).
+
+    Coverage of [dis_low, dis_high] (0.68 for calibrated posteriors), median relative
+    error of the mode, median relative uncertainty ln(10) logdis_err overall and beyond
+    5 and 10 kpc (true distance), and, for up to ``parallax_only_sample`` single stars
+    beyond 5 kpc, the relative uncertainty of the parallax-only posterior of the same
+    stars (flat prior; the paper's Fig. 11 dashed line) and the gain.
+    """
+    from obpipe.distance import summarize_distance_posteriors
+
+    d_true = truth["distance_kpc_true"].values
+    dis = products["dis"].values
+    single = (products["binary_flag"].values == 0) & np.isfinite(dis)
+    rel_unc = np.log(10.0) * products["logdis_err"].values.astype(float)
+    inside = (d_true >= products["dis_low"].values) & (d_true <= products["dis_high"].values)
+    far5 = single & (d_true > 5)
+    far10 = single & (d_true > 10)
+
+    def med(x: np.ndarray) -> float:
+        return float(np.median(x)) if x.size else float("nan")
+
+    out: dict[str, Any] = {
+        "n_single": int(single.sum()), "n_single_gt5kpc": int(far5.sum()),
+        "n_single_gt10kpc": int(far10.sum()),
+        "coverage_16_84_single": float(np.mean(inside[single])) if single.any() else float(
+            "nan"),
+        "median_rel_error_single": med((dis / d_true - 1)[single]),
+        "median_abs_rel_error_single": med(np.abs(dis / d_true - 1)[single]),
+        "median_rel_uncertainty_single": med(rel_unc[single]),
+        "median_rel_uncertainty_gt5kpc": med(rel_unc[far5]),
+        "median_rel_uncertainty_gt10kpc": med(rel_unc[far10]),
+        "fraction_with_distance": float(np.mean(np.isfinite(dis))),
+    }
+    idx = np.flatnonzero(far5)
+    if idx.size:
+        rng = np.random.default_rng(seed)
+        idx = rng.choice(idx, size=min(parallax_only_sample, idx.size), replace=False)
+        plx = summarize_distance_posteriors(
+            products["parallax_corrected"].values[idx],
+            products["parallax_corrected_error"].values[idx].astype(float),
+            np.full(idx.size, np.nan), np.full(idx.size, np.nan))
+        plx_unc = med(np.log(10.0) * plx["logdis_err"])
+        out["parallax_only_median_rel_uncertainty_gt5kpc"] = plx_unc
+        out["combined_median_rel_uncertainty_gt5kpc_same_stars"] = med(rel_unc[idx])
+        out["gain_gt5kpc"] = plx_unc / med(rel_unc[idx])
+    return out
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

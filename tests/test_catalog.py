@@ -1,0 +1,158 @@
+"""The distance stage and the Table 1 catalog on a small survey run end to end."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from astropy.table import Table
+
+from obpipe.catalog import CATALOG_COLUMNS, QUALITY_BITS, combine_visits
+from obpipe.config import DistanceConfig
+from obpipe.distance import DISTANCE_FLAG_BITS, distance_modulus_terms
+from obpipe.distance import summarize_distance_posteriors as summarize
+from obpipe.io import store
+from obpipe.pipeline import run_pipeline
+from obpipe.products import open_products
+from tests.small_run import small_run
+
+TABLE1 = ["specid", "fitsname", "ra", "dec", "uniqflag", "star_id", "snr_g", "rv", "rv_err",
+          "MKs", "MKs_err", "MKs_geo", "MKs_geo_err", "dis", "dis_low", "dis_high", "logdis",
+          "logdis_err", "ebv", "ebv_err", "snr_dparallax", "binary_flag", "em_flag", "gaia_id",
+          "parallax", "parallax_error", "parallax_offset", "pmra", "pmra_error", "pmdec",
+          "pmdec_error", "ruwe", "J", "J_err", "H", "H_err", "Ks", "Ks_err", "X", "Y", "Z"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    return small_run(tmp_path_factory)
+
+
+def test_every_table1_column_with_units_one_row_per_spectrum(run: tuple[str, str]) -> None:
+    survey_path, products = run
+    survey = store.open_cube(survey_path)
+    n = int(survey.sizes["spec"])
+    cat = pd.read_parquet(Path(products) / "catalog.parquet")
+    assert len(cat) == n
+    assert list(cat["specid"]) == list(survey["specid"].values)  # same order, none dropped
+    assert set(TABLE1) <= set(cat.columns) and "quality_flags" in cat.columns
+    for fmt in ("parquet", "fits"):
+        tab = Table.read(Path(products) / f"catalog.{fmt}")
+        assert len(tab) == n
+        assert str(tab["dis"].unit) == "kpc" and str(tab["parallax"].unit) == "mas"
+        if fmt == "parquet":
+            assert "16th percentile" in tab["dis_low"].description
+            assert tab["star_id"][0] == cat["star_id"].iloc[0]
+    from astropy.io import fits
+
+    header = fits.getheader(Path(products) / "catalog.fits", 1)
+    assert header["TTYPE1"] == "specid" and "spectrum id" in header["TCOMM1"]
+    # the distance products are the catalog's (no reordering or truncation on the way)
+    prods = open_products(products)
+    np.testing.assert_array_equal(cat["dis"].to_numpy(), prods["dis"].values)
+    finite = np.isfinite(cat["dis"].to_numpy())
+    assert finite.mean() > 0.95
+    d = cat.loc[finite]
+    assert (d["dis_low"] <= d["dis_high"]).all()  # equal if narrower than 0.1 pc
+    # the mode lies between the percentiles unless the posterior is very skewed
+    inside = (d["dis_low"] <= d["dis"]) & (d["dis"] <= d["dis_high"])
+    assert inside[d["logdis_err"] < 0.03].all() and inside.mean() > 0.9
+    # X/Y/Z: the heliocentric distance back from the Sun at (-8.1, 0, 0)
+    r = np.sqrt((d["X"] + 8.1) ** 2 + d["Y"] ** 2 + d["Z"] ** 2)
+    np.testing.assert_allclose(r, d["dis"], rtol=1e-4, atol=2e-4)
+
+
+def test_distance_stage_equals_the_numpy_function(run: tuple[str, str]) -> None:
+    """The blockwise Dask stage gives exactly what the pure function gives on the inputs."""
+    _, products = run
+    p = open_products(products)[["parallax_corrected", "parallax_corrected_error", "Ks0",
+                                 "Ks0_err", "MKs", "MKs_err", "binary_flag", "dis", "dis_low",
+                                 "dis_high", "logdis", "distance_flags"]].load()
+    dm0, sig = distance_modulus_terms(p["Ks0"].values, p["Ks0_err"].values, p["MKs"].values,
+                                      p["MKs_err"].values)
+    binary = p["binary_flag"].values == 1
+    dm0 = np.where(binary, np.nan, dm0)
+    ref = summarize(p["parallax_corrected"].values, p["parallax_corrected_error"].values, dm0,
+                    sig, DistanceConfig())
+    for k in ("dis", "dis_low", "dis_high"):
+        np.testing.assert_array_equal(p[k].values, ref[k])
+    flags = p["distance_flags"].values
+    assert ((flags[binary] & DISTANCE_FLAG_BITS["binary_parallax_only"]) > 0).all()
+    assert ((flags[binary] & DISTANCE_FLAG_BITS["parallax_only"]) > 0).all()
+
+
+def test_unique_star_view_combines_visits(run: tuple[str, str]) -> None:
+    _, products = run
+    cat = pd.read_parquet(Path(products) / "catalog.parquet")
+    uniq = pd.read_parquet(Path(products) / "catalog_unique.parquet")
+    assert uniq["star_id"].is_unique
+    assert set(uniq["star_id"]) == set(cat["star_id"])
+    assert (uniq["MKs_nvisits"] >= 1).all() and uniq["MKs_nvisits"].max() >= 2
+    multi = uniq[uniq["MKs_nvisits"] >= 2].iloc[0]
+    visits = cat[cat["star_id"] == multi["star_id"]]
+    w = 1.0 / visits["MKs_err"].to_numpy(dtype=float) ** 2
+    expect = np.sum(w * visits["MKs"].to_numpy(dtype=float)) / np.sum(w)
+    assert multi["MKs"] == pytest.approx(expect, abs=1e-5)
+    assert multi["MKs_err"] < visits["MKs_err"].max() + 1e-6
+
+
+def test_combine_visits_keeps_the_intrinsic_scatter() -> None:
+    """12 visits of one star at sigma_int = 0.25 and sigma_s = 0.1 each: the combined
+    uncertainty is sqrt(0.25^2 + 0.1^2/12), not the naive 0.27/sqrt(12) (Sec. 8)."""
+    err = np.full(12, np.hypot(0.25, 0.1))
+    mks = np.linspace(-1.2, -0.6, 12)
+    out = combine_visits(np.array(["S1"] * 12 + ["S2"]), np.r_[mks, np.nan],
+                         np.r_[err, 0.3], np.r_[np.full(12, 0.25), 0.25])
+    assert out.loc["S1", "MKs"] == pytest.approx(mks.mean())
+    assert out.loc["S1", "MKs_err"] == pytest.approx(np.sqrt(0.25**2 + 0.1**2 / 12), rel=1e-6)
+    assert out.loc["S1", "MKs_nvisits"] == 12
+    assert np.isnan(out.loc["S2", "MKs"]) and out.loc["S2", "MKs_nvisits"] == 0
+
+
+def test_missing_parallax_and_ks_keep_their_rows(run: tuple[str, str], tmp_path: Path) -> None:
+    """Blank the parallax of some spectra and the Ks of others (as in a real survey
+    without a Gaia or 2MASS match), rerun photometry -> catalog: every spectrum still has
+    one row, with NaN / -9 and the quality bits, and the others keep a distance."""
+    survey_path, products = run
+    survey_copy = tmp_path / "survey.zarr"
+    prod_copy = tmp_path / "products"
+    shutil.copytree(survey_path, survey_copy)
+    shutil.copytree(products, prod_copy)
+    grp = zarr.open_group(str(survey_copy), mode="r+", zarr_format=store.ZARR_FORMAT)
+    n = grp["parallax"].shape[0]
+    no_plx = np.arange(0, n, 7)
+    no_ks = np.arange(3, n, 11)
+    plx = grp["parallax"][:]
+    plx[no_plx] = np.nan
+    grp["parallax"][:] = plx
+    ks = grp["Ks"][:]
+    ks[no_ks] = np.nan
+    grp["Ks"][:] = ks
+    run_pipeline(str(survey_copy), str(prod_copy), ["photometry", "binary", "distance",
+                                                    "catalog"], scheduler="threads",
+                 force=True)
+    cat = pd.read_parquet(prod_copy / "catalog.parquet")
+    assert len(cat) == n and cat["specid"].is_unique
+    q = cat["quality_flags"].to_numpy()
+    assert ((q[no_plx] & QUALITY_BITS["no_parallax"]) > 0).all()
+    assert ((q[no_ks] & QUALITY_BITS["no_ks"]) > 0).all()
+    assert np.isnan(cat["MKs_geo"].to_numpy()[no_plx]).all()
+    assert (cat["binary_flag"].to_numpy()[no_plx] == -9).all()
+    # no Ks: no spectro-photometric term, a parallax-only distance
+    both = np.setdiff1d(no_ks, no_plx)
+    assert ((q[both] & QUALITY_BITS["distance_parallax_only"]) > 0).all()
+    assert np.isfinite(cat["dis"].to_numpy()[both]).all()
+    # no parallax but Ks and M_Ks: a spectro-photometric distance
+    usable = np.isfinite(cat["MKs"].to_numpy()) & ((q & QUALITY_BITS["no_ebv"]) == 0)
+    phot = [i for i in no_plx if i not in set(no_ks) and usable[i]]
+    assert phot and np.isfinite(cat["dis"].to_numpy()[phot]).all()
+    # neither: no distance, flagged, row kept
+    neither = np.intersect1d(no_plx, no_ks)
+    if neither.size:
+        assert np.isnan(cat["dis"].to_numpy()[neither]).all()
+        assert ((q[neither] & QUALITY_BITS["no_distance"]) > 0).all()
+    assert set(CATALOG_COLUMNS) == set(cat.columns)
