@@ -313,7 +313,8 @@ def _summarize_fine(grid: DistanceGrid, lo: int, hi: int, plx: float, plx_err: f
         idx.append(s + j)
         wq.append(float(w[j]))
     return _Summary(argmax[top], idx[0], idx[1], mean, float(np.sqrt(var)), -2.0 * m_all,
-                    wq[0], wq[1], _edge_weight(grid, plx, plx_err, dm0, sig, cfg, m_all))
+                    wq[0], wq[1], _edge_weight(grid, plx, plx_err, dm0, sig, cfg, m_all)
+                    if hi == grid.n_points else 0.0)
 
 
 @functools.lru_cache(maxsize=4)
@@ -398,13 +399,18 @@ def _summarize_two_level(grid: DistanceGrid, lo: int, hi: int, stride: int, plx:
                 a = (k - first) * stride
                 exact[k] = w[a:] if k == n_cells - 1 else w[a:a + stride]
 
-    evaluate_cells({0, n_cells - 1})
-    for k in (0, n_cells - 1):
-        w = exact[k]
-        s = lo + k * stride
-        cell_sum[k] = w.sum()
-        cell_s1[k] = w @ grid.log10_d[s:s + w.size]
-        cell_s2[k] = w @ grid.log10_d_sq[s:s + w.size]
+    # the first cell from the one-sided stencil (nodes 0..3); the last cell, which also
+    # holds the remainder up to hi, exactly
+    w0 = _cubic_cell_weights(stride, first_node=0)
+    for arr, vals in ((cell_sum, f), (cell_s1, fu), (cell_s2, fu2)):
+        arr[0] = w0 @ vals[:4]
+    interp_error += abs(float(cell_sum[0]) - 0.5 * stride * float(f[0] + f[1]))
+    evaluate_cells({n_cells - 1})
+    w = exact[n_cells - 1]
+    s = lo + (n_cells - 1) * stride
+    cell_sum[-1] = w.sum()
+    cell_s1[-1] = w @ grid.log10_d[s:s + w.size]
+    cell_s2[-1] = w @ grid.log10_d_sq[s:s + w.size]
     total = float(cell_sum.sum())
     mean = float(cell_s1.sum()) / total
     var = max(float(cell_s2.sum()) / total - mean * mean, 0.0)
@@ -447,9 +453,10 @@ def _summarize_two_level(grid: DistanceGrid, lo: int, hi: int, stride: int, plx:
     i_mode = lo + best_k * stride + best_j
     m_all = ref + float(np.log(best_w))
     scale = 1.0 / best_w  # report weights relative to the true maximum
+    edge = (_edge_weight(grid, plx, plx_err, dm0, sig, cfg, m_all) if hi == grid.n_points
+            else 0.0)  # outside the window: below e^-T by construction
     return _Summary(i_mode, idx[0], idx[1], mean, float(np.sqrt(var)), -2.0 * m_all,
-                    wq[0] * scale, wq[1] * scale,
-                    _edge_weight(grid, plx, plx_err, dm0, sig, cfg, m_all))
+                    wq[0] * scale, wq[1] * scale, edge)
 
 
 def _summarize_one(grid: DistanceGrid, lo: int, hi: int, plx: float, plx_err: float,
