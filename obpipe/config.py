@@ -317,6 +317,28 @@ class BinaryConfig:
             raise ValueError(f"snr_threshold must be > 0, got {self.snr_threshold}")
 
 
+def _catalog_formats() -> tuple[str, ...]:
+    from obpipe.catalog import DEFAULT_FORMATS
+
+    return tuple(DEFAULT_FORMATS)
+
+
+@dataclass(frozen=True)
+class CatalogConfig:
+    """Options of the catalog stage (Table 1; ``obpipe.catalog``)."""
+
+    #: file formats of catalog.* and catalog_unique.*: "parquet" (always: the stage is
+    #: complete when it exists), "fits", "ecsv"
+    formats: tuple[str, ...] = field(default_factory=_catalog_formats)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.formats) - {"parquet", "fits", "ecsv"})
+        if unknown:
+            raise ValueError(f"formats: unknown {unknown}; choose from parquet, fits, ecsv")
+        if "parquet" not in self.formats:
+            raise ValueError("formats must include 'parquet' (the catalog of record)")
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Everything ``obpipe run`` can be told, one section per stage (``--config FILE``).
@@ -326,7 +348,8 @@ class PipelineConfig:
     (:class:`PhotometryConfig`), ``luminosity`` (``obpipe.luminosity.training.
     TrainingConfig`` with its ``network`` sub-table, ``obpipe.luminosity.network.
     TrainConfig``), ``binary`` (:class:`BinaryConfig`), ``distance``
-    (:class:`DistanceConfig`). A stage reads its section from ``RunContext.config``.
+    (:class:`DistanceConfig`), ``catalog`` (:class:`CatalogConfig`). A stage reads its
+    section from ``RunContext.config`` (or ``RunContext.options``).
     """
 
     #: luminosity stage: an extra training table (CSV / Parquet / FITS with columns
@@ -345,6 +368,8 @@ class PipelineConfig:
     binary: BinaryConfig = field(default_factory=BinaryConfig)
     #: distance stage (Sec. 7)
     distance: DistanceConfig = field(default_factory=DistanceConfig)
+    #: catalog stage (Table 1)
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
 
     def __post_init__(self) -> None:
         """Range checks of the stage sections whose classes do not check themselves."""
@@ -392,7 +417,8 @@ class PipelineConfig:
             lum["extra_training"] = self.extra_training_table
         return {"photometry": dataclasses.asdict(self.photometry), "luminosity": lum,
                 "binary": dataclasses.asdict(self.binary),
-                "distance": dataclasses.asdict(self.distance)}
+                "distance": dataclasses.asdict(self.distance),
+                "catalog": {"formats": tuple(self.catalog.formats)}}
 
 
 class ConfigError(ValueError):

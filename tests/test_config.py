@@ -37,7 +37,7 @@ def test_every_option_has_a_docstring_and_a_default() -> None:
     cfg = PipelineConfig()
     names = [name for name, _ in _sections(cfg)]
     for section in ("run", "spectral", "photometry", "luminosity", "luminosity.network",
-                    "binary", "distance"):
+                    "binary", "distance", "catalog"):
         assert section in names
     for name, section in _sections(cfg):
         docs = field_docs(type(section))
@@ -89,6 +89,8 @@ def test_toml_round_trip_of_defaults_and_of_changed_values() -> None:
     ({"run": "threads"}, "[run] must be a table"),
     ({"distance": {"prior": "uniform"}}, "[distance]"),
     ({"binary": {"snr_threshold": -1}}, "[binary] snr_threshold"),
+    ({"catalog": {"formats": ["fits"]}}, "[catalog] formats must include 'parquet'"),
+    ({"catalog": {"formats": ["parquet", "csv"]}}, "[catalog] formats: unknown"),
     ({"simulation": {"n_stars": 5}}, "unknown key 'simulation'"),
 ])
 def test_invalid_options_name_the_key(data: dict, key: str) -> None:
@@ -116,13 +118,16 @@ def test_run_context_carries_the_configuration() -> None:
     cfg = config_from_dict({"photometry": {"coefficients": "fixed"},
                             "luminosity": {"seed": 3},
                             "extra_training_table": "x.csv",
-                            "distance": {"prior": "edsd"}})
+                            "distance": {"prior": "edsd"},
+                            "catalog": {"formats": ["parquet", "ecsv"]}})
     ctx = RunContext("survey.zarr", "products", config=cfg)
     assert ctx.config.distance.prior == "edsd"
+    assert ctx.options["catalog"]["formats"] == ("parquet", "ecsv")
     assert ctx.options["photometry"]["coefficients"] == "fixed"
     assert ctx.options["luminosity"]["seed"] == 3
     assert ctx.options["luminosity"]["extra_training"] == "x.csv"
-    assert ctx.options["luminosity"]["network"]["max_epochs"] == 400
+    default_epochs = PipelineConfig().luminosity.network.max_epochs
+    assert ctx.options["luminosity"]["network"]["max_epochs"] == default_epochs
     # explicit options (tests, benchmarks) replace the section derived from the config
     ctx = RunContext("s", "p", options={"luminosity": {"noise_n_steps": 50}}, config=cfg)
     assert ctx.options["luminosity"] == {"noise_n_steps": 50}
