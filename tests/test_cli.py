@@ -203,3 +203,14 @@ def test_progress_on_a_terminal_with_a_local_cluster(tiny_survey, tmp_path) -> N
                                      "index,normalize", "--quiet"])
     assert rc == 0 and "Completed" not in err and "[1/2]" not in err
     assert out.count("skipped (complete)") == 2
+
+
+def test_loop_progress_only_when_shown() -> None:
+    from obpipe.runtime import iter_progress, show_progress
+
+    items = [1, 2, 3]
+    assert iter_progress(items, "loop") is items  # not shown: the iterable itself
+    with show_progress(True):
+        bar = iter_progress(items, "loop")
+        assert bar is not items and list(bar) == items  # a tqdm bar over the same items
+    assert iter_progress(items, "loop") is items
