@@ -1,0 +1,317 @@
+"""Scaling of inference (issue 8, item 6): every stage after training, on 30k-300k spectra.
+
+For each size N in ``--sizes`` (default 30,000, 100,000 and 300,000 spectra):
+
+1. a mock survey of ``round(N / 1.74)`` stars (about 1.7 visits per star) is made
+   blockwise by :func:`obpipe.simulate.survey.simulate_survey` (``processes``
+   scheduler, ``--workers`` processes); with ``--workdir`` it is kept and reused by the
+   next invocation (same number of stars, seed and chunk size);
+2. training, once: ``obpipe run`` (the whole pipeline) on the smallest survey, which
+   fits the PCA bases and trains and calibrates the networks into ``train-N/models/``;
+3. inference on every size: a fresh products directory gets a copy of those model
+   files, then ``obpipe run`` runs every stage (index ... catalog) in a child process.
+   ``run_pca`` refits only when ``models/pca_model.npz`` is missing and
+   ``run_luminosity`` trains only when the network and noise-model files are missing,
+   so the run reuses them; the script checks that no model file was rewritten (same
+   inode and mtime) and fails otherwise. Timed: the child's wall clock (Python start
+   and imports included, as a user sees it); peak resident memory: the child and all
+   its descendants (worker processes), sampled every 0.05 s;
+4. the machine's own bound, in the same run, on the same survey, scheduler and worker
+   count, with one BLAS thread per worker as in the pipeline: reading the cube's flux
+   once (``ds.flux.data.sum()`` over the cube's chunks) and one pass that reads the
+   flux and multiplies every block by a 3,909 x 100 random matrix (the size of a
+   K = 100 projection); the second is the bound the inference time is divided by.
+
+Printed: per size, spectra, seconds, spectra/s, peak memory, the bound and the ratio;
+per-spectrum time and peak memory relative to the smallest size; the targets on 2 cores
+(>= 1,000 spectra/s, per-spectrum time ratio <= 1.3, peak memory ratio <= 1.5, within
+5x of the bound) with whether each is met; the seconds of every stage.
+
+    python benchmarks/scale.py                                   # 30k, 100k, 300k
+    python benchmarks/scale.py --sizes 3000,6000                 # a quick check
+    python benchmarks/scale.py --workdir /tmp/obpipe-scale --keep  # keep everything
+
+Disk: about 28 kB per spectrum for a survey and 45 kB per spectrum for its products
+(compressed; measured on a 3k survey); a size that does not fit in the free space of
+the work directory is skipped with a message. Products of each size are removed after
+it is measured unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import psutil
+
+SPECTRA_PER_STAR = 1.74
+#: disk per spectrum (bytes), measured on a 3k mock survey and its products (compressed)
+SURVEY_BYTES_PER_SPECTRUM = 28_000
+PRODUCTS_BYTES_PER_SPECTRUM = 45_000
+TARGETS = {"spectra_per_s": 1000.0, "time_ratio": 1.3, "memory_ratio": 1.5, "bound_ratio": 5.0}
+
+
+class PeakRSS:
+    """Peak resident memory (bytes) of a process and all its descendants, sampled.
+
+    As ``benchmarks/distance.py``'s ``PeakRSS``, for any root process (here the child
+    that runs ``obpipe run``), so that worker processes are counted."""
+
+    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
+        self.peak = 0
+        self._pid = pid
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval_s,), daemon=True)
+
+    def _run(self, interval: float) -> None:
+        try:
+            root = psutil.Process(self._pid)
+        except psutil.Error:
+            return
+        while not self._stop.is_set():
+            total = 0
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                break
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def survey_path(workdir: str, n: int, seed: int, chunk: int) -> str:
+    return os.path.join(workdir, f"survey-{n}-seed{seed}-chunk{chunk}.zarr")
+
+
+def make_survey(path: str, n: int, seed: int, chunk: int, workers: int) -> dict[str, Any]:
+    """The mock survey of ``n`` spectra at ``path``, reused when complete and the same."""
+    import dask
+
+    from obpipe.config import SimulationConfig
+    from obpipe.io import store
+    from obpipe.simulate.survey import simulate_survey
+
+    n_stars = round(n / SPECTRA_PER_STAR)
+    try:
+        ds = store.open_cube(path)
+        if (int(ds.attrs.get("n_stars", -1)) == n_stars and int(ds.attrs.get("seed", -1)) == seed
+                and int(ds["flux"].chunks[0][0]) == min(chunk, ds.sizes["spec"])):
+            return {"n_spectra": int(ds.sizes["spec"]), "seconds": 0.0, "reused": True}
+    except (FileNotFoundError, OSError, ValueError, KeyError):
+        pass
+    cfg = SimulationConfig(n_stars=n_stars, seed=seed, chunk_size=chunk)
+    t0 = time.perf_counter()
+    with dask.config.set(num_workers=workers):
+        summary = simulate_survey(path, cfg, overwrite=True, scheduler="processes")
+    return {"n_spectra": int(summary["n_spectra"]), "seconds": time.perf_counter() - t0,
+            "reused": False}
+
+
+def obpipe_run(survey: str, products: str, scheduler: str, workers: int) -> dict[str, Any]:
+    """``obpipe run`` in a child process: wall seconds, peak RSS of its tree, its summary."""
+    cmd = [sys.executable, "-m", "obpipe.cli", "run", survey, "--out", products,
+           "--scheduler", scheduler, "-q", "--json"]
+    env = {**os.environ, "DASK_NUM_WORKERS": str(workers)}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    with PeakRSS(proc.pid) as mem:
+        _, stderr = proc.communicate()
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"obpipe run {survey} failed ({proc.returncode}):\n{stderr[-3000:]}")
+    with open(os.path.join(products, "run_summary.json")) as fh:
+        summary = json.load(fh)
+    return {"seconds": seconds, "peak_rss_bytes": mem.peak, "summary": summary,
+            "warnings": [ln for ln in stderr.splitlines() if ln.strip()]}
+
+
+def model_signature(models_dir: str) -> dict[str, tuple[int, int, int]]:
+    """(inode, mtime ns, size) of every model file: a refit or retrain replaces a file."""
+    out = {}
+    for name in sorted(os.listdir(models_dir)):
+        st = os.stat(os.path.join(models_dir, name))
+        out[name] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return out
+
+
+def _matmul_block(block: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    return np.nan_to_num(block) @ basis
+
+
+def machine_bound(survey: str, scheduler: str, workers: int, n_components: int = 100
+                  ) -> dict[str, float]:
+    """Seconds to read the flux once, and to read it and multiply every block by a
+    3,909 x ``n_components`` random matrix (one blockwise pass), on ``scheduler``."""
+    import dask
+
+    from obpipe.io import store
+    from obpipe.runtime import single_threaded_blas
+
+    flux = store.open_cube(survey)["flux"].data
+    basis = np.random.default_rng(0).standard_normal((flux.shape[1], n_components)
+                                                     ).astype(np.float32)
+    projected = flux.map_blocks(_matmul_block, basis, chunks=(flux.chunks[0], (n_components,)),
+                                dtype=np.float32)
+    out = {}
+    with single_threaded_blas(), dask.config.set(scheduler=scheduler, num_workers=workers):
+        t0 = time.perf_counter()
+        flux.sum().compute()
+        out["read_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        projected.sum().compute()
+        out["read_matmul_s"] = time.perf_counter() - t0
+    return out
+
+
+def free_bytes(path: str) -> int:
+    return shutil.disk_usage(path).free
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="30000,100000,300000",
+                    help="comma-separated numbers of spectra (the smallest also trains)")
+    ap.add_argument("--workdir", default=None,
+                    help="keep the simulated surveys (and the training run) here and reuse "
+                    "them in later invocations; default: a temporary directory")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep every products directory (and a temporary workdir)")
+    ap.add_argument("--scheduler", default="threads", choices=("threads", "processes"))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--chunk-size", type=int, default=2000, help="spectra per chunk")
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = ap.parse_args()
+    sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
+    workdir = args.workdir or tempfile.mkdtemp(prefix="obpipe-scale-")
+    os.makedirs(workdir, exist_ok=True)
+    workdir = os.path.abspath(workdir)
+    print(f"cores: {os.cpu_count()}  scheduler: {args.scheduler} x {args.workers}  "
+          f"workdir: {workdir}  free disk: {free_bytes(workdir) / 1e9:.1f} GB", flush=True)
+
+    # 1. surveys, smallest first, as long as the survey and its products fit on disk
+    surveys: dict[int, dict[str, Any]] = {}
+    for n in sizes:
+        path = survey_path(workdir, n, args.seed, args.chunk_size)
+        need = (0 if os.path.exists(path) else n * SURVEY_BYTES_PER_SPECTRUM) \
+            + n * PRODUCTS_BYTES_PER_SPECTRUM
+        if free_bytes(workdir) < need * 1.1:
+            print(f"size {n}: skipped, needs ~{need / 1e9:.1f} GB, "
+                  f"{free_bytes(workdir) / 1e9:.1f} GB free", flush=True)
+            continue
+        info = make_survey(path, n, args.seed, args.chunk_size, args.workers)
+        surveys[n] = {"path": path, **info}
+        print(f"survey {n}: {info['n_spectra']} spectra, "
+              + ("reused" if info["reused"] else f"simulated in {info['seconds']:.0f} s "
+                 f"({info['n_spectra'] / info['seconds']:.0f} spectra/s)"), flush=True)
+    if not surveys:
+        raise SystemExit("no size fits on disk")
+
+    # 2. training, once, on the smallest survey (resumed when the workdir has it)
+    n_train = min(surveys)
+    train_dir = os.path.join(workdir, f"train-{n_train}")
+    train = obpipe_run(surveys[n_train]["path"], train_dir, args.scheduler, args.workers)
+    models = os.path.join(train_dir, "models")
+    print(f"training run on {n_train}: {train['seconds']:.0f} s  (" + ", ".join(
+        f"{k} {v['seconds']:.0f}" for k, v in train["summary"]["stages"].items()) + ")",
+        flush=True)
+
+    # 3.-4. inference with the trained models, then the machine's bound, per size
+    rows = []
+    for n, sv in surveys.items():
+        products = os.path.join(workdir, f"products-{n}")
+        shutil.rmtree(products, ignore_errors=True)
+        shutil.copytree(models, os.path.join(products, "models"))
+        before = model_signature(os.path.join(products, "models"))
+        run = obpipe_run(sv["path"], products, args.scheduler, args.workers)
+        if model_signature(os.path.join(products, "models")) != before:
+            raise SystemExit(f"size {n}: a model file was rewritten (refit or retrained)")
+        not_done = [k for k, v in run["summary"]["stages"].items() if v["status"] != "done"]
+        if not_done:
+            raise SystemExit(f"size {n}: stages not run: {not_done}")
+        bound = machine_bound(sv["path"], args.scheduler, args.workers)
+        spectra = int(run["summary"]["n_spectra"])
+        rows.append({"size": n, "spectra": spectra, "seconds": run["seconds"],
+                     "spectra_per_s": spectra / run["seconds"],
+                     "peak_rss_gb": run["peak_rss_bytes"] / 1e9, **bound,
+                     "bound_ratio": run["seconds"] / bound["read_matmul_s"],
+                     "stages": {k: v["seconds"] for k, v in run["summary"]["stages"].items()},
+                     "warnings": run["warnings"]})
+        r = rows[-1]
+        print(f"inference {n}: {spectra} spectra in {r['seconds']:.1f} s "
+              f"({r['spectra_per_s']:.0f} spectra/s), peak {r['peak_rss_gb']:.2f} GB; bound "
+              f"{bound['read_matmul_s']:.1f} s", flush=True)
+        if not args.keep:
+            shutil.rmtree(products, ignore_errors=True)
+
+    # report
+    print()
+    print(f"{'size':>8} {'spectra':>8} {'seconds':>8} {'spectra/s':>9} {'peak GB':>8} "
+          f"{'read s':>7} {'read+mm s':>9} {'x bound':>8}")
+    for r in rows:
+        print(f"{r['size']:>8} {r['spectra']:>8} {r['seconds']:>8.1f} {r['spectra_per_s']:>9.0f} "
+              f"{r['peak_rss_gb']:>8.2f} {r['read_s']:>7.2f} {r['read_matmul_s']:>9.2f} "
+              f"{r['bound_ratio']:>8.1f}")
+    base = rows[0]
+    per_spec = {r["size"]: r["seconds"] / r["spectra"] for r in rows}
+    time_ratios = {r["size"]: per_spec[r["size"]] / per_spec[base["size"]] for r in rows[1:]}
+    mem_ratio = rows[-1]["peak_rss_gb"] / base["peak_rss_gb"]
+    for n, q in time_ratios.items():
+        print(f"per-spectrum time {n}/{base['size']}: {q:.2f}")
+    print(f"peak memory {rows[-1]['size']}/{base['size']}: {mem_ratio:.2f}")
+    print("\nseconds per stage:")
+    stage_names = list(rows[0]["stages"])
+    print(f"{'stage':<12}" + "".join(f"{r['size']:>10}" for r in rows))
+    for s in stage_names:
+        print(f"{s:<12}" + "".join(f"{r['stages'].get(s, float('nan')):>10.1f}" for r in rows))
+    print(f"\ntargets on {os.cpu_count()} cores:")
+    checks = [
+        (f">= {TARGETS['spectra_per_s']:.0f} spectra/s at every size",
+         min(r["spectra_per_s"] for r in rows) >= TARGETS["spectra_per_s"]),
+        (f"per-spectrum time ratio <= {TARGETS['time_ratio']}",
+         all(q <= TARGETS["time_ratio"] for q in time_ratios.values()) if time_ratios
+         else None),
+        (f"peak memory ratio <= {TARGETS['memory_ratio']}",
+         mem_ratio <= TARGETS["memory_ratio"] if len(rows) > 1 else None),
+        (f"within {TARGETS['bound_ratio']:.0f}x of the read+matmul bound at every size",
+         max(r["bound_ratio"] for r in rows) <= TARGETS["bound_ratio"]),
+    ]
+    for label, ok in checks:
+        print(f"  {label}: {'n/a' if ok is None else ('met' if ok else 'NOT met')}")
+    warnings = sorted({w for r in rows for w in r["warnings"]})
+    if warnings:
+        print("\nwarnings of the inference runs:\n  " + "\n  ".join(warnings))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"sizes": rows, "training": {"size": n_train, "seconds": train["seconds"],
+                                                   "stages": train["summary"]["stages"]},
+                       "time_ratios": time_ratios, "memory_ratio": mem_ratio,
+                       "scheduler": args.scheduler, "workers": args.workers}, fh, indent=1)
+    if args.workdir is None and not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
