@@ -376,6 +376,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if phot:
         print("photometry vs truth:", json.dumps(phot.get("ebv", {}).get(
             "non_emission_all_bands", phot.get("ebv", {})), default=float)[:300])
+    lum = metrics.get("luminosity", {})
+    if lum:
+        print("M_Ks vs truth:", json.dumps(lum, default=float)[:300])
+    dist = metrics.get("distance", {})
+    if dist:
+        print(f"distances vs truth (single stars): coverage of [dis_low, dis_high] "
+              f"{dist['coverage_16_84_single']:.3f}, median relative uncertainty "
+              f"{dist['median_rel_uncertainty_single']:.3f} (> 10 kpc "
+              f"{dist['median_rel_uncertainty_gt10kpc']:.3f}), gain over the parallax "
+              f"alone beyond 5 kpc {dist.get('gain_gt5kpc', float('nan')):.2f}x")
+    from obpipe.report import write_report
+
+    report = write_report(products, survey)
+    print(f"report:   {os.path.abspath(report)}")
     print(f"full metrics: obpipe validate {survey} --products {products}")
     print(f"products: {os.path.abspath(products)}")
     print(f"survey:   {os.path.abspath(survey)}")
