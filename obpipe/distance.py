@@ -336,53 +336,81 @@ def _cubic_cell_weights(stride: int, first_node: int = -1) -> np.ndarray:
     return power_sums @ _lagrange_inverse(first_node)
 
 
-def _summarize_two_level(grid: DistanceGrid, lo: int, hi: int, stride: int, plx: float,
-                         plx_err: float, dm0: float, sig: float,
-                         cfg: DistanceConfig) -> _Summary | None:
-    """The same answers as :func:`_summarize_fine` from fewer evaluations.
+def _node_pass(grid: DistanceGrid, lo: np.ndarray, hi: np.ndarray, n_cells: int,
+               plx: np.ndarray, plx_err: np.ndarray, dm0: np.ndarray, sig: np.ndarray,
+               cfg: DistanceConfig) -> dict[str, np.ndarray]:
+    """The coarse level of :func:`_summarize_two_level` for many stars at once.
 
-    The posterior is evaluated exactly at every ``stride``-th grid point (nodes); the
-    sum of the 0.1 pc points of each interior cell follows from the cubic through four
-    nodes. The interpolation error is estimated by the difference from the stencil
-    shifted by one node; summed over all cells it must stay below 5 % of the mass of
-    one grid point at either percentile (and the posterior must span >= 20 nodes per
-    standard deviation), otherwise None is returned and the caller refines. The
-    0.1 pc points are then evaluated exactly where the answers are decided: the two
-    edge cells, the cells around each percentile crossing and around every node
-    within 1 % of the maximum (the mode). So the mode and the percentiles are those
-    of the full 0.1 pc grid, and logdis / logdis_err agree to ~1e-9.
+    Star i has nodes lo_i + k stride_i, k = 0 .. n_cells, stride_i = (W_i - 1) // n_cells,
+    and cells of stride_i grid points; the last cell, which also takes the grid points
+    after the last node up to hi, is left to :func:`_refine_two_level` (exact). Returns
+    per-star arrays: stride, ref (max node log posterior), f (node posterior / max, 2D),
+    cum (cumulative sums of cells 0 .. n_cells-2, 2D), s1 / s2 (their sums of f log10 d
+    and f log10(d)^2), interp_error (bound on the error of cum, same units as f) and sd_k
+    (posterior width in nodes).
     """
-    n_cells = (hi - lo - 1) // stride  # nodes lo + k stride, k = 0 .. n_cells (all < hi)
-    if n_cells < 6:
-        return None
-    nodes = slice(lo, lo + n_cells * stride + 1, stride)
-    lp = _log_post(grid, nodes, plx, plx_err, dm0, sig, cfg)
-    ref = float(lp.max())
-    f = np.exp(lp - ref)
-    lg = grid.log10_d[nodes]
-    # posterior width in nodes from the node moments: must resolve the curvature
-    k_idx = np.arange(f.size)
-    mean_k = float(f @ k_idx) / float(f.sum())
-    sd_k = float(np.sqrt(max(float(f @ (k_idx - mean_k) ** 2) / float(f.sum()), 0.0)))
-    if sd_k < 20.0:
-        return None
+    stride = np.maximum((hi - lo - 1) // n_cells, 1)
+    k = np.arange(n_cells + 1)
+    idx = lo[:, None] + stride[:, None] * k[None, :]
+    with np.errstate(invalid="ignore"):
+        lp = np.zeros(idx.shape)
+        has_plx = np.isfinite(plx)
+        if has_plx.any():
+            t = (grid.inv_d[idx] - np.where(has_plx, plx, 0.0)[:, None]) / np.where(
+                has_plx, plx_err, 1.0)[:, None]
+            lp += np.where(has_plx[:, None], t * t, 0.0)
+        has_phot = np.isfinite(dm0)
+        if has_phot.any():
+            t = (np.where(has_phot, dm0, 0.0)[:, None] - 10.0 - 5.0 * grid.log10_d[idx]) / (
+                np.where(has_phot, sig, 1.0)[:, None])
+            lp += np.where(has_phot[:, None], t * t, 0.0)
+        if cfg.prior == "edsd":
+            lp += _edsd_penalty(grid.distance_kpc(idx), cfg.edsd_length_kpc)
+    lp *= -0.5
+    ref = lp.max(axis=1)
+    f = np.exp(lp - ref[:, None])
+    lg = grid.log10_d[idx]
+    fsum = f.sum(axis=1)
+    mean_k = (f @ k) / fsum
+    sd_k = np.sqrt(np.maximum((f * (k[None, :] - mean_k[:, None]) ** 2).sum(axis=1) / fsum,
+                              0.0))
+    # cubic weights per star (they depend on the stride): power sums times inv(V)
+    nf = stride.astype(np.float64)
+    j1 = (nf - 1) * nf / 2
+    j2 = (nf - 1) * nf * (2 * nf - 1) / 6
+    power = np.stack([nf, j1 / nf, j2 / nf**2, j1 * j1 / nf**3], axis=1)
+    w_mid = power @ _lagrange_inverse(-1)
+    w_left = power @ _lagrange_inverse(-2)
+    w_first = power @ _lagrange_inverse(0)
+    cells = np.empty((lo.size, n_cells))
+    c1 = np.empty_like(cells)
+    c2 = np.empty_like(cells)
+    fu = f * lg
+    fu2 = fu * lg
+    for arr, vals in ((cells, f), (c1, fu), (c2, fu2)):
+        arr[:, 1:-1] = sum(w_mid[:, m:m + 1] * vals[:, m:m + n_cells - 2] for m in range(4))
+        arr[:, 0] = (w_first * vals[:, :4]).sum(axis=1)
+    other = sum(w_left[:, m:m + 1] * f[:, m:m + n_cells - 3] for m in range(4))
+    err = np.abs(other - cells[:, 2:-1]).sum(axis=1)
+    err += np.abs(cells[:, 0] - 0.5 * nf * (f[:, 0] + f[:, 1]))
+    return {"stride": stride, "ref": ref, "f": f, "cum": np.cumsum(cells[:, :-1], axis=1),
+            "s1": c1[:, :-1].sum(axis=1), "s2": c2[:, :-1].sum(axis=1), "interp_error": err,
+            "sd_k": sd_k}
 
-    def fine(start: int, stop: int) -> np.ndarray:
-        return np.exp(_log_post(grid, slice(start, stop), plx, plx_err, dm0, sig, cfg) - ref)
 
-    wts = _cubic_cell_weights(stride)
-    cell_sum = np.empty(n_cells)
-    cell_s1 = np.empty(n_cells)
-    cell_s2 = np.empty(n_cells)
-    fu, fu2 = f * lg, f * lg * lg
-    # interior cells 1 .. n_cells-2 from nodes k-1 .. k+2
-    for arr, vals in ((cell_sum, f), (cell_s1, fu), (cell_s2, fu2)):
-        arr[1:-1] = (wts[0] * vals[:-3] + wts[1] * vals[1:-2] + wts[2] * vals[2:-1]
-                     + wts[3] * vals[3:])
-    # error estimate: the same sums from the stencil one node to the left (cells 2 ..)
-    alt = _cubic_cell_weights(stride, first_node=-2)
-    other = (alt[0] * f[:-4] + alt[1] * f[1:-3] + alt[2] * f[2:-2] + alt[3] * f[3:-1])
-    interp_error = float(np.sum(np.abs(other - cell_sum[2:-1])))
+def _refine_two_level(grid: DistanceGrid, lo: int, hi: int, node: Mapping[str, Any], i: int,
+                      plx: float, plx_err: float, dm0: float, sig: float,
+                      cfg: DistanceConfig) -> _Summary | None:
+    """The fine level for star ``i`` of a :func:`_node_pass`: exact 0.1 pc points where the
+    mode and the percentiles are decided; None if a check fails (the caller refines)."""
+    stride = int(node["stride"][i])
+    f = node["f"][i]
+    n_cells = f.size - 1
+    sd_k = float(node["sd_k"][i])
+    top = int(np.argmax(f))
+    if stride < 2 or sd_k < 20.0 or top == 0:
+        return None
+    ref = float(node["ref"][i])
     exact: dict[int, np.ndarray] = {}
 
     def evaluate_cells(cells: set[int]) -> None:
@@ -394,34 +422,26 @@ def _summarize_two_level(grid: DistanceGrid, lo: int, hi: int, stride: int, plx:
                 last = todo.pop(0)
             s = lo + first * stride
             e = hi if last == n_cells - 1 else lo + (last + 1) * stride
-            w = fine(s, e)
+            w = np.exp(_log_post(grid, slice(s, e), plx, plx_err, dm0, sig, cfg) - ref)
             for k in range(first, last + 1):
                 a = (k - first) * stride
                 exact[k] = w[a:] if k == n_cells - 1 else w[a:a + stride]
 
-    # the first cell from the one-sided stencil (nodes 0..3); the last cell, which also
-    # holds the remainder up to hi, exactly
-    w0 = _cubic_cell_weights(stride, first_node=0)
-    for arr, vals in ((cell_sum, f), (cell_s1, fu), (cell_s2, fu2)):
-        arr[0] = w0 @ vals[:4]
-    interp_error += abs(float(cell_sum[0]) - 0.5 * stride * float(f[0] + f[1]))
+    # the last cell with the points after the last node: exactly
     evaluate_cells({n_cells - 1})
-    w = exact[n_cells - 1]
-    s = lo + (n_cells - 1) * stride
-    cell_sum[-1] = w.sum()
-    cell_s1[-1] = w @ grid.log10_d[s:s + w.size]
-    cell_s2[-1] = w @ grid.log10_d_sq[s:s + w.size]
-    total = float(cell_sum.sum())
-    mean = float(cell_s1.sum()) / total
-    var = max(float(cell_s2.sum()) / total - mean * mean, 0.0)
-    cum = np.cumsum(cell_sum)
+    w_last = exact[n_cells - 1]
+    s_last = lo + (n_cells - 1) * stride
+    cum = np.append(node["cum"][i], node["cum"][i][-1] + w_last.sum())
+    total = float(cum[-1])
+    mean = (float(node["s1"][i]) + float(w_last @ grid.log10_d[s_last:hi])) / total
+    var = max((float(node["s2"][i]) + float(w_last @ grid.log10_d_sq[s_last:hi])) / total
+              - mean * mean, 0.0)
     crossing = [int(np.searchsorted(cum, q * total, side="left")) for q in _PERCENTILES]
     # the mode: the fine maximum is within half a stride of a node whose value is at
-    # least (1 - delta) times it, delta ~ (1/sd_k)^2 / 8 for a posterior of sd_k nodes;
-    # take every node within 4x that of the node maximum
+    # least (1 - delta) times it, delta ~ (1/sd_k)^2 / 8; take every node within 4x that
     delta = 0.5 / (sd_k * sd_k)
     wanted = {k for kc in crossing for k in (kc - 1, kc, kc + 1)}
-    wanted |= {int(k) for node in np.flatnonzero(f >= 1.0 - delta) for k in (node - 1, node)}
+    wanted |= {int(k) for nd in np.flatnonzero(f >= 1.0 - delta) for k in (nd - 1, nd)}
     evaluate_cells(wanted)
     idx, wq = [], []
     for q, kc in zip(_PERCENTILES, crossing, strict=True):
@@ -443,7 +463,7 @@ def _summarize_two_level(grid: DistanceGrid, lo: int, hi: int, stride: int, plx:
         idx.append(found[0])
         wq.append(found[1])
     # the interpolated mass before a percentile must be good to a fraction of one point
-    if interp_error >= 0.05 * min(wq):
+    if float(node["interp_error"][i]) >= 0.05 * min(wq):
         return None
     best_k, best_j, best_w = -1, -1, -np.inf
     for k, w in exact.items():
@@ -459,15 +479,39 @@ def _summarize_two_level(grid: DistanceGrid, lo: int, hi: int, stride: int, plx:
                     wq[0] * scale, wq[1] * scale, edge)
 
 
+def _summarize_two_level(grid: DistanceGrid, lo: int, hi: int, n_cells: int, plx: float,
+                         plx_err: float, dm0: float, sig: float,
+                         cfg: DistanceConfig) -> _Summary | None:
+    """The same answers as :func:`_summarize_fine` from fewer evaluations.
+
+    The posterior is evaluated exactly at ``n_cells + 1`` nodes spread over the window;
+    the sum of the 0.1 pc points of each cell follows from the cubic through four nodes.
+    The interpolation error is estimated by the difference from the stencil shifted by
+    one node; summed over all cells it must stay below 5 % of the mass of one grid point
+    at either percentile (and the posterior must span >= 20 nodes per standard
+    deviation), otherwise None is returned and the caller refines. The 0.1 pc points are
+    then evaluated exactly where the answers are decided: the cells around each
+    percentile crossing and around every node close to the maximum (the mode). So the
+    mode and the percentiles are those of the full 0.1 pc grid, and logdis / logdis_err
+    agree to ~1e-9. (:func:`summarize_distance_posteriors` runs the node level for all
+    stars of a block at once.)
+    """
+    if (hi - lo - 1) // n_cells < 2:
+        return None
+    arr = [np.array([v], dtype=np.float64) for v in (plx, plx_err, dm0, sig)]
+    node = _node_pass(grid, np.array([lo]), np.array([hi]), n_cells, *arr, cfg)
+    return _refine_two_level(grid, lo, hi, node, 0, plx, plx_err, dm0, sig, cfg)
+
+
 def _summarize_one(grid: DistanceGrid, lo: int, hi: int, plx: float, plx_err: float,
                    dm0: float, sig: float, cfg: DistanceConfig, two_level: bool) -> _Summary:
     """Mode, 16/84 percentiles and log-distance moments of one star on grid [lo, hi)."""
-    stride = (hi - lo) // cfg.coarse_nodes if two_level else 0
-    while stride >= 2:
-        res = _summarize_two_level(grid, lo, hi, stride, plx, plx_err, dm0, sig, cfg)
+    n_cells = 4 * cfg.coarse_nodes if two_level else 0
+    while two_level and (hi - lo - 1) // n_cells >= 2:
+        res = _summarize_two_level(grid, lo, hi, n_cells, plx, plx_err, dm0, sig, cfg)
         if res is not None:
             return res
-        stride //= 4
+        n_cells *= 4
     return _summarize_fine(grid, lo, hi, plx, plx_err, dm0, sig, cfg)
 
 
@@ -522,9 +566,25 @@ def summarize_distance_posteriors(
             hi = np.full(todo.size, grid.n_points, dtype=np.int64)
             c2 = np.full(todo.size, np.inf)
         retry = []
+        n_cells = cfg.coarse_nodes
+        batch = (hi - lo - 1) // n_cells >= 2 if windowed else np.zeros(todo.size, bool)
+        nodes: dict[int, tuple[dict[str, np.ndarray], int]] = {}
+        sel = np.flatnonzero(batch)
+        for start in range(0, sel.size, 512):  # the node level, 512 stars at a time
+            part = sel[start:start + 512]
+            ii = todo[part]
+            node = _node_pass(grid, lo[part], hi[part], n_cells, plx[ii], plx_err[ii],
+                              dm0[ii], sig[ii], cfg)
+            nodes.update({int(k): (node, j) for j, k in enumerate(part)})
         for k, i in enumerate(todo):
-            s = _summarize_one(grid, int(lo[k]), int(hi[k]), plx[i], plx_err[i], dm0[i],
-                               sig[i], cfg, two_level=windowed)
+            s = None
+            if k in nodes:
+                node, j = nodes[k]
+                s = _refine_two_level(grid, int(lo[k]), int(hi[k]), node, j, plx[i],
+                                      plx_err[i], dm0[i], sig[i], cfg)
+            if s is None:
+                s = _summarize_one(grid, int(lo[k]), int(hi[k]), plx[i], plx_err[i], dm0[i],
+                                   sig[i], cfg, two_level=windowed)
             points[i] += hi[k] - lo[k]
             n_out = grid.n_points - (hi[k] - lo[k])
             if n_out > 0:
