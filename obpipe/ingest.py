@@ -52,7 +52,6 @@ from typing import Any
 import dask
 import numpy as np
 import pandas as pd
-import xarray as xr
 import zarr
 
 from obpipe import __version__
@@ -167,24 +166,71 @@ def _store_exists(path: str) -> bool:
 def _read_report(path: str, n: int) -> pd.DataFrame:
     if n == 0:
         return pd.DataFrame({k: pd.Series(dtype=object) for k in REPORT_COLUMNS})
-    ds = xr.open_zarr(path, group=REPORT_GROUP, consolidated=store.CONSOLIDATED,
-                      zarr_format=store.ZARR_FORMAT)
-    frame = ds.isel(file=slice(0, n)).to_dataframe().reset_index(drop=True)
-    return frame[list(REPORT_COLUMNS)]
+    group = zarr.open_group(path, path=REPORT_GROUP, mode="r", zarr_format=store.ZARR_FORMAT)
+    cols = {}
+    for name, col in REPORT_COLUMNS.items():
+        values = group[name][:n]
+        cols[name] = pd.Series(values.astype(object) if col.dtype == "str" else values,
+                               dtype=object if col.dtype == "str" else values.dtype)
+    return pd.DataFrame(cols)
 
 
-def _empty_row_block(n: int) -> dict[str, np.ndarray]:
+SPECTRAL = ("flux", "ivar", "mask")
+
+
+def _empty_row_block(n: int, spectra: bool = True) -> dict[str, np.ndarray]:
     block: dict[str, np.ndarray] = {}
     for name, col in _all_columns().items():
         if col.dtype == "str":
             block[name] = np.full(n, "", dtype=object)
         else:
             block[name] = np.full(n, col.fill, dtype=np.dtype(col.dtype))
-    n_pix = wavelength_grid().size
-    block["flux"] = np.zeros((n, n_pix), np.float32)
-    block["ivar"] = np.zeros((n, n_pix), np.float32)
-    block["mask"] = np.zeros((n, n_pix), np.uint8)
+    if spectra:
+        n_pix = wavelength_grid().size
+        block["flux"] = np.zeros((n, n_pix), np.float32)
+        block["ivar"] = np.zeros((n, n_pix), np.float32)
+        block["mask"] = np.zeros((n, n_pix), np.uint8)
     return block
+
+
+class _SpectraBuffer:
+    """flux / ivar / mask rows planned but not yet written, in arrays allocated once.
+
+    Rows are gathered straight from the workers' batches into the next free rows
+    and written from here, whole chunks at a time; the few rows left after a write
+    move to the front. One allocation per run instead of fresh (page-faulted)
+    blocks and a concatenation per window.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        n_pix = wavelength_grid().size
+        self.arrays = {"flux": np.zeros((capacity, n_pix), np.float32),
+                       "ivar": np.zeros((capacity, n_pix), np.float32),
+                       "mask": np.zeros((capacity, n_pix), np.uint8)}
+        self.filled = 0
+
+    def take(self, n: int) -> dict[str, np.ndarray]:
+        """Views of the next ``n`` free rows, counted as filled (the caller fills them all)."""
+        need = self.filled + n
+        if need > len(self.arrays["flux"]):  # not with the run's windows; kept safe
+            self.arrays = {k: np.concatenate([v[: self.filled],
+                                              np.zeros((need - self.filled, *v.shape[1:]),
+                                                       v.dtype)])
+                           for k, v in self.arrays.items()}
+        views = {k: v[self.filled : need] for k, v in self.arrays.items()}
+        self.filled = need
+        return views
+
+    def head(self, n: int) -> dict[str, np.ndarray]:
+        return {k: v[:n] for k, v in self.arrays.items()}
+
+    def drop_head(self, n: int) -> None:
+        """Forget the first ``n`` rows (written); the rest move to the front."""
+        rest = self.filled - n
+        if rest > 0:
+            for v in self.arrays.values():
+                v[:rest] = v[n : self.filled].copy()
+        self.filled = max(rest, 0)
 
 
 @dataclass
@@ -260,11 +306,12 @@ def _open_or_create(
 
 def _assemble(
     batches: list[dict[str, Any]], state: _State, table: StarTable | None, strict: bool,
-    start_row: int,
+    start_row: int, spectra: _SpectraBuffer | None = None,
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
     """Rows (from ``start_row`` on) and report lines of one window.
 
     ``batches``: results of :func:`obpipe.io.lamost.process_file_batch`, in file order.
+    With ``spectra``, flux / ivar / mask go to its next rows instead of the block.
     """
     report: list[dict[str, Any]] = []
     keep: list[dict[str, Any]] = []
@@ -274,7 +321,7 @@ def _assemble(
             if _screen(rec, state, report):
                 keep.append(rec)
                 take.append((b, rec["slot"]))
-    return _build_rows(batches, keep, take, report, state, table, strict, start_row)
+    return _build_rows(batches, keep, take, report, state, table, strict, start_row, spectra)
 
 
 def _screen(rec: dict[str, Any], state: _State, report: list[dict[str, Any]]) -> bool:
@@ -307,10 +354,11 @@ def _screen(rec: dict[str, Any], state: _State, report: list[dict[str, Any]]) ->
 def _build_rows(
     batches: list[dict[str, Any]], keep: list[dict[str, Any]], take: list[tuple[int, int]],
     report: list[dict[str, Any]], state: _State, table: StarTable | None, strict: bool,
-    start_row: int,
+    start_row: int, spectra: _SpectraBuffer | None = None,
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
     n = len(keep)
-    block = _empty_row_block(n)
+    block = _empty_row_block(n, spectra=spectra is None)
+    dest = block if spectra is None else spectra.take(n)
     flags: list[list[str]] = [list(r["flags"]) for r in keep]
     if n:
         meta = pd.DataFrame({
@@ -331,9 +379,10 @@ def _build_rows(
         bidx = np.array([b for b, _ in take])
         slots = np.array([slot for _, slot in take])
         for b in np.unique(bidx):
-            rows = np.flatnonzero(bidx == b)
-            for name in ("flux", "ivar", "mask"):
-                block[name][rows] = batches[b][name][slots[rows]]
+            rows = np.flatnonzero(bidx == b)  # consecutive: kept rows are in file order
+            span = slice(int(rows[0]), int(rows[-1]) + 1)
+            for name in SPECTRAL:
+                np.take(batches[b][name], slots[rows], axis=0, out=dest[name][span])
         if table is not None:
             joined, table_flags = table.join(meta)
             for name in TABLE_COLUMNS:
@@ -428,6 +477,7 @@ class _Writer:
     def __init__(self, out: str, max_rows: int, max_report: int) -> None:
         self.out = out
         root = zarr.open_group(out, mode="r+", zarr_format=store.ZARR_FORMAT)
+        self.root = root
         self.rows = _arrays_along(root, "spec")
         self.report = _arrays_along(root[REPORT_GROUP], "file")
         self.resize(max_rows, max_report)
@@ -449,6 +499,10 @@ class _Writer:
                 value = value.astype(object)
             if len(value):
                 arr[start : start + len(value)] = value
+
+    def commit(self, attrs: Mapping[str, Any]) -> None:
+        """Merge ``attrs`` into the root attributes (the group stays open: one write)."""
+        self.root.attrs.update(dict(attrs))
 
     def write_rows(self, start: int, block: Mapping[str, Any]) -> None:
         self._write(self.rows, start, block)
@@ -492,7 +546,8 @@ def _run_windows(
     boundary, the report lines of every file up to the first file whose row is not
     written yet, then the root attributes ``ingest_n_rows`` / ``ingest_n_report``.
     """
-    blocks: list[dict[str, np.ndarray]] = []  # rows planned but not written yet
+    blocks: list[dict[str, np.ndarray]] = []  # rows planned but not written yet (no spectra)
+    spectra = _SpectraBuffer(chunk + max(len(w) for w in windows))  # ... and their spectra
     carry_lines: list[dict[str, Any]] = []
     planned = state.n_rows
     for w in range(len(windows)):
@@ -501,7 +556,7 @@ def _run_windows(
             pending.append(submit(windows[w + len(pending) + 1]))
         counts["already"] += sum(r["status"] == "already" for b in records
                                  for r in b["records"])
-        block, lines = _assemble(records, state, star_table, cfg.strict, planned)
+        block, lines = _assemble(records, state, star_table, cfg.strict, planned, spectra)
         del records
         planned += _rows_of(block)
         blocks.append(block)
@@ -512,8 +567,10 @@ def _run_windows(
         n_write = boundary - state.n_rows
         if n_write:  # whole chunks (all rows in the last window): one concatenation
             rows = _concat_blocks(blocks)
-            writer.write_rows(state.n_rows, {k: v[:n_write] for k, v in rows.items()})
+            writer.write_rows(state.n_rows, {**{k: v[:n_write] for k, v in rows.items()},
+                                             **spectra.head(n_write)})
             blocks = [{k: v[n_write:].copy() for k, v in rows.items()}]  # frees `rows`
+            spectra.drop_head(n_write)
             del rows
         if _after_append is not None:
             _after_append(w)
@@ -523,13 +580,12 @@ def _run_windows(
             writer.write_report(state.n_report, _report_block(commit))
         state.n_rows = boundary
         state.n_report += len(commit)
-        store.update_attrs(writer.out, {"ingest_n_rows": state.n_rows,
-                                        "ingest_n_report": state.n_report})
+        writer.commit({"ingest_n_rows": state.n_rows, "ingest_n_report": state.n_report})
         for line in commit:
             counts[str(line["status"])] += 1
         log.info("window %d/%d: %d rows written (store %d), %d report lines committed",
                  w + 1, len(windows), n_write, state.n_rows, len(commit))
-    assert not carry_lines and not sum(_rows_of(b) for b in blocks)
+    assert not carry_lines and not sum(_rows_of(b) for b in blocks) and not spectra.filled
 
 
 def _worker_pool(num_workers: int | None) -> concurrent.futures.ProcessPoolExecutor:

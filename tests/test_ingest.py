@@ -283,3 +283,44 @@ def test_rerun_after_kill_with_rows_carried_between_windows(mock: dict, tmp_path
     _assert_same(a, b, (*COMPARE, "uniqflag", "ingest_flags"))
     pd.testing.assert_frame_equal(report_frame(clean), report_frame(killed))
     assert (report_frame(clean)["status"] == "skipped").sum() == 6
+
+
+def test_parquet_star_table_read_with_pyarrow_as_astropy_reads_it(tmp_path: Path) -> None:
+    """Plain Parquet tables skip astropy.table (start-up) and give astropy's frame."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from obpipe.io.tables import _parquet_frame, _to_pandas, read_table, read_table_frame
+
+    t = Table()
+    t["obsid"] = np.arange(6, dtype=np.int64)
+    t["ra"] = np.linspace(10.0, 11.0, 6)
+    t["phot_g_mean_mag"] = np.linspace(9.0, 12.0, 6).astype(np.float32)
+    t["astrometric_params_solved"] = np.full(6, 31, np.int16)
+    t["has_rv"] = np.array([True, False] * 3)
+    t["gaia_release"] = [" DR3", "DR2 ", "", "DR3", "DR3", "DR2"]
+    t["coeffs"] = np.ones((6, 3))  # array-valued: not a star property, dropped
+    plain = str(tmp_path / "plain.parquet")
+    t.write(plain)
+    fast = _parquet_frame(plain)
+    assert fast is not None and "coeffs" not in fast
+    pd.testing.assert_frame_equal(fast, _to_pandas(read_table(plain)))
+    assert list(fast["gaia_release"]) == ["DR3", "DR2", "", "DR3", "DR3", "DR2"]
+
+    # a Gaia archive export with nulls: ints and floats become NaN, text ""
+    archive = str(tmp_path / "archive.parquet")
+    pq.write_table(pa.table({"source_id": pa.array([1, None, 3], pa.int64()),
+                             "parallax": pa.array([0.5, None, -0.1]),
+                             "gaia_release": pa.array(["DR3", None, "DR2"])}), archive)
+    frame = read_table_frame(archive)
+    np.testing.assert_array_equal(frame["source_id"], [1.0, np.nan, 3.0])
+    np.testing.assert_array_equal(frame["parallax"], [0.5, np.nan, -0.1])
+    assert list(frame["gaia_release"]) == ["DR3", "", "DR2"]
+
+    # astropy's own serialisation of masked columns: read by astropy
+    masked = Table(t, masked=True)
+    masked["ra"].mask[2] = True
+    mpath = str(tmp_path / "masked.parquet")
+    masked.write(mpath)
+    assert _parquet_frame(mpath) is None
+    assert np.isnan(read_table_frame(mpath)["ra"][2])

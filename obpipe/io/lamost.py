@@ -53,6 +53,11 @@ from typing import Any
 
 import numpy as np
 
+try:  # zlib-ng: the zlib API, gzip members inflated ~2x faster (same bytes, same checks)
+    from zlib_ng import zlib_ng as _inflate
+except ImportError:  # pragma: no cover - optional speed-up
+    _inflate = zlib  # type: ignore[assignment]
+
 from obpipe.io.store import MASK_BITS
 from obpipe.spectra.grid import SPEED_OF_LIGHT_KMS, wavelength_grid
 from obpipe.spectra.resample import rebin_loglinear, rebin_spectrum, rest_frame_wavelength
@@ -138,13 +143,13 @@ def _decompress(raw: bytes, path: str) -> bytes:
     if raw[:2] != b"\x1f\x8b":
         return raw
     try:
-        # one gzip member (the usual case): zlib checks the CRC and length itself
-        d = zlib.decompressobj(31)
+        # one gzip member (the usual case): zlib(-ng) checks the CRC and length itself
+        d = _inflate.decompressobj(31)
         out = d.decompress(raw)
         if d.eof and not d.unused_data:
             return out
         return gzip.decompress(raw)  # several members (or truncated: raises)
-    except (OSError, EOFError, zlib.error) as exc:
+    except (OSError, EOFError, zlib.error, _inflate.error) as exc:
         raise LamostFormatError(path, f"truncated or corrupt gzip stream ({exc})") from exc
 
 

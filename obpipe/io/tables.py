@@ -109,6 +109,63 @@ def read_table(path: str | os.PathLike[str], format: str | None = None) -> Any:
         raise TableError(f"{path}: cannot read as {fmt} ({type(exc).__name__}: {exc})") from exc
 
 
+def _parquet_frame(path: str) -> pd.DataFrame | None:
+    """A plain Parquet table read with pyarrow, as :func:`_to_pandas` would give it.
+
+    The same conversions (1-D columns only; floats and integers / booleans with
+    nulls -> float64 with NaN; text stripped, nulls -> "") without importing
+    ``astropy.table`` (a second of start-up for a command-line ingest). None for
+    anything astropy's reader would interpret (serialised mixin columns, binary,
+    temporal, nested or decimal types): read it with astropy.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except FileNotFoundError as exc:
+        raise TableError(f"{path}: table file not found") from exc
+    except Exception:  # not Parquet: let astropy say why
+        return None
+    meta = schema.metadata or {}
+    if b"__serialized_columns__" in meta.get(b"table_meta_yaml", b""):
+        return None
+    simple = (pa.types.is_floating, pa.types.is_integer, pa.types.is_boolean,
+              pa.types.is_string, pa.types.is_large_string)
+    nested = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
+    if not all(any(f(field.type) for f in simple + nested) for field in schema):
+        return None
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        raise TableError(f"{path}: cannot read as parquet ({type(exc).__name__}: {exc})") \
+            from exc
+    cols: dict[str, np.ndarray] = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        kind = column.type
+        if any(f(kind) for f in nested):
+            continue  # array-valued columns are not star properties
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            cols[name] = np.array([("" if v is None else v.strip())
+                                   for v in column.to_pylist()], dtype=object)
+        elif pa.types.is_floating(kind) or column.null_count:
+            cols[name] = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        else:
+            cols[name] = column.to_numpy()
+    return pd.DataFrame(cols)
+
+
+def read_table_frame(path: str | os.PathLike[str], format: str | None = None) -> pd.DataFrame:
+    """Read a table file into a DataFrame (plain Parquet with pyarrow, else astropy)."""
+    path = os.fspath(path)
+    fmt = format or table_format(path)
+    if fmt == "parquet":
+        frame = _parquet_frame(path)
+        if frame is not None:
+            return frame
+    return _to_pandas(read_table(path, format))
+
+
 def _to_pandas(table: Any) -> pd.DataFrame:
     cols = {}
     for name in table.colnames:
@@ -240,8 +297,8 @@ class StarTable:
     ) -> StarTable:
         """Read and normalise a table file (see :func:`read_table`, :func:`normalize_table`)."""
         path = os.fspath(path)
-        frame, problems = normalize_table(read_table(path, format), column_map, gaia_release,
-                                          source=path)
+        frame, problems = normalize_table(read_table_frame(path, format), column_map,
+                                          gaia_release, source=path)
         return cls(frame, problems, path, match_radius_arcsec)
 
     @property

@@ -80,9 +80,12 @@ import logging
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
-from astropy.table import Table
+
+if TYPE_CHECKING:  # imported where used: astropy.table costs ~0.5 s of start-up
+    from astropy.table import Table
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +181,8 @@ def default_shared_data_dir() -> Path:
 @functools.lru_cache(maxsize=1)
 def _load_table() -> Table:
     path = resources.files("obpipe") / "data" / TABLE_FILENAME
+    from astropy.table import Table
+
     with resources.as_file(path) as p:
         tab = Table.read(p, format="ascii.ecsv")
     return tab
@@ -466,6 +471,8 @@ def read_mamajek_dwarfs(path: Path | str | None = None) -> Table:
             [np.nan if set(v) <= {"."} else float(v.rstrip(":")) for v in vals],
             dtype=float,
         )
+    from astropy.table import Table
+
     return Table(cols)
 
 
@@ -482,6 +489,8 @@ def _read_kurucz_gaia_bcs(path: Path | str | None = None) -> Table:
     piv = df.pivot_table(index=["teff", "logg"], columns="passband", values="mag0")
     piv = piv.reset_index()
     teff = piv["teff"].to_numpy(dtype=float)
+    from astropy.table import Table
+
     out = Table({"teff": teff, "logg": piv["logg"].to_numpy(dtype=float)})
     mbol = _surface_mbol(teff)
     for band, pb in _KURUCZ_PB.items():
@@ -619,6 +628,8 @@ def build_intrinsic_photometry_table(
         delta = kl[b] + offset[:, None]
         bc = bb[b][:, None] + delta
         cols[f"BC_{b}"] = np.round(bc.ravel(), 5)
+
+    from astropy.table import Table
 
     tab = Table(cols)
     tab["teff"].unit = "K"

@@ -210,45 +210,43 @@ def rebin_loglinear(
 
     finite = np.isfinite(f)
     good_in = finite & np.isfinite(iv) & (iv > 0) & ((m_in & bad_bits) == 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        var_in = np.where(good_in, 1.0 / np.where(good_in, iv, 1.0), 0.0)
-    f_fin = np.where(finite, f, 0.0)
-    f_good = np.where(good_in, f, 0.0)
-    # bad input pixels without a bad bit (ivar = 0 or NaN flux) still mark the output as bad
-    unflagged = ~good_in & ((m_in & bad_bits) == 0)
-
-    # padded copies: element k is input pixel k - p - 1, so output j reads its left
-    # neighbour at [j] and its right one at [j + 1] (absent pixels: zero / False)
+    # padded rows (one array, one pass per quantity): element k is input pixel
+    # k - p - 1, so output j reads its left neighbour at [j] and its right one at
+    # [j + 1]; absent pixels are zero. Rows: present, good, finite, bad (present and
+    # not good), finite flux, good flux, variance of good pixels.
     lo, hi = max(0, p + 1), min(m + 1, n + p + 1)
-
-    def padded(src: np.ndarray) -> np.ndarray:
-        out = np.zeros(m + 1, src.dtype)
-        if hi > lo:
-            out[lo:hi] = src[lo - p - 1 : hi - p - 1]
-        return out
-
-    present = padded(np.ones(n, bool))
-    good, fin, unfl = padded(good_in), padded(finite), padded(unflagged)
-    ff, fg, var, mk = padded(f_fin), padded(f_good), padded(var_in), padded(m_in)
+    rows = np.zeros((7, m + 1))
+    mk = np.zeros(m + 1, np.uint8)
+    unfl = np.zeros(m + 1, bool)  # bad input pixels without a bad bit (ivar = 0, NaN flux)
+    if hi > lo:
+        src = slice(lo - p - 1, hi - p - 1)
+        g_s, fin_s, f_s = good_in[src], finite[src], f[src]
+        rows[0, lo:hi] = 1.0
+        rows[1, lo:hi] = g_s
+        rows[2, lo:hi] = fin_s
+        rows[3, lo:hi] = ~g_s
+        np.copyto(rows[4, lo:hi], f_s, where=fin_s)
+        np.copyto(rows[5, lo:hi], f_s, where=g_s)
+        with np.errstate(divide="ignore"):
+            np.divide(1.0, iv[src], out=rows[6, lo:hi], where=g_s)
+        mk[lo:hi] = m_in[src]
+        unfl[lo:hi] = ~g_s & ((m_in[src] & bad_bits) == 0)
     # a floating-point sliver of an overlap is dropped, as in rebin_spectrum
     wl = w_left if w_left > SLIVER_TOL else 0.0
     wr = w_right if w_right > SLIVER_TOL else 0.0
-    left, right = slice(0, m), slice(1, m + 1)
-    covered = wl * present[left] + wr * present[right]
-    bad_len = wl * (present[left] & ~good[left]) + wr * (present[right] & ~good[right])
-    w_good = wl * good[left] + wr * good[right]
-    w_fin = wl * fin[left] + wr * fin[right]
-    sum_good = wl * fg[left] + wr * fg[right]
-    sum_fin = wl * ff[left] + wr * ff[right]
-    sum_var = (wl * wl) * var[left] + (wr * wr) * var[right]
+    # overlap-weighted sums of every row at once (the same products as one row at a time)
+    sums = wl * rows[:6, :m]
+    sums += wr * rows[:6, 1:]
+    covered, w_good, w_fin, bad_len, sum_fin, sum_good = sums
+    sum_var = (wl * wl) * rows[6, :m] + (wr * wr) * rows[6, 1:]
     out_mask = np.zeros(m, np.uint8)
     unflagged_bad = np.zeros(m, bool)
     if wl:
-        out_mask |= mk[left]
-        unflagged_bad |= unfl[left]
+        out_mask |= mk[:m]
+        unflagged_bad |= unfl[:m]
     if wr:
-        out_mask |= mk[right]
-        unflagged_bad |= unfl[right]
+        out_mask |= mk[1:]
+        unflagged_bad |= unfl[1:]
     full = covered >= (1.0 - SLIVER_TOL)
     usable = full & (bad_len <= SLIVER_TOL) & (w_good > 0)
     out_mask[unflagged_bad & full] |= MASK_BITS["bad_pixel"]
