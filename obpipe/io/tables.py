@@ -273,6 +273,9 @@ class StarTable:
         self.source = source
         self.match_radius_arcsec = float(match_radius_arcsec)
         self._coord: Any = None
+        # id -> first table row, and column values: built once, reused for every batch
+        self._lookups: dict[str, pd.Series] = {}
+        self._values: dict[str, np.ndarray] = {}
         self.duplicates: list[str] = []
         for key in ("obsid", "fitsname"):
             if key in self.frame:
@@ -333,6 +336,19 @@ class StarTable:
         out[good] = rows
         return out
 
+    def _lookup(self, key: str) -> pd.Series:
+        """First table row of each value of column ``key`` (built once per table)."""
+        if key not in self._lookups:
+            index = pd.Index(self.frame[key].to_numpy())
+            first = ~index.duplicated(keep="first")
+            self._lookups[key] = pd.Series(np.flatnonzero(first), index=index[first])
+        return self._lookups[key]
+
+    def _column(self, name: str) -> np.ndarray:
+        if name not in self._values:
+            self._values[name] = self.frame[name].to_numpy()
+        return self._values[name]
+
     def match_rows(self, meta: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Table row of each spectrum (-1 = none) and how it matched (obsid/fitsname/position).
 
@@ -344,18 +360,12 @@ class StarTable:
         how = np.full(n, "", dtype=object)
         synthetic = meta.get("obsid_synthetic", pd.Series(np.zeros(n, bool))).to_numpy(bool)
         if "obsid" in self.frame:
-            index = pd.Index(self.frame["obsid"].to_numpy())
-            first = ~index.duplicated(keep="first")
-            lookup = pd.Series(np.flatnonzero(first), index=index[first])
-            r = lookup.reindex(meta["obsid"].to_numpy()).to_numpy()
+            r = self._lookup("obsid").reindex(meta["obsid"].to_numpy()).to_numpy()
             hit = ~np.isnan(r) & ~synthetic
             rows[hit] = r[hit].astype(np.int64)
             how[hit] = "obsid"
         if "fitsname" in self.frame:
-            index = pd.Index(self.frame["fitsname"].to_numpy())
-            first = ~index.duplicated(keep="first")
-            lookup = pd.Series(np.flatnonzero(first), index=index[first])
-            r = lookup.reindex(meta["fitsname"].to_numpy()).to_numpy()
+            r = self._lookup("fitsname").reindex(meta["fitsname"].to_numpy()).to_numpy()
             hit = (rows < 0) & ~np.isnan(r)
             rows[hit] = r[hit].astype(np.int64)
             how[hit] = "fitsname"
@@ -386,7 +396,7 @@ class StarTable:
             col = SPECTRUM_COLUMNS.get(name)
             if name not in self.frame:
                 continue
-            values = self.frame[name].to_numpy()
+            values = self._column(name)
             if col is None or col.dtype == "str":
                 arr = np.full(n, "" if col else None, dtype=object)
                 arr[hit] = [str(v) for v in values[rows[hit]]]
