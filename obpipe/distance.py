@@ -589,7 +589,9 @@ def summarize_distance_posteriors(
             n_out = grid.n_points - (hi[k] - lo[k])
             if n_out > 0:
                 # outside: posterior < max exp(-(c2 - Phi_min)/2) per point
-                hidden = n_out * np.exp(-0.5 * (c2[k] - s.phi_min))
+                # (a posterior narrower than the grid step can leave every grid point
+                # above the continuous bound K: then the bound says nothing -> retry)
+                hidden = n_out * np.exp(min(-0.5 * (c2[k] - s.phi_min), 700.0))
                 if hidden >= 0.5 * min(s.w_low, s.w_high):
                     retry.append(i)
                     continue
