@@ -49,7 +49,7 @@ def throughput(train_rows: int, infer_rows: int, threads: int, epochs: int) -> d
     x = (1.0 + 0.05 * rng.standard_normal((train_rows, n_pix))).astype(np.float32)
     y = x[:, 1000:1100].mean(axis=1) * 10
     out: dict = {"threads": threads, "train_rows": train_rows}
-    cfg = TrainConfig(max_epochs=epochs, patience=10 * epochs)
+    cfg = TrainConfig(max_epochs=epochs, patience=10 * epochs, loss="mag")
     net, hist = train_network(x, y, kind="a", config=cfg)
     out["seconds_per_epoch_recon_flux"] = hist.seconds_per_epoch
     out["n_inputs_recon_flux"] = int(wavelength_mask("a").sum())
@@ -62,7 +62,7 @@ def throughput(train_rows: int, infer_rows: int, threads: int, epochs: int) -> d
             p = os.path.join(tmp, f"{m}.pt")
             if m == "b":
                 net, _ = train_network(x[:200], y[:200], kind="b",
-                                       config=TrainConfig(max_epochs=1))
+                                       config=TrainConfig(max_epochs=1, loss="mag"))
             net.save(p)
             paths.append((m, p))
         xi = (1.0 + 0.05 * rng.standard_normal((infer_rows, n_pix))).astype(np.float32)

@@ -10,6 +10,8 @@ import torch
 
 from obpipe.io import store
 from obpipe.luminosity import stage as lum
+from obpipe.luminosity.network import fakemag_from_parallax
+from obpipe.luminosity.training import TrainingConfig, faint_outliers, select_sets
 from obpipe.pipeline import RunContext, run_pipeline
 from obpipe.products import open_products
 
@@ -84,3 +86,39 @@ def test_rerun_skips_training(small_survey, products) -> None:
     assert grp_out["blocks_written"] == 0
     assert os.path.getmtime(path) == before
     np.testing.assert_array_equal(open_products(products)["MKs"].values, mks)
+
+
+def test_sets_parallax_space_loss_and_faint_outliers() -> None:
+    """Sec. 5.2 sets: stars split whole; with the parallax-space loss, S/N > 50 spectra
+    with poor parallaxes train too (never test stars'); white dwarfs stay out."""
+    rng = np.random.default_rng(0)
+    n_star = 600
+    star = np.repeat(np.arange(n_star), 2).astype(str)
+    n = star.size
+    snr = rng.uniform(20, 200, n)
+    plx = np.repeat(rng.uniform(0.2, 2.0, n_star), 2)
+    plx_err = np.repeat(np.where(rng.random(n_star) < 0.3, 0.1, 0.05), 2) * plx * \
+        np.repeat(rng.uniform(0.5, 6.0, n_star), 2)
+    em = (rng.random(n) < 0.1).astype(np.int8)
+    usable = np.ones(n, bool)
+    mks_geo = rng.normal(-1, 1, n)
+    cfg = TrainingConfig()
+    paper = select_sets(star, snr, em, usable, mks_geo, plx, plx_err, cfg)
+    good_plx = plx / plx_err > 10
+    assert not np.any(paper.train_b & ~good_plx)
+    assert np.all(paper.train_a <= paper.train_b) and not np.any(paper.train_a & (em == 1))
+    # visits of a star never straddle training and test
+    assert not set(star[paper.train_b]) & set(star[paper.test])
+    fake = select_sets(star, snr, em, usable, mks_geo, plx, plx_err, cfg,
+                       has_parallax=np.ones(n, bool))
+    assert np.any(fake.train_b & ~good_plx & (snr > 50))
+    assert not np.any(fake.train_b & (snr <= 50))
+    np.testing.assert_array_equal(fake.test, paper.test)
+    # parallaxes saying M_Ks > 3 mag at 2 sigma (a white dwarf at M_Ks ~ 10) are outliers
+    ks0 = np.array([10.0, 10.0, 10.0, 10.0])
+    mks_true = np.array([10.0, 0.0, 3.5, 10.0])
+    plx_t = 10 ** (-0.2 * (ks0 - mks_true - 10))
+    err = np.array([0.01, 0.01, 0.5, 100.0]) * plx_t
+    f, fe = fakemag_from_parallax(plx_t, err, ks0, np.full(4, 0.02))
+    np.testing.assert_array_equal(faint_outliers(f, fe, 3.0), [True, False, False, False])
+    assert not faint_outliers(f, fe, None).any()

@@ -16,8 +16,9 @@
        workers as file paths (loaded once per process, ``lru_cache``), the noise
        parameters as floats.
 
-    Products: ``MKs``, ``MKs_err`` (sqrt(sigma_int^2 + (sigma_s100 / (S/N / 100))^2),
-    eq. 10), ``MKs_model`` (0 = network a, 1 = network b, -9 = none: em_flag 0 uses
+    Products: ``MKs`` (the mean of the ensemble members), ``MKs_err`` (sqrt(sigma_int^2 +
+    (sigma_s100 / (S/N / 100))^2), eq. 10), ``MKs_spread`` (the members' standard
+    deviation), ``MKs_model`` (0 = network a, 1 = network b, -9 = none: em_flag 0 uses
     (a); 1 and -9 (undetermined) use (b), which ignores the emission-line regions),
     ``luminosity_set`` (bits: 1 trained (a), 2 trained (b), 4 test set, 8 removed from
     training as a binary, 16 extra training table).
@@ -87,6 +88,8 @@ OUTPUTS: dict[str, Output] = {
     "MKs": Output("float32", "mag", "spectroscopic K_s absolute magnitude (eq. 6 network)"),
     "MKs_err": Output("float32", "mag", "sqrt(sigma_int^2 + (sigma_s100 / (S/N/100))^2) "
                       "(Sec. 5.3, eq. 10)"),
+    "MKs_spread": Output("float32", "mag", "standard deviation of the ensemble members' "
+                         "M_Ks (epistemic; large where the training set is thin)"),
     "MKs_model": Output("int8", "", "network used: 0 = (a) non-emission, full range; "
                         "1 = (b) clean windows (em_flag 1 or -9); -9 = no estimate"),
     "MKs_flag": Output("int8", "", "bits: 1 input reconstruction out of range (max |f - 1| "
@@ -162,10 +165,24 @@ def read_extra_training(path: str, specid: np.ndarray) -> tuple[np.ndarray, np.n
     return mks, err
 
 
-def _network_inputs(prods: xr.Dataset, rows: np.ndarray, em: np.ndarray, input_kind: str
-                    ) -> np.ndarray | dict[str, np.ndarray]:
+def clean_window_reconstruction(pca_coeff: np.ndarray, products_dir: str) -> np.ndarray:
+    """Full-grid reconstruction of every row from its clean-window PCA coefficients
+    (Sec. 5.1: what an emission star's spectrum is; network (b) reads it for every star,
+    so training and inference see the same representation). NaN rows stay NaN."""
+    from obpipe.spectra.stages import load_pca_model
+
+    coeff = np.asarray(pca_coeff)
+    out = load_pca_model(products_dir).clean.reconstruct(np.nan_to_num(coeff))
+    out[~np.isfinite(coeff[:, 0])] = np.nan
+    return out
+
+
+def _network_inputs(prods: xr.Dataset, rows: np.ndarray, input_kind: str, products_dir: str
+                    ) -> dict[str, np.ndarray]:
     if input_kind == "recon_flux":
-        return prods["recon_flux"].isel(spec=rows).values
+        return {"a": prods["recon_flux"].isel(spec=rows).values,
+                "b": clean_window_reconstruction(prods["pca_coeff"].isel(spec=rows).values,
+                                                 products_dir)}
     if input_kind == "pca_coeff":
         return {"a": prods["pca_coeff_full"].isel(spec=rows).values,
                 "b": prods["pca_coeff"].isel(spec=rows).values}
@@ -186,6 +203,10 @@ def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = 
         plx_snr = cols["parallax_corrected"] / cols["parallax_corrected_error"]
     extra_mks = extra_err = None
     cand = np.isfinite(cols["MKs_geo"]) & (plx_snr > cfg.min_parallax_snr)
+    if cfg.network.loss == "fakemag":  # any parallax trains through the parallax-space loss
+        cand |= ((snr_all > cfg.min_snr) & np.isfinite(cols["Ks0"])
+                 & np.isfinite(cols["parallax_corrected"])
+                 & (cols["parallax_corrected_error"] > 0))
     if extra_path:
         extra_mks, extra_err = read_extra_training(extra_path, specid_all)
         cand |= np.isfinite(extra_mks)
@@ -193,17 +214,18 @@ def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = 
     log.info("luminosity: %d candidate spectra (good parallax or extra table) of %d",
              rows.size, snr_all.size)
     em = cols["em_flag"][rows]
-    x = _network_inputs(prods, rows, em, cfg.input_kind)
-    first = x if isinstance(x, np.ndarray) else x["a"]
+    x = _network_inputs(prods, rows, cfg.input_kind, ctx.products_dir)
     usable = (((cols["quality_flags"][rows] & BROKEN_BIT) == 0)
-              & np.all(np.isfinite(first), axis=1))
+              & np.all(np.isfinite(x["a"]), axis=1) & np.all(np.isfinite(x["b"]), axis=1))
     if cfg.input_kind == "recon_flux":
-        # failed reconstructions within the model's own pixels never train a network
-        bad_a = recon_out_of_range(first[:, wavelength_mask("a")])
-        bad_b = recon_out_of_range(first[:, wavelength_mask("b")])
-        usable &= np.where(em == 0, ~bad_a, ~bad_b)
+        # failed reconstructions within a model's own pixels never train a network (a
+        # non-emission spectrum trains both)
+        bad_a = recon_out_of_range(x["a"][:, wavelength_mask("a")])
+        bad_b = recon_out_of_range(x["b"][:, wavelength_mask("b")])
+        bad = np.where(em == 0, bad_a | bad_b, bad_b)
+        usable &= ~bad
         log.info("luminosity: %d candidates with an out-of-range reconstruction excluded",
-                 int(np.sum(np.where(em == 0, bad_a, bad_b))))
+                 int(np.sum(bad)))
     t_read = time.perf_counter() - t0
     res = train_with_binary_cleaning(
         x, star_all[rows], snr_all[rows], em, usable,
@@ -259,14 +281,20 @@ def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = 
 
 def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str, str], ...],
                      sigmas: tuple[tuple[str, float, float], ...], input_kind: str,
-                     batch_size: int = 2048) -> dict[str, np.ndarray]:
-    """M_Ks, its error and the model code for one chunk of spectra (pure numpy)."""
+                     batch_size: int = 2048, products_dir: str | None = None
+                     ) -> dict[str, np.ndarray]:
+    """M_Ks, its error and the model code for one chunk of spectra (pure numpy).
+
+    ``input_kind="recon_flux"``: network (a) reads ``recon_flux``; network (b) the
+    clean-window reconstruction from ``pca_coeff`` and the PCA model of ``products_dir``
+    (``recon_flux`` itself when ``products_dir`` is None)."""
     from threadpoolctl import threadpool_limits
 
     em = np.asarray(inputs["em_flag"])
     snr = np.asarray(inputs["snr_g"], dtype=float)
     n = em.size
     mks = np.full(n, np.nan)
+    spread = np.full(n, np.nan)
     err = np.full(n, np.nan)
     code = np.full(n, -9, dtype=np.int8)
     flag = np.where((np.asarray(inputs["quality_flags"]) & BROKEN_BIT) > 0, 2, 0).astype(np.int8)
@@ -278,17 +306,21 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
         net = load_network(paths[m])
         if input_kind == "recon_flux":
             x = inputs["recon_flux"][rows]
+            if m == "b" and products_dir is not None:
+                x = clean_window_reconstruction(inputs["pca_coeff"][rows], products_dir)
         else:
             x = inputs["pca_coeff_full" if m == "a" else "pca_coeff"][rows]
         with threadpool_limits(1):
-            mks[rows] = net.predict(x, batch_size=batch_size)
+            mks[rows], spread[rows] = net.predict(x, batch_size=batch_size, return_std=True)
             flag[rows] |= net.input_out_of_range(x).astype(np.int8)
         err[rows] = noise_model.mks_uncertainty(snr[rows], *sig[m])
         code[rows] = MODEL_CODES[m]
     bad = ~np.isfinite(mks)
     err[bad] = np.nan
     code[bad] = -9
+    spread[bad] = np.nan
     return {"MKs": mks.astype(np.float32), "MKs_err": err.astype(np.float32),
+            "MKs_spread": spread.astype(np.float32),
             "MKs_model": code, "MKs_flag": flag}
 
 
@@ -306,12 +338,14 @@ def run_luminosity(ctx: Any, **overrides: Any) -> dict[str, Any]:
     sigmas = tuple((m, r.sigma_int, r.sigma_s100) for m, r in noise.items())
     input_kind = load_network(paths["a"]).input_kind
     pvars: tuple[str, ...] = ("em_flag", "quality_flags")
-    pvars += ("recon_flux",) if input_kind == "recon_flux" else ("pca_coeff", "pca_coeff_full")
+    pvars += ("recon_flux", "pca_coeff") if input_kind == "recon_flux" else (
+        "pca_coeff", "pca_coeff_full")
     t0 = time.perf_counter()
     result = run_blockwise_stage(
         ctx.survey_path, ctx.products_dir, STAGE,
         functools.partial(luminosity_block, model_paths=tuple(sorted(paths.items())),
-                          sigmas=sigmas, input_kind=input_kind),
+                          sigmas=sigmas, input_kind=input_kind,
+                          products_dir=os.path.abspath(ctx.products_dir)),
         OUTPUTS, survey_vars=("snr_g",), product_vars=pvars, scheduler=ctx.scheduler,
         force=force,
     )

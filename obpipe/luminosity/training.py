@@ -10,21 +10,31 @@ Selection (Sec. 5.2):
   a usable reconstructed spectrum (not flagged broken, emission state determined);
 * *training candidates*: good parallax and S/N > 50. Their **stars** (all visits of a
   star go to the same side, so repeat visits never leak into the test set) are split
-  at random (seeded) into 4/5 training and 1/5 test;
+  at random (seeded) into 4/5 training and 1/5 test. With the parallax-space loss
+  (``network.loss = "fakemag"``, issue 6a) every S/N > 50 spectrum with a parallax and
+  K_s whose star is not a test star also trains, whatever its parallax S/N (the loss is
+  linear in the parallax, so a noisy or negative parallax adds information, not bias:
+  it is what teaches the networks the luminous end, where good parallaxes are rare);
 * *test set*: the 1/5 plus every good-parallax spectrum of lower S/N whose star is not
   in the training set;
 * model (a) trains on the non-emission training spectra; model (b) on all training
   spectra (emission and non-emission; the paper's (b) set, 7,161, is larger than the
   (a) set, 6,861, and Fig. 5 right applies (b) to both), through the clean windows;
+* *outliers*: spectra whose parallax puts them fainter than ``max_mks_mag`` (3 mag) at
+  2 sigma (subdwarfs, white dwarfs: the paper's "fainter than 2 mag") train neither
+  network and stay out of the noise-model fit;
 * an optional extra training table (the paper's ~200 bright stars without good
   parallaxes) adds rows with their own M_Ks and error; they are never cleaned.
 
-Binary cleaning (Sec. 5.2 / 6): train both networks, predict the candidates, fit the
-noise model by maximum likelihood on the test set (eq. 14 with 2-sigma clipping),
-compute S/N_dplx (eqs. 15-17) and drop training spectra with S/N_dplx > 2, then retrain
-from the full candidate set minus those; ``n_clean_iterations`` (2, as the paper)
-rounds. The training-set predictions used for cleaning are in-sample (dropout and early
-stopping limit how much a network can absorb a binary's offset).
+Binary cleaning (Sec. 5.2 / 6): train both networks, predict, fit the noise model by
+maximum likelihood on the test set (eq. 14 with 2-sigma clipping), compute S/N_dplx
+(eqs. 15-17) and drop training spectra with S/N_dplx > 2, then retrain from the full
+candidate set minus those; ``n_clean_iterations`` (2, as the paper) rounds. The
+networks are cross-fitted ensembles (:mod:`obpipe.luminosity.network`): a training
+spectrum's S/N_dplx uses the prediction of the member that did not train on it, so a
+binary's too-bright target, partly learned in-sample, cannot hide it (with one network,
+the paper's case, the in-sample prediction is used). A cleaning round starts from the
+previous round's weights (``warm_start``): the members keep their held-out stars.
 
 Calibration (Sec. 5.3): emcee posterior of (eps, delta, sigma_int, sigma_s100) for the
 final networks on the test set, per model: (a) on non-emission test spectra (the
@@ -44,28 +54,47 @@ import numpy as np
 
 from obpipe.binary import identify_binaries
 from obpipe.luminosity import noise_model
-from obpipe.luminosity.network import MKsNetwork, TrainConfig, train_network
+from obpipe.luminosity.network import (
+    MKsNetwork,
+    TrainConfig,
+    fakemag_from_mks,
+    fakemag_from_parallax,
+    train_network,
+)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Options of the luminosity training (defaults: the paper's recipe)."""
+    """Options of the luminosity training (defaults: the paper's recipe, Sec. 5.2)."""
 
     min_parallax_snr: float = 10.0
     min_snr: float = 50.0
     train_fraction: float = 0.8
     n_clean_iterations: int = 2
     binary_snr_threshold: float = 2.0
-    #: loss weight 1 / (MKs_geo_err^2 + weight_floor_mag^2); None: unweighted (the paper
-    #: does not say; the floor ~ sigma_int keeps bright stars from dominating)
+    #: training spectra are removed as binaries when S/N_dplx > this (the paper: the flag
+    #: threshold, 2); lower removes more binaries at the cost of some singles
+    clean_snr_threshold: float = 2.0
+    #: also remove spectra with S/N_dplx < -clean_snr_threshold (outliers on the faint
+    #: side), so that the singles removed with a low threshold leave no bias
+    clean_two_sided: bool = False
+    #: loss weight 1 / (MKs_geo_err^2 + weight_floor_mag^2) (the variance floor of the
+    #: parallax-space loss likewise); None: unweighted (the paper does not say; the floor
+    #: ~ sigma_int keeps bright stars from dominating)
     weight_floor_mag: float | None = 0.25
+    #: spectra fainter than this M_Ks by their parallax (at 2 sigma; subdwarfs, white
+    #: dwarfs) train no network; test spectra with MKs_geo above it stay out of the noise
+    #: model (Sec. 5.2: "fainter than 2 mag ... used with caution"); None: keep all
+    max_mks_mag: float | None = 3.0
     #: test spectra below this S/N are kept out of the noise-model fits
     noise_min_snr: float = 10.0
     noise_clip_sigma: float = 2.0
     noise_n_steps: int = 2000
     min_emission_test: int = 100
+    #: a binary-cleaning round starts from the previous round's networks
+    warm_start: bool = True
     seed: int = 0
     #: "recon_flux" (the paper) or "pca_coeff" (variant: 100 PCA coefficients)
     input_kind: str = "recon_flux"
@@ -89,6 +118,17 @@ class Sets:
         return {k: int(np.sum(v)) for k, v in asdict(self).items()}
 
 
+def faint_outliers(fakemag: np.ndarray, fakemag_err: np.ndarray, max_mks_mag: float | None
+                   ) -> np.ndarray:
+    """Rows whose parallax puts M_Ks fainter than ``max_mks_mag`` at 2 sigma:
+    ``plx 10^(0.2 m0 - 2) - 2 sigma > 10^(0.2 max_mks_mag)``."""
+    f = np.asarray(fakemag, float)
+    if max_mks_mag is None:
+        return np.zeros(f.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        return (f - 2.0 * np.asarray(fakemag_err, float)) > 10.0 ** (0.2 * max_mks_mag)
+
+
 def select_sets(
     star_id: np.ndarray,
     snr: np.ndarray,
@@ -99,25 +139,36 @@ def select_sets(
     plx_err_mas: np.ndarray,
     cfg: TrainingConfig,
     extra: np.ndarray | None = None,
+    has_parallax: np.ndarray | None = None,
 ) -> Sets:
-    """Training (a, b) and test masks of Sec. 5.2 (see the module docstring)."""
+    """Training (a, b) and test masks of Sec. 5.2 (see the module docstring).
+
+    ``has_parallax`` (parallax-space loss): rows with a parallax and K_s that may train
+    whatever their parallax S/N; None: only good-parallax rows train (the paper).
+    """
     with np.errstate(invalid="ignore", divide="ignore"):
         plx_snr = np.asarray(plx_mas, float) / np.asarray(plx_err_mas, float)
     em = np.asarray(em_flag)
     good = (usable & np.isfinite(mks_geo) & (plx_snr > cfg.min_parallax_snr)
             & np.isin(em, (0, 1)))
-    hi = good & (np.asarray(snr, float) > cfg.min_snr)
+    hi_snr = np.asarray(snr, float) > cfg.min_snr
+    hi = good & hi_snr
     stars = np.asarray(star_id).astype(str)
     cand_stars = np.unique(stars[hi])
     rng = np.random.default_rng(cfg.seed)
     perm = rng.permutation(cand_stars.size)
     n_train = int(round(cfg.train_fraction * cand_stars.size))
-    train_stars = cand_stars[perm[:n_train]]
-    in_train_star = np.isin(stars, train_stars)
+    test_stars = cand_stars[perm[n_train:]]
+    in_test_star = np.isin(stars, test_stars)
+    trainable = hi & ~in_test_star
+    if has_parallax is not None:
+        trainable |= (np.asarray(has_parallax, bool) & usable & hi_snr & np.isin(em, (0, 1))
+                      & ~in_test_star)
     extra = np.zeros(stars.size, dtype=bool) if extra is None else np.asarray(extra, bool)
     extra = extra & usable & np.isin(em, (0, 1))
-    train_a = (hi & in_train_star & (em == 0)) | (extra & (em == 0))
-    train_b = (hi & in_train_star) | extra
+    train_a = (trainable & (em == 0)) | (extra & (em == 0))
+    train_b = trainable | extra
+    in_train_star = np.isin(stars, np.unique(stars[train_b]))
     test = good & ~in_train_star & ~extra
     return Sets(good=good, train_a=train_a, train_b=train_b, test=test, extra=extra)
 
@@ -132,17 +183,16 @@ class TrainingResult:
     #: final training masks after binary cleaning
     clean_train: dict[str, np.ndarray]
     report: dict[str, Any]
-
-
-def _loss_weights(err: np.ndarray, floor: float | None) -> np.ndarray | None:
-    if floor is None:
-        return None
-    return 1.0 / (np.nan_to_num(np.asarray(err, float), nan=1.0) ** 2 + floor**2)
+    #: final out-of-fold predictions of the training rows (NaN elsewhere)
+    out_of_fold: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _noise_sample(model: str, sets: Sets, em: np.ndarray, snr: np.ndarray,
-                  cfg: TrainingConfig) -> np.ndarray:
+                  mks_geo: np.ndarray, cfg: TrainingConfig) -> np.ndarray:
     base = sets.test & (snr > cfg.noise_min_snr)
+    if cfg.max_mks_mag is not None:
+        with np.errstate(invalid="ignore"):
+            base &= mks_geo <= cfg.max_mks_mag
     if model == "a":
         return base & (em == 0)
     sel = base & (em == 1)
@@ -178,23 +228,44 @@ def train_with_binary_cleaning(
     t_start = time.perf_counter()
     snr = np.asarray(snr, float)
     em = np.asarray(em_flag)
+    stars = np.asarray(star_id).astype(str)
     n = snr.size
+    mks_geo = np.asarray(mks_geo, float)
+    mks_geo_err = np.asarray(mks_geo_err, float)
     extra = np.zeros(n, bool) if extra_mks is None else np.isfinite(extra_mks)
-    target = np.asarray(mks_geo, float).copy()
-    target_err = np.asarray(mks_geo_err, float).copy()
+    target = mks_geo.copy()
+    target_err = mks_geo_err.copy()
+    fmag, fmag_err = fakemag_from_parallax(plx_mas, plx_err_mas, ks0, ks0_err)
     if extra.any():
+        e_err = (np.full(n, 0.1) if extra_mks_err is None
+                 else np.nan_to_num(np.asarray(extra_mks_err, float), nan=0.1))
         target[extra] = np.asarray(extra_mks, float)[extra]
-        target_err[extra] = (np.full(n, 0.1) if extra_mks_err is None
-                             else np.asarray(extra_mks_err, float))[extra]
-    sets = select_sets(star_id, snr, em, usable, mks_geo, plx_mas, plx_err_mas, cfg, extra)
-    weights = _loss_weights(target_err, cfg.weight_floor_mag)
+        target_err[extra] = e_err[extra]
+        ef, efe = fakemag_from_mks(target, target_err)
+        fmag[extra], fmag_err[extra] = ef[extra], efe[extra]
+    fake = cfg.network.loss == "fakemag"
+    has_plx = (np.isfinite(fmag) & np.isfinite(fmag_err) & (fmag_err > 0)) if fake else None
+    sets = select_sets(stars, snr, em, usable, mks_geo, plx_mas, plx_err_mas, cfg, extra,
+                       has_parallax=has_plx)
+    faint = faint_outliers(fmag, fmag_err, cfg.max_mks_mag) & ~extra
     report: dict[str, Any] = {"config": cfg.as_dict(), "sets": sets.counts(),
+                              "n_faint_outliers_not_trained": int(np.sum(
+                                  faint & sets.train_b)),
                               "iterations": [], "timing_s": {}}
-    log.info("luminosity training sets: %s", sets.counts())
+    log.info("luminosity training sets: %s; %d faint (M_Ks > %s) outliers not trained",
+             sets.counts(), report["n_faint_outliers_not_trained"], cfg.max_mks_mag)
+    base_train = {"a": sets.train_a & ~faint, "b": sets.train_b & ~faint}
+    # a small survey: at least ~10 training stars per ensemble member
+    n_stars_a = np.unique(stars[base_train["a"]]).size
+    n_members = max(1, min(cfg.network.n_members, n_stars_a // 10))
+    net_cfg = replace(cfg.network, n_members=n_members)
+    if n_members != cfg.network.n_members:
+        log.warning("luminosity: %d training stars: %d ensemble members instead of %d",
+                    n_stars_a, n_members, cfg.network.n_members)
     keep = {"a": np.ones(n, bool), "b": np.ones(n, bool)}
-    base_train = {"a": sets.train_a, "b": sets.train_b}
     nets: dict[str, MKsNetwork] = {}
     preds: dict[str, np.ndarray] = {}
+    oof: dict[str, np.ndarray] = {}
     ml_theta: dict[str, np.ndarray] = {}
     for it in range(cfg.n_clean_iterations + 1):
         t_it = time.perf_counter()
@@ -202,12 +273,14 @@ def train_with_binary_cleaning(
         for m in ("a", "b"):
             rows = base_train[m] & keep[m]
             xm = x[m] if isinstance(x, dict) else x
-            net_cfg = replace(cfg.network, seed=cfg.network.seed + it)
+            init = nets.get(m) if cfg.warm_start else None
             nets[m], hist = train_network(
-                xm[rows], target[rows], kind=m,
-                weights=None if weights is None else weights[rows], config=net_cfg,
-                input_kind=cfg.input_kind,
+                xm[rows], target[rows], kind=m, config=net_cfg,
+                input_kind=cfg.input_kind, y_err_mag=target_err[rows],
+                sigma_floor_mag=cfg.weight_floor_mag, fakemag=fmag[rows],
+                fakemag_err=fmag_err[rows], groups=stars[rows], init=init,
                 meta={"training_iteration": it, "n_training_rows": int(rows.sum()),
+                      "warm_start": init is not None,
                       "selection": {k: v for k, v in cfg.as_dict().items()
                                     if k != "network"}},
             )
@@ -219,10 +292,14 @@ def train_with_binary_cleaning(
             p = np.full(n, np.nan)
             p[domain] = nets[m].predict(xm[domain])
             preds[m] = p
-            sample = _noise_sample(m, sets, em, snr, cfg)
+            # honest predictions for the training rows: their out-of-fold member's
+            o = np.full(n, np.nan)
+            o[rows] = hist.out_of_fold
+            oof[m] = o
+            honest = np.where(np.isfinite(o), o, p)
+            sample = _noise_sample(m, sets, em, snr, mks_geo, cfg)
             _, theta, _ = noise_model.clip_binaries(
-                p[sample], np.asarray(mks_geo, float)[sample],
-                np.asarray(mks_geo_err, float)[sample], snr[sample],
+                p[sample], mks_geo[sample], mks_geo_err[sample], snr[sample],
                 clip_sigma=cfg.noise_clip_sigma)
             ml_theta[m] = theta
             rec[f"noise_ml_{m}"] = dict(zip(noise_model.PARAM_NAMES, map(float, theta),
@@ -231,9 +308,11 @@ def train_with_binary_cleaning(
             rec[f"test_rms_vs_geo_{m}"] = float(np.std(p[test_sel] - mks_geo[test_sel]))
             if it < cfg.n_clean_iterations:
                 err = noise_model.mks_uncertainty(snr, theta[2], theta[3])
-                b = identify_binaries(p, err, ks0, ks0_err, plx_mas, plx_err_mas,
-                                      threshold=cfg.binary_snr_threshold)
-                is_bin = (b["snr_dparallax"] > cfg.binary_snr_threshold) & ~extra
+                z = identify_binaries(honest, err, ks0, ks0_err, plx_mas, plx_err_mas,
+                                      threshold=cfg.clean_snr_threshold)["snr_dparallax"]
+                with np.errstate(invalid="ignore"):
+                    out = (np.abs(z) if cfg.clean_two_sided else z) > cfg.clean_snr_threshold
+                is_bin = out & ~extra
                 keep[m] = ~is_bin
                 rec[f"n_binaries_removed_{m}"] = int(np.sum(is_bin & base_train[m]))
         rec["seconds"] = time.perf_counter() - t_it
@@ -246,18 +325,17 @@ def train_with_binary_cleaning(
     if run_mcmc:
         t0 = time.perf_counter()
         for m in ("a", "b"):
-            sample = _noise_sample(m, sets, em, snr, cfg)
+            sample = _noise_sample(m, sets, em, snr, mks_geo, cfg)
             noise[m] = noise_model.fit_noise_model(
-                preds[m][sample], np.asarray(mks_geo, float)[sample],
-                np.asarray(mks_geo_err, float)[sample], snr[sample],
+                preds[m][sample], mks_geo[sample], mks_geo_err[sample], snr[sample],
                 clip_sigma=cfg.noise_clip_sigma, n_steps=cfg.noise_n_steps, seed=cfg.seed,
                 meta={"model": m, "sample": "test, non-emission" if m == "a" else
                       ("test, emission" if np.all(em[sample] == 1) else "test, all (b)"),
-                      "min_snr": cfg.noise_min_snr},
+                      "min_snr": cfg.noise_min_snr, "max_mks_mag": cfg.max_mks_mag},
             )
         report["timing_s"]["mcmc"] = time.perf_counter() - t0
     report["noise_ml"] = {m: dict(zip(noise_model.PARAM_NAMES, map(float, t), strict=True))
                           for m, t in ml_theta.items()}
     clean_train = {m: base_train[m] & keep[m] for m in ("a", "b")}
     return TrainingResult(networks=nets, noise=noise, sets=sets, predictions=preds,
-                          clean_train=clean_train, report=report)
+                          clean_train=clean_train, report=report, out_of_fold=oof)
