@@ -22,10 +22,13 @@ For each size N in ``--sizes`` (default 30,000, 100,000 and 300,000 spectra):
    flux and multiplies every block by a 3,909 x 100 random matrix (the size of a
    K = 100 projection); the second is the bound the inference time is divided by.
 
-Printed: per size, spectra, seconds, spectra/s, peak memory, the bound and the ratio;
-per-spectrum time and peak memory relative to the smallest size; the targets on 2 cores
-(>= 1,000 spectra/s, per-spectrum time ratio <= 1.3, peak memory ratio <= 1.5, within
-5x of the bound) with whether each is met; the seconds of every stage.
+Printed: per size, spectra, seconds, CPU seconds (user + sys of the run's processes: less
+sensitive than the wall clock to other jobs on a shared machine), spectra/s, peak
+memory, the bound, the ratio and the 1-minute load average; per-spectrum time and peak
+memory relative to the smallest size; the targets on 2 cores (>= 1,000 spectra/s,
+per-spectrum time ratio <= 1.3, peak memory ratio <= 1.5, within 5x of the bound) with
+whether each is met; the seconds of every stage and the peak memory while it ran (from
+the run's ``-v`` log lines "stage X: running").
 
     python benchmarks/scale.py                                   # 30k, 100k, 300k
     python benchmarks/scale.py --sizes 3000,6000                 # a quick check
@@ -40,8 +43,11 @@ it is measured unless ``--keep``.
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 import os
+import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -68,6 +74,8 @@ class PeakRSS:
 
     def __init__(self, pid: int, interval_s: float = 0.05) -> None:
         self.peak = 0
+        #: (unix time s, bytes) of every sample, to attribute the peak to a stage
+        self.samples: list[tuple[float, int]] = []
         self._pid = pid
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval_s,), daemon=True)
@@ -89,6 +97,7 @@ class PeakRSS:
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, total)
+            self.samples.append((time.time(), total))
             time.sleep(interval)
 
     def __enter__(self) -> PeakRSS:
@@ -128,23 +137,49 @@ def make_survey(path: str, n: int, seed: int, chunk: int, workers: int) -> dict[
             "reused": False}
 
 
+_STAGE_START = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) obpipe\.pipeline INFO "
+                          r"stage (\w+): running")
+
+
+def stage_peaks(stderr: str, samples: list[tuple[float, int]]) -> dict[str, int]:
+    """Peak RSS (bytes) while each stage ran, from the "stage X: running" log lines (``-v``)
+    and the sampler's timeline; "startup" is before the first stage, the last stage runs
+    to the end of the process (the run summary included)."""
+    starts = [(_dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp(),
+               m.group(2)) for m in map(_STAGE_START.match, stderr.splitlines()) if m]
+    peaks: dict[str, int] = {}
+    for t, rss in samples:
+        name = "startup"
+        for t_start, stage in starts:
+            if t >= t_start:
+                name = stage
+        peaks[name] = max(peaks.get(name, 0), rss)
+    return peaks
+
+
 def obpipe_run(survey: str, products: str, scheduler: str, workers: int) -> dict[str, Any]:
-    """``obpipe run`` in a child process: wall seconds, peak RSS of its tree, its summary."""
-    cmd = [sys.executable, "-m", "obpipe.cli", "run", survey, "--out", products,
+    """``obpipe -v run`` in a child process: wall and CPU seconds (user + sys of the child
+    and its worker processes), peak RSS of its tree (and per stage), its summary."""
+    cmd = [sys.executable, "-m", "obpipe.cli", "-v", "run", survey, "--out", products,
            "--scheduler", scheduler, "-q", "--json"]
     env = {**os.environ, "DASK_NUM_WORKERS": str(workers)}
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=env)
     with PeakRSS(proc.pid) as mem:
         _, stderr = proc.communicate()
     seconds = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"obpipe run {survey} failed ({proc.returncode}):\n{stderr[-3000:]}")
     with open(os.path.join(products, "run_summary.json")) as fh:
         summary = json.load(fh)
-    return {"seconds": seconds, "peak_rss_bytes": mem.peak, "summary": summary,
-            "warnings": [ln for ln in stderr.splitlines() if ln.strip()]}
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_bytes": mem.peak,
+            "stage_peak_rss_bytes": stage_peaks(stderr, mem.samples), "summary": summary,
+            "warnings": [ln for ln in stderr.splitlines()
+                         if ln.strip() and " INFO " not in ln]}
 
 
 def model_signature(models_dir: str) -> dict[str, tuple[int, int, int]]:
@@ -234,9 +269,11 @@ def main() -> None:
     train_dir = os.path.join(workdir, f"train-{n_train}")
     train = obpipe_run(surveys[n_train]["path"], train_dir, args.scheduler, args.workers)
     models = os.path.join(train_dir, "models")
-    print(f"training run on {n_train}: {train['seconds']:.0f} s  (" + ", ".join(
-        f"{k} {v['seconds']:.0f}" for k, v in train["summary"]["stages"].items()) + ")",
-        flush=True)
+    reused = all(v["status"] != "done" for v in train["summary"]["stages"].values())
+    print(f"training run on {n_train}: " + ("complete in the workdir, reused" if reused else
+          f"{train['seconds']:.0f} s  (" + ", ".join(
+              f"{k} {v['seconds']:.0f}" for k, v in train["summary"]["stages"].items()) + ")"),
+          flush=True)
 
     # 3.-4. inference with the trained models, then the machine's bound, per size
     rows = []
@@ -254,10 +291,14 @@ def main() -> None:
         bound = machine_bound(sv["path"], args.scheduler, args.workers)
         spectra = int(run["summary"]["n_spectra"])
         rows.append({"size": n, "spectra": spectra, "seconds": run["seconds"],
+                     "cpu_seconds": run["cpu_seconds"],
                      "spectra_per_s": spectra / run["seconds"],
                      "peak_rss_gb": run["peak_rss_bytes"] / 1e9, **bound,
                      "bound_ratio": run["seconds"] / bound["read_matmul_s"],
                      "stages": {k: v["seconds"] for k, v in run["summary"]["stages"].items()},
+                     "stage_peak_rss_gb": {k: v / 1e9 for k, v in
+                                           run["stage_peak_rss_bytes"].items()},
+                     "load_avg_1min": os.getloadavg()[0],
                      "warnings": run["warnings"]})
         r = rows[-1]
         print(f"inference {n}: {spectra} spectra in {r['seconds']:.1f} s "
@@ -268,24 +309,28 @@ def main() -> None:
 
     # report
     print()
-    print(f"{'size':>8} {'spectra':>8} {'seconds':>8} {'spectra/s':>9} {'peak GB':>8} "
-          f"{'read s':>7} {'read+mm s':>9} {'x bound':>8}")
+    print(f"{'size':>8} {'spectra':>8} {'seconds':>8} {'CPU s':>7} {'spectra/s':>9} "
+          f"{'peak GB':>8} {'read s':>7} {'read+mm s':>9} {'x bound':>8} {'load':>5}")
     for r in rows:
-        print(f"{r['size']:>8} {r['spectra']:>8} {r['seconds']:>8.1f} {r['spectra_per_s']:>9.0f} "
-              f"{r['peak_rss_gb']:>8.2f} {r['read_s']:>7.2f} {r['read_matmul_s']:>9.2f} "
-              f"{r['bound_ratio']:>8.1f}")
+        print(f"{r['size']:>8} {r['spectra']:>8} {r['seconds']:>8.1f} {r['cpu_seconds']:>7.0f} "
+              f"{r['spectra_per_s']:>9.0f} {r['peak_rss_gb']:>8.2f} {r['read_s']:>7.2f} "
+              f"{r['read_matmul_s']:>9.2f} {r['bound_ratio']:>8.1f} {r['load_avg_1min']:>5.1f}")
     base = rows[0]
     per_spec = {r["size"]: r["seconds"] / r["spectra"] for r in rows}
+    cpu_per_spec = {r["size"]: r["cpu_seconds"] / r["spectra"] for r in rows}
     time_ratios = {r["size"]: per_spec[r["size"]] / per_spec[base["size"]] for r in rows[1:]}
     mem_ratio = rows[-1]["peak_rss_gb"] / base["peak_rss_gb"]
     for n, q in time_ratios.items():
-        print(f"per-spectrum time {n}/{base['size']}: {q:.2f}")
+        print(f"per-spectrum time {n}/{base['size']}: {q:.2f} (CPU time: "
+              f"{cpu_per_spec[n] / cpu_per_spec[base['size']]:.2f})")
     print(f"peak memory {rows[-1]['size']}/{base['size']}: {mem_ratio:.2f}")
-    print("\nseconds per stage:")
-    stage_names = list(rows[0]["stages"])
-    print(f"{'stage':<12}" + "".join(f"{r['size']:>10}" for r in rows))
+    print("\nseconds per stage (peak GB of the process tree while it ran):")
+    stage_names = ["startup", *rows[0]["stages"]]
+    print(f"{'stage':<12}" + "".join(f"{r['size']:>16}" for r in rows))
     for s in stage_names:
-        print(f"{s:<12}" + "".join(f"{r['stages'].get(s, float('nan')):>10.1f}" for r in rows))
+        print(f"{s:<12}" + "".join(
+            (f"{r['stages'][s]:>9.1f}" if s in r["stages"] else f"{'-':>9}")
+            + f" ({r['stage_peak_rss_gb'].get(s, 0):.2f})" for r in rows))
     print(f"\ntargets on {os.cpu_count()} cores:")
     checks = [
         (f">= {TARGETS['spectra_per_s']:.0f} spectra/s at every size",
