@@ -13,26 +13,32 @@ Files (``PRODUCTS_DIR``):
   metadata and in astropy's ``table_meta_yaml`` (``Table.read`` restores them);
 * ``catalog.fits`` (binary table; units in TUNITn, descriptions in TCOMMn, which
   TOPCAT shows) and, on request, ``catalog.ecsv`` — for catalogs up to
-  ``FITS_MAX_ROWS`` rows;
+  ``FITS_MAX_ROWS`` rows; streamed block by block (:class:`TableStreamWriter`), byte
+  for byte the files astropy writes from the whole table;
 * ``catalog_unique.*``: one row per star (``uniqflag == 1``) where the star's visits
   are combined: M_Ks is the inverse-variance mean over its visits (the paper's
   treatment of LB-1's 12 spectra, Sec. 8), with an uncertainty that keeps the
   intrinsic term, ``sqrt(sigma_int^2 + 1 / sum_i 1/sigma_s,i^2)`` (sigma_int, the
   model's intrinsic scatter, does not average down over visits of one star), and
-  the distance is recomputed from it (Sec. 7).
+  the distance is recomputed from it (Sec. 7). Also block by block: only the 1-D
+  columns that combine the visits are held for all rows (:func:`write_catalog`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import dask
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zarr
 
@@ -48,12 +54,20 @@ from obpipe.distance import (
 from obpipe.io import store
 from obpipe.products import block_bounds, open_products, products_path, read_block
 
+if TYPE_CHECKING:
+    import xarray as xr
+
 log = logging.getLogger(__name__)
 
 FITS_MAX_ROWS = 5_000_000
 DEFAULT_FORMATS = ("parquet", "fits")
 CATALOG_NAME = "catalog"
 UNIQUE_NAME = "catalog_unique"
+#: rows per Parquet row group of the unique-star view: pyarrow's default for
+#: ``pq.write_table``, so a file written in row groups of this size is byte for byte the
+#: one ``pq.write_table`` writes from the whole table
+ROW_GROUP_ROWS = 1024 * 1024
+_FITS_BLOCK = 2880  # bytes of a FITS record
 
 
 @dataclass(frozen=True)
@@ -207,14 +221,31 @@ def _fill(values: np.ndarray, dtype: str) -> np.ndarray:
     return v.astype(dtype)
 
 
-def catalog_block(survey_path: str, products_dir: str, start: int, stop: int
+def _read_rows(ds: xr.Dataset, names: Sequence[str], start: int, stop: int
+               ) -> dict[str, np.ndarray]:
+    """Rows ``start:stop`` of ``names`` of an opened dataset (as ``read_block`` reads them)."""
+    if not names:
+        return {}
+    sub = ds[list(names)].isel(spec=slice(start, stop)).load()
+    return {k: sub[k].values for k in names}
+
+
+def catalog_block(survey_path: str, products_dir: str, start: int, stop: int, *,
+                  survey: xr.Dataset | None = None, products: xr.Dataset | None = None
                   ) -> tuple[pd.DataFrame, np.ndarray]:
     """Rows ``start:stop`` of the catalog as a DataFrame (one row per spectrum), and the
-    network that gave each row's M_Ks (``MKs_model``, for the unique-star view)."""
+    network that gave each row's M_Ks (``MKs_model``, for the unique-star view).
+
+    ``survey`` / ``products``: the stores already opened (lazily, with xarray) by a
+    caller that reads many blocks; otherwise they are opened here."""
     svars = tuple(c.var for c in CATALOG_COLUMNS.values() if c.source == "survey")
     pvars = tuple(c.var for c in CATALOG_COLUMNS.values() if c.source == "products")
-    raw = read_block(survey_path, products_dir, start, stop, svars + _AUX_SURVEY,
-                     pvars + _AUX_PRODUCTS)
+    if survey is None or products is None:
+        raw = read_block(survey_path, products_dir, start, stop, svars + _AUX_SURVEY,
+                         pvars + _AUX_PRODUCTS)
+    else:
+        raw = {**_read_rows(survey, svars + _AUX_SURVEY, start, stop),
+               **_read_rows(products, pvars + _AUX_PRODUCTS, start, stop)}
     cols = {name: _fill(raw[c.var], c.dtype) for name, c in CATALOG_COLUMNS.items()
             if c.source != "derived"}
     cols["quality_flags"] = quality_flags(cols, raw["quality_flags"], raw["Ks0"])
@@ -253,33 +284,118 @@ def _arrow_schema(columns: Mapping[str, CatalogColumn], str_lengths: Mapping[str
     return pa.schema(fields, metadata={k.encode(): v.encode() for k, v in meta.items()})
 
 
-def _write_fits_and_ecsv(parquet_file: str, columns: Mapping[str, CatalogColumn],
-                         formats: Sequence[str]) -> list[str]:
-    from astropy.io import fits
-    from astropy.table import Table
+class TableStreamWriter:
+    """``NAME.fits`` (and ``NAME.ecsv``) written block by block, byte for byte the files
+    that astropy writes from ``Table.read(NAME.parquet)`` of the whole table.
 
-    written = []
-    table = Table.read(parquet_file, format="parquet")
-    base = parquet_file[: -len(".parquet")]
-    if "fits" in formats:
+    Each block of rows (a pyarrow table with the catalog's schema) goes through astropy's
+    own Parquet reader (an in-memory file: the same null -> NaN and string conversions
+    as for the whole file) and ``fits.table_to_hdu``; the FITS header is the first
+    block's with ``NAXIS2`` set to ``n_rows`` (known in advance), and every block's rows
+    are appended after it, then the zero padding to a 2,880-byte record. The ECSV file
+    is the first block's ECSV followed by the data lines of the others. Memory: one
+    block.
+    """
+
+    def __init__(self, base: str, columns: Mapping[str, CatalogColumn], n_rows: int,
+                 formats: Sequence[str]) -> None:
+        self.base = base
+        self.columns = columns
+        self.n_rows = int(n_rows)
+        self.fits = "fits" in formats
+        self.ecsv = "ecsv" in formats
+        self.rows = 0
+        self._fh: dict[str, Any] = {}
+        self._data_bytes = 0
+
+    @property
+    def files(self) -> list[str]:
+        return [self.base + "." + f for f, on in (("fits", self.fits), ("ecsv", self.ecsv))
+                if on]
+
+    def __enter__(self) -> TableStreamWriter:
+        for fmt in ("fits", "ecsv"):
+            if getattr(self, fmt):
+                self._fh[fmt] = open(self.base + f".{fmt}.partial", "wb")  # noqa: SIM115
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        for fh in self._fh.values():
+            fh.close()
+        if exc_type is not None:
+            for fmt in self._fh:
+                with contextlib.suppress(OSError):
+                    os.remove(self.base + f".{fmt}.partial")
+            return
+        if self.rows != self.n_rows:
+            raise RuntimeError(f"{self.base}: {self.rows} rows written, {self.n_rows} "
+                               "announced in the FITS header")
+        for fmt in self._fh:
+            os.replace(self.base + f".{fmt}.partial", self.base + f".{fmt}")
+
+    def _astropy_table(self, block: pa.Table) -> Any:
+        from astropy.table import Table
+
+        buf = io.BytesIO()
+        pq.write_table(block, buf)
+        buf.seek(0)
+        return Table.read(buf, format="parquet")
+
+    def write(self, block: pa.Table) -> None:
+        if not self._fh or block.num_rows == 0:
+            self.rows += block.num_rows
+            return
+        table = self._astropy_table(block)
+        if self.fits:
+            self._write_fits(table)
+        if self.ecsv:
+            self._write_ecsv(table)
+        self.rows += block.num_rows
+
+    def _write_fits(self, table: Any) -> None:
+        from astropy.io import fits
+
         hdu = fits.table_to_hdu(table)
         for i, name in enumerate(table.colnames, start=1):
-            hdu.header[f"TCOMM{i}"] = columns[name].description[:68]
+            hdu.header[f"TCOMM{i}"] = self.columns[name].description[:68]
         hdu.header["EXTNAME"] = "CATALOG"
-        hdu.writeto(base + ".fits", overwrite=True)
-        written.append(base + ".fits")
-    if "ecsv" in formats:
-        table.write(base + ".ecsv", format="ascii.ecsv", overwrite=True)
-        written.append(base + ".ecsv")
-    return written
+        buf = io.BytesIO()
+        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buf)
+        raw = buf.getvalue()
+        buf.seek(0)
+        with fits.open(buf) as hdul:
+            info = hdul.fileinfo(1)
+            header = hdul[1].header.copy()
+        n_bytes = int(header["NAXIS1"]) * len(table)
+        fh = self._fh["fits"]
+        if self.rows == 0:
+            header["NAXIS2"] = self.n_rows
+            fh.write(raw[: info["hdrLoc"]])
+            fh.write(header.tostring().encode("ascii"))
+        fh.write(raw[info["datLoc"]: info["datLoc"] + n_bytes])
+        self._data_bytes += n_bytes
+        if self.rows + len(table) == self.n_rows:
+            fh.write(b"\0" * (-self._data_bytes % _FITS_BLOCK))
+
+    def _write_ecsv(self, table: Any) -> None:
+        out = io.StringIO()
+        table.write(out, format="ascii.ecsv")
+        text = out.getvalue()
+        if self.rows > 0:  # data lines only: drop the '#' header and the column names
+            lines = text.splitlines(keepends=True)
+            first = next(i for i, ln in enumerate(lines) if not ln.startswith("#"))
+            text = "".join(lines[first + 1:])
+        self._fh["ecsv"].write(text.encode("utf-8"))
 
 
-def _string_lengths(survey_path: str) -> dict[str, int]:
-    survey = store.open_cube(survey_path)
-    out = {}
-    for name in ("fitsname", "star_id"):
-        vals = survey[name].values.astype(object).astype(str)
-        out[name] = int(max((len(v) for v in vals), default=1))
+def _string_lengths(survey: xr.Dataset, chunk: int) -> dict[str, int]:
+    """Longest ``fitsname`` / ``star_id`` (characters), read block by block."""
+    n = int(survey.sizes["spec"])
+    out = dict.fromkeys(("fitsname", "star_id"), 1)
+    for start, stop in block_bounds(n, chunk):
+        for name, vals in _read_rows(survey, tuple(out), start, stop).items():
+            lengths = np.char.str_len(vals.astype(object).astype(str))
+            out[name] = max(out[name], int(lengths.max(initial=1)))
     return out
 
 
@@ -326,10 +442,55 @@ def _sigma_int_per_visit(products_dir: str, model: np.ndarray) -> np.ndarray:
     return out
 
 
+#: product variables of the unique-star view's distances (eqs. 18-24)
+_DISTANCE_INPUTS = ("Ks0", "Ks0_err", "parallax_corrected", "parallax_corrected_error")
+
+
+def _unique_block(parquet_file: str, row_group: int, combined: Mapping[str, np.ndarray],
+                  distance_inputs: Mapping[str, np.ndarray], distance_cfg: DistanceConfig,
+                  schema: pa.Schema) -> pa.Table:
+    """The unique-star rows (``uniqflag == 1``) of one row group of ``catalog.parquet``,
+    with their combined M_Ks and distances, as a pyarrow table with ``schema``.
+    ``combined`` / ``distance_inputs``: arrays aligned with those rows."""
+    rows = pq.ParquetFile(parquet_file).read_row_group(row_group)
+    mask = pc.equal(rows.column("uniqflag"), 1)
+    uniq = rows.filter(mask).to_pandas()
+    frame = unique_view_from_rows(uniq, pd.DataFrame(dict(combined)), distance_cfg,
+                                  distance_inputs)
+    return pa.Table.from_pandas(frame[list(schema.names)], schema=schema,
+                                preserve_index=False)
+
+
+def _batches(sizes: Sequence[int], limit: int) -> Iterator[list[int]]:
+    """Consecutive indices grouped so that the sizes of a group add up to <= limit (a
+    single larger item forms its own group)."""
+    group: list[int] = []
+    total = 0
+    for i, n in enumerate(sizes):
+        if group and total + n > limit:
+            yield group
+            group, total = [], 0
+        group.append(i)
+        total += n
+    if group:
+        yield group
+
+
 def write_catalog(survey_path: str, products_dir: str,
                   formats: Sequence[str] = DEFAULT_FORMATS,
-                  distance_cfg: DistanceConfig | None = None) -> dict[str, Any]:
-    """Write ``catalog.*`` and ``catalog_unique.*`` (see the module docstring)."""
+                  distance_cfg: DistanceConfig | None = None,
+                  scheduler: str | None = None) -> dict[str, Any]:
+    """Write ``catalog.*`` and ``catalog_unique.*`` (see the module docstring).
+
+    Block by block, memory flat in the number of spectra: one pass over the cube's row
+    chunks writes ``catalog.parquet`` and streams ``catalog.fits`` / ``.ecsv``
+    (:class:`TableStreamWriter`) and keeps only the 1-D columns the unique-star view
+    needs (star_id, uniqflag, MKs, MKs_err, the network, the distance inputs); the
+    visits are combined per star (:func:`combine_visits`); a second pass makes the
+    unique-star rows of each row group (their distances recomputed, eqs. 18-24) as Dask
+    tasks on ``scheduler`` (CPU-bound: a process-based scheduler runs them in parallel)
+    and streams them to ``catalog_unique.*``.
+    """
     distance_cfg = distance_cfg or DistanceConfig()
     unknown = set(formats) - {"parquet", "fits", "ecsv"}
     if unknown:
@@ -339,69 +500,119 @@ def write_catalog(survey_path: str, products_dir: str,
     if missing:
         raise ValueError(f"{products_path(products_dir)}: the catalog needs product "
                          f"variables {missing}; run the stages that make them first")
+    import xarray as xr
+
     prods = open_products(products_dir)
+    survey = xr.open_zarr(survey_path, consolidated=store.CONSOLIDATED,
+                          zarr_format=store.ZARR_FORMAT)
     n_spec = int(prods.sizes["spec"])
     chunk = int(prods["specid"].chunks[0][0])
-    lengths = _string_lengths(survey_path)
+    bounds = block_bounds(n_spec, chunk)
+    lengths = _string_lengths(survey, chunk)
     schema = _arrow_schema(CATALOG_COLUMNS, lengths)
     path = catalog_path(products_dir, "parquet")
+    big = n_spec > FITS_MAX_ROWS
+    if big:
+        log.warning("catalog: %d rows > %d, FITS/ECSV not written (use the Parquet file)",
+                    n_spec, FITS_MAX_ROWS)
     tmp = path + ".partial"
     rows = 0
-    keep_cols = ["star_id", "uniqflag", "MKs", "MKs_err"]
-    small: list[pd.DataFrame] = []  # the columns the unique view needs, all rows
-    models: list[np.ndarray] = []
-    with pq.ParquetWriter(tmp, schema) as writer:
-        for start, stop in block_bounds(n_spec, chunk):
-            frame, model = catalog_block(survey_path, products_dir, start, stop)
-            writer.write_table(pa.Table.from_pandas(frame, schema=schema,
-                                                    preserve_index=False))
+    keep = {"star_id": [], "uniqflag": [], "MKs": [], "MKs_err": [], "model": []}
+    stream = TableStreamWriter(path[: -len(".parquet")], CATALOG_COLUMNS, n_spec,
+                               () if big else formats)
+    with pq.ParquetWriter(tmp, schema) as writer, stream:
+        for start, stop in bounds:
+            frame, model = catalog_block(survey_path, products_dir, start, stop,
+                                         survey=survey, products=prods)
+            table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+            writer.write_table(table)
+            stream.write(table)
             rows += len(frame)
-            small.append(frame[keep_cols])
-            models.append(model)
+            for name in ("star_id", "uniqflag", "MKs", "MKs_err"):
+                keep[name].append(frame[name].to_numpy())
+            keep["model"].append(model)
+            del frame, table
     os.replace(tmp, path)
     if rows != n_spec:
         raise RuntimeError(f"catalog has {rows} rows for {n_spec} spectra")
-    written = [path]
-    if rows <= FITS_MAX_ROWS:
-        written += _write_fits_and_ecsv(path, CATALOG_COLUMNS, formats)
-    else:
-        log.warning("catalog: %d rows > %d, FITS/ECSV not written (use the Parquet file)",
-                    rows, FITS_MAX_ROWS)
-    # unique-star view: combine visits over the whole survey, then the uniqflag=1 rows
-    allrows = pd.concat(small, ignore_index=True)
-    model = np.concatenate(models)
-    uniq_idx = np.flatnonzero(allrows["uniqflag"].to_numpy() == 1)
-    full_uniq = pq.read_table(path).take(pa.array(uniq_idx)).to_pandas()
-    sub = prods[["Ks0", "Ks0_err", "parallax_corrected", "parallax_corrected_error"]].isel(
-        spec=uniq_idx).load()
-    uniq = unique_view_from_rows(full_uniq, allrows, model, products_dir,
-                                 distance_cfg, {k: sub[k].values for k in sub.data_vars})
+    written = [path, *stream.files]
+    # unique-star view: combine visits over the whole survey (1-D columns only) ...
+    cols = {k: np.concatenate(v) for k, v in keep.items()}
+    del keep
+    sint = _sigma_int_per_visit(products_dir, cols["model"])
+    combined = combine_visits(cols["star_id"], cols["MKs"], cols["MKs_err"], sint)
+    is_uniq = cols["uniqflag"] == 1
+    uniq_ids = cols["star_id"][is_uniq]
+    comb = combined.reindex(uniq_ids)
+    comb_cols = {"MKs": comb["MKs"].to_numpy(), "MKs_err": comb["MKs_err"].to_numpy(),
+                 "MKs_nvisits": comb["MKs_nvisits"].to_numpy()}
+    del combined, comb, cols
+    dist = {k: v[is_uniq] for k, v in _read_rows(prods, _DISTANCE_INPUTS, 0, n_spec).items()}
+    # ... then the uniqflag = 1 rows of each block, in catalog order
+    per_block = [int(is_uniq[a:b].sum()) for a, b in bounds]
+    offsets = np.concatenate([[0], np.cumsum(per_block)])
+    n_uniq = int(offsets[-1])
     ucols = {**CATALOG_COLUMNS, **_UNIQUE_EXTRA}
     upath = catalog_path(products_dir, "parquet", UNIQUE_NAME)
     uschema = _arrow_schema(ucols, lengths)
-    pq.write_table(pa.Table.from_pandas(uniq[list(ucols)], schema=uschema,
-                                        preserve_index=False), upath)
-    written.append(upath)
-    written += _write_fits_and_ecsv(upath, ucols, formats)
+    utmp = upath + ".partial"
+    pending: list[pa.Table] = []
+    n_pending = 0
+    kwargs = {"scheduler": scheduler} if scheduler else {}
+    # the file's schema is the first part's (with pyarrow's pandas metadata, as
+    # pq.write_table of the whole frame has it)
+    uwriter: pq.ParquetWriter | None = None
+    with TableStreamWriter(upath[: -len(".parquet")], ucols, n_uniq, formats) as ustream:
+        try:
+            for group in _batches(per_block, ROW_GROUP_ROWS):
+                tasks = []
+                for b in group:
+                    sl = slice(int(offsets[b]), int(offsets[b + 1]))
+                    tasks.append(dask.delayed(_unique_block)(
+                        path, b, {k: v[sl] for k, v in comb_cols.items()},
+                        {k: v[sl] for k, v in dist.items()}, distance_cfg, uschema,
+                        dask_key_name=f"catalog-unique-{b}"))
+                for part in dask.compute(*tasks, **kwargs):
+                    ustream.write(part)
+                    if uwriter is None:
+                        uwriter = pq.ParquetWriter(utmp, part.schema)
+                    pending.append(part)
+                    n_pending += part.num_rows
+                    # row groups of exactly ROW_GROUP_ROWS rows, as pq.write_table
+                    while n_pending >= ROW_GROUP_ROWS:
+                        whole = pa.concat_tables(pending)
+                        uwriter.write_table(whole.slice(0, ROW_GROUP_ROWS).combine_chunks())
+                        pending = [whole.slice(ROW_GROUP_ROWS)]
+                        n_pending -= ROW_GROUP_ROWS
+                del tasks
+            if uwriter is None:
+                uwriter = pq.ParquetWriter(utmp, uschema)
+            if n_pending:
+                uwriter.write_table(pa.concat_tables(pending).combine_chunks())
+            pending = []
+        finally:
+            if uwriter is not None:
+                uwriter.close()
+    os.replace(utmp, upath)
+    written += [upath, *ustream.files]
     store.update_attrs(products_path(products_dir), {"stage_catalog_complete": True})
-    log.info("catalog: %d rows, %d unique stars -> %s", rows, len(uniq), products_dir)
-    return {"rows": rows, "unique_stars": int(len(uniq)), "files": written}
+    log.info("catalog: %d rows, %d unique stars -> %s", rows, n_uniq, products_dir)
+    return {"rows": rows, "unique_stars": n_uniq, "files": written}
 
 
-def unique_view_from_rows(uniq_rows: pd.DataFrame, all_rows: pd.DataFrame,
-                          mks_model: np.ndarray, products_dir: str,
+def unique_view_from_rows(uniq_rows: pd.DataFrame, combined: pd.DataFrame,
                           distance_cfg: DistanceConfig,
                           distance_inputs: Mapping[str, np.ndarray]) -> pd.DataFrame:
-    """The unique-star view from the uniqflag = 1 rows and (star_id, MKs, MKs_err) of all
-    rows; ``distance_inputs``: Ks0, Ks0_err, parallax_corrected(_error) of the unique rows."""
-    sint = _sigma_int_per_visit(products_dir, np.asarray(mks_model))
-    combined = combine_visits(all_rows["star_id"].to_numpy(), all_rows["MKs"].to_numpy(),
-                              all_rows["MKs_err"].to_numpy(), sint)
+    """The unique-star view of some ``uniqflag == 1`` catalog rows: M_Ks combined over
+    the star's visits and the distance recomputed from it (Sec. 7-8, eqs. 18-24).
+
+    ``combined``: ``MKs``, ``MKs_err``, ``MKs_nvisits`` of each row's star
+    (:func:`combine_visits`, aligned with the rows); ``distance_inputs``: ``Ks0``,
+    ``Ks0_err``, ``parallax_corrected(_error)`` of the rows."""
     uniq = uniq_rows.copy()
-    comb = combined.reindex(uniq["star_id"].to_numpy())
-    uniq["MKs"] = comb["MKs"].to_numpy(dtype=np.float32)
-    uniq["MKs_err"] = comb["MKs_err"].to_numpy(dtype=np.float32)
-    uniq["MKs_nvisits"] = comb["MKs_nvisits"].fillna(0).to_numpy(dtype=np.int16)
+    uniq["MKs"] = combined["MKs"].to_numpy(dtype=np.float32)
+    uniq["MKs_err"] = combined["MKs_err"].to_numpy(dtype=np.float32)
+    uniq["MKs_nvisits"] = combined["MKs_nvisits"].fillna(0).to_numpy(dtype=np.int16)
     dm0, sig = distance_modulus_terms(distance_inputs["Ks0"], distance_inputs["Ks0_err"],
                                       uniq["MKs"].to_numpy(), uniq["MKs_err"].to_numpy())
     binary = uniq["binary_flag"].to_numpy() == FLAG_BINARY

@@ -493,8 +493,8 @@ def _summarize_two_level(grid: DistanceGrid, lo: int, hi: int, n_cells: int, plx
     then evaluated exactly where the answers are decided: the cells around each
     percentile crossing and around every node close to the maximum (the mode). So the
     mode and the percentiles are those of the full 0.1 pc grid, and logdis / logdis_err
-    agree to ~1e-9. (:func:`summarize_distance_posteriors` runs the node level for all
-    stars of a block at once.)
+    agree to ~1e-9. (:func:`_two_level_summaries` runs the node level for many stars at
+    once, level after level.)
     """
     if (hi - lo - 1) // n_cells < 2:
         return None
@@ -503,16 +503,46 @@ def _summarize_two_level(grid: DistanceGrid, lo: int, hi: int, n_cells: int, plx
     return _refine_two_level(grid, lo, hi, node, 0, plx, plx_err, dm0, sig, cfg)
 
 
-def _summarize_one(grid: DistanceGrid, lo: int, hi: int, plx: float, plx_err: float,
-                   dm0: float, sig: float, cfg: DistanceConfig, two_level: bool) -> _Summary:
-    """Mode, 16/84 percentiles and log-distance moments of one star on grid [lo, hi)."""
-    n_cells = 4 * cfg.coarse_nodes if two_level else 0
-    while two_level and (hi - lo - 1) // n_cells >= 2:
-        res = _summarize_two_level(grid, lo, hi, n_cells, plx, plx_err, dm0, sig, cfg)
-        if res is not None:
-            return res
+#: grid values held at once by one batched node pass (stars x nodes): 512 stars at the
+#: first level (``coarse_nodes``), fewer at the finer levels
+_NODE_BATCH_VALUES = 512 * 2048
+
+
+def _two_level_summaries(grid: DistanceGrid, lo: np.ndarray, hi: np.ndarray, plx: np.ndarray,
+                         plx_err: np.ndarray, dm0: np.ndarray, sig: np.ndarray,
+                         cfg: DistanceConfig) -> dict[int, _Summary]:
+    """:func:`_summarize_two_level` for many stars, level by level.
+
+    Level 0 has ``coarse_nodes`` cells, each further level 4x more; at every level the
+    node pass runs for a batch of stars at once (:func:`_node_pass`, vectorised over
+    stars) and the stars whose refinement fails go on to the next level while their
+    window holds >= 2 points per cell. The same arithmetic per star as one star at a
+    time, only batched (one vectorised node pass per batch instead of one per star).
+    Returns the summaries by position in the inputs; stars without one need
+    :func:`_summarize_fine`.
+    """
+    out: dict[int, _Summary] = {}
+    n_cells = cfg.coarse_nodes
+    pending = np.arange(lo.size)
+    while pending.size:
+        pending = pending[(hi[pending] - lo[pending] - 1) // n_cells >= 2]
+        batch = 512 if n_cells == cfg.coarse_nodes else max(1, min(
+            512, _NODE_BATCH_VALUES // n_cells))
+        failed = []
+        for start in range(0, pending.size, batch):
+            part = pending[start:start + batch]
+            node = _node_pass(grid, lo[part], hi[part], n_cells, plx[part], plx_err[part],
+                              dm0[part], sig[part], cfg)
+            for j, k in enumerate(part):
+                s = _refine_two_level(grid, int(lo[k]), int(hi[k]), node, j, plx[k],
+                                      plx_err[k], dm0[k], sig[k], cfg)
+                if s is None:
+                    failed.append(k)
+                else:
+                    out[int(k)] = s
+        pending = np.asarray(failed, dtype=np.int64)
         n_cells *= 4
-    return _summarize_fine(grid, lo, hi, plx, plx_err, dm0, sig, cfg)
+    return out
 
 
 def summarize_distance_posteriors(
@@ -566,25 +596,13 @@ def summarize_distance_posteriors(
             hi = np.full(todo.size, grid.n_points, dtype=np.int64)
             c2 = np.full(todo.size, np.inf)
         retry = []
-        n_cells = cfg.coarse_nodes
-        batch = (hi - lo - 1) // n_cells >= 2 if windowed else np.zeros(todo.size, bool)
-        nodes: dict[int, tuple[dict[str, np.ndarray], int]] = {}
-        sel = np.flatnonzero(batch)
-        for start in range(0, sel.size, 512):  # the node level, 512 stars at a time
-            part = sel[start:start + 512]
-            ii = todo[part]
-            node = _node_pass(grid, lo[part], hi[part], n_cells, plx[ii], plx_err[ii],
-                              dm0[ii], sig[ii], cfg)
-            nodes.update({int(k): (node, j) for j, k in enumerate(part)})
+        summaries = _two_level_summaries(grid, lo, hi, plx[todo], plx_err[todo], dm0[todo],
+                                         sig[todo], cfg) if windowed else {}
         for k, i in enumerate(todo):
-            s = None
-            if k in nodes:
-                node, j = nodes[k]
-                s = _refine_two_level(grid, int(lo[k]), int(hi[k]), node, j, plx[i],
-                                      plx_err[i], dm0[i], sig[i], cfg)
+            s = summaries.pop(k, None)
             if s is None:
-                s = _summarize_one(grid, int(lo[k]), int(hi[k]), plx[i], plx_err[i], dm0[i],
-                                   sig[i], cfg, two_level=windowed)
+                s = _summarize_fine(grid, int(lo[k]), int(hi[k]), plx[i], plx_err[i], dm0[i],
+                                    sig[i], cfg)
             points[i] += hi[k] - lo[k]
             n_out = grid.n_points - (hi[k] - lo[k])
             if n_out > 0:

@@ -10,6 +10,12 @@ Inputs: ``parallax_corrected(_error)``, ``Ks0(_err)`` (photometry), ``MKs(_err)`
 
 ``catalog`` writes ``PRODUCTS_DIR/catalog.{parquet,fits[,ecsv]}`` and
 ``catalog_unique.*`` (:mod:`obpipe.catalog`).
+
+Both stages' per-star work (the two-level posterior evaluation of :mod:`obpipe.distance`)
+is Python-bound and holds the GIL, so on the "threads" scheduler they run their blocks
+on "processes" instead (:func:`gil_free_scheduler`) when there are enough blocks to
+repay starting the worker processes (~2x on 2 cores); any other scheduler (a cluster,
+"processes", "synchronous") is used as given.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 import time
 from typing import Any
 
+import dask
 import numpy as np
 
 from obpipe import catalog as catalog_mod
@@ -33,7 +40,13 @@ from obpipe.distance import (
     galactocentric_xyz_kpc,
     summarize_distance_posteriors,
 )
-from obpipe.products import Output, open_products, run_blockwise_stage, stage_complete
+from obpipe.products import (
+    Output,
+    block_bounds,
+    open_products,
+    run_blockwise_stage,
+    stage_complete,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +67,9 @@ OUTPUTS: dict[str, Output] = {
     "Y": Output("float32", "kpc", "Galactic Cartesian Y (direction of Galactic rotation)"),
     "Z": Output("float32", "kpc", "Galactic Cartesian Z (towards the North Galactic Pole)"),
 }
+#: blocks from which the "threads" scheduler is replaced by "processes" (starting the
+#: worker processes and importing obpipe in them costs about as much as 2-3 blocks)
+MIN_BLOCKS_FOR_PROCESSES = 8
 PRODUCT_INPUTS = ("parallax_corrected", "parallax_corrected_error", "Ks0", "Ks0_err", "MKs",
                   "MKs_err", "binary_flag")
 
@@ -65,6 +81,23 @@ def distance_config(ctx: Any) -> DistanceConfig:
         return cfg
     opts = getattr(ctx, "options", {}).get(STAGE, {}) or {}
     return opts if isinstance(opts, DistanceConfig) else DistanceConfig(**opts)
+
+
+def gil_free_scheduler(scheduler: str | None, n_blocks: int) -> str | None:
+    """``scheduler``, or "processes" in place of "threads" for Python-bound blockwise work
+    of at least :data:`MIN_BLOCKS_FOR_PROCESSES` blocks when Dask has more than one
+    worker (``num_workers`` or the CPU count)."""
+    workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
+    if scheduler == "threads" and n_blocks >= MIN_BLOCKS_FOR_PROCESSES and workers > 1:
+        log.info("%d blocks of Python-bound work: 'processes' (%d workers) instead of "
+                 "'threads'", n_blocks, workers)
+        return "processes"
+    return scheduler
+
+
+def _n_blocks(products_dir: str) -> int:
+    prods = open_products(products_dir)
+    return len(block_bounds(int(prods.sizes["spec"]), int(prods["specid"].chunks[0][0])))
 
 
 def distance_block(inputs: dict[str, np.ndarray], cfg: DistanceConfig) -> dict[str, np.ndarray]:
@@ -94,7 +127,8 @@ def run_distance(ctx: Any) -> dict[str, Any]:
     result = run_blockwise_stage(
         ctx.survey_path, ctx.products_dir, STAGE, functools.partial(distance_block, cfg=cfg),
         OUTPUTS, survey_vars=("ra", "dec"), product_vars=PRODUCT_INPUTS,
-        scheduler=ctx.scheduler, force=bool(getattr(ctx, "force", False)))
+        scheduler=gil_free_scheduler(ctx.scheduler, _n_blocks(ctx.products_dir)),
+        force=bool(getattr(ctx, "force", False)))
     result["seconds"] = time.perf_counter() - t0
     result["config"] = dataclasses.asdict(cfg)
     flags = open_products(ctx.products_dir)["distance_flags"].values
@@ -111,8 +145,9 @@ def run_catalog(ctx: Any) -> dict[str, Any]:
     """Write the Table 1 catalog and its unique-star view from the survey and products."""
     opts = getattr(ctx, "options", {}).get(CATALOG_STAGE, {}) or {}
     formats = tuple(opts.get("formats", catalog_mod.DEFAULT_FORMATS))
-    return catalog_mod.write_catalog(ctx.survey_path, ctx.products_dir, formats=formats,
-                                     distance_cfg=distance_config(ctx))
+    return catalog_mod.write_catalog(
+        ctx.survey_path, ctx.products_dir, formats=formats, distance_cfg=distance_config(ctx),
+        scheduler=gil_free_scheduler(ctx.scheduler, _n_blocks(ctx.products_dir)))
 
 
 def is_catalog_complete(ctx: Any) -> bool:

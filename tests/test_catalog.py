@@ -11,6 +11,7 @@ import pytest
 import zarr
 from astropy.table import Table
 
+from obpipe import catalog as catalog_mod
 from obpipe.catalog import CATALOG_COLUMNS, QUALITY_BITS, combine_visits
 from obpipe.config import DistanceConfig
 from obpipe.distance import DISTANCE_FLAG_BITS, distance_modulus_terms
@@ -156,3 +157,68 @@ def test_missing_parallax_and_ks_keep_their_rows(run: tuple[str, str], tmp_path:
         assert np.isnan(cat["dis"].to_numpy()[neither]).all()
         assert ((q[neither] & QUALITY_BITS["no_distance"]) > 0).all()
     assert set(CATALOG_COLUMNS) == set(cat.columns)
+
+
+def _astropy_whole_table_files(parquet_file: Path, out: Path) -> None:
+    """FITS and ECSV written by astropy from the whole table (the reference for the
+    block-by-block writer), with the catalog's TCOMMn and EXTNAME."""
+    from astropy.io import fits
+
+    columns = {**CATALOG_COLUMNS, **catalog_mod._UNIQUE_EXTRA}
+    table = Table.read(parquet_file, format="parquet")
+    hdu = fits.table_to_hdu(table)
+    for i, name in enumerate(table.colnames, start=1):
+        hdu.header[f"TCOMM{i}"] = columns[name].description[:68]
+    hdu.header["EXTNAME"] = "CATALOG"
+    hdu.writeto(out.with_suffix(".fits"))
+    table.write(out.with_suffix(".ecsv"), format="ascii.ecsv")
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+def test_streamed_files_equal_whole_table_writes(run: tuple[str, str], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 scheduler: str) -> None:
+    """catalog.fits / .ecsv and catalog_unique.* written block by block are byte for byte
+    what astropy and pyarrow write from the whole tables (here with 100-row Parquet row
+    groups for the unique view, so that several are streamed), on either scheduler."""
+    import pyarrow.parquet as pq
+
+    survey_path, products = run
+    prod_copy = tmp_path / "products"
+    shutil.copytree(products, prod_copy)
+    for f in prod_copy.glob("catalog*"):
+        f.unlink()
+    monkeypatch.setattr(catalog_mod, "ROW_GROUP_ROWS", 100)
+    res = catalog_mod.write_catalog(survey_path, str(prod_copy),
+                                    formats=("parquet", "fits", "ecsv"), scheduler=scheduler)
+    assert res["unique_stars"] > 200  # several row groups of the unique view
+    for name in ("catalog", "catalog_unique"):
+        ref = tmp_path / f"ref_{name}"
+        _astropy_whole_table_files(prod_copy / f"{name}.parquet", ref)
+        for fmt in ("fits", "ecsv"):
+            assert (prod_copy / f"{name}.{fmt}").read_bytes() == \
+                ref.with_suffix(f".{fmt}").read_bytes(), f"{name}.{fmt}"
+    whole = pq.read_table(prod_copy / "catalog_unique.parquet")
+    pq.write_table(whole, tmp_path / "u.parquet", row_group_size=100)
+    assert (prod_copy / "catalog_unique.parquet").read_bytes() == \
+        (tmp_path / "u.parquet").read_bytes()
+    assert pq.ParquetFile(prod_copy / "catalog_unique.parquet").num_row_groups >= 3
+    # and the same rows as in the run's own catalog files
+    for name in ("catalog", "catalog_unique"):
+        assert pq.read_table(prod_copy / f"{name}.parquet").equals(
+            pq.read_table(Path(products) / f"{name}.parquet"))
+
+
+def test_python_bound_stages_leave_threads_for_processes_only_when_it_pays() -> None:
+    import dask
+
+    from obpipe.distance_stage import MIN_BLOCKS_FOR_PROCESSES, gil_free_scheduler
+
+    many = MIN_BLOCKS_FOR_PROCESSES
+    with dask.config.set(num_workers=2):
+        assert gil_free_scheduler("threads", many) == "processes"
+        assert gil_free_scheduler("threads", many - 1) == "threads"
+        for other in ("processes", "synchronous", None, "tcp://127.0.0.1:8786"):
+            assert gil_free_scheduler(other, many) == other
+    with dask.config.set(num_workers=1):
+        assert gil_free_scheduler("threads", many) == "threads"
