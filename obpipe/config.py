@@ -450,6 +450,11 @@ _FIELD_DOCS: dict[str, str] = {
     "TrainingConfig.binary_snr_threshold": "S/N_dplx (eq. 16) above which a training "
     "spectrum is removed as a binary (Sec. 6: 2)",
     "TrainingConfig.noise_clip_sigma": "sigma clipping of the noise-model fit (eq. 14: 2)",
+    "TrainingConfig.noise_clip_lower_sigma": "noise model: also clip stars this many sigma "
+    "brighter than the model (not binaries: subdwarfs, white dwarfs, failed "
+    "reconstructions); none: the paper's one-sided clipping",
+    "TrainingConfig.noise_include_spread": "add each star's ensemble spread (epistemic) to "
+    "the eq. 14 variance and to MKs_err (beyond the paper); false: the paper's error",
     "TrainingConfig.noise_n_steps": "emcee steps of the noise-model posterior (Sec. 5.3)",
     "TrainingConfig.min_emission_test": "fewest emission test spectra for network (b)'s own "
     "noise model; below it (b) is calibrated on all its test predictions",

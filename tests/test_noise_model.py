@@ -70,3 +70,42 @@ def test_mks_uncertainty() -> None:
     err = nm.mks_uncertainty(np.array([100.0, 50.0, np.nan, 0.0]), 0.25, 0.10)
     np.testing.assert_allclose(err[:2], [np.hypot(0.25, 0.1), np.hypot(0.25, 0.2)])
     assert np.isnan(err[2:]).all()
+
+
+def test_bright_outliers_at_low_snr_inflate_sigma_s100_unless_clipped() -> None:
+    """Stars the networks do not describe (a subdwarf given an OB star's M_Ks) sit on the
+    bright side at low S/N; the lower clip keeps them out of sigma_s100."""
+    m_o, m_geo, geo_err, snr, _ = simulate(3000, 11)
+    rng = np.random.default_rng(12)
+    low = np.flatnonzero(snr < 60)
+    bad = rng.choice(low, size=150, replace=False)
+    m_o[bad] -= rng.uniform(2.0, 5.0, bad.size)  # predicted far too bright
+    _, theta_paper, _ = nm.clip_binaries(m_o, m_geo, geo_err, snr, clip_sigma=2.0)
+    keep, theta, _ = nm.clip_binaries(m_o, m_geo, geo_err, snr, clip_sigma=2.0,
+                                      clip_lower_sigma=3.0)
+    assert np.mean(~keep[bad]) > 0.95
+    assert theta_paper[3] > 2 * TRUE["sigma_s100"]
+    assert abs(theta[3] - TRUE["sigma_s100"]) < 0.03
+    assert abs(theta[2] - TRUE["sigma_int"]) < 0.04
+
+
+def test_ensemble_spread_is_a_known_variance_term() -> None:
+    """With a per-star epistemic term e_i in the data, fitting with it recovers sigma_int;
+    ignoring it inflates sigma_int. The per-spectrum error then adds e_i in quadrature."""
+    m_o, m_geo, geo_err, snr, _ = simulate(3000, 21)
+    rng = np.random.default_rng(22)
+    spread = rng.uniform(0.0, 0.5, m_o.size)
+    m_o = m_o + rng.normal(0, 1, m_o.size) * spread
+    res = nm.fit_noise_model(m_o, m_geo, geo_err, snr, clip_sigma=np.inf, n_steps=1500,
+                             seed=3, epistemic_mag=spread)
+    ignored = nm.fit_noise_model(m_o, m_geo, geo_err, snr, clip_sigma=np.inf, n_steps=1500,
+                                 seed=3)
+    assert res.includes_epistemic and not ignored.includes_epistemic
+    assert abs(res.sigma_int - TRUE["sigma_int"]) < 0.03
+    assert ignored.sigma_int > TRUE["sigma_int"] + 0.05
+    err = nm.mks_uncertainty(snr, res.sigma_int, res.sigma_s100, spread)
+    pull = (m_o - ((1 + res.mean["eps"]) * m_geo + res.mean["delta"])) / np.hypot(err, geo_err)
+    assert 0.93 < np.std(pull) < 1.07
+    np.testing.assert_allclose(
+        nm.mks_uncertainty(np.array([100.0]), 0.25, 0.10, np.array([0.2])),
+        [np.sqrt(0.25**2 + 0.1**2 + 0.2**2)])

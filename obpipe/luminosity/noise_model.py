@@ -49,13 +49,31 @@ DEFAULT_PRIOR_BOUNDS: tuple[tuple[float, float], ...] = (
 FORMAT_VERSION = 1
 
 
-def mks_uncertainty(snr: np.ndarray, sigma_int: float, sigma_s100: float) -> np.ndarray:
-    """Total M_Ks uncertainty (mag), eqs. (8)-(10): sqrt(sigma_int^2 + sigma_s^2)."""
+def mks_uncertainty(snr: np.ndarray, sigma_int: float, sigma_s100: float,
+                    epistemic_mag: np.ndarray | None = None) -> np.ndarray:
+    """Total M_Ks uncertainty (mag), eqs. (8)-(10): sqrt(sigma_int^2 + sigma_s^2).
+
+    ``epistemic_mag`` (beyond the paper): the per-star spread of the network ensemble,
+    added in quadrature (a star far from the training set gets a larger error; the
+    noise model fitted with the same term then leaves sigma_int for what no member sees).
+    """
     snr = np.asarray(snr, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         sigma_s = sigma_s100 / (snr / 100.0)
-    out = np.sqrt(sigma_int**2 + sigma_s**2)
+    var = sigma_int**2 + sigma_s**2
+    if epistemic_mag is not None:
+        var = var + np.nan_to_num(np.asarray(epistemic_mag, dtype=np.float64)) ** 2
+    out = np.sqrt(var)
     return np.where(np.isfinite(snr) & (snr > 0), out, np.nan)
+
+
+def _with_epistemic(mks_geo_err: np.ndarray, epistemic_mag: np.ndarray | None) -> np.ndarray:
+    """The per-star variance terms of eq. (14) that are not fitted, as one error (mag):
+    the geometric error and (when given) the ensemble spread."""
+    geo = np.asarray(mks_geo_err, dtype=np.float64)
+    if epistemic_mag is None:
+        return geo
+    return np.hypot(geo, np.nan_to_num(np.asarray(epistemic_mag, dtype=np.float64)))
 
 
 def log_likelihood(theta: np.ndarray, mks_spec: np.ndarray, mks_geo: np.ndarray,
@@ -156,6 +174,11 @@ class NoiseModelResult:
         return self.mean["sigma_int"]
 
     @property
+    def includes_epistemic(self) -> bool:
+        """True when the fit carried the ensemble spread (``mks_uncertainty`` needs it)."""
+        return bool(self.meta.get("epistemic_spread", False))
+
+    @property
     def sigma_s100(self) -> float:
         return self.mean["sigma_s100"]
 
@@ -200,12 +223,21 @@ class NoiseModelResult:
 def clip_binaries(mks_spec: np.ndarray, mks_geo: np.ndarray, mks_geo_err: np.ndarray,
                   snr: np.ndarray, clip_sigma: float = 2.0, clip: str = "upper",
                   max_iter: int = 20,
-                  bounds: tuple[tuple[float, float], ...] = DEFAULT_PRIOR_BOUNDS
+                  bounds: tuple[tuple[float, float], ...] = DEFAULT_PRIOR_BOUNDS,
+                  clip_lower_sigma: float | None = None,
+                  epistemic_mag: np.ndarray | None = None,
                   ) -> tuple[np.ndarray, np.ndarray, int]:
     """Iterative ``clip_sigma`` clipping of likely binaries (Sec. 5.3).
 
+    ``clip_lower_sigma`` (with ``clip="upper"``; beyond the paper): also drop stars whose
+    spectroscopic M_Ks is more than this many sigma *brighter* than the model -- not
+    binaries but stars the networks do not describe (subdwarfs and white dwarfs with a
+    parallax, failed reconstructions). Left in, they sit at low S/N and inflate
+    sigma_s100. ``epistemic_mag``: per-star ensemble spread, a known variance term of
+    eq. (14) (see :func:`mks_uncertainty`).
     Returns (keep mask, maximum-likelihood theta on the kept set, iterations).
     """
+    mks_geo_err = _with_epistemic(mks_geo_err, epistemic_mag)
     ok = (np.isfinite(mks_spec) & np.isfinite(mks_geo) & np.isfinite(mks_geo_err)
           & np.isfinite(snr) & (snr > 0))
     keep = ok.copy()
@@ -219,6 +251,8 @@ def clip_binaries(mks_spec: np.ndarray, mks_geo: np.ndarray, mks_geo_err: np.nda
             break
         z = standardized_residual(theta, mks_spec, mks_geo, mks_geo_err, snr)
         new = ok & ((z <= clip_sigma) if clip == "upper" else (np.abs(z) <= clip_sigma))
+        if clip == "upper" and clip_lower_sigma is not None:
+            new &= z >= -clip_lower_sigma
         if np.array_equal(new, keep):
             break
         keep = new
@@ -239,18 +273,23 @@ def fit_noise_model(
     seed: int = 0,
     bounds: tuple[tuple[float, float], ...] = DEFAULT_PRIOR_BOUNDS,
     meta: dict[str, Any] | None = None,
+    clip_lower_sigma: float | None = None,
+    epistemic_mag: np.ndarray | None = None,
 ) -> NoiseModelResult:
     """Sample the eq. (13) posterior with emcee after iterative binary clipping.
 
     Inputs per star: spectroscopic M_Ks (``mks_spec``), geometric M_Ks and its error
-    (eqs. 11-12), spectral S/N. Non-finite rows are ignored.
+    (eqs. 11-12), spectral S/N. Non-finite rows are ignored. ``clip_lower_sigma`` and
+    ``epistemic_mag``: see :func:`clip_binaries`; with ``epistemic_mag`` the result's
+    ``includes_epistemic`` is True and the per-spectrum error must add the spread too.
     """
     import emcee
 
     t0 = time.perf_counter()
     arrs = [np.asarray(a, dtype=np.float64) for a in (mks_spec, mks_geo, mks_geo_err, snr)]
+    arrs[2] = _with_epistemic(arrs[2], epistemic_mag)
     keep, theta_ml, n_it = clip_binaries(*arrs, clip_sigma=clip_sigma, clip=clip,
-                                         bounds=bounds)
+                                         bounds=bounds, clip_lower_sigma=clip_lower_sigma)
     if keep.sum() < 10:
         raise ValueError(f"noise model: only {int(keep.sum())} stars after clipping")
     data = [a[keep] for a in arrs]
@@ -281,7 +320,9 @@ def fit_noise_model(
         samples=samples, ml=theta_ml, keep=keep, tau=tau, acceptance=acc, n_steps=total,
         converged=converged, n_clip_iterations=n_it,
         meta={"n_input": int(np.isfinite(arrs[0]).sum()), "clip_sigma": clip_sigma,
-              "clip": clip, "n_walkers": n_walkers, "burn": burn, "thin": thin,
+              "clip": clip, "clip_lower_sigma": clip_lower_sigma,
+              "epistemic_spread": epistemic_mag is not None, "n_walkers": n_walkers,
+              "burn": burn, "thin": thin,
               "prior_bounds": [list(b) for b in bounds], "seconds": time.perf_counter() - t0,
               **(meta or {})},
     )

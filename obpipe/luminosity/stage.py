@@ -280,10 +280,13 @@ def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = 
 
 
 def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str, str], ...],
-                     sigmas: tuple[tuple[str, float, float], ...], input_kind: str,
+                     sigmas: tuple[tuple[Any, ...], ...], input_kind: str,
                      batch_size: int = 2048, products_dir: str | None = None
                      ) -> dict[str, np.ndarray]:
     """M_Ks, its error and the model code for one chunk of spectra (pure numpy).
+
+    ``sigmas``: per model ``(name, sigma_int, sigma_s100[, with_spread])``; with_spread
+    adds the ensemble spread to MKs_err (a noise model fitted with it).
 
     ``input_kind="recon_flux"``: network (a) reads ``recon_flux``; network (b) the
     clean-window reconstruction from ``pca_coeff`` and the PCA model of ``products_dir``
@@ -299,7 +302,7 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
     code = np.full(n, -9, dtype=np.int8)
     flag = np.where((np.asarray(inputs["quality_flags"]) & BROKEN_BIT) > 0, 2, 0).astype(np.int8)
     paths = dict(model_paths)
-    sig = {m: (si, s100) for m, si, s100 in sigmas}
+    sig = {m: (si, s100, bool(epi)) for m, si, s100, *epi in sigmas}
     for m, rows in (("a", em == 0), ("b", em != 0)):
         if not rows.any():
             continue
@@ -313,7 +316,9 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
         with threadpool_limits(1):
             mks[rows], spread[rows] = net.predict(x, batch_size=batch_size, return_std=True)
             flag[rows] |= net.input_out_of_range(x).astype(np.int8)
-        err[rows] = noise_model.mks_uncertainty(snr[rows], *sig[m])
+        si, s100, with_spread = sig[m]
+        err[rows] = noise_model.mks_uncertainty(snr[rows], si, s100,
+                                                spread[rows] if with_spread else None)
         code[rows] = MODEL_CODES[m]
     bad = ~np.isfinite(mks)
     err[bad] = np.nan
@@ -335,7 +340,8 @@ def run_luminosity(ctx: Any, **overrides: Any) -> dict[str, Any]:
     if force or not have:
         report["training"] = train_from_products(ctx, cfg, extra["extra_training"])
     noise = {m: noise_model.NoiseModelResult.load(p) for m, p in npaths.items()}
-    sigmas = tuple((m, r.sigma_int, r.sigma_s100) for m, r in noise.items())
+    sigmas = tuple((m, r.sigma_int, r.sigma_s100, r.includes_epistemic)
+                   for m, r in noise.items())
     input_kind = load_network(paths["a"]).input_kind
     pvars: tuple[str, ...] = ("em_flag", "quality_flags")
     pvars += ("recon_flux", "pca_coeff") if input_kind == "recon_flux" else (
@@ -356,6 +362,8 @@ def run_luminosity(ctx: Any, **overrides: Any) -> dict[str, Any]:
                           zarr_format=store.ZARR_FORMAT)
     grp["MKs_err"].attrs.update({f"noise_{m}_{k}": float(v) for m, r in noise.items()
                                  for k, v in r.mean.items()})
+    grp["MKs_err"].attrs.update({f"noise_{m}_epistemic_spread": r.includes_epistemic
+                                 for m, r in noise.items()})
     return {**result, "noise": {m: r.mean for m, r in noise.items()},
             "training_seconds": report.get("training", {}).get("timing_s", {})}
 
@@ -565,8 +573,12 @@ def luminosity_metrics(survey: xr.Dataset, products: xr.Dataset, truth: xr.Datas
     hi = single_ob & ~em & (snr > 100) & np.isfinite(d)
     if hi.any() and noise["a"]["sigma_s100"] is not None:
         sig_s = float(noise["a"]["sigma_s100"]) / (snr[hi] / 100.0)
+        known = sig_s**2
+        if attrs.get("noise_a_epistemic_spread") and "MKs_spread" in products:
+            # the ensemble spread is a modelled per-star term, not intrinsic scatter
+            known = known + np.nan_to_num(v(products, "MKs_spread").astype(float)[hi]) ** 2
         tot = float(np.std(d[hi]))
-        noise["sigma_int_truth"] = float(np.sqrt(max(tot**2 - np.mean(sig_s**2), 0.0)))
+        noise["sigma_int_truth"] = float(np.sqrt(max(tot**2 - np.mean(known), 0.0)))
         noise["scatter_truth_single_nonemission_snr_gt_100"] = tot
     out["noise_model"] = noise
     if "binary_flag" in products:

@@ -91,6 +91,13 @@ class TrainingConfig:
     #: test spectra below this S/N are kept out of the noise-model fits
     noise_min_snr: float = 10.0
     noise_clip_sigma: float = 2.0
+    #: noise model: also clip stars more than this many sigma *brighter* than the model
+    #: (not binaries: subdwarfs / white dwarfs / failed reconstructions that otherwise
+    #: inflate sigma_s100 at low S/N); None: the paper's one-sided clipping
+    noise_clip_lower_sigma: float | None = 3.0
+    #: the ensemble spread of each star is a known term of the eq. (14) variance and of
+    #: its MKs_err (beyond the paper); False: the paper's sqrt(sigma_int^2 + sigma_s^2)
+    noise_include_spread: bool = True
     noise_n_steps: int = 2000
     min_emission_test: int = 100
     #: a binary-cleaning round starts from the previous round's networks
@@ -265,6 +272,7 @@ def train_with_binary_cleaning(
     keep = {"a": np.ones(n, bool), "b": np.ones(n, bool)}
     nets: dict[str, MKsNetwork] = {}
     preds: dict[str, np.ndarray] = {}
+    spreads: dict[str, np.ndarray] = {}
     oof: dict[str, np.ndarray] = {}
     ml_theta: dict[str, np.ndarray] = {}
     for it in range(cfg.n_clean_iterations + 1):
@@ -290,8 +298,11 @@ def train_with_binary_cleaning(
             rec[f"train_seconds_{m}"] = hist.seconds
             domain = base_train[m] | (sets.test & ((em == 0) if m == "a" else np.isin(em, (0, 1))))
             p = np.full(n, np.nan)
-            p[domain] = nets[m].predict(xm[domain])
+            spread = np.full(n, np.nan)
+            p[domain], spread[domain] = nets[m].predict(xm[domain], return_std=True)
             preds[m] = p
+            spreads[m] = spread
+            epi = spread if cfg.noise_include_spread else None
             # honest predictions for the training rows: their out-of-fold member's
             o = np.full(n, np.nan)
             o[rows] = hist.out_of_fold
@@ -300,14 +311,15 @@ def train_with_binary_cleaning(
             sample = _noise_sample(m, sets, em, snr, mks_geo, cfg)
             _, theta, _ = noise_model.clip_binaries(
                 p[sample], mks_geo[sample], mks_geo_err[sample], snr[sample],
-                clip_sigma=cfg.noise_clip_sigma)
+                clip_sigma=cfg.noise_clip_sigma, clip_lower_sigma=cfg.noise_clip_lower_sigma,
+                epistemic_mag=None if epi is None else epi[sample])
             ml_theta[m] = theta
             rec[f"noise_ml_{m}"] = dict(zip(noise_model.PARAM_NAMES, map(float, theta),
                                             strict=True))
             test_sel = sample & np.isfinite(p)
             rec[f"test_rms_vs_geo_{m}"] = float(np.std(p[test_sel] - mks_geo[test_sel]))
             if it < cfg.n_clean_iterations:
-                err = noise_model.mks_uncertainty(snr, theta[2], theta[3])
+                err = noise_model.mks_uncertainty(snr, theta[2], theta[3], epi)
                 z = identify_binaries(honest, err, ks0, ks0_err, plx_mas, plx_err_mas,
                                       threshold=cfg.clean_snr_threshold)["snr_dparallax"]
                 with np.errstate(invalid="ignore"):
@@ -329,6 +341,8 @@ def train_with_binary_cleaning(
             noise[m] = noise_model.fit_noise_model(
                 preds[m][sample], mks_geo[sample], mks_geo_err[sample], snr[sample],
                 clip_sigma=cfg.noise_clip_sigma, n_steps=cfg.noise_n_steps, seed=cfg.seed,
+                clip_lower_sigma=cfg.noise_clip_lower_sigma,
+                epistemic_mag=spreads[m][sample] if cfg.noise_include_spread else None,
                 meta={"model": m, "sample": "test, non-emission" if m == "a" else
                       ("test, emission" if np.all(em[sample] == 1) else "test, all (b)"),
                       "min_snr": cfg.noise_min_snr, "max_mks_mag": cfg.max_mks_mag},
