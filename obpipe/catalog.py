@@ -30,6 +30,7 @@ import contextlib
 import io
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -292,9 +293,13 @@ class TableStreamWriter:
     own Parquet reader (an in-memory file: the same null -> NaN and string conversions
     as for the whole file) and ``fits.table_to_hdu``; the FITS header is the first
     block's with ``NAXIS2`` set to ``n_rows`` (known in advance), and every block's rows
-    are appended after it, then the zero padding to a 2,880-byte record. The ECSV file
-    is the first block's ECSV followed by the data lines of the others. Memory: one
-    block.
+    are appended after it, then the zero padding to a 2,880-byte record. After the
+    first block, whose bytes astropy makes, the rows are packed with numpy into the
+    record layout of that header (:func:`_fits_record_dtype`), ~100x faster than
+    astropy's per-block column machinery; the packing is checked against astropy's bytes
+    on the first block and astropy is kept for every block if they differ. The ECSV
+    file is the first block's ECSV followed by the data lines of the others. Memory:
+    one block.
     """
 
     def __init__(self, base: str, columns: Mapping[str, CatalogColumn], n_rows: int,
@@ -307,6 +312,7 @@ class TableStreamWriter:
         self.rows = 0
         self._fh: dict[str, Any] = {}
         self._data_bytes = 0
+        self._record: _FitsRecord | None = None  # numpy packing, once checked
 
     @property
     def files(self) -> list[str]:
@@ -320,6 +326,8 @@ class TableStreamWriter:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None and "fits" in self._fh:  # pad the data to whole FITS records
+            self._fh["fits"].write(b"\0" * (-self._data_bytes % _FITS_BLOCK))
         for fh in self._fh.values():
             fh.close()
         if exc_type is not None:
@@ -345,14 +353,22 @@ class TableStreamWriter:
         if not self._fh or block.num_rows == 0:
             self.rows += block.num_rows
             return
-        table = self._astropy_table(block)
+        table = None
         if self.fits:
-            self._write_fits(table)
+            if self._record is not None:
+                self._append_fits_rows(_pack_fits_rows(block, self._record))
+            else:
+                table = self._astropy_table(block)
+                self._write_fits(table, block)
         if self.ecsv:
-            self._write_ecsv(table)
+            self._write_ecsv(self._astropy_table(block) if table is None else table)
         self.rows += block.num_rows
 
-    def _write_fits(self, table: Any) -> None:
+    def _append_fits_rows(self, data: bytes) -> None:
+        self._fh["fits"].write(data)
+        self._data_bytes += len(data)
+
+    def _write_fits(self, table: Any, block: pa.Table) -> None:
         from astropy.io import fits
 
         hdu = fits.table_to_hdu(table)
@@ -366,16 +382,18 @@ class TableStreamWriter:
         with fits.open(buf) as hdul:
             info = hdul.fileinfo(1)
             header = hdul[1].header.copy()
-        n_bytes = int(header["NAXIS1"]) * len(table)
-        fh = self._fh["fits"]
+        data = raw[info["datLoc"]: info["datLoc"] + int(header["NAXIS1"]) * len(table)]
         if self.rows == 0:
+            fh = self._fh["fits"]
+            record = _fits_record_dtype(header)
+            if record is not None and _pack_fits_rows(block, record) == data:
+                self._record = record
+            else:
+                log.debug("%s.fits: rows written by astropy block by block", self.base)
             header["NAXIS2"] = self.n_rows
             fh.write(raw[: info["hdrLoc"]])
             fh.write(header.tostring().encode("ascii"))
-        fh.write(raw[info["datLoc"]: info["datLoc"] + n_bytes])
-        self._data_bytes += n_bytes
-        if self.rows + len(table) == self.n_rows:
-            fh.write(b"\0" * (-self._data_bytes % _FITS_BLOCK))
+        self._append_fits_rows(data)
 
     def _write_ecsv(self, table: Any) -> None:
         out = io.StringIO()
@@ -386,6 +404,67 @@ class TableStreamWriter:
             first = next(i for i, ln in enumerate(lines) if not ln.startswith("#"))
             text = "".join(lines[first + 1:])
         self._fh["ecsv"].write(text.encode("utf-8"))
+
+
+#: numpy dtypes of the FITS binary-table formats that astropy writes for the catalog
+_FITS_FORMATS = {"K": ">i8", "J": ">i4", "I": ">i2", "B": "u1", "E": ">f4", "D": ">f8",
+                 "L": "u1"}
+
+
+@dataclass(frozen=True)
+class _FitsRecord:
+    """The row layout of a FITS binary table: numpy record dtype and logical columns."""
+
+    dtype: np.dtype
+    logical: frozenset[str]
+
+
+def _fits_record_dtype(header: Any) -> _FitsRecord | None:
+    """The numpy row layout of a binary-table header (scalar columns of the formats in
+    :data:`_FITS_FORMATS` and ``nA`` strings, no scaling); None for anything else."""
+    import re
+
+    fields = []
+    logical = set()
+    for i in range(1, int(header["TFIELDS"]) + 1):
+        if any(f"{k}{i}" in header for k in ("TZERO", "TSCAL", "TDIM", "TNULL")):
+            return None
+        m = re.fullmatch(r"(\d*)([A-Z])", str(header[f"TFORM{i}"]).strip())
+        if m is None:
+            return None
+        repeat, code, name = int(m.group(1) or 1), m.group(2), header[f"TTYPE{i}"]
+        if code == "A":
+            fields.append((name, f"S{repeat}"))
+        elif repeat == 1 and code in _FITS_FORMATS:
+            fields.append((name, _FITS_FORMATS[code]))
+            if code == "L":
+                logical.add(name)
+        else:
+            return None
+    dtype = np.dtype(fields)
+    if dtype.itemsize != int(header["NAXIS1"]):
+        return None
+    return _FitsRecord(dtype, frozenset(logical))
+
+
+def _pack_fits_rows(block: pa.Table, record: _FitsRecord) -> bytes:
+    """The FITS rows of ``block`` in the layout ``record``, as astropy writes them from
+    ``Table.read`` of the Parquet file: nulls read as NaN, strings cut to the column
+    width and NUL-padded, logical columns 'T' (non-zero) / 'F'."""
+    rows = np.zeros(block.num_rows, dtype=record.dtype)
+    for name in record.dtype.names:
+        values = np.asarray(block.column(name).to_numpy())
+        kind = record.dtype[name]
+        if kind.kind == "S":
+            n = kind.itemsize
+            rows[name] = values.astype(f"U{n}").astype(f"S{n}")
+        elif name in record.logical:
+            rows[name] = np.where(values != 0, ord("T"), ord("F"))
+        elif kind.kind == "f":
+            rows[name] = np.where(np.isnan(values), np.nan, values)
+        else:
+            rows[name] = values
+    return rows.tobytes()
 
 
 def _string_lengths(survey: xr.Dataset, chunk: int) -> dict[str, int]:
@@ -492,6 +571,7 @@ def write_catalog(survey_path: str, products_dir: str,
     and streams them to ``catalog_unique.*``.
     """
     distance_cfg = distance_cfg or DistanceConfig()
+    t0 = time.perf_counter()
     unknown = set(formats) - {"parquet", "fits", "ecsv"}
     if unknown:
         raise ValueError(f"unknown catalog format(s) {sorted(unknown)}; "
@@ -533,6 +613,7 @@ def write_catalog(survey_path: str, products_dir: str,
             keep["model"].append(model)
             del frame, table
     os.replace(tmp, path)
+    t1 = time.perf_counter()
     if rows != n_spec:
         raise RuntimeError(f"catalog has {rows} rows for {n_spec} spectra")
     written = [path, *stream.files]
@@ -596,7 +677,8 @@ def write_catalog(survey_path: str, products_dir: str,
     os.replace(utmp, upath)
     written += [upath, *ustream.files]
     store.update_attrs(products_path(products_dir), {"stage_catalog_complete": True})
-    log.info("catalog: %d rows, %d unique stars -> %s", rows, n_uniq, products_dir)
+    log.info("catalog: %d rows (%.1f s), %d unique stars (%.1f s) -> %s", rows, t1 - t0,
+             n_uniq, time.perf_counter() - t1, products_dir)
     return {"rows": rows, "unique_stars": n_uniq, "files": written}
 
 

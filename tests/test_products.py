@@ -82,3 +82,34 @@ def test_resume_after_a_failed_block_gives_identical_products(survey, tmp_path) 
     got = open_products(products).load()
     for name in OUTPUTS:
         assert np.array_equal(got[name].values, expected[name].values, equal_nan=True)
+
+
+def test_block_reads_follow_the_store_through_the_opened_dataset_cache(survey, tmp_path) -> None:
+    """read_block reuses an opened store within a stage, yet sees a later stage's new
+    variables, data written after the first read, and a store rewritten at the same path."""
+    import shutil
+
+    from obpipe.products import products_path, read_block, write_products_block
+
+    products = str(tmp_path / "p")
+    run_pipeline(survey, products, ["index"])
+    _run(survey, products, _block_fn)
+    first = read_block(survey, products, 0, 50, ("specid",), ("flux_median",))
+    assert np.all(np.isfinite(first["flux_median"]))
+    write_products_block(products, 0, {"flux_median": np.full(50, -1.0, np.float32)})
+    assert np.all(read_block(survey, products, 0, 50, (), ("flux_median",))["flux_median"]
+                  == -1.0)
+    run_blockwise_stage(survey, products, "toy2", _double_median,
+                        {"twice": Output("float32")}, product_vars=("flux_median",),
+                        scheduler="threads")
+    twice = read_block(survey, products, 0, 50, (), ("twice",))["twice"]
+    np.testing.assert_array_equal(twice, np.full(50, -2.0, np.float32))
+    shutil.rmtree(products_path(products))
+    run_pipeline(survey, products, ["index"], force=True)
+    assert "twice" not in open_products(products)
+    with pytest.raises(KeyError):
+        read_block(survey, products, 0, 50, (), ("twice",))
+
+
+def _double_median(inputs):
+    return {"twice": 2 * inputs["flux_median"]}
