@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -70,45 +72,79 @@ def _in(wave: np.ndarray, windows: tuple[tuple[float, float], ...]) -> np.ndarra
     return m
 
 
+@lru_cache(maxsize=8)
+def _column_sets(n_pix: int, clean_pixels: bytes) -> dict[str, Any]:
+    """Column masks of the statistics on the grid (cached; ``clean_pixels`` as bytes)."""
+    wave = wavelength_grid()[:n_pix]
+    telluric = _in(wave, TELLURIC_WINDOWS_AA)
+    quality = ~_in(wave, EMISSION_WINDOWS_AA)
+    sets = {
+        "core": _in(wave, (HALPHA_CORE_AA,)),
+        "wings": _in(wave, HALPHA_WINGS_AA),
+        "quality": quality,
+        "clean": np.frombuffer(clean_pixels, dtype=bool),
+        "narrow": quality & ~telluric,
+        "wide": ~_in(wave, EMISSION_WINDOWS_WIDE_AA) & ~telluric,
+    }
+    for name in ("quality", "clean", "narrow", "wide"):
+        sets[name + "_f32"] = sets[name].astype(np.float32)
+    return sets
+
+
 def residual_statistics(
     norm_flux: np.ndarray,
     norm_ivar: np.ndarray,
     recon: np.ndarray,
     sigma_model: np.ndarray,
     clean_pixels: np.ndarray,
+    rows_per_chunk: int = 256,
 ) -> dict[str, np.ndarray]:
     """H-alpha excess (and its error), H-alpha chi2 and quality chi2 per row.
 
     ``clean_pixels`` (the clean-window mask) sets ``clean_fraction``, the share of
-    those pixels that are usable.
+    those pixels that are usable. Rows are processed ``rows_per_chunk`` at a time, so
+    the temporaries stay in cache and their memory does not grow with the block.
     """
-    wave = wavelength_grid()
     f = np.asarray(norm_flux, dtype=np.float32)
     iv = np.asarray(norm_ivar, dtype=np.float32)
     recon = np.asarray(recon, dtype=np.float32)
+    n, n_pix = f.shape
+    sets = _column_sets(n_pix, np.ascontiguousarray(clean_pixels, dtype=bool).tobytes())
+    model_var = np.asarray(sigma_model, dtype=np.float32) ** 2
+    names = ("halpha_excess", "halpha_excess_err", "halpha_chi2", "quality_chi2",
+             "window_chi2_max", "window_chi2_max_wide", "clean_fraction")
+    out = {k: np.empty(n, dtype=np.float32) for k in names}
+    for lo in range(0, n, rows_per_chunk):
+        rows = slice(lo, min(lo + rows_per_chunk, n))
+        for k, v in _residual_statistics_rows(f[rows], iv[rows], recon[rows], model_var,
+                                              sets).items():
+            out[k][rows] = v
+    return out
+
+
+def _residual_statistics_rows(f: np.ndarray, iv: np.ndarray, recon: np.ndarray,
+                              model_var: np.ndarray, sets: dict[str, Any]
+                              ) -> dict[str, np.ndarray]:
     good = (iv > 0) & np.isfinite(f) & np.isfinite(recon)
     with np.errstate(invalid="ignore", divide="ignore"):
-        var = 1.0 / np.where(good, iv, np.float32(1.0))
-    var += (sigma_model.astype(np.float32) ** 2)[None, :]
-    resid = np.where(good, f - recon, np.float32(0.0))
-    chi = resid * resid / var
-    chi[~good] = 0.0
-    core = _in(wave, (HALPHA_CORE_AA,))
-    wings = _in(wave, HALPHA_WINGS_AA)
-    quality = ~_in(wave, EMISSION_WINDOWS_AA)
-    telluric = _in(wave, TELLURIC_WINDOWS_AA)
-    wide = ~_in(wave, EMISSION_WINDOWS_WIDE_AA) & ~telluric
+        var = np.float32(1.0) / np.where(good, iv, np.float32(1.0))
+    var += model_var[None, :]
+    resid = np.subtract(f, recon, out=np.zeros_like(f), where=good)
+    chi = resid * resid
+    chi /= var
+    core, wings = sets["core"], sets["wings"]
     g_core = good[:, core]
     n_core = g_core.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         excess = resid[:, core].sum(axis=1, dtype=np.float64) / n_core
         excess_err = np.sqrt(np.where(g_core, var[:, core], 0.0).sum(axis=1)) / n_core
         halpha_chi2 = chi[:, wings].sum(axis=1) / good[:, wings].sum(axis=1)
-        n_c = good[:, clean_pixels].sum(axis=1)
-        quality_chi2 = chi[:, quality].sum(axis=1, dtype=np.float64) / good[:, quality].sum(
-            axis=1)
-        win_narrow = _max_window_chi2(chi, good, quality & ~telluric)
-        win_wide = _max_window_chi2(chi, good, wide)
+        good32 = good.astype(np.float32)
+        n_c = good32 @ sets["clean_f32"]
+        quality_chi2 = (chi.astype(np.float64) @ sets["quality"].astype(np.float64)) / (
+            good32 @ sets["quality_f32"])
+        win_narrow = _max_window_chi2(chi, good32, sets["narrow_f32"])
+        win_wide = _max_window_chi2(chi, good32, sets["wide_f32"])
     return {
         "halpha_excess": excess.astype(np.float32),
         "halpha_excess_err": excess_err.astype(np.float32),
@@ -116,25 +152,38 @@ def residual_statistics(
         "quality_chi2": quality_chi2.astype(np.float32),
         "window_chi2_max": win_narrow.astype(np.float32),
         "window_chi2_max_wide": win_wide.astype(np.float32),
-        "clean_fraction": (n_c / max(int(clean_pixels.sum()), 1)).astype(np.float32),
+        "clean_fraction": (n_c / max(int(sets["clean"].sum()), 1)).astype(np.float32),
     }
+
+
+def _sliding_sums(x: np.ndarray, width: int) -> np.ndarray:
+    """Sums of ``width`` consecutive columns, (n, n_pix - width + 1): by doubling (log2
+    width additions of shifted arrays) for a power of two, else a float64 cumulative sum."""
+    if width & (width - 1) == 0:
+        step = 1
+        while step < width:
+            x = x[:, :-step] + x[:, step:]
+            step *= 2
+        return x
+    c = np.zeros((x.shape[0], x.shape[1] + 1))
+    np.cumsum(x, axis=1, out=c[:, 1:])
+    return (c[:, width:] - c[:, :-width]).astype(x.dtype)
 
 
 def _max_window_chi2(chi: np.ndarray, good: np.ndarray, columns: np.ndarray,
                      width: int = QUALITY_WINDOW_PX) -> np.ndarray:
     """Largest mean chi^2 over ``width`` consecutive pixels of the grid, counting only
-    ``good`` pixels in ``columns`` (at least half of the window's pixels used)."""
-    use = good & columns[None, :]
-    n = chi.shape[0]
-    c = np.zeros((n, chi.shape[1] + 1), dtype=np.float32)
-    np.cumsum(np.where(use, chi, 0.0), axis=1, out=c[:, 1:])
-    k = np.zeros((n, chi.shape[1] + 1), dtype=np.int32)
-    np.cumsum(use, axis=1, out=k[:, 1:])
-    counts = k[:, width:] - k[:, :-width]
-    sums = c[:, width:] - c[:, :-width]
+    ``good`` pixels in ``columns`` (at least half of the window's pixels used).
+
+    ``chi`` (n, n_pix) is 0 where not ``good``; ``good`` (0/1) and ``columns`` (0/1
+    over the grid) as float32 or bool."""
+    columns = np.asarray(columns, dtype=np.float32)
+    sums = _sliding_sums(chi * columns, width)
+    counts = _sliding_sums(np.asarray(good, dtype=np.float32) * columns, width)
     sums[counts < width // 2] = -np.inf
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = (sums / np.maximum(counts, 1)).max(axis=1)
+        sums /= np.maximum(counts, np.float32(1.0))
+        out = sums.max(axis=1)
     return np.where(np.isfinite(out), out, np.nan)
 
 

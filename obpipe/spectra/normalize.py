@@ -31,7 +31,7 @@ CONTINUUM_KERNEL_AA = 50.0
 #: mask bits whose pixels carry no information (norm_ivar = 0); any set bit (e.g. a sky
 #: residual) keeps the pixel out of the continuum estimate.
 UNUSABLE_MASK_BITS = MASK_BITS["bad_pixel"] | MASK_BITS["no_coverage"]
-_TILE = 256
+_TILE = 64
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,9 @@ split into a smooth part, a sum of J Gaussian bumps along the spectrum whose
 K x K matrices are precomputed, plus exact low-rank corrections at pixels whose
 weight departs from the smooth part by more than a factor 3 (masked pixels, sky
 lines, gaps); within a factor 3 the smooth weight is used, which loses a little
-efficiency but no accuracy in expectation.
+efficiency but no accuracy in expectation. Everything per row is float32 BLAS; the
+K x K systems are solved by Cholesky factorisation (LAPACK ?posv), one call per
+spectrum, to float32 precision of the float64 estimator (tests/test_pca.py).
 
 The fitted bases are a small ``.npz`` model file (loaded with allow_pickle=False)
 with their wavelength windows, training selection and package version.
@@ -33,10 +35,12 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from scipy.linalg import lapack
+from threadpoolctl import ThreadpoolController
 
 from obpipe.spectra.grid import wavelength_grid
 
@@ -56,6 +60,13 @@ CLEAN_WINDOWS_AA: tuple[tuple[float, float], ...] = (
 )
 _N_WEIGHT_BUMPS = 12
 _DEVIANT_FACTOR = 3.0
+
+
+@lru_cache(maxsize=1)
+def _blas_controller() -> ThreadpoolController:
+    """The BLAS libraries of this process, found once (``threadpool_limits`` looks them up
+    on every call, ~5 ms: too slow per batch of the projection)."""
+    return ThreadpoolController()
 
 
 def window_mask(windows: tuple[tuple[float, float], ...], wave: np.ndarray | None = None
@@ -105,12 +116,21 @@ class PCABasis:
         return self._cache["bumps"]
 
     def _f32(self) -> dict[str, np.ndarray]:
+        """float32 copies of the arrays the projection and reconstruction use (cached)."""
         if "f32" not in self._cache:
+            g, pinv, h = self._bumps()
+            prior = (1.0 / np.maximum(self.variance, 1e-12)).astype(np.float32)
             self._cache["f32"] = {
                 "mean": self.mean.astype(np.float32),
                 "inv_std": (1.0 / self.std).astype(np.float32),
                 "std2": (self.std**2).astype(np.float32),
                 "phi_t": np.ascontiguousarray(self.components.T, dtype=np.float32),
+                "bumps_t": np.ascontiguousarray(g.T, dtype=np.float32),  # (J, P)
+                "pinv_t": np.ascontiguousarray(pinv.T, dtype=np.float32),  # (P, J)
+                "h": h.reshape(h.shape[0], -1).astype(np.float32),  # (J, K K)
+                "prior": prior,  # (K,) 1 / component variance, Lambda^-1
+                "recon": (self.to_full * self.full_std[None, :]).astype(np.float32),  # (K, N)
+                "full_mean": self.full_mean.astype(np.float32),
             }
         return self._cache["f32"]
 
@@ -145,36 +165,30 @@ class PCABasis:
                        ) -> np.ndarray:
         z, w = self.standardise(norm_flux, norm_ivar)
         k = self.n_components
-        g, pinv, h = self._bumps()
-        g32, pinv32 = self._cache.setdefault(
-            "bumps32", (g.astype(np.float32), pinv.T.astype(np.float32)))
-        phi = self.components.astype(np.float64)
+        c = self._f32()
         used = w > 0
         n_good = np.count_nonzero(used, axis=1)
-        with np.errstate(all="ignore"):
-            row_fill = np.nan_to_num(np.nanmedian(np.where(used, w, np.nan), axis=1)).astype(
-                np.float32)
-        filled = np.where(used, w, row_fill[:, None])
-        a = filled @ pinv32  # (n, J)
-        w_smooth = a @ g32.T  # (n, P)
+        # the smooth part of W: J bumps fitted to the row, its unusable pixels filled with the
+        # row's median weight (the 1 / ivar of a masked pixel says nothing about the row)
+        filled = np.where(used, w, _row_median(w, used)[:, None])
+        a = filled @ c["pinv_t"]  # (n, J)
+        del filled
+        w_smooth = a @ c["bumps_t"]  # (n, P)
         np.maximum(w_smooth, np.float32(1e-12), out=w_smooth)
         deviant = (w > _DEVIANT_FACTOR * w_smooth) | (w * _DEVIANT_FACTOR < w_smooth)
-        h32 = self._cache.setdefault("h32", h.reshape(h.shape[0], -1).astype(np.float32))
-        gram = (a @ h32).reshape(-1, k, k)
+        gram = (a @ c["h"]).reshape(-1, k, k)  # Phi diag(w_smooth) Phi^T, (n, K, K)
         # many small matrices: one BLAS thread each (threads only contend here)
-        with threadpool_limits(1):
-            _add_deviant_corrections(gram, phi, deviant, w, w_smooth)
-        if prior:
-            gram += np.diag(1.0 / np.maximum(self.variance, 1e-12)).astype(np.float32)[None]
-        else:
-            gram += np.float32(1e-6) * np.eye(k, dtype=np.float32)[None, :, :]
+        with _blas_controller().limit(limits=1):
+            _add_deviant_corrections(gram, np.asarray(self.components, dtype=np.float64),
+                                     c["phi_t"], deviant, w, w_smooth)
+        del w_smooth, deviant
+        diagonal = gram.reshape(gram.shape[0], k * k)[:, :: k + 1]  # a view
+        diagonal += c["prior"] if prior else np.float32(1e-6)
         w *= z
-        rhs = w @ self._f32()["phi_t"]
-        empty = n_good == 0
-        with threadpool_limits(1):
-            coeff = np.linalg.solve(gram, rhs[:, :, None])[:, :, 0]
-        coeff = coeff.astype(np.float64)
-        coeff[empty] = np.nan
+        rhs = w @ c["phi_t"]  # Phi W z, (n, K)
+        with _blas_controller().limit(limits=1):
+            coeff = _solve_spd(gram, rhs).astype(np.float64)
+        coeff[n_good == 0] = np.nan
         return coeff
 
     def project_plain(self, norm_flux: np.ndarray) -> np.ndarray:
@@ -184,9 +198,11 @@ class PCABasis:
         return z @ self.components.T.astype(np.float64)
 
     def reconstruct(self, coeff: np.ndarray) -> np.ndarray:
-        """Full-grid normalised flux (n, N) from coefficients."""
-        return (self.full_mean + self.full_std * (np.asarray(coeff) @ self.to_full)).astype(
-            np.float32)
+        """Full-grid normalised flux (n, N), float32: full_mean + full_std (c B) (eq. 2)."""
+        c = self._f32()
+        out = np.asarray(coeff, dtype=np.float32) @ c["recon"]
+        out += c["full_mean"]
+        return out
 
     # ---- persistence ----------------------------------------------------------------
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
@@ -213,13 +229,14 @@ class PCABasis:
         )
 
 
-def _add_deviant_corrections(gram: np.ndarray, phi: np.ndarray, deviant: np.ndarray,
-                             w: np.ndarray, w_smooth: np.ndarray, max_batched: int = 64
-                             ) -> None:
+def _add_deviant_corrections(gram: np.ndarray, phi: np.ndarray, phi_t: np.ndarray,
+                             deviant: np.ndarray, w: np.ndarray, w_smooth: np.ndarray,
+                             max_batched: int = 64) -> None:
     """gram[i] += sum over deviant pixels p of (w - w_smooth)[i, p] phi_p phi_p^T (in place).
 
-    Rows with up to ``max_batched`` deviant pixels are done in one padded batched
-    matrix product; rows with more (e.g. dead segments) one by one.
+    ``phi`` (K, P) are the components (float64) and ``phi_t`` (P, K) the same by pixel in
+    gram's dtype. Rows with up to ``max_batched`` deviant pixels are done in one padded
+    batched matrix product; rows with more (e.g. dead segments) one by one, in float64.
     """
     counts = deviant.sum(axis=1)
     # rows grouped by their number of deviant pixels, so that padding stays small
@@ -235,13 +252,43 @@ def _add_deviant_corrections(gram: np.ndarray, phi: np.ndarray, deviant: np.ndar
         dvals = np.zeros((rows.size, d_max), dtype=gram.dtype)
         order[r, pos] = c
         dvals[r, pos] = w[rows[r], c] - w_smooth[rows[r], c]
-        sub = phi.T.astype(gram.dtype)[order]  # (m, d_max, K)
+        sub = phi_t[order]  # (m, d_max, K)
         gram[rows] += np.matmul(np.swapaxes(sub * dvals[:, :, None], 1, 2), sub)
     for i in np.flatnonzero(counts > max_batched):
         cols = np.flatnonzero(deviant[i])
         sub = phi[:, cols]
         gram[i] += ((sub * (w[i, cols] - w_smooth[i, cols]).astype(np.float64)) @ sub.T).astype(
             gram.dtype)
+
+
+def _row_median(x: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """Median of each row of ``x`` (n, P) over its ``good`` entries; 0 where a row has none.
+
+    The same numbers as ``np.nan_to_num(np.nanmedian(np.where(good, x, nan), axis=1))``
+    (the mean of the two middle values in x's dtype for an even count) without
+    nanmedian's Python loop over rows: one sort of the rows, missing entries last.
+    """
+    m = np.count_nonzero(good, axis=1)
+    s = np.sort(np.where(good, x, np.array(np.inf, dtype=x.dtype)), axis=1)
+    rows = np.arange(x.shape[0])
+    lo = s[rows, np.maximum(m - 1, 0) // 2]
+    hi = s[rows, np.minimum(m // 2, x.shape[1] - 1)]
+    out = (lo + hi) / np.array(2, dtype=x.dtype)
+    out[m == 0] = 0.0
+    return out
+
+
+def _solve_spd(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Solve gram[i] x[i] = rhs[i] for a stack of symmetric positive definite matrices
+    (n, K, K): Cholesky (LAPACK ?posv, one call per matrix, no copy of the stack); LU
+    where a matrix is not numerically positive definite."""
+    posv = lapack.get_lapack_funcs("posv", (gram,))
+    out = np.empty_like(rhs)
+    for i in range(gram.shape[0]):
+        # gram[i].T is the same symmetric matrix in Fortran order; posv reads its lower half
+        _, x, info = posv(gram[i].T, rhs[i], lower=1)
+        out[i] = x if info == 0 else np.linalg.solve(gram[i], rhs[i])
+    return out
 
 
 def _weight_template(ivar: np.ndarray, std: np.ndarray, max_rows: int = 1200) -> np.ndarray:

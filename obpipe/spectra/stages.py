@@ -117,19 +117,38 @@ def load_pca_model(products_dir: str) -> pca.PCAModel:
     return _load_model(path, os.path.getmtime(path))
 
 
+def pca_statistics(model: pca.PCAModel, norm_flux: np.ndarray, norm_ivar: np.ndarray,
+                   prior: bool = True, rows_per_chunk: int = 256) -> dict[str, np.ndarray]:
+    """The pca stage's numbers for rows of normalised spectra (n, n_wave), numpy only.
+
+    Weighted projection on both bases (Sec. 3), the clean-window reconstruction (eq. 2)
+    and the residual statistics of ``emission.residual_statistics`` (Fig. 3, App. A),
+    ``rows_per_chunk`` rows at a time: every row is independent, and chunks keep the
+    temporaries in cache and the memory independent of the number of rows.
+    """
+    n = norm_flux.shape[0]
+    out: dict[str, np.ndarray] = {}
+    for lo in range(0, max(n, 1), rows_per_chunk):  # one empty chunk for n = 0
+        rows = slice(lo, min(lo + rows_per_chunk, n))
+        nf, ni = norm_flux[rows], norm_ivar[rows]
+        coeff = model.clean.project(nf, ni, prior=prior)
+        part = {"pca_coeff": coeff.astype(np.float32),
+                "pca_coeff_full": model.full.project(nf, ni, prior=prior).astype(np.float32)}
+        part.update(emission.residual_statistics(nf, ni, model.clean.reconstruct(coeff),
+                                                 model.clean.sigma_model, model.clean.pixels))
+        for k, v in part.items():
+            if k not in out:
+                out[k] = np.empty((n, *v.shape[1:]), dtype=v.dtype)
+            out[k][rows] = v
+    return out
+
+
 def pca_block(inputs: dict[str, np.ndarray], model_path: str, prior: bool
               ) -> dict[str, np.ndarray]:
     release_large_buffers_to_the_os()
     model = _load_model(model_path, os.path.getmtime(model_path))
-    nf, ni = inputs["norm_flux"], inputs["norm_ivar"]
     with threadpool_limits(1):
-        coeff = model.clean.project(nf, ni, prior=prior)
-        coeff_full = model.full.project(nf, ni, prior=prior)
-        recon = model.clean.reconstruct(coeff)
-        stats = emission.residual_statistics(nf, ni, recon, model.clean.sigma_model,
-                                             model.clean.pixels)
-    return {"pca_coeff": coeff.astype(np.float32), "pca_coeff_full": coeff_full.astype(
-        np.float32), **stats}
+        return pca_statistics(model, inputs["norm_flux"], inputs["norm_ivar"], prior)
 
 
 def select_training(snr: np.ndarray, min_snr: float, max_train: int, seed: int) -> np.ndarray:
