@@ -13,7 +13,8 @@ Files (``PRODUCTS_DIR``):
   metadata and in astropy's ``table_meta_yaml`` (``Table.read`` restores them);
 * ``catalog.fits`` (binary table; units in TUNITn, descriptions in TCOMMn, which
   TOPCAT shows) and, on request, ``catalog.ecsv`` — for catalogs up to
-  ``FITS_MAX_ROWS`` rows; streamed block by block (:class:`TableStreamWriter`), byte
+  ``FITS_MAX_ROWS`` rows (int8 flags as 16-bit integers, :func:`fits_flag_columns`);
+  streamed block by block (:class:`TableStreamWriter`), byte
   for byte the files astropy writes from the whole table;
 * ``catalog_unique.*``: one row per star (``uniqflag == 1``) where the star's visits
   are combined: M_Ks is the inverse-variance mean over its visits (the paper's
@@ -371,7 +372,7 @@ class TableStreamWriter:
     def _write_fits(self, table: Any, block: pa.Table) -> None:
         from astropy.io import fits
 
-        hdu = fits.table_to_hdu(table)
+        hdu = fits.table_to_hdu(fits_flag_columns(table))
         for i, name in enumerate(table.colnames, start=1):
             hdu.header[f"TCOMM{i}"] = self.columns[name].description[:68]
         hdu.header["EXTNAME"] = "CATALOG"
@@ -404,6 +405,21 @@ class TableStreamWriter:
             first = next(i for i, ln in enumerate(lines) if not ln.startswith("#"))
             text = "".join(lines[first + 1:])
         self._fh["ecsv"].write(text.encode("utf-8"))
+
+
+def fits_flag_columns(table: Any) -> Any:
+    """``table`` with its int8 flag columns (``binary_flag``, ``em_flag``, ...) as int16
+    for FITS: astropy writes int8 as FITS logical (T/F), which would read -9 back as
+    True; as 16-bit integers (TFORM I) -9 / 0 / 1 survive."""
+    from astropy.table import Column
+
+    out = table.copy(copy_data=False)
+    for name in out.colnames:
+        col = out[name]
+        if col.dtype == np.int8:
+            out[name] = Column(np.asarray(col).astype(np.int16), name=name, unit=col.unit,
+                               description=col.description)
+    return out
 
 
 #: numpy dtypes of the FITS binary-table formats that astropy writes for the catalog

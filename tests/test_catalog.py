@@ -161,12 +161,12 @@ def test_missing_parallax_and_ks_keep_their_rows(run: tuple[str, str], tmp_path:
 
 def _astropy_whole_table_files(parquet_file: Path, out: Path) -> None:
     """FITS and ECSV written by astropy from the whole table (the reference for the
-    block-by-block writer), with the catalog's TCOMMn and EXTNAME."""
+    block-by-block writer), with the catalog's TCOMMn, EXTNAME and int16 flags."""
     from astropy.io import fits
 
     columns = {**CATALOG_COLUMNS, **catalog_mod._UNIQUE_EXTRA}
     table = Table.read(parquet_file, format="parquet")
-    hdu = fits.table_to_hdu(table)
+    hdu = fits.table_to_hdu(catalog_mod.fits_flag_columns(table))
     for i, name in enumerate(table.colnames, start=1):
         hdu.header[f"TCOMM{i}"] = columns[name].description[:68]
     hdu.header["EXTNAME"] = "CATALOG"
@@ -226,3 +226,15 @@ def test_python_bound_stages_leave_threads_for_processes_only_when_it_pays() -> 
             assert gil_free_scheduler(other, many) == other
     with dask.config.set(num_workers=1):
         assert gil_free_scheduler("threads", many) == "threads"
+
+
+def test_fits_flags_read_back_as_in_parquet(run: tuple[str, str]) -> None:
+    """binary_flag / em_flag keep -9 (unclassified) in FITS: int8 would be FITS logical."""
+    _, products = run
+    for name in ("catalog", "catalog_unique"):
+        fits_tab = Table.read(Path(products) / f"{name}.fits")
+        pq_tab = pd.read_parquet(Path(products) / f"{name}.parquet")
+        for col in ("binary_flag", "em_flag", "em_flag_star"):
+            assert fits_tab[col].dtype.kind == "i", col
+            np.testing.assert_array_equal(np.asarray(fits_tab[col]), pq_tab[col].to_numpy())
+    assert (pq_tab["binary_flag"] == -9).any()  # the case that logical columns lose
