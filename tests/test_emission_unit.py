@@ -104,3 +104,26 @@ def test_residual_statistics_match_float64_reference() -> None:
             ok = np.isfinite(v)
             assert np.allclose(got[k][ok], v[ok], rtol=2e-5, atol=1e-7), (k, got[k], v)
     assert np.isnan(ref["halpha_excess"][3]) and ref["window_chi2_max"][4] > 1e3
+
+
+def test_window_chi2_any_width_matches_brute_force() -> None:
+    """The doubling sums (powers of two) and the cumulative-sum path (other widths, and
+    widths beyond the uint8 counts) give the same windows as a direct loop."""
+    rng = np.random.default_rng(8)
+    chi = rng.exponential(1.0, (3, 700)).astype(np.float32)
+    good = rng.random(chi.shape) > 0.3
+    chi[~good] = 0.0
+    cols = rng.random(700) > 0.1
+    for width in (4, 12, 16, 256, 300):
+        use = good & cols[None, :]
+        ref = []
+        for i in range(3):
+            best = -np.inf
+            for j in range(700 - width + 1):
+                n_use = use[i, j:j + width].sum()
+                if n_use >= width // 2:
+                    best = max(best, chi[i, j:j + width].astype(float)[use[i, j:j + width]].sum()
+                               / n_use)
+            ref.append(best if np.isfinite(best) else np.nan)
+        got = emission._max_window_chi2(chi, good, cols, width)
+        assert np.allclose(got, ref, rtol=1e-5, equal_nan=True), width

@@ -86,8 +86,6 @@ def _column_sets(n_pix: int, clean_pixels: bytes) -> dict[str, Any]:
         "narrow": quality & ~telluric,
         "wide": ~_in(wave, EMISSION_WINDOWS_WIDE_AA) & ~telluric,
     }
-    for name in ("quality", "clean", "narrow", "wide"):
-        sets[name + "_f32"] = sets[name].astype(np.float32)
     return sets
 
 
@@ -125,26 +123,35 @@ def residual_statistics(
 def _residual_statistics_rows(f: np.ndarray, iv: np.ndarray, recon: np.ndarray,
                               model_var: np.ndarray, sets: dict[str, Any]
                               ) -> dict[str, np.ndarray]:
-    good = (iv > 0) & np.isfinite(f) & np.isfinite(recon)
+    # few temporaries, reused in place: each new array of a chunk costs page faults
+    good = iv > 0
+    finite = np.isfinite(f)
+    good &= finite
+    good &= np.isfinite(recon, out=finite)
+    var = np.where(good, iv, np.float32(1.0))
     with np.errstate(invalid="ignore", divide="ignore"):
-        var = np.float32(1.0) / np.where(good, iv, np.float32(1.0))
+        np.divide(np.float32(1.0), var, out=var)
     var += model_var[None, :]
     resid = np.subtract(f, recon, out=np.zeros_like(f), where=good)
-    chi = resid * resid
-    chi /= var
     core, wings = sets["core"], sets["wings"]
     g_core = good[:, core]
     n_core = g_core.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         excess = resid[:, core].sum(axis=1, dtype=np.float64) / n_core
         excess_err = np.sqrt(np.where(g_core, var[:, core], 0.0).sum(axis=1)) / n_core
+    chi = np.multiply(resid, resid, out=resid)  # chi^2 per pixel, 0 where not good
+    chi /= var
+    del var
+    quality = sets["quality"]
+    with np.errstate(invalid="ignore", divide="ignore"):
         halpha_chi2 = chi[:, wings].sum(axis=1) / good[:, wings].sum(axis=1)
-        good32 = good.astype(np.float32)
-        n_c = good32 @ sets["clean_f32"]
-        quality_chi2 = (chi.astype(np.float64) @ sets["quality"].astype(np.float64)) / (
-            good32 @ sets["quality_f32"])
-        win_narrow = _max_window_chi2(chi, good32, sets["narrow_f32"])
-        win_wide = _max_window_chi2(chi, good32, sets["wide_f32"])
+        n_c = np.count_nonzero(good[:, sets["clean"]], axis=1)
+        quality_chi2 = np.sum(chi, axis=1, dtype=np.float64, where=quality[None, :]) / (
+            np.count_nonzero(good[:, quality], axis=1))
+        buffers = (np.empty_like(chi), np.empty_like(chi), np.empty(chi.shape, np.uint8),
+                   np.empty(chi.shape, np.uint8))
+        win_narrow = _max_window_chi2(chi, good, sets["narrow"], buffers=buffers)
+        win_wide = _max_window_chi2(chi, good, sets["wide"], buffers=buffers)
     return {
         "halpha_excess": excess.astype(np.float32),
         "halpha_excess_err": excess_err.astype(np.float32),
@@ -156,33 +163,47 @@ def _residual_statistics_rows(f: np.ndarray, iv: np.ndarray, recon: np.ndarray,
     }
 
 
-def _sliding_sums(x: np.ndarray, width: int) -> np.ndarray:
+def _sliding_sums(x: np.ndarray, width: int, spare: np.ndarray | None = None) -> np.ndarray:
     """Sums of ``width`` consecutive columns, (n, n_pix - width + 1): by doubling (log2
-    width additions of shifted arrays) for a power of two, else a float64 cumulative sum."""
+    width additions of shifted arrays, alternating between ``x`` and ``spare``, both
+    overwritten) for a power of two, else a float64 cumulative sum."""
     if width & (width - 1) == 0:
-        step = 1
+        spare = np.empty_like(x) if spare is None else spare
+        src, dst, length, step = x, spare, x.shape[1], 1
         while step < width:
-            x = x[:, :-step] + x[:, step:]
-            step *= 2
-        return x
+            length -= step
+            np.add(src[:, :length], src[:, step:step + length], out=dst[:, :length])
+            src, dst, step = dst, src, 2 * step
+        return src[:, :length]
     c = np.zeros((x.shape[0], x.shape[1] + 1))
     np.cumsum(x, axis=1, out=c[:, 1:])
     return (c[:, width:] - c[:, :-width]).astype(x.dtype)
 
 
 def _max_window_chi2(chi: np.ndarray, good: np.ndarray, columns: np.ndarray,
-                     width: int = QUALITY_WINDOW_PX) -> np.ndarray:
+                     width: int = QUALITY_WINDOW_PX,
+                     buffers: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
     """Largest mean chi^2 over ``width`` consecutive pixels of the grid, counting only
     ``good`` pixels in ``columns`` (at least half of the window's pixels used).
 
-    ``chi`` (n, n_pix) is 0 where not ``good``; ``good`` (0/1) and ``columns`` (0/1
-    over the grid) as float32 or bool."""
-    columns = np.asarray(columns, dtype=np.float32)
-    sums = _sliding_sums(chi * columns, width)
-    counts = _sliding_sums(np.asarray(good, dtype=np.float32) * columns, width)
+    ``chi`` (n, n_pix) is 0 where not ``good`` (bool, n x n_pix); ``columns`` (n_pix,)
+    bool. ``buffers``: two float32 and two uint8 arrays of chi's shape to work in."""
+    if buffers is None or width > 255:  # uint8 counts hold up to 255 pixels
+        count_type = np.uint8 if width <= 255 else np.int32
+        buffers = (np.empty(chi.shape, np.float32), np.empty(chi.shape, np.float32),
+                   np.zeros(chi.shape, count_type), np.empty(chi.shape, count_type))
+    x, x_spare, k, k_spare = buffers
+    cols = np.asarray(columns, dtype=bool)[None, :]
+    np.multiply(chi, cols, out=x)
+    sums = _sliding_sums(x, width, x_spare)
+    if k.dtype == np.uint8:
+        np.logical_and(good, cols, out=k.view(bool))
+    else:
+        np.multiply(good, cols, out=k)
+    counts = _sliding_sums(k, width, k_spare)  # at most width <= 255 per window
     sums[counts < width // 2] = -np.inf
     with np.errstate(invalid="ignore", divide="ignore"):
-        sums /= np.maximum(counts, np.float32(1.0))
+        sums /= np.maximum(counts, 1)
         out = sums.max(axis=1)
     return np.where(np.isfinite(out), out, np.nan)
 

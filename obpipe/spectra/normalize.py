@@ -75,38 +75,58 @@ def pseudo_continuum(
     Where no pixel within the kernel has weight the continuum is NaN.
     """
     flux = np.atleast_2d(np.asarray(flux, dtype=np.float32))
-    weight = np.atleast_2d(np.asarray(ivar, dtype=np.float32)).copy()
-    good = np.isfinite(flux) & np.isfinite(weight) & (weight > 0)
+    weight = np.array(np.atleast_2d(ivar), dtype=np.float32)  # a copy
+    good = np.isfinite(flux)
+    good &= np.isfinite(weight)
+    good &= weight > 0
     if mask is not None:
         good &= np.atleast_2d(mask) == 0
-    weight[~good] = 0.0
+    np.copyto(weight, np.float32(0.0), where=~good)
     # scale the weights per row to O(1) so float32 sums keep their precision
     scale = np.max(weight, axis=1, keepdims=True)
-    weight = weight / np.where(scale > 0, scale, 1.0)
-    num = gaussian_smooth(np.where(good, flux, 0.0) * weight, width_aa)
+    weight /= np.where(scale > 0, scale, np.float32(1.0))
+    weighted = np.where(good, flux, np.float32(0.0))
+    weighted *= weight
+    cont = gaussian_smooth(weighted, width_aa)  # the numerator, then the continuum
+    del weighted
     den = gaussian_smooth(weight, width_aa)
     with np.errstate(invalid="ignore", divide="ignore"):
-        cont = num / den
+        cont /= den
     cont[~(den > 1e-6)] = np.nan
     return cont
 
 
 def normalize(
     flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray | None = None,
-    width_aa: float = CONTINUUM_KERNEL_AA,
+    width_aa: float = CONTINUUM_KERNEL_AA, rows_per_chunk: int = 256,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Continuum-normalised flux and its inverse variance, (n, n_pix) float32 each.
 
     norm_flux = f / c and norm_ivar = ivar c^2 (0 where the pixel is masked, has no
     data, or the continuum is not positive); norm_flux is NaN where it is undefined.
+    Rows are independent: they are done ``rows_per_chunk`` at a time, so that the
+    temporaries stay in cache and their memory does not grow with the number of rows.
     """
     flux = np.atleast_2d(np.asarray(flux, dtype=np.float32))
     ivar = np.atleast_2d(np.asarray(ivar, dtype=np.float32))
-    cont = pseudo_continuum(flux, ivar, mask, width_aa)
-    ok = np.isfinite(cont) & (cont > 0) & np.isfinite(flux)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        norm_flux = np.where(ok, flux / cont, np.nan).astype(np.float32)
-        norm_ivar = np.where(ok & (ivar > 0), ivar * cont**2, 0.0).astype(np.float32)
-    if mask is not None:
-        norm_ivar[(np.atleast_2d(mask) & UNUSABLE_MASK_BITS) != 0] = 0.0
+    mask = None if mask is None else np.atleast_2d(mask)
+    norm_flux, norm_ivar = np.empty_like(flux), np.empty_like(ivar)
+    for lo in range(0, flux.shape[0], rows_per_chunk):
+        rows = slice(lo, lo + rows_per_chunk)
+        m = None if mask is None else mask[rows]
+        f, iv = flux[rows], ivar[rows]
+        cont = pseudo_continuum(f, iv, m, width_aa)
+        ok = np.isfinite(cont)
+        ok &= cont > 0
+        ok &= np.isfinite(f)
+        nf, ni = norm_flux[rows], norm_ivar[rows]  # views
+        with np.errstate(invalid="ignore", divide="ignore"):
+            np.divide(f, cont, out=nf)
+            np.copyto(nf, np.float32(np.nan), where=~ok)
+            np.multiply(cont, cont, out=cont)
+            np.multiply(iv, cont, out=ni)
+        ok &= iv > 0
+        if m is not None:
+            ok &= (m & UNUSABLE_MASK_BITS) == 0
+        np.copyto(ni, np.float32(0.0), where=~ok)
     return norm_flux, norm_ivar

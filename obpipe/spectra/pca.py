@@ -143,11 +143,14 @@ class PCABasis:
         iv = np.asarray(norm_ivar, dtype=np.float32)
         if not all_pixels:
             f, iv = f[:, self.pixels], iv[:, self.pixels]
-        good = (iv > 0) & np.isfinite(f)
-        z = (f - c["mean"]) * c["inv_std"]
-        z[~good] = 0.0
-        w = iv * c["std2"]
-        w[~good] = 0.0
+        bad = np.isfinite(f)
+        bad &= iv > 0
+        np.logical_not(bad, out=bad)
+        z = np.subtract(f, c["mean"])
+        z *= c["inv_std"]
+        z[bad] = 0.0
+        w = np.multiply(iv, c["std2"])
+        w[bad] = 0.0
         return z, w
 
     def project(self, norm_flux: np.ndarray, norm_ivar: np.ndarray, prior: bool = True,
@@ -175,19 +178,29 @@ class PCABasis:
         del filled
         w_smooth = a @ c["bumps_t"]  # (n, P)
         np.maximum(w_smooth, np.float32(1e-12), out=w_smooth)
-        deviant = (w > _DEVIANT_FACTOR * w_smooth) | (w * _DEVIANT_FACTOR < w_smooth)
-        gram = (a @ c["h"]).reshape(-1, k, k)  # Phi diag(w_smooth) Phi^T, (n, K, K)
+        # deviant = (w > 3 w_smooth) | (3 w < w_smooth), with one float temporary
+        scaled = np.multiply(w_smooth, np.float32(_DEVIANT_FACTOR))
+        deviant = w > scaled
+        np.multiply(w, np.float32(_DEVIANT_FACTOR), out=scaled)
+        deviant |= scaled < w_smooth
+        del scaled
+        counts = np.count_nonzero(deviant, axis=1)
+        # the K x K matrices in the order of their number of deviant pixels, so that the
+        # corrections of each group are added to a contiguous slice (no gather / scatter)
+        order = np.argsort(counts, kind="stable")
+        gram = (a[order] @ c["h"]).reshape(-1, k, k)  # Phi diag(w_smooth) Phi^T, (n, K, K)
         # many small matrices: one BLAS thread each (threads only contend here)
         with _blas_controller().limit(limits=1):
             _add_deviant_corrections(gram, np.asarray(self.components, dtype=np.float64),
-                                     c["phi_t"], deviant, w, w_smooth)
+                                     c["phi_t"], deviant, w, w_smooth, order, counts)
         del w_smooth, deviant
         diagonal = gram.reshape(gram.shape[0], k * k)[:, :: k + 1]  # a view
         diagonal += c["prior"] if prior else np.float32(1e-6)
         w *= z
         rhs = w @ c["phi_t"]  # Phi W z, (n, K)
+        coeff = np.empty((w.shape[0], k))
         with _blas_controller().limit(limits=1):
-            coeff = _solve_spd(gram, rhs).astype(np.float64)
+            coeff[order] = _solve_spd(gram, rhs[order])
         coeff[n_good == 0] = np.nan
         return coeff
 
@@ -231,33 +244,47 @@ class PCABasis:
 
 def _add_deviant_corrections(gram: np.ndarray, phi: np.ndarray, phi_t: np.ndarray,
                              deviant: np.ndarray, w: np.ndarray, w_smooth: np.ndarray,
+                             order: np.ndarray | None = None, counts: np.ndarray | None = None,
                              max_batched: int = 64) -> None:
-    """gram[i] += sum over deviant pixels p of (w - w_smooth)[i, p] phi_p phi_p^T (in place).
+    """gram[j] += sum over deviant pixels p of (w - w_smooth)[i, p] phi_p phi_p^T (in place),
+    i = order[j]: ``order`` sorts the rows by their number of deviant pixels (``counts``),
+    ascending (the identity, with rows in any order, when not given).
 
     ``phi`` (K, P) are the components (float64) and ``phi_t`` (P, K) the same by pixel in
     gram's dtype. Rows with up to ``max_batched`` deviant pixels are done in one padded
-    batched matrix product; rows with more (e.g. dead segments) one by one, in float64.
+    batched matrix product per group of similar counts; rows with more (e.g. dead
+    segments) one by one, in float64.
     """
-    counts = deviant.sum(axis=1)
+    counts = np.count_nonzero(deviant, axis=1) if counts is None else counts
+    if order is None:
+        order = np.argsort(counts, kind="stable")
+        sorted_gram = gram[order]
+        _add_deviant_corrections(sorted_gram, phi, phi_t, deviant, w, w_smooth, order, counts,
+                                 max_batched)
+        gram[order] = sorted_gram
+        return
+    sorted_counts = counts[order]
     # rows grouped by their number of deviant pixels, so that padding stays small
     for lo, hi in ((1, 4), (5, 8), (9, 16), (17, 32), (33, max_batched)):
-        rows = np.flatnonzero((counts >= lo) & (counts <= hi))
-        if rows.size == 0:
+        j0, j1 = np.searchsorted(sorted_counts, (lo, hi + 1))
+        if j0 == j1:
             continue
+        rows = order[j0:j1]
         r, c = np.nonzero(deviant[rows])
         starts = np.r_[0, np.cumsum(counts[rows])[:-1]]
         pos = np.arange(r.size) - np.repeat(starts, counts[rows])
         d_max = int(counts[rows].max())
-        order = np.zeros((rows.size, d_max), dtype=np.intp)
+        cols = np.zeros((rows.size, d_max), dtype=np.intp)
         dvals = np.zeros((rows.size, d_max), dtype=gram.dtype)
-        order[r, pos] = c
+        cols[r, pos] = c
         dvals[r, pos] = w[rows[r], c] - w_smooth[rows[r], c]
-        sub = phi_t[order]  # (m, d_max, K)
-        gram[rows] += np.matmul(np.swapaxes(sub * dvals[:, :, None], 1, 2), sub)
-    for i in np.flatnonzero(counts > max_batched):
+        sub = phi_t[cols]  # (m, d_max, K)
+        gram[j0:j1] += np.matmul(np.swapaxes(sub * dvals[:, :, None], 1, 2), sub)
+    for j in range(int(np.searchsorted(sorted_counts, max_batched + 1)), order.size):
+        i = order[j]
         cols = np.flatnonzero(deviant[i])
         sub = phi[:, cols]
-        gram[i] += ((sub * (w[i, cols] - w_smooth[i, cols]).astype(np.float64)) @ sub.T).astype(
+        gram[j] += ((sub * (w[i, cols] - w_smooth[i, cols]).astype(np.float64)) @ sub.T).astype(
             gram.dtype)
 
 
@@ -269,7 +296,8 @@ def _row_median(x: np.ndarray, good: np.ndarray) -> np.ndarray:
     nanmedian's Python loop over rows: one sort of the rows, missing entries last.
     """
     m = np.count_nonzero(good, axis=1)
-    s = np.sort(np.where(good, x, np.array(np.inf, dtype=x.dtype)), axis=1)
+    s = np.where(good, x, np.array(np.inf, dtype=x.dtype))
+    s.sort(axis=1)
     rows = np.arange(x.shape[0])
     lo = s[rows, np.maximum(m - 1, 0) // 2]
     hi = s[rows, np.minimum(m // 2, x.shape[1] - 1)]
