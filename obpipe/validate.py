@@ -121,7 +121,8 @@ def validate_survey(path: str, products_dir: str | None = None) -> dict[str, Any
             if stage_complete(products_dir, "luminosity"):
                 from obpipe.luminosity.stage import luminosity_metrics
 
-                lvars = [v for v in ("MKs", "MKs_err", "MKs_flag", "MKs_model", "luminosity_set",
+                lvars = [v for v in ("MKs", "MKs_err", "MKs_spread", "MKs_flag", "MKs_model",
+                                     "luminosity_set",
                                      "MKs_geo", "em_flag", "binary_flag", "parallax_corrected",
                                      "parallax_corrected_error") if v in products]
                 metrics["luminosity"] = luminosity_metrics(survey, products[lvars].load(), truth)

@@ -579,6 +579,10 @@ def luminosity_metrics(survey: xr.Dataset, products: xr.Dataset, truth: xr.Datas
             known = known + np.nan_to_num(v(products, "MKs_spread").astype(float)[hi]) ** 2
         tot = float(np.std(d[hi]))
         noise["sigma_int_truth"] = float(np.sqrt(max(tot**2 - np.mean(known), 0.0)))
+        # the same from the core of the distribution (1.4826 MAD): the noise model clips
+        # its tails (binaries, stars outside the training set), the std keeps them
+        core = float(1.4826 * np.median(np.abs(d[hi] - np.median(d[hi]))))
+        noise["sigma_int_truth_core"] = float(np.sqrt(max(core**2 - np.mean(known), 0.0)))
         noise["scatter_truth_single_nonemission_snr_gt_100"] = tot
     out["noise_model"] = noise
     if "binary_flag" in products:
