@@ -7,19 +7,26 @@ Measures, on 2 cores, side by side in one run:
   over blocks of a real Zarr cube with Dask on a pool of 2 worker processes (one BLAS
   thread each), started and warmed up (imports, model) before the clock starts, so
   that both survey sizes run on the same two workers;
-* the CPU seconds the blocks take inside the workers (load-independent: the machine is
-  shared), and the rate two idle cores would give at that CPU cost;
+* the CPU seconds the blocks take inside the workers (less sensitive to the load of a
+  shared machine than the wall time), and the rate two idle cores would give at that
+  CPU cost;
 * a plain numpy loop doing the same per spectrum (one spectrum at a time, with the
   same library functions), on a subset, and the ratio;
-* the PCA fit time (both bases) on up to 7,000 training spectra x 3,909 pixels;
-* peak memory of the process tree (driver + workers) and of the largest worker for
-  two survey sizes (flat in the number of spectra).
+* the PCA fit time (both bases) on up to 7,000 training spectra x 3,909 pixels (in a
+  process of its own, with the BLAS threads of 2 cores);
+* peak memory for two survey sizes (flat in the number of spectra): of each worker (the
+  kernel's VmHWM, reset before each run), of the driver, and the sum of these peaks
+  (what the run can need at most; the sampled peak of the whole process tree, which
+  also holds the other checkout's idle workers, is in the JSON). Each survey's files
+  are read once before its runs, so every run starts from a warm page cache.
 
-``--baseline DIR`` runs the same benchmark on another checkout of obpipe (e.g. a git
-worktree of an older commit) first, on the same surveys, and prints both.
+``--baseline DIR`` runs the same measurements with the obpipe of another checkout (e.g.
+a git worktree of an older commit, imported by its own pool of workers) interleaved
+with this one's -- fit, fit, then each survey size baseline then this -- on the same
+surveys, and prints both and their ratios.
 
     python benchmarks/spectral.py [--n-stars 4200] [--loop-spectra 200] [--workdir W]
-                                  [--baseline /tmp/chain-base]
+                                  [--baseline /tmp/chain-base] [--json OUT]
 """
 
 from __future__ import annotations
@@ -28,7 +35,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,11 +48,14 @@ ROWS_PER_CHUNK = 256
 
 
 class _PeakRSS:
-    """Peak RSS of this process tree, and of its largest child, sampled every 50 ms."""
+    """Peak RSS of this process (the driver), of each of ``pids`` and of the whole process
+    tree, sampled every 50 ms."""
 
-    def __init__(self) -> None:
+    def __init__(self, pids: set[int]) -> None:
+        self.pids = pids
         self.total = 0.0
-        self.child = 0.0
+        self.driver = 0.0
+        self.per_worker = dict.fromkeys(pids, 0.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -54,13 +63,15 @@ class _PeakRSS:
         me = psutil.Process()
         while not self._stop.is_set():
             rss = me.memory_info().rss
+            self.driver = max(self.driver, rss)
             for child in me.children(recursive=True):
                 try:
                     r = child.memory_info().rss
                 except psutil.NoSuchProcess:
                     continue
                 rss += r
-                self.child = max(self.child, r)
+                if child.pid in self.pids:
+                    self.per_worker[child.pid] = max(self.per_worker[child.pid], r)
             self.total = max(self.total, rss)
             time.sleep(0.05)
 
@@ -73,10 +84,45 @@ class _PeakRSS:
         self._thread.join()
 
 
-def _warm_worker(model_path: str) -> int:
+def _reset_high_water_mark(pid: int) -> bool:
+    """Reset the kernel's peak-RSS record (VmHWM) of process ``pid`` (Linux)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _high_water_mark(pid: int) -> float:
+    """Peak RSS (bytes) of process ``pid`` since its last reset, from /proc (Linux)."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) * 1024.0
+    return float("nan")
+
+
+def _use_checkout(path: str | None) -> None:
+    """Pool initializer: import obpipe from the checkout at ``path`` (None: as installed).
+    Runs before the worker imports obpipe (this module imports it in functions only)."""
+    if path:
+        sys.path.insert(0, os.path.abspath(path))
+
+
+def _pool(checkout: str | None, workers: int = 2) -> Any:
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                               initializer=_use_checkout, initargs=(checkout,))
+
+
+def _warm_worker(model_path: str) -> tuple[int, str]:
     """Import the chain and load the model in a pool worker (before timing)."""
     import numpy as np
 
+    import obpipe
     from obpipe.memory import release_large_buffers_to_the_os
     from obpipe.spectra.stages import _load_model
 
@@ -86,7 +132,7 @@ def _warm_worker(model_path: str) -> int:
         basis.project(np.ones((2, basis.pixels.size), np.float32),
                       np.ones((2, basis.pixels.size), np.float32))
     time.sleep(1.0)  # both workers busy at once: the pool starts both
-    return os.getpid()
+    return os.getpid(), os.path.dirname(obpipe.__file__)
 
 
 def _chain_block(survey: str, start: int, stop: int, model_path: str
@@ -122,7 +168,7 @@ def _chain_block(survey: str, start: int, stop: int, model_path: str
     return int(flux.shape[0]), time.process_time() - cpu0
 
 
-def run_chain(survey: str, model_path: str, pool: Any) -> dict[str, float]:
+def run_chain(survey: str, model_path: str, pool: Any, pids: set[int]) -> dict[str, float]:
     import dask
 
     from obpipe.io import store
@@ -132,15 +178,24 @@ def run_chain(survey: str, model_path: str, pool: Any) -> dict[str, float]:
     chunk = ds["flux"].chunks[0][0]
     tasks = [dask.delayed(_chain_block)(survey, a, b, model_path)
              for a, b in block_bounds(ds.sizes["spec"], chunk)]
-    with _PeakRSS() as peak:
+    exact = all(_reset_high_water_mark(pid) for pid in pids)
+    with _PeakRSS(pids) as peak:
         t0 = time.perf_counter()
-        results = dask.compute(*tasks, scheduler="processes", pool=pool)
+        # chunksize=1: one block per dispatch (dask's default sends 6 to one worker at a
+        # time, which leaves the other idle on a survey of <= 6 blocks)
+        results = dask.compute(*tasks, scheduler="processes", pool=pool, chunksize=1)
         dt = time.perf_counter() - t0
     n = sum(r[0] for r in results)
     cpu = sum(r[1] for r in results)
+    # the kernel's record of each worker's peak in this run where it can be reset, else
+    # the sampled one (it can miss a peak shorter than the 50 ms between samples)
+    workers = sorted(_high_water_mark(pid) if exact else peak.per_worker[pid] for pid in pids)
     return {"spectra": n, "seconds": dt, "rate": n / dt, "cpu_ms_per_spectrum": 1e3 * cpu / n,
-            "rate_2_idle_cores": 2 * n / cpu, "peak_gb": peak.total / 1e9,
-            "worker_peak_gb": peak.child / 1e9, "load_1min": os.getloadavg()[0]}
+            "rate_2_idle_cores": 2 * n / cpu, "worker_peak_gb": workers[-1] / 1e9,
+            "driver_peak_gb": peak.driver / 1e9,
+            "sum_of_peaks_gb": (peak.driver + sum(workers)) / 1e9,
+            "tree_peak_gb": peak.total / 1e9, "worker_peak_exact": exact,
+            "load_1min": os.getloadavg()[0]}
 
 
 def run_loop(survey: str, model_path: str, n_spec: int) -> tuple[int, float]:
@@ -175,20 +230,14 @@ def _simulate(work: str, n_stars: int) -> dict[int, str]:
     return surveys
 
 
-def benchmark(work: str, n_stars: int, loop_spectra: int, model_name: str) -> dict[str, Any]:
-    """Fit, chain at two sizes, loop; with whatever obpipe is importable."""
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    import obpipe
+def _fit(survey: str, model_path: str) -> dict[str, float]:
+    """PCA fit on <= 7,000 training spectra of ``survey`` (run in its own process, so
+    that the driver's memory is the chain's only)."""
     from obpipe.io import store
     from obpipe.spectra import normalize
     from obpipe.spectra.stages import SpectralConfig, fit_pca_model, select_training
 
-    surveys = _simulate(work, n_stars)
-    out: dict[str, Any] = {"obpipe": os.path.dirname(obpipe.__file__), "cores": os.cpu_count()}
-    # PCA fit on <= 7,000 training spectra of the larger survey
-    ds = store.open_cube(surveys[3])
+    ds = store.open_cube(survey)
     cfg = SpectralConfig(max_train=7000)
     train = select_training(ds["snr_g"].values, cfg.train_min_snr, cfg.max_train, cfg.seed)
     sub = ds[["flux", "ivar", "mask"]].isel(spec=train).load()
@@ -196,41 +245,43 @@ def benchmark(work: str, n_stars: int, loop_spectra: int, model_name: str) -> di
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     model, _ = fit_pca_model(nf, ni, ds["snr_g"].values[train], cfg, {})
-    out["fit"] = {"spectra": int(train.size), "seconds": time.perf_counter() - t0,
-                  "load_1min": 0.5 * (load0 + os.getloadavg()[0])}
-    model_path = os.path.join(work, model_name)
+    out = {"spectra": int(train.size), "seconds": time.perf_counter() - t0,
+           "load_1min": 0.5 * (load0 + os.getloadavg()[0])}
     model.save(model_path)
-    del nf, ni, sub, model, ds
-
-    with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
-        pids = {f.result() for f in [pool.submit(_warm_worker, model_path) for _ in range(2)]}
-        out["workers"] = len(pids)
-        for scale, path in surveys.items():
-            out[f"chain_x{scale}"] = run_chain(path, model_path, pool)
-    n, dt = run_loop(surveys[1], model_path, loop_spectra)
-    out["loop"] = {"spectra": n, "seconds": dt, "rate": n / dt}
     return out
+
+
+def _read_files(path: str) -> None:
+    """Read every file of a store once (the page cache warm for every run alike)."""
+    for root, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as fh:
+                while fh.read(1 << 24):
+                    pass
 
 
 def _print(res: dict[str, Any], label: str) -> None:
     fit = res["fit"]
-    print(f"[{label}] obpipe from {res['obpipe']}, {res['cores']} cores, "
-          f"{res['workers']} warm workers")
+    print(f"[{label}] obpipe from {res['obpipe']}, {res['workers']} warm workers")
     print(f"PCA fit (clean + full bases, K = 100, one emission-cleaning iteration) on "
           f"{fit['spectra']} x 3909: {fit['seconds']:.1f} s (load {fit['load_1min']:.1f})")
-    print(f"{'run':<34} {'spectra':>8} {'seconds':>8} {'spectra/s':>10} {'CPU ms/sp':>9} "
-          f"{'2 idle cores/s':>14} {'peak GB':>8} {'worker GB':>9} {'load':>5}")
+    print(f"{'run':<24} {'spectra':>7} {'seconds':>7} {'spectra/s':>9} {'CPU ms/sp':>9} "
+          f"{'2 idle cores/s':>14} {'worker GB':>9} {'driver GB':>9} {'sum GB':>7} "
+          f"{'load':>5}")
     for scale in (1, 3):
         r = res[f"chain_x{scale}"]
-        print(f"{'dask chain, survey x' + str(scale):<34} {r['spectra']:>8} {r['seconds']:>8.1f} "
-              f"{r['rate']:>10.0f} {r['cpu_ms_per_spectrum']:>9.3f} "
-              f"{r['rate_2_idle_cores']:>14.0f} {r['peak_gb']:>8.2f} "
-              f"{r['worker_peak_gb']:>9.2f} {r['load_1min']:>5.1f}")
+        print(f"{'dask chain, survey x' + str(scale):<24} {r['spectra']:>7} {r['seconds']:>7.1f} "
+              f"{r['rate']:>9.0f} {r['cpu_ms_per_spectrum']:>9.3f} "
+              f"{r['rate_2_idle_cores']:>14.0f} {r['worker_peak_gb']:>9.2f} "
+              f"{r['driver_peak_gb']:>9.2f} {r['sum_of_peaks_gb']:>7.2f} "
+              f"{r['load_1min']:>5.1f}")
     lp = res["loop"]
-    print(f"{'numpy loop, one spectrum at a time':<34} {lp['spectra']:>8} {lp['seconds']:>8.1f} "
-          f"{lp['rate']:>10.0f}")
-    print(f"chain / loop throughput ratio: {res['chain_x1']['rate'] / lp['rate']:.1f}; "
-          f"peak memory x3 / x1: {res['chain_x3']['peak_gb'] / res['chain_x1']['peak_gb']:.2f}")
+    print(f"{'numpy loop, 1 at a time':<24} {lp['spectra']:>7} {lp['seconds']:>7.1f} "
+          f"{lp['rate']:>9.0f}")
+    x1, x3 = res["chain_x1"], res["chain_x3"]
+    print(f"chain / loop throughput ratio: {x1['rate'] / lp['rate']:.1f}; memory x3 / x1: "
+          f"worker {x3['worker_peak_gb'] / x1['worker_peak_gb']:.2f}, "
+          f"sum of peaks {x3['sum_of_peaks_gb'] / x1['sum_of_peaks_gb']:.2f}")
 
 
 def main() -> None:
@@ -239,35 +290,49 @@ def main() -> None:
     parser.add_argument("--loop-spectra", type=int, default=200)
     parser.add_argument("--workdir", default=None, help="surveys and models (kept if given)")
     parser.add_argument("--baseline", default=None, metavar="DIR",
-                        help="also run on the obpipe checkout in DIR, first, same surveys")
+                        help="also measure the obpipe checkout in DIR, interleaved")
     parser.add_argument("--json", default=None, help="write the results here")
-    parser.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="obpipe-spectral-")
     os.makedirs(work, exist_ok=True)
-    if args._child:  # the --baseline run: results as JSON on stdout
-        res = benchmark(work, args.n_stars, args.loop_spectra, "pca_model_baseline.npz")
-        print("RESULT " + json.dumps(res))
-        return
-    results = {}
-    if args.baseline:
-        _simulate(work, args.n_stars)
-        env = {**os.environ, "PYTHONPATH": os.path.abspath(args.baseline)}
-        proc = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--_child", "--workdir", work,
-             "--n-stars", str(args.n_stars), "--loop-spectra", str(args.loop_spectra)],
-            env=env, cwd=args.baseline, capture_output=True, text=True, check=True)
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-        results["baseline"] = json.loads(line[len("RESULT "):])
-        _print(results["baseline"], "baseline")
-    results["this"] = benchmark(work, args.n_stars, args.loop_spectra, "pca_model.npz")
-    _print(results["this"], "this checkout")
+    print(f"cores: {os.cpu_count()}")
+    surveys = _simulate(work, args.n_stars)
+    checkouts = {"baseline": args.baseline, "this": None} if args.baseline else {"this": None}
+    models = {label: os.path.join(work, f"pca_model_{label}.npz") for label in checkouts}
+    results: dict[str, dict[str, Any]] = {label: {} for label in checkouts}
+    for label, checkout in checkouts.items():  # each fit in a fresh process
+        with _pool(checkout, workers=1) as pool:
+            results[label]["fit"] = pool.submit(_fit, surveys[3], models[label]).result()
+    pools = {label: _pool(checkout) for label, checkout in checkouts.items()}
+    try:
+        pids = {}
+        for label, pool in pools.items():
+            warm = [f.result() for f in [pool.submit(_warm_worker, models[label])
+                                         for _ in range(2)]]
+            pids[label] = {pid for pid, _ in warm}
+            results[label].update(obpipe=warm[0][1], workers=len(pids[label]))
+        for scale, path in surveys.items():
+            _read_files(path)
+            for label, pool in pools.items():
+                results[label][f"chain_x{scale}"] = run_chain(path, models[label], pool,
+                                                              pids[label])
+        for label, pool in pools.items():
+            n, dt = pool.submit(run_loop, surveys[1], models[label], args.loop_spectra).result()
+            results[label]["loop"] = {"spectra": n, "seconds": dt, "rate": n / dt}
+    finally:
+        for pool in pools.values():
+            pool.shutdown()
+    for label in checkouts:
+        _print(results[label], label)
     if args.baseline:
         b, t = results["baseline"], results["this"]
-        cpu_b, cpu_t = (r["chain_x1"]["cpu_ms_per_spectrum"] for r in (b, t))
-        print(f"this / baseline: chain x1 {t['chain_x1']['rate'] / b['chain_x1']['rate']:.2f}x "
-              f"the spectra/s, {cpu_b / cpu_t:.2f}x less CPU per spectrum; "
-              f"fit {b['fit']['seconds'] / t['fit']['seconds']:.2f}x faster")
+        for scale in (1, 3):
+            bx, tx = b[f"chain_x{scale}"], t[f"chain_x{scale}"]
+            print(f"this / baseline, survey x{scale}: {tx['rate'] / bx['rate']:.2f}x the "
+                  f"spectra/s, {bx['cpu_ms_per_spectrum'] / tx['cpu_ms_per_spectrum']:.2f}x "
+                  f"less CPU per spectrum, {tx['worker_peak_gb'] / bx['worker_peak_gb']:.2f}x "
+                  f"the worker memory")
+        print(f"fit: {b['fit']['seconds'] / t['fit']['seconds']:.2f}x faster")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)
