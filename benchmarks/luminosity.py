@@ -95,8 +95,7 @@ def trained_inference(products: str, rows: int) -> dict:
     inputs["snr_g"] = np.full(rows, 80.0)
     noise = {m: noise_model.NoiseModelResult.load(p) for m, p in lum._noise_paths(products).items()}
     kw = {"model_paths": tuple(sorted(lum._model_paths(products).items())),
-          "sigmas": tuple((m, r.sigma_int, r.sigma_s100, r.includes_epistemic)
-                          for m, r in noise.items()),
+          "sigmas": lum.noise_sigmas(noise),
           "input_kind": "recon_flux", "products_dir": products}
     lum.luminosity_block(inputs, **kw)  # warm the model cache
     best = np.inf

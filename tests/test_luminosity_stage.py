@@ -122,3 +122,39 @@ def test_sets_parallax_space_loss_and_faint_outliers() -> None:
     f, fe = fakemag_from_parallax(plx_t, err, ks0, np.full(4, 0.02))
     np.testing.assert_array_equal(faint_outliers(f, fe, 3.0), [True, False, False, False])
     assert not faint_outliers(f, fe, None).any()
+
+
+def test_block_error_adds_the_spread_only_when_the_noise_model_did(tmp_path) -> None:
+    """MKs_err = sqrt(sigma_int^2 + sigma_s^2 [+ spread^2]): the spread term follows the
+    noise model's own flag (False for the paper's model and for older model files)."""
+    from obpipe.luminosity import noise_model
+    from obpipe.luminosity.network import TrainConfig, train_network
+    from obpipe.luminosity.stage import luminosity_block
+
+    rng = np.random.default_rng(0)
+    x = (1.0 + 0.05 * rng.standard_normal((300, 3909))).astype(np.float32)
+    y = x[:, 1000:1100].mean(axis=1) * 10
+    paths = []
+    for m in ("a", "b"):
+        net, _ = train_network(x, y, kind=m, config=TrainConfig(max_epochs=2, loss="mag",
+                                                                 n_members=3))
+        path = str(tmp_path / f"{m}.pt")
+        net.save(path)
+        paths.append((m, path))
+    snr = np.full(50, 80.0)
+    inputs = {"recon_flux": x[:50], "em_flag": np.zeros(50, np.int8),
+              "quality_flags": np.zeros(50, np.int16), "snr_g": snr}
+    out = {}
+    for flag in (False, True):
+        out[flag] = luminosity_block(inputs, tuple(paths),
+                                     (("a", 0.2, 0.1, flag), ("b", 0.3, 0.1, flag)),
+                                     "recon_flux")
+    paper = noise_model.mks_uncertainty(snr, 0.2, 0.1)
+    np.testing.assert_allclose(out[False]["MKs_err"], paper, rtol=1e-6)
+    spread = out[True]["MKs_spread"].astype(float)
+    assert np.all(spread > 0)
+    np.testing.assert_allclose(out[True]["MKs_err"], np.hypot(paper, spread), rtol=1e-5)
+    # the three-element form (no flag) is the paper's error
+    three = luminosity_block(inputs, tuple(paths), (("a", 0.2, 0.1), ("b", 0.3, 0.1)),
+                             "recon_flux")
+    np.testing.assert_allclose(three["MKs_err"], paper, rtol=1e-6)

@@ -279,6 +279,11 @@ def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = 
     return report
 
 
+def noise_sigmas(noise: dict[str, noise_model.NoiseModelResult]) -> tuple[tuple[Any, ...], ...]:
+    """The ``sigmas`` argument of :func:`luminosity_block` from the fitted noise models."""
+    return tuple((m, r.sigma_int, r.sigma_s100, r.includes_epistemic) for m, r in noise.items())
+
+
 def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str, str], ...],
                      sigmas: tuple[tuple[Any, ...], ...], input_kind: str,
                      batch_size: int = 2048, products_dir: str | None = None
@@ -302,7 +307,7 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
     code = np.full(n, -9, dtype=np.int8)
     flag = np.where((np.asarray(inputs["quality_flags"]) & BROKEN_BIT) > 0, 2, 0).astype(np.int8)
     paths = dict(model_paths)
-    sig = {m: (si, s100, bool(epi)) for m, si, s100, *epi in sigmas}
+    sig = {m: (si, s100, bool(epi[0]) if epi else False) for m, si, s100, *epi in sigmas}
     for m, rows in (("a", em == 0), ("b", em != 0)):
         if not rows.any():
             continue
@@ -340,8 +345,7 @@ def run_luminosity(ctx: Any, **overrides: Any) -> dict[str, Any]:
     if force or not have:
         report["training"] = train_from_products(ctx, cfg, extra["extra_training"])
     noise = {m: noise_model.NoiseModelResult.load(p) for m, p in npaths.items()}
-    sigmas = tuple((m, r.sigma_int, r.sigma_s100, r.includes_epistemic)
-                   for m, r in noise.items())
+    sigmas = noise_sigmas(noise)
     input_kind = load_network(paths["a"]).input_kind
     pvars: tuple[str, ...] = ("em_flag", "quality_flags")
     pvars += ("recon_flux", "pca_coeff") if input_kind == "recon_flux" else (
