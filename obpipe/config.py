@@ -57,6 +57,11 @@ class SimulationConfig:
     white_dwarf_fraction: float = 0.01
     #: fraction of OB stars observed past the main sequence (giants, supergiants).
     evolved_fraction: float = 0.08
+    #: an evolved OB star's crossing ends where it would become cooler than this (K) or
+    #: reach a lower log g than ``evolved_min_logg``: the OB selection (DESIGN.md:
+    #: Teff ~ 10-45 kK, log g ~ 3-4.5) sees blue, not yellow or red, supergiants.
+    evolved_min_teff_k: float = 10_000.0
+    evolved_min_logg: float = 3.0
     #: unresolved binaries among OB stars and interlopers (mass ratio q uniform).
     binary_fraction: float = 0.30
     min_mass_ratio: float = 0.1

@@ -78,6 +78,35 @@ def test_population_spans_hot_star_parameters() -> None:
     assert np.percentile(mks, 5) < -3.0 and np.percentile(mks, 95) > 0.5
 
 
+def test_evolved_ob_stars_stay_blue_giants_and_supergiants() -> None:
+    """DESIGN.md: OB stars span Teff ~ 10-45 kK and log g ~ 3-4.5; evolved ones cross
+    only as far as an OB selection still sees them (no yellow/red supergiants)."""
+    cfg, pop = _pop(evolved_fraction=0.5)
+    evolved = pop["is_evolved"]
+    teff, logg = pop["teff"][evolved], pop["logg"][evolved]
+    # the cosmic mass scatter moves log g by a few hundredths of a dex at most
+    assert logg.min() >= cfg.evolved_min_logg - 1e-9
+    # on the tracks: every star that is hotter than the floor at the terminal-age main
+    # sequence stays hotter through the whole crossing; cooler ones do not cross
+    mass, tau = np.meshgrid(np.geomspace(2.5, 40.0, 60), np.linspace(1.0, 1.25, 11))
+    mass, tau = mass.ravel(), tau.ravel()
+    floors = {"min_teff_k": cfg.evolved_min_teff_k, "min_logg": cfg.evolved_min_logg}
+    log_l, log_r = stars.track_log_l_r(mass, tau, **floors)
+    log_l_tams, log_r_tams = stars.track_log_l_r(mass, np.ones_like(mass))
+    teff_tams = stars.teff_from_l_r(log_l_tams, log_r_tams)
+    teff = stars.teff_from_l_r(log_l, log_r)
+    hot = teff_tams > cfg.evolved_min_teff_k
+    assert teff[hot].min() >= cfg.evolved_min_teff_k * (1 - 1e-9)
+    np.testing.assert_allclose(log_r[~hot], log_r_tams[~hot])
+    assert stars.logg_from_m_r(mass, log_r).min() >= cfg.evolved_min_logg - 1e-9
+    # ... and the crossing still happens: massive stars end well above their TAMS radius
+    assert np.median((log_r - log_r_tams)[hot & (tau == 1.25)]) > 0.1
+    # without the floors the same stars reach yellow-supergiant temperatures
+    log_l_free, log_r_free = stars.track_log_l_r(mass, tau)
+    assert (log_r <= log_r_free + 1e-12).all()
+    assert np.median(stars.teff_from_l_r(log_l_free, log_r_free)[tau == 1.25]) < 8000.0
+
+
 def test_mid_main_sequence_matches_mamajek_dwarfs(shared_data) -> None:
     """Mid-MS (t = 0.4 t_MS) M_Ks(Teff) within 0.3 mag of Pecaut & Mamajek (2013), B0V-A0V;
     the ZAMS lies below the mean dwarf sequence."""

@@ -23,8 +23,10 @@ Zero-age main-sequence L and R are the analytic fits of Tout et al. (1996, MNRAS
 281, 257) at Z = 0.02; main-sequence evolution brightens L by ~0.3-0.45 dex and
 inflates R by ~0.4-0.5 dex at the terminal-age main sequence (close to the
 Geneva/MIST tracks for 3-30 Msun); stars past the main sequence cross to lower
-Teff at nearly constant L, growing R by up to a factor 10 (B/A giants and
-supergiants, log g down to ~2). M_Ks follows from L and Teff through the Ks
+Teff at nearly constant L, growing R by up to a factor 10, but each only as far
+as it stays an OB star (Teff >= ``evolved_min_teff_k``, log g >=
+``evolved_min_logg``: blue giants and supergiants; the yellow and red ones a
+spectral-type OB selection would not pick). M_Ks follows from L and Teff through the Ks
 bolometric correction of ``obpipe.photometry.synthetic``.
 
 Where the mock is unlike the real sky: no mass loss, no Wolf-Rayet or LBV
@@ -75,11 +77,22 @@ def main_sequence_lifetime_myr(mass_msun: np.ndarray) -> np.ndarray:
     return np.maximum(1.0e4 * np.asarray(mass_msun, dtype=float) ** -2.5, 3.0)
 
 
-def track_log_l_r(mass_msun: np.ndarray, tau: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def track_log_l_r(
+    mass_msun: np.ndarray,
+    tau: np.ndarray,
+    *,
+    min_teff_k: float | None = None,
+    min_logg: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """log10 L (Lsun) and log10 R (Rsun) at fractional age ``tau`` = t / t_MS.
 
     0 <= tau <= 1 is the main sequence; 1 < tau <= 1.25 the post-main-sequence
-    crossing (R grows by up to 1 dex at +0.1 dex in L).
+    crossing (R grows by up to 1 dex at +0.1 dex in L). With ``min_teff_k`` and/or
+    ``min_logg`` the crossing of each star ends where it would become cooler than
+    ``min_teff_k`` or reach a lower gravity than ``min_logg`` (its radius growth is
+    capped there and ``tau`` spreads stars uniformly over what is left): the mock
+    survey's OB selection, like a spectral-type selection of real OB stars, sees
+    blue giants and supergiants but not the yellow and red ones they become.
     """
     m = np.asarray(mass_msun, dtype=float)
     tau = np.asarray(tau, dtype=float)
@@ -92,7 +105,18 @@ def track_log_l_r(mass_msun: np.ndarray, tau: np.ndarray) -> tuple[np.ndarray, n
     log_l = log_l0 + d_l * t_ms
     log_r = log_r0 + d_r * t_ms**1.5
     x = np.clip((tau - 1.0) / 0.25, 0.0, 1.0)
-    return log_l + 0.1 * x, log_r + 1.0 * x
+    # the most the radius can grow past the terminal-age main sequence (dex)
+    growth = np.ones_like(log_r)
+    log_l_tams, log_r_tams = log_l0 + d_l, log_r0 + d_r
+    if min_teff_k is not None:
+        # Teff ∝ (L / R^2)^(1/4): the radius alone would take log Teff down to
+        # log min_teff_k; the +0.1 dex in L keeps the star a little hotter than that
+        log_teff_tams = np.log10(teff_from_l_r(log_l_tams, log_r_tams))
+        growth = np.minimum(growth, 2.0 * (log_teff_tams - np.log10(min_teff_k)))
+    if min_logg is not None:
+        growth = np.minimum(growth, 0.5 * (logg_from_m_r(m, log_r_tams) - min_logg))
+    growth = np.clip(growth, 0.0, 1.0)
+    return log_l + 0.1 * x, log_r + growth * x
 
 
 def teff_from_l_r(log_l: np.ndarray, log_r: np.ndarray) -> np.ndarray:
@@ -178,7 +202,9 @@ def sample_population(cfg: SimulationConfig, rng: np.random.Generator) -> dict[s
     is_evolved = is_ob & (rng.random(n) < cfg.evolved_fraction)
     tau[is_evolved] = rng.uniform(1.0, 1.25, int(is_evolved.sum()))
 
-    log_l_track, log_r = track_log_l_r(mass, tau)
+    log_l_track, log_r = track_log_l_r(
+        mass, tau, min_teff_k=cfg.evolved_min_teff_k, min_logg=cfg.evolved_min_logg
+    )
     teff = teff_from_l_r(log_l_track, log_r)
     logg = logg_from_m_r(mass, log_r)
     # compact hot stars: parameters drawn directly
@@ -226,7 +252,10 @@ def sample_population(cfg: SimulationConfig, rng: np.random.Generator) -> dict[s
     q[is_binary] = rng.uniform(cfg.min_mass_ratio, 1.0, int(is_binary.sum()))
     m2 = np.where(is_binary, np.maximum(mass * q, 0.1), np.nan)
     tau2 = tau * (m2 / mass) ** 2.5  # same age, longer lifetime
-    log_l2_track, log_r2 = track_log_l_r(np.nan_to_num(m2, nan=1.0), np.nan_to_num(tau2))
+    log_l2_track, log_r2 = track_log_l_r(
+        np.nan_to_num(m2, nan=1.0), np.nan_to_num(tau2),
+        min_teff_k=cfg.evolved_min_teff_k, min_logg=cfg.evolved_min_logg,
+    )
     teff2 = teff_from_l_r(log_l2_track, log_r2)
     logg2 = logg_from_m_r(np.nan_to_num(m2, nan=1.0), log_r2)
     log_l2 = log_l_from_m_teff_logg(np.nan_to_num(m2, nan=1.0) * 10.0**cosmic, teff2, logg2)
