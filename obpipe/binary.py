@@ -82,3 +82,60 @@ def identify_binaries(
     snr = np.where(valid, snr, np.nan)
     return {"parallax_spec": plx_s, "parallax_spec_err": plx_s_err, "snr_dparallax": snr,
             "binary_flag": flag}
+
+
+def expected_detection_probability(
+    plx_s_mas: np.ndarray,
+    plx_s_err_mas: np.ndarray,
+    plx_mas: np.ndarray,
+    plx_err_mas: np.ndarray,
+    mks_mag: np.ndarray,
+    mks_err_mag: np.ndarray,
+    mks_centre_mag: np.ndarray,
+    threshold: float = BINARY_SNR_THRESHOLD,
+) -> np.ndarray:
+    """P(S/N_dplx > threshold) had the spectroscopic M_Ks been N(``mks_centre_mag``, MKs_err).
+
+    A bound for validation: ``plx_s_mas`` / ``plx_s_err_mas`` are eqs. (15) and (17) as
+    evaluated with the M_Ks found (``mks_mag``); both scale as s = 10^(0.2 (M' - M_Ks))
+    for another M_Ks = M', the Gaia parallax and the photometry unchanged. Eq. (16)
+    exceeds t where a s - plx > t sqrt(b^2 s^2 + e^2) (a = plx_s, b = plx_s_err,
+    e = plx_err); for a > t b the left minus the right rises with s, so the flag is set
+    for s above the larger root s* of (a^2 - t^2 b^2) s^2 - 2 a plx s + plx^2 - t^2 e^2
+    = 0, i.e. for M' > M* = M_Ks + 5 log10 s*, and the probability is
+    Phi((centre - M*) / MKs_err) (centre: e.g. the primary's true M_Ks, an unbiased
+    predictor). Stars with a <= t b (an M_Ks error above ~1.1 mag) are integrated
+    numerically. NaN where an input is missing.
+    """
+    from scipy.special import ndtr
+
+    a = np.asarray(plx_s_mas, dtype=np.float64)
+    b = np.asarray(plx_s_err_mas, dtype=np.float64)
+    plx = np.asarray(plx_mas, dtype=np.float64)
+    e = np.asarray(plx_err_mas, dtype=np.float64)
+    mks = np.asarray(mks_mag, dtype=np.float64)
+    err = np.asarray(mks_err_mag, dtype=np.float64)
+    centre = np.asarray(mks_centre_mag, dtype=np.float64)
+    a, b, plx, e, mks, err, centre = np.broadcast_arrays(a, b, plx, e, mks, err, centre)
+    t = float(threshold)
+    prob = np.full(a.shape, np.nan)
+    ok = np.isfinite(a + b + plx + e + mks + err + centre) & (a > 0) & (err > 0)
+    steep = ok & (a > t * b)
+    quad = a**2 - t**2 * b**2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        disc = t**2 * (a**2 * e**2 + b**2 * plx**2 - t**2 * b**2 * e**2)
+        s_star = (a * plx + np.sqrt(np.maximum(disc, 0.0))) / quad
+        m_star = mks + 5.0 * np.log10(s_star)
+        prob[steep] = ndtr((centre[steep] - m_star[steep]) / err[steep])
+    # f(0) > 0 (a parallax far below zero): flagged for every M'
+    prob[steep & (-plx > t * e)] = 1.0
+    flat = ok & ~steep
+    if flat.any():
+        z = np.linspace(-8.0, 8.0, 4001)
+        w = np.exp(-0.5 * z**2)
+        w /= w.sum()
+        sc = 10.0 ** (0.2 * (centre[flat, None] + err[flat, None] * z - mks[flat, None]))
+        snr = parallax_excess_snr(a[flat, None] * sc, b[flat, None] * sc, plx[flat, None],
+                                  e[flat, None])
+        prob[flat] = np.sum(w * (snr > t), axis=-1)
+    return prob

@@ -124,7 +124,8 @@ def validate_survey(path: str, products_dir: str | None = None) -> dict[str, Any
                 lvars = [v for v in ("MKs", "MKs_err", "MKs_spread", "MKs_flag", "MKs_model",
                                      "luminosity_set",
                                      "MKs_geo", "em_flag", "binary_flag", "parallax_corrected",
-                                     "parallax_corrected_error") if v in products]
+                                     "parallax_corrected_error", "parallax_spec",
+                                     "parallax_spec_err") if v in products]
                 metrics["luminosity"] = luminosity_metrics(survey, products[lvars].load(), truth)
             if stage_complete(products_dir, "distance"):
                 dvars = ["dis", "dis_low", "dis_high", "logdis", "logdis_err", "distance_flags",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from obpipe.binary import (
+    expected_detection_probability,
     identify_binaries,
     spectrophotometric_parallax_mas,
 )
@@ -57,3 +58,42 @@ def test_missing_inputs_unclassified_negative_parallax_kept() -> None:
     np.testing.assert_array_equal(out["binary_flag"], [-9, -9, -9, 1])
     assert np.isnan(out["snr_dparallax"][:3]).all()
     assert out["binary_flag"].dtype == np.int8
+
+
+def test_expected_detection_probability_matches_repeated_predictions() -> None:
+    """The quadrature bound equals the flag rate of many unbiased M_Ks draws (eqs. 15-17)."""
+    rng, mks, plx_true, ks0, plx_err = _survey(300, 3)
+    plx = plx_true + rng.normal(0, 1, mks.size) * plx_err
+    ks0_sys, ks0_err = ks0 - 2.5 * np.log10(2), np.full(mks.size, 0.03)  # equal-mass pairs
+    sig = np.full(mks.size, 0.3)
+    found = mks + 0.4  # a biased prediction: the bound must not depend on it
+    out = identify_binaries(found, sig, ks0_sys, ks0_err, plx, plx_err)
+    prob = expected_detection_probability(out["parallax_spec"], out["parallax_spec_err"],
+                                          plx, plx_err, found, sig, mks)
+    draws = [identify_binaries(mks + rng.normal(0, 0.3, mks.size), sig, ks0_sys, ks0_err,
+                               plx, plx_err)["binary_flag"] == 1 for _ in range(800)]
+    rate = np.mean(draws, axis=0)
+    np.testing.assert_allclose(prob, rate, atol=0.07)
+    assert abs(prob.mean() - rate.mean()) < 0.01
+    assert 0.3 < prob.mean() < 0.99  # neither trivially 0 nor 1 at these errors
+    # with a vanishing error the bound is the flag of the centre itself
+    at_centre = identify_binaries(mks, sig, ks0_sys, ks0_err, plx, plx_err)
+    sharp = expected_detection_probability(at_centre["parallax_spec"],
+                                           at_centre["parallax_spec_err"], plx, plx_err, mks,
+                                           np.full(mks.size, 1e-9), mks)
+    np.testing.assert_array_equal(sharp, (at_centre["binary_flag"] == 1).astype(float))
+    # huge errors (a <= t b) go through the numerical branch, negative parallaxes too
+    big = expected_detection_probability(out["parallax_spec"], out["parallax_spec_err"] * 8,
+                                         plx, plx_err, found, np.full(mks.size, 2.4), mks)
+    draws = [identify_binaries(mks + rng.normal(0, 2.4, mks.size), np.full(mks.size, 2.4),
+                               ks0_sys, ks0_err, plx, plx_err)["binary_flag"] == 1
+             for _ in range(800)]
+    np.testing.assert_allclose(big, np.mean(draws, axis=0), atol=0.07)
+    neg = expected_detection_probability(np.array([1.0]), np.array([0.1]), np.array([-1.0]),
+                                         np.array([0.1]), np.array([0.0]), np.array([0.3]),
+                                         np.array([0.0]))
+    np.testing.assert_allclose(neg, 1.0)
+    nan = expected_detection_probability(np.array([np.nan]), np.array([0.1]), np.array([1.0]),
+                                         np.array([0.1]), np.array([0.0]), np.array([0.3]),
+                                         np.array([0.0]))
+    assert np.isnan(nan).all()
