@@ -378,7 +378,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             "non_emission_all_bands", phot.get("ebv", {})), default=float)[:300])
     lum = metrics.get("luminosity", {})
     if lum:
-        print("M_Ks vs truth:", json.dumps(lum, default=float)[:300])
+        ms = lum.get("mks_vs_truth", {})
+        single = ms.get("single_nonemission_ob_snr_gt_50", {})
+        emis = ms.get("single_emission_ob_snr_gt_50", {})
+        print(f"M_Ks vs truth, single non-emission OB, S/N > 50: scatter "
+              f"{single.get('scatter', float('nan')):.3f} (robust "
+              f"{single.get('robust_scatter', float('nan')):.3f}), bias "
+              f"{single.get('bias', float('nan')):+.3f}, pull std "
+              f"{single.get('pull_std', float('nan')):.2f}; emission stars scatter "
+              f"{emis.get('scatter', float('nan')):.3f}")
+        binary = lum.get("binary", {})
+        eq = binary.get("completeness_by_q", {}).get("q_ge_0.85", {}).get("plx_snr_gt_10", {})
+        if eq:
+            bound = eq.get("expected_unbiased_quoted_err")
+            print(f"binaries vs truth: completeness q >= 0.85, plx/err > 10: "
+                  f"{eq.get('completeness') or float('nan'):.3f} (an unbiased M_Ks with the "
+                  f"quoted errors: {bound if bound is not None else float('nan'):.3f}); "
+                  f"false positives among singles "
+                  f"{binary.get('false_positive_rate_singles') or float('nan'):.3f}")
     dist = metrics.get("distance", {})
     if dist:
         print(f"distances vs truth (single stars): coverage of [dis_low, dis_high] "
