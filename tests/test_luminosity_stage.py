@@ -75,6 +75,15 @@ def test_mks_precision_against_truth(small_survey, products) -> None:
     # (the issue's >= 80 % needs sigma_int ~ 0.25 mag; see the closing note for the gap)
     comp = b["completeness_by_q"]["q_ge_0.85"]["plx_snr_gt_10"]["completeness"]
     assert comp > 2 * b["false_positive_rate_singles"], (comp, b)
+    # the bound of eqs. 15-17 for an unbiased M_Ks with the quoted errors, same stars
+    bound = b["completeness_by_q"]["q_ge_0.85"]["plx_snr_gt_10"]["expected_unbiased_quoted_err"]
+    assert 0.0 < bound <= 1.0
+    # emission stars against the photosphere and against photosphere + Be disc (what the
+    # observed Ks, hence the geometric training target, holds): discs only brighten
+    phot = m["mks_vs_truth"]["single_emission_ob_snr_gt_50"]
+    disc = m["mks_vs_truth"]["single_emission_ob_snr_gt_50_vs_photosphere_and_disc"]
+    assert disc["n"] == phot["n"] > 0
+    assert disc["bias"] > phot["bias"]
 
 
 def test_rerun_skips_training(small_survey, products) -> None:

@@ -147,6 +147,8 @@ TRUTH_COLUMNS: dict[str, Column] = {
     "vsini_true": _c("float32", "km / s", "projected rotation velocity of the primary"),
     "MKs_true": _c("float32", "mag", "Ks absolute magnitude of the primary alone"),
     "MKs_system_true": _c("float32", "mag", "Ks absolute magnitude of the unresolved system"),
+    "Ks_disc_excess_true": _c("float32", "mag", "Be-disc near-infrared brightening of Ks "
+                              "(<= 0): in the observed Ks, not in MKs_true / MKs_system_true"),
     "distance_kpc_true": _c("float64", "kpc", "heliocentric distance"),
     "parallax_mas_true": _c("float64", "mas", "true parallax 1/d"),
     "parallax_zero_point_mas": _c("float32", "mas", "zero-point offset injected in parallax"),

@@ -171,6 +171,7 @@ def build_tables(cfg: SimulationConfig) -> tuple[dict[str, np.ndarray], dict[str
         "vsini_true": pop["vsini"][s],
         "MKs_true": pop["MKs"][s],
         "MKs_system_true": pop["MKs_system"][s],
+        "Ks_disc_excess_true": pop["disc_ks_excess"][s],
         "distance_kpc_true": place["distance_kpc"][s],
         "parallax_mas_true": parallax_true[s],
         "parallax_zero_point_mas": astro["parallax_zero_point_mas"][s],
