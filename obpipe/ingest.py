@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as _dt
+import itertools
 import json
 import logging
 import os
@@ -58,6 +59,8 @@ from obpipe import __version__
 from obpipe.io import store
 from obpipe.io.lamost import (  # noqa: F401
     FileBatch,
+    SharedRows,
+    attach_shared_rows,
     process_batch,
     process_file,
     process_file_batch,
@@ -94,6 +97,8 @@ ROW_STATUSES = ("ingested", "flagged")
 WINDOWS_AHEAD = 2
 #: files per window (one dask.compute); a window never spans more than one chunk of files
 WINDOW_FILES = 500
+#: most memory (bytes) of the shared rows that forked workers write their spectra into
+SHARED_ROWS_MAX_BYTES = 256 * 2**20
 
 
 class IngestError(RuntimeError):
@@ -329,13 +334,15 @@ def _screen(rec: dict[str, Any], state: _State, report: list[dict[str, Any]]) ->
     if rec["status"] == "already":
         return False
     kept = False
-    line = {"path": rec["path"], "fitsname": os.path.basename(rec["path"]),
+    ok = rec["status"] == "ok"
+    line = {"path": rec["path"],
+            "fitsname": rec["meta"]["fitsname"] if ok else os.path.basename(rec["path"]),
             "checksum": rec["checksum"], "size": rec["size"], "obsid": -9,
             "layout": rec["layout"], "status": rec["status"], "reason": rec["reason"],
             "row": -1}
-    if rec["status"] == "ok":
+    if ok:
         meta = rec["meta"]
-        line["fitsname"], line["obsid"] = meta["fitsname"], int(meta["obsid"])
+        line["obsid"] = int(meta["obsid"])
         if rec["checksum"] in state.seen_checksum:
             line.update(status="duplicate", reason="same content as "
                         f"{state.seen_checksum[rec['checksum']]}")
@@ -458,11 +465,17 @@ def default_report_csv(out: str) -> str | None:
 
 
 def _arrays_along(group: zarr.Group, dim: str) -> dict[str, zarr.Array]:
+    """The group's arrays along ``dim``, opened to write every chunk as it comes.
+
+    ``write_empty_chunks``: zarr otherwise compares each chunk with the fill value
+    before writing it (an isnan pass over 2000 x 3909 values for flux); an ingested
+    chunk is never empty, and an all-fill chunk reads back the same either way.
+    """
     out = {}
     for name, arr in group.arrays():
         names = getattr(arr.metadata, "dimension_names", None) or ()
         if names and names[0] == dim:
-            out[name] = arr
+            out[name] = arr.with_config({"write_empty_chunks": True})
     return out
 
 
@@ -642,17 +655,34 @@ def ingest(
     kwargs: dict[str, Any] = {"scheduler": scheduler} if scheduler else {}
     if num_workers:
         kwargs["num_workers"] = num_workers
+    shared = None
+    if scheduler in ("processes", "threads", "synchronous", "sync", "single-threaded"):
+        # shared memory before the fork: forked workers write their spectra there
+        shared = _shared_rows(len(files), cfg.files_per_task)
     process_pool = _worker_pool(num_workers) if scheduler == "processes" else None
     if process_pool is not None:
         kwargs["pool"] = process_pool
     threads = concurrent.futures.ThreadPoolExecutor(max_workers=WINDOWS_AHEAD)
     try:
         return _ingest(files, inputs, table, out, append, cfg, kwargs, threads, column_map,
-                       report_csv, _after_append)
+                       report_csv, _after_append, shared)
     finally:
         threads.shutdown(wait=False, cancel_futures=True)
         if process_pool is not None:
             process_pool.shutdown(cancel_futures=True)
+        if shared is not None:
+            shared.close()
+
+
+def _shared_rows(n_files: int, files_per_task: int) -> SharedRows | None:
+    """Slots for the windows in flight (WINDOWS_AHEAD + the one being assembled), each
+    as large as the largest window; None if that is more than SHARED_ROWS_MAX_BYTES."""
+    n_pix = wavelength_grid().size
+    per_window = min(n_files, max(WINDOW_FILES, files_per_task))
+    n_slots = (WINDOWS_AHEAD + 1) * per_window
+    if n_slots * n_pix * 9 > SHARED_ROWS_MAX_BYTES:
+        return None
+    return SharedRows(n_slots, n_pix)
 
 
 def _ingest(
@@ -667,6 +697,7 @@ def _ingest(
     column_map: Mapping[str, str] | None,
     report_csv: str | None,
     _after_append: Callable[[int], None] | None,
+    shared: SharedRows | None = None,
 ) -> dict[str, Any]:
     existing = _existing_store(out, append)
     known: dict[str, str] = {}
@@ -681,19 +712,29 @@ def _ingest(
 
     task = dask.delayed(process_file_batch, name="lamost-batch", pure=False)
     run_id = uuid.uuid4().hex
+    # shared slots: a ring of WINDOWS_AHEAD + 1 regions, one per window in flight. Window
+    # w + WINDOWS_AHEAD + 1 (same region as w) is submitted only after window w was
+    # assembled (its rows copied out), see _run_windows
+    n_regions = WINDOWS_AHEAD + 1
+    region = shared.n_slots // n_regions if shared is not None else 0
+    submitted = itertools.count()
 
-    def compute(paths: list[str]) -> list[dict[str, Any]]:
+    def compute(paths: list[str], first_slot: int | None = None) -> list[dict[str, Any]]:
         # opaque FileBatch arguments and explicit keys: dask neither traverses nor
         # tokenizes (pickles) them
         step = cfg.files_per_task
         tasks = [task(FileBatch(paths[k : k + step],
-                                {p: known[p] for p in paths[k : k + step] if p in known}),
+                                {p: known[p] for p in paths[k : k + step] if p in known},
+                                None if first_slot is None else (shared.key, first_slot + k)),
                       dask_key_name=f"lamost-batch-{run_id}-{paths[k]}")
                  for k in range(0, len(paths), step)]
-        return list(dask.compute(*tasks, **kwargs))
+        return [attach_shared_rows(r) for r in dask.compute(*tasks, **kwargs)]
 
     def submit(paths: list[str]) -> concurrent.futures.Future[list[dict[str, Any]]]:
-        return threads.submit(compute, paths)
+        w = next(submitted)
+        first = (w % n_regions) * region if shared is not None and len(paths) <= region \
+            else None
+        return threads.submit(compute, paths, first)
 
     # the workers start reading while the driver loads the table and prepares the store
     pending = [submit(w) for w in windows[:WINDOWS_AHEAD]]

@@ -304,3 +304,88 @@ def test_to_grid_takes_the_fast_path_for_coefficient_wavelengths(tmp_path: Path)
     np.testing.assert_allclose(g.flux, ref.flux, rtol=3e-7)
     np.testing.assert_allclose(g.ivar, ref.ivar, rtol=3e-7)
     assert g.flags == ref.flags
+
+
+# ------------------------------------------------- fast parser against astropy
+
+
+def _same_gridded(raw: bytes, name: str) -> lamost.LamostSpectrum:
+    """The fast parser and astropy.io.fits give the same spectrum and the same grid row."""
+    fast, slow = lamost.parse_lamost(raw, name), lamost.parse_lamost(raw, name, fast=False)
+    assert fast.layout == slow.layout and fast.meta == pytest.approx(slow.meta, nan_ok=True)
+    assert fast.loglam == slow.loglam and fast.notes == slow.notes
+    for attr in ("wave", "flux", "ivar", "andmask", "ormask"):
+        np.testing.assert_array_equal(getattr(fast, attr), getattr(slow, attr), err_msg=attr)
+    gf, gs = to_grid(fast), to_grid(slow)
+    for attr in ("flux", "ivar", "mask"):  # bit for bit: the cube rows are identical
+        assert getattr(gf, attr).tobytes() == getattr(gs, attr).tobytes(), attr
+    assert gf.flags == gs.flags and gf.rv == gs.rv
+    return fast
+
+
+@pytest.mark.parametrize("layout", ["image", "image-subcontinuum", "bintable"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_fast_parser_gives_the_astropy_cube_row(tmp_path: Path, layout: str, gz: bool) -> None:
+    flux, ivar, mask = _spectrum(4)
+    ivar[2000:2100] = 0.0
+    path = tmp_path / ("s.fits.gz" if gz else "s.fits")
+    write_lamost_fits(path, flux, ivar, mask, META, layout=layout)
+    raw = path.read_bytes()
+    assert (raw[:2] == b"\x1f\x8b") == gz
+    spec = _same_gridded(raw, path.name)
+    assert spec.layout == layout and spec.loglam is not None
+
+
+def test_fast_parser_gives_the_astropy_cube_row_for_real_files(shared_data: Path) -> None:
+    files = sorted((shared_data / "lamost_dr8").glob("*.fits.gz"))
+    files += sorted((shared_data / "lamost_dr1").glob("*.fits"))
+    assert files
+    layouts = {_same_gridded(p.read_bytes(), p.name).layout for p in files}
+    assert layouts == {"image", "image-subcontinuum"}
+
+
+def test_coefficient_wavelength_is_the_direct_formula() -> None:
+    """10**COEFF0 * cached 10**(COEFF1 i) is 10**(COEFF0 + COEFF1 i) to ~1e-15."""
+    for c0, c1, n in ((3.5682, 1e-4, 3909), (3.57, 1.0001e-4, 3906), (3.9, 2e-4, 10)):
+        wave, ok = lamost._coeff_wavelength({"COEFF0": c0, "COEFF1": c1}, n)
+        direct = 10.0 ** (c0 + c1 * np.arange(n))
+        np.testing.assert_allclose(wave, direct, rtol=5e-15, atol=0)
+        assert ok == lamost._plausible_wavelength(direct)
+    # implausible coefficients: below the range, beyond it, a step too small to increase
+    for c0, c1, n in ((2.0, 1e-4, 100), (4.9, 1e-3, 3909), (3.6, 1e-20, 100)):
+        _, ok = lamost._coeff_wavelength({"COEFF0": c0, "COEFF1": c1}, n)
+        assert not ok
+        assert not lamost._plausible_wavelength(10.0 ** (c0 + c1 * np.arange(n)))
+    assert lamost._coeff_wavelength({"COEFF0": 3.6, "COEFF1": -1e-4}, 10) == (None, False)
+    assert lamost._coeff_wavelength({"COEFF0": "x", "COEFF1": 1e-4}, 10) == (None, False)
+
+
+def test_batch_rows_in_shared_memory_equal_the_sent_arrays(tmp_path: Path) -> None:
+    paths = []
+    for k, layout in enumerate(("image", "bintable", "image")):
+        path = tmp_path / f"s{k}.fits"
+        write_lamost_fits(path, *_spectrum(k), {**META, "obsid": META["obsid"] + k},
+                          layout=layout)
+        paths.append(str(path))
+    bad = tmp_path / "bad.fits"
+    bad.write_text("not FITS\n" * 400)
+    paths.insert(1, str(bad))
+    sent = lamost.process_file_batch(lamost.FileBatch(paths, {}))
+    shared = lamost.SharedRows(10, GRID.size)
+    try:
+        res = lamost.process_file_batch(lamost.FileBatch(paths, {}, (shared.key, 5)))
+        assert "flux" not in res and res["shared"] == (shared.key, 5, 3)
+        res = lamost.attach_shared_rows(res)
+        assert np.shares_memory(res["flux"], shared.flux)
+        assert [r["status"] for r in res["records"]] == ["ok", "skipped", "ok", "ok"]
+        assert [r.get("slot") for r in res["records"]] == [r.get("slot") for r in sent["records"]]
+        for name in ("flux", "ivar", "mask"):
+            np.testing.assert_array_equal(res[name], sent[name])
+        # a batch that would overrun its slots sends its arrays instead
+        over = lamost.process_file_batch(lamost.FileBatch(paths, {}, (shared.key, 8)))
+        assert "shared" not in over and over["flux"].shape == (3, GRID.size)
+    finally:
+        shared.close()
+    # a key this process does not hold (a worker elsewhere): the arrays are sent
+    gone = lamost.process_file_batch(lamost.FileBatch(paths, {}, (shared.key, 0)))
+    np.testing.assert_array_equal(gone["ivar"], sent["ivar"])

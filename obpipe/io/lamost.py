@@ -43,6 +43,7 @@ import gzip
 import hashlib
 import io
 import logging
+import math
 import os
 import re
 import sys
@@ -172,14 +173,19 @@ def _card_value(text: bytes) -> Any:
         return True
     if token == b"F":
         return False
-    try:
-        return int(token)
-    except ValueError:
-        pass
+    if token.isdigit() or (token[:1] in (b"-", b"+") and token[1:].isdigit()):
+        return int(token)  # the usual integer card, without an exception for floats
     try:
         return float(token.replace(b"D", b"E"))
     except ValueError:
+        pass
+    try:
+        return int(token)
+    except ValueError:
         return token.decode("ascii", "replace")
+
+
+_MISSING = object()
 
 
 class _RawHeader(dict):
@@ -193,7 +199,13 @@ class _RawHeader(dict):
         return value
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self[key] if key in self else default
+        value = dict.get(self, key, _MISSING)
+        if value is _MISSING:
+            return default
+        if isinstance(value, bytes):
+            value = _card_value(value)
+            dict.__setitem__(self, key, value)
+        return value
 
     def items(self):  # noqa: ANN201 - dict view semantics
         return ((k, self[k]) for k in self.keys())
@@ -307,15 +319,16 @@ def _astropy_hdus(buf: bytes) -> list[tuple[dict[str, Any], Any]]:
     return out
 
 
-def _hdus(buf: bytes, path: str) -> list[tuple[dict[str, Any], Any]]:
+def _hdus(buf: bytes, path: str, fast: bool = True) -> list[tuple[dict[str, Any], Any]]:
     if not buf.startswith(b"SIMPLE  ="):
         raise LamostFormatError(path, "not a FITS file (does not start with a SIMPLE card)")
-    try:
-        return _fast_hdus(buf)
-    except _Truncated as exc:
-        raise LamostFormatError(path, f"truncated FITS file: {exc}") from exc
-    except (_Fallback, KeyError, ValueError, TypeError):
-        pass
+    if fast:
+        try:
+            return _fast_hdus(buf)
+        except _Truncated as exc:
+            raise LamostFormatError(path, f"truncated FITS file: {exc}") from exc
+        except (_Fallback, KeyError, ValueError, TypeError):
+            pass
     try:
         return _astropy_hdus(buf)
     except Exception as exc:  # astropy raises many types for corrupt files
@@ -333,21 +346,55 @@ def _plausible_wavelength(w: np.ndarray) -> bool:
     )
 
 
-def _coeff_wavelength(h: dict[str, Any], n: int) -> np.ndarray | None:
+@functools.lru_cache(maxsize=16)
+def _pow10_steps(c1: float, n: int) -> tuple[np.ndarray, bool]:
+    """(10**(c1 i), i < n; whether consecutive values differ by far more than rounding).
+
+    Read-only and cached: every file of a release shares its COEFF1 and length.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        steps = 10.0 ** (c1 * np.arange(n))
+    steps.flags.writeable = False
+    # a relative step of 1e-12 survives multiplication by any positive scale (2**-52 rounding)
+    strict = bool(n > 1 and np.isfinite(steps[-1]) and c1 * np.log(10.0) > 1e-12)
+    return steps, strict
+
+
+def _coeff_wavelength(h: dict[str, Any], n: int) -> tuple[np.ndarray | None, bool]:
+    """(10**(COEFF0 + COEFF1 i) in AA or None, whether it is a plausible wavelength array).
+
+    Computed as 10**COEFF0 * 10**(COEFF1 i) with the second factor cached (one pow per
+    file instead of n; within ~1e-15 of the direct form); plausibility follows from the
+    two ends (the product of a positive scale and a strictly increasing factor).
+    """
     c0, c1 = h.get("COEFF0"), h.get("COEFF1")
-    if not isinstance(c0, int | float) or not isinstance(c1, int | float) or c1 <= 0:
-        return None
-    return 10.0 ** (float(c0) + float(c1) * np.arange(n))
+    if not isinstance(c0, int | float) or not isinstance(c1, int | float) or c1 <= 0 \
+            or isinstance(c0, bool) or isinstance(c1, bool) or n < 1:
+        return None, False
+    steps, strict = _pow10_steps(float(c1), int(n))
+    c0 = float(c0)
+    scale = 10.0**c0 if -300.0 < c0 < 300.0 else (0.0 if c0 < 0 else math.inf)
+    last = scale * float(steps[-1])  # Python floats: inf on overflow, no warning
+    if math.isfinite(last) and scale > 0:
+        wave = scale * steps
+    else:  # absurd coefficients: the array as numpy makes it, never plausible
+        with np.errstate(over="ignore", invalid="ignore"):
+            wave = 10.0 ** (c0 + float(c1) * np.arange(n))
+        return wave, False
+    plausible = bool(
+        strict and wave[0] > WAVE_RANGE_AA[0] and last < WAVE_RANGE_AA[1]
+    )
+    return wave, plausible
 
 
 def _choose_wavelength(
     row: np.ndarray | None, h: dict[str, Any], n: int, path: str, notes: list[str]
 ) -> tuple[np.ndarray, bool, bool]:
     """(wavelength, row_was_wavelength, from_coeff) from a candidate array and COEFF0/COEFF1."""
-    coeff = _coeff_wavelength(h, n)
+    coeff, coeff_ok = _coeff_wavelength(h, n)
     if row is not None:
         row64 = np.asarray(row, np.float64)
-        if coeff is not None and _plausible_wavelength(coeff):
+        if coeff_ok:
             # the common case: the array is the COEFF dispersion in float32 (implies plausible)
             if np.all(np.abs(row64 - coeff) <= COEFF_RTOL * coeff):
                 return coeff, True, True
@@ -358,7 +405,7 @@ def _choose_wavelength(
             if coeff is not None:
                 notes.append("wavelength_array_disagrees_with_COEFF0_COEFF1")
             return row64, True, False
-    if coeff is not None and _plausible_wavelength(coeff):
+    if coeff_ok:
         return coeff, False, True
     raise LamostFormatError(
         path,
@@ -477,10 +524,14 @@ def header_metadata(h: dict[str, Any], path: str) -> dict[str, Any]:
     }
 
 
-def parse_lamost(buf: bytes, path: str = "<bytes>") -> LamostSpectrum:
-    """Parse the (decompressed or gzipped) bytes of a LAMOST file. See :func:`read_lamost`."""
+def parse_lamost(buf: bytes, path: str = "<bytes>", fast: bool = True) -> LamostSpectrum:
+    """Parse the (decompressed or gzipped) bytes of a LAMOST file. See :func:`read_lamost`.
+
+    ``fast=False`` reads the HDUs with ``astropy.io.fits`` only (the fast parser
+    gives the same spectrum, tested; for checks and for files it does not handle).
+    """
     buf = _decompress(buf, path)
-    hdus = _hdus(buf, path)
+    hdus = _hdus(buf, path, fast)
     primary_h, primary_data = hdus[0]
     table = next(
         ((h, d) for h, d in hdus[1:]
@@ -558,7 +609,7 @@ _MASK_LUT = _mask_lut()
 
 def lamost_mask_to_cube(mask: np.ndarray) -> np.ndarray:
     """Translate LAMOST and/or-mask bits to the cube's MASK_BITS (uint8)."""
-    return _MASK_LUT[np.asarray(mask).astype(np.int64) & 127]
+    return _MASK_LUT[np.asarray(mask).astype(np.int64, copy=False) & 127]
 
 
 def cube_mask_to_lamost(mask: np.ndarray) -> np.ndarray:
@@ -571,6 +622,20 @@ def cube_mask_to_lamost(mask: np.ndarray) -> np.ndarray:
     out[(mask & MASK_BITS["no_coverage"]) != 0] |= lb["NODATA"]
     out[(mask & MASK_BITS["telluric"]) != 0] |= lb["TELLURIC"]
     return out
+
+
+def _any_finite(x: np.ndarray) -> bool:
+    """np.any(np.isfinite(x)), answered from the middle element when it is finite."""
+    if x.size and np.isfinite(x[x.size // 2]):
+        return True
+    return bool(np.any(np.isfinite(x)))
+
+
+def _any_positive(x: np.ndarray) -> bool:
+    """np.any(np.isfinite(x) & (x > 0)), answered from the middle element when it is."""
+    if x.size and 0.0 < x[x.size // 2] < np.inf:
+        return True
+    return bool(np.any(np.isfinite(x) & (x > 0)))
 
 
 @functools.cache
@@ -599,9 +664,9 @@ def to_grid(spec: LamostSpectrum, grid_aa: np.ndarray | None = None) -> GriddedS
     rv = z * SPEED_OF_LIGHT_KMS if np.isfinite(z) else float("nan")
     rv_err = spec.meta["z_err"] * SPEED_OF_LIGHT_KMS
     flux, ivar = spec.flux, spec.ivar
-    if not np.any(np.isfinite(flux)):
+    if not _any_finite(flux):
         flags.append("all_nan_flux")
-    if not np.any(np.isfinite(ivar) & (ivar > 0)):
+    if not _any_positive(ivar):
         flags.append("zero_ivar")
     mask = lamost_mask_to_cube(spec.andmask)
     fast = None
@@ -667,14 +732,54 @@ def process_batch(paths: Sequence[str], known: Mapping[str, str]) -> list[dict[s
     return [process_file(p, known.get(p)) for p in paths]
 
 
+class SharedRows:
+    """flux / ivar / mask rows in one shared anonymous mapping, for forked workers.
+
+    Made by the driver *before* it forks its worker pool and registered under a
+    key: a forked worker finds it in :data:`_SHARED_ROWS`, writes a batch's gridded
+    rows into the slots the batch names and sends back only the small records, not
+    ~35 kB of arrays per file through a pipe (pickled, copied by the kernel twice,
+    unpickled). Threads of the driver's own process use it the same way; a worker
+    elsewhere (spawned, distributed) does not find the key and sends the arrays.
+    """
+
+    def __init__(self, n_slots: int, n_pix: int) -> None:
+        import mmap
+        import uuid
+
+        self.key = uuid.uuid4().hex
+        self.n_slots, self.n_pix = int(n_slots), int(n_pix)
+        row_bytes = self.n_pix * (4 + 4 + 1)
+        self._map = mmap.mmap(-1, max(self.n_slots * row_bytes, 1))  # MAP_SHARED
+        size = self.n_slots * self.n_pix
+        self.flux = np.frombuffer(self._map, np.float32, size, 0).reshape(-1, self.n_pix)
+        self.ivar = np.frombuffer(self._map, np.float32, size, 4 * size).reshape(-1, self.n_pix)
+        self.mask = np.frombuffer(self._map, np.uint8, size, 8 * size).reshape(-1, self.n_pix)
+        _SHARED_ROWS[self.key] = self
+
+    def close(self) -> None:
+        """Unregister; the mapping goes when the last view of it does."""
+        _SHARED_ROWS.pop(self.key, None)
+
+
+#: key -> SharedRows of this process (inherited by forked workers)
+_SHARED_ROWS: dict[str, SharedRows] = {}
+
+
 class FileBatch:
-    """Files for one ingest task (a plain object: dask passes it through untouched)."""
+    """Files for one ingest task (a plain object: dask passes it through untouched).
 
-    __slots__ = ("known", "paths")
+    ``shared``: (key of a :class:`SharedRows`, first slot) where the batch's gridded
+    rows go when the worker shares that memory; it owns ``len(paths)`` slots from there.
+    """
 
-    def __init__(self, paths: Sequence[str], known: Mapping[str, str]) -> None:
+    __slots__ = ("known", "paths", "shared")
+
+    def __init__(self, paths: Sequence[str], known: Mapping[str, str],
+                 shared: tuple[str, int] | None = None) -> None:
         self.paths = list(paths)
         self.known = dict(known)
+        self.shared = shared
 
 
 def process_file_batch(batch: FileBatch) -> dict[str, Any]:
@@ -682,19 +787,41 @@ def process_file_batch(batch: FileBatch) -> dict[str, Any]:
 
     Returns ``{"records": [...], "flux": (k, n_pix), "ivar": ..., "mask": ...}``: the
     records without their arrays; record ``i`` with status "ok" has ``slot`` = its
-    row in the stacked arrays.
+    row in the stacked arrays. When the batch's :class:`SharedRows` is in this
+    process, the rows are written there and ``"shared": (key, first slot, k)``
+    replaces the arrays (:func:`attach_shared_rows` makes them views again).
     """
     records = [process_file(p, batch.known.get(p)) for p in batch.paths]
     ok = [r for r in records if r["status"] == "ok"]
     n_pix = ok[0]["flux"].size if ok else 0
-    out = {"records": records, "flux": np.empty((len(ok), n_pix), np.float32),
-           "ivar": np.empty((len(ok), n_pix), np.float32),
-           "mask": np.empty((len(ok), n_pix), np.uint8)}
+    shared = _SHARED_ROWS.get(batch.shared[0]) if batch.shared else None
+    if (shared is not None and ok and shared.n_pix == n_pix
+            and batch.shared[1] + len(batch.paths) <= shared.n_slots):
+        start = batch.shared[1]
+        span = slice(start, start + len(ok))
+        out = {"records": records, "shared": (shared.key, start, len(ok))}
+        dest = {"flux": shared.flux[span], "ivar": shared.ivar[span], "mask": shared.mask[span]}
+    else:
+        out = {"records": records, "flux": np.empty((len(ok), n_pix), np.float32),
+               "ivar": np.empty((len(ok), n_pix), np.float32),
+               "mask": np.empty((len(ok), n_pix), np.uint8)}
+        dest = out
     for slot, r in enumerate(ok):
         for name in ("flux", "ivar", "mask"):
-            out[name][slot] = r.pop(name)
+            dest[name][slot] = r.pop(name)
         r["slot"] = slot
     return out
+
+
+def attach_shared_rows(result: dict[str, Any]) -> dict[str, Any]:
+    """A :func:`process_file_batch` result with its arrays (views of the shared rows,
+    valid until the slots are handed to another batch)."""
+    if "shared" in result:
+        key, start, n = result.pop("shared")
+        shared = _SHARED_ROWS[key]
+        span = slice(start, start + n)
+        result.update(flux=shared.flux[span], ivar=shared.ivar[span], mask=shared.mask[span])
+    return result
 
 
 # ------------------------------------------------------------------------- writer
