@@ -4,8 +4,11 @@
   ``disk_scale_length_kpc``; exponential in height, ``disk_scale_height_kpc``),
   Sun at X = -8.1 kpc. Each star gets a position drawn, by rejection, so that its
   apparent G lies within the LAMOST-like limits and its declination above
-  ``min_declination_deg``: a magnitude-limited sample, so luminous stars are seen
-  to ~15 kpc and subdwarfs/white dwarfs only nearby.
+  ``min_declination_deg``, luminous stars are seen to ~15 kpc and subdwarfs/white
+  dwarfs only nearby. Distances are drawn with p(d) ~ d^``distance_power`` before
+  the disk density and the magnitude limits act: 1 would be a magnitude-limited
+  thin disk; the default -0.5 favours bright stars as LAMOST's target selection
+  does, calibrated to the paper's sample (see ``SimulationConfig.distance_power``).
 * Dust: a plane-parallel exponential layer (``dust_ebv_per_kpc`` in the plane,
   scale height ``dust_scale_height_kpc``) with lognormal clumpiness per sight
   line, so E(B-V) grows with distance (to ~3 mag in the plane at 5-8 kpc).
@@ -90,6 +93,18 @@ def system_absolute_magnitudes(pop: dict[str, np.ndarray]) -> dict[str, np.ndarr
     return out
 
 
+def draw_power_law_distance_kpc(
+    rng: np.random.Generator, d_min_kpc: np.ndarray, d_max_kpc: np.ndarray, power: float
+) -> np.ndarray:
+    """Distances with p(d) ~ d^power on [d_min, d_max] (inverse CDF; power -1: log-uniform)."""
+    u = rng.random(np.shape(d_min_kpc))
+    lo, hi = np.asarray(d_min_kpc, dtype=float), np.asarray(d_max_kpc, dtype=float)
+    k = power + 1.0
+    if abs(k) < 1e-9:
+        return lo * (hi / lo) ** u
+    return (lo**k + u * (hi**k - lo**k)) ** (1.0 / k)
+
+
 def place_stars(
     pop: dict[str, np.ndarray], cfg: SimulationConfig, rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
@@ -111,9 +126,9 @@ def place_stars(
         if todo.size == 0:
             break
         m = todo.size
-        # area-uniform distance in a thin disk between d_min and d_max
-        u = rng.random(m)
-        d = np.sqrt(d_min[todo] ** 2 + u * (d_max[todo] ** 2 - d_min[todo] ** 2))
+        # p(d) ~ d^distance_power between d_min and d_max (1: area-uniform in a thin
+        # disk, i.e. magnitude-limited; lower powers favour bright stars, see the config)
+        d = draw_power_law_distance_kpc(rng, d_min[todo], d_max[todo], cfg.distance_power)
         lon = rng.uniform(0.0, 360.0, m)
         z = rng.laplace(0.0, cfg.disk_scale_height_kpc, m)
         sin_b = np.clip(z / d, -1.0, 1.0)
