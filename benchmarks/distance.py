@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import threading
 import time
 
 import dask
 import numpy as np
-import psutil
+from _memory import PeakRSS
 
 from obpipe.config import DistanceConfig, SimulationConfig
 from obpipe.distance import DistanceGrid, distance_modulus_terms, summarize_distance_posteriors
@@ -59,35 +57,6 @@ def _block(plx: np.ndarray, plx_err: np.ndarray, dm0: np.ndarray, sig: np.ndarra
            cfg: DistanceConfig) -> dict[str, np.ndarray]:
     return summarize_distance_posteriors(plx, plx_err, dm0, sig, cfg,
                                          grid=DistanceGrid.build(cfg))
-
-
-class PeakRSS:
-    """Peak resident memory (bytes) of this process and its children, sampled."""
-
-    def __init__(self, interval_s: float = 0.05) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(interval_s,), daemon=True)
-
-    def _run(self, interval: float) -> None:
-        me = psutil.Process(os.getpid())
-        while not self._stop.is_set():
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            time.sleep(interval)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def blockwise(inp: dict[str, np.ndarray], cfg: DistanceConfig, chunk: int, workers: int,

@@ -28,7 +28,8 @@ memory, the bound, the ratio and the 1-minute load average; per-spectrum time an
 memory relative to the smallest size; the targets on 2 cores (>= 1,000 spectra/s,
 per-spectrum time ratio <= 1.3, peak memory ratio <= 1.5, within 5x of the bound) with
 whether each is met; the seconds of every stage and the peak memory while it ran (from
-the run's ``-v`` log lines "stage X: running").
+the run's ``-v`` log lines "stage X: running"), and the CPU seconds per 1,000 spectra of
+every stage (the process tree's user + sys, sampled with the memory).
 
     python benchmarks/scale.py                                   # 30k, 100k, 300k
     python benchmarks/scale.py --sizes 3000,6000                 # a quick check
@@ -52,61 +53,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from typing import Any
 
 import numpy as np
-import psutil
+from _memory import PeakRSS
 
 SPECTRA_PER_STAR = 1.74
 #: disk per spectrum (bytes), measured on a 3k mock survey and its products (compressed)
 SURVEY_BYTES_PER_SPECTRUM = 28_000
 PRODUCTS_BYTES_PER_SPECTRUM = 45_000
 TARGETS = {"spectra_per_s": 1000.0, "time_ratio": 1.3, "memory_ratio": 1.5, "bound_ratio": 5.0}
-
-
-class PeakRSS:
-    """Peak resident memory (bytes) of a process and all its descendants, sampled.
-
-    As ``benchmarks/distance.py``'s ``PeakRSS``, for any root process (here the child
-    that runs ``obpipe run``), so that worker processes are counted."""
-
-    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
-        self.peak = 0
-        #: (unix time s, bytes) of every sample, to attribute the peak to a stage
-        self.samples: list[tuple[float, int]] = []
-        self._pid = pid
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(interval_s,), daemon=True)
-
-    def _run(self, interval: float) -> None:
-        try:
-            root = psutil.Process(self._pid)
-        except psutil.Error:
-            return
-        while not self._stop.is_set():
-            total = 0
-            try:
-                procs = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                break
-            for p in procs:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            self.samples.append((time.time(), total))
-            time.sleep(interval)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def survey_path(workdir: str, n: int, seed: int, chunk: int) -> str:
@@ -141,20 +98,27 @@ _STAGE_START = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) obpipe\.pipe
                           r"stage (\w+): running")
 
 
-def stage_peaks(stderr: str, samples: list[tuple[float, int]]) -> dict[str, int]:
-    """Peak RSS (bytes) while each stage ran, from the "stage X: running" log lines (``-v``)
-    and the sampler's timeline; "startup" is before the first stage, the last stage runs
-    to the end of the process (the run summary included)."""
+def stage_peaks(stderr: str, samples: list[tuple[float, int, float]]
+                ) -> tuple[dict[str, int], dict[str, float]]:
+    """Peak RSS (bytes) and CPU seconds (user + sys of the process tree) while each stage
+    ran, from the "stage X: running" log lines (``-v``) and the sampler's timeline;
+    "startup" is before the first stage, the last stage runs to the end of the process
+    (the run summary included). The CPU time between two samples goes to the stage of
+    the later one."""
     starts = [(_dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp(),
                m.group(2)) for m in map(_STAGE_START.match, stderr.splitlines()) if m]
     peaks: dict[str, int] = {}
-    for t, rss in samples:
+    cpu: dict[str, float] = {}
+    cpu_before = 0.0
+    for t, rss, cpu_s in samples:
         name = "startup"
         for t_start, stage in starts:
             if t >= t_start:
                 name = stage
         peaks[name] = max(peaks.get(name, 0), rss)
-    return peaks
+        cpu[name] = cpu.get(name, 0.0) + max(cpu_s - cpu_before, 0.0)
+        cpu_before = max(cpu_before, cpu_s)
+    return peaks, cpu
 
 
 def obpipe_run(survey: str, products: str, scheduler: str, workers: int) -> dict[str, Any]:
@@ -167,7 +131,7 @@ def obpipe_run(survey: str, products: str, scheduler: str, workers: int) -> dict
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=env)
-    with PeakRSS(proc.pid) as mem:
+    with PeakRSS(proc.pid, keep_samples=True) as mem:
         _, stderr = proc.communicate()
     seconds = time.perf_counter() - t0
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -176,8 +140,9 @@ def obpipe_run(survey: str, products: str, scheduler: str, workers: int) -> dict
     with open(os.path.join(products, "run_summary.json")) as fh:
         summary = json.load(fh)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    peaks, stage_cpu = stage_peaks(stderr, mem.samples)
     return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_bytes": mem.peak,
-            "stage_peak_rss_bytes": stage_peaks(stderr, mem.samples), "summary": summary,
+            "stage_peak_rss_bytes": peaks, "stage_cpu_seconds": stage_cpu, "summary": summary,
             "warnings": [ln for ln in stderr.splitlines()
                          if ln.strip() and " INFO " not in ln]}
 
@@ -298,6 +263,7 @@ def main() -> None:
                      "stages": {k: v["seconds"] for k, v in run["summary"]["stages"].items()},
                      "stage_peak_rss_gb": {k: v / 1e9 for k, v in
                                            run["stage_peak_rss_bytes"].items()},
+                     "stage_cpu_seconds": run["stage_cpu_seconds"],
                      "load_avg_1min": os.getloadavg()[0],
                      "warnings": run["warnings"]})
         r = rows[-1]
@@ -331,6 +297,14 @@ def main() -> None:
         print(f"{s:<12}" + "".join(
             (f"{r['stages'][s]:>9.1f}" if s in r["stages"] else f"{'-':>9}")
             + f" ({r['stage_peak_rss_gb'].get(s, 0):.2f})" for r in rows))
+    print("\nCPU seconds per 1,000 spectra per stage (user + sys of the process tree, sampled; "
+          "less sensitive to other jobs than the wall clock):")
+    print(f"{'stage':<12}" + "".join(f"{r['size']:>10}" for r in rows))
+    for s in stage_names:
+        print(f"{s:<12}" + "".join(
+            f"{1e3 * r['stage_cpu_seconds'].get(s, 0.0) / r['spectra']:>10.3f}" for r in rows))
+    print(f"{'total':<12}" + "".join(
+        f"{1e3 * sum(r['stage_cpu_seconds'].values()) / r['spectra']:>10.3f}" for r in rows))
     print(f"\ntargets on {os.cpu_count()} cores:")
     checks = [
         (f">= {TARGETS['spectra_per_s']:.0f} spectra/s at every size",

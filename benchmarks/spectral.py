@@ -37,51 +37,13 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from typing import Any
 
-import psutil
+from _memory import PeakRSS
 
 #: rows normalised and projected at a time inside a block (as in the pca stage)
 ROWS_PER_CHUNK = 256
-
-
-class _PeakRSS:
-    """Peak RSS of this process (the driver), of each of ``pids`` and of the whole process
-    tree, sampled every 50 ms."""
-
-    def __init__(self, pids: set[int]) -> None:
-        self.pids = pids
-        self.total = 0.0
-        self.driver = 0.0
-        self.per_worker = dict.fromkeys(pids, 0.0)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            rss = me.memory_info().rss
-            self.driver = max(self.driver, rss)
-            for child in me.children(recursive=True):
-                try:
-                    r = child.memory_info().rss
-                except psutil.NoSuchProcess:
-                    continue
-                rss += r
-                if child.pid in self.pids:
-                    self.per_worker[child.pid] = max(self.per_worker[child.pid], r)
-            self.total = max(self.total, rss)
-            time.sleep(0.05)
-
-    def __enter__(self) -> _PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _reset_high_water_mark(pid: int) -> bool:
@@ -118,15 +80,22 @@ def _pool(checkout: str | None, workers: int = 2) -> Any:
                                initializer=_use_checkout, initargs=(checkout,))
 
 
+def _malloc_policy() -> None:
+    """The spectral stages' malloc settings: ``reuse_block_buffers`` where the checkout
+    has it, else (an older checkout) ``release_large_buffers_to_the_os``."""
+    from obpipe import memory
+
+    (getattr(memory, "reuse_block_buffers", None) or memory.release_large_buffers_to_the_os)()
+
+
 def _warm_worker(model_path: str) -> tuple[int, str]:
     """Import the chain and load the model in a pool worker (before timing)."""
     import numpy as np
 
     import obpipe
-    from obpipe.memory import release_large_buffers_to_the_os
     from obpipe.spectra.stages import _load_model
 
-    release_large_buffers_to_the_os()
+    _malloc_policy()
     model = _load_model(model_path, os.path.getmtime(model_path))
     for basis in (model.clean, model.full):  # caches of the projection
         basis.project(np.ones((2, basis.pixels.size), np.float32),
@@ -144,11 +113,10 @@ def _chain_block(survey: str, start: int, stop: int, model_path: str
     from threadpoolctl import threadpool_limits
 
     from obpipe.io import store
-    from obpipe.memory import release_large_buffers_to_the_os
     from obpipe.spectra import emission, normalize, stages
 
     cpu0 = time.process_time()
-    release_large_buffers_to_the_os()
+    _malloc_policy()
     sub = store.open_cube(survey)[["flux", "ivar", "mask"]].isel(spec=slice(start, stop)).load()
     flux, ivar, mask = sub["flux"].values, sub["ivar"].values, sub["mask"].values
     model = stages._load_model(model_path, os.path.getmtime(model_path))
@@ -179,7 +147,7 @@ def run_chain(survey: str, model_path: str, pool: Any, pids: set[int]) -> dict[s
     tasks = [dask.delayed(_chain_block)(survey, a, b, model_path)
              for a, b in block_bounds(ds.sizes["spec"], chunk)]
     exact = all(_reset_high_water_mark(pid) for pid in pids)
-    with _PeakRSS(pids) as peak:
+    with PeakRSS(pids=pids) as peak:
         t0 = time.perf_counter()
         # chunksize=1: one block per dispatch (dask's default sends 6 to one worker at a
         # time, which leaves the other idle on a survey of <= 6 blocks)
@@ -189,12 +157,12 @@ def run_chain(survey: str, model_path: str, pool: Any, pids: set[int]) -> dict[s
     cpu = sum(r[1] for r in results)
     # the kernel's record of each worker's peak in this run where it can be reset, else
     # the sampled one (it can miss a peak shorter than the 50 ms between samples)
-    workers = sorted(_high_water_mark(pid) if exact else peak.per_worker[pid] for pid in pids)
+    workers = sorted(_high_water_mark(pid) if exact else peak.per_pid[pid] for pid in pids)
     return {"spectra": n, "seconds": dt, "rate": n / dt, "cpu_ms_per_spectrum": 1e3 * cpu / n,
             "rate_2_idle_cores": 2 * n / cpu, "worker_peak_gb": workers[-1] / 1e9,
-            "driver_peak_gb": peak.driver / 1e9,
-            "sum_of_peaks_gb": (peak.driver + sum(workers)) / 1e9,
-            "tree_peak_gb": peak.total / 1e9, "worker_peak_exact": exact,
+            "driver_peak_gb": peak.root_peak / 1e9,
+            "sum_of_peaks_gb": (peak.root_peak + sum(workers)) / 1e9,
+            "tree_peak_gb": peak.peak / 1e9, "worker_peak_exact": exact,
             "load_1min": os.getloadavg()[0]}
 
 

@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_limits
 
 from obpipe import __version__
 from obpipe.io import store
-from obpipe.memory import release_large_buffers_to_the_os
+from obpipe.memory import reuse_block_buffers
 from obpipe.products import (
     Output,
     open_products,
@@ -73,7 +73,7 @@ NORMALIZE_OUTPUTS = {
 
 
 def normalize_block(inputs: dict[str, np.ndarray], width_aa: float) -> dict[str, np.ndarray]:
-    release_large_buffers_to_the_os()
+    reuse_block_buffers()
     with threadpool_limits(1):
         nf, ni = normalize.normalize(inputs["flux"], inputs["ivar"], inputs["mask"], width_aa)
     return {"norm_flux": nf, "norm_ivar": ni}
@@ -145,7 +145,7 @@ def pca_statistics(model: pca.PCAModel, norm_flux: np.ndarray, norm_ivar: np.nda
 
 def pca_block(inputs: dict[str, np.ndarray], model_path: str, prior: bool
               ) -> dict[str, np.ndarray]:
-    release_large_buffers_to_the_os()
+    reuse_block_buffers()
     model = _load_model(model_path, os.path.getmtime(model_path))
     with threadpool_limits(1):
         return pca_statistics(model, inputs["norm_flux"], inputs["norm_ivar"], prior)
@@ -247,7 +247,7 @@ FLAG_OUTPUTS = {
 
 
 def recon_block(inputs: dict[str, np.ndarray], model_path: str) -> dict[str, np.ndarray]:
-    release_large_buffers_to_the_os()
+    reuse_block_buffers()
     model = _load_model(model_path, os.path.getmtime(model_path))
     em = inputs["em_flag"] == 1
     with threadpool_limits(1):
