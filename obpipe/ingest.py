@@ -93,8 +93,9 @@ REPORT_COLUMNS: dict[str, Column] = {
     "row": Column("int64", "", "row in the cube (spec index), -1 if none"),
 }
 ROW_STATUSES = ("ingested", "flagged")
-#: windows (of ``chunk_size`` files) being read while the driver writes the current one
-WINDOWS_AHEAD = 2
+#: windows (of up to WINDOW_FILES files) being read while the driver assembles and writes
+#: the current one: 3 keeps both workers busy while the driver compresses a whole chunk
+WINDOWS_AHEAD = 3
 #: files per window (one dask.compute); a window never spans more than one chunk of files
 WINDOW_FILES = 500
 #: most memory (bytes) of the shared rows that forked workers write their spectra into

@@ -260,10 +260,12 @@ def test_rerun_after_kill_with_rows_carried_between_windows(mock: dict, tmp_path
     chunk wait for the next window; a kill then a re-run still gives the same store."""
     d = tmp_path / "in"
     d.mkdir()
+    n_bad = 0
     for k, f in enumerate(mock["files"][:40]):
         shutil.copy(f, d / Path(f).name)
         if k % 7 == 3:
             (d / f"{Path(f).name}.bad.fits").write_text("not fits")
+            n_bad += 1
     clean = str(tmp_path / "clean.zarr")
     ingest([str(d)], mock["table"], clean, config=CFG, scheduler="threads")
 
@@ -282,7 +284,7 @@ def test_rerun_after_kill_with_rows_carried_between_windows(mock: dict, tmp_path
     a, b = store.open_cube(clean).load(), store.open_cube(killed).load()
     _assert_same(a, b, (*COMPARE, "uniqflag", "ingest_flags"))
     pd.testing.assert_frame_equal(report_frame(clean), report_frame(killed))
-    assert (report_frame(clean)["status"] == "skipped").sum() == 6
+    assert (report_frame(clean)["status"] == "skipped").sum() == n_bad >= 5
 
 
 def test_parquet_star_table_read_with_pyarrow_as_astropy_reads_it(tmp_path: Path) -> None:
