@@ -323,7 +323,7 @@ class TableStreamWriter:
     def __enter__(self) -> TableStreamWriter:
         for fmt in ("fits", "ecsv"):
             if getattr(self, fmt):
-                self._fh[fmt] = open(self.base + f".{fmt}.partial", "wb")  # noqa: SIM115
+                self._fh[fmt] = store.open_file(self.base + f".{fmt}.partial", "wb")
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
@@ -334,13 +334,13 @@ class TableStreamWriter:
         if exc_type is not None:
             for fmt in self._fh:
                 with contextlib.suppress(OSError):
-                    os.remove(self.base + f".{fmt}.partial")
+                    store.remove(self.base + f".{fmt}.partial")
             return
         if self.rows != self.n_rows:
             raise RuntimeError(f"{self.base}: {self.rows} rows written, {self.n_rows} "
                                "announced in the FITS header")
         for fmt in self._fh:
-            os.replace(self.base + f".{fmt}.partial", self.base + f".{fmt}")
+            store.replace(self.base + f".{fmt}.partial", self.base + f".{fmt}")
 
     def _astropy_table(self, block: pa.Table) -> Any:
         from astropy.table import Table
@@ -547,7 +547,8 @@ def _unique_block(parquet_file: str, row_group: int, combined: Mapping[str, np.n
     """The unique-star rows (``uniqflag == 1``) of one row group of ``catalog.parquet``,
     with their combined M_Ks and distances, as a pyarrow table with ``schema``.
     ``combined`` / ``distance_inputs``: arrays aligned with those rows."""
-    rows = pq.ParquetFile(parquet_file).read_row_group(row_group)
+    fs, where = store.url_to_fs(parquet_file)
+    rows = pq.ParquetFile(where, filesystem=fs).read_row_group(row_group)
     mask = pc.equal(rows.column("uniqflag"), 1)
     uniq = rows.filter(mask).to_pandas()
     frame = unique_view_from_rows(uniq, pd.DataFrame(dict(combined)), distance_cfg,
@@ -616,7 +617,8 @@ def write_catalog(survey_path: str, products_dir: str,
     keep = {"star_id": [], "uniqflag": [], "MKs": [], "MKs_err": [], "model": []}
     stream = TableStreamWriter(path[: -len(".parquet")], CATALOG_COLUMNS, n_spec,
                                () if big else formats)
-    with pq.ParquetWriter(tmp, schema) as writer, stream:
+    fs, tmp_where = store.url_to_fs(tmp)  # (None, tmp) for a local path
+    with pq.ParquetWriter(tmp_where, schema, filesystem=fs) as writer, stream:
         for start, stop in bounds:
             frame, model = catalog_block(survey_path, products_dir, start, stop,
                                          survey=survey, products=prods)
@@ -628,7 +630,7 @@ def write_catalog(survey_path: str, products_dir: str,
                 keep[name].append(frame[name].to_numpy())
             keep["model"].append(model)
             del frame, table
-    os.replace(tmp, path)
+    store.replace(tmp, path)
     t1 = time.perf_counter()
     if rows != n_spec:
         raise RuntimeError(f"catalog has {rows} rows for {n_spec} spectra")
@@ -653,6 +655,7 @@ def write_catalog(survey_path: str, products_dir: str,
     upath = catalog_path(products_dir, "parquet", UNIQUE_NAME)
     uschema = _arrow_schema(ucols, lengths)
     utmp = upath + ".partial"
+    utmp_where = store.url_to_fs(utmp)[1]
     pending: list[pa.Table] = []
     n_pending = 0
     kwargs = {"scheduler": scheduler} if scheduler else {}
@@ -672,7 +675,7 @@ def write_catalog(survey_path: str, products_dir: str,
                 for part in dask.compute(*tasks, **kwargs):
                     ustream.write(part)
                     if uwriter is None:
-                        uwriter = pq.ParquetWriter(utmp, part.schema)
+                        uwriter = pq.ParquetWriter(utmp_where, part.schema, filesystem=fs)
                     pending.append(part)
                     n_pending += part.num_rows
                     # row groups of exactly ROW_GROUP_ROWS rows, as pq.write_table
@@ -683,14 +686,14 @@ def write_catalog(survey_path: str, products_dir: str,
                         n_pending -= ROW_GROUP_ROWS
                 del tasks
             if uwriter is None:
-                uwriter = pq.ParquetWriter(utmp, uschema)
+                uwriter = pq.ParquetWriter(utmp_where, uschema, filesystem=fs)
             if n_pending:
                 uwriter.write_table(pa.concat_tables(pending).combine_chunks())
             pending = []
         finally:
             if uwriter is not None:
                 uwriter.close()
-    os.replace(utmp, upath)
+    store.replace(utmp, upath)
     written += [upath, *ustream.files]
     store.update_attrs(products_path(products_dir), {"stage_catalog_complete": True})
     log.info("catalog: %d rows (%.1f s), %d unique stars (%.1f s) -> %s", rows, t1 - t0,

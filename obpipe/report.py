@@ -47,7 +47,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -256,8 +255,7 @@ def _figure(figsize: tuple[float, float], ncols: int = 1) -> tuple[Any, Any]:
 
 def _save(fig: Any, path: str) -> str:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return store.save_figure(fig, path, dpi=110)
 
 
 def write_fig4(cols: Mapping[str, np.ndarray], path: str,
@@ -561,8 +559,8 @@ def _copy_into(paths: list[str], out_dir: str) -> list[str]:
     names = []
     for p in paths:
         dst = os.path.join(out_dir, os.path.basename(p))
-        if os.path.abspath(p) != os.path.abspath(dst):
-            shutil.copyfile(p, dst)
+        if store.absolute(p) != store.absolute(dst):
+            store.copy_file(p, dst)
         names.append(os.path.basename(p))
     return names
 
@@ -596,7 +594,7 @@ def _figure_specs(survey_path: str, products_dir: str, out_dir: str,
         files = []
         for m in ("a", "b"):
             src = os.path.join(products_dir, lum.MODEL_DIR, lum.NOISE_FILES[m])
-            if os.path.exists(src):
+            if store.exists(src):
                 r = noise_model.NoiseModelResult.load(src)
                 files.append(noise_model.corner_plot(
                     r, out(f"fig8_noise_model_{m}.png"),
@@ -811,13 +809,15 @@ def _catalog_rows(products_dir: str, summary: dict[str, Any]) -> None:
     for key, name in (("catalog_rows", "catalog.parquet"),
                       ("catalog_unique_rows", "catalog_unique.parquet")):
         path = os.path.join(products_dir, name)
-        if os.path.exists(path):
+        fs, where = store.url_to_fs(path)  # (None, path) for a local path
+        if store.exists(path):
             try:
-                summary[key] = int(pq.ParquetFile(path).metadata.num_rows)
+                summary[key] = int(pq.ParquetFile(where, filesystem=fs).metadata.num_rows)
             except (OSError, ValueError) as exc:  # pragma: no cover - a broken file
                 log.warning("report: cannot read %s: %s", path, exc)
-        elif os.path.isdir(path):  # a partitioned catalog
-            summary[key] = int(pq.ParquetDataset(path).read(columns=[]).num_rows)
+        elif store.isdir(path):  # a partitioned catalog
+            summary[key] = int(pq.ParquetDataset(where, filesystem=fs).read(columns=[])
+                               .num_rows)
 
 
 @contextlib.contextmanager
@@ -860,7 +860,7 @@ def write_report(products_dir: str, survey_path: str | None = None,
         raise ValueError(f"{products_dir}: no 'survey' attribute in the products; pass the "
                          "survey store (--survey)")
     out_dir = out_dir or os.path.join(products_dir, "report")
-    os.makedirs(out_dir, exist_ok=True)
+    store.makedirs(out_dir)
     cols, attrs = _load_columns(survey_path, products_dir)
     truth = _load_truth(survey_path)
     summary = summary_numbers(cols, attrs)
@@ -890,20 +890,20 @@ def write_report(products_dir: str, survey_path: str | None = None,
                 log.warning("report: %s failed: %s", key, exc, exc_info=True)
             figures.append(res)
     created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    meta = [("products", os.path.abspath(products_dir)), ("survey", str(survey_path)),
+    meta = [("products", store.absolute(products_dir)), ("survey", str(survey_path)),
             ("truth", "yes (simulated survey)" if truth is not None else "no"),
             ("obpipe", __version__), ("products written by", str(attrs.get(
                 "obpipe_version", "?"))), ("created (UTC)", created)]
     highlights = _highlights(summary, metrics)
     page = _html("obpipe report", meta, highlights, figures, metrics)
     path = os.path.join(out_dir, REPORT_HTML)
-    with open(path, "w", encoding="utf-8") as fh:
+    with store.open_file(path, "w", encoding="utf-8") as fh:
         fh.write(page)
-    with open(os.path.join(out_dir, SUMMARY_JSON), "w", encoding="utf-8") as fh:
+    with store.open_file(os.path.join(out_dir, SUMMARY_JSON), "w", encoding="utf-8") as fh:
         json.dump(_jsonable({"summary": summary, "highlights": [list(r) for r in highlights],
                    "figures": [{"key": f.key, "files": f.files, "skipped": f.skipped}
                                for f in figures],
-                   "metrics": metrics, "products": os.path.abspath(products_dir),
+                   "metrics": metrics, "products": store.absolute(products_dir),
                    "survey": str(survey_path), "created_utc": created}),
                   fh, indent=1, allow_nan=False)
     log.info("report: %s (%d figures, %d skipped)", path,

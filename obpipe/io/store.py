@@ -22,6 +22,8 @@ The functions accept local paths or fsspec URLs (``memory://``, ``s3://`` ...).
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -494,3 +496,118 @@ def create_row_group(
         g.create_array(name, shape=(0,), dtype=dtype, chunks=(chunk_size,),
                        dimension_names=[dim], overwrite=True,
                        attributes={"units": column.unit, "description": column.description})
+
+
+# ----------------------------------------------------------------- files beside the stores
+# Model files, figures, catalogs and JSON summaries live beside ``products.zarr`` under
+# the products directory, which may be a local path or an fsspec URL (``s3://``,
+# ``file://``, ``memory://``). These helpers keep local paths on the plain ``os`` /
+# ``open`` calls they always used, and send URLs through fsspec.
+
+
+def is_url(path: str) -> bool:
+    """True for an fsspec URL (``protocol://...``), False for a local path."""
+    return "://" in str(path)
+
+
+def in_process_memory(path: str) -> bool:
+    """True for a ``memory://`` URL: a filesystem that only this process sees (the worker
+    processes of Dask's "processes" scheduler or of a cluster would find it empty)."""
+    return fsspec.core.split_protocol(str(path))[0] == "memory"
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (workers resolve relative paths in their own working
+    directory); a URL unchanged."""
+    return path if is_url(path) else os.path.abspath(path)
+
+
+def url_to_fs(path: str) -> tuple[fsspec.AbstractFileSystem | None, str]:
+    """``(filesystem, path inside it)`` of a URL; ``(None, path)`` for a local path (for
+    APIs with a ``filesystem=`` argument, e.g. pyarrow's Parquet reader and writer)."""
+    if not is_url(path):
+        return None, path
+    return fsspec.core.url_to_fs(path)
+
+
+def open_file(path: str, mode: str = "rb", **kwargs: Any) -> Any:
+    """An open file object for a local path (built-in ``open``) or a URL (fsspec; a
+    ``file://`` URL creates its parent directories). ``kwargs`` (e.g. ``encoding``) go to
+    the opener. Use it as a context manager; torch.save/load, np.savez/np.load,
+    ``Figure.savefig`` and astropy writers take the file object."""
+    if not is_url(path):
+        return open(path, mode, **kwargs)  # noqa: SIM115 - the caller closes it
+    return fsspec.open(path, mode, **kwargs).open()
+
+
+def exists(path: str) -> bool:
+    """``os.path.exists`` for a local path, the filesystem's ``exists`` for a URL."""
+    if not is_url(path):
+        return os.path.exists(path)
+    fs, root = fsspec.core.url_to_fs(path)
+    return bool(fs.exists(root))
+
+
+def isdir(path: str) -> bool:
+    """``os.path.isdir`` for a local path, the filesystem's ``isdir`` for a URL."""
+    if not is_url(path):
+        return os.path.isdir(path)
+    fs, root = fsspec.core.url_to_fs(path)
+    return bool(fs.isdir(root))
+
+
+def makedirs(path: str) -> None:
+    """Create a local directory (and parents); nothing for a URL (object stores have no
+    directories, and a ``file://`` URL creates parents when a file is written)."""
+    if not is_url(path):
+        os.makedirs(path, exist_ok=True)
+
+
+def remove(path: str) -> None:
+    """Delete one file (local path or URL)."""
+    if not is_url(path):
+        os.remove(path)
+        return
+    fs, root = fsspec.core.url_to_fs(path)
+    fs.rm(root)
+
+
+def replace(src: str, dst: str) -> None:
+    """Move ``src`` over ``dst``: ``os.replace`` (atomic) for local paths, the
+    filesystem's move for URLs (a copy and a delete on object stores). Used to publish a
+    file written completely under a temporary name."""
+    if not is_url(src):
+        os.replace(src, dst)
+        return
+    fs, root = fsspec.core.url_to_fs(src)
+    fs.mv(root, fsspec.core.url_to_fs(dst)[1])
+
+
+def copy_file(src: str, dst: str) -> None:
+    """Copy one file between local paths and/or URLs."""
+    if not is_url(src) and not is_url(dst):
+        shutil.copyfile(src, dst)
+        return
+    with open_file(src, "rb") as fin, open_file(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout)
+
+
+def file_token(path: str) -> Any:
+    """What changes when a file is rewritten (cache keys of loaded models): the
+    modification time of a local file, a hash of the filesystem's info for a URL."""
+    if not is_url(path):
+        return os.path.getmtime(path)
+    fs, root = fsspec.core.url_to_fs(path)
+    return fs.ukey(root)
+
+
+def save_figure(fig: Any, path: str, **kwargs: Any) -> str:
+    """``fig.savefig`` to a local path (as is) or a URL (through a binary file object,
+    the format from the file name's extension); returns ``path``."""
+    if not is_url(path):
+        fig.savefig(path, **kwargs)
+        return path
+    kwargs.setdefault("format", os.path.splitext(path)[1].lstrip(".") or "png")
+    with open_file(path, "wb") as fh:
+        fig.savefig(fh, **kwargs)
+    return path

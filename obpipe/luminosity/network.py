@@ -318,7 +318,10 @@ class MKsNetwork:
             payload["projection_mean"] = torch.from_numpy(self.projection_mean)
         payload["meta_json"] = json.dumps(self.meta, default=_json_default)
         payload["format_version"] = FORMAT_VERSION
-        torch.save(payload, path)
+        from obpipe.io import store
+
+        with store.open_file(path, "wb") as fh:  # a local path or an fsspec URL
+            torch.save(payload, fh)
 
     @classmethod
     def load(cls, path: str) -> MKsNetwork:
@@ -328,7 +331,10 @@ class MKsNetwork:
         ensemble."""
         import torch
 
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        from obpipe.io import store
+
+        with store.open_file(path, "rb") as fh:  # a local path or an fsspec URL
+            data = torch.load(fh, map_location="cpu", weights_only=True)
         version = int(data.get("format_version", -1))
         if version not in (1, FORMAT_VERSION):
             raise ValueError(f"{path}: not an obpipe M_Ks network (format "

@@ -199,9 +199,21 @@ class NoiseModelResult:
         }
 
     def save(self, path: str) -> None:
-        """Write an ``.npz`` (plain arrays + JSON metadata; read with allow_pickle=False)."""
+        """Write an ``.npz`` (plain arrays + JSON metadata; read with allow_pickle=False).
+
+        ``path``: a local path (numpy adds ``.npz`` if it lacks it) or an fsspec URL
+        (written as named)."""
+        from obpipe.io import store
+
+        if store.is_url(path):
+            with store.open_file(path, "wb") as fh:
+                self._savez(fh)
+        else:
+            self._savez(path)
+
+    def _savez(self, file: Any) -> None:
         np.savez_compressed(
-            path, samples=self.samples.astype(np.float32), ml=self.ml, keep=self.keep,
+            file, samples=self.samples.astype(np.float32), ml=self.ml, keep=self.keep,
             tau=self.tau, param_names=np.array(PARAM_NAMES),
             meta_json=np.array(json.dumps({**self.meta, "acceptance": self.acceptance,
                                            "n_steps": self.n_steps,
@@ -212,7 +224,10 @@ class NoiseModelResult:
 
     @classmethod
     def load(cls, path: str) -> NoiseModelResult:
-        with np.load(path, allow_pickle=False) as d:
+        """Read a file written by :meth:`save` (local path or fsspec URL)."""
+        from obpipe.io import store
+
+        with store.open_file(path, "rb") as fh, np.load(fh, allow_pickle=False) as d:
             meta = json.loads(str(d["meta_json"]))
             return cls(samples=d["samples"].astype(np.float64), ml=d["ml"], keep=d["keep"],
                        tau=d["tau"], acceptance=float(meta.pop("acceptance")),
@@ -373,6 +388,8 @@ def corner_plot(result: NoiseModelResult, path: str, title: str = "") -> str:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from obpipe.io import store
+
+    store.save_figure(fig, path, dpi=110)  # a local path or an fsspec URL
     plt.close(fig)
     return path

@@ -131,7 +131,7 @@ def _load_network(path: str, mtime: float) -> MKsNetwork:
 
 
 def load_network(path: str) -> MKsNetwork:
-    return _load_network(path, os.path.getmtime(path))
+    return _load_network(path, store.file_token(path))
 
 
 def _config(ctx: Any, overrides: dict[str, Any] | None = None) -> tuple[TrainingConfig,
@@ -242,17 +242,17 @@ def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = 
     )
     res.report["timing_s"]["read_inputs"] = t_read
     mdir = os.path.join(ctx.products_dir, MODEL_DIR)
-    os.makedirs(mdir, exist_ok=True)
+    store.makedirs(mdir)
     for m, path in _model_paths(ctx.products_dir).items():
-        res.networks[m].meta.update({"products": os.path.abspath(ctx.products_dir),
+        res.networks[m].meta.update({"products": store.absolute(ctx.products_dir),
                                      "survey_seed": survey.attrs.get("seed", -1)})
         tmp = path + ".tmp"
         res.networks[m].save(tmp)
-        os.replace(tmp, path)
+        store.replace(tmp, path)
     for m, path in _noise_paths(ctx.products_dir).items():
         tmp = path + ".tmp.npz"
         res.noise[m].save(tmp)
-        os.replace(tmp, path)
+        store.replace(tmp, path)
     # set membership, written as one product column
     sets = np.zeros(snr_all.size, dtype=np.int8)
     s = res.sets
@@ -271,11 +271,11 @@ def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = 
     report = {**res.report, "noise": {m: r.summary() for m, r in res.noise.items()},
               "obpipe_version": __version__, "n_candidates": int(rows.size),
               "extra_training": extra_path}
-    with open(os.path.join(mdir, REPORT_FILE), "w") as fh:
+    with store.open_file(os.path.join(mdir, REPORT_FILE), "w") as fh:
         json.dump(report, fh, indent=1, default=float)
     try:
         figdir = os.path.join(ctx.products_dir, "figures")
-        os.makedirs(figdir, exist_ok=True)
+        store.makedirs(figdir)
         for m, r in res.noise.items():
             noise_model.corner_plot(r, os.path.join(figdir, f"fig8_noise_model_{m}.png"),
                                     title=f"network ({m}): {r.meta.get('sample', '')}")
@@ -346,7 +346,7 @@ def run_luminosity(ctx: Any, **overrides: Any) -> dict[str, Any]:
     paths = _model_paths(ctx.products_dir)
     npaths = _noise_paths(ctx.products_dir)
     report: dict[str, Any] = {}
-    have = all(os.path.exists(p) for p in (*paths.values(), *npaths.values()))
+    have = all(store.exists(p) for p in (*paths.values(), *npaths.values()))
     if force or not have:
         report["training"] = train_from_products(ctx, cfg, extra["extra_training"])
     noise = {m: noise_model.NoiseModelResult.load(p) for m, p in npaths.items()}
@@ -360,7 +360,7 @@ def run_luminosity(ctx: Any, **overrides: Any) -> dict[str, Any]:
         ctx.survey_path, ctx.products_dir, STAGE,
         functools.partial(luminosity_block, model_paths=tuple(sorted(paths.items())),
                           sigmas=sigmas, input_kind=input_kind,
-                          products_dir=os.path.abspath(ctx.products_dir)),
+                          products_dir=store.absolute(ctx.products_dir)),
         OUTPUTS, survey_vars=("snr_g",), product_vars=pvars, scheduler=ctx.scheduler,
         force=force,
     )
@@ -455,8 +455,8 @@ def write_fig5(survey_path: str, products_dir: str) -> str:
     axes[0].set_ylabel(r"spectroscopic $M_{K_s}$ (mag)")
     fig.tight_layout()
     path = os.path.join(products_dir, "figures", "fig5_mks_spec_vs_geo.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    store.makedirs(os.path.dirname(path))
+    store.save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -482,8 +482,8 @@ def write_fig10(survey_path: str, products_dir: str) -> str:
     ax.legend()
     fig.tight_layout()
     path = os.path.join(products_dir, "figures", "fig10_parallax_excess.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    store.makedirs(os.path.dirname(path))
+    store.save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 

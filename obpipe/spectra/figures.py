@@ -22,7 +22,7 @@ def write_spectral_figures(survey_path: str, products_dir: str, thresholds: Any)
     import matplotlib.pyplot as plt
 
     outdir = os.path.join(products_dir, "figures")
-    os.makedirs(outdir, exist_ok=True)
+    store.makedirs(outdir)
     prods = open_products(products_dir)
     survey = store.open_cube(survey_path)
     snr = survey["snr_g"].values
@@ -50,7 +50,7 @@ def write_spectral_figures(survey_path: str, products_dir: str, thresholds: Any)
     axes[1].set_xlabel("wavelength (vacuum, AA)")
     fig.tight_layout()
     p2 = os.path.join(outdir, "fig2_pca_reconstruction.png")
-    fig.savefig(p2, dpi=110)
+    store.save_figure(fig, p2, dpi=110)
     plt.close(fig)
     paths.append(p2)
 
@@ -74,7 +74,7 @@ def write_spectral_figures(survey_path: str, products_dir: str, thresholds: Any)
     ax.legend(loc="upper left", markerscale=4)
     fig.tight_layout()
     p3 = os.path.join(outdir, "fig3_halpha_excess.png")
-    fig.savefig(p3, dpi=110)
+    store.save_figure(fig, p3, dpi=110)
     plt.close(fig)
     paths.append(p3)
     return paths

@@ -460,14 +460,20 @@ class PCAModel:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: str) -> None:
+        """Write an ``.npz`` to a local path or an fsspec URL."""
+        from obpipe.io import store
+
         arrays = {**self.full.arrays("full_"), **self.clean.arrays("clean_"),
                   "meta": np.array(json.dumps(self.meta)), "wave": wavelength_grid()}
-        with open(path, "wb") as fh:
+        with store.open_file(path, "wb") as fh:
             np.savez_compressed(fh, **arrays)
 
     @classmethod
     def load(cls, path: str) -> PCAModel:
-        with np.load(path, allow_pickle=False) as data:
+        """Read a model written by :meth:`save` (local path or fsspec URL)."""
+        from obpipe.io import store
+
+        with store.open_file(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
             if not np.allclose(data["wave"], wavelength_grid()):
                 raise ValueError(f"{path}: PCA model was fitted on another wavelength grid")
             return cls(full=PCABasis.from_arrays("full", data, "full_"),

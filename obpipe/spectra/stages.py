@@ -114,7 +114,7 @@ def _load_model(path: str, mtime: float) -> pca.PCAModel:
 
 def load_pca_model(products_dir: str) -> pca.PCAModel:
     path = os.path.join(products_dir, MODEL_FILE)
-    return _load_model(path, os.path.getmtime(path))
+    return _load_model(path, store.file_token(path))
 
 
 def pca_statistics(model: pca.PCAModel, norm_flux: np.ndarray, norm_ivar: np.ndarray,
@@ -146,7 +146,7 @@ def pca_statistics(model: pca.PCAModel, norm_flux: np.ndarray, norm_ivar: np.nda
 def pca_block(inputs: dict[str, np.ndarray], model_path: str, prior: bool
               ) -> dict[str, np.ndarray]:
     reuse_block_buffers()
-    model = _load_model(model_path, os.path.getmtime(model_path))
+    model = _load_model(model_path, store.file_token(model_path))
     with threadpool_limits(1):
         return pca_statistics(model, inputs["norm_flux"], inputs["norm_ivar"], prior)
 
@@ -201,9 +201,9 @@ def run_pca(ctx: Any, cfg: SpectralConfig | None = None) -> dict[str, Any]:
     cfg = cfg or SpectralConfig()
     model_path = os.path.join(ctx.products_dir, MODEL_FILE)
     report: dict[str, Any] = {}
-    if getattr(ctx, "force", False) and os.path.exists(model_path):
-        os.remove(model_path)
-    if not os.path.exists(model_path):
+    if getattr(ctx, "force", False) and store.exists(model_path):
+        store.remove(model_path)
+    if not store.exists(model_path):
         survey = store.open_cube(ctx.survey_path)
         prods = open_products(ctx.products_dir)
         train = select_training(survey["snr_g"].values, cfg.train_min_snr, cfg.max_train,
@@ -217,10 +217,10 @@ def run_pca(ctx: Any, cfg: SpectralConfig | None = None) -> dict[str, Any]:
         selection = {"min_snr": cfg.train_min_snr, "n_candidates": int(train.size),
                      "specid_first": int(survey["specid"].values[train[0]])}
         model, report = fit_pca_model(nf, ni, survey["snr_g"].values[train], cfg, selection)
-        os.makedirs(os.path.dirname(model_path), exist_ok=True)
+        store.makedirs(os.path.dirname(model_path))
         tmp = model_path + ".tmp"
         model.save(tmp)
-        os.replace(tmp, model_path)
+        store.replace(tmp, model_path)
         report["n_train"] = int(train.size)
     result = run_blockwise_stage(
         ctx.survey_path, ctx.products_dir, "pca",
@@ -248,7 +248,7 @@ FLAG_OUTPUTS = {
 
 def recon_block(inputs: dict[str, np.ndarray], model_path: str) -> dict[str, np.ndarray]:
     reuse_block_buffers()
-    model = _load_model(model_path, os.path.getmtime(model_path))
+    model = _load_model(model_path, store.file_token(model_path))
     em = inputs["em_flag"] == 1
     with threadpool_limits(1):
         out = model.full.reconstruct(np.nan_to_num(inputs["pca_coeff_full"]))
