@@ -42,12 +42,13 @@ SURVEY = SimulationConfig(n_stars=150, seed=5, chunk_size=100)
 CONFIG = """
 [spectral]
 train_min_snr = 15.0
+max_train = 200
 [luminosity]
 n_clean_iterations = 0
 noise_n_steps = 50
 [luminosity.network]
-max_epochs = 5
-patience = 2
+max_epochs = 3
+patience = 1
 n_members = 1
 """
 CATALOGS = ("catalog.parquet", "catalog.fits", "catalog_unique.parquet",
