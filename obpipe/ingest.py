@@ -9,8 +9,11 @@ Work split:
   it to the rest frame and rebin it onto the grid (:func:`obpipe.io.lamost.to_grid`;
   LAMOST's log-linear COEFF0/COEFF1 dispersion takes a vectorised fractional-pixel
   shift, :func:`obpipe.spectra.resample.rebin_loglinear`). A batch comes back as
-  small per-file records plus three stacked arrays. Pure per-file work; a bad file
-  gives a report line, never an exception.
+  small per-file records plus three stacked arrays; forked workers (and threads)
+  write the arrays into memory shared with the driver instead
+  (:class:`obpipe.io.lamost.SharedRows`, a ring of one region per window in
+  flight) and send only the records. Pure per-file work; a bad file gives a report
+  line, never an exception.
 * the driver, window by window (``WINDOW_FILES`` files, in file order; the next
   ``WINDOWS_AHEAD`` windows are being read meanwhile): drops duplicates (same
   checksum or obsid as a file already in the store), joins the star table
