@@ -7,7 +7,8 @@ the model files (PCA basis, networks, noise-model posteriors), the figures, the 
 fsspec, nothing lands in the working directory, and everything equals a run of the same
 survey at a local path (the pipeline is deterministic: the distributed tests compare
 products bitwise too). ``memory://`` stands in for ``s3://`` (the DaskJob of
-``deploy/``); ``file://`` URLs are covered stage by stage in ``test_deploy.py``.
+``deploy/``). The local run is then resumed and read back through ``file://`` URLs
+(``test_deploy.py`` writes the first stages at ``file://``).
 
 A tiny survey (150 stars, ~250 spectra in 3 chunks) and a short training keep it fast:
 ``spectral.train_min_snr`` is lowered so that the PCA has its 200 training spectra.
@@ -19,6 +20,7 @@ import io
 import json
 import os
 import uuid
+from pathlib import Path
 
 import dask
 import fsspec
@@ -124,6 +126,13 @@ def test_full_run_and_report_at_a_memory_url(tmp_path, monkeypatch, capsys) -> N
         local = _run(capsys, local_survey, local_products, str(config))
         assert all(s["status"] == "done" for s in local["stages"].values())
 
+        # the local run through file:// URLs: a rerun finds every stage complete (model
+        # files and catalogs looked up through fsspec's local filesystem)
+        local_uri = Path(local_products).as_uri()
+        again = _run(capsys, Path(local_survey).as_uri(), local_uri, str(config))
+        assert {s["status"] for s in again["stages"].values()} == {"skipped (complete)"}
+        assert again["files"]["catalogs"] == [f"file://{p}" for p in local["files"]["catalogs"]]
+
         # the catalog through fsspec: one row per input spectrum, in the survey's order,
         # equal to the local run's (Parquet tables exactly, FITS files byte for byte)
         with fsspec.open(f"{products}/catalog.parquet", "rb") as fh:
@@ -132,7 +141,7 @@ def test_full_run_and_report_at_a_memory_url(tmp_path, monkeypatch, capsys) -> N
         np.testing.assert_array_equal(cat["specid"].to_numpy(), specid)
         for name in CATALOGS:
             got = _read(f"{products}/{name}")
-            want = _read(os.path.join(local_products, name))
+            want = _read(f"{local_uri}/{name}")
             if name.endswith(".parquet"):
                 pd.testing.assert_frame_equal(pd.read_parquet(io.BytesIO(got)),
                                               pd.read_parquet(io.BytesIO(want)),
@@ -159,7 +168,7 @@ def test_full_run_and_report_at_a_memory_url(tmp_path, monkeypatch, capsys) -> N
         x = np.nan_to_num(got_p["recon_flux"].values[:20])
         for m, name in NETWORK_FILES.items():
             net = MKsNetwork.load(f"{products}/{MODEL_DIR}/{name}")
-            ref = MKsNetwork.load(os.path.join(local_products, MODEL_DIR, name))
+            ref = MKsNetwork.load(f"{local_uri}/{MODEL_DIR}/{name}")
             np.testing.assert_array_equal(net.predict(x), ref.predict(x), err_msg=m)
         for m, name in NOISE_FILES.items():
             noise = NoiseModelResult.load(f"{products}/{MODEL_DIR}/{name}")
