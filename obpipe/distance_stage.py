@@ -15,16 +15,22 @@ Both stages' per-star work (the two-level posterior evaluation of :mod:`obpipe.d
 is Python-bound and holds the GIL, so on the "threads" scheduler they run their blocks
 on "processes" instead (:func:`gil_free_scheduler`) when there are enough blocks to
 repay starting the worker processes (~2x on 2 cores); any other scheduler (a cluster,
-"processes", "synchronous") is used as given.
+"processes", "synchronous") is used as given. On "processes" both stages share one pool
+of worker processes (:func:`shared_process_pool`: the workers start and import obpipe
+once, ~1.7 CPU s each) and hand out one block at a time (Dask's default hands 6 to a
+worker at once, which leaves the other idle at the end of a stage).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import os
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import dask
@@ -40,7 +46,7 @@ from obpipe.distance import (
     galactocentric_xyz_kpc,
     summarize_distance_posteriors,
 )
-from obpipe.io import store
+from obpipe.memory import reuse_block_buffers
 from obpipe.products import (
     Output,
     block_bounds,
@@ -84,20 +90,50 @@ def distance_config(ctx: Any) -> DistanceConfig:
     return opts if isinstance(opts, DistanceConfig) else DistanceConfig(**opts)
 
 
-def gil_free_scheduler(scheduler: str | None, n_blocks: int, stores: tuple[str, ...] = ()
-                       ) -> str | None:
+def gil_free_scheduler(scheduler: str | None, n_blocks: int) -> str | None:
     """``scheduler``, or "processes" in place of "threads" for Python-bound blockwise work
     of at least :data:`MIN_BLOCKS_FOR_PROCESSES` blocks when Dask has more than one
-    worker (``num_workers`` or the CPU count), unless one of ``stores`` is a ``memory://``
-    URL (worker processes would not see it)."""
+    worker (``num_workers`` or the CPU count)."""
     workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
-    if any(store.in_process_memory(p) for p in stores):
-        return scheduler
     if scheduler == "threads" and n_blocks >= MIN_BLOCKS_FOR_PROCESSES and workers > 1:
         log.info("%d blocks of Python-bound work: 'processes' (%d workers) instead of "
                  "'threads'", n_blocks, workers)
         return "processes"
     return scheduler
+
+
+@functools.lru_cache(maxsize=1)
+def _process_pool(num_workers: int) -> ProcessPoolExecutor:
+    import dask.multiprocessing as dmp
+
+    # as dask.multiprocessing.get makes its own pool: a fixed hash seed, its start method
+    # and worker initialiser
+    if os.environ.get("PYTHONHASHSEED") in (None, "0"):
+        os.environ["PYTHONHASHSEED"] = "6640"
+    return ProcessPoolExecutor(num_workers, mp_context=dmp.get_context(),
+                               initializer=dmp.initialize_worker_process)
+
+
+def shared_process_pool(num_workers: int) -> ProcessPoolExecutor:
+    """One pool of ``num_workers`` worker processes for the Python-bound stages of this
+    process (started on first use, shut down at exit; replaced if a worker died)."""
+    pool = _process_pool(num_workers)
+    if getattr(pool, "_broken", False) or getattr(pool, "_shutdown_thread", False):
+        _process_pool.cache_clear()
+        pool = _process_pool(num_workers)
+    return pool
+
+
+@contextlib.contextmanager
+def process_pool_for(scheduler: str | None) -> Iterator[None]:
+    """Dask's "processes" scheduler on :func:`shared_process_pool`, one block per dispatch,
+    inside the block; any other scheduler unchanged."""
+    if scheduler != "processes" or dask.config.get("pool", None) is not None:
+        yield
+        return
+    workers = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    with dask.config.set(pool=shared_process_pool(workers), chunksize=1):
+        yield
 
 
 def _n_blocks(products_dir: str) -> int:
@@ -107,6 +143,7 @@ def _n_blocks(products_dir: str) -> int:
 
 def distance_block(inputs: dict[str, np.ndarray], cfg: DistanceConfig) -> dict[str, np.ndarray]:
     """Eqs. (18)-(24) for one block of spectra; binaries (flag 1) use the parallax alone."""
+    reuse_block_buffers()
     dm0, sig = distance_modulus_terms(inputs["Ks0"], inputs["Ks0_err"], inputs["MKs"],
                                       inputs["MKs_err"])
     binary = np.asarray(inputs["binary_flag"]) == FLAG_BINARY
@@ -129,12 +166,13 @@ def run_distance(ctx: Any) -> dict[str, Any]:
     """The distance posterior of every spectrum, blockwise over the cube."""
     cfg = distance_config(ctx)
     t0 = time.perf_counter()
-    result = run_blockwise_stage(
-        ctx.survey_path, ctx.products_dir, STAGE, functools.partial(distance_block, cfg=cfg),
-        OUTPUTS, survey_vars=("ra", "dec"), product_vars=PRODUCT_INPUTS,
-        scheduler=gil_free_scheduler(ctx.scheduler, _n_blocks(ctx.products_dir),
-                                     (ctx.survey_path, ctx.products_dir)),
-        force=bool(getattr(ctx, "force", False)))
+    scheduler = gil_free_scheduler(ctx.scheduler, _n_blocks(ctx.products_dir))
+    with process_pool_for(scheduler):
+        result = run_blockwise_stage(
+            ctx.survey_path, ctx.products_dir, STAGE, functools.partial(distance_block, cfg=cfg),
+            OUTPUTS, survey_vars=("ra", "dec"), product_vars=PRODUCT_INPUTS,
+            scheduler=scheduler,
+            force=bool(getattr(ctx, "force", False)))
     result["seconds"] = time.perf_counter() - t0
     result["config"] = dataclasses.asdict(cfg)
     flags = open_products(ctx.products_dir)["distance_flags"].values
@@ -151,12 +189,13 @@ def run_catalog(ctx: Any) -> dict[str, Any]:
     """Write the Table 1 catalog and its unique-star view from the survey and products."""
     opts = getattr(ctx, "options", {}).get(CATALOG_STAGE, {}) or {}
     formats = tuple(opts.get("formats", catalog_mod.DEFAULT_FORMATS))
-    return catalog_mod.write_catalog(
-        ctx.survey_path, ctx.products_dir, formats=formats, distance_cfg=distance_config(ctx),
-        scheduler=gil_free_scheduler(ctx.scheduler, _n_blocks(ctx.products_dir),
-                                     (ctx.survey_path, ctx.products_dir)))
+    scheduler = gil_free_scheduler(ctx.scheduler, _n_blocks(ctx.products_dir))
+    with process_pool_for(scheduler):
+        return catalog_mod.write_catalog(
+            ctx.survey_path, ctx.products_dir, formats=formats, distance_cfg=distance_config(ctx),
+            scheduler=scheduler)
 
 
 def is_catalog_complete(ctx: Any) -> bool:
-    return catalog_mod.catalog_complete(ctx.products_dir) and store.exists(
+    return catalog_mod.catalog_complete(ctx.products_dir) and os.path.exists(
         catalog_mod.catalog_path(ctx.products_dir, "parquet"))
