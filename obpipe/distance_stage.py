@@ -46,6 +46,7 @@ from obpipe.distance import (
     galactocentric_xyz_kpc,
     summarize_distance_posteriors,
 )
+from obpipe.io import store
 from obpipe.memory import reuse_block_buffers
 from obpipe.products import (
     Output,
@@ -90,11 +91,15 @@ def distance_config(ctx: Any) -> DistanceConfig:
     return opts if isinstance(opts, DistanceConfig) else DistanceConfig(**opts)
 
 
-def gil_free_scheduler(scheduler: str | None, n_blocks: int) -> str | None:
+def gil_free_scheduler(scheduler: str | None, n_blocks: int, stores: tuple[str, ...] = ()
+                       ) -> str | None:
     """``scheduler``, or "processes" in place of "threads" for Python-bound blockwise work
     of at least :data:`MIN_BLOCKS_FOR_PROCESSES` blocks when Dask has more than one
-    worker (``num_workers`` or the CPU count)."""
+    worker (``num_workers`` or the CPU count), unless one of ``stores`` is a ``memory://``
+    URL (worker processes would not see it)."""
     workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
+    if any(store.in_process_memory(p) for p in stores):
+        return scheduler
     if scheduler == "threads" and n_blocks >= MIN_BLOCKS_FOR_PROCESSES and workers > 1:
         log.info("%d blocks of Python-bound work: 'processes' (%d workers) instead of "
                  "'threads'", n_blocks, workers)
@@ -166,7 +171,8 @@ def run_distance(ctx: Any) -> dict[str, Any]:
     """The distance posterior of every spectrum, blockwise over the cube."""
     cfg = distance_config(ctx)
     t0 = time.perf_counter()
-    scheduler = gil_free_scheduler(ctx.scheduler, _n_blocks(ctx.products_dir))
+    scheduler = gil_free_scheduler(ctx.scheduler, _n_blocks(ctx.products_dir),
+                                   (ctx.survey_path, ctx.products_dir))
     with process_pool_for(scheduler):
         result = run_blockwise_stage(
             ctx.survey_path, ctx.products_dir, STAGE, functools.partial(distance_block, cfg=cfg),
@@ -189,7 +195,8 @@ def run_catalog(ctx: Any) -> dict[str, Any]:
     """Write the Table 1 catalog and its unique-star view from the survey and products."""
     opts = getattr(ctx, "options", {}).get(CATALOG_STAGE, {}) or {}
     formats = tuple(opts.get("formats", catalog_mod.DEFAULT_FORMATS))
-    scheduler = gil_free_scheduler(ctx.scheduler, _n_blocks(ctx.products_dir))
+    scheduler = gil_free_scheduler(ctx.scheduler, _n_blocks(ctx.products_dir),
+                                   (ctx.survey_path, ctx.products_dir))
     with process_pool_for(scheduler):
         return catalog_mod.write_catalog(
             ctx.survey_path, ctx.products_dir, formats=formats, distance_cfg=distance_config(ctx),
@@ -197,5 +204,5 @@ def run_catalog(ctx: Any) -> dict[str, Any]:
 
 
 def is_catalog_complete(ctx: Any) -> bool:
-    return catalog_mod.catalog_complete(ctx.products_dir) and os.path.exists(
+    return catalog_mod.catalog_complete(ctx.products_dir) and store.exists(
         catalog_mod.catalog_path(ctx.products_dir, "parquet"))
