@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -247,12 +248,12 @@ def _log_post(grid: DistanceGrid, sl: slice, plx: float, plx_err: float, dm0: fl
     """-Phi/2 on the grid points ``sl`` (a slice, possibly strided) (eqs. 18-22)."""
     inv_d = grid.inv_d[sl]
     out = np.zeros(inv_d.size)
-    if np.isfinite(plx):
+    if math.isfinite(plx):
         t = inv_d - plx
         t *= 1.0 / plx_err
         np.multiply(t, t, out=t)
         out += t
-    if np.isfinite(dm0):
+    if math.isfinite(dm0):
         t = grid.log10_d[sl] * (-5.0 / sig)
         t += (dm0 - 10.0) / sig
         np.multiply(t, t, out=t)
@@ -281,7 +282,7 @@ def _summarize_fine(grid: DistanceGrid, lo: int, hi: int, plx: float, plx_err: f
     for s in starts:
         e = min(s + seg, hi)
         lp = _log_post(grid, slice(s, e), plx, plx_err, dm0, sig, cfg)
-        j = int(np.argmax(lp))
+        j = int(lp.argmax())
         m = float(lp[j])
         w = np.exp(lp - m)
         maxima.append(m)
@@ -292,7 +293,7 @@ def _summarize_fine(grid: DistanceGrid, lo: int, hi: int, plx: float, plx_err: f
         if len(starts) == 1:
             kept = w
     mx = np.asarray(maxima)
-    top = int(np.argmax(mx))
+    top = int(mx.argmax())
     m_all = float(mx[top])
     scale = np.exp(mx - m_all)
     seg_mass = np.asarray(sums) * scale
@@ -303,13 +304,13 @@ def _summarize_fine(grid: DistanceGrid, lo: int, hi: int, plx: float, plx_err: f
     idx, wq = [], []
     for q in _PERCENTILES:
         target = q * total
-        k = min(int(np.searchsorted(cum, target, side="left")), len(starts) - 1)
+        k = min(int(cum.searchsorted(target, side="left")), len(starts) - 1)
         before = float(cum[k - 1]) if k > 0 else 0.0
         s = starts[k]
         w = kept if kept is not None else np.exp(
             _log_post(grid, slice(s, min(s + seg, hi)), plx, plx_err, dm0, sig, cfg) - m_all)
-        c = np.cumsum(w) + before
-        j = min(int(np.searchsorted(c, target, side="left")), w.size - 1)
+        c = w.cumsum() + before
+        j = min(int(c.searchsorted(target, side="left")), w.size - 1)
         idx.append(s + j)
         wq.append(float(w[j]))
     return _Summary(argmax[top], idx[0], idx[1], mean, float(np.sqrt(var)), -2.0 * m_all,
@@ -407,7 +408,7 @@ def _refine_two_level(grid: DistanceGrid, lo: int, hi: int, node: Mapping[str, A
     f = node["f"][i]
     n_cells = f.size - 1
     sd_k = float(node["sd_k"][i])
-    top = int(np.argmax(f))
+    top = int(f.argmax())
     if stride < 2 or sd_k < 20.0 or top == 0:
         return None
     ref = float(node["ref"][i])
@@ -431,12 +432,13 @@ def _refine_two_level(grid: DistanceGrid, lo: int, hi: int, node: Mapping[str, A
     evaluate_cells({n_cells - 1})
     w_last = exact[n_cells - 1]
     s_last = lo + (n_cells - 1) * stride
-    cum = np.append(node["cum"][i], node["cum"][i][-1] + w_last.sum())
+    cum_i = node["cum"][i]
+    cum = np.concatenate((cum_i, [cum_i[-1] + w_last.sum()]))
     total = float(cum[-1])
     mean = (float(node["s1"][i]) + float(w_last @ grid.log10_d[s_last:hi])) / total
     var = max((float(node["s2"][i]) + float(w_last @ grid.log10_d_sq[s_last:hi])) / total
               - mean * mean, 0.0)
-    crossing = [int(np.searchsorted(cum, q * total, side="left")) for q in _PERCENTILES]
+    crossing = [int(cum.searchsorted(q * total, side="left")) for q in _PERCENTILES]
     # the mode: the fine maximum is within half a stride of a node whose value is at
     # least (1 - delta) times it, delta ~ (1/sd_k)^2 / 8; take every node within 4x that
     delta = 0.5 / (sd_k * sd_k)
@@ -452,8 +454,8 @@ def _refine_two_level(grid: DistanceGrid, lo: int, hi: int, node: Mapping[str, A
         found = None
         for k in range(k0, k1 + 1):
             w = exact[k]
-            c = np.cumsum(w) + running
-            j = int(np.searchsorted(c, target, side="left"))
+            c = w.cumsum() + running
+            j = int(c.searchsorted(target, side="left"))
             if j < w.size:
                 found = (lo + k * stride + j, float(w[j]))
                 break
@@ -467,7 +469,7 @@ def _refine_two_level(grid: DistanceGrid, lo: int, hi: int, node: Mapping[str, A
         return None
     best_k, best_j, best_w = -1, -1, -np.inf
     for k, w in exact.items():
-        j = int(np.argmax(w))
+        j = int(w.argmax())
         if w[j] > best_w:
             best_k, best_j, best_w = k, j, float(w[j])
     i_mode = lo + best_k * stride + best_j
