@@ -75,3 +75,15 @@ def reuse_block_buffers() -> bool:
     if not ok:
         log.debug("malloc settings for buffer reuse not applied (not glibc?)")
     return ok
+
+
+def release_free_heap() -> bool:
+    """Return the free memory of every malloc heap to the OS (glibc ``malloc_trim(0)``,
+    best effort): at the end of a stage that ran under :func:`reuse_block_buffers`, so that
+    the buffers it kept for its next block do not stay resident through the later stages.
+    True if memory was released."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc
+        return False

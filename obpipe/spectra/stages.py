@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_limits
 
 from obpipe import __version__
 from obpipe.io import store
-from obpipe.memory import reuse_block_buffers
+from obpipe.memory import release_free_heap, reuse_block_buffers
 from obpipe.products import (
     Output,
     open_products,
@@ -63,6 +63,18 @@ class SpectralConfig:
     broken_min_chi2: float = 3.0
 
 
+def _releases_heap(run: Any) -> Any:
+    """A stage's run function that returns the block buffers kept by
+    :func:`reuse_block_buffers` to the OS when it ends (later stages need other memory)."""
+    @functools.wraps(run)
+    def run_then_release(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return run(*args, **kwargs)
+        finally:
+            release_free_heap()
+    return run_then_release
+
+
 # ------------------------------------------------------------------ normalize
 NORMALIZE_OUTPUTS = {
     "norm_flux": Output("float32", "", "flux / pseudo-continuum (50 AA Gaussian, Sec. 2)",
@@ -79,6 +91,7 @@ def normalize_block(inputs: dict[str, np.ndarray], width_aa: float) -> dict[str,
     return {"norm_flux": nf, "norm_ivar": ni}
 
 
+@_releases_heap
 def run_normalize(ctx: Any, cfg: SpectralConfig | None = None) -> dict[str, Any]:
     cfg = cfg or SpectralConfig()
     return run_blockwise_stage(
@@ -197,6 +210,7 @@ def fit_pca_model(norm_flux: np.ndarray, norm_ivar: np.ndarray, snr: np.ndarray,
     return pca.PCAModel(full=full, clean=clean, meta=meta), report
 
 
+@_releases_heap
 def run_pca(ctx: Any, cfg: SpectralConfig | None = None) -> dict[str, Any]:
     cfg = cfg or SpectralConfig()
     model_path = os.path.join(ctx.products_dir, MODEL_FILE)
@@ -259,6 +273,7 @@ def recon_block(inputs: dict[str, np.ndarray], model_path: str) -> dict[str, np.
     return {"recon_flux": out}
 
 
+@_releases_heap
 def run_emission(ctx: Any, cfg: SpectralConfig | None = None) -> dict[str, Any]:
     cfg = cfg or SpectralConfig()
     survey = store.open_cube(ctx.survey_path)
