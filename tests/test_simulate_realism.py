@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import astropy.units as u
 import numpy as np
 import pandas as pd
 import pytest
+from astropy.coordinates import SkyCoord
 from sklearn.linear_model import RidgeCV
 
 from obpipe.config import SimulationConfig
@@ -117,3 +119,18 @@ def test_distances_and_parallax_quality_match_the_papers_sample() -> None:
     assert within_3 > 0.5 and 0.42 < good < 0.62 and beyond_10 > 0.005
     within_3, good, _ = sample(distance_power=1.0)
     assert within_3 < 0.4 and good < 0.3
+
+
+def test_nearby_stars_are_not_piled_at_the_galactic_poles() -> None:
+    """Stars closer than their height above the plane (white dwarfs, subdwarfs) get an
+    isotropic direction; each star keeps its own position and star_id."""
+    cfg = dataclasses.replace(SimulationConfig(), n_stars=3000, seed=7,
+                              white_dwarf_fraction=0.2, subdwarf_fraction=0.1)
+    obs, truth, _ = survey.build_tables(cfg)
+    first = obs["uniqflag"] == 1
+    assert len(set(obs["star_id"][first])) == int(first.sum())
+    compact = first & np.isin(truth["star_class"], ["white_dwarf", "subdwarf"])
+    sin_b = np.sin(np.radians(np.abs(SkyCoord(obs["ra"][compact] * u.deg, obs["dec"][compact]
+                                              * u.deg).galactic.b.deg)))
+    assert np.mean(sin_b > 0.999) < 0.01  # not at the poles
+    assert 0.2 < np.mean(sin_b) < 0.65  # isotropic for the nearest (0.5), disk-like beyond

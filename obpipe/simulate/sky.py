@@ -131,7 +131,10 @@ def place_stars(
         d = draw_power_law_distance_kpc(rng, d_min[todo], d_max[todo], cfg.distance_power)
         lon = rng.uniform(0.0, 360.0, m)
         z = rng.laplace(0.0, cfg.disk_scale_height_kpc, m)
-        sin_b = np.clip(z / d, -1.0, 1.0)
+        # a star nearer than its height above the plane: within a scale height the disk
+        # is nearly uniform, so its direction is isotropic (clipping z / d put every such
+        # star at a Galactic pole, and gave nearby white dwarfs one shared star_id)
+        sin_b = np.where(np.abs(z) < d, z / d, rng.uniform(-1.0, 1.0, m))
         x = x_sun + d * np.cos(np.radians(lon)) * np.sqrt(1 - sin_b**2)
         y = d * np.sin(np.radians(lon)) * np.sqrt(1 - sin_b**2)
         r_gc = np.hypot(x, y)
