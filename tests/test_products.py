@@ -6,10 +6,19 @@ import functools
 
 import numpy as np
 import pytest
+import zarr
 
 from obpipe.config import SimulationConfig
+from obpipe.io import store
 from obpipe.pipeline import run_pipeline
-from obpipe.products import Output, open_products, run_blockwise_stage, stage_complete
+from obpipe.products import (
+    SPECTRA_ZSTD_LEVEL,
+    Output,
+    open_products,
+    products_path,
+    run_blockwise_stage,
+    stage_complete,
+)
 from obpipe.simulate.survey import simulate_survey
 
 OUTPUTS = {
@@ -62,6 +71,15 @@ def test_blockwise_stage_writes_one_row_per_spectrum(survey, tmp_path) -> None:
     assert "flux_median" in open_products(products)
     # a complete stage writes nothing the second time
     assert _run(survey, products, _block_fn)["blocks_written"] == 0
+    # spectra-sized arrays (extra dimensions) use the fast zstd level, exactly the values
+    grp = zarr.open_group(products_path(products), mode="r")
+    codecs = {k: [c.to_dict() for c in grp[k].metadata.codecs] for k in ("profile", "n_good")}
+    assert {"name": "zstd", "configuration": {"level": SPECTRA_ZSTD_LEVEL, "checksum": False}
+            } in codecs["profile"]
+    assert not any(c["name"] == "zstd" and c["configuration"]["level"] == SPECTRA_ZSTD_LEVEL
+                   for c in codecs["n_good"])
+    assert np.array_equal(open_products(products)["profile"].values,
+                          store.open_cube(survey)["flux"].values[:, :5], equal_nan=True)
 
 
 def test_resume_after_a_failed_block_gives_identical_products(survey, tmp_path) -> None:
