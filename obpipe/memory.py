@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 from functools import lru_cache
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 #: the largest fixed mmap threshold glibc accepts on 64-bit (HEAP_MAX_SIZE / 2)
 MMAP_THRESHOLD_MAX_BYTES = 32 << 20
 #: free memory kept at the top of a heap before it is returned to the OS: a few blocks'
@@ -32,6 +34,13 @@ MMAP_THRESHOLD_MAX_BYTES = 32 << 20
 REUSE_TRIM_THRESHOLD_BYTES = 128 << 20
 #: extra memory obtained with each heap extension (fewer, larger extensions)
 REUSE_TOP_PAD_BYTES = 16 << 20
+
+
+def _reuse_arena_max() -> int:
+    """Malloc arenas under :func:`reuse_block_buffers`: one per core (glibc's default is 8
+    per core; each arena keeps its own free buffers, and with more arenas than threads at
+    work the kept memory multiplies and ``malloc_trim`` gave little of it back)."""
+    return max(2, os.cpu_count() or 2)
 
 
 def _mallopt(settings: tuple[tuple[int, int], ...]) -> bool:
@@ -63,15 +72,18 @@ def reuse_block_buffers() -> bool:
     Fixed thresholds (no dynamic adjustment): allocations below 32 MiB (a block of
     2,000 float32 spectra and every smaller temporary) come from the heap, and up to
     128 MiB of free memory stays at the top of each heap (16 MiB padding per extension)
-    instead of going back to the OS after every block. Every block then reuses the
-    pages the previous one touched, instead of faulting in and zeroing fresh ones; the
-    resident memory is higher by about two blocks' buffers per thread but does not grow
-    with the number of blocks (``tests/test_memory.py``). Called once per process; it
-    replaces :func:`release_large_buffers_to_the_os` where both are called.
+    instead of going back to the OS after every block, in at most one malloc arena per
+    core. Every block then reuses the pages the previous one touched, instead of
+    faulting in and zeroing fresh ones; the resident memory is higher by about two
+    blocks' buffers per thread but does not grow with the number of blocks, and
+    :func:`release_free_heap` hands it back at the end of a stage
+    (``tests/test_memory.py``). Called once per process; it replaces
+    :func:`release_large_buffers_to_the_os` where both are called.
     """
     ok = _mallopt(((M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX_BYTES),
                    (M_TRIM_THRESHOLD, REUSE_TRIM_THRESHOLD_BYTES),
-                   (M_TOP_PAD, REUSE_TOP_PAD_BYTES)))
+                   (M_TOP_PAD, REUSE_TOP_PAD_BYTES),
+                   (M_ARENA_MAX, _reuse_arena_max())))
     if not ok:
         log.debug("malloc settings for buffer reuse not applied (not glibc?)")
     return ok
