@@ -611,8 +611,11 @@ def summarize_distance_posteriors(
                 # outside: posterior < max exp(-(c2 - Phi_min)/2) per point
                 # (a posterior narrower than the grid step can leave every grid point
                 # above the continuous bound K: then the bound says nothing -> retry)
-                hidden = n_out * np.exp(min(-0.5 * (c2[k] - s.phi_min), 700.0))
-                if hidden >= 0.5 * min(s.w_low, s.w_high):
+                # compared in logs: n_out e^(...) overflows for a useless (huge) bound
+                log_hidden = np.log(n_out) - 0.5 * (c2[k] - s.phi_min)
+                with np.errstate(divide="ignore"):
+                    log_needed = np.log(0.5 * min(s.w_low, s.w_high))
+                if log_hidden >= log_needed:
                     retry.append(i)
                     continue
             out["dis"][i] = grid.distance_kpc(s.i_mode)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -220,3 +222,19 @@ def test_a_batch_of_stars_equals_each_star_alone(monkeypatch: pytest.MonkeyPatch
                 np.testing.assert_allclose(v[i], alone[k], rtol=1e-11, atol=1e-14)
             else:
                 assert np.array_equal(v[i], alone[k], equal_nan=True), (i, k)
+
+
+def test_posterior_narrower_than_the_grid_step_warns_not_and_equals_the_full_grid() -> None:
+    """A white dwarf at 5.7 pc with a 0.013 mas parallax error (0.0004 pc, far below the
+    0.1 pc step) and a spectroscopic M_Ks 8 mag off: the window's bound is useless, the
+    star is re-evaluated (the bound used to overflow, n_out * e^700), and the answer is
+    the full grid's."""
+    args = (np.array([176.835]), np.array([0.012944]), np.array([11.0009]),
+            np.array([0.3104]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        win = summarize_distance_posteriors(*args, CFG, grid=GRID)
+    full = summarize_distance_posteriors(*args, CFG, windowed=False, grid=GRID)
+    for key in ("dis", "dis_low", "dis_high"):
+        np.testing.assert_allclose(win[key], full[key], atol=1e-4)
+    assert abs(win["dis"][0] - 1.0 / 176.835) < 1e-4
