@@ -1,7 +1,6 @@
 """Process-level memory hygiene for long runs over many blocks (glibc malloc settings).
 
-Two policies, each set once per process (the settings are process-wide: the last one
-called wins):
+Two policies (the settings are process-wide: the last one applied wins):
 
 * :func:`release_large_buffers_to_the_os` (ingest): every allocation of 4 MiB and more
   is its own mmap, returned to the OS when freed;
@@ -9,7 +8,8 @@ called wins):
   from the heap and stay there for the next block, so that a block does not pay for
   the kernel zeroing fresh pages (page faults were ~40% of the spectral chain's CPU
   under the first policy), with fixed thresholds so that memory stays flat in the
-  number of blocks.
+  number of blocks; :func:`release_free_heap`, at the end of such a stage, hands the
+  kept memory back and returns to the first policy for the stages that follow.
 """
 
 from __future__ import annotations
@@ -43,14 +43,27 @@ def _reuse_arena_max() -> int:
     return max(2, os.cpu_count() or 2)
 
 
+#: the release policy's settings (glibc's defaults but a fixed 4 MiB mmap threshold)
+_RELEASE_SETTINGS = ((M_MMAP_THRESHOLD, 4 << 20), (M_TRIM_THRESHOLD, 128 << 10), (M_TOP_PAD, 0))
+#: the policy in force in this process: "reuse", "release" or None (glibc's defaults)
+_policy: str | None = None
+
+
+@lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - glibc has both
+        return libc
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
 def _mallopt(settings: tuple[tuple[int, int], ...]) -> bool:
     """Apply ``(parameter, value)`` pairs with glibc's ``mallopt``; False if not glibc or a
     setting was refused."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return all(bool(libc.mallopt(param, value)) for param, value in settings)
-    except (OSError, AttributeError):  # not glibc
-        return False
+    libc = _libc()
+    return libc is not None and all(bool(libc.mallopt(p, v)) for p, v in settings)
 
 
 @lru_cache(maxsize=1)
@@ -62,10 +75,11 @@ def release_large_buffers_to_the_os() -> bool:
     heap, which fragments and grows with the number of blocks. A fixed threshold keeps
     a worker's memory flat in the number of blocks. Called once per process.
     """
+    global _policy
+    _policy = "release"
     return _mallopt(((M_MMAP_THRESHOLD, 4 << 20),))  # fixed: no dynamic raise
 
 
-@lru_cache(maxsize=1)
 def reuse_block_buffers() -> bool:
     """Keep freed block buffers in the heap for the next block (glibc only, best effort).
 
@@ -77,25 +91,34 @@ def reuse_block_buffers() -> bool:
     faulting in and zeroing fresh ones; the resident memory is higher by about two
     blocks' buffers per thread but does not grow with the number of blocks, and
     :func:`release_free_heap` hands it back at the end of a stage
-    (``tests/test_memory.py``). Called once per process; it replaces
-    :func:`release_large_buffers_to_the_os` where both are called.
+    (``tests/test_memory.py``). Called by every block (it applies the settings only when
+    another policy is in force).
     """
+    global _policy
+    if _policy == "reuse":
+        return True
     ok = _mallopt(((M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX_BYTES),
                    (M_TRIM_THRESHOLD, REUSE_TRIM_THRESHOLD_BYTES),
                    (M_TOP_PAD, REUSE_TOP_PAD_BYTES),
                    (M_ARENA_MAX, _reuse_arena_max())))
-    if not ok:
+    if ok:
+        _policy = "reuse"
+    else:
         log.debug("malloc settings for buffer reuse not applied (not glibc?)")
     return ok
 
 
 def release_free_heap() -> bool:
     """Return the free memory of every malloc heap to the OS (glibc ``malloc_trim(0)``,
-    best effort): at the end of a stage that ran under :func:`reuse_block_buffers`, so that
-    the buffers it kept for its next block do not stay resident through the later stages.
-    True if memory was released."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.malloc_trim(0))
-    except (OSError, AttributeError):  # not glibc
+    best effort) and, after :func:`reuse_block_buffers`, go back to the release policy
+    (large buffers mmapped, freed memory trimmed): at the end of a stage that kept its
+    buffers for its next block, so that neither they nor the policy stay for the later
+    stages. True if memory was released."""
+    global _policy
+    libc = _libc()
+    if libc is None:
         return False
+    if _policy == "reuse":
+        _policy = "release"
+        _mallopt(_RELEASE_SETTINGS)
+    return bool(libc.malloc_trim(0))

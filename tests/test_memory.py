@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(
 #: two threads of a pool, each allocating, filling and freeing a block-sized float32 buffer (2,000
 #: spectra x 3,909 pixels, 31 MB) and a few smaller temporaries per "block", as the
 #: spectral stages do; prints the minor page faults per block after a warm-up and the
-#: resident memory after 10 and after 40 blocks, and after ``release_free_heap``
+#: resident memory after 10 and after 40 blocks, and after ``release_free_heap``; then
+#: the faults per block after it and after the policy is applied again
 _SCRIPT = """
 import json, resource, sys
 from concurrent.futures import ThreadPoolExecutor
@@ -45,8 +46,16 @@ run(30)
 rss40 = psutil.Process().memory_info().rss
 memory.release_free_heap()
 released = psutil.Process().memory_info().rss
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+run(5)  # after release_free_heap: the release policy
+after = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 10
+getattr(memory, sys.argv[1])()
+run(3)
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+run(5)  # the policy under test again
+again = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 10
 print(json.dumps({"faults_per_block": faults, "rss10": rss10, "rss40": rss40,
-                  "released": released}))
+                  "released": released, "faults_after_release": after, "faults_again": again}))
 """
 PAGES_PER_BLOCK = 2000 * 3909 * 4 // 4096
 
@@ -70,4 +79,8 @@ def test_reuse_block_buffers_avoids_fresh_pages_and_stays_flat():
     # release_free_heap (at the end of a stage) hands the kept buffers back: at least the
     # two threads' block buffers
     assert reuse["released"] < reuse["rss40"] - 2 * PAGES_PER_BLOCK * 4096
+    # ... and goes back to the release policy for the stages that follow, until a block
+    # asks for reuse again
+    assert reuse["faults_after_release"] > reuse["faults_per_block"] + 10
+    assert reuse["faults_again"] < 0.05 * PAGES_PER_BLOCK
 
