@@ -208,53 +208,75 @@ def rebin_loglinear(
     w_left = (10.0 ** (s * t) - 1.0) / (q - 1.0)  # fraction of the output bin, in AA
     w_right = (q - 10.0 ** (s * t)) / (q - 1.0)
 
-    finite = np.isfinite(f)
-    good_in = finite & np.isfinite(iv) & (iv > 0) & ((m_in & bad_bits) == 0)
-    # padded rows (one array, one pass per quantity): element k is input pixel
-    # k - p - 1, so output j reads its left neighbour at [j] and its right one at
-    # [j + 1]; absent pixels are zero. Rows: present, good, finite, bad (present and
-    # not good), finite flux, good flux, variance of good pixels.
-    lo, hi = max(0, p + 1), min(m + 1, n + p + 1)
-    rows = np.zeros((7, m + 1))
-    mk = np.zeros(m + 1, np.uint8)
-    unfl = np.zeros(m + 1, bool)  # bad input pixels without a bad bit (ivar = 0, NaN flux)
-    if hi > lo:
-        src = slice(lo - p - 1, hi - p - 1)
-        g_s, fin_s, f_s = good_in[src], finite[src], f[src]
-        rows[0, lo:hi] = 1.0
-        rows[1, lo:hi] = g_s
-        rows[2, lo:hi] = fin_s
-        rows[3, lo:hi] = ~g_s
-        np.copyto(rows[4, lo:hi], f_s, where=fin_s)
-        np.copyto(rows[5, lo:hi], f_s, where=g_s)
-        with np.errstate(divide="ignore"):
-            np.divide(1.0, iv[src], out=rows[6, lo:hi], where=g_s)
-        mk[lo:hi] = m_in[src]
-        unfl[lo:hi] = ~g_s & ((m_in[src] & bad_bits) == 0)
     # a floating-point sliver of an overlap is dropped, as in rebin_spectrum
     wl = w_left if w_left > SLIVER_TOL else 0.0
     wr = w_right if w_right > SLIVER_TOL else 0.0
-    # overlap-weighted sums of every row at once (the same products as one row at a time)
-    sums = wl * rows[:6, :m]
-    sums += wr * rows[:6, 1:]
-    covered, w_good, w_fin, bad_len, sum_fin, sum_good = sums
-    sum_var = (wl * wl) * rows[6, :m] + (wr * wr) * rows[6, 1:]
+    finite = np.isfinite(f)
+    good_in = np.isfinite(iv)
+    good_in &= iv > 0
+    good_in &= finite
+    if mask is not None:
+        good_in &= (m_in & bad_bits) == 0
+    # padded rows: element k is input pixel k - p - 1, so output j reads its left
+    # neighbour (overlap wl) at [j] and its right one (overlap wr) at [j + 1]; absent
+    # pixels are zero. Every output bin overlaps only these two, so each sum of
+    # rebin_spectrum is two products (the same floating-point operations, in the same
+    # order, as a sum over overlap segments), and its conditions are per-neighbour tests.
+    lo, hi = max(0, p + 1), min(m + 1, n + p + 1)
+    f_fin = np.zeros(m + 1)  # flux where finite
+    fin = np.zeros(m + 1)  # 1.0 where finite
+    var = np.zeros(m + 1)  # 1 / ivar where good
+    good = np.zeros(m + 1, bool)
+    mk = np.zeros(m + 1, np.uint8)
+    unfl = np.zeros(m + 1, bool)  # bad input pixels without a bad bit (ivar = 0, NaN flux)
+    present = np.zeros(m + 1, bool)
+    if hi > lo:
+        src = slice(lo - p - 1, hi - p - 1)
+        present[lo:hi] = True
+        g_s, fin_s = good_in[src], finite[src]
+        np.copyto(f_fin[lo:hi], f[src], where=fin_s)
+        fin[lo:hi] = fin_s
+        with np.errstate(divide="ignore"):
+            np.divide(1.0, iv[src], out=var[lo:hi], where=g_s)
+        good[lo:hi] = g_s
+        if mask is not None:
+            mk[lo:hi] = m_in[src]
+            unfl[lo:hi] = ~g_s & ((m_in[src] & bad_bits) == 0)
+        else:
+            unfl[lo:hi] = ~g_s
+    # coverage and bad-overlap length take only a few values (which neighbours are
+    # present / bad), so their tests are per neighbour: a bin is fully covered when its
+    # overlapping neighbours are all present (the overlaps sum to the bin up to
+    # rounding; the sums are formed as rebin_spectrum forms them), and usable when they
+    # are all good (an overlap is either 0 or longer than the sliver tolerance)
+    full = np.ones(m, bool)
+    usable = np.ones(m, bool)
     out_mask = np.zeros(m, np.uint8)
     unflagged_bad = np.zeros(m, bool)
-    if wl:
-        out_mask |= mk[:m]
-        unflagged_bad |= unfl[:m]
-    if wr:
-        out_mask |= mk[1:]
-        unflagged_bad |= unfl[1:]
-    full = covered >= (1.0 - SLIVER_TOL)
-    usable = full & (bad_len <= SLIVER_TOL) & (w_good > 0)
+    for w, side in ((wl, slice(0, m)), (wr, slice(1, m + 1))):
+        if w:
+            full &= present[side]
+            usable &= good[side]
+            out_mask |= mk[side]
+            unflagged_bad |= unfl[side]
+    if not (wl + wr >= 1.0 - SLIVER_TOL):  # pragma: no cover - the overlaps sum to 1
+        full[:] = False
+    usable &= full
     out_mask[unflagged_bad & full] |= MASK_BITS["bad_pixel"]
     out_mask[~full] |= MASK_BITS["no_coverage"]
+    # flux: the overlap-weighted mean of the finite neighbours (for a usable bin these
+    # are its good neighbours: the same sums as the mean of the good ones)
+    sum_fin = wl * f_fin[:m]
+    sum_fin += wr * f_fin[1:]
+    w_fin = wl * fin[:m]
+    w_fin += wr * fin[1:]
+    flux_out = np.zeros(m)
+    np.divide(sum_fin, w_fin, out=flux_out, where=w_fin > 0)
+    # ivar of a usable bin: (sum of overlaps)**2 / sum of overlap**2 * variance
+    sum_var = (wl * wl) * var[:m]
+    sum_var += (wr * wr) * var[1:]
+    ivar_out = np.zeros(m)
     with np.errstate(divide="ignore", invalid="ignore"):
-        mean_good = sum_good / w_good
-        var_out = sum_var / (w_good * w_good)
-        mean_fin = sum_fin / w_fin
-    flux_out = np.where(usable, mean_good, np.where(w_fin > 0, mean_fin, 0.0))
-    ivar_out = np.where(usable, 1.0 / np.where(usable, var_out, 1.0), 0.0)
+        np.divide(sum_var, w_fin * w_fin, out=sum_var)
+        np.divide(1.0, sum_var, out=ivar_out, where=usable)
     return flux_out.astype(np.float32), ivar_out.astype(np.float32), out_mask
