@@ -326,3 +326,31 @@ def test_parquet_star_table_read_with_pyarrow_as_astropy_reads_it(tmp_path: Path
     masked.write(mpath)
     assert _parquet_frame(mpath) is None
     assert np.isnan(read_table_frame(mpath)["ra"][2])
+
+
+def test_ingest_runs_without_dask_array_sparse_or_numba(mock: dict, tmp_path: Path) -> None:
+    """`obpipe ingest` never needs dask.array (it pulls in sparse and numba: ~0.5 s of
+    imports per run); `import obpipe` still registers ds.obpipe, imported on first use.
+    The store is Blosc-LZ4 compressed and opens as a cube."""
+    import subprocess
+    import sys
+
+    out = str(tmp_path / "s.zarr")
+    code = (
+        "import sys\n"
+        "from obpipe.cli import main\n"
+        f"rc = main(['ingest', {mock['dir']!r}, '--table', {mock['table']!r}, '--out', {out!r},"
+        " '--scheduler', 'processes', '--workers', '2'])\n"
+        "heavy = [m for m in ('dask.array', 'sparse', 'numba') if m in sys.modules]\n"
+        "import xarray as xr, obpipe\n"
+        "acc = xr.Dataset().obpipe\n"
+        "print(rc, heavy, type(acc).__name__, 'dask.array' in sys.modules)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split("\n")[-2] == "0 [] ObpipeAccessor True"
+    ds = store.open_cube(out)
+    assert ds.sizes["spec"] == len(mock["files"])
+    assert ds["flux"].encoding["compressors"][0].to_dict()["name"] == "blosc"
+    _assert_same(_by_specid(out), _by_specid(mock["sim"]))

@@ -29,7 +29,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import dask.array as da
 import fsspec
 import numpy as np
 import xarray as xr
@@ -180,15 +179,23 @@ def _numpy_dtype(column: Column) -> Any:
     return object if column.dtype == "str" else np.dtype(column.dtype)
 
 
-def _template_variable(name: str, column: Column, n_spec: int, chunk_size: int) -> xr.Variable:
+def _template_variable(
+    name: str, column: Column, n_spec: int, chunk_size: int, lazy: bool = True
+) -> xr.Variable:
     attrs = {"units": column.unit, "description": column.description}
     if column.dtype == "str":
         # Variable-length strings: write the (small) empty column now; dask object
         # arrays would be loaded anyway by xarray to choose the on-disk dtype.
         data: Any = np.full(n_spec, "", dtype=object)
+    elif not lazy:
+        data = np.full(n_spec, column.fill, dtype=_numpy_dtype(column))
     else:
+        import dask.array as da  # imported when needed: dask.array pulls in sparse / numba
+
         data = da.full(n_spec, column.fill, dtype=_numpy_dtype(column), chunks=chunk_size)
-    return xr.Variable(("spec",), data, attrs=attrs)
+    # numpy data (lazy=False) on xarray's fastpath: its check of new data for dask arrays
+    # would import dask.array
+    return xr.Variable(("spec",), data, attrs=attrs, fastpath=not lazy)
 
 
 def _column_encoding(names: Mapping[str, Column], chunk_size: int) -> dict[str, dict[str, Any]]:
@@ -204,6 +211,8 @@ def create_cube(
     truth_columns: Mapping[str, Column] | None = None,
     overwrite: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    spectra_compressors: Any = None,
+    lazy_fill: bool = True,
 ) -> None:
     """Create an empty cube of ``n_spec`` spectra on the common grid.
 
@@ -211,6 +220,10 @@ def create_cube(
     per-spectrum string columns; the big arrays are written later, chunk by chunk,
     with :func:`write_block`. ``attrs`` become root attributes (provenance). The
     store is marked incomplete until :func:`mark_complete` is called.
+    ``spectra_compressors``: Zarr compressors of flux / ivar / mask (None: Zarr's
+    default). ``lazy_fill=False``: the fill values are numpy arrays written now
+    instead of lazy dask placeholders (no graph to build and tokenise, dask.array
+    not imported); meant for a small cube grown later (:func:`resize_rows`).
     """
     if n_spec <= 0:
         raise ValueError(f"n_spec must be positive, got {n_spec}")
@@ -225,23 +238,35 @@ def create_cube(
     }
     data_vars: dict[str, xr.Variable] = {}
     for name, (dtype, unit, desc, fill) in spectral.items():
-        arr = da.full((n_spec, n_pix), fill, dtype=dtype, chunks=(chunk_size, n_pix))
         var_attrs: dict[str, Any] = {"units": unit, "description": desc}
         if name == "mask":
             var_attrs["bits"] = ", ".join(f"{k}={v}" for k, v in MASK_BITS.items())
-        data_vars[name] = xr.Variable(("spec", "wave"), arr, attrs=var_attrs)
+        if lazy_fill:
+            import dask.array as da
+
+            arr = da.full((n_spec, n_pix), fill, dtype=dtype, chunks=(chunk_size, n_pix))
+            data_vars[name] = xr.Variable(("spec", "wave"), arr, attrs=var_attrs)
+        else:  # fastpath: xarray's check of new data for dask arrays imports dask.array
+            data_vars[name] = xr.Variable(("spec", "wave"), np.full((n_spec, n_pix), fill, dtype),
+                                          attrs=var_attrs, fastpath=True)
     for name, column in columns.items():
-        data_vars[name] = _template_variable(name, column, n_spec, chunk_size)
+        data_vars[name] = _template_variable(name, column, n_spec, chunk_size, lazy_fill)
     root_attrs = dict(attrs or {})
     root_attrs[COMPLETE_ATTR] = False
     root_attrs.setdefault("chunk_size", int(chunk_size))
     ds = xr.Dataset(
         data_vars,
-        coords={"wave": ("wave", wave, {"units": "Angstrom", "description": "vacuum wavelength"})},
+        # no pandas index for wave: building one imports sparse (and numba) via xarray
+        coords=xr.Coordinates({"wave": xr.Variable(("wave",), wave, {
+            "units": "Angstrom", "description": "vacuum wavelength"}, fastpath=True)},
+            indexes={}),
         attrs=root_attrs,
     )
     encoding = _column_encoding(columns, chunk_size)
     encoding.update({name: {"chunks": (chunk_size, n_pix)} for name in spectral})
+    if spectra_compressors is not None:
+        for name in spectral:
+            encoding[name]["compressors"] = spectra_compressors
     mode = "w" if overwrite else "w-"
     ds.to_zarr(
         path,
@@ -254,7 +279,8 @@ def create_cube(
     )
     if truth_columns is not None:
         truth = xr.Dataset(
-            {n: _template_variable(n, c, n_spec, chunk_size) for n, c in truth_columns.items()},
+            {n: _template_variable(n, c, n_spec, chunk_size, lazy_fill)
+             for n, c in truth_columns.items()},
             attrs={"description": "ground truth of the simulated survey; validation only"},
         )
         truth.to_zarr(
