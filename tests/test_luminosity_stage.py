@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
 import torch
+import zarr
 
 from obpipe.io import store
 from obpipe.luminosity import stage as lum
@@ -167,3 +169,16 @@ def test_block_error_adds_the_spread_only_when_the_noise_model_did(tmp_path) -> 
     three = luminosity_block(inputs, tuple(paths), (("a", 0.2, 0.1), ("b", 0.3, 0.1)),
                              "recon_flux")
     np.testing.assert_allclose(three["MKs_err"], paper, rtol=1e-6)
+
+
+def test_fig5_with_models_trained_on_another_survey(small_survey, products, tmp_path) -> None:
+    """Reused models leave no ``luminosity_set``: Fig. 5 then shows every star with a
+    good parallax (none was trained on), instead of failing on the missing variable."""
+    copy = tmp_path / "products"
+    shutil.copytree(products, copy)
+    grp = zarr.open_group(str(copy / "products.zarr"), mode="r+",
+                          zarr_format=store.ZARR_FORMAT)
+    del grp["luminosity_set"]
+    assert "luminosity_set" not in open_products(str(copy))
+    path = lum.write_fig5(small_survey, str(copy))
+    assert os.path.getsize(path) > 10_000

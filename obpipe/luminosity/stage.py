@@ -432,13 +432,18 @@ def write_fig5(survey_path: str, products_dir: str) -> str:
     """Fig. 5: spectroscopic vs geometric M_Ks for test stars (plx/err > 10, S/N > 20)."""
     plt = _plt()
     survey = store.open_cube(survey_path)
-    p = open_products(products_dir)[["MKs", "MKs_geo", "em_flag", "luminosity_set",
-                                     "parallax_corrected", "parallax_corrected_error",
-                                     "MKs_model"]].load()
+    prods = open_products(products_dir)
+    names = [v for v in ("MKs", "MKs_geo", "em_flag", "luminosity_set", "parallax_corrected",
+                         "parallax_corrected_error", "MKs_model") if v in prods]
+    p = prods[names].load()
     snr = survey["snr_g"].values
     with np.errstate(invalid="ignore", divide="ignore"):
         good = (p["parallax_corrected"].values / p["parallax_corrected_error"].values > 10)
-    test = ((p["luminosity_set"].values & SET_BITS["test"]) > 0) & good & (snr > 20)
+    if "luminosity_set" in p:
+        unseen = (p["luminosity_set"].values & SET_BITS["test"]) > 0
+    else:  # models trained on another survey (reused): no star here was trained on
+        unseen = np.ones(good.shape, dtype=bool)
+    test = unseen & good & (snr > 20)
     em = p["em_flag"].values
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.8), sharex=True, sharey=True)
     lims = (-6, 3)
