@@ -28,7 +28,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TextIO, TypeVar
 
 import dask
-from distributed.diagnostics.plugin import WorkerPlugin
 
 from obpipe.config import LOCAL_CLUSTER, LOCAL_SCHEDULERS, is_scheduler_address
 
@@ -88,13 +87,30 @@ def _limit_blas_threads() -> None:
     threadpool_limits(1, user_api="blas")
 
 
-class SingleThreadedBLAS(WorkerPlugin):
-    """Worker plugin: one BLAS thread in every worker process, present and future."""
+def _define_single_threaded_blas() -> type:
+    """Worker plugin: one BLAS thread in every worker process, present and future.
 
-    name = "obpipe-single-threaded-blas"
+    Built on first use (``obpipe.runtime.SingleThreadedBLAS``, PEP 562), so that importing
+    this module -- every CLI command, ingest included -- does not import distributed."""
+    from distributed.diagnostics.plugin import WorkerPlugin
 
-    def setup(self, worker: Any) -> None:
-        _limit_blas_threads()
+    class SingleThreadedBLAS(WorkerPlugin):
+        """Worker plugin: one BLAS thread in every worker process, present and future."""
+
+        name = "obpipe-single-threaded-blas"
+
+        def setup(self, worker: Any) -> None:
+            _limit_blas_threads()
+
+    SingleThreadedBLAS.__module__ = __name__
+    SingleThreadedBLAS.__qualname__ = "SingleThreadedBLAS"
+    return SingleThreadedBLAS
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SingleThreadedBLAS":  # pickled by reference: workers resolve it here too
+        return globals().setdefault(name, _define_single_threaded_blas())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @contextlib.contextmanager
@@ -117,7 +133,8 @@ def single_threaded_blas() -> Iterator[None]:
     os.environ.update({k: "1" for k in _THREAD_ENV})
     client = _active_client()
     if client is not None:
-        client.register_plugin(SingleThreadedBLAS(), name=SingleThreadedBLAS.name)
+        plugin = globals().get("SingleThreadedBLAS") or __getattr__("SingleThreadedBLAS")
+        client.register_plugin(plugin(), name=plugin.name)
     try:
         with threadpool_limits(1, user_api="blas"):
             yield

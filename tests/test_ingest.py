@@ -329,8 +329,9 @@ def test_parquet_star_table_read_with_pyarrow_as_astropy_reads_it(tmp_path: Path
 
 
 def test_ingest_runs_without_dask_array_sparse_or_numba(mock: dict, tmp_path: Path) -> None:
-    """`obpipe ingest` never needs dask.array (it pulls in sparse and numba: ~0.5 s of
-    imports per run) nor distributed; `import obpipe` still registers ds.obpipe,
+    """`obpipe ingest` (the CLI, scheduler set up included) never needs dask.array (it
+    pulls in sparse and numba: ~0.5 s of imports per run) nor distributed; `import
+    obpipe` still registers ds.obpipe,
     imported on first use.
     The store is Blosc-LZ4 compressed and opens as a cube."""
     import subprocess
@@ -339,11 +340,9 @@ def test_ingest_runs_without_dask_array_sparse_or_numba(mock: dict, tmp_path: Pa
     out = str(tmp_path / "s.zarr")
     code = (
         "import sys\n"
-        "import obpipe.cli\n"
-        "from obpipe.ingest import ingest\n"
-        f"ingest([{mock['dir']!r}], {mock['table']!r}, {out!r}, scheduler='processes',"
-        " num_workers=2)\n"
-        "rc = 0\n"
+        "from obpipe.cli import main\n"
+        f"rc = main(['ingest', {mock['dir']!r}, '--table', {mock['table']!r}, '--out', {out!r},"
+        " '--workers', '2'])\n"
         "heavy = [m for m in ('dask.array', 'sparse', 'numba', 'distributed')"
         " if m in sys.modules]\n"
         "import xarray as xr, obpipe\n"
