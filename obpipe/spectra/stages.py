@@ -182,9 +182,10 @@ def fit_pca_model(norm_flux: np.ndarray, norm_ivar: np.ndarray, snr: np.ndarray,
     # visible without any model), so that B does not learn emission from the start
     wave = pca.wavelength_grid()
     core = (wave >= emission.HALPHA_CORE_AA[0]) & (wave <= emission.HALPHA_CORE_AA[1])
-    with np.errstate(all="ignore"):
-        core_flux = np.nanmean(np.where(norm_ivar[:, core] > 0, norm_flux[:, core], np.nan),
-                               axis=1)
+    good = norm_ivar[:, core] > 0
+    n_good = good.sum(axis=1)
+    with np.errstate(all="ignore"):  # rows without a usable core pixel: NaN, kept
+        core_flux = np.where(good, norm_flux[:, core], 0.0).sum(axis=1) / n_good
     keep = ~(core_flux > 1.0)
     report: dict[str, Any] = {"training_net_emission_removed": int(np.sum(~keep))}
     for iteration in (0, 1):
