@@ -133,7 +133,7 @@ def single_threaded_blas() -> Iterator[None]:
     os.environ.update({k: "1" for k in _THREAD_ENV})
     client = _active_client()
     if client is not None:
-        plugin = globals().get("SingleThreadedBLAS") or __getattr__("SingleThreadedBLAS")
+        plugin = sys.modules[__name__].SingleThreadedBLAS  # built once, by __getattr__
         client.register_plugin(plugin(), name=plugin.name)
     try:
         with threadpool_limits(1, user_api="blas"):
