@@ -131,6 +131,11 @@ def validate_survey(path: str, products_dir: str | None = None) -> dict[str, Any
                 dvars = ["dis", "dis_low", "dis_high", "logdis", "logdis_err", "distance_flags",
                          "binary_flag", "parallax_corrected", "parallax_corrected_error"]
                 metrics["distance"] = distance_metrics(products[dvars].load(), truth)
+                bvars = ["MKs", "Ks0_err", "em_flag", "binary_flag", "dis",
+                         "parallax_corrected", "parallax_corrected_error"]
+                if all(v in products for v in bvars):
+                    metrics["distance"]["far_uncertainty_bounds"] = far_uncertainty_bounds(
+                        products[bvars].load(), survey["snr_g"].values, truth)
     else:
         metrics["note"] = "no truth group: only survey-level metrics"
     return metrics
@@ -183,6 +188,71 @@ def distance_metrics(products: xr.Dataset, truth: xr.Dataset,
         out["parallax_only_median_rel_uncertainty_gt5kpc"] = plx_unc
         out["combined_median_rel_uncertainty_gt5kpc_same_stars"] = med(rel_unc[idx])
         out["gain_gt5kpc"] = plx_unc / med(rel_unc[idx])
+    return out
+
+
+#: the paper's noise model (Sec. 5.3, Fig. 8): sigma_int = 0.25 mag, sigma_s = 0.10 mag
+#: at S/N = 100 (eq. 10)
+PAPER_SIGMA_INT_MAG = 0.25
+PAPER_SIGMA_S100_MAG = 0.10
+
+
+def far_uncertainty_bounds(products: xr.Dataset, snr: np.ndarray, truth: xr.Dataset,
+                           min_distance_kpc: float = 10.0,
+                           snr_edges: tuple[float, ...] = (0, 7, 10, 14, 20, 28, 40, 56, 80,
+                                                           113, 160, np.inf),
+                           ) -> dict[str, Any]:
+    """What the median relative distance uncertainty of the single stars beyond
+    ``min_distance_kpc`` (true distance) would be with other M_Ks errors: the same stars,
+    parallaxes and K_s0 errors, eqs. (18)-(23) on the 0.1 pc grid, the photometric
+    distance modulus at the truth (dm0 = 5 log10 d_true - 5 + 10, so the parallax agrees).
+
+    * ``paper_noise_model``: eq. (10) with the paper's sigma_int = 0.25, sigma_s^100 = 0.10
+      at each star's S/N;
+    * ``actual_rms_by_snr``: the rms of (M_Ks - M_Ks_true) of single non-emission OB stars
+      in the star's S/N bin (errors calibrated to what the networks actually achieve);
+    * ``floor_0p19_plus_paper_snr_term``: 0.19 mag (the mock's cosmic scatter) and the
+      paper's sigma_s^100;
+    * ``noise_free``: the constant floor alone (no S/N term).
+
+    Returns the median relative uncertainty (ln 10 x logdis_err) of each, the number of
+    stars, their median S/N, and the rms by S/N bin used for ``actual_rms_by_snr``.
+    """
+    from obpipe.distance import summarize_distance_posteriors
+    from obpipe.luminosity.noise_model import mks_uncertainty
+
+    d_true = truth["distance_kpc_true"].values.astype(float)
+    snr = np.asarray(snr, dtype=float)
+    single = (products["binary_flag"].values == 0) & np.isfinite(products["dis"].values)
+    far = np.flatnonzero(single & (d_true > min_distance_kpc))
+    out: dict[str, Any] = {"n": int(far.size), "min_distance_kpc": min_distance_kpc}
+    if not far.size:
+        return out
+    resid = products["MKs"].values.astype(float) - truth["MKs_true"].values.astype(float)
+    ob = (truth["star_class"].values == "OB") & single & (products["em_flag"].values == 0) \
+        & np.isfinite(resid)
+    edges = np.asarray(snr_edges, dtype=float)
+    rms = np.array([np.sqrt(np.mean(resid[sel] ** 2)) if (sel := ob & (snr >= lo) & (
+        snr < hi)).sum() >= 10 else np.nan for lo, hi in zip(edges[:-1], edges[1:],
+                                                             strict=True)])
+    s = snr[far]
+    dm0 = 5.0 * np.log10(d_true[far] * 1000.0) - 5.0
+    ks0_err = np.nan_to_num(products["Ks0_err"].values[far].astype(float))
+    plx = products["parallax_corrected"].values[far].astype(float)
+    plx_err = products["parallax_corrected_error"].values[far].astype(float)
+    floor = 0.19
+    scenarios = {
+        "paper_noise_model": mks_uncertainty(s, PAPER_SIGMA_INT_MAG, PAPER_SIGMA_S100_MAG),
+        "actual_rms_by_snr": rms[np.clip(np.digitize(s, edges) - 1, 0, rms.size - 1)],
+        "floor_0p19_plus_paper_snr_term": mks_uncertainty(s, floor, PAPER_SIGMA_S100_MAG),
+        "noise_free": np.full(far.size, floor),
+    }
+    for name, sig_mks in scenarios.items():
+        post = summarize_distance_posteriors(plx, plx_err, dm0, np.hypot(sig_mks, ks0_err))
+        out[name] = float(np.nanmedian(np.log(10.0) * post["logdis_err"]))
+    out["median_snr"] = float(np.median(s))
+    out["rms_by_snr"] = {f"{lo:g}-{hi:g}": (None if not np.isfinite(r) else float(r))
+                         for lo, hi, r in zip(edges[:-1], edges[1:], rms, strict=True)}
     return out
 
 

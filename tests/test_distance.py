@@ -238,3 +238,42 @@ def test_posterior_narrower_than_the_grid_step_warns_not_and_equals_the_full_gri
     for key in ("dis", "dis_low", "dis_high"):
         np.testing.assert_allclose(win[key], full[key], atol=1e-4)
     assert abs(win["dis"][0] - 1.0 / 176.835) < 1e-4
+
+
+def test_far_uncertainty_bounds_follow_the_noise_model_they_assume() -> None:
+    """validate's counterfactual for issue 7's beyond-10-kpc target: with almost no
+    parallax information, ln10 * logdis_err -> 0.2 ln10 * sigma_tot, so each scenario
+    must reproduce its own M_Ks error (paper eq. 10, an S/N-binned rms, the floor)."""
+    import xarray as xr
+
+    from obpipe.validate import far_uncertainty_bounds
+
+    rng = np.random.default_rng(3)
+    n = 400
+    d_true = np.where(np.arange(n) < 300, 12.0, 2.0)  # 300 far stars, 100 near ones
+    snr = np.where(np.arange(n) % 2 == 0, 100.0, 20.0)
+    mks_true = rng.uniform(-5.0, -1.0, n)
+    resid = np.where(snr == 100.0, 0.3, 0.6) * np.where(np.arange(n) % 4 < 2, 1.0, -1.0)
+    products = xr.Dataset({
+        "MKs": ("spec", mks_true + resid),
+        "Ks0_err": ("spec", np.zeros(n)),
+        "em_flag": ("spec", np.zeros(n, np.int8)),
+        "binary_flag": ("spec", np.zeros(n, np.int8)),
+        "dis": ("spec", d_true),
+        "parallax_corrected": ("spec", 1.0 / d_true),
+        "parallax_corrected_error": ("spec", np.full(n, 50.0)),  # no parallax information
+    })
+    truth = xr.Dataset({"distance_kpc_true": ("spec", d_true),
+                        "MKs_true": ("spec", mks_true),
+                        "star_class": ("spec", np.array(["OB"] * n))})
+    out = far_uncertainty_bounds(products, snr, truth, snr_edges=(0, 50, np.inf))
+    k = 0.2 * np.log(10.0)
+    assert out["n"] == 300
+    assert out["rms_by_snr"]["0-50"] == pytest.approx(0.6)
+    assert out["rms_by_snr"]["50-inf"] == pytest.approx(0.3)
+    # medians over a 50/50 mix of S/N 100 and 20 lie between the two stars' values
+    paper = k * np.sqrt(0.25**2 + np.array([0.10, 0.50]) ** 2)
+    assert paper[0] < out["paper_noise_model"] < paper[1]
+    assert 0.3 * k < out["actual_rms_by_snr"] < 0.6 * k
+    assert out["noise_free"] == pytest.approx(0.19 * k, rel=0.03)
+    assert out["noise_free"] < out["floor_0p19_plus_paper_snr_term"] < out["paper_noise_model"]
