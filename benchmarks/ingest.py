@@ -14,6 +14,12 @@ and the peak memory, sampled every 0.05 s and summed over the process tree: RSS
 (forked workers count the pages they share with the driver again: an overstatement)
 and PSS (shared pages divided among the processes sharing them: the real total).
 
+The timed runs (plain loop and ingest, alternating, ``--repeat`` times each, the
+best of each kept) sample RSS only. PSS is measured in separate, untimed runs:
+reading ``/proc/PID/smaps`` costs ~25 ms per sample of the tree and holds each
+process's memory-map lock, which slowed a 2-core ingest by ~45 % (5.4 s -> 7.8 s)
+and the single-process loop hardly at all.
+
     python benchmarks/ingest.py                    # 10,000 files, 2 workers
     python benchmarks/ingest.py --n-files 2000
 """
@@ -29,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import psutil
@@ -55,8 +62,9 @@ xr.Dataset({"flux": (("spec", "wave"), flux), "ivar": (("spec", "wave"), ivar),
 """
 
 
-def _watch(proc: psutil.Process, stop: threading.Event, out: list[float]) -> None:
-    """Peak RSS and peak PSS, each summed over the process tree."""
+def _watch(proc: psutil.Process, stop: threading.Event, out: list[float], pss_too: bool
+           ) -> None:
+    """Peak RSS and (with ``pss_too``) peak PSS, each summed over the process tree."""
     peak_rss = peak_pss = 0.0
     while not stop.is_set():
         rss = pss = 0.0
@@ -64,7 +72,8 @@ def _watch(proc: psutil.Process, stop: threading.Event, out: list[float]) -> Non
             for p in [proc, *proc.children(recursive=True)]:
                 try:
                     rss += p.memory_info().rss
-                    pss += getattr(p.memory_full_info(), "pss", 0.0)
+                    if pss_too:
+                        pss += getattr(p.memory_full_info(), "pss", 0.0)
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     pass
         except psutil.NoSuchProcess:
@@ -74,13 +83,14 @@ def _watch(proc: psutil.Process, stop: threading.Event, out: list[float]) -> Non
     out.extend([peak_rss, peak_pss])
 
 
-def timed(cmd: list[str]) -> tuple[float, float, float, float]:
-    """(wall s, CPU s of the process tree, peak RSS MB, peak PSS MB) of a command."""
+def timed(cmd: list[str], pss_too: bool = False) -> tuple[float, float, float, float]:
+    """(wall s, CPU s of the process tree, peak RSS MB, peak PSS MB or NaN) of a command."""
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stop, peak = threading.Event(), []
-    w = threading.Thread(target=_watch, args=(psutil.Process(proc.pid), stop, peak))
+    w = threading.Thread(target=_watch, args=(psutil.Process(proc.pid), stop, peak,
+                                                      pss_too))
     w.start()
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
@@ -90,7 +100,7 @@ def timed(cmd: list[str]) -> tuple[float, float, float, float]:
         raise SystemExit(f"{cmd[:4]} failed: {err.strip()[-2000:]}")
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # waited-for descendants: workers too
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-    return wall, cpu, peak[0] / 2**20, peak[1] / 2**20
+    return wall, cpu, peak[0] / 2**20, peak[1] / 2**20 if pss_too else float("nan")
 
 
 def make_files(workdir: str, n_files: int) -> tuple[str, str]:
@@ -134,6 +144,7 @@ def main() -> None:
     ap.add_argument("--n-files", type=int, default=10_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--workdir", default=None, help="keep the mock files here between runs")
+    ap.add_argument("--repeat", type=int, default=2, help="timed runs of each (best kept)")
     args = ap.parse_args()
     workdir = args.workdir or tempfile.mkdtemp(prefix="obpipe-bench-ingest-")
     os.makedirs(workdir, exist_ok=True)
@@ -147,34 +158,49 @@ def main() -> None:
         for name in files[: len(files) // 4]:
             os.symlink(os.path.join(fits_dir, name), os.path.join(quarter_dir, name))
 
-    def ingest_run(src: str) -> tuple[float, float, float, float]:
+    def ingest_run(src: str, pss_too: bool = False) -> tuple[float, float, float, float]:
         out = os.path.join(workdir, "out.zarr")
         shutil.rmtree(out, ignore_errors=True)
         return timed([sys.executable, "-m", "obpipe.cli", "ingest", src, "--table", table,
                       "--out", out, "--scheduler", "processes", "--workers",
-                      str(args.workers), "--report", os.path.join(workdir, "r.csv")])
+                      str(args.workers), "--report", os.path.join(workdir, "r.csv")], pss_too)
 
     def plain_run() -> tuple[float, float, float, float]:
         out = os.path.join(workdir, "plain.zarr")
         shutil.rmtree(out, ignore_errors=True)
         return timed([sys.executable, "-c", PLAIN_LOOP, fits_dir, out])
 
+    def show(rows: list[tuple[Any, ...]]) -> None:
+        print(f"{'run':28s} {'files':>7s} {'seconds':>8s} {'files/s':>8s} {'CPU s':>7s} "
+              f"{'CPU ms/file':>11s} {'peak RSS MB':>11s} {'peak PSS MB':>11s}")
+        for label, n, sec, cpu, rss, pss in rows:
+            print(f"{label:28s} {n:7d} {sec:8.1f} {n / sec:8.0f} {cpu:7.1f} "
+                  f"{1e3 * cpu / n:11.2f} {rss:11.0f} {pss:11.0f}")
+
     load0 = os.getloadavg()[0]
-    rows = [("ingest N/4", len(files) // 4, *ingest_run(quarter_dir)),
-            ("plain astropy loop N", len(files), *plain_run()),
-            ("ingest N", len(files), *ingest_run(fits_dir))]
+    plain, ing = [], []
+    for _ in range(args.repeat):  # alternating, so a change of load hits both
+        plain.append(plain_run())
+        ing.append(ingest_run(fits_dir))
+    best_plain, best_ing = min(plain), min(ing)
+    print(f"timing (best of {args.repeat}; RSS sampled, no PSS):")
+    show([("plain astropy loop N", len(files), *best_plain),
+          ("ingest N", len(files), *best_ing)])
+    print("all runs, seconds: plain loop " + " ".join(f"{r[0]:.1f}" for r in plain)
+          + "; ingest " + " ".join(f"{r[0]:.1f}" for r in ing))
+    ratio = best_plain[0] / best_ing[0]
+    median_ratio = np.median([r[0] for r in plain]) / np.median([r[0] for r in ing])
+    print(f"ingest ({args.workers} workers) / plain loop throughput ratio (wall): {ratio:.2f}x "
+          f"(best of each); {median_ratio:.2f}x (median of each)")
+    print(f"CPU seconds plain loop / ingest: {best_plain[1] / best_ing[1]:.2f}")
+    mem = [("ingest N/4 (PSS sampled)", len(files) // 4, *ingest_run(quarter_dir, True)),
+           ("ingest N (PSS sampled)", len(files), *ingest_run(fits_dir, True))]
     load1 = os.getloadavg()[0]
-    print(f"{'run':24s} {'files':>7s} {'seconds':>8s} {'files/s':>8s} {'CPU s':>7s} "
-          f"{'CPU ms/file':>11s} {'peak RSS MB':>11s} {'peak PSS MB':>11s}")
-    for label, n, sec, cpu, rss, pss in rows:
-        print(f"{label:24s} {n:7d} {sec:8.1f} {n / sec:8.0f} {cpu:7.1f} {1e3 * cpu / n:11.2f} "
-              f"{rss:11.0f} {pss:11.0f}")
-    ratio = rows[1][2] / rows[2][2]
-    print(f"ingest ({args.workers} workers) / plain loop throughput ratio (wall): {ratio:.2f}x")
-    print(f"CPU seconds plain loop / ingest: {rows[1][3] / rows[2][3]:.2f}")
-    print(f"peak memory N / (N/4): RSS {rows[2][4] / rows[0][4]:.2f} ({rows[0][4]:.0f} -> "
-          f"{rows[2][4]:.0f} MB), PSS {rows[2][5] / rows[0][5]:.2f} ({rows[0][5]:.0f} -> "
-          f"{rows[2][5]:.0f} MB) for 4x the files")
+    print("memory (separate runs; PSS sampling slows them):")
+    show(mem)
+    print(f"peak memory N / (N/4): RSS {mem[1][4] / mem[0][4]:.2f} ({mem[0][4]:.0f} -> "
+          f"{mem[1][4]:.0f} MB), PSS {mem[1][5] / mem[0][5]:.2f} ({mem[0][5]:.0f} -> "
+          f"{mem[1][5]:.0f} MB) for 4x the files")
     print(f"cores: {os.cpu_count()}; load average (1 min) before/after: {load0:.1f} / "
           f"{load1:.1f} (other processes on the machine slow both runs)")
 

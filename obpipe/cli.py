@@ -439,5 +439,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def console_main() -> int:
+    """The ``obpipe`` console script: :func:`main`, then ``gc.freeze()`` so that the
+    interpreter's last garbage collection skips the object graphs of every imported
+    library (xarray, pandas, dask, zarr ...): ~0.3 s at the end of an ingest of
+    10,000 files, for memory the OS takes back at exit anyway. Files are closed by
+    their context managers and atexit handlers still run. (``main`` itself is also
+    called in-process, by tests and notebooks, where freezing would keep garbage.)"""
+    import gc
+
+    code = main()
+    gc.freeze()
+    return code
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console_main())

@@ -2,9 +2,9 @@
 
 Two policies (the settings are process-wide: the last one applied wins):
 
-* :func:`release_large_buffers_to_the_os` (ingest): every allocation of 4 MiB and more
-  is its own mmap, returned to the OS when freed;
-* :func:`reuse_block_buffers` (the spectral stages): block buffers up to 32 MiB come
+* :func:`release_large_buffers_to_the_os`: every allocation of 4 MiB and more is its own
+  mmap, returned to the OS when freed;
+* :func:`reuse_block_buffers` (ingest, the spectral stages): block buffers up to 32 MiB come
   from the heap and stay there for the next block, so that a block does not pay for
   the kernel zeroing fresh pages (page faults were ~40% of the spectral chain's CPU
   under the first policy), with fixed thresholds so that memory stays flat in the

@@ -249,7 +249,11 @@ def test_forked_worker_processes_give_the_same_store(mock: dict, tmp_path: Path)
     files = mock["files"][:40]
     a, b = str(tmp_path / "threads.zarr"), str(tmp_path / "procs.zarr")
     ingest(files, mock["table"], a, config=CFG, scheduler="threads")
+    import gc
+
     ingest(files, mock["table"], b, config=CFG, scheduler="processes", num_workers=2)
+    # the objects frozen before the fork are handed back to the collector afterwards
+    assert gc.get_freeze_count() == 0
     _assert_same(store.open_cube(a).load(), store.open_cube(b).load(),
                  (*COMPARE, "uniqflag", "ingest_flags"))
     pd.testing.assert_frame_equal(report_frame(a), report_frame(b))

@@ -123,3 +123,32 @@ def test_assign_stars_uses_gaia_id_first() -> None:
                                  np.array([7, 7, -9]), np.array([10.0, 20.0, 5.0]))
     assert star_id[0] == star_id[1] == "S004024+000000"
     assert list(flag) == [2, 1, 1]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_connected_labels_equal_scipy_components(seed: int) -> None:
+    """The numpy friends-of-friends grouping (no scipy.sparse import in an ingest) gives
+    the same partition as scipy's connected_components, chains and singletons included."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from obpipe.io.tables import connected_labels
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    ei = rng.integers(0, n, 1500)
+    ej = np.clip(ei + rng.integers(-3, 4, ei.size), 0, n - 1)  # short chains
+    perm = rng.permutation(n)  # scatter chain members over the index range
+    ei, ej = perm[ei], perm[ej]
+    ei = np.r_[ei, np.arange(0, 200, 2)]
+    ej = np.r_[ej, np.arange(1, 201, 2)]
+    label = connected_labels(n, ei, ej)
+    _, ref = connected_components(coo_matrix((np.ones(ei.size), (ei, ej)), shape=(n, n)),
+                                  directed=False)
+    # same partition: a bijection between the two labellings
+    pairs = np.unique(np.c_[label, ref], axis=0)
+    assert len(pairs) == len(np.unique(label)) == len(np.unique(ref))
+    # each label is the smallest index of its component
+    assert np.all(label <= np.arange(n))
+    assert np.array_equal(label[label], label)
+    assert connected_labels(5, np.zeros(0), np.zeros(0)).tolist() == [0, 1, 2, 3, 4]

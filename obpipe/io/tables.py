@@ -420,6 +420,58 @@ class StarTable:
         return out, flags
 
 
+def star_identifier(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
+    """Star ids in the paper's form ``Shhmmss+ddmmss`` from RA (hours) and Dec (Table 1)."""
+    ra_s = np.round(np.asarray(ra_deg) / 15.0 * 3600.0).astype(np.int64) % 86400
+    dec_s = np.round(np.abs(np.asarray(dec_deg)) * 3600.0).astype(np.int64)
+    sign = np.where(np.asarray(dec_deg) < 0, "-", "+")
+    return np.array(
+        [
+            f"S{r // 3600:02d}{(r // 60) % 60:02d}{r % 60:02d}{s}{d // 3600:02d}"
+            f"{(d // 60) % 60:02d}{d % 60:02d}"
+            for r, s, d in zip(ra_s, sign, dec_s, strict=True)
+        ],
+        dtype=object,
+    )
+
+
+def uniqflag_by_snr(star_index: np.ndarray, snr: np.ndarray) -> np.ndarray:
+    """1 for the highest-S/N visit of each star, 2, 3, ... for the others (Table 1)."""
+    order = np.lexsort((-np.asarray(snr), star_index))
+    flag = np.empty(star_index.size, dtype=np.int16)
+    sorted_star = star_index[order]
+    first = np.r_[True, sorted_star[1:] != sorted_star[:-1]]
+    group_start = np.maximum.accumulate(np.where(first, np.arange(order.size), 0))
+    flag[order] = (np.arange(order.size) - group_start + 1).astype(np.int16)
+    return flag
+
+
+def connected_labels(n: int, edges_i: np.ndarray, edges_j: np.ndarray) -> np.ndarray:
+    """Connected components of an undirected graph on ``n`` nodes given by edge lists:
+    each node's label is the smallest node index in its component (min-label
+    propagation with pointer jumping, numpy only; rounds grow with the log of the
+    longest chain, a handful for visits of one star)."""
+    label = np.arange(n, dtype=np.int64)
+    ei = np.asarray(edges_i, np.int64)
+    ej = np.asarray(edges_j, np.int64)
+    if not ei.size:
+        return label
+    while True:
+        low = np.minimum(label[ei], label[ej])
+        new = label.copy()
+        np.minimum.at(new, ei, low)
+        np.minimum.at(new, ej, low)
+        new = new[new]  # pointer jumping: a node takes its representative's label
+        while True:
+            nxt = new[new]
+            if np.array_equal(nxt, new):
+                break
+            new = nxt
+        if np.array_equal(new, label):
+            return label
+        label = new
+
+
 def assign_stars(
     ra: np.ndarray,
     dec: np.ndarray,
@@ -431,18 +483,11 @@ def assign_stars(
 
     Visits with the same Gaia ``source_id`` (> 0) are one star; the others are
     joined friends-of-friends within ``radius_arcsec`` on the sky. The star's id is
-    :func:`obpipe.simulate.survey.star_identifier` of its highest-S/N visit's
+    :func:`star_identifier` of its highest-S/N visit's
     position (``Shhmmss+ddmmss``); ``uniqflag`` is 1 for that visit, 2, 3 ... by
     decreasing S/N. Spectra without a position and a Gaia id get star_id "" and
     uniqflag 1.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    # star_identifier / uniqflag_by_snr live in the mock survey module (not ours to move);
-    # imported here, not at module level: it pulls in the whole simulator
-    from obpipe.simulate.survey import star_identifier, uniqflag_by_snr
-
     ra = np.asarray(ra, np.float64)
     dec = np.asarray(dec, np.float64)
     gaia_id = np.asarray(gaia_id, np.int64)
@@ -470,9 +515,8 @@ def assign_stars(
         edges_j.append(free[b])
     ii = np.concatenate(edges_i) if edges_i else np.zeros(0, np.int64)
     jj = np.concatenate(edges_j) if edges_j else np.zeros(0, np.int64)
-    graph = coo_matrix((np.ones(ii.size, np.int8), (ii, jj)), shape=(n, n))
-    _, label = connected_components(graph, directed=False)
-    flag = uniqflag_by_snr(label.astype(np.int64), np.nan_to_num(snr, nan=-1.0))
+    label = connected_labels(n, ii, jj)
+    flag = uniqflag_by_snr(label, np.nan_to_num(snr, nan=-1.0))
     best = np.full(label.max() + 1 if n else 0, -1, np.int64)
     best[label[flag == 1]] = np.flatnonzero(flag == 1)
     star_id = np.full(n, "", dtype=object)

@@ -21,6 +21,7 @@ import numpy as np
 from obpipe import __version__
 from obpipe.config import SimulationConfig, to_json
 from obpipe.io import store
+from obpipe.io.tables import star_identifier, uniqflag_by_snr  # noqa: F401 (also public here)
 from obpipe.photometry.synthetic import absolute_magnitudes, extinction_coefficients
 from obpipe.simulate import sky, spectra, stars
 from obpipe.spectra.grid import SPEED_OF_LIGHT_KMS, velocity_per_pixel_kms, wavelength_grid
@@ -31,32 +32,6 @@ log = logging.getLogger(__name__)
 SUB_BATCH = 250
 BROKEN_KINDS = ("flux_jump", "dead_segment", "wavelength_shift", "spikes")
 FIRST_SPECID = 200_000_001
-
-
-def star_identifier(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
-    """Star ids in the paper's form ``Shhmmss+ddmmss`` from RA (hours) and Dec (Table 1)."""
-    ra_s = np.round(np.asarray(ra_deg) / 15.0 * 3600.0).astype(np.int64) % 86400
-    dec_s = np.round(np.abs(np.asarray(dec_deg)) * 3600.0).astype(np.int64)
-    sign = np.where(np.asarray(dec_deg) < 0, "-", "+")
-    return np.array(
-        [
-            f"S{r // 3600:02d}{(r // 60) % 60:02d}{r % 60:02d}{s}{d // 3600:02d}"
-            f"{(d // 60) % 60:02d}{d % 60:02d}"
-            for r, s, d in zip(ra_s, sign, dec_s, strict=True)
-        ],
-        dtype=object,
-    )
-
-
-def uniqflag_by_snr(star_index: np.ndarray, snr: np.ndarray) -> np.ndarray:
-    """1 for the highest-S/N visit of each star, 2, 3, ... for the others (Table 1)."""
-    order = np.lexsort((-np.asarray(snr), star_index))
-    flag = np.empty(star_index.size, dtype=np.int16)
-    sorted_star = star_index[order]
-    first = np.r_[True, sorted_star[1:] != sorted_star[:-1]]
-    group_start = np.maximum.accumulate(np.where(first, np.arange(order.size), 0))
-    flag[order] = (np.arange(order.size) - group_start + 1).astype(np.int16)
-    return flag
 
 
 def build_tables(cfg: SimulationConfig) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray],
