@@ -129,6 +129,32 @@ def shared_process_pool(num_workers: int) -> ProcessPoolExecutor:
     return pool
 
 
+def _import_block_modules() -> None:
+    """Run in a pool worker: import what the distance and catalog blocks need."""
+    import obpipe.catalog  # noqa: F401
+    import obpipe.distance  # noqa: F401
+    import obpipe.distance_stage  # noqa: F401
+
+
+def prestart_process_pool(ctx: Any) -> None:
+    """Start the distance / catalog worker processes now, without waiting for them.
+
+    When those stages will use :func:`shared_process_pool` (see
+    :func:`gil_free_scheduler`), its spawned workers start Python and import numpy,
+    dask, xarray, zarr and obpipe (1-2 s of CPU each) while the spectral stages run,
+    instead of at the start of the distance stage, when nothing else does. The pool is
+    the same one the stages then use; no product is touched."""
+    scheduler = gil_free_scheduler(ctx.scheduler, _n_blocks(ctx.products_dir),
+                                   (ctx.survey_path, ctx.products_dir))
+    if scheduler != "processes" or dask.config.get("pool", None) is not None:
+        return
+    workers = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    pool = shared_process_pool(workers)
+    for _ in range(workers):  # one submission per worker process to start
+        pool.submit(_import_block_modules)
+    log.info("distance / catalog: %d worker processes starting", workers)
+
+
 @contextlib.contextmanager
 def process_pool_for(scheduler: str | None) -> Iterator[None]:
     """Dask's "processes" scheduler on :func:`shared_process_pool`, one block per dispatch,

@@ -64,10 +64,15 @@ class RunContext:
 
 @dataclass(frozen=True)
 class Stage:
+    """``prepare`` (optional): starts, without waiting, something slow that the stage will
+    need (worker processes), called once the products store exists while earlier stages
+    run; it must not change any product."""
+
     name: str
     description: str
     run: Callable[[RunContext], dict[str, Any]]
     is_complete: Callable[[RunContext], bool]
+    prepare: Callable[[RunContext], None] | None = None
 
 
 def _products_attrs(ctx: RunContext) -> dict[str, Any]:
@@ -147,9 +152,11 @@ def registered_stages() -> list[Stage]:
         Stage("binary", "spectro-photometric parallax excess and binary flag (Sec. 6, "
               "eqs. 15-17)", _run_binary, luminosity_stage.is_binary_complete),
         Stage("distance", "distance posterior on the 0.1 pc grid, X/Y/Z (Sec. 7, eqs. "
-              "18-24)", distance_stage.run_distance, distance_stage.is_complete),
+              "18-24)", distance_stage.run_distance, distance_stage.is_complete,
+              distance_stage.prestart_process_pool),
         Stage("catalog", "Table 1 catalog and unique-star view (Parquet, FITS)",
-              distance_stage.run_catalog, distance_stage.is_catalog_complete),
+              distance_stage.run_catalog, distance_stage.is_catalog_complete,
+              distance_stage.prestart_process_pool),
     ]
 
 
@@ -202,6 +209,7 @@ def run_pipeline(
     ctx = RunContext(survey_path, products_dir, scheduler, force, config=config)
     selected = select_stages(stages)
     report: dict[str, Any] = {}
+    prepared = False
     with show_progress(progress), single_threaded_blas():
         for i, stage in enumerate(selected, start=1):
             t0 = time.perf_counter()
@@ -218,7 +226,25 @@ def run_pipeline(
                                   **result}
             if stage.name == "index" or "obpipe_config" not in _products_attrs(ctx):
                 _record_config(ctx)
+            if not prepared:  # once, after the first stage run: the products exist now
+                prepared = True
+                _prepare_later_stages(ctx, selected[i:], force)
     return report
+
+
+def _prepare_later_stages(ctx: RunContext, later: Sequence[Stage], force: bool) -> None:
+    """Call the ``prepare`` hook of every later stage that will run (each hook once)."""
+    seen: set[Any] = set()
+    for stage in later:
+        if stage.prepare is None or stage.prepare in seen:
+            continue
+        seen.add(stage.prepare)
+        try:
+            if force or not stage.is_complete(ctx):
+                stage.prepare(ctx)
+        except Exception as exc:  # an optimisation only: the stage starts it itself
+            log.warning("stage %s: prepare failed (%s); it starts when the stage runs",
+                        stage.name, exc)
 
 
 def _record_config(ctx: RunContext) -> None:

@@ -131,3 +131,69 @@ def test_block_reads_follow_the_store_through_the_opened_dataset_cache(survey, t
 
 def _double_median(inputs):
     return {"twice": 2 * inputs["flux_median"]}
+
+
+def test_prepare_hooks_run_once_and_only_for_stages_that_will_run(tmp_path) -> None:
+    """run_pipeline's prepare step: each distinct hook once, skipped for complete stages
+    (unless forced), and a failing hook only logged (the stage starts what it needs)."""
+    from obpipe.pipeline import RunContext, Stage, _prepare_later_stages
+
+    calls: list[str] = []
+
+    def hook(ctx: RunContext) -> None:
+        calls.append("shared")
+
+    def other(ctx: RunContext) -> None:
+        calls.append("other")
+
+    def broken(ctx: RunContext) -> None:
+        raise RuntimeError("no pool today")
+
+    def run(ctx: RunContext) -> dict:
+        return {}
+
+    stages = [Stage("a", "", run, lambda ctx: False, hook),
+              Stage("b", "", run, lambda ctx: False, hook),   # same hook: not again
+              Stage("c", "", run, lambda ctx: True, other),   # complete: not prepared
+              Stage("d", "", run, lambda ctx: False, broken),
+              Stage("e", "", run, lambda ctx: False)]
+    ctx = RunContext(str(tmp_path / "s.zarr"), str(tmp_path / "p"))
+    _prepare_later_stages(ctx, stages, force=False)
+    assert calls == ["shared"]
+    _prepare_later_stages(ctx, stages, force=True)
+    assert calls == ["shared", "shared", "other"]
+
+
+def test_distance_pool_prestarts_when_the_stage_will_use_processes(tmp_path) -> None:
+    """prestart_process_pool starts the shared pool's workers (and imports the block
+    modules there) for a survey with enough blocks for the 'processes' scheduler."""
+    from obpipe.distance_stage import (
+        MIN_BLOCKS_FOR_PROCESSES,
+        _process_pool,
+        prestart_process_pool,
+        shared_process_pool,
+    )
+    from obpipe.pipeline import RunContext
+
+    if _process_pool.cache_info().currsize:  # a pool from an earlier test: start afresh
+        shared_process_pool(2).shutdown()
+        _process_pool.cache_clear()
+
+    path = str(tmp_path / "s.zarr")
+    simulate_survey(path, SimulationConfig(n_stars=60, seed=5, chunk_size=10),
+                    scheduler="threads")
+    ctx = RunContext(path, str(tmp_path / "p"), scheduler="threads")
+    run_pipeline(path, ctx.products_dir, stages=["index"], scheduler="threads")
+    import dask
+
+    with dask.config.set(num_workers=2):
+        assert store.open_cube(path).sizes["spec"] >= 10 * MIN_BLOCKS_FOR_PROCESSES
+        prestart_process_pool(ctx)
+        pool = shared_process_pool(2)
+        assert len(pool._processes) == 2  # started now, before any distance block
+        assert pool.submit(sum, [1, 2]).result(timeout=120) == 3
+        # a single-block survey (or another scheduler) starts nothing
+        ctx_sync = RunContext(path, ctx.products_dir, scheduler="synchronous")
+        before = dict(pool._processes)
+        prestart_process_pool(ctx_sync)
+        assert dict(shared_process_pool(2)._processes) == before
