@@ -640,9 +640,13 @@ def _worker_pool(num_workers: int | None) -> concurrent.futures.ProcessPoolExecu
         from dask.multiprocessing import get_context
 
         ctx = get_context()
-    pool = concurrent.futures.ProcessPoolExecutor(n_proc, mp_context=ctx)
-    for f in [pool.submit(process_batch, [], {}) for _ in range(n_proc)]:
-        f.result()
+    try:
+        pool = concurrent.futures.ProcessPoolExecutor(n_proc, mp_context=ctx)
+        for f in [pool.submit(process_batch, [], {}) for _ in range(n_proc)]:
+            f.result()
+    except BaseException:
+        gc.unfreeze()  # no pool for ingest() to unfreeze after
+        raise
     return pool
 
 
