@@ -132,6 +132,66 @@ def test_format_1_file_loads(tmp_path, linear_problem) -> None:
     np.testing.assert_allclose(net.predict(x[:20]), 0.5 + 2.0 * ref, atol=1e-4)
 
 
+def test_model_files_read_without_torch_equal_torch_load(tmp_path, linear_problem,
+                                                         fitted) -> None:
+    """obpipe.luminosity.torchfile reads a saved model to the same arrays as torch.load,
+    without importing torch; a non-contiguous tensor keeps its values; a file with any
+    other global is refused; a legacy-format file falls back to torch."""
+    import pickle
+    import subprocess
+    import sys
+    import zipfile
+
+    from obpipe.luminosity.torchfile import TorchFileError, load_torch_file
+
+    net, _ = fitted
+    path = str(tmp_path / "net.pt")
+    net.save(path)
+    ref = torch.load(path, weights_only=True)
+    with open(path, "rb") as fh:
+        mine = load_torch_file(fh)
+    assert ref.keys() == mine.keys()
+    for k, v in ref.items():
+        if isinstance(v, torch.Tensor):
+            assert mine[k].dtype == v.numpy().dtype and np.array_equal(mine[k], v.numpy()), k
+        else:
+            assert mine[k] == v, k
+    # views: a transposed slice, a scalar, several tensors sharing one storage
+    base = torch.arange(24, dtype=torch.float64).reshape(4, 6)
+    odd = {"t": base.T[1:4], "s": base[2, 3], "row": base[1], "i": torch.tensor([1, -2])}
+    torch.save(odd, tmp_path / "odd.pt")
+    with open(tmp_path / "odd.pt", "rb") as fh:
+        back = load_torch_file(fh)
+    for k, v in odd.items():
+        np.testing.assert_array_equal(back[k], v.numpy())
+    # no torch in a process that only loads and predicts
+    code = ("import sys; from obpipe.luminosity.network import MKsNetwork; "
+            f"MKsNetwork.load({path!r}); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+    # a file that names another global (here os.system) is refused, not run
+    class Evil:
+        def __reduce__(self):
+            import os
+            return (os.system, ("echo pwned",))
+
+    evil = tmp_path / "evil.pt"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"x": Evil()}, protocol=2))
+    with open(evil, "rb") as fh, pytest.raises(pickle.UnpicklingError, match="os"):
+        load_torch_file(fh)
+    # the legacy (pre-zip) torch format: not ours to parse, torch reads it
+    legacy = tmp_path / "legacy.pt"
+    torch.save(ref, legacy, _use_new_zipfile_serialization=False)
+    with open(legacy, "rb") as fh, pytest.raises(TorchFileError):
+        load_torch_file(fh)
+    x, _, _ = linear_problem
+    np.testing.assert_array_equal(MKsNetwork.load(str(legacy)).predict(x[:50]),
+                                  net.predict(x[:50]))
+
+
 def test_numpy_forward_matches_torch(linear_problem, fitted) -> None:
     """The numpy prediction used on workers is the torch ensemble in eval mode."""
     x, _, _ = linear_problem

@@ -45,7 +45,8 @@ train without the bias of the magnitude of a noisy parallax; variance
 
 Training is seeded, uses Adam, runs on the CPU unless ``device="auto"`` finds a GPU.
 A model is saved with ``torch.save`` as a dict of tensors plus a JSON metadata string
-and loaded with ``torch.load(..., weights_only=True)``: no pickled objects.
+and loaded without torch by a restricted reader of that zip format
+(:mod:`obpipe.luminosity.torchfile`; no pickled objects, like ``weights_only=True``).
 Prediction is a pure numpy forward pass (dropout off), so Dask workers need neither
 torch threads nor a GPU.
 """
@@ -325,21 +326,29 @@ class MKsNetwork:
 
     @classmethod
     def load(cls, path: str) -> MKsNetwork:
-        """Read a model written by :meth:`save` (``torch.load(weights_only=True)``).
+        """Read a model written by :meth:`save`, without importing torch
+        (:func:`obpipe.luminosity.torchfile.load_torch_file`, as restricted as
+        ``torch.load(weights_only=True)``, which reads any other torch file layout).
 
         Format 1 files (one network, ``nn.Linear`` weight layout) load as a one-member
         ensemble."""
-        import torch
-
         from obpipe.io import store
+        from obpipe.luminosity.torchfile import TorchFileError, load_torch_file
 
         with store.open_file(path, "rb") as fh:  # a local path or an fsspec URL
-            data = torch.load(fh, map_location="cpu", weights_only=True)
+            try:
+                data = load_torch_file(fh)
+            except TorchFileError:
+                import torch
+
+                fh.seek(0)
+                data = torch.load(fh, map_location="cpu", weights_only=True)
+                data = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in data.items()}
         version = int(data.get("format_version", -1))
         if version not in (1, FORMAT_VERSION):
             raise ValueError(f"{path}: not an obpipe M_Ks network (format "
                              f"{data.get('format_version')!r})")
-        weights = {k.removeprefix("weights."): v.numpy() for k, v in data.items()
+        weights = {k.removeprefix("weights."): np.asarray(v) for k, v in data.items()
                    if k.startswith("weights.")}
         if version == 1:
             weights = {"l1.weight": weights["l1.weight"].T[None],
@@ -350,12 +359,13 @@ class MKsNetwork:
                        "out.bias": weights["out.bias"][:1]}
         mask = data.get("pixel_mask")
         proj = data.get("projection")
-        return cls(weights, data["x_mean"].numpy(), data["x_std"].numpy(),
+        return cls(weights, np.asarray(data["x_mean"]), np.asarray(data["x_std"]),
                    float(data["y_mean"]), float(data["y_std"]),
-                   None if mask is None else mask.numpy().astype(bool),
+                   None if mask is None else np.asarray(mask).astype(bool),
                    json.loads(data["meta_json"]),
-                   projection=None if proj is None else proj.numpy(),
-                   projection_mean=None if proj is None else data["projection_mean"].numpy())
+                   projection=None if proj is None else np.asarray(proj),
+                   projection_mean=None if proj is None else np.asarray(
+                       data["projection_mean"]))
 
 
 def _json_default(obj: Any) -> Any:
