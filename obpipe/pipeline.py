@@ -238,9 +238,9 @@ def _prepare_later_stages(ctx: RunContext, later: Sequence[Stage], force: bool) 
     for stage in later:
         if stage.prepare is None or stage.prepare in seen:
             continue
-        seen.add(stage.prepare)
         try:
             if force or not stage.is_complete(ctx):
+                seen.add(stage.prepare)
                 stage.prepare(ctx)
         except Exception as exc:  # an optimisation only: the stage starts it itself
             log.warning("stage %s: prepare failed (%s); it starts when the stage runs",

@@ -152,7 +152,8 @@ def test_prepare_hooks_run_once_and_only_for_stages_that_will_run(tmp_path) -> N
     def run(ctx: RunContext) -> dict:
         return {}
 
-    stages = [Stage("a", "", run, lambda ctx: False, hook),
+    stages = [Stage("z", "", run, lambda ctx: True, hook),    # complete: its twin still runs
+              Stage("a", "", run, lambda ctx: False, hook),
               Stage("b", "", run, lambda ctx: False, hook),   # same hook: not again
               Stage("c", "", run, lambda ctx: True, other),   # complete: not prepared
               Stage("d", "", run, lambda ctx: False, broken),
@@ -161,7 +162,7 @@ def test_prepare_hooks_run_once_and_only_for_stages_that_will_run(tmp_path) -> N
     _prepare_later_stages(ctx, stages, force=False)
     assert calls == ["shared"]
     _prepare_later_stages(ctx, stages, force=True)
-    assert calls == ["shared", "shared", "other"]
+    assert calls == ["shared", "shared", "other"]  # forced: each distinct hook once
 
 
 def test_distance_pool_prestarts_when_the_stage_will_use_processes(tmp_path) -> None:

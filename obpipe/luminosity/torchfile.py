@@ -35,13 +35,6 @@ class TorchFileError(ValueError):
     """Not a torch zip file this reader understands."""
 
 
-class _Storage:
-    __slots__ = ("dtype", "key")
-
-    def __init__(self, dtype: np.dtype, key: str) -> None:
-        self.dtype, self.key = dtype, key
-
-
 class _StorageType:
     """Stands for ``torch.<Name>Storage`` in the pickle (only its dtype is needed)."""
 

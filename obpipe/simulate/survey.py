@@ -21,7 +21,7 @@ import numpy as np
 from obpipe import __version__
 from obpipe.config import SimulationConfig, to_json
 from obpipe.io import store
-from obpipe.io.tables import star_identifier, uniqflag_by_snr  # noqa: F401 (also public here)
+from obpipe.io.tables import star_identifier, uniqflag_by_snr
 from obpipe.photometry.synthetic import absolute_magnitudes, extinction_coefficients
 from obpipe.simulate import sky, spectra, stars
 from obpipe.spectra.grid import SPEED_OF_LIGHT_KMS, velocity_per_pixel_kms, wavelength_grid
