@@ -81,7 +81,7 @@ See the ``FLAG_*`` constants; E(B-V) uses bits 0-4.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -119,6 +119,31 @@ FLAG_DEFAULT_LOGG: int = 1 << 2
 FLAG_PARAMS_OUT_OF_RANGE: int = 1 << 3
 #: E(B-V) + 3 sigma < 0 (unphysical; kept as measured, not clipped).
 FLAG_EBV_NEGATIVE: int = 1 << 4
+#: a band had a magnitude but no usable error: :data:`DEFAULT_MAG_ERRORS_MAG` assumed.
+#: (bits 5-10 are the parallax / M_Ks bits of :mod:`obpipe.photometry.parallax`.)
+FLAG_DEFAULT_MAG_ERROR: int = 1 << 11
+
+#: Curve family of the extinction coefficients (:data:`obpipe.photometry.synthetic.
+#: EXTINCTION_LAWS`): Gordon et al. (2023, ApJ 950, 86), chosen on real LAMOST hot stars
+#: (``benchmarks/extinction_real_stars.py``, docs/validation.md); "F99" (Fitzpatrick 1999,
+#: R_V = 3.1, the paper's) stays selectable.
+DEFAULT_LAW: str = "G23"
+#: R_V of the curve.
+DEFAULT_R_V: float = 3.1
+#: Star-to-star scatter of R_V in the Milky Way: sigma(R_V) = 0.18 (Schlafly et al. 2016,
+#: ApJ 821, 78); propagated into ``ebv_err`` and ``AKs_err``.
+R_V_SCATTER: float = 0.18
+#: Passes of the extinction-dependent coefficients (A0 = R_V E(B-V) of the previous pass).
+EXTINCTION_ITERATIONS: int = 5
+#: Magnitude error assumed where a band's magnitude is present but its error is not, mag:
+#: Gaia DR3 G/BP/RP 0.01 (calibration-level; Riello et al. 2021, A&A 649, A3, quote
+#: mmag-level random errors for G < 17 and ~0.01 mag systematics), 2MASS 0.03 (typical
+#: ``*_msigcom`` of A-quality 9-13 mag stars; Skrutskie et al. 2006, AJ 131, 1163),
+#: optical g/r/i 0.03. Flagged :data:`FLAG_DEFAULT_MAG_ERROR`.
+DEFAULT_MAG_ERRORS_MAG: dict[str, float] = {
+    "g": 0.03, "r": 0.03, "i": 0.03, "G": 0.01, "BP": 0.01, "RP": 0.01,
+    "J": 0.03, "H": 0.03, "Ks": 0.03,
+}
 
 
 def intrinsic_magnitudes(
@@ -152,25 +177,74 @@ def intrinsic_colour(teff_k: np.ndarray, logg: np.ndarray, blue: str, red: str) 
     return m0[..., 0] - m0[..., 1]
 
 
-def coefficient_matrix(teff_k: np.ndarray, bands: Sequence[str] = EBV_BANDS) -> np.ndarray:
-    """Extinction coefficients R_X = A_X / E(B-V) (F99, R_V = 3.1, Kurucz; dustapprox).
+#: A user-supplied extinction model: ``f(teff_k, a0_mag, r_v, bands) -> {band: R_X}``.
+CoefficientModel = Callable[[np.ndarray, np.ndarray, float, tuple[str, ...]],
+                            Mapping[str, np.ndarray]]
+
+
+def _coefficients(teff_k: np.ndarray, a0_mag: np.ndarray | float, law: str | CoefficientModel,
+                  r_v: float, bands: tuple[str, ...]) -> Mapping[str, np.ndarray]:
+    t = np.asarray(teff_k, float)
+    if callable(law):
+        return law(t, np.broadcast_to(np.asarray(a0_mag, float), t.shape), r_v, bands)
+    return synthetic.law_coefficients(t, a0_mag, law, r_v, bands)
+
+
+def coefficient_matrix(
+    teff_k: np.ndarray,
+    bands: Sequence[str] = EBV_BANDS,
+    a0_mag: np.ndarray | float = 0.01,
+    law: str | CoefficientModel = DEFAULT_LAW,
+    r_v: float = DEFAULT_R_V,
+) -> np.ndarray:
+    """Extinction coefficients R_X = A_X / E(B-V) of a Kurucz spectrum (dustapprox).
 
     Parameters
     ----------
     teff_k : numpy.ndarray, shape (n,)
         Teff (K) of the Kurucz spectrum for each star (clamped to 3.5-50 kK).
+    a0_mag : numpy.ndarray or float
+        Extinction at 550 nm (mag) at which the band coefficients are evaluated.
+    law, r_v : str or callable, float
+        Curve family and R_V (:func:`obpipe.photometry.synthetic.law_coefficients`), or a
+        :data:`CoefficientModel` (e.g. a curve integrated by a benchmark).
 
     Returns
     -------
     numpy.ndarray, shape (n, len(bands))
     """
-    coeff = synthetic.extinction_coefficients(np.asarray(teff_k, float))
+    coeff = _coefficients(teff_k, a0_mag, law, r_v, tuple(bands))
     return np.stack([np.asarray(coeff[b], float) for b in bands], axis=-1)
 
 
-def ks_coefficient(teff_k: np.ndarray) -> np.ndarray:
-    """R_Ks = A_Ks / E(B-V) (eq. 24) for a Kurucz spectrum of the given Teff."""
-    return np.asarray(synthetic.extinction_coefficients(np.asarray(teff_k, float))["Ks"], float)
+def ks_coefficient(
+    teff_k: np.ndarray, a0_mag: np.ndarray | float = 0.01,
+    law: str | CoefficientModel = DEFAULT_LAW, r_v: float = DEFAULT_R_V,
+) -> np.ndarray:
+    """R_Ks = A_Ks / E(B-V) (eq. 24) for a Kurucz spectrum of the given Teff and A0."""
+    return np.asarray(_coefficients(teff_k, a0_mag, law, r_v, ("Ks",))["Ks"], float)
+
+
+def fill_default_errors(
+    mags: np.ndarray, errs: np.ndarray, bands: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Errors with :data:`DEFAULT_MAG_ERRORS_MAG` where a magnitude has no usable error.
+
+    Returns the filled (n, B) errors and int32 flags (:data:`FLAG_DEFAULT_MAG_ERROR`
+    where any band was filled). A band without a magnitude stays unusable.
+    """
+    mags = np.asarray(mags, float)
+    errs = np.array(errs, dtype=float, copy=True)
+    need = np.isfinite(mags) & ~(np.isfinite(errs) & (errs > 0))
+    for i, b in enumerate(bands):
+        errs[need[:, i], i] = DEFAULT_MAG_ERRORS_MAG.get(b, 0.03)
+    flags = np.where(need.any(axis=1), FLAG_DEFAULT_MAG_ERROR, 0).astype(np.int32)
+    return errs, flags
+
+
+def colour_names(bands: Sequence[str] = EBV_BANDS) -> list[str]:
+    """Names ``"<blue>_<red>"`` (lower case) of the adjacent colours of ``bands``."""
+    return [f"{a}_{b}".lower() for a, b in zip(bands[:-1], bands[1:], strict=True)]
 
 
 def _next_usable(usable: np.ndarray) -> np.ndarray:
@@ -245,6 +319,10 @@ def ebv_from_colour_excess(
     coefficients: str = "star",
     colour_floor_mag: float = COLOUR_ERROR_FLOOR_MAG,
     include_parameter_error: bool = True,
+    law: str | CoefficientModel = DEFAULT_LAW,
+    r_v: float = DEFAULT_R_V,
+    r_v_scatter: float = R_V_SCATTER,
+    extinction_dependent: bool = True,
 ) -> dict[str, np.ndarray]:
     """E(B-V) from the colour excesses of adjacent bands (Sec. 4), vectorised over stars.
 
@@ -266,6 +344,14 @@ def ebv_from_colour_excess(
         Minimal colour error (0.014 mag in the paper).
     include_parameter_error : bool
         Add the error of the intrinsic colours (and coefficients) from Teff and log g.
+    law, r_v : str, float
+        Extinction-curve family (``"G23"`` default, ``"F99"`` the paper's) and its R_V.
+    r_v_scatter : float
+        sigma(R_V) of the star's own curve about ``r_v``: E(B-V) and A_Ks are re-evaluated at
+        ``r_v +- r_v_scatter`` and the larger change is added to ``ebv_err`` / ``aks_err``.
+    extinction_dependent : bool
+        Evaluate the coefficients at the star's own A0 = R_V E(B-V)
+        (:data:`EXTINCTION_ITERATIONS` passes); False: the low-extinction limit.
 
     Returns
     -------
@@ -273,7 +359,11 @@ def ebv_from_colour_excess(
         ``ebv`` and ``ebv_err`` (mag; NaN with fewer than two usable bands), ``n_bands``
         (usable bands), ``chi2_red`` (reduced chi^2 of the individual E_i about the mean,
         diagonal errors; NaN with fewer than three bands), ``r_ks`` (R_Ks used for A_Ks,
-        same Teff choice as the colours) and ``flags`` (int32, ``FLAG_*`` bits 0-4).
+        same Teff choice as the colours), ``aks`` / ``aks_err`` (A_Ks = R_Ks E(B-V), eq. 24,
+        mag, error incl. the R_V scatter), ``ebv_rv_err`` (the R_V part of ``ebv_err``),
+        ``flags`` (int32, ``FLAG_*`` bits 0-4), and ``per_colour`` (``{"bp_rp": E_i, ...}``
+        for each adjacent pair of ``bands``, :func:`colour_names`; NaN where either band is
+        unusable).
     """
     if "Ks" in bands:
         raise ValueError("K_s must not be used for E(B-V) (disc emission; Sec. 4)")
@@ -296,25 +386,29 @@ def ebv_from_colour_excess(
     rows = np.arange(n)[:, None]
     j = np.where(pair_ok, partner, 0)
 
-    def coeffs_at(teff: np.ndarray) -> np.ndarray:
+    def coeffs_at(teff: np.ndarray, a0: np.ndarray, rv: float = r_v) -> np.ndarray:
         t_c = np.full(n, PAPER_COEFFICIENT_TEFF_K) if coefficients == "fixed" else teff
-        return coefficient_matrix(t_c, bands)
+        return coefficient_matrix(t_c, bands, a0, law, rv)
 
     m0 = intrinsic_magnitudes(t, g, bands)
-    coeff = coeffs_at(t)
-    e_i, k = _colour_estimates(mags, pair_ok, partner, m0, coeff)
-    pair_ok &= np.abs(np.nan_to_num(k)) >= MIN_COEFFICIENT_DIFFERENCE
-
     sig_c = np.hypot(errs, errs[rows, j])
     sig_eff = np.maximum(sig_c, colour_floor_mag)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        w = np.where(pair_ok, k**2 / sig_eff**2, 0.0)
-    wsum = w.sum(axis=1)
+    a0_next = np.full(n, 0.01)
+    for _ in range(EXTINCTION_ITERATIONS if extinction_dependent else 1):
+        a0 = a0_next
+        coeff = coeffs_at(t, a0)
+        e_i, k = _colour_estimates(mags, pair_ok, partner, m0, coeff)
+        use = pair_ok & (np.abs(np.nan_to_num(k)) >= MIN_COEFFICIENT_DIFFERENCE)
+        good = use.sum(axis=1) >= 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            w = np.where(use, k**2 / sig_eff**2, 0.0)
+            wsum = w.sum(axis=1)
+            a = np.where(good[:, None], w / wsum[:, None], 0.0)
+            ebv = np.where(good, np.sum(np.where(use, a * e_i, 0.0), axis=1), np.nan)
+        a0_next = np.clip(np.nan_to_num(r_v * ebv, nan=0.01), 0.01, None)
+    pair_ok = use  # a0: the extinction the final coefficients were evaluated at
     n_col = pair_ok.sum(axis=1)
-    good = n_col >= 1
     with np.errstate(invalid="ignore", divide="ignore"):
-        a = np.where(good[:, None], w / wsum[:, None], 0.0)
-        ebv = np.where(good, np.nansum(np.where(pair_ok, a * e_i, 0.0), axis=1), np.nan)
         coef = np.where(pair_ok, a / k, 0.0)  # d ebv / d colour_i
 
     # coefficient of each band magnitude: +coef on the blue band, -coef on its partner
@@ -328,21 +422,40 @@ def ebv_from_colour_excess(
     var += np.sum(np.where(pair_ok, coef**2 * np.clip(colour_floor_mag**2 - sig_c**2, 0, None),
                            0.0), axis=1)
 
-    if include_parameter_error:
-        def shifted_ebv(t_s: np.ndarray, g_s: np.ndarray) -> np.ndarray:
-            m0_s = intrinsic_magnitudes(t_s, g_s, bands)
-            c_s = coeffs_at(t_s) if coefficients == "star" else coeff
-            e_s, _ = _colour_estimates(mags, pair_ok, partner, m0_s, c_s)
-            return np.sum(np.where(pair_ok, a * e_s, 0.0), axis=1)
+    def shifted_ebv(t_s: np.ndarray, g_s: np.ndarray, c_s: np.ndarray) -> np.ndarray:
+        m0_s = intrinsic_magnitudes(t_s, g_s, bands)
+        e_s, _ = _colour_estimates(mags, pair_ok, partner, m0_s, c_s)
+        return np.sum(np.where(pair_ok, a * e_s, 0.0), axis=1)
 
+    e_mid = np.sum(np.where(pair_ok, a * e_i, 0.0), axis=1)
+    if include_parameter_error:
         # one-sided differences, the larger one: conservative where the colour-Teff
         # relation curves (late B / A stars) or the table edge clamps one side
-        e_mid = np.sum(np.where(pair_ok, a * e_i, 0.0), axis=1)
-        d_t = np.maximum(np.abs(shifted_ebv(t * np.exp(s_ln), g) - e_mid),
-                         np.abs(shifted_ebv(t * np.exp(-s_ln), g) - e_mid))
-        d_g = np.maximum(np.abs(shifted_ebv(t, g + s_g) - e_mid),
-                         np.abs(shifted_ebv(t, g - s_g) - e_mid))
+        def c_at(t_s: np.ndarray) -> np.ndarray:
+            return coeffs_at(t_s, a0) if coefficients == "star" else coeff
+
+        t_up, t_dn = t * np.exp(s_ln), t * np.exp(-s_ln)
+        d_t = np.maximum(np.abs(shifted_ebv(t_up, g, c_at(t_up)) - e_mid),
+                         np.abs(shifted_ebv(t_dn, g, c_at(t_dn)) - e_mid))
+        d_g = np.maximum(np.abs(shifted_ebv(t, g + s_g, coeff) - e_mid),
+                         np.abs(shifted_ebv(t, g - s_g, coeff) - e_mid))
         var += d_t**2 + d_g**2
+
+    t_ks = np.full(n, PAPER_COEFFICIENT_TEFF_K) if coefficients == "fixed" else t
+    r_ks = ks_coefficient(t_ks, a0, law, r_v)
+    aks = r_ks * ebv
+    var_rv = np.zeros(n)
+    var_aks_rv = np.zeros(n)
+    if r_v_scatter > 0:
+        lo, hi = synthetic.R_V_RANGE if isinstance(law, str) else (-np.inf, np.inf)
+        for rv in (max(lo, r_v - r_v_scatter), min(hi, r_v + r_v_scatter)):
+            a0_s = a0 * rv / r_v
+            e_s = shifted_ebv(t, g, coeffs_at(t, a0_s, rv))
+            var_rv = np.maximum(var_rv, (e_s - e_mid) ** 2)
+            aks_s = ks_coefficient(t_ks, a0_s, law, rv) * e_s
+            var_aks_rv = np.maximum(var_aks_rv, (aks_s - aks) ** 2)
+    aks_err = np.where(good, np.sqrt(r_ks**2 * var + var_aks_rv), np.nan)
+    var += var_rv
 
     ebv_err = np.where(good, np.sqrt(var), np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -351,14 +464,20 @@ def ebv_from_colour_excess(
 
     flags |= np.where(~good, FLAG_EBV_FEW_BANDS, 0).astype(np.int32)
     flags |= np.where(good & (ebv + 3.0 * ebv_err < 0), FLAG_EBV_NEGATIVE, 0).astype(np.int32)
-    t_ks = np.full(n, PAPER_COEFFICIENT_TEFF_K) if coefficients == "fixed" else t
+    adjacent = pair_ok & (partner == np.arange(nb)[None, :] + 1)
+    per_colour = {name: np.where(adjacent[:, b], e_i[:, b], np.nan)
+                  for b, name in enumerate(colour_names(bands))}
     return {
         "ebv": ebv,
         "ebv_err": ebv_err,
         "n_bands": usable.sum(axis=1).astype(np.int16),
         "chi2_red": chi2,
-        "r_ks": ks_coefficient(t_ks),
+        "r_ks": r_ks,
+        "aks": aks,
+        "aks_err": aks_err,
+        "ebv_rv_err": np.where(good, np.sqrt(var_rv), np.nan),
         "flags": flags,
+        "per_colour": per_colour,
     }
 
 

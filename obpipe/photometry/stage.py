@@ -25,6 +25,7 @@ bit   value  meaning
 8     256    parallax or its error missing
 9     512    Ks / Ks_err missing or A_Ks unavailable: Ks0, MKs_geo NaN
 10    1024   0 < parallax / error < 5 (MKs_geo error Gaussian is poor)
+11    2048   a band had a magnitude but no error: documented default used
 ====  =====  ================================================================
 
 Measured on the default mock survey
@@ -85,17 +86,20 @@ SURVEY_VARS: tuple[str, ...] = (
 _FLAG_DOC = (
     "bits: 0 <2 usable bands; 1 Teff missing (default); 2 logg missing (default); "
     "3 Teff/logg outside table; 4 E(B-V)+3sigma<0; 5 zero-point fallback; 6 unknown "
-    "Gaia release; 7 parallax<=0; 8 parallax missing; 9 Ks missing; 10 parallax S/N<5"
+    "Gaia release; 7 parallax<=0; 8 parallax missing; 9 Ks missing; 10 parallax S/N<5; "
+    "11 a magnitude error missing (default used)"
 )
 
 OUTPUTS: dict[str, Output] = {
     "ebv": Output("float32", "mag", "E(B-V) from adjacent-band colour excesses (Sec. 4)"),
-    "ebv_err": Output("float32", "mag", "uncertainty of E(B-V) (propagated, incl. Teff/logg)"),
+    "ebv_err": Output("float32", "mag",
+                      "uncertainty of E(B-V) (propagated, incl. Teff/logg and R_V scatter)"),
     "ebv_nbands": Output("int16", "", "number of usable bands for E(B-V) (colours = N-1)"),
     "ebv_chi2": Output("float32", "", "reduced chi2 of the per-colour E(B-V) about the mean"),
-    "R_Ks": Output("float32", "", "A_Ks / E(B-V) used (F99 R_V=3.1, Kurucz, dustapprox)"),
+    "R_Ks": Output("float32", "",
+                   "A_Ks / E(B-V) used (G23 R_V=3.1 at the star's A0, Kurucz, dustapprox)"),
     "AKs": Output("float32", "mag", "K_s extinction R_Ks E(B-V) (eq. 24)"),
-    "AKs_err": Output("float32", "mag", "uncertainty of AKs"),
+    "AKs_err": Output("float32", "mag", "uncertainty of AKs (incl. R_V scatter)"),
     "Ks0": Output("float32", "mag", "dereddened apparent K_s, m0 = Ks - AKs"),
     "Ks0_err": Output("float32", "mag", "uncertainty of Ks0 (Ks and AKs in quadrature)"),
     "parallax_offset": Output(
@@ -121,21 +125,34 @@ def photometry_block(
     bands: tuple[str, ...] = extinction.EBV_BANDS,
     coefficients: str = "star",
     include_parameter_error: bool = True,
+    law: str | extinction.CoefficientModel = extinction.DEFAULT_LAW,
+    r_v: float = extinction.DEFAULT_R_V,
+    r_v_scatter: float = extinction.R_V_SCATTER,
+    extinction_dependent: bool = True,
+    per_colour: bool = False,
 ) -> dict[str, np.ndarray]:
     """The stage's pure numpy function on one chunk of rows (all outputs of :data:`OUTPUTS`).
 
     ``inputs`` maps survey column names (:data:`SURVEY_VARS`) to arrays of one chunk;
-    absent columns are treated as missing (NaN). One output row per input row.
+    absent columns are treated as missing (NaN). One output row per input row. A band
+    with a magnitude but no error gets :data:`obpipe.photometry.extinction.
+    DEFAULT_MAG_ERRORS_MAG` (flag bit 11). ``law``, ``r_v``, ``r_v_scatter`` and
+    ``extinction_dependent`` choose the extinction model
+    (:func:`obpipe.photometry.extinction.ebv_from_colour_excess`); ``per_colour`` adds
+    ``ebv_<blue>_<red>`` (the E(B-V) of each adjacent colour, float32) to the outputs.
     """
     n = len(next(iter(inputs.values())))
-    mags = np.column_stack([_col(inputs, BAND_COLUMNS[b][0], n) for b in bands])
-    errs = np.column_stack([_col(inputs, BAND_COLUMNS[b][1], n) for b in bands])
+    ebv_and_ks = (*bands, "Ks")
+    mags = np.column_stack([_col(inputs, BAND_COLUMNS[b][0], n) for b in ebv_and_ks])
+    errs = np.column_stack([_col(inputs, BAND_COLUMNS[b][1], n) for b in ebv_and_ks])
+    errs, err_flags = extinction.fill_default_errors(mags, errs, ebv_and_ks)
     ext = extinction.ebv_from_colour_excess(
-        mags, errs, _col(inputs, "teff", n), _col(inputs, "logg", n),
+        mags[:, :-1], errs[:, :-1], _col(inputs, "teff", n), _col(inputs, "logg", n),
         _col(inputs, "teff_err", n), _col(inputs, "logg_err", n), bands=bands,
         coefficients=coefficients, include_parameter_error=include_parameter_error,
+        law=law, r_v=r_v, r_v_scatter=r_v_scatter, extinction_dependent=extinction_dependent,
     )
-    aks, aks_err = extinction.aks_from_ebv(ext["ebv"], ext["ebv_err"], ext["r_ks"])
+    aks, aks_err = ext["aks"], ext["aks_err"]
 
     release = inputs.get("gaia_release")
     if release is None:
@@ -149,10 +166,10 @@ def photometry_block(
     plx = parallax.correct_parallax(_col(inputs, "parallax", n), zp)
     plx_err = _col(inputs, "parallax_error", n)
     geo = parallax.geometric_absolute_magnitude(
-        _col(inputs, "Ks", n), _col(inputs, "Ks_err", n), aks, aks_err, plx, plx_err
+        mags[:, -1], errs[:, -1], aks, aks_err, plx, plx_err
     )
-    flags = ext["flags"] | zp_flags | geo["flags"]
-    return {
+    flags = ext["flags"] | zp_flags | geo["flags"] | err_flags
+    out = {
         "ebv": ext["ebv"].astype(np.float32),
         "ebv_err": ext["ebv_err"].astype(np.float32),
         "ebv_nbands": ext["n_bands"].astype(np.int16),
@@ -169,6 +186,10 @@ def photometry_block(
         "MKs_geo_err": geo["MKs_geo_err"].astype(np.float32),
         "photometry_flags": flags.astype(np.int32),
     }
+    if per_colour:
+        out.update({f"ebv_{name}": v.astype(np.float32)
+                    for name, v in ext["per_colour"].items()})
+    return out
 
 
 def _survey_columns(survey_path: str) -> tuple[str, ...]:

@@ -384,6 +384,105 @@ def extinction_coefficients(teff_k: np.ndarray | float = 12000.0) -> dict[str, n
     return {band: np.interp(tc, nodes, table[band]) for band in BANDS}
 
 
+#: Extinction-curve families with an R_V (= R0) dependence in ``dustapprox``'s
+#: precomputed Kurucz polynomial models ("oct2025_a0r0" files): Fitzpatrick (1999,
+#: PASP 111, 63) and Gordon et al. (2023, ApJ 950, 86).
+EXTINCTION_LAWS: tuple[str, ...] = ("F99", "G23")
+#: R0 (= R_V) range of those models.
+R_V_RANGE: tuple[float, float] = (2.3, 5.1)
+#: A0 nodes (mag) of the tabulated coefficients; beyond the last node A0 is clamped.
+A0_NODES_MAG: tuple[float, ...] = (0.01, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.5, 8.0,
+                                   10.0, 13.0, 16.0, 20.0)
+_TEFF_NODES_LAW = np.exp(np.linspace(np.log(3500.0), np.log(50000.0), 120))
+
+
+@functools.lru_cache(maxsize=16)
+def _law_grid(law: str, r_v: float) -> dict[str, np.ndarray]:
+    """{band: R_X on (Teff nodes, A0 nodes)} from dustapprox's A0-R0 polynomial models."""
+    import warnings
+
+    import pandas as pd
+    from dustapprox.models import PrecomputedModel
+
+    if law not in EXTINCTION_LAWS:
+        raise ValueError(f"extinction law must be one of {EXTINCTION_LAWS}, got {law!r}")
+    if not R_V_RANGE[0] <= r_v <= R_V_RANGE[1]:
+        raise ValueError(f"R_V = {r_v} outside the models' range {R_V_RANGE}")
+    lib = PrecomputedModel()
+    tt, aa = np.meshgrid(_TEFF_NODES_LAW, np.asarray(A0_NODES_MAG), indexing="ij")
+    feats = pd.DataFrame({"A0": aa.ravel(), "R0": np.full(aa.size, r_v), "teff": tt.ravel()})
+    out = {}
+    for band in BANDS:
+        pb = DUSTAPPROX_PASSBANDS[band]
+        found = [m for m in lib.find(passband=pb, extinction=law, atmosphere="kurucz")
+                 if "R0" in (m.model or {}).get("feature_names", [])]
+        if not found:
+            raise LookupError(f"dustapprox has no {law}/Kurucz A0-R0 model for {pb}")
+        model = found[0].load_model(passband=pb)
+        with warnings.catch_warnings():  # sklearn feature-name warnings
+            warnings.simplefilter("ignore")
+            k = np.asarray(model.predict(feats), dtype=float).reshape(tt.shape)
+        grid = r_v * k
+        grid.setflags(write=False)
+        out[band] = grid
+    return out
+
+
+def law_coefficients(
+    teff_k: np.ndarray | float,
+    a0_mag: np.ndarray | float = _A0_SMALL,
+    law: str = "G23",
+    r_v: float = 3.1,
+    bands: tuple[str, ...] = BANDS,
+) -> dict[str, np.ndarray]:
+    """Extinction coefficients R_X = A_X / E(B-V) of a reddened Kurucz spectrum.
+
+    ``dustapprox`` (Fouesneau et al. 2022, A&A 662, A125) polynomial models of
+    ``k_X = A_X / A0 (Teff, A0, R0)`` for the curve family ``law`` (:data:`EXTINCTION_LAWS`)
+    at ``R0 = r_v``, converted with ``A0 = R_V E(B-V)`` (A0: monochromatic extinction at
+    550 nm). Unlike :func:`extinction_coefficients` (the low-extinction limit), the
+    coefficients depend on the extinction itself: a broad band's effective wavelength
+    moves redwards as the star reddens, so e.g. R_BP - R_RP (G23, R_V = 3.1, 20 kK) falls
+    from 1.78 at A0 = 0.01 to 1.62 at A0 = 3 mag. Tabulated on 120 log-spaced Teff nodes
+    (3.5-50 kK) x :data:`A0_NODES_MAG` and interpolated bilinearly (Teff in log); inputs
+    outside are clamped.
+
+    Parameters
+    ----------
+    teff_k : array_like
+        Effective temperature, K.
+    a0_mag : array_like
+        Extinction A0 at 550 nm, mag (broadcast against ``teff_k``).
+    law : {"G23", "F99"}
+        Gordon et al. (2023) or Fitzpatrick (1999) curve family.
+    r_v : float
+        R_V of the curve (2.3-5.1).
+    bands : tuple of str
+        Bands of :data:`BANDS`.
+
+    Returns
+    -------
+    dict[str, numpy.ndarray]
+        ``{band: R_X}`` with the broadcast shape of ``teff_k`` and ``a0_mag``.
+    """
+    grid = _law_grid(law, float(r_v))
+    t, a0 = np.broadcast_arrays(np.asarray(teff_k, dtype=float), np.asarray(a0_mag, dtype=float))
+    lt = np.log(np.clip(t, _TEFF_NODES_LAW[0], _TEFF_NODES_LAW[-1]))
+    la = np.clip(a0, A0_NODES_MAG[0], A0_NODES_MAG[-1])
+    tnodes = np.log(_TEFF_NODES_LAW)
+    anodes = np.asarray(A0_NODES_MAG)
+    it = np.clip(np.searchsorted(tnodes, lt, side="right") - 1, 0, tnodes.size - 2)
+    ia = np.clip(np.searchsorted(anodes, la, side="right") - 1, 0, anodes.size - 2)
+    ft = (lt - tnodes[it]) / (tnodes[it + 1] - tnodes[it])
+    fa = (la - anodes[ia]) / (anodes[ia + 1] - anodes[ia])
+    out = {}
+    for band in bands:
+        g = grid[band]
+        out[band] = ((1 - ft) * (1 - fa) * g[it, ia] + ft * (1 - fa) * g[it + 1, ia]
+                     + (1 - ft) * fa * g[it, ia + 1] + ft * fa * g[it + 1, ia + 1])
+    return out
+
+
 # ------------------------------------------------------------------ building the table
 
 
