@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spectra per chunk of a new store")
     p.add_argument("--report", default=None,
                    help="CSV report path (default: <store>.ingest_report.csv)")
+    p.add_argument("--max-decompressed-mib", type=float, default=64.0, metavar="MIB",
+                   help="skip (with a reason) any input file larger than this once "
+                   "decompressed; gzip is inflated only up to it (default 64 MiB)")
     p.add_argument("--workers", type=_positive_int, default=None, help="local worker count")
     _scheduler_options(p)
 
@@ -220,7 +223,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from obpipe.ingest import IngestConfig, ingest
 
     cfg = IngestConfig(chunk_size=args.chunk_size, match_radius_arcsec=args.match_radius,
-                       gaia_release=args.gaia_release, strict=args.strict)
+                       gaia_release=args.gaia_release, strict=args.strict,
+                       max_decompressed_mib=args.max_decompressed_mib)
     t0 = time.perf_counter()
     with _dask_scheduler(args, "processes") as scheduler:
         summary = ingest(args.inputs, args.table, args.out, append=args.append, config=cfg,

@@ -61,6 +61,7 @@ import zarr
 from obpipe import __version__
 from obpipe.io import store
 from obpipe.io.lamost import (  # noqa: F401
+    DEFAULT_MAX_DECOMPRESSED_BYTES,
     FileBatch,
     SharedRows,
     attach_shared_rows,
@@ -126,7 +127,9 @@ class IngestConfig:
     ``files_per_task``: files read by one Dask task. ``match_radius_arcsec``:
     radius of the sky-position join. ``group_radius_arcsec``: visits closer than
     this (and without a shared Gaia id) are one star. ``strict``: stop at the first
-    file that is not cleanly ingested.
+    file that is not cleanly ingested. ``max_decompressed_mib``: an input file
+    larger than this (MiB) once decompressed is skipped with a reason; a gzipped
+    file is inflated only up to the limit (a gzip bomb never fills memory).
     """
 
     chunk_size: int = 2000
@@ -135,8 +138,16 @@ class IngestConfig:
     group_radius_arcsec: float = 2.0
     gaia_release: str = "auto"
     strict: bool = False
+    max_decompressed_mib: float = DEFAULT_MAX_DECOMPRESSED_BYTES / 2**20
+
+    @property
+    def max_decompressed_bytes(self) -> int:
+        return int(self.max_decompressed_mib * 2**20)
 
     def validate(self) -> None:
+        from obpipe.config import check_ranges
+
+        check_ranges(self)  # finite and within obpipe.config.OPTION_RANGES
         if self.chunk_size <= 0 or self.files_per_task <= 0:
             raise ValueError("chunk_size and files_per_task must be positive")
         if self.match_radius_arcsec <= 0 or self.group_radius_arcsec <= 0:
@@ -765,7 +776,8 @@ def _ingest(
         step = cfg.files_per_task
         tasks = [task(FileBatch(paths[k : k + step],
                                 {p: known[p] for p in paths[k : k + step] if p in known},
-                                None if first_slot is None else (shared.key, first_slot + k)),
+                                None if first_slot is None else (shared.key, first_slot + k),
+                                cfg.max_decompressed_bytes),
                       dask_key_name=f"lamost-batch-{run_id}-{paths[k]}")
                  for k in range(0, len(paths), step)]
         return [attach_shared_rows(r) for r in dask.compute(*tasks, **kwargs)]
@@ -808,15 +820,24 @@ def _ingest(
     csv = report_csv or default_report_csv(out)
     if csv:
         report.to_csv(csv, index=False)
+    table_issues = star_table.issues if star_table is not None else []
+    if state.n_rows == 0:  # nothing a stage could run on: not complete, and say why
+        reasons = report.loc[~report["status"].isin(ROW_STATUSES), "reason"]
+        top = reasons.str.split(" [(]").str[0].value_counts().head(5)
+        why = "; ".join(f"{n} x {r}" for r, n in top.items()) or "no input lines"
+        raise IngestError(f"{out}: no spectrum ingested from {len(files)} files ({why}); "
+                          f"the store is left incomplete; per-file reasons in "
+                          f"{csv or 'its ingest_report group'}")
     runs = list(root.attrs.get("ingest_runs", []))
     runs.append({"finished_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                  "inputs": [os.fspath(i) for i in inputs][:100],
                  "table": getattr(star_table, "source", None), "append": bool(append),
+                 "table_issues": table_issues,
                  **{k: int(v) for k, v in counts.items()}})
     store.update_attrs(out, {"ingest_runs": runs})
     store.mark_complete(out)
     summary = {"store": out, "report_csv": csv, "n_files": len(files), "n_rows": state.n_rows,
-               **counts}
+               **counts, "table_issues": table_issues}
     log.info("ingest done: %s", summary)
     return summary
 

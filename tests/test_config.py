@@ -174,3 +174,45 @@ def load_config_json(text: str) -> dict:
     import json
 
     return json.loads(text)
+
+
+@pytest.mark.parametrize("section, text, key, allowed", [
+    ("distance", "d_max_kpc = inf", "distance.d_max_kpc = inf", "(0, 1000] kpc"),
+    ("distance", "grid_step_pc = 1e-9", "distance.grid_step_pc = 1e-09", "[0.001, 1000] pc"),
+    ("luminosity.network", "weight_decay = -1", "luminosity.network.weight_decay = -1.0",
+     "[0, 10]"),
+    ("distance", "edsd_length_kpc = nan", "distance.edsd_length_kpc = nan", "(0, 100] kpc"),
+    ("luminosity", "noise_clip_sigma = -inf", "luminosity.noise_clip_sigma = -inf", "(0, 100]"),
+    ("spectral", "continuum_kernel_aa = nan", "spectral.continuum_kernel_aa = nan",
+     "(0, 1000] Angstrom"),
+    ("run", "connect_timeout_s = inf", "run.connect_timeout_s = inf", "(0, 86400] s"),
+])
+def test_non_finite_and_absurd_numbers_name_file_key_and_range(
+    tmp_path, section: str, text: str, key: str, allowed: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(f"[{section}]\n{text}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert str(err.value) == f"{path}: {key}: must be finite and in {allowed}"
+
+
+def test_distance_grid_size_is_bounded() -> None:
+    with pytest.raises(ConfigError, match=r"distance.d_max_kpc / distance.grid_step_pc = "
+                       r"1e\+08 grid points"):
+        config_from_dict({"distance": {"grid_step_pc": 0.001, "d_max_kpc": 100}})
+    config_from_dict({"distance": {"grid_step_pc": 0.001, "d_max_kpc": 30}})  # 3e7: allowed
+
+
+def test_every_numeric_option_has_a_range_and_the_defaults_are_inside() -> None:
+    from obpipe.config import check_ranges, options_without_range
+    from obpipe.ingest import IngestConfig
+
+    for cfg in (PipelineConfig(), IngestConfig()):
+        assert options_without_range(cfg) == []
+        check_ranges(cfg)
+    # simulation options outside OPTION_RANGES are still checked to be finite
+    with pytest.raises(ValueError, match="max_distance_kpc = inf: must be finite"):
+        SimulationConfig(max_distance_kpc=float("inf")).validate()
+    with pytest.raises(ValueError, match=r"mean_visits = nan: must be finite and in \[1, 100\]"):
+        SimulationConfig(mean_visits=float("nan")).validate()

@@ -361,3 +361,108 @@ def test_ingest_runs_without_dask_array_sparse_or_numba(mock: dict, tmp_path: Pa
     assert ds.sizes["spec"] == len(mock["files"])
     assert ds["flux"].encoding["compressors"][0].to_dict()["name"] == "blosc"
     _assert_same(_by_specid(out), _by_specid(mock["sim"]))
+
+
+def test_no_ingested_row_fails_with_the_reasons_and_leaves_the_store_incomplete(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mock: dict
+) -> None:
+    d = tmp_path / "junk"
+    d.mkdir()
+    for k in range(3):
+        (d / f"n{k}.fits").write_text("not a spectrum\n" * 300)
+    out = str(tmp_path / "empty.zarr")
+    rc = main(["ingest", str(d), "--table", mock["table"], "--out", out,
+               "--scheduler", "threads"])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert "no spectrum ingested from 3 files" in err and "3 x not a FITS file" in err
+    with pytest.raises(store.InvalidCubeError, match="not completely"):
+        store.open_cube(out)
+    assert set(pd.read_csv(tmp_path / "empty.ingest_report.csv")["status"]) == {"skipped"}
+
+
+def test_oversized_gzip_file_is_skipped_with_a_reason(mock: dict, tmp_path: Path) -> None:
+    import gzip
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for f in mock["files"][:3]:
+        shutil.copy(f, d / Path(f).name)
+    with gzip.open(d / "bomb.fits.gz", "wb", compresslevel=9) as fh:
+        for _ in range(3):
+            fh.write(bytes(1 << 20))
+    out = str(tmp_path / "b.zarr")
+    rc = main(["ingest", str(d), "--table", mock["table"], "--out", out, "--scheduler",
+               "threads", "--max-decompressed-mib", "2"])
+    assert rc == 0
+    rep = report_frame(out).set_index("path")
+    line = rep.loc[str(d / "bomb.fits.gz")]
+    assert line["status"] == "skipped" and "above the limit of 2 MiB" in line["reason"]
+    assert (rep["status"] != "skipped").sum() == 3
+    assert IngestConfig().max_decompressed_mib == 64
+    with pytest.raises(ValueError, match=r"max_decompressed_mib = nan: must be finite"):
+        IngestConfig(max_decompressed_mib=float("nan")).validate()
+
+
+def test_non_numeric_table_value_names_file_column_and_row(mock: dict, tmp_path: Path) -> None:
+    t = Table.read(mock["table"])
+    t["parallax"] = t["parallax"].astype(str)
+    t["parallax"][4] = "abc"
+    table = str(tmp_path / "typo.csv")
+    t.write(table)
+    with pytest.raises(ValueError) as err:
+        ingest(mock["files"][:2], table, str(tmp_path / "t.zarr"), config=CFG,
+               scheduler="threads")
+    assert str(err.value) == (f"{table}: column 'parallax', row 5: 'abc' is not a number "
+                              "(1 such rows)")
+    # empty and "nan" cells are missing values, not errors
+    t["parallax"][4] = ""
+    t["parallax"][5] = "NaN"
+    t.write(table, overwrite=True)
+    ingest(mock["files"][:2], table, str(tmp_path / "t2.zarr"), config=CFG, scheduler="threads")
+
+
+def test_duplicate_ids_and_negative_errors_are_flagged_and_summarised(
+    mock: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from astropy.table import vstack
+
+    t = Table.read(mock["table"])
+    first = int(t["obsid"][0])
+    t["parallax_error"][1] = -0.05
+    t = vstack([t, t[:1]])  # obsid of row 0 repeated
+    table = str(tmp_path / "dups.ecsv")
+    t.write(table)
+    out = str(tmp_path / "d.zarr")
+    rc = main(["ingest", *mock["files"], "--table", table, "--out", out, "--scheduler",
+               "threads"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    issues = summary["table_issues"]
+    assert any("1 rows repeat a obsid" in i and str(first) in i for i in issues), issues
+    assert any("1 rows with a negative parallax_error (e.g. row 2)" in i for i in issues)
+    rep = report_frame(out).set_index("obsid")
+    assert "duplicate_table_obsid" in rep.loc[first, "reason"]
+    assert "negative_parallax_error" in rep.loc[int(t["obsid"][1]), "reason"]
+    assert store.open_cube(out).attrs["ingest_runs"][-1]["table_issues"] == issues
+
+
+def test_gaia_archive_table_joins_without_a_column_map(shared_data: Path) -> None:
+    """The real Gaia DR3 x 2MASS table (archive column names) maps to the cube's names."""
+    from obpipe.io.tables import StarTable
+
+    path = shared_data / "hotstars_gaia_2mass" / "lamost_hot_stars_gaia_dr3_2mass.csv"
+    t = StarTable.from_file(path)
+    for name in ("gaia_id", "parallax", "parallax_error", "phot_g_mean_mag",
+                 "phot_bp_mean_mag", "phot_rp_mean_mag", "ruwe", "J", "H", "Ks",
+                 "phot_g_mean_mag_error", "fitsname"):
+        assert name in t.frame, name
+    assert t.join_key == "fitsname" and not t.problems and not t.issues
+    assert t.frame["gaia_id"].dtype == np.int64
+    assert t.frame["gaia_id"].iloc[0] == 182757146280176896  # no float round trip
+    meta = pd.DataFrame({"obsid": [1], "fitsname": ["spec-56266-GAC080N32V1_sp09-083.fits"],
+                         "ra": [np.nan], "dec": [np.nan]})
+    joined, flags = t.join(meta)
+    assert joined["Ks"][0] == pytest.approx(9.36) and flags == [[]]

@@ -393,3 +393,60 @@ def test_batch_rows_in_shared_memory_equal_the_sent_arrays(tmp_path: Path) -> No
     # a key this process does not hold (a worker elsewhere): the arrays are sent
     gone = lamost.process_file_batch(lamost.FileBatch(paths, {}, (shared.key, 0)))
     np.testing.assert_array_equal(gone["ivar"], sent["ivar"])
+
+
+def _gzip_of_zeros(path: Path, n_bytes: int) -> Path:
+    """A gzip bomb: ``n_bytes`` of zeros in a few kB (written in pieces, never whole)."""
+    piece = bytes(1 << 20)
+    with gzip.open(path, "wb", compresslevel=9) as fh:
+        for _ in range(n_bytes >> 20):
+            fh.write(piece)
+    return path
+
+
+def test_gzip_bomb_is_skipped_after_inflating_no_more_than_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file that inflates past ``max_bytes`` is skipped with a reason naming the limit,
+    and the inflater is never asked for (nor returns) more than the limit + 1 byte."""
+    bomb = _gzip_of_zeros(tmp_path / "bomb.fits.gz", 16 << 20)
+    assert bomb.stat().st_size < 100_000
+    produced: list[int] = []
+    real = lamost._inflate.decompressobj
+
+    class Spy:
+        def __init__(self, wbits: int) -> None:
+            self._d = real(wbits)
+
+        def decompress(self, data: bytes, *limit: int) -> bytes:
+            out = self._d.decompress(data, *limit)
+            produced.append(len(out))
+            return out
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._d, name)
+
+    monkeypatch.setattr(lamost._inflate, "decompressobj", Spy)
+    rec = lamost.process_file(str(bomb), max_bytes=1 << 20)
+    assert rec["status"] == "skipped"
+    assert "above the limit of 1 MiB" in rec["reason"] and "max_decompressed_mib" in \
+        rec["reason"]
+    assert produced and sum(produced) <= (1 << 20) + 1
+    # a plain file above the limit is skipped before it is read; below it, read as usual
+    good = _good_file(tmp_path)
+    small = lamost.process_file(str(good), max_bytes=good.stat().st_size - 1)
+    assert small["status"] == "skipped" and "file size" in small["reason"]
+    assert lamost.process_file(str(good), max_bytes=1 << 20)["status"] == "ok"
+
+
+def test_multi_member_gzip_and_padding_still_read(tmp_path: Path) -> None:
+    """The streamed inflate keeps what gzip accepts: several members, zero padding."""
+    raw = _good_file(tmp_path).read_bytes()
+    half = len(raw) // 2
+    two = tmp_path / "two.fits.gz"
+    two.write_bytes(gzip.compress(raw[:half]) + gzip.compress(raw[half:]) + bytes(512))
+    np.testing.assert_array_equal(read_lamost(two).flux, read_lamost(tmp_path / "good.fits").flux)
+    junk = tmp_path / "junk.fits.gz"
+    junk.write_bytes(gzip.compress(raw) + b"junk")
+    with pytest.raises(LamostFormatError, match="junk.fits.gz: truncated or corrupt gzip"):
+        read_lamost(junk)

@@ -39,7 +39,6 @@ imported after specutils).
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
 import io
 import logging
@@ -77,6 +76,10 @@ WAVE_RANGE_AA = (500.0, 100_000.0)
 Z_FAILED = -9999.0
 #: relative agreement needed to replace a float32 wavelength array by COEFF0/COEFF1
 COEFF_RTOL = 2e-6
+#: largest decompressed size of one input file (bytes) read by default: a LAMOST
+#: low-resolution spectrum is ~0.2 MB, 64 MiB leaves room for any real layout while a
+#: gzip bomb (1 MB inflating to 1 GiB) is skipped after 64 MiB of output
+DEFAULT_MAX_DECOMPRESSED_BYTES = 64 * 2**20
 
 
 class LamostFormatError(ValueError):
@@ -140,18 +143,49 @@ def checksum(raw: bytes) -> str:
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
-def _decompress(raw: bytes, path: str) -> bytes:
+def _too_large(path: str, what: str, max_bytes: int) -> LamostFormatError:
+    return LamostFormatError(path, f"{what} above the limit of {max_bytes / 2**20:g} MiB "
+                             "(ingest option max_decompressed_mib / --max-decompressed-mib)")
+
+
+def _decompress(raw: bytes, path: str, max_bytes: int | None = None) -> bytes:
+    """The FITS bytes of a file's raw bytes: gunzipped (every member) if gzip.
+
+    ``max_bytes``: largest decompressed size accepted. The stream is inflated with
+    that limit (``max_length``), so a gzip bomb stops after ``max_bytes`` + 1 bytes
+    of output instead of inflating fully; a larger file raises
+    :class:`LamostFormatError`. None: no limit.
+    """
     if raw[:2] != b"\x1f\x8b":
+        if max_bytes is not None and len(raw) > max_bytes:
+            raise _too_large(path, f"file size {len(raw)} bytes is", max_bytes)
         return raw
+    parts: list[bytes] = []
+    total = 0
+    data = raw
     try:
-        # one gzip member (the usual case): zlib(-ng) checks the CRC and length itself
-        d = _inflate.decompressobj(31)
-        out = d.decompress(raw)
-        if d.eof and not d.unused_data:
-            return out
-        return gzip.decompress(raw)  # several members (or truncated: raises)
+        while True:  # one gzip member per pass (usually one); zlib(-ng) checks CRC, length
+            d = _inflate.decompressobj(31)
+            if max_bytes is None:
+                out = d.decompress(data)
+            else:
+                out = d.decompress(data, max_bytes - total + 1)
+            total += len(out)
+            if max_bytes is not None and total > max_bytes:
+                raise _too_large(path, "decompressed size is", max_bytes)
+            if not d.eof:
+                raise LamostFormatError(path, "truncated or corrupt gzip stream (no end of "
+                                        "stream)")
+            parts.append(out)
+            data = d.unused_data
+            if not data.strip(b"\0"):  # end, or the zero padding gzip also accepts
+                break
+            if data[:2] != b"\x1f\x8b":
+                raise LamostFormatError(path, "truncated or corrupt gzip stream (trailing "
+                                        "bytes after the last member)")
     except (OSError, EOFError, zlib.error, _inflate.error) as exc:
         raise LamostFormatError(path, f"truncated or corrupt gzip stream ({exc})") from exc
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 # ------------------------------------------------------------------ fast FITS parse
@@ -524,13 +558,16 @@ def header_metadata(h: dict[str, Any], path: str) -> dict[str, Any]:
     }
 
 
-def parse_lamost(buf: bytes, path: str = "<bytes>", fast: bool = True) -> LamostSpectrum:
+def parse_lamost(buf: bytes, path: str = "<bytes>", fast: bool = True,
+                 max_bytes: int | None = DEFAULT_MAX_DECOMPRESSED_BYTES) -> LamostSpectrum:
     """Parse the (decompressed or gzipped) bytes of a LAMOST file. See :func:`read_lamost`.
 
     ``fast=False`` reads the HDUs with ``astropy.io.fits`` only (the fast parser
     gives the same spectrum, tested; for checks and for files it does not handle).
+    ``max_bytes``: largest decompressed size accepted (None: no limit); a larger file
+    raises :class:`LamostFormatError` without being inflated beyond it.
     """
-    buf = _decompress(buf, path)
+    buf = _decompress(buf, path, max_bytes)
     hdus = _hdus(buf, path, fast)
     primary_h, primary_data = hdus[0]
     table = next(
@@ -693,15 +730,23 @@ def to_grid(spec: LamostSpectrum, grid_aa: np.ndarray | None = None) -> GriddedS
 # ------------------------------------------------------- per-file work (ingest)
 
 
-def process_file(path: str, known_checksum: str | None = None) -> dict[str, Any]:
+def process_file(path: str, known_checksum: str | None = None,
+                 max_bytes: int | None = DEFAULT_MAX_DECOMPRESSED_BYTES) -> dict[str, Any]:
     """Read, check and grid one file; never raises for bad content.
 
     Returns a record: path, checksum, size, status ("ok", "skipped", "already"),
     reason, and for "ok" the metadata and the gridded flux/ivar/mask and flags.
+    ``max_bytes``: files larger than this once decompressed are skipped (a plain
+    file before it is read, a gzipped one as soon as its output passes the limit).
     """
     rec: dict[str, Any] = {"path": path, "checksum": "", "size": -1, "layout": "",
                            "status": "skipped", "reason": ""}
     try:
+        size = os.path.getsize(path)
+        if max_bytes is not None and size > max_bytes:
+            rec["size"] = size
+            rec["reason"] = _too_large(path, f"file size {size} bytes is", max_bytes).reason
+            return rec
         raw = read_bytes(path)
     except OSError as exc:
         rec["reason"] = f"cannot read file ({exc})"
@@ -712,7 +757,7 @@ def process_file(path: str, known_checksum: str | None = None) -> dict[str, Any]
         rec["status"] = "already"
         return rec
     try:
-        spec = parse_lamost(raw, path)
+        spec = parse_lamost(raw, path, max_bytes=max_bytes)
         gridded = to_grid(spec)
     except LamostFormatError as exc:
         rec["reason"] = exc.reason
@@ -727,9 +772,10 @@ def process_file(path: str, known_checksum: str | None = None) -> dict[str, Any]
     return rec
 
 
-def process_batch(paths: Sequence[str], known: Mapping[str, str]) -> list[dict[str, Any]]:
+def process_batch(paths: Sequence[str], known: Mapping[str, str],
+                  max_bytes: int | None = DEFAULT_MAX_DECOMPRESSED_BYTES) -> list[dict[str, Any]]:
     """:func:`process_file` over a batch; ``known`` maps path -> checksum already ingested."""
-    return [process_file(p, known.get(p)) for p in paths]
+    return [process_file(p, known.get(p), max_bytes) for p in paths]
 
 
 class SharedRows:
@@ -774,15 +820,18 @@ class FileBatch:
 
     ``shared``: (key of a :class:`SharedRows`, first slot) where the batch's gridded
     rows go when the worker shares that memory; it owns ``len(paths)`` slots from there.
+    ``max_bytes``: largest decompressed file size (see :func:`process_file`).
     """
 
-    __slots__ = ("known", "paths", "shared")
+    __slots__ = ("known", "max_bytes", "paths", "shared")
 
     def __init__(self, paths: Sequence[str], known: Mapping[str, str],
-                 shared: tuple[str, int] | None = None) -> None:
+                 shared: tuple[str, int] | None = None,
+                 max_bytes: int | None = DEFAULT_MAX_DECOMPRESSED_BYTES) -> None:
         self.paths = list(paths)
         self.known = dict(known)
         self.shared = shared
+        self.max_bytes = max_bytes
 
 
 def process_file_batch(batch: FileBatch) -> dict[str, Any]:
@@ -794,7 +843,7 @@ def process_file_batch(batch: FileBatch) -> dict[str, Any]:
     process, the rows are written there and ``"shared": (key, first slot, k)``
     replaces the arrays (:func:`attach_shared_rows` makes them views again).
     """
-    records = [process_file(p, batch.known.get(p)) for p in batch.paths]
+    records = [process_file(p, batch.known.get(p), batch.max_bytes) for p in batch.paths]
     ok = [r for r in records if r["status"] == "ok"]
     n_pix = ok[0]["flux"].size if ok else 0
     shared = _SHARED_ROWS.get(batch.shared[0]) if batch.shared else None
@@ -921,7 +970,7 @@ def _identify_lamost(origin: str, path: Any, fileobj: Any = None, *args: Any,
         elif isinstance(path, str | os.PathLike):
             raw = read_bytes(os.fspath(path))
             head = _decompress(raw[: 1 << 20] if raw[:2] != b"\x1f\x8b" else raw,
-                               os.fspath(path))[: BLOCK * 8]
+                               os.fspath(path), DEFAULT_MAX_DECOMPRESSED_BYTES)[: BLOCK * 8]
         else:
             return False
         return head.startswith(b"SIMPLE  =") and b"LAMOST" in head

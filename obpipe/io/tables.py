@@ -34,6 +34,7 @@ STANDARD_COLUMNS: dict[str, str] = {
     # identifiers and position
     "obsid": "obsid", "specid": "obsid", "combined_obsid": "obsid",
     "fitsname": "fitsname", "filename": "fitsname", "combined_file": "fitsname",
+    "fits_name": "fitsname",
     "ra": "ra", "dec": "dec", "raj2000": "ra", "dej2000": "dec", "ra_icrs": "ra",
     "de_icrs": "dec", "combined_ra_obs": "ra", "combined_dec_obs": "dec",
     # Gaia archive (DR2 / DR3 gaia_source)
@@ -224,6 +225,11 @@ def normalize_table(
                 rename[name] = target
                 taken.add(target)
     out = pd.DataFrame({new: df[old].to_numpy() for old, new in rename.items()})
+    for old, new in rename.items():  # text in a numeric column: name file, column, row
+        col = SPECTRUM_COLUMNS.get(new)
+        if (new == "obsid" or (col is not None and col.dtype != "str")) \
+                and not pd.api.types.is_numeric_dtype(out[new]):
+            out[new] = _numeric_column(out[new], source, old)
     for src, dst in _FLUX_OVER_ERROR.items():
         match = [c for c in df.columns if c.lower() == src]
         if dst not in out and match:
@@ -254,6 +260,24 @@ def normalize_table(
     return out, problems
 
 
+_MISSING_TEXT = {"", "nan", "null", "none", "--", "n/a", "na"}
+
+
+def _numeric_column(values: pd.Series, source: str, column: str) -> pd.Series:
+    """A text column of a numeric quantity as numbers; empty / "nan" / "null" cells are
+    missing (NaN). Raises :class:`TableError` naming the file, the column and the
+    (1-based data) row of the first cell that is not a number."""
+    text = values.astype(str).str.strip()
+    missing = text.str.lower().isin(_MISSING_TEXT)
+    numbers = pd.to_numeric(text.where(~missing, None), errors="coerce")
+    bad = np.flatnonzero(numbers.isna().to_numpy() & ~missing.to_numpy())
+    if bad.size:
+        k = int(bad[0])
+        raise TableError(f"{source}: column {column!r}, row {k + 1}: {values.iloc[k]!r} is not "
+                         f"a number ({bad.size} such rows)")
+    return numbers
+
+
 class StarTable:
     """A normalised star table ready to be joined to spectra.
 
@@ -277,6 +301,7 @@ class StarTable:
         self._lookups: dict[str, pd.Series] = {}
         self._values: dict[str, np.ndarray] = {}
         self.duplicates: list[str] = []
+        self._duplicate_ids: dict[str, set[Any]] = {}
         for key in ("obsid", "fitsname"):
             if key in self.frame:
                 dup = self.frame[key].duplicated(keep="first")
@@ -288,6 +313,27 @@ class StarTable:
                            "the first row of each is used")
                     log.warning(msg)
                     self.duplicates.append(msg)
+                    self._duplicate_ids[key] = set(self.frame.loc[dup, key].tolist())
+        #: error columns (cube names) with negative values -> table rows (0-based)
+        self.negative_errors: dict[str, np.ndarray] = {}
+        for name in self.frame.columns:
+            if name.endswith(("_err", "_error")) and self.frame[name].dtype.kind in "fiu":
+                rows = np.flatnonzero(self.frame[name].to_numpy(np.float64) < 0)
+                if rows.size:
+                    self.negative_errors[name] = rows
+                    log.warning("%s: %d rows with a negative %s (e.g. row %d); the rows "
+                                "matched to them are flagged negative_%s", source, rows.size,
+                                name, rows[0] + 1, name)
+
+    @property
+    def issues(self) -> list[str]:
+        """Table-level findings for the ingest report and summary: repeated ids,
+        negative errors (each names the file, the column and the count)."""
+        out = list(self.duplicates)
+        for name, rows in self.negative_errors.items():
+            out.append(f"{self.source}: {rows.size} rows with a negative {name} (e.g. row "
+                       f"{rows[0] + 1}); matched spectra are flagged negative_{name}")
+        return out
 
     @classmethod
     def from_file(
@@ -415,6 +461,15 @@ class StarTable:
                 flags[k].append("no_table_match")
             elif plx is not None and plx[k] < 0:
                 flags[k].append("negative_parallax")
+        for key, ids in self._duplicate_ids.items():  # matched on an id the table repeats
+            if how.size and key in self.frame:
+                values = self._column(key)
+                for k in np.flatnonzero((how == key) & hit):
+                    if values[rows[k]] in ids:
+                        flags[k].append(f"duplicate_table_{key}")
+        for name, bad in self.negative_errors.items():
+            for k in np.flatnonzero(np.isin(rows, bad) & hit):
+                flags[k].append(f"negative_{name}")
         out["_table_row"] = rows
         out["_match"] = how
         return out, flags
