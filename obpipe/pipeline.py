@@ -12,6 +12,7 @@ No science lives here: every stage's science is in its own module.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -24,10 +25,11 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from obpipe import __version__
-from obpipe.config import PipelineConfig, to_json
+from obpipe import __version__, provenance
+from obpipe.config import PipelineConfig, to_dict, to_json
 from obpipe.io import store
-from obpipe.products import products_path, stage_complete
+from obpipe.lock import products_lock
+from obpipe.products import invalidate_stage, products_path, stage_complete, temp_name
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,9 @@ class RunContext:
     force: bool = False
     options: dict[str, Any] = field(default_factory=dict)
     config: PipelineConfig = field(default_factory=PipelineConfig)
+    #: model files supplied with ``obpipe run --models DIR`` (copied into
+    #: ``PRODUCTS_DIR/models``): the stages that train them reuse them, never retrain
+    models_supplied: bool = False
 
     def __post_init__(self) -> None:
         self.options = {**self.config.stage_options(), **self.options}
@@ -186,19 +191,29 @@ def run_pipeline(
     force: bool = False,
     config: PipelineConfig | None = None,
     progress: bool = False,
+    models_dir: str | None = None,
+    allow_simulated_models: bool = False,
 ) -> dict[str, Any]:
-    """Run the selected stages in order; skip those already complete unless ``force``.
+    """Run the selected stages in order under the products directory's lock.
+
+    A stage is skipped when it is complete and its provenance key (its config section,
+    the survey's identity and the keys of the stages it read: :mod:`obpipe.provenance`)
+    equals the one recorded with its completion; a stage whose key changed, or one
+    downstream of a stage that ran in this run, is rerun from scratch (logged with what
+    changed). ``force`` reruns every selected stage.
 
     ``config``: the typed configuration (default: all defaults); ``stages`` and
     ``force`` given here win over ``config.run``. ``scheduler`` is what
     ``dask.compute`` gets (a local scheduler's name, or None for Dask's default, e.g.
     an active ``distributed.Client``; see :func:`obpipe.runtime.dask_scheduler`).
-    ``progress``: progress bars on stderr (:mod:`obpipe.runtime`). Returns, per stage,
-    its status ("done" / "skipped (complete)"), wall-clock ``seconds`` and the stage's
-    own report.
+    ``progress``: progress bars on stderr (:mod:`obpipe.runtime`). ``models_dir``:
+    trained model files to reuse (copied into ``PRODUCTS_DIR/models``; never
+    retrained); models trained on a simulated survey are refused for a real survey
+    unless ``allow_simulated_models`` (then recorded in the products and catalogs).
+    Raises :class:`obpipe.lock.ProductsLocked` if another run holds the directory.
+    Returns, per stage, its status ("done" / "skipped (complete)"), wall-clock
+    ``seconds`` and the stage's own report.
     """
-    from obpipe.runtime import dask_progress, show_progress, single_threaded_blas, stage_banner
-
     config = config or PipelineConfig()
     # workers resolve relative paths against their own working directory: make them absolute
     survey_path, products_dir = (p if "://" in p else os.path.abspath(p)
@@ -206,30 +221,254 @@ def run_pipeline(
     stages = stages or list(config.run.stages) or None
     force = force or config.run.force
     store.open_cube(survey_path)  # fail early, with the reason, on an invalid survey
-    ctx = RunContext(survey_path, products_dir, scheduler, force, config=config)
     selected = select_stages(stages)
+    with products_lock(products_dir):
+        ident = provenance.survey_identity(survey_path)
+        ctx = RunContext(survey_path, products_dir, scheduler, force, config=config,
+                         models_supplied=bool(models_dir))
+        if models_dir:
+            install_models(models_dir, products_dir)
+        simulated_models = check_models(products_dir, ident, allow_simulated_models)
+        return _run_stages(ctx, selected, ident, simulated_models, progress)
+
+
+def _run_stages(ctx: RunContext, selected: Sequence[Stage], ident: dict[str, Any],
+                simulated_models: list[str], progress: bool) -> dict[str, Any]:
+    from obpipe.runtime import dask_progress, show_progress, single_threaded_blas, stage_banner
+
     report: dict[str, Any] = {}
     prepared = False
-    with show_progress(progress), single_threaded_blas():
+    ran: set[str] = set()
+    records = provenance_records(ctx.products_dir)
+    with show_progress(progress), single_threaded_blas(), \
+            provenance.training_survey(ident):
         for i, stage in enumerate(selected, start=1):
             t0 = time.perf_counter()
-            if not force and stage.is_complete(ctx):
+            new = _stage_record(ctx, stage.name, ident, records)
+            rerun = _rerun_reason(ctx, stage, new, records.get(stage.name), ran)
+            if rerun is None:
+                if stage.name not in records:  # complete, made without a record: adopted
+                    log.warning("stage %s: complete without a provenance record; adopted "
+                                "under the current configuration", stage.name)
+                    _write_record(ctx, stage.name, {**new, "status": "complete",
+                                                    "adopted": True})
+                    records[stage.name] = new
                 log.info("stage %s: complete, skipped", stage.name)
                 report[stage.name] = {"status": "skipped (complete)",
                                       "seconds": time.perf_counter() - t0}
                 continue
+            run_ctx = ctx
+            if rerun:
+                log.warning("stage %s: rerun (%s)", stage.name, rerun)
+                if ctx.models_supplied and stage.name in MODEL_STAGES:
+                    invalidate_stage(ctx.products_dir, stage.name)  # supplied models kept
+                else:
+                    run_ctx = dataclasses.replace(ctx, force=True)
             log.info("stage %s: running", stage.name)
             stage_banner(i, len(selected), stage.name, stage.description)
+            if stage.name != "index":  # index rewrites the store (and its attributes)
+                _write_record(ctx, stage.name, {**new, "status": "running"})
             with dask_progress(stage.name):
-                result = stage.run(ctx)
+                result = stage.run(run_ctx)
+            new["finished_utc"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+            _write_record(ctx, stage.name, {**new, "status": "complete"})
+            records[stage.name] = new
+            ran.add(stage.name)
             report[stage.name] = {"status": "done", "seconds": time.perf_counter() - t0,
-                                  **result}
-            if stage.name == "index" or "obpipe_config" not in _products_attrs(ctx):
-                _record_config(ctx)
+                                  **({"rerun_because": rerun} if rerun else {}), **result}
+            _record_run(ctx, ident, simulated_models)
             if not prepared:  # once, after the first stage run: the products exist now
                 prepared = True
-                _prepare_later_stages(ctx, selected[i:], force)
+                _prepare_later_stages(ctx, selected[i:], ctx.force)
     return report
+
+
+#: the stages whose products each stage reads (its provenance upstream); a stage not
+#: listed here reads every earlier stage
+STAGE_READS: dict[str, tuple[str, ...]] = {
+    "index": (),
+    "normalize": ("index",),
+    "pca": ("index", "normalize"),
+    "emission": ("index", "normalize", "pca"),
+    "photometry": ("index",),
+    "luminosity": ("index", "pca", "emission", "photometry"),
+    "binary": ("index", "photometry", "luminosity"),
+    "distance": ("index", "photometry", "luminosity", "binary"),
+    "catalog": ("index", "pca", "emission", "photometry", "luminosity", "binary",
+                "distance"),
+}
+#: stages that train model files (PRODUCTS_DIR/models/...): with ``--models`` they reuse
+#: the supplied files and never retrain
+MODEL_STAGES = ("pca", "luminosity")
+#: products root attribute of a stage's provenance record
+RECORD_ATTR = "provenance_{}"
+
+
+def stage_reads(name: str) -> tuple[str, ...]:
+    """The stages ``name`` reads (:data:`STAGE_READS`; every earlier one if unlisted)."""
+    if name in STAGE_READS:
+        return STAGE_READS[name]
+    names = stage_names()
+    return tuple(names[: names.index(name)]) if name in names else ()
+
+
+def stage_config_section(ctx: RunContext, name: str) -> Any:
+    """The configuration a stage runs with (what its provenance key hashes)."""
+    cfg = ctx.config
+    if name == "index":
+        return {}
+    if name == "normalize":
+        return {"continuum_kernel_aa": cfg.spectral.continuum_kernel_aa}
+    if name in ("pca", "emission"):
+        return to_dict(cfg.spectral)
+    if name in ctx.options:
+        return ctx.options[name]
+    section = getattr(cfg, name, None)
+    return to_dict(section) if section is not None else {}
+
+
+def _stage_record(ctx: RunContext, name: str, ident: dict[str, Any],
+                  records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    section = stage_config_section(ctx, name)
+    if ctx.models_supplied and name in MODEL_STAGES:
+        section = {"models_supplied": _model_checksums(ctx.products_dir)}
+    upstream = {u: str(records.get(u, {}).get("key", "")) for u in stage_reads(name)}
+    return {"key": provenance.stage_key(section, ident["id"], upstream),
+            "config_hash": provenance.digest(section), "config": section,
+            "survey": ident["id"], "upstream": upstream, "obpipe_version": __version__}
+
+
+def _rerun_reason(ctx: RunContext, stage: Stage, new: dict[str, Any],
+                  old: dict[str, Any] | None, ran: set[str]) -> str | None:
+    """None: skip (complete, same provenance); "": run (not complete, resume);
+    otherwise run from scratch, for the reason returned."""
+    if ctx.force:
+        return "--force"
+    upstream_ran = [u for u in stage_reads(stage.name) if u in ran]
+    if upstream_ran:
+        return f"upstream stage(s) {', '.join(upstream_ran)} rerun in this run"
+    if old is not None and old.get("key") != new["key"]:
+        changed = []
+        if old.get("survey") != new["survey"]:
+            changed.append(f"survey changed ({old.get('survey')} -> {new['survey']})")
+        if old.get("config_hash") != new["config_hash"]:
+            diff = _diff_keys(old.get("config"), new["config"])
+            changed.append(f"config changed ({diff})")
+        ups = [u for u in new["upstream"] if old.get("upstream", {}).get(u)
+               != new["upstream"][u]]
+        if ups:
+            changed.append(f"upstream stage(s) {', '.join(ups)} changed")
+        return "; ".join(changed) or "provenance changed"
+    if stage.is_complete(ctx):
+        return None
+    return ""
+
+
+def _diff_keys(old: Any, new: Any, prefix: str = "") -> str:
+    """Names of the options that differ between two config sections (dicts)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return prefix.rstrip(".") or "section"
+    names = []
+    for k in sorted(set(old) | set(new)):
+        if provenance.digest(old.get(k)) != provenance.digest(new.get(k)):
+            sub = _diff_keys(old.get(k), new.get(k), f"{prefix}{k}.")
+            names.append(sub)
+    return ", ".join(names) or "section"
+
+
+def provenance_records(products_dir: str) -> dict[str, dict[str, Any]]:
+    """Stage name -> provenance record, from the products' root attributes."""
+    try:
+        attrs = dict(xr.open_zarr(products_path(products_dir),
+                                  consolidated=store.CONSOLIDATED).attrs)
+    except (FileNotFoundError, OSError, ValueError, KeyError):
+        return {}
+    prefix = RECORD_ATTR.format("")
+    return {k[len(prefix):]: v for k, v in attrs.items()
+            if k.startswith(prefix) and isinstance(v, dict)}
+
+
+def _write_record(ctx: RunContext, name: str, record: dict[str, Any]) -> None:
+    store.update_attrs(ctx.products_path, {RECORD_ATTR.format(name): record})
+
+
+def _record_run(ctx: RunContext, ident: dict[str, Any], simulated_models: list[str]) -> None:
+    """The run's effective configuration, the survey's identity and, if any, the
+    simulated-survey models applied to a real survey, in the products' root attributes
+    (each stage's own record holds the section it ran with)."""
+    try:
+        store.update_attrs(ctx.products_path, {
+            "obpipe_config": to_json(ctx.config), "survey_identity": ident,
+            "simulated_models": simulated_models})
+    except (FileNotFoundError, OSError, ValueError, KeyError) as exc:
+        log.warning("configuration not recorded in %s: %s", ctx.products_path, exc)
+
+
+# ------------------------------------------------------------------ model files
+def model_files(products_dir: str) -> list[str]:
+    """The model files of a products directory (those that exist), by name."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(os.path.join(products_dir, MODELS_DIR))
+    if not fs.exists(root):
+        return []
+    names = sorted(os.path.basename(p) for p in fs.ls(root, detail=False))
+    return [os.path.join(products_dir, MODELS_DIR, n) for n in names
+            if n.endswith(MODEL_SUFFIXES)]
+
+
+MODELS_DIR = "models"
+MODEL_SUFFIXES = (".npz", ".safetensors", ".pt")
+
+
+def _model_checksums(products_dir: str) -> dict[str, str]:
+    import hashlib
+
+    out = {}
+    for path in model_files(products_dir):
+        with store.open_file(path, "rb") as fh:
+            out[os.path.basename(path)] = hashlib.blake2b(fh.read(), digest_size=16).hexdigest()
+    return out
+
+
+def install_models(models_dir: str, products_dir: str) -> list[str]:
+    """Copy the model files of ``models_dir`` (a products directory or its ``models/``)
+    into ``PRODUCTS_DIR/models`` for reuse (logged); error if there are none."""
+    root = models_dir.rstrip("/")
+    if os.path.basename(root) == MODELS_DIR:
+        root = os.path.dirname(root)
+    found = model_files(root)
+    if not found:
+        raise FileNotFoundError(f"{models_dir}: no model files (*.npz, *.safetensors) in "
+                                f"{os.path.join(root, MODELS_DIR)}")
+    dst_dir = os.path.join(products_dir, MODELS_DIR)
+    store.makedirs(dst_dir)
+    copied = []
+    for path in found:
+        dst = os.path.join(dst_dir, os.path.basename(path))
+        if store.absolute(path) != store.absolute(dst):
+            tmp = temp_name(dst)
+            store.copy_file(path, tmp)
+            store.replace(tmp, dst)
+        copied.append(dst)
+    log.warning("reusing %d model file(s) from %s: %s", len(copied), models_dir,
+                ", ".join(os.path.basename(p) for p in copied))
+    return copied
+
+
+def check_models(products_dir: str, survey: dict[str, Any], allow_simulated: bool
+                 ) -> list[str]:
+    """Check every model file that this run may apply (:func:`provenance.
+    check_model_for_survey`); returns those trained on a simulated survey that a real
+    survey uses (allowed by ``allow_simulated``)."""
+    used = []
+    for path in model_files(products_dir):
+        meta = provenance.model_file_metadata(path)
+        if provenance.check_model_for_survey(meta, path, survey, allow_simulated):
+            log.warning("%s: trained on a simulated survey, applied to the real survey %s "
+                        "(--allow-simulated-models)", path, survey.get("path"))
+            used.append(os.path.basename(path))
+    return used
 
 
 def _prepare_later_stages(ctx: RunContext, later: Sequence[Stage], force: bool) -> None:
@@ -245,14 +484,6 @@ def _prepare_later_stages(ctx: RunContext, later: Sequence[Stage], force: bool) 
         except Exception as exc:  # an optimisation only: the stage starts it itself
             log.warning("stage %s: prepare failed (%s); it starts when the stage runs",
                         stage.name, exc)
-
-
-def _record_config(ctx: RunContext) -> None:
-    """Provenance: the configuration of the run in the products' root attributes."""
-    try:
-        store.update_attrs(ctx.products_path, {"obpipe_config": to_json(ctx.config)})
-    except (FileNotFoundError, OSError, ValueError, KeyError) as exc:
-        log.warning("configuration not recorded in %s: %s", ctx.products_path, exc)
 
 
 #: Fractions in the run summary: name -> (product variable, value counted), spectra with
@@ -330,6 +561,12 @@ def summarize_run(
             fractions["broken"] = round(float(np.mean((q & QUALITY_BITS["broken"]) > 0)), 4)
         summary["fractions"] = fractions
         summary["products_variables"] = len(prods.data_vars)
+        attrs = prods.attrs
+        summary["survey_identity"] = attrs.get("survey_identity")
+        summary["config"] = (json.loads(attrs["obpipe_config"]) if "obpipe_config" in attrs
+                             else None)
+        summary["provenance"] = provenance_records(products_dir)
+        summary["simulated_models"] = list(attrs.get("simulated_models", []))
     summary["files"] = {
         "products_store": products_path(products_dir),
         "catalogs": _list_files(products_dir, "catalog*"),

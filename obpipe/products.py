@@ -15,6 +15,11 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
+import sys
+import threading
+import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -189,6 +194,98 @@ def _mark_block(products_dir: str, stage: str, index: int) -> None:
     grp[_blocks_var(stage)][index] = True
 
 
+def invalidate_stage(products_dir: str, stage: str) -> None:
+    """Forget that ``stage`` was (partly) written: its block register and completion mark
+    go, so that its next run computes every block again."""
+    path = products_path(products_dir)
+    grp = _group(path)
+    if _blocks_var(stage) in grp:
+        del grp[_blocks_var(stage)]
+    store.update_attrs(path, {f"stage_{stage}_complete": False})
+
+
+def temp_name(path: str) -> str:
+    """A unique temporary name next to ``path`` (same extension) to write a file under
+    before :func:`obpipe.io.store.replace` publishes it: concurrent writers never share
+    a temporary file, and a failed write leaves ``path`` as it was."""
+    root, ext = os.path.splitext(path)
+    return f"{root}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}"
+
+
+# ------------------------------------------------------------------ driver liveness
+#: (host, pid, process start time) of a driver process
+DriverToken = tuple[str, int, float | None]
+
+
+def _process_start(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return float(psutil.Process(pid).create_time())
+    except Exception:  # gone, or not ours to look at
+        return None
+
+
+def driver_token() -> DriverToken:
+    """This process as the driver of the blocks it submits."""
+    return (socket.gethostname(), os.getpid(), _process_start(os.getpid()))
+
+
+def driver_alive(token: DriverToken) -> bool:
+    """False only when the driver is known to be gone: a process on this host that no
+    longer runs (or whose pid now belongs to another process). A driver on another host
+    (a distributed cluster) cannot be checked from here and counts as alive."""
+    host, pid, start = token
+    if host != socket.gethostname() or pid == os.getpid():
+        return True
+    now = _process_start(pid)
+    if now is None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return start is None or abs(now - start) < 1.0
+
+
+_WATCHED: set[DriverToken] = set()
+_WATCH_LOCK = threading.Lock()
+#: how often a worker process checks that its driver lives, seconds
+DRIVER_POLL_S = 0.5
+
+
+def _exit_orphan(token: DriverToken, what: str) -> None:
+    print(f"obpipe worker {os.getpid()}: driver pid {token[1]} is gone; exiting ({what})",
+          file=sys.stderr, flush=True)
+    os._exit(70)
+
+
+def _watch_driver(token: DriverToken) -> None:
+    """In a worker process (not the driver): a daemon thread that ends the process once
+    the driver is gone, so that pool workers never outlive a killed ``obpipe run``."""
+    if token[1] == os.getpid() or token in _WATCHED:
+        return
+    with _WATCH_LOCK:
+        if token in _WATCHED:
+            return
+        _WATCHED.add(token)
+
+    def watch() -> None:
+        while driver_alive(token):
+            time.sleep(DRIVER_POLL_S)
+        _exit_orphan(token, "watchdog")
+
+    threading.Thread(target=watch, name="obpipe-driver-watch", daemon=True).start()
+
+
+def _commit_guard(token: DriverToken | None) -> None:
+    """Before a block is committed: exit (committing nothing) if the driver is gone."""
+    if token is not None and not driver_alive(token):
+        _exit_orphan(token, "block not committed")
+
+
 def _run_one_block(
     block_fn: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
     survey_path: str,
@@ -200,7 +297,10 @@ def _run_one_block(
     survey_vars: Sequence[str],
     product_vars: Sequence[str],
     output_names: Sequence[str],
+    driver: DriverToken | None = None,
 ) -> int:
+    if driver is not None:
+        _watch_driver(driver)
     inputs = read_block(survey_path, products_dir, start, stop, survey_vars, product_vars)
     result = block_fn(inputs)
     missing = set(output_names) - set(result)
@@ -210,7 +310,9 @@ def _run_one_block(
     if any(n != stop - start for n in rows.values()):
         raise ValueError(f"stage {stage}: block {index} returned {rows} rows, "
                          f"expected {stop - start} (one per input spectrum)")
+    _commit_guard(driver)
     write_products_block(products_dir, start, {k: result[k] for k in output_names})
+    _commit_guard(driver)
     _mark_block(products_dir, stage, index)
     return stop - start
 
@@ -239,13 +341,14 @@ def run_blockwise_stage(
         del grp[_blocks_var(stage)]
     ensure_outputs(products_dir, stage, outputs, n_spec, chunk)
     done = _group(products_path(products_dir))[_blocks_var(stage)][:]
+    driver = driver_token()
     tasks = []
     for index, (start, stop) in enumerate(block_bounds(n_spec, chunk)):
         if done[index] and not force:
             continue
         tasks.append(dask.delayed(_run_one_block)(
             block_fn, survey_path, products_dir, stage, index, start, stop,
-            tuple(survey_vars), tuple(product_vars), tuple(outputs),
+            tuple(survey_vars), tuple(product_vars), tuple(outputs), driver,
             dask_key_name=f"{stage}-block-{index}",
         ))
     kwargs = {"scheduler": scheduler} if scheduler else {}

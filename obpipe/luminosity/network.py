@@ -44,9 +44,9 @@ train without the bias of the magnitude of a noisy parallax; variance
 ``sigma_fakemag^2 + (0.2 ln10 10^(0.2 M) floor)^2`` (:func:`fakemag_from_parallax`).
 
 Training is seeded, uses Adam, runs on the CPU unless ``device="auto"`` finds a GPU.
-A model is saved with ``torch.save`` as a dict of tensors plus a JSON metadata string
-and loaded without torch by a restricted reader of that zip format
-(:mod:`obpipe.luminosity.torchfile`; no pickled objects, like ``weights_only=True``).
+A model is saved as a safetensors file (named arrays; the JSON metadata, with the
+training survey and obpipe version, in its header) and loaded with ``safetensors``'
+numpy API: no pickle, no torch.
 Prediction is a pure numpy forward pass (dropout off), so Dask workers need neither
 torch threads nor a GPU.
 """
@@ -82,6 +82,8 @@ RECON_MAX_DEVIATION = 2.0
 N_HIDDEN = 100
 DROPOUT = 0.2
 FORMAT_VERSION = 2
+#: the ``format`` entry of a network file's safetensors header
+NETWORK_FILE_FORMAT = "obpipe-mks-network"
 _K_MAG = 0.2 * math.log(10.0)
 #: the binary mixture of the loss: Delta M_Ks of a binary system uniform up to the
 #: equal-mass offset 2.5 log10(2), on a grid of nodes
@@ -301,71 +303,73 @@ class MKsNetwork:
 
     # ------------------------------------------------------------------ io
     def save(self, path: str) -> None:
-        """Write the model (tensors + JSON metadata; loadable with ``weights_only=True``)."""
-        import torch
+        """Write the model as a safetensors file (``safetensors.numpy``): the arrays as
+        tensors, the metadata in the header (``meta_json``, including
+        :func:`obpipe.provenance.model_metadata`: obpipe version and training survey).
+        Read without torch (:meth:`load`); ``path``: a local path or an fsspec URL."""
+        from safetensors.numpy import save
 
-        payload: dict[str, Any] = {
-            f"weights.{k}": torch.from_numpy(np.ascontiguousarray(v))
-            for k, v in self.weights.items()
-        }
-        payload["x_mean"] = torch.from_numpy(self.x_mean)
-        payload["x_std"] = torch.from_numpy(self.x_std)
-        payload["y_mean"] = torch.tensor(self.y_mean, dtype=torch.float64)
-        payload["y_std"] = torch.tensor(self.y_std, dtype=torch.float64)
-        if self.pixel_mask is not None:
-            payload["pixel_mask"] = torch.from_numpy(self.pixel_mask.astype(np.uint8))
-        if self.projection is not None:
-            payload["projection"] = torch.from_numpy(np.ascontiguousarray(self.projection))
-            payload["projection_mean"] = torch.from_numpy(self.projection_mean)
-        payload["meta_json"] = json.dumps(self.meta, default=_json_default)
-        payload["format_version"] = FORMAT_VERSION
+        from obpipe import provenance
         from obpipe.io import store
 
+        tensors: dict[str, np.ndarray] = {
+            f"weights.{k}": np.ascontiguousarray(v) for k, v in self.weights.items()}
+        tensors["x_mean"] = np.ascontiguousarray(self.x_mean)
+        tensors["x_std"] = np.ascontiguousarray(self.x_std)
+        tensors["y_mean"] = np.array([self.y_mean], dtype=np.float64)
+        tensors["y_std"] = np.array([self.y_std], dtype=np.float64)
+        if self.pixel_mask is not None:
+            tensors["pixel_mask"] = self.pixel_mask.astype(np.uint8)
+        if self.projection is not None:
+            tensors["projection"] = np.ascontiguousarray(self.projection)
+            tensors["projection_mean"] = np.ascontiguousarray(self.projection_mean)
+        self.meta = provenance.stamped(self.meta)
+        header = {"format": NETWORK_FILE_FORMAT, "format_version": str(FORMAT_VERSION),
+                  "meta_json": json.dumps(self.meta, default=_json_default)}
         with store.open_file(path, "wb") as fh:  # a local path or an fsspec URL
-            torch.save(payload, fh)
+            fh.write(save(tensors, metadata=header))
 
     @classmethod
     def load(cls, path: str) -> MKsNetwork:
-        """Read a model written by :meth:`save`, without importing torch
-        (:func:`obpipe.luminosity.torchfile.load_torch_file`, as restricted as
-        ``torch.load(weights_only=True)``, which reads any other torch file layout).
+        """Read a model written by :meth:`save` (no torch, no pickle). A file with an
+        inconsistent header (shapes, offsets), another format, or a legacy torch ``.pt``
+        file raises :class:`obpipe.provenance.ModelFileError` naming it and saying how to
+        retrain."""
+        from obpipe import provenance
 
-        Format 1 files (one network, ``nn.Linear`` weight layout) load as a one-member
-        ensemble."""
-        from obpipe.io import store
-        from obpipe.luminosity.torchfile import TorchFileError, load_torch_file
-
-        with store.open_file(path, "rb") as fh:  # a local path or an fsspec URL
-            try:
-                data = load_torch_file(fh)
-            except TorchFileError:
-                import torch
-
-                fh.seek(0)
-                data = torch.load(fh, map_location="cpu", weights_only=True)
-                data = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in data.items()}
-        version = int(data.get("format_version", -1))
-        if version not in (1, FORMAT_VERSION):
-            raise ValueError(f"{path}: not an obpipe M_Ks network (format "
-                             f"{data.get('format_version')!r})")
-        weights = {k.removeprefix("weights."): np.asarray(v) for k, v in data.items()
+        tensors, header = provenance.read_safetensors(path)
+        if header.get("format") != NETWORK_FILE_FORMAT or header.get(
+                "format_version") != str(FORMAT_VERSION):
+            raise provenance.ModelFileError(
+                f"{path}: not an obpipe M_Ks network (format {header.get('format')!r}, "
+                f"version {header.get('format_version')!r}; expected "
+                f"{NETWORK_FILE_FORMAT!r} version {FORMAT_VERSION})")
+        weights = {k.removeprefix("weights."): v for k, v in tensors.items()
                    if k.startswith("weights.")}
-        if version == 1:
-            weights = {"l1.weight": weights["l1.weight"].T[None],
-                       "l1.bias": weights["l1.bias"][None],
-                       "l2.weight": weights["l2.weight"].T[None],
-                       "l2.bias": weights["l2.bias"][None],
-                       "out.weight": weights["out.weight"][:1],
-                       "out.bias": weights["out.bias"][:1]}
-        mask = data.get("pixel_mask")
-        proj = data.get("projection")
-        return cls(weights, np.asarray(data["x_mean"]), np.asarray(data["x_std"]),
-                   float(data["y_mean"]), float(data["y_std"]),
-                   None if mask is None else np.asarray(mask).astype(bool),
-                   json.loads(data["meta_json"]),
-                   projection=None if proj is None else np.asarray(proj),
-                   projection_mean=None if proj is None else np.asarray(
-                       data["projection_mean"]))
+        need = {"l1.weight": 3, "l1.bias": 2, "l2.weight": 3, "l2.bias": 2,
+                "out.weight": 2, "out.bias": 1}
+        bad = [f"{k} (ndim {weights[k].ndim}, expected {n})" if k in weights else
+               f"{k} (missing)" for k, n in need.items()
+               if k not in weights or weights[k].ndim != n]
+        for k in ("x_mean", "x_std", "y_mean", "y_std"):
+            if k not in tensors:
+                bad.append(f"{k} (missing)")
+        if not bad:
+            k_, n_in, h = weights["l1.weight"].shape
+            shapes = {"l1.bias": (k_, h), "l2.weight": (k_, h, h), "l2.bias": (k_, h),
+                      "out.weight": (k_, h), "out.bias": (k_,)}
+            bad = [f"{k} shape {weights[k].shape}, expected {v}" for k, v in shapes.items()
+                   if weights[k].shape != v]
+        if bad:
+            raise provenance.ModelFileError(f"{path}: inconsistent network tensors: "
+                                            + "; ".join(bad))
+        mask = tensors.get("pixel_mask")
+        proj = tensors.get("projection")
+        return cls(weights, tensors["x_mean"], tensors["x_std"],
+                   float(tensors["y_mean"][0]), float(tensors["y_std"][0]),
+                   None if mask is None else mask.astype(bool),
+                   json.loads(header.get("meta_json", "{}")),
+                   projection=proj, projection_mean=tensors.get("projection_mean"))
 
 
 def _json_default(obj: Any) -> Any:

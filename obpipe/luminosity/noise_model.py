@@ -199,12 +199,15 @@ class NoiseModelResult:
         }
 
     def save(self, path: str) -> None:
-        """Write an ``.npz`` (plain arrays + JSON metadata; read with allow_pickle=False).
+        """Write an ``.npz`` (plain arrays + JSON metadata with the obpipe version and the
+        training survey, :func:`obpipe.provenance.stamped`; read with allow_pickle=False).
 
         ``path``: a local path (numpy adds ``.npz`` if it lacks it) or an fsspec URL
         (written as named)."""
+        from obpipe import provenance
         from obpipe.io import store
 
+        self.meta = provenance.stamped(self.meta)
         if store.is_url(path):
             with store.open_file(path, "wb") as fh:
                 self._savez(fh)

@@ -7,8 +7,8 @@
        ``MKs_geo(_err)``, ``Ks0(_err)``, ``parallax_corrected(_error)``, S/N;
     2. trains networks (a) and (b) with two binary-cleaning iterations and samples
        the noise model (:mod:`obpipe.luminosity.training`);
-    3. writes ``PRODUCTS_DIR/models/mks_network_{a,b}.pt`` (tensors + JSON metadata,
-       ``torch.load(weights_only=True)``), ``noise_model_{a,b}.npz``,
+    3. writes ``PRODUCTS_DIR/models/mks_network_{a,b}.safetensors`` (tensors, JSON
+       metadata in the header), ``noise_model_{a,b}.npz``,
        ``luminosity_training.json`` and figures ``fig5_mks_spec_vs_geo.png``,
        ``fig8_noise_model_{a,b}.png``; a rerun finds the files and skips training;
     4. maps :func:`luminosity_block` over the cube with
@@ -72,6 +72,7 @@ from obpipe.products import (
     products_path,
     run_blockwise_stage,
     stage_complete,
+    temp_name,
     write_products_block,
 )
 
@@ -81,7 +82,7 @@ STAGE = "luminosity"
 BINARY_STAGE = "binary"
 SETS_STAGE = "luminosity_sets"
 MODEL_DIR = "models"
-NETWORK_FILES = {"a": "mks_network_a.pt", "b": "mks_network_b.pt"}
+NETWORK_FILES = {"a": "mks_network_a.safetensors", "b": "mks_network_b.safetensors"}
 NOISE_FILES = {"a": "noise_model_a.npz", "b": "noise_model_b.npz"}
 REPORT_FILE = "luminosity_training.json"
 MODEL_CODES = {"a": 0, "b": 1}
@@ -246,11 +247,11 @@ def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = 
     for m, path in _model_paths(ctx.products_dir).items():
         res.networks[m].meta.update({"products": store.absolute(ctx.products_dir),
                                      "survey_seed": survey.attrs.get("seed", -1)})
-        tmp = path + ".tmp"
+        tmp = temp_name(path)
         res.networks[m].save(tmp)
         store.replace(tmp, path)
     for m, path in _noise_paths(ctx.products_dir).items():
-        tmp = path + ".tmp.npz"
+        tmp = temp_name(path)
         res.noise[m].save(tmp)
         store.replace(tmp, path)
     # set membership, written as one product column

@@ -460,9 +460,12 @@ class PCAModel:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: str) -> None:
-        """Write an ``.npz`` to a local path or an fsspec URL."""
+        """Write an ``.npz`` to a local path or an fsspec URL; the JSON metadata records
+        the obpipe version and the training survey (:func:`obpipe.provenance.stamped`)."""
+        from obpipe import provenance
         from obpipe.io import store
 
+        self.meta = provenance.stamped(self.meta)
         arrays = {**self.full.arrays("full_"), **self.clean.arrays("clean_"),
                   "meta": np.array(json.dumps(self.meta)), "wave": wavelength_grid()}
         with store.open_file(path, "wb") as fh:

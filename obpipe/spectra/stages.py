@@ -37,6 +37,7 @@ from obpipe.products import (
     products_path,
     run_blockwise_stage,
     stage_complete,
+    temp_name,
 )
 from obpipe.spectra import emission, normalize, pca
 
@@ -84,11 +85,24 @@ NORMALIZE_OUTPUTS = {
 }
 
 
+#: rows of a block are normalised in whole groups of this many (the last one padded with
+#: empty rows): BLAS rounds a matrix product's edge rows differently from its full tiles,
+#: so without padding a spectrum's norm_flux would depend on its place in its block
+#: (last-bit differences that the PCA fit amplifies): the same spectrum now gives the same
+#: bits under any chunking
+ROW_TILE = 16
+
+
 def normalize_block(inputs: dict[str, np.ndarray], width_aa: float) -> dict[str, np.ndarray]:
     reuse_block_buffers()
-    with threadpool_limits(1):
-        nf, ni = normalize.normalize(inputs["flux"], inputs["ivar"], inputs["mask"], width_aa)
-    return {"norm_flux": nf, "norm_ivar": ni}
+    n = inputs["flux"].shape[0]
+    pad = -n % ROW_TILE
+    arrays = [inputs[k] for k in ("flux", "ivar", "mask")]
+    if pad:  # empty rows: ivar 0 (no weight), NaN-free
+        arrays = [np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)]) for a in arrays]
+    with threadpool_limits(1), np.errstate(invalid="ignore", divide="ignore"):
+        nf, ni = normalize.normalize(*arrays, width_aa)
+    return {"norm_flux": nf[:n], "norm_ivar": ni[:n]}
 
 
 @_releases_heap
@@ -164,11 +178,17 @@ def pca_block(inputs: dict[str, np.ndarray], model_path: str, prior: bool
         return pca_statistics(model, inputs["norm_flux"], inputs["norm_ivar"], prior)
 
 
-def select_training(snr: np.ndarray, min_snr: float, max_train: int, seed: int) -> np.ndarray:
-    """Indices of training spectra: S/N >= min_snr, a seeded random subset of max_train."""
+def select_training(snr: np.ndarray, min_snr: float, max_train: int, seed: int,
+                    specid: np.ndarray | None = None) -> np.ndarray:
+    """Indices of training spectra: S/N >= min_snr, a seeded random subset of max_train,
+    in ``specid`` order (chosen among the candidates sorted by ``specid``): the same
+    spectra in the same order however the survey's rows are stored or chunked."""
     idx = np.flatnonzero(np.nan_to_num(snr, nan=-1.0) >= min_snr)
+    if specid is not None:
+        idx = idx[np.argsort(np.asarray(specid)[idx], kind="stable")]
     if idx.size > max_train:
-        idx = np.sort(np.random.default_rng(seed).choice(idx, max_train, replace=False))
+        pick = np.sort(np.random.default_rng(seed).choice(idx.size, max_train, replace=False))
+        idx = idx[pick]
     return idx
 
 
@@ -216,24 +236,31 @@ def run_pca(ctx: Any, cfg: SpectralConfig | None = None) -> dict[str, Any]:
     cfg = cfg or SpectralConfig()
     model_path = os.path.join(ctx.products_dir, MODEL_FILE)
     report: dict[str, Any] = {}
-    if getattr(ctx, "force", False) and store.exists(model_path):
-        store.remove(model_path)
-    if not store.exists(model_path):
+    # --force refits (unless the model was supplied with --models); the model file is
+    # replaced only once a new one is written completely: a failed refit leaves it as it was
+    refit = getattr(ctx, "force", False) and not getattr(ctx, "models_supplied", False)
+    if refit or not store.exists(model_path):
         survey = store.open_cube(ctx.survey_path)
         prods = open_products(ctx.products_dir)
+        specid = survey["specid"].values
         train = select_training(survey["snr_g"].values, cfg.train_min_snr, cfg.max_train,
-                                cfg.seed)
+                                cfg.seed, specid=specid)
         if train.size < 2 * cfg.n_components:
-            raise ValueError(f"{ctx.survey_path}: only {train.size} spectra with S/N >= "
-                             f"{cfg.train_min_snr}; need {2 * cfg.n_components} to fit K = "
-                             f"{cfg.n_components} components")
-        nf = prods["norm_flux"].isel(spec=train).values
-        ni = prods["norm_ivar"].isel(spec=train).values
+            raise ValueError(
+                f"{ctx.survey_path}: only {train.size} spectra with S/N >= "
+                f"{cfg.train_min_snr} (snr_g); the PCA needs at least "
+                f"{2 * cfg.n_components} to fit K = {cfg.n_components} components. Use "
+                "trained models instead: `obpipe run ... --models DIR` (DIR: the products "
+                "directory of a run on a larger survey)")
+        rows = np.sort(train)  # read in store order, then put in specid order
+        pos = np.searchsorted(rows, train)
+        nf = prods["norm_flux"].isel(spec=rows).values[pos]
+        ni = prods["norm_ivar"].isel(spec=rows).values[pos]
         selection = {"min_snr": cfg.train_min_snr, "n_candidates": int(train.size),
-                     "specid_first": int(survey["specid"].values[train[0]])}
+                     "order": "specid", "specid_first": int(specid[train[0]])}
         model, report = fit_pca_model(nf, ni, survey["snr_g"].values[train], cfg, selection)
         store.makedirs(os.path.dirname(model_path))
-        tmp = model_path + ".tmp"
+        tmp = temp_name(model_path)
         model.save(tmp)
         store.replace(tmp, model_path)
         report["n_train"] = int(train.size)
