@@ -91,7 +91,7 @@ def reuse_block_buffers() -> bool:
     faulting in and zeroing fresh ones; the resident memory is higher by about two
     blocks' buffers per thread but does not grow with the number of blocks, and
     :func:`release_free_heap` hands it back at the end of a stage
-    (``tests/test_memory.py``). Called by every block (it applies the settings only when
+    (``benchmarks/memory_policy.py``). Called by every block (it applies the settings only when
     another policy is in force).
     """
     global _policy
