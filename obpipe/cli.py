@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="products directory")
     p.add_argument("--stages", default=None, help="comma-separated stages (default: all)")
     p.add_argument("--force", action="store_true", help="rerun complete stages")
+    p.add_argument("--models", default=None, metavar="DIR",
+                   help="reuse the trained model files of DIR (a products directory or its "
+                        "models/) instead of training: PCA bases, networks, noise models")
+    p.add_argument("--allow-simulated-models", action="store_true",
+                   help="apply models trained on a simulated survey to a real one "
+                        "(recorded in the products and the run summary)")
     _run_options(p)
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     _scheduler_options(p)
@@ -248,7 +254,10 @@ def _run_and_summarize(args: argparse.Namespace, survey: str, products: str,
     t0 = time.perf_counter()
     with _dask_scheduler(args, config.run.scheduler, config) as scheduler:
         report = run_pipeline(survey, products, stages, scheduler=scheduler, force=force,
-                              config=config, progress=progress)
+                              config=config, progress=progress,
+                              models_dir=getattr(args, "models", None),
+                              allow_simulated_models=getattr(args, "allow_simulated_models",
+                                                             False))
         return summarize_run(survey, products, report, time.perf_counter() - t0,
                              scheduler=spec)
 

@@ -476,15 +476,33 @@ class PhotometryConfig:
     #: bands whose adjacent colour excesses give E(B-V) (Sec. 4), in the survey-grouped
     #: wavelength order of ``obpipe.photometry.extinction.EBV_BANDS``; K_s is never used
     bands: tuple[str, ...] = field(default_factory=_ebv_bands)
-    #: extinction coefficients R_X: "star" (F99 R_V = 3.1 on a Kurucz model of each
-    #: star's Teff / log g, dustapprox) or "fixed" (the paper's 12,000 K values)
+    #: extinction coefficients R_X: "star" (a Kurucz model of each star's Teff, dustapprox)
+    #: or "fixed" (the paper's 12,000 K spectrum)
     coefficients: str = "star"
     #: include the Teff / log g uncertainty of the intrinsic colours in the E(B-V) error
     include_parameter_error: bool = True
+    #: extinction-curve family: "G23" (Gordon et al. 2023; chosen on real LAMOST hot stars,
+    #: docs/validation.md) or "F99" (Fitzpatrick 1999, the paper's)
+    law: str = "G23"
+    #: R_V of the curve (2.3-5.1); the paper: 3.1
+    r_v: float = 3.1
+    #: star-to-star sigma(R_V) propagated into ebv_err and AKs_err (Schlafly et al. 2016: 0.18)
+    r_v_scatter: float = 0.18
+    #: band coefficients at each star's own A0 = R_V E(B-V) (False: low-extinction limit,
+    #: as in the paper)
+    extinction_dependent: bool = True
 
     def __post_init__(self) -> None:
         if self.coefficients not in ("star", "fixed"):
             raise ValueError(f"coefficients must be 'star' or 'fixed', got {self.coefficients!r}")
+        from obpipe.photometry.synthetic import EXTINCTION_LAWS, R_V_RANGE
+
+        if self.law not in EXTINCTION_LAWS:
+            raise ValueError(f"law must be one of {EXTINCTION_LAWS}, got {self.law!r}")
+        if not R_V_RANGE[0] <= self.r_v <= R_V_RANGE[1]:
+            raise ValueError(f"r_v must be within {R_V_RANGE}, got {self.r_v}")
+        if not self.r_v_scatter >= 0:
+            raise ValueError(f"r_v_scatter must be >= 0, got {self.r_v_scatter}")
         from obpipe.photometry.stage import BAND_COLUMNS
 
         unknown = [b for b in self.bands if b not in BAND_COLUMNS]
