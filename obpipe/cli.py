@@ -165,6 +165,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, metavar="FILE", help="save the posterior (PNG/PDF)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    p = sub.add_parser("photometry", help="E(B-V), A_Ks, zero-point and geometric M_Ks of a "
+                       "star table (Gaia archive / 2MASS columns; no spectra)")
+    p.add_argument("table", help="star table: CSV, ECSV, Parquet, FITS or VOTable")
+    p.add_argument("--out", required=True, help="output Parquet table")
+    p.add_argument("--format", default=None, help="astropy table format (default: from name)")
+    p.add_argument("--gaia-release", default="auto", choices=("auto", "DR2", "DR3"))
+    p.add_argument("--law", default=None, choices=("G23", "F99"),
+                   help="extinction-curve family (default: the config's, G23)")
+    p.add_argument("--r-v", type=float, default=None, help="R_V of the curve (default 3.1)")
+    p.add_argument("--r-v-scatter", type=float, default=None,
+                   help="sigma(R_V) propagated into ebv_err / AKs_err (default 0.18)")
+    p.add_argument("--low-extinction-coefficients", action="store_true",
+                   help="coefficients of the low-extinction limit (the paper's), not at each "
+                        "star's own A0")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="TOML configuration; its [photometry] section is used")
+
     p = sub.add_parser("config", help="the effective run configuration (TOML)")
     p.add_argument("--show", action="store_true",
                    help="print the effective configuration as TOML (the default action)")
@@ -326,6 +343,29 @@ def _cmd_distance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_photometry(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import numpy as np
+
+    from obpipe.config import load_config
+    from obpipe.photometry.star_table import run_photometry_table
+
+    cfg = load_config(args.config).photometry
+    over = {"law": args.law, "r_v": args.r_v, "r_v_scatter": args.r_v_scatter}
+    if args.low_extinction_coefficients:
+        over["extinction_dependent"] = False
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in over.items() if v is not None})
+    frame = run_photometry_table(args.table, args.out, args.format, args.gaia_release,
+                                 **dataclasses.asdict(cfg))
+    n_ebv = int(np.isfinite(frame["ebv"]).sum())
+    print(f"{len(frame)} rows: {n_ebv} with E(B-V) (median reduced chi2 "
+          f"{np.nanmedian(frame['ebv_chi2']):.2f}), {int(np.isfinite(frame['MKs_geo']).sum())} "
+          f"with MKs_geo; extinction {cfg.law} R_V={cfg.r_v}")
+    print(f"written: {args.out}")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     from obpipe.config import config_to_toml, load_config
 
@@ -430,6 +470,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {"simulate": _cmd_simulate, "ingest": _cmd_ingest, "run": _cmd_run,
             "validate": _cmd_validate, "info": _cmd_info, "report": _cmd_report,
             "distance": _cmd_distance,
+            "photometry": _cmd_photometry,
             "demo": _cmd_demo,
             "config": _cmd_config}
 
