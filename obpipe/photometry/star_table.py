@@ -19,7 +19,8 @@ Gaia archive's own column names (``source_id``, ``parallax``, ``parallax_error``
 * Required: ``source_id``, ``parallax``, ``parallax_error`` and at least two of the
   E(B-V) bands; otherwise :class:`obpipe.io.tables.TableError` names the missing column.
 * A value that is not a number in a numeric column: ``TableError`` naming the file, the
-  column, the row (1-based, header excluded) and the value.
+  column, the row (1-based, header excluded) and the value (checked by
+  :func:`obpipe.io.tables.normalize_table`).
 * Missing values (empty / NaN) are kept as missing: the row gets NaN outputs and a flag,
   never dropped. A magnitude without an error gets
   :data:`obpipe.photometry.extinction.DEFAULT_MAG_ERRORS_MAG` (2MASS 0.03 mag, Gaia
@@ -45,7 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from obpipe.io.tables import STANDARD_COLUMNS, TableError, normalize_table, read_table_frame
+from obpipe.io.tables import TableError, normalize_table, read_table_frame
 from obpipe.photometry import extinction
 from obpipe.photometry.stage import BAND_COLUMNS, SURVEY_VARS, photometry_block
 
@@ -59,33 +60,6 @@ OUTPUT_COLUMNS: tuple[str, ...] = (
 #: input columns (Gaia archive names) without which the command refuses the table
 REQUIRED_COLUMNS: tuple[str, ...] = ("source_id", "parallax", "parallax_error")
 _JOIN_KEYS = ("obsid", "specid", "combined_obsid", "fitsname", "filename", "combined_file")
-_NULL_TEXT = {"", "nan", "null", "none", "--", "n/a", "na"}
-
-
-def _check_numeric(frame: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Numeric copies of text columns; TableError naming column, row and value if not."""
-    out = frame.copy()
-    for name in frame.columns:
-        col = frame[name]
-        if col.dtype != object:
-            continue
-        # only columns the photometry reads must be numbers (ph_qual, DESIG... stay text)
-        key = name.lower()
-        target = STANDARD_COLUMNS.get(key, key)
-        if target not in SURVEY_VARS or target == "gaia_release":
-            if key not in ("source_id", "phot_g_mean_flux_over_error",
-                           "phot_bp_mean_flux_over_error", "phot_rp_mean_flux_over_error"):
-                continue
-        text = col.astype(str).str.strip()
-        num = pd.to_numeric(text.where(~text.str.lower().isin(_NULL_TEXT)), errors="coerce")
-        bad = num.isna() & ~text.str.lower().isin(_NULL_TEXT)
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise TableError(
-                f"{source}: column {name!r}, row {row + 1} (1-based, header excluded): "
-                f"{col.iloc[row]!r} is not a number ({int(bad.sum())} such rows)")
-        out[name] = num.to_numpy(np.float64)
-    return out
 
 
 def _require(frame: pd.DataFrame, source: str) -> None:
@@ -97,8 +71,7 @@ def _require(frame: pd.DataFrame, source: str) -> None:
 
 
 def _source_ids(frame: pd.DataFrame) -> np.ndarray:
-    col = next(c for c in frame.columns if c.lower() == "source_id")
-    vals = frame[col].to_numpy()
+    vals = frame["gaia_id"].to_numpy()
     if vals.dtype.kind == "f":  # NaN in an integer column: keep -1 as the missing id
         return np.where(np.isfinite(vals), vals, -1).astype(np.int64)
     return vals.astype(np.int64)
@@ -118,7 +91,6 @@ def read_inputs(
     source = os.fspath(path)
     raw = read_table_frame(source, format)
     _require(raw, source)
-    raw = _check_numeric(raw, source)
     frame = raw
     if not any(c.lower() in _JOIN_KEYS for c in raw.columns) and not (
             {"ra", "dec"} <= {c.lower() for c in raw.columns}):
@@ -137,7 +109,7 @@ def read_inputs(
         if name in norm:
             vals = norm[name].to_numpy()
             inputs[name] = vals if name == "gaia_release" else vals.astype(np.float64)
-    return _source_ids(raw), inputs
+    return _source_ids(norm), inputs
 
 
 def photometry_table(
