@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
           "Teff unknown; bands BP, RP, J, H")
 
     models: list[tuple[str, dict[str, Any], float | None]] = [
-        ("F99 R_V=3.1, low-A0 limit (previous default)",
+        ("F99 R_V=3.1, low-A0 limit (the paper's)",
          {"law": "F99", "extinction_dependent": False}, None),
         ("F99 R_V=3.1, A0-dependent", {"law": "F99"}, None),
         ("F99 R_V=3.6, A0-dependent", {"law": "F99", "r_v": 3.6}, None),
