@@ -49,6 +49,7 @@ from obpipe.config import DistanceConfig
 from obpipe.distance import (
     DISTANCE_FLAG_BITS,
     DistanceGrid,
+    PopulationPrior,
     distance_modulus_terms,
     galactocentric_xyz_kpc,
     summarize_distance_posteriors,
@@ -543,7 +544,7 @@ _DISTANCE_INPUTS = ("Ks0", "Ks0_err", "parallax_corrected", "parallax_corrected_
 
 def _unique_block(parquet_file: str, row_group: int, combined: Mapping[str, np.ndarray],
                   distance_inputs: Mapping[str, np.ndarray], distance_cfg: DistanceConfig,
-                  schema: pa.Schema) -> pa.Table:
+                  schema: pa.Schema, hyper: PopulationPrior | None = None) -> pa.Table:
     """The unique-star rows (``uniqflag == 1``) of one row group of ``catalog.parquet``,
     with their combined M_Ks and distances, as a pyarrow table with ``schema``.
     ``combined`` / ``distance_inputs``: arrays aligned with those rows."""
@@ -552,7 +553,7 @@ def _unique_block(parquet_file: str, row_group: int, combined: Mapping[str, np.n
     mask = pc.equal(rows.column("uniqflag"), 1)
     uniq = rows.filter(mask).to_pandas()
     frame = unique_view_from_rows(uniq, pd.DataFrame(dict(combined)), distance_cfg,
-                                  distance_inputs)
+                                  distance_inputs, hyper)
     return pa.Table.from_pandas(frame[list(schema.names)], schema=schema,
                                 preserve_index=False)
 
@@ -647,6 +648,11 @@ def write_catalog(survey_path: str, products_dir: str,
                  "MKs_nvisits": comb["MKs_nvisits"].to_numpy()}
     del combined, comb, cols
     dist = {k: v[is_uniq] for k, v in _read_rows(prods, _DISTANCE_INPUTS, 0, n_spec).items()}
+    hyper = None
+    if distance_cfg.prior == "population":
+        from obpipe.distance_stage import fitted_prior
+
+        hyper = fitted_prior(products_dir)  # the distance stage's fit to this survey
     # ... then the uniqflag = 1 rows of each block, in catalog order
     per_block = [int(is_uniq[a:b].sum()) for a, b in bounds]
     offsets = np.concatenate([[0], np.cumsum(per_block)])
@@ -670,7 +676,7 @@ def write_catalog(survey_path: str, products_dir: str,
                     sl = slice(int(offsets[b]), int(offsets[b + 1]))
                     tasks.append(dask.delayed(_unique_block)(
                         path, b, {k: v[sl] for k, v in comb_cols.items()},
-                        {k: v[sl] for k, v in dist.items()}, distance_cfg, uschema,
+                        {k: v[sl] for k, v in dist.items()}, distance_cfg, uschema, hyper,
                         dask_key_name=f"catalog-unique-{b}"))
                 for part in dask.compute(*tasks, **kwargs):
                     ustream.write(part)
@@ -703,13 +709,17 @@ def write_catalog(survey_path: str, products_dir: str,
 
 def unique_view_from_rows(uniq_rows: pd.DataFrame, combined: pd.DataFrame,
                           distance_cfg: DistanceConfig,
-                          distance_inputs: Mapping[str, np.ndarray]) -> pd.DataFrame:
+                          distance_inputs: Mapping[str, np.ndarray],
+                          hyper: PopulationPrior | None = None) -> pd.DataFrame:
     """The unique-star view of some ``uniqflag == 1`` catalog rows: M_Ks combined over
     the star's visits and the distance recomputed from it (Sec. 7-8, eqs. 18-24).
 
     ``combined``: ``MKs``, ``MKs_err``, ``MKs_nvisits`` of each row's star
     (:func:`combine_visits`, aligned with the rows); ``distance_inputs``: ``Ks0``,
-    ``Ks0_err``, ``parallax_corrected(_error)`` of the rows."""
+    ``Ks0_err``, ``parallax_corrected(_error)`` of the rows; ``hyper``: the population
+    prior fitted by the distance stage (``distance_cfg.prior == "population"``)."""
+    from obpipe.distance_stage import block_prior_terms
+
     uniq = uniq_rows.copy()
     uniq["MKs"] = combined["MKs"].to_numpy(dtype=np.float32)
     uniq["MKs_err"] = combined["MKs_err"].to_numpy(dtype=np.float32)
@@ -719,9 +729,12 @@ def unique_view_from_rows(uniq_rows: pd.DataFrame, combined: pd.DataFrame,
     binary = uniq["binary_flag"].to_numpy() == FLAG_BINARY
     if distance_cfg.parallax_only_binaries:
         dm0 = np.where(binary, np.nan, dm0)
+    pt = block_prior_terms(uniq["ra"].to_numpy(), uniq["dec"].to_numpy(),
+                           uniq["MKs"].to_numpy(), distance_cfg, hyper)
     res = summarize_distance_posteriors(distance_inputs["parallax_corrected"],
                                         distance_inputs["parallax_corrected_error"], dm0, sig,
-                                        distance_cfg, grid=DistanceGrid.build(distance_cfg))
+                                        distance_cfg, grid=DistanceGrid.build(distance_cfg),
+                                        prior_terms=pt)
     for k in ("dis", "dis_low", "dis_high"):
         uniq[k] = res[k]
     uniq["logdis"] = res["logdis"].astype(np.float32)

@@ -213,6 +213,11 @@ class RunConfig:
             raise ValueError(f"connect_timeout_s must be > 0, got {self.connect_timeout_s}")
 
 
+#: distance priors: the paper's "flat", Bailer-Jones et al. (2018) "edsd", and the
+#: Galactic "population" prior fitted to the catalog (obpipe.distance.PopulationPrior)
+DISTANCE_PRIORS = ("flat", "edsd", "population")
+
+
 @dataclass(frozen=True)
 class DistanceConfig:
     """Options of the distance posterior (Sec. 7, eqs. 18-24; ``obpipe.distance``)."""
@@ -245,8 +250,9 @@ class DistanceConfig:
     parallax_only_binaries: bool = True
 
     def __post_init__(self) -> None:
-        if self.prior not in ("flat", "edsd"):
-            raise ValueError(f"distance prior must be 'flat' or 'edsd', got {self.prior!r}")
+        if self.prior not in DISTANCE_PRIORS:
+            raise ValueError(f"distance prior must be one of {DISTANCE_PRIORS}, got "
+                             f"{self.prior!r}")
         if not 0 < self.grid_step_pc <= 1000:
             raise ValueError(f"grid_step_pc must be in (0, 1000], got {self.grid_step_pc}")
         if not self.d_max_kpc > self.grid_step_pc * 1e-3:

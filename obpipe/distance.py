@@ -65,7 +65,15 @@ DISTANCE_FLAG_BITS: Mapping[str, int] = {
     "truncated_by_prior_edge": 8,  # flat prior: the posterior reaches d_max (improper)
     "no_distance": 16,  # neither a parallax nor a spectro-photometric distance
     "window_widened": 32,  # the a-posteriori window check asked for a wider window
+    # the posterior is narrower than ~2 grid steps: mode and width from the Laplace
+    # approximation in ln d (continuous), so logdis_err and dis_high - dis_low are > 0
+    "analytic_width": 64,
+    "mode_outside_interval": 128,  # the mode lies outside [dis_low, dis_high]
+    # parallax and spectro-photometric parallax differ by more than 5 sigma
+    "parallax_photometric_tension": 256,
 }
+#: |plx - plx_phot| / sqrt(dplx^2 + dplx_phot^2) above which the tension bit is set
+TENSION_SIGMA = 5.0
 _MAX_WIDENINGS = 4
 _PERCENTILES = (0.16, 0.84)
 
@@ -114,6 +122,207 @@ def _edsd_penalty(d_kpc: np.ndarray, length_kpc: float) -> np.ndarray:
     return 4.0 * (x - 1.0 - np.log(x))
 
 
+#: columns of the per-star population-prior terms (:func:`population_prior_terms`)
+_PT = {name: i for i, name in enumerate((
+    "a_r0", "cos2b", "abs_sinb", "ln_sel_length", "ln_p_max", "beta", "inv_h_r", "inv_h_z",
+    "alpha", "r0", "d_mode"))}
+
+
+@dataclass(frozen=True)
+class PopulationPrior:
+    """Hyperparameters of the Galactic population prior (beyond the paper).
+
+    Along the line of sight (l, b) of a star, at distance d (kpc),
+
+        ln P(d) = beta ln d - (R(d) - R0) / h_R - |z(d)| / h_z - (d / L_i)^alpha
+
+    with R(d) = sqrt(R0^2 + d^2 cos^2 b - 2 R0 d cos b cos l) the Galactocentric radius
+    and z = d sin b the height (Sun at R0 = 8.1 kpc, z = 0; the paper's convention):
+    the number of stars in the cone, d^beta (2 for a uniform density) times an
+    exponential OB disc in R and |z| (as e.g. the young thin disc of Bland-Hawthorn &
+    Gerhard 2016, ARA&A 54, 529: h_R ~ 2.6 kpc, h_z ~ 0.05-0.3 kpc), times the survey's
+    selection in apparent magnitude, exp(-(d / L_i)^alpha): a star of absolute magnitude
+    M_i drops below the survey's limit beyond a distance L_i = L_0 10^(-0.2 gamma (M_i -
+    M_ref)) (gamma = 1 without extinction; extinction, which grows with d, makes it
+    smaller). Every hyperparameter is fitted to the catalog itself
+    (:func:`fit_population_prior`, a maximum of the marginal likelihood).
+    """
+
+    beta: float = 2.0
+    disk_scale_length_kpc: float = 2.6
+    disk_scale_height_kpc: float = 0.3
+    selection_length_kpc: float = 3.0  # L_0 at M_ref
+    selection_power: float = 2.0  # alpha
+    luminosity_power: float = 0.6  # gamma
+    mks_ref_mag: float = -2.0
+    sun_r_kpc: float = 8.1
+
+    def as_dict(self) -> dict[str, float]:
+        import dataclasses as _dc
+
+        return {k: float(v) for k, v in _dc.asdict(self).items()}
+
+
+def population_log_prior(d_kpc: np.ndarray, pt: np.ndarray) -> np.ndarray:
+    """ln P(d) of :class:`PopulationPrior` (unnormalised) from per-star terms ``pt``
+    (last axis: the columns of :data:`_PT`, broadcast against ``d_kpc``)."""
+    d = np.asarray(d_kpc, dtype=np.float64)
+    col = {k: pt[..., i] for k, i in _PT.items()}
+    r0 = col["r0"]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        ln_d = np.log(d)
+        r = np.sqrt(np.maximum(r0 * r0 + d * d * col["cos2b"] - 2.0 * d * col["a_r0"], 0.0))
+        out = (col["beta"] * ln_d - (r - r0) * col["inv_h_r"] - d * col["abs_sinb"]
+               * col["inv_h_z"] - np.exp(col["alpha"] * (ln_d - col["ln_sel_length"])))
+    return out
+
+
+def population_penalty(d_kpc: np.ndarray, pt: np.ndarray) -> np.ndarray:
+    """G = -2 ln(P(d) / max P) ≥ 0 of the population prior (see :func:`phi`)."""
+    return np.maximum(-2.0 * (population_log_prior(d_kpc, pt) - pt[..., _PT["ln_p_max"]]),
+                      0.0)
+
+
+def population_prior_terms(l_deg: np.ndarray, b_deg: np.ndarray, mks_mag: np.ndarray,
+                           hyper: PopulationPrior, d_max_kpc: float,
+                           d_min_kpc: float = 1e-4) -> np.ndarray:
+    """Per-star terms (n, len(_PT)) of the population prior along each line of sight.
+
+    ``mks_mag``: the star's spectroscopic M_Ks (its selection length L_i); NaN uses
+    M_ref. ``ln_p_max`` is the maximum of ln P on a log grid of 4,096 points over
+    [d_min, d_max] plus 1e-3 (so that G ≥ 0), ``d_mode`` where it is reached."""
+    lr = np.radians(np.asarray(l_deg, dtype=np.float64))
+    br = np.radians(np.asarray(b_deg, dtype=np.float64))
+    mks = np.asarray(mks_mag, dtype=np.float64)
+    n = lr.size
+    pt = np.zeros((n, len(_PT)))
+    pt[:, _PT["a_r0"]] = np.cos(br) * np.cos(lr) * hyper.sun_r_kpc
+    pt[:, _PT["cos2b"]] = np.cos(br) ** 2
+    pt[:, _PT["abs_sinb"]] = np.abs(np.sin(br))
+    m = np.where(np.isfinite(mks), mks, hyper.mks_ref_mag)
+    pt[:, _PT["ln_sel_length"]] = (np.log(hyper.selection_length_kpc) - 0.2 * np.log(10.0)
+                                   * hyper.luminosity_power * (m - hyper.mks_ref_mag))
+    pt[:, _PT["beta"]] = hyper.beta
+    pt[:, _PT["inv_h_r"]] = 1.0 / hyper.disk_scale_length_kpc
+    pt[:, _PT["inv_h_z"]] = 1.0 / hyper.disk_scale_height_kpc
+    pt[:, _PT["alpha"]] = hyper.selection_power
+    pt[:, _PT["r0"]] = hyper.sun_r_kpc
+    d = np.geomspace(d_min_kpc, d_max_kpc, 4096)
+    for start in range(0, n, 1024):
+        sl = slice(start, start + 1024)
+        lp = population_log_prior(d[None, :], pt[sl, None, :])
+        j = np.nanargmax(np.where(np.isfinite(lp), lp, -np.inf), axis=1)
+        pt[sl, _PT["ln_p_max"]] = lp[np.arange(j.size), j] + 1e-3
+        pt[sl, _PT["d_mode"]] = d[j]
+    return pt
+
+
+def _check_prior_terms(cfg: DistanceConfig, prior_terms: np.ndarray | None, n: int
+                       ) -> np.ndarray | None:
+    if cfg.prior != "population":
+        return None
+    if prior_terms is None:
+        raise ValueError("the population prior needs per-star terms "
+                         "(obpipe.distance.population_prior_terms: l, b, M_Ks)")
+    pt = np.asarray(prior_terms, dtype=np.float64)
+    if pt.shape != (n, len(_PT)):
+        raise ValueError(f"prior_terms must have shape ({n}, {len(_PT)}), got {pt.shape}")
+    return pt
+
+
+def galactic_lb_deg(ra_deg: np.ndarray, dec_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Galactic longitude and latitude (deg) of ICRS positions (astropy)."""
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+
+    ra = np.asarray(ra_deg, dtype=np.float64)
+    dec = np.asarray(dec_deg, dtype=np.float64)
+    ok = np.isfinite(ra) & np.isfinite(dec)
+    l_deg = np.zeros(ra.shape)
+    b_deg = np.zeros(ra.shape)
+    if ok.any():
+        g = SkyCoord(ra=ra[ok] * u.deg, dec=dec[ok] * u.deg, frame="icrs").galactic
+        l_deg[ok] = g.l.deg
+        b_deg[ok] = g.b.deg
+    return l_deg, b_deg
+
+
+def fit_population_prior(parallax_mas: np.ndarray, parallax_error_mas: np.ndarray,
+                         dm0_mag: np.ndarray, sigma_tot_mag: np.ndarray, l_deg: np.ndarray,
+                         b_deg: np.ndarray, mks_mag: np.ndarray, d_max_kpc: float,
+                         start: PopulationPrior | None = None, max_stars: int = 3000,
+                         seed: int = 0) -> tuple[PopulationPrior, dict[str, Any]]:
+    """Hyperparameters of :class:`PopulationPrior` fitted to a catalog (empirical Bayes).
+
+    Maximises the marginal likelihood of the stars' data given the hyperparameters,
+    sum_i ln ∫ L_i(d) P(d | theta, l_i, b_i, M_i) dd / ∫ P(d | theta, ...) dd, with
+    L_i the product of the parallax and spectro-photometric likelihoods (eqs. 19-22),
+    on a log grid of 200 distances (4 % apart), over up to ``max_stars`` stars with both factors
+    (a random subset, ``seed``), by Nelder-Mead in (beta, ln h_R, ln h_z, ln L_0, ln
+    alpha, gamma). Returns the fitted prior and a summary (stars, log-likelihood
+    before / after, iterations).
+    """
+    from scipy.optimize import minimize
+    from scipy.special import logsumexp
+
+    start = start or PopulationPrior()
+    plx = np.asarray(parallax_mas, dtype=np.float64)
+    plx_err = np.asarray(parallax_error_mas, dtype=np.float64)
+    dm0 = np.asarray(dm0_mag, dtype=np.float64)
+    sig = np.asarray(sigma_tot_mag, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        use = np.flatnonzero(np.isfinite(plx) & (plx_err > 0) & np.isfinite(dm0) & (sig > 0)
+                             & np.isfinite(np.asarray(l_deg)) & np.isfinite(np.asarray(b_deg)))
+    if use.size > max_stars:
+        use = np.sort(np.random.default_rng(seed).choice(use, max_stars, replace=False))
+    if use.size < 50:
+        log.warning("population prior: only %d stars with a parallax and an M_Ks; the "
+                    "starting hyperparameters are used", use.size)
+        return start, {"n_stars": int(use.size), "fitted": False}
+    d = np.geomspace(0.01, d_max_kpc, 200)
+    ln_d = np.log(d)
+    a = (((plx[use, None] - 1.0 / d[None, :]) / plx_err[use, None]) ** 2
+         + ((dm0[use, None] - 5.0 * np.log10(d)[None, :] - 10.0) / sig[use, None]) ** 2)
+    ln_like = -0.5 * a + ln_d[None, :]  # dd = d dln d on the log grid
+    lr = np.radians(np.asarray(l_deg, dtype=np.float64)[use])
+    br = np.radians(np.asarray(b_deg, dtype=np.float64)[use])
+    r0 = start.sun_r_kpc
+    r = np.sqrt(np.maximum(r0**2 + d[None, :] ** 2 * np.cos(br)[:, None] ** 2
+                           - 2.0 * d[None, :] * r0 * (np.cos(br) * np.cos(lr))[:, None], 0.0))
+    dr = r - r0
+    z = d[None, :] * np.abs(np.sin(br))[:, None]
+    m = np.asarray(mks_mag, dtype=np.float64)[use]
+    dm_ref = np.where(np.isfinite(m), m, start.mks_ref_mag) - start.mks_ref_mag
+
+    def unpack(x: np.ndarray) -> PopulationPrior:
+        return PopulationPrior(float(x[0]), float(np.exp(x[1])), float(np.exp(x[2])),
+                               float(np.exp(x[3])), float(np.exp(x[4])), float(x[5]),
+                               start.mks_ref_mag, r0)
+
+    def nll(x: np.ndarray) -> float:
+        if not (-1.0 <= x[0] <= 4.0 and -3.0 <= x[1] <= 4.0 and -5.0 <= x[2] <= 1.5
+                and -3.0 <= x[3] <= 4.0 and -1.5 <= x[4] <= 2.5 and -0.5 <= x[5] <= 2.0):
+            return 1e300
+        ln_l = x[3] - 0.2 * np.log(10.0) * x[5] * dm_ref
+        lp = (x[0] * ln_d[None, :] - dr * np.exp(-x[1]) - z * np.exp(-x[2])
+              - np.exp(np.exp(x[4]) * (ln_d[None, :] - ln_l[:, None])))
+        lp_d = lp + ln_d[None, :]
+        return -float(np.sum(logsumexp(ln_like + lp, axis=1) - logsumexp(lp_d, axis=1)))
+
+    x0 = np.array([start.beta, np.log(start.disk_scale_length_kpc),
+                   np.log(start.disk_scale_height_kpc), np.log(start.selection_length_kpc),
+                   np.log(start.selection_power), start.luminosity_power])
+    f0 = nll(x0)
+    res = minimize(nll, x0, method="Nelder-Mead",
+                   options={"maxiter": 600, "xatol": 1e-2, "fatol": 0.05})
+    fitted = unpack(res.x)
+    info = {"n_stars": int(use.size), "fitted": True, "neg_log_like_start": f0,
+            "neg_log_like": float(res.fun), "iterations": int(res.nit),
+            "converged": bool(res.success)}
+    log.info("population prior fitted on %d stars: %s", use.size, fitted.as_dict())
+    return fitted, info
+
+
 def phi(d_kpc: np.ndarray, parallax_mas: float, parallax_error_mas: float, dm0_mag: float,
         sigma_tot_mag: float, prior: str = "flat", edsd_length_kpc: float = 1.35
         ) -> np.ndarray:
@@ -134,7 +343,8 @@ def phi(d_kpc: np.ndarray, parallax_mas: float, parallax_error_mas: float, dm0_m
 
 
 def _phi_many(d_kpc: np.ndarray, plx: np.ndarray, plx_err: np.ndarray, dm0: np.ndarray,
-              sig: np.ndarray, cfg: DistanceConfig) -> np.ndarray:
+              sig: np.ndarray, cfg: DistanceConfig, pt: np.ndarray | None = None
+              ) -> np.ndarray:
     """Phi for many stars (rows) at per-star trial distances (columns)."""
     out = np.zeros(d_kpc.shape)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -144,6 +354,8 @@ def _phi_many(d_kpc: np.ndarray, plx: np.ndarray, plx_err: np.ndarray, dm0: np.n
     out += np.where(np.isfinite(dm0)[:, None], b, 0.0)
     if cfg.prior == "edsd":
         out += _edsd_penalty(d_kpc, cfg.edsd_length_kpc)
+    elif cfg.prior == "population" and pt is not None:
+        out += population_penalty(d_kpc, pt[:, None, :])
     return out
 
 
@@ -176,6 +388,7 @@ def posterior_windows(
     grid: DistanceGrid,
     cfg: DistanceConfig,
     log_tolerance: np.ndarray | float | None = None,
+    prior_terms: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Grid index windows [lo, hi) holding every point within e^-T of each star's maximum.
 
@@ -199,9 +412,12 @@ def posterior_windows(
     extra = np.stack([d_phot, d_plx, np.sqrt(d_phot * d_plx)], axis=1)
     if cfg.prior == "edsd":
         extra = np.concatenate([extra, np.full((n, 1), 2.0 * cfg.edsd_length_kpc)], axis=1)
+    pt = _check_prior_terms(cfg, prior_terms, n)
+    if pt is not None:
+        extra = np.concatenate([extra, pt[:, _PT["d_mode"], None]], axis=1)
     extra = np.clip(np.where(np.isfinite(extra), extra, h), h, d_max)
     trials = np.concatenate([trials, extra], axis=1)
-    k = np.min(_phi_many(trials, plx, plx_err, dm0, sig, cfg), axis=1)
+    k = np.min(_phi_many(trials, plx, plx_err, dm0, sig, cfg, pt), axis=1)
     c2 = k + 2.0 * tol
     c = np.sqrt(c2)
     d_lo = np.full(n, h)
@@ -244,7 +460,7 @@ class _Summary:
 
 
 def _log_post(grid: DistanceGrid, sl: slice, plx: float, plx_err: float, dm0: float,
-              sig: float, cfg: DistanceConfig) -> np.ndarray:
+              sig: float, cfg: DistanceConfig, pt: np.ndarray | None = None) -> np.ndarray:
     """-Phi/2 on the grid points ``sl`` (a slice, possibly strided) (eqs. 18-22)."""
     inv_d = grid.inv_d[sl]
     out = np.zeros(inv_d.size)
@@ -261,19 +477,23 @@ def _log_post(grid: DistanceGrid, sl: slice, plx: float, plx_err: float, dm0: fl
     if cfg.prior == "edsd":
         idx = np.arange(grid.n_points)[sl]
         out += _edsd_penalty(grid.distance_kpc(idx), cfg.edsd_length_kpc)
+    elif cfg.prior == "population" and pt is not None:
+        idx = np.arange(grid.n_points)[sl]
+        out += population_penalty(grid.distance_kpc(idx), pt)
     out *= -0.5
     return out
 
 
 def _edge_weight(grid: DistanceGrid, plx: float, plx_err: float, dm0: float, sig: float,
-                 cfg: DistanceConfig, ref: float) -> float:
+                 cfg: DistanceConfig, ref: float, pt: np.ndarray | None = None) -> float:
     last = _log_post(grid, slice(grid.n_points - 1, grid.n_points), plx, plx_err, dm0, sig,
-                     cfg)
+                     cfg, pt)
     return float(np.exp(last[0] - ref))
 
 
 def _summarize_fine(grid: DistanceGrid, lo: int, hi: int, plx: float, plx_err: float,
-                    dm0: float, sig: float, cfg: DistanceConfig) -> _Summary:
+                    dm0: float, sig: float, cfg: DistanceConfig,
+                    pt: np.ndarray | None = None) -> _Summary:
     """Every 0.1 pc point of [lo, hi), in segments of ``segment_points`` (log-sum-exp)."""
     seg = cfg.segment_points
     starts = list(range(lo, hi, seg))
@@ -281,7 +501,7 @@ def _summarize_fine(grid: DistanceGrid, lo: int, hi: int, plx: float, plx_err: f
     kept: np.ndarray | None = None
     for s in starts:
         e = min(s + seg, hi)
-        lp = _log_post(grid, slice(s, e), plx, plx_err, dm0, sig, cfg)
+        lp = _log_post(grid, slice(s, e), plx, plx_err, dm0, sig, cfg, pt)
         j = int(lp.argmax())
         m = float(lp[j])
         w = np.exp(lp - m)
@@ -308,13 +528,14 @@ def _summarize_fine(grid: DistanceGrid, lo: int, hi: int, plx: float, plx_err: f
         before = float(cum[k - 1]) if k > 0 else 0.0
         s = starts[k]
         w = kept if kept is not None else np.exp(
-            _log_post(grid, slice(s, min(s + seg, hi)), plx, plx_err, dm0, sig, cfg) - m_all)
+            _log_post(grid, slice(s, min(s + seg, hi)), plx, plx_err, dm0, sig, cfg, pt)
+            - m_all)
         c = w.cumsum() + before
         j = min(int(c.searchsorted(target, side="left")), w.size - 1)
         idx.append(s + j)
         wq.append(float(w[j]))
     return _Summary(argmax[top], idx[0], idx[1], mean, float(np.sqrt(var)), -2.0 * m_all,
-                    wq[0], wq[1], _edge_weight(grid, plx, plx_err, dm0, sig, cfg, m_all)
+                    wq[0], wq[1], _edge_weight(grid, plx, plx_err, dm0, sig, cfg, m_all, pt)
                     if hi == grid.n_points else 0.0)
 
 
@@ -339,7 +560,7 @@ def _cubic_cell_weights(stride: int, first_node: int = -1) -> np.ndarray:
 
 def _node_pass(grid: DistanceGrid, lo: np.ndarray, hi: np.ndarray, n_cells: int,
                plx: np.ndarray, plx_err: np.ndarray, dm0: np.ndarray, sig: np.ndarray,
-               cfg: DistanceConfig) -> dict[str, np.ndarray]:
+               cfg: DistanceConfig, pt: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The coarse level of :func:`_summarize_two_level` for many stars at once.
 
     Star i has nodes lo_i + k stride_i, k = 0 .. n_cells, stride_i = (W_i - 1) // n_cells,
@@ -367,6 +588,8 @@ def _node_pass(grid: DistanceGrid, lo: np.ndarray, hi: np.ndarray, n_cells: int,
             lp += np.where(has_phot[:, None], t * t, 0.0)
         if cfg.prior == "edsd":
             lp += _edsd_penalty(grid.distance_kpc(idx), cfg.edsd_length_kpc)
+        elif cfg.prior == "population" and pt is not None:
+            lp += population_penalty(grid.distance_kpc(idx), pt[:, None, :])
     lp *= -0.5
     ref = lp.max(axis=1)
     f = np.exp(lp - ref[:, None])
@@ -401,7 +624,7 @@ def _node_pass(grid: DistanceGrid, lo: np.ndarray, hi: np.ndarray, n_cells: int,
 
 def _refine_two_level(grid: DistanceGrid, lo: int, hi: int, node: Mapping[str, Any], i: int,
                       plx: float, plx_err: float, dm0: float, sig: float,
-                      cfg: DistanceConfig) -> _Summary | None:
+                      cfg: DistanceConfig, pt: np.ndarray | None = None) -> _Summary | None:
     """The fine level for star ``i`` of a :func:`_node_pass`: exact 0.1 pc points where the
     mode and the percentiles are decided; None if a check fails (the caller refines)."""
     stride = int(node["stride"][i])
@@ -423,7 +646,7 @@ def _refine_two_level(grid: DistanceGrid, lo: int, hi: int, node: Mapping[str, A
                 last = todo.pop(0)
             s = lo + first * stride
             e = hi if last == n_cells - 1 else lo + (last + 1) * stride
-            w = np.exp(_log_post(grid, slice(s, e), plx, plx_err, dm0, sig, cfg) - ref)
+            w = np.exp(_log_post(grid, slice(s, e), plx, plx_err, dm0, sig, cfg, pt) - ref)
             for k in range(first, last + 1):
                 a = (k - first) * stride
                 exact[k] = w[a:] if k == n_cells - 1 else w[a:a + stride]
@@ -475,7 +698,7 @@ def _refine_two_level(grid: DistanceGrid, lo: int, hi: int, node: Mapping[str, A
     i_mode = lo + best_k * stride + best_j
     m_all = ref + float(np.log(best_w))
     scale = 1.0 / best_w  # report weights relative to the true maximum
-    edge = (_edge_weight(grid, plx, plx_err, dm0, sig, cfg, m_all) if hi == grid.n_points
+    edge = (_edge_weight(grid, plx, plx_err, dm0, sig, cfg, m_all, pt) if hi == grid.n_points
             else 0.0)  # outside the window: below e^-T by construction
     return _Summary(i_mode, idx[0], idx[1], mean, float(np.sqrt(var)), -2.0 * m_all,
                     wq[0] * scale, wq[1] * scale, edge)
@@ -483,7 +706,8 @@ def _refine_two_level(grid: DistanceGrid, lo: int, hi: int, node: Mapping[str, A
 
 def _summarize_two_level(grid: DistanceGrid, lo: int, hi: int, n_cells: int, plx: float,
                          plx_err: float, dm0: float, sig: float,
-                         cfg: DistanceConfig) -> _Summary | None:
+                         cfg: DistanceConfig, pt: np.ndarray | None = None
+                         ) -> _Summary | None:
     """The same answers as :func:`_summarize_fine` from fewer evaluations.
 
     The posterior is evaluated exactly at ``n_cells + 1`` nodes spread over the window;
@@ -501,8 +725,9 @@ def _summarize_two_level(grid: DistanceGrid, lo: int, hi: int, n_cells: int, plx
     if (hi - lo - 1) // n_cells < 2:
         return None
     arr = [np.array([v], dtype=np.float64) for v in (plx, plx_err, dm0, sig)]
-    node = _node_pass(grid, np.array([lo]), np.array([hi]), n_cells, *arr, cfg)
-    return _refine_two_level(grid, lo, hi, node, 0, plx, plx_err, dm0, sig, cfg)
+    node = _node_pass(grid, np.array([lo]), np.array([hi]), n_cells, *arr, cfg,
+                      None if pt is None else np.asarray(pt)[None, :])
+    return _refine_two_level(grid, lo, hi, node, 0, plx, plx_err, dm0, sig, cfg, pt)
 
 
 #: grid values held at once by one batched node pass (stars x nodes): 512 stars at the
@@ -512,7 +737,8 @@ _NODE_BATCH_VALUES = 512 * 2048
 
 def _two_level_summaries(grid: DistanceGrid, lo: np.ndarray, hi: np.ndarray, plx: np.ndarray,
                          plx_err: np.ndarray, dm0: np.ndarray, sig: np.ndarray,
-                         cfg: DistanceConfig) -> dict[int, _Summary]:
+                         cfg: DistanceConfig, pt: np.ndarray | None = None
+                         ) -> dict[int, _Summary]:
     """:func:`_summarize_two_level` for many stars, level by level.
 
     Level 0 has ``coarse_nodes`` cells, each further level 4x more; at every level the
@@ -534,10 +760,11 @@ def _two_level_summaries(grid: DistanceGrid, lo: np.ndarray, hi: np.ndarray, plx
         for start in range(0, pending.size, batch):
             part = pending[start:start + batch]
             node = _node_pass(grid, lo[part], hi[part], n_cells, plx[part], plx_err[part],
-                              dm0[part], sig[part], cfg)
+                              dm0[part], sig[part], cfg, None if pt is None else pt[part])
             for j, k in enumerate(part):
                 s = _refine_two_level(grid, int(lo[k]), int(hi[k]), node, j, plx[k],
-                                      plx_err[k], dm0[k], sig[k], cfg)
+                                      plx_err[k], dm0[k], sig[k], cfg,
+                                      None if pt is None else pt[k])
                 if s is None:
                     failed.append(k)
                 else:
@@ -555,6 +782,7 @@ def summarize_distance_posteriors(
     cfg: DistanceConfig | None = None,
     windowed: bool = True,
     grid: DistanceGrid | None = None,
+    prior_terms: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Eqs. (18)-(23) on the 0.1 pc grid for arrays of stars.
 
@@ -562,6 +790,12 @@ def summarize_distance_posteriors(
     or error ≤ 0: no parallax factor); ``dm0_mag`` = Ks0 - M_Ks and ``sigma_tot_mag``
     from :func:`distance_modulus_terms` (NaN: parallax alone). ``windowed=False``
     evaluates every star on the whole grid (the reference the window must equal).
+    ``prior_terms``: for ``cfg.prior == "population"``, the per-star terms of
+    :func:`population_prior_terms` (required then, ignored otherwise).
+
+    A posterior narrower than ~2 grid steps gets its mode and width from the Laplace
+    approximation (bit ``analytic_width``); a mode outside [dis_low, dis_high] and a
+    parallax-photometric tension above :data:`TENSION_SIGMA` are flagged.
 
     Returns ``dis``, ``dis_low``, ``dis_high`` (kpc), ``logdis``, ``logdis_err``
     (log10 kpc), ``distance_flags`` (bits of :data:`DISTANCE_FLAG_BITS`, without the
@@ -574,6 +808,7 @@ def summarize_distance_posteriors(
     dm0 = np.asarray(dm0_mag, dtype=np.float64).copy()
     sig = np.asarray(sigma_tot_mag, dtype=np.float64)
     n = plx.size
+    pt = _check_prior_terms(cfg, prior_terms, n)
     with np.errstate(invalid="ignore"):
         plx[~(np.isfinite(plx) & np.isfinite(plx_err) & (plx_err > 0))] = np.nan
         dm0[~(np.isfinite(dm0) & np.isfinite(sig) & (sig > 0))] = np.nan
@@ -592,19 +827,21 @@ def summarize_distance_posteriors(
             break
         if windowed and attempt < _MAX_WIDENINGS:
             lo, hi, c2 = posterior_windows(plx[todo], plx_err[todo], dm0[todo], sig[todo],
-                                           grid, cfg, tol[todo])
+                                           grid, cfg, tol[todo],
+                                           None if pt is None else pt[todo])
         else:
             lo = np.zeros(todo.size, dtype=np.int64)
             hi = np.full(todo.size, grid.n_points, dtype=np.int64)
             c2 = np.full(todo.size, np.inf)
         retry = []
         summaries = _two_level_summaries(grid, lo, hi, plx[todo], plx_err[todo], dm0[todo],
-                                         sig[todo], cfg) if windowed else {}
+                                         sig[todo], cfg, None if pt is None else pt[todo]
+                                         ) if windowed else {}
         for k, i in enumerate(todo):
             s = summaries.pop(k, None)
             if s is None:
                 s = _summarize_fine(grid, int(lo[k]), int(hi[k]), plx[i], plx_err[i], dm0[i],
-                                    sig[i], cfg)
+                                    sig[i], cfg, None if pt is None else pt[i])
             points[i] += hi[k] - lo[k]
             n_out = grid.n_points - (hi[k] - lo[k])
             if n_out > 0:
@@ -630,7 +867,75 @@ def summarize_distance_posteriors(
             flags[todo] |= DISTANCE_FLAG_BITS["window_widened"]
             tol[todo] += 10.0
             log.debug("distance: %d stars re-evaluated on a wider window", todo.size)
+    _narrow_posteriors(out, flags, plx, plx_err, dm0, sig, grid.step_kpc)
+    with np.errstate(invalid="ignore"):
+        outside = (out["dis"] < out["dis_low"]) | (out["dis"] > out["dis_high"])
+    flags[outside] |= DISTANCE_FLAG_BITS["mode_outside_interval"]
+    flags[np.abs(parallax_tension(plx, plx_err, dm0, sig)) > TENSION_SIGMA] |= (
+        DISTANCE_FLAG_BITS["parallax_photometric_tension"])
     return {**out, "distance_flags": flags, "window_points": points}
+
+
+def parallax_tension(parallax_mas: np.ndarray, parallax_error_mas: np.ndarray,
+                     dm0_mag: np.ndarray, sigma_tot_mag: np.ndarray) -> np.ndarray:
+    """(plx - plx_phot) / sqrt(dplx^2 + dplx_phot^2) with the spectro-photometric
+    parallax plx_phot = 10^(-(dm0 - 10) / 5) mas and dplx_phot = 0.2 ln10 sigma_tot
+    plx_phot (eqs. 15-17 with dm0 = Ks0 - M_Ks); NaN without both factors."""
+    plx = np.asarray(parallax_mas, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        plx_s = 10.0 ** (-(np.asarray(dm0_mag, dtype=np.float64) - 10.0) / 5.0)
+        err_s = plx_s * 0.2 * np.log(10.0) * np.asarray(sigma_tot_mag, dtype=np.float64)
+        return (plx - plx_s) / np.hypot(np.asarray(parallax_error_mas, dtype=np.float64),
+                                        err_s)
+
+
+def _narrow_posteriors(out: dict[str, np.ndarray], flags: np.ndarray, plx: np.ndarray,
+                       plx_err: np.ndarray, dm0: np.ndarray, sig: np.ndarray,
+                       step_kpc: float) -> None:
+    """The Laplace approximation in u = ln d for posteriors narrower than ~2 grid steps.
+
+    With Phi(u) = ((plx - e^-u) / dplx)^2 + ((dm0 - 10 - 5 u / ln10) / sigma_tot)^2
+    (eqs. 19-22; the prior is flat on such scales), Newton's method from the grid mode
+    gives the mode u*, and sigma_u = sqrt(2 / Phi''(u*)): dis = e^u*, dis_low / dis_high
+    = e^(u* -/+ sigma_u), logdis = u* / ln10, logdis_err = sigma_u / ln10. In place."""
+    dis = out["dis"]
+    with np.errstate(invalid="ignore"):
+        width = np.log(10.0) * out["logdis_err"] * dis
+        narrow = np.isfinite(dis) & ((width < 2.0 * step_kpc)
+                                     | (out["dis_high"] <= out["dis_low"]))
+    idx = np.flatnonzero(narrow)
+    if idx.size == 0:
+        return
+    p, pe, m, sg = plx[idx], plx_err[idx], dm0[idx], sig[idx]
+    hp, hm = np.isfinite(p), np.isfinite(m)
+    p0, pe0 = np.where(hp, p, 0.0), np.where(hp, pe, 1.0)
+    m0, sg0 = np.where(hm, m, 0.0), np.where(hm, sg, 1.0)
+    k = 5.0 / np.log(10.0)
+    u = np.log(dis[idx])
+    for _ in range(50):
+        y = np.exp(-u)
+        g1 = np.where(hp, 2.0 * (p0 - y) * y / pe0**2, 0.0) + np.where(
+            hm, -2.0 * k * (m0 - 10.0 - k * u) / sg0**2, 0.0)
+        g2 = np.where(hp, 2.0 * (y * y - (p0 - y) * y) / pe0**2, 0.0) + np.where(
+            hm, 2.0 * k * k / sg0**2, 0.0)
+        step = np.where(g2 > 0, g1 / np.where(g2 > 0, g2, 1.0), 0.0)
+        u = u - np.clip(step, -0.1, 0.1)
+        if np.all(np.abs(step) < 1e-12):
+            break
+    y = np.exp(-u)
+    g2 = np.where(hp, 2.0 * (y * y - (p0 - y) * y) / pe0**2, 0.0) + np.where(
+        hm, 2.0 * k * k / sg0**2, 0.0)
+    ok = g2 > 0
+    sigma_u = np.sqrt(2.0 / np.where(ok, g2, 1.0))
+    ok &= np.exp(u) * sigma_u < 2.0 * step_kpc
+    j = idx[ok]
+    u, sigma_u = u[ok], sigma_u[ok]
+    out["dis"][j] = np.exp(u)
+    out["dis_low"][j] = np.exp(u - sigma_u)
+    out["dis_high"][j] = np.exp(u + sigma_u)
+    out["logdis"][j] = u / np.log(10.0)
+    out["logdis_err"][j] = sigma_u / np.log(10.0)
+    flags[j] |= DISTANCE_FLAG_BITS["analytic_width"]
 
 
 def galactocentric_xyz_kpc(ra_deg: np.ndarray, dec_deg: np.ndarray, distance_kpc: np.ndarray,

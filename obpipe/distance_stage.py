@@ -42,8 +42,12 @@ from obpipe.config import DistanceConfig
 from obpipe.distance import (
     DISTANCE_FLAG_BITS,
     DistanceGrid,
+    PopulationPrior,
     distance_modulus_terms,
+    fit_population_prior,
+    galactic_lb_deg,
     galactocentric_xyz_kpc,
+    population_prior_terms,
     summarize_distance_posteriors,
 )
 from obpipe.io import store
@@ -186,8 +190,25 @@ def _n_blocks(products_dir: str) -> int:
     return len(block_bounds(int(prods.sizes["spec"]), int(prods["specid"].chunks[0][0])))
 
 
-def distance_block(inputs: dict[str, np.ndarray], cfg: DistanceConfig) -> dict[str, np.ndarray]:
-    """Eqs. (18)-(24) for one block of spectra; binaries (flag 1) use the parallax alone."""
+#: root attribute of the products holding the fitted population prior (JSON)
+PRIOR_ATTR = "distance_population_prior"
+
+
+def block_prior_terms(ra_deg: np.ndarray, dec_deg: np.ndarray, mks_mag: np.ndarray,
+                      cfg: DistanceConfig, hyper: PopulationPrior | None
+                      ) -> np.ndarray | None:
+    """Per-star population-prior terms of some rows (None for another prior)."""
+    if cfg.prior != "population":
+        return None
+    lon, lat = galactic_lb_deg(ra_deg, dec_deg)
+    return population_prior_terms(lon, lat, mks_mag, hyper or PopulationPrior(),
+                                  cfg.d_max_kpc)
+
+
+def distance_block(inputs: dict[str, np.ndarray], cfg: DistanceConfig,
+                   hyper: PopulationPrior | None = None) -> dict[str, np.ndarray]:
+    """Eqs. (18)-(24) for one block of spectra; binaries (flag 1) use the parallax alone
+    (under the population prior ``hyper`` a proper posterior whatever their parallax)."""
     reuse_block_buffers()
     dm0, sig = distance_modulus_terms(inputs["Ks0"], inputs["Ks0_err"], inputs["MKs"],
                                       inputs["MKs_err"])
@@ -196,7 +217,10 @@ def distance_block(inputs: dict[str, np.ndarray], cfg: DistanceConfig) -> dict[s
         dm0 = np.where(binary, np.nan, dm0)
     res = summarize_distance_posteriors(inputs["parallax_corrected"],
                                         inputs["parallax_corrected_error"], dm0, sig, cfg,
-                                        grid=DistanceGrid.build(cfg))
+                                        grid=DistanceGrid.build(cfg),
+                                        prior_terms=block_prior_terms(
+                                            inputs["ra"], inputs["dec"], inputs["MKs"], cfg,
+                                            hyper))
     flags = res["distance_flags"]
     if cfg.parallax_only_binaries:
         flags[binary] |= DISTANCE_FLAG_BITS["binary_parallax_only"]
@@ -207,20 +231,74 @@ def distance_block(inputs: dict[str, np.ndarray], cfg: DistanceConfig) -> dict[s
             "X": x.astype(np.float32), "Y": y.astype(np.float32), "Z": z.astype(np.float32)}
 
 
+def fit_survey_prior(survey_path: str, products_dir: str, cfg: DistanceConfig
+                     ) -> tuple[PopulationPrior, dict[str, Any]]:
+    """The population prior's hyperparameters fitted to this survey's single stars
+    (``binary_flag == 0``, both a parallax and an M_Ks; :func:`fit_population_prior`)."""
+    import xarray as xr
+
+    prods = open_products(products_dir)
+    survey = xr.open_zarr(survey_path, consolidated=store.CONSOLIDATED,
+                          zarr_format=store.ZARR_FORMAT)
+    v = {k: prods[k].values for k in PRODUCT_INPUTS}
+    ra, dec = survey["ra"].values, survey["dec"].values
+    dm0, sig = distance_modulus_terms(v["Ks0"], v["Ks0_err"], v["MKs"], v["MKs_err"])
+    single = np.asarray(v["binary_flag"]) == 0
+    lon, lat = galactic_lb_deg(ra, dec)
+    plx = np.where(single, v["parallax_corrected"], np.nan)
+    return fit_population_prior(plx, v["parallax_corrected_error"], dm0, sig, lon, lat,
+                                v["MKs"], cfg.d_max_kpc)
+
+
+def fitted_prior(products_dir: str) -> PopulationPrior | None:
+    """The population prior recorded by the distance stage in the products, if any."""
+    import json
+
+    import zarr
+
+    from obpipe.products import products_path
+
+    grp = zarr.open_group(products_path(products_dir), mode="r",
+                          zarr_format=store.ZARR_FORMAT)
+    raw = grp.attrs.get(PRIOR_ATTR)
+    if not raw:
+        return None
+    rec = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    return PopulationPrior(**rec["hyperparameters"])
+
+
 def run_distance(ctx: Any) -> dict[str, Any]:
-    """The distance posterior of every spectrum, blockwise over the cube."""
+    """The distance posterior of every spectrum, blockwise over the cube.
+
+    Under the population prior its hyperparameters are first fitted to the survey's
+    single stars (:func:`fit_survey_prior`) and recorded in the products' root attribute
+    :data:`PRIOR_ATTR` and in the stage's result."""
+    import json
+
+    from obpipe.products import products_path
+
     cfg = distance_config(ctx)
     t0 = time.perf_counter()
+    hyper = None
+    prior_info: dict[str, Any] = {}
+    if cfg.prior == "population":
+        hyper, prior_info = fit_survey_prior(ctx.survey_path, ctx.products_dir, cfg)
+        prior_info = {"hyperparameters": hyper.as_dict(), "fit": prior_info}
+        store.update_attrs(products_path(ctx.products_dir),
+                           {PRIOR_ATTR: json.dumps(prior_info)})
     scheduler = gil_free_scheduler(ctx.scheduler, _n_blocks(ctx.products_dir),
                                    (ctx.survey_path, ctx.products_dir))
     with process_pool_for(scheduler):
         result = run_blockwise_stage(
-            ctx.survey_path, ctx.products_dir, STAGE, functools.partial(distance_block, cfg=cfg),
+            ctx.survey_path, ctx.products_dir, STAGE,
+            functools.partial(distance_block, cfg=cfg, hyper=hyper),
             OUTPUTS, survey_vars=("ra", "dec"), product_vars=PRODUCT_INPUTS,
             scheduler=scheduler,
             force=bool(getattr(ctx, "force", False)))
     result["seconds"] = time.perf_counter() - t0
     result["config"] = dataclasses.asdict(cfg)
+    if prior_info:
+        result["population_prior"] = prior_info
     flags = open_products(ctx.products_dir)["distance_flags"].values
     result["fractions"] = {k: float(np.mean((flags & v) > 0))
                            for k, v in DISTANCE_FLAG_BITS.items()}
