@@ -530,8 +530,8 @@ def summarize_run(
                                "scheduler": scheduler or "default"}
     stages = {}
     for name, rec in report.items():
-        keep = {k: rec[k] for k in ("status", "blocks_written", "blocks_skipped",
-                                    "spectra_written") if k in rec}
+        keep = {k: rec[k] for k in ("status", "rerun_because", "blocks_written",
+                                    "blocks_skipped", "spectra_written") if k in rec}
         keep["seconds"] = round(float(rec.get("seconds", 0.0)), 2)
         stages[name] = keep
     summary["stages"] = stages
