@@ -61,12 +61,19 @@ def _scheduler_options(p: argparse.ArgumentParser) -> None:
                    "(same as --scheduler ADDRESS)")
 
 
+def _version() -> str:
+    from obpipe import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     from obpipe.config import SimulationConfig
 
     d = SimulationConfig()
     parser = argparse.ArgumentParser(prog="obpipe", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    parser.add_argument("--version", action="version", version=f"obpipe {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("simulate", help="simulate a mock LAMOST OB survey into a Zarr cube")
@@ -77,10 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     for name in ("interloper_fraction", "subdwarf_fraction", "white_dwarf_fraction",
                  "evolved_fraction", "binary_fraction", "emission_fraction",
-                 "broken_fraction"):
+                 "broken_fraction", "supergiant_fraction"):
         p.add_argument("--" + name.replace("_", "-"), type=_fraction,
                        default=getattr(d, name), help=f"default {getattr(d, name)}")
     p.add_argument("--gaia-release", choices=["dr2", "dr3"], default=d.gaia_release)
+    p.add_argument("--extinction-law", choices=["G23", "F99", "F19", "CCM89", "O94"],
+                   default=d.extinction_law,
+                   help=f"the mock's extinction-curve family (default {d.extinction_law})")
+    p.add_argument("--rv-scatter", type=float, default=d.rv_scatter,
+                   help=f"star-to-star sigma of R_V about {d.rv_mean} (default {d.rv_scatter})")
     _scheduler_options(p)
 
     p = sub.add_parser("ingest", help="ingest LAMOST FITS files and a star table into a cube")
@@ -127,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("survey")
     p.add_argument("--products", default=None, help="products directory to validate too")
     p.add_argument("--json", action="store_true", help="print JSON (default: also JSON)")
+    _scheduler_options(p)
 
     p = sub.add_parser("info", help="human summary of a store")
     p.add_argument("survey")
@@ -135,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("products", metavar="PRODUCTS", help="products directory")
     p.add_argument("--survey", default=None,
                    help="survey store (default: the products' 'survey' attribute)")
+    _scheduler_options(p)
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output directory (default: PRODUCTS/report)")
 
@@ -218,9 +232,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     fractions = {k: getattr(args, k) for k in (
         "interloper_fraction", "subdwarf_fraction", "white_dwarf_fraction", "evolved_fraction",
-        "binary_fraction", "emission_fraction", "broken_fraction")}
+        "binary_fraction", "emission_fraction", "broken_fraction", "supergiant_fraction")}
     cfg = SimulationConfig(n_stars=args.n_stars, seed=args.seed, chunk_size=args.chunk_size,
-                           gaia_release=args.gaia_release, **fractions)
+                           gaia_release=args.gaia_release, extinction_law=args.extinction_law,
+                           rv_scatter=args.rv_scatter, **fractions)
     cfg.validate()
     t0 = time.perf_counter()
     with _dask_scheduler(args, "processes") as scheduler:
@@ -277,6 +292,15 @@ def _run_and_summarize(args: argparse.Namespace, survey: str, products: str,
                                                              False))
         return summarize_run(survey, products, report, time.perf_counter() - t0,
                              scheduler=spec)
+
+
+def _round_json(value: object) -> object:
+    """JSON form of numpy numbers, 4 significant digits (a summary line stays short
+    without being cut mid-number)."""
+    try:
+        return float(f"{float(value):.4g}")  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def _format_summary(summary: dict) -> str:
@@ -373,10 +397,26 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _default_scheduler(args: argparse.Namespace) -> Iterator[None]:
+    """``--scheduler`` / ``--address`` as Dask's default scheduler for library calls that
+    compute with it (validate, report); the threads scheduler when neither is given."""
+    import dask
+
+    with _dask_scheduler(args, "threads") as scheduler:
+        if scheduler is None:  # a cluster: its client is the default already
+            yield
+        else:
+            with dask.config.set(scheduler=scheduler):
+                yield
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from obpipe.validate import validate_survey
 
-    print(json.dumps(validate_survey(args.survey, args.products), indent=2, default=float))
+    with _default_scheduler(args):
+        metrics = validate_survey(args.survey, args.products)
+    print(json.dumps(metrics, indent=2, default=float))
     return 0
 
 
@@ -390,7 +430,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from obpipe.report import write_report
 
-    print(write_report(args.products, survey_path=args.survey, out_dir=args.out))
+    with _default_scheduler(args):
+        print(write_report(args.products, survey_path=args.survey, out_dir=args.out))
     return 0
 
 
@@ -428,7 +469,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     phot = metrics.get("photometry", {})
     if phot:
         print("photometry vs truth:", json.dumps(phot.get("ebv", {}).get(
-            "non_emission_all_bands", phot.get("ebv", {})), default=float)[:300])
+            "non_emission_all_bands", phot.get("ebv", {})), default=_round_json))
     lum = metrics.get("luminosity", {})
     if lum:
         ms = lum.get("mks_vs_truth", {})
@@ -475,11 +516,28 @@ COMMANDS = {"simulate": _cmd_simulate, "ingest": _cmd_ingest, "run": _cmd_run,
             "config": _cmd_config}
 
 
+def _quiet_distributed() -> None:
+    """Without -v, a local cluster or a scheduler connection logs warnings only: Dask's
+    distributed sets its own logger to INFO when imported (~40 lines per run: scheduler
+    start, worker registrations, client connections), and the client warns about
+    "Sending large graph" for the stages' graphs (which embed their small inputs)."""
+    import warnings
+
+    import dask
+
+    dask.config.set({"distributed.logging.distributed": "warning"})
+    if "distributed" in sys.modules:  # imported already: its logger level is set
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r"\s*Sending large graph", category=UserWarning)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not args.verbose:
+        _quiet_distributed()
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -114,8 +114,42 @@ class SimulationConfig:
     twomass_missing_fraction: float = 0.01
 
     # --- Gaia ---
-    #: "dr3" (Lindegren et al. 2021 zero-point injected) or "dr2" (Leung & Bovy 2019 style).
-    gaia_release: str = "dr3"
+    #: "dr2" (the paper's data) or "dr3". Errors, their external inflation and the
+    #: injected zero-point follow the release (see ``obpipe.simulate.sky``).
+    gaia_release: str = "dr2"
+
+    # --- the real sky's systematics (issue 15, item 3): each on by default, each with its
+    # latent value in the ``truth`` group; injected by the mock's own code, never by the
+    # functions the pipeline uses to remove them ---
+    #: quoted parallax errors underestimate the true scatter by the release's published
+    #: external-error relation (DR2: Lindegren et al. 2018; DR3: Maiz Apellaniz 2022);
+    #: truth ``parallax_error_true`` (mas). False: quoted errors are the true scatter.
+    parallax_external_errors: bool = True
+    #: the injected zero-point varies with G, colour and sky position (truth
+    #: ``parallax_zp_true``, mas). False: a constant -0.0523 mas (DR2) or the Lindegren et
+    #: al. (2021) recipe alone (DR3), i.e. exactly what the pipeline removes.
+    parallax_zp_variations: bool = True
+    #: extinction-curve family of the mock (a ``dust_extinction.parameter_averages`` class:
+    #: G23, F99, F19, CCM89, O94); G23 = Gordon et al. (2023) by default.
+    extinction_law: str = "G23"
+    #: R_V per star ~ N(rv_mean, rv_scatter), clipped to 2.3-4.6 (truth ``R_V_true``).
+    rv_mean: float = 3.1
+    rv_scatter: float = 0.25
+    #: star-to-star scatter (mag) of each intrinsic colour around Mamajek's sequence.
+    intrinsic_colour_scatter_mag: float = 0.02
+    #: true / quoted noise per exposure ~ lognormal(median, sigma_ln), clipped to 0.8-1.3
+    #: (truth ``ivar_scale_true``); sigma_ln = 0 and median = 1: the ivar is right.
+    ivar_scale_median: float = 1.05
+    ivar_scale_sigma_ln: float = 0.1
+    #: correlation coefficient of the noise of neighbouring pixels (resampling); 0: white.
+    noise_neighbour_correlation: float = 0.25
+    #: spectra per plate and rms of the per-plate RV zero-point (km/s; truth
+    #: ``plate_rv_offset_true``); 0: no plate offsets.
+    spectra_per_plate: int = 250
+    plate_rv_offset_kms: float = 3.0
+    #: B/A supergiants and bright giants (log g 1.5-3, Teff 10-30 kK), fraction of OB stars;
+    #: the hotter, lower-gravity ones carry wind emission in H-alpha.
+    supergiant_fraction: float = 0.04
 
     # --- spectra ---
     resolving_power: float = 1800.0
@@ -157,6 +191,23 @@ class SimulationConfig:
             raise ValueError("interloper + subdwarf + white dwarf fractions must sum below 1")
         if not 0 < self.min_mass_ratio <= 1:
             raise ValueError(f"min_mass_ratio must be in (0, 1], got {self.min_mass_ratio}")
+        if self.extinction_law not in ("G23", "F99", "F19", "CCM89", "O94"):
+            raise ValueError(f"extinction_law must be G23, F99, F19, CCM89 or O94, got "
+                             f"{self.extinction_law!r}")
+        if not 2.3 <= self.rv_mean <= 4.6 or self.rv_scatter < 0:
+            raise ValueError(f"rv_mean must be within [2.3, 4.6] and rv_scatter >= 0, got "
+                             f"{self.rv_mean}, {self.rv_scatter}")
+        if not 0.8 <= self.ivar_scale_median <= 1.3 or self.ivar_scale_sigma_ln < 0:
+            raise ValueError("ivar_scale_median must be within [0.8, 1.3] and "
+                             "ivar_scale_sigma_ln >= 0")
+        if not 0.0 <= self.noise_neighbour_correlation < 0.5:
+            raise ValueError(f"noise_neighbour_correlation must be within [0, 0.5), got "
+                             f"{self.noise_neighbour_correlation}")
+        if self.spectra_per_plate <= 0 or self.plate_rv_offset_kms < 0:
+            raise ValueError("spectra_per_plate must be positive, plate_rv_offset_kms >= 0")
+        if not 0.0 <= self.supergiant_fraction <= 0.5:
+            raise ValueError(f"supergiant_fraction must be within [0, 0.5], got "
+                             f"{self.supergiant_fraction}")
         if self.gaia_release not in ("dr2", "dr3"):
             raise ValueError(f"gaia_release must be 'dr2' or 'dr3', got {self.gaia_release!r}")
         if self.min_mass_msun >= self.max_mass_msun:

@@ -108,6 +108,7 @@ def validate_survey(path: str, products_dir: str | None = None) -> dict[str, Any
                 float, np.percentile(dist, [5, 50, 95, 100])), strict=True)),
             "spearman_ebv_distance": float(_spearman(ebv, dist)),
         }
+        metrics["mock_systematics"] = mock_systematics_metrics(survey, truth)
         if products_dir is not None:
             from obpipe.photometry.stage import photometry_metrics
             from obpipe.products import open_products, stage_complete
@@ -127,6 +128,9 @@ def validate_survey(path: str, products_dir: str | None = None) -> dict[str, Any
                                      "parallax_corrected_error", "parallax_spec",
                                      "parallax_spec_err") if v in products]
                 metrics["luminosity"] = luminosity_metrics(survey, products[lvars].load(), truth)
+                metrics["ism_shortcut"] = ism_shortcut_metrics(
+                    products[[v for v in ("MKs", "luminosity_set") if v in products]].load(),
+                    truth)
             if stage_complete(products_dir, "distance"):
                 dvars = ["dis", "dis_low", "dis_high", "logdis", "logdis_err", "distance_flags",
                          "binary_flag", "parallax_corrected", "parallax_corrected_error"]
@@ -317,4 +321,130 @@ def spectral_metrics(survey: xr.Dataset, products: xr.Dataset, truth: xr.Dataset
         for lo, hi in ((0, 20), (20, 50), (50, 100), (100, 300), (300, 100000))
         if np.any(clean & (snr >= lo) & (snr < hi))
     }
+    return out
+
+
+def mock_systematics_metrics(survey: xr.Dataset, truth: xr.Dataset) -> dict[str, Any]:
+    """Are the mock's real-sky systematics (issue 15, item 3) present in the data?
+
+    * ``zero_point_residual_rms_uas``: rms of the injected zero-point (``parallax_zp_true``)
+      minus the pipeline's published correction
+      (:func:`obpipe.photometry.parallax.parallax_zero_point`), µas;
+    * ``parallax_error_ratio_median``: median ``parallax_error_true / parallax_error``;
+      ``pull_std_quoted`` / ``pull_std_true``: std of (parallax - Z - truth) over the
+      quoted / true error (RUWE < 1.4);
+    * ``R_V``: mean and std of ``R_V_true`` (per star); ``ivar_scale``: 5th/95th
+      percentiles and span of ``ivar_scale_true``; ``plate_rv_offset_rms_kms``;
+    * ``ob_log_g_below_3_fraction``: stars of class OB with ``logg_true`` < 3;
+    * ``binary_rv``: orbital periods (days) and, for stars with several visits, the share
+      of binaries / singles whose RV scatter exceeds 3x the median ``rv_err``.
+    Empty for a store without these truth columns (a mock made before them).
+    """
+    from obpipe.photometry.parallax import parallax_zero_point
+
+    if "parallax_zp_true" not in truth:
+        return {}
+    out: dict[str, Any] = {}
+    zp, _ = parallax_zero_point(
+        survey["gaia_release"].values, survey["phot_g_mean_mag"].values,
+        survey["nu_eff_used_in_astrometry"].values, survey["pseudocolour"].values,
+        survey["ecl_lat"].values, survey["astrometric_params_solved"].values)
+    res = truth["parallax_zp_true"].values.astype(float) - zp
+    out["zero_point_residual_rms_uas"] = float(1000.0 * np.sqrt(np.nanmean(res**2)))
+    out["zero_point_residual_mean_uas"] = float(1000.0 * np.nanmean(res))
+    quoted = survey["parallax_error"].values.astype(float)
+    true_err = truth["parallax_error_true"].values.astype(float)
+    out["parallax_error_ratio_median"] = float(np.nanmedian(true_err / quoted))
+    delta = (survey["parallax"].values.astype(float) - truth["parallax_zp_true"].values
+             - truth["parallax_mas_true"].values)
+    good = survey["ruwe"].values.astype(float) < 1.4
+    out["pull_std_quoted"] = float(np.nanstd((delta / quoted)[good]))
+    out["pull_std_true"] = float(np.nanstd((delta / true_err)[good]))
+    star = truth["star_index"].values
+    first = np.unique(star, return_index=True)[1]
+    rv = truth["R_V_true"].values.astype(float)[first]
+    out["R_V"] = {"mean": float(np.mean(rv)), "std": float(np.std(rv))}
+    scale = truth["ivar_scale_true"].values.astype(float)
+    p5, p95 = np.percentile(scale, [5, 95])
+    out["ivar_scale"] = {"p5": float(p5), "p95": float(p95), "span_5_95": float(p95 - p5)}
+    plate_rv = truth["plate_rv_offset_true"].values.astype(float)
+    out["plate_rv_offset_rms_kms"] = float(np.sqrt(np.mean(
+        plate_rv[np.unique(truth["plate_id"].values, return_index=True)[1]] ** 2)))
+    cls = truth["star_class"].values.astype(object).astype(str)[first]
+    logg = truth["logg_true"].values.astype(float)[first]
+    out["ob_log_g_below_3_fraction"] = float(np.mean(logg[cls == "OB"] < 3.0))
+    binary = truth["is_binary"].values.astype(bool)
+    period = truth["orbital_period_days_true"].values.astype(float)[first][binary[first]]
+    out["binary_rv"] = {"period_days_p5_p50_p95": [float(x) for x in np.percentile(
+        period, [5, 50, 95])] if period.size else None}
+    rv_obs = survey["rv"].values.astype(float)
+    rv_err = survey["rv_err"].values.astype(float)
+    order = np.argsort(star, kind="stable")
+    uniq, start, count = np.unique(star[order], return_index=True, return_counts=True)
+    multi = count >= 2
+    sd = np.array([np.std(rv_obs[order][a:a + c]) for a, c in zip(start[multi], count[multi],
+                                                                  strict=True)])
+    err = np.array([np.median(rv_err[order][a:a + c]) for a, c in zip(start[multi],
+                                                                      count[multi], strict=True)])
+    is_bin = binary[order][start[multi]]
+    if is_bin.any() and (~is_bin).any():
+        out["binary_rv"]["rv_scatter_gt_3x_err"] = {
+            "binaries": float(np.mean(sd[is_bin] > 3 * err[is_bin])),
+            "singles": float(np.mean(sd[~is_bin] > 3 * err[~is_bin]))}
+    return out
+
+
+def ism_shortcut_metrics(products: xr.Dataset, truth: xr.Dataset,
+                         ebv_edges: tuple[float, ...] = (0.0, 0.3, 0.6, 1.0, 1.5, 2.0, 4.0)
+                         ) -> dict[str, Any]:
+    """Do the networks read distance from the ISM? (issue 15, item 3g)
+
+    The 4430 AA DIB and interstellar Ca II K grow with E(B-V), which grows with distance.
+    For single non-emission OB stars with a spectroscopic M_Ks (eq. 5-6 networks), the
+    residual ``MKs - MKs_true`` is compared at fixed true M_Ks: the median residual of
+    each 0.5 mag bin of ``MKs_true`` is subtracted, then the residual's slope against
+    ``ebv_true`` (mag per mag, least squares with its standard error) and its median in
+    bins of ``ebv_true`` are reported, for the test set (never trained on, where
+    ``luminosity_set`` is present) and for all such stars. A network that used the ISM
+    as a distance proxy would show a slope: far (reddened) stars read too bright.
+    """
+    if "MKs" not in products:
+        return {}
+    mks = products["MKs"].values.astype(float)
+    true = truth["MKs_true"].values.astype(float)
+    ebv = truth["ebv_true"].values.astype(float)
+    cls = truth["star_class"].values.astype(object).astype(str)
+    base = ((cls == "OB") & ~truth["is_binary"].values.astype(bool)
+            & ~truth["has_emission"].values.astype(bool)
+            & ~truth["is_broken"].values.astype(bool) & np.isfinite(mks))
+    sets = {"all": base}
+    if "luminosity_set" in products:
+        from obpipe.luminosity.stage import SET_BITS
+
+        sets["test_set"] = base & ((products["luminosity_set"].values.astype(int)
+                                    & SET_BITS["test"]) > 0)
+    out: dict[str, Any] = {}
+    for name, sel in sets.items():
+        if sel.sum() < 20:
+            continue
+        d, t, e = mks[sel] - true[sel], true[sel], ebv[sel]
+        mbin = np.floor(t / 0.5).astype(int)
+        resid = d.copy()
+        ecen = e.copy()
+        for b in np.unique(mbin):
+            m = mbin == b
+            resid[m] -= np.median(d[m])
+            ecen[m] -= np.mean(e[m])
+        var = np.sum(ecen**2)
+        slope = float(np.sum(ecen * resid) / var) if var > 0 else float("nan")
+        scatter = np.std(resid - slope * ecen)
+        out[name] = {
+            "n": int(sel.sum()),
+            "slope_mag_per_mag": slope,
+            "slope_err": float(scatter / np.sqrt(var)) if var > 0 else float("nan"),
+            "median_residual_by_ebv": {
+                f"{lo}-{hi}": {"n": int(np.sum(m)), "median": float(np.median(resid[m]))}
+                for lo, hi in zip(ebv_edges[:-1], ebv_edges[1:], strict=True)
+                if (m := (e >= lo) & (e < hi)).sum() >= 5},
+        }
     return out

@@ -66,10 +66,14 @@ def test_extinction_rises_with_distance(small_survey) -> None:
 
 
 def test_parallaxes_consistent_with_truth(small_survey) -> None:
-    m = validate_survey(small_survey)["parallax"]
-    assert abs(m["pull_std"] - 1.0) < 0.1
+    """Quoted DR2 errors underestimate the scatter (published external-error relation):
+    pulls are wide with the quoted error and unit-width with ``parallax_error_true``."""
+    metrics = validate_survey(small_survey)
+    m = metrics["parallax"]
+    assert m["pull_std"] > 1.05
     assert abs(m["pull_mean"]) < 0.1
     assert m["pull_std_all_ruwe"] > m["pull_std"], "high-RUWE binaries scatter more"
+    assert abs(metrics["mock_systematics"]["pull_std_true"] - 1.0) < 0.1
 
 
 def test_photometry_has_errors_and_gaps(small_survey) -> None:

@@ -19,14 +19,17 @@ Model (all wavelengths vacuum, rest frame of the measured RV):
 3. Binaries sum the primary and secondary spectra weighted by their continua.
 4. Emission: Be discs (double-peaked H-alpha, weaker H-beta/H-gamma, Paschen,
    He I and Fe II), or nebular lines (narrow H, [N II], [S II], [O III]) at the
-   interstellar velocity.
+   interstellar velocity, or a supergiant's wind (H-alpha filled in by a broad,
+   slightly red-shifted emission with a weak blue-shifted P Cygni absorption).
 5. Interstellar Na D (Poznanski et al. 2012 EW - E(B-V) relation), Ca II K and
    diffuse interstellar bands scaled with E(B-V), at the ISM velocity (-RV in
    the stellar rest frame); residual telluric bands in the observed frame.
-6. Continuum: a blackbody at Teff reddened by the Fitzpatrick (1999) R_V = 3.1
-   curve (``dust_extinction``), scaled to the star's g magnitude, times a smooth
-   flux-calibration error; noise from the S/N with the LAMOST throughput shape,
-   sky-line residuals, bad pixels, partial coverage at the ends.
+6. Continuum: a blackbody at Teff reddened by the mock's extinction curve at the
+   star's R_V (``sed.extinction_curve_per_ebv``: G23 by default), scaled to the star's
+   g magnitude, times a smooth flux-calibration error; noise from the S/N with the
+   LAMOST throughput shape, mis-scaled per exposure against the quoted ivar and
+   correlated between neighbouring pixels (``survey.synthesize_spectra``), sky-line
+   residuals, bad pixels, partial coverage at the ends.
 7. ~1 % broken spectra (Appendix A, Fig. 15 of the paper): arm flux jumps, dead
    segments, wavelength-calibration shifts of the blue arm, cosmic-ray spikes.
 
@@ -47,7 +50,7 @@ import numpy as np
 import scipy.fft
 from scipy.special import expit, j1
 
-from obpipe.spectra.grid import SPEED_OF_LIGHT_KMS, velocity_per_pixel_kms, wavelength_grid
+from obpipe.spectra.grid import SPEED_OF_LIGHT_KMS, velocity_per_pixel_kms
 
 RYDBERG_H_INV_AA = 1.0967758e-3  # Rydberg constant for hydrogen, 1/AA (vacuum)
 LIMB_DARKENING = 0.6
@@ -347,17 +350,6 @@ def planck_shape(wave_aa: np.ndarray, teff_k: np.ndarray) -> np.ndarray:
     return b(wave_aa[None, :]) / b(np.array([[4700.0]]))
 
 
-@lru_cache(maxsize=2)
-def extinction_curve_per_ebv() -> np.ndarray:
-    """A_lambda / E(B-V) on the common grid, Fitzpatrick (1999), R_V = 3.1."""
-    import astropy.units as u
-    from dust_extinction.parameter_averages import F99
-
-    wave = wavelength_grid()
-    rv = 3.1
-    return np.asarray(F99(Rv=rv)(wave * u.AA), dtype=float) * rv
-
-
 def _gauss(wave: np.ndarray, center: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     c = np.atleast_1d(np.asarray(center, dtype=float))[:, None]
     s = np.atleast_1d(np.asarray(sigma, dtype=float))[:, None]
@@ -377,6 +369,7 @@ def emission_spectrum(
     out = np.zeros((n, wave.size))
     be = emission_type == "be_disc"
     neb = emission_type == "nebular"
+    wind = emission_type == "wind"
     inst_kms = SPEED_OF_LIGHT_KMS / resolving_power / 2.3548
     if be.any():
         ew = -halpha_ew[be]
@@ -404,6 +397,19 @@ def emission_spectrum(
             c = lam * (1.0 + v / SPEED_OF_LIGHT_KMS)
             prof += rel * ew[:, None] * _gauss(wave, c, lam * sig_v / SPEED_OF_LIGHT_KMS)
         out[neb] = prof
+    if wind.any():
+        # a B supergiant's wind: H-alpha emission of EW |halpha_ew| (terminal velocities
+        # ~200-1,000 km/s), peaking slightly red of rest, with a P Cygni absorption of a
+        # third of it on the blue side; H-beta at a fifth
+        ew = -halpha_ew[wind]
+        prof = np.zeros((int(wind.sum()), wave.size))
+        sig_v = np.hypot(120.0, inst_kms)
+        for lam, rel in ((6564.61, 1.0), (4862.68, 0.2)):
+            prof += rel * ew[:, None] * _gauss(
+                wave, lam * (1.0 + 40.0 / SPEED_OF_LIGHT_KMS), lam * sig_v / SPEED_OF_LIGHT_KMS)
+            prof -= 0.33 * rel * ew[:, None] * _gauss(
+                wave, lam * (1.0 - 250.0 / SPEED_OF_LIGHT_KMS), lam * sig_v / SPEED_OF_LIGHT_KMS)
+        out[wind] = prof
     return out
 
 

@@ -26,8 +26,21 @@ Geneva/MIST tracks for 3-30 Msun); stars past the main sequence cross to lower
 Teff at nearly constant L, growing R by up to a factor 10, but each only as far
 as it stays an OB star (Teff >= ``evolved_min_teff_k``, log g >=
 ``evolved_min_logg``: blue giants and supergiants; the yellow and red ones a
-spectral-type OB selection would not pick). M_Ks follows from L and Teff through the Ks
-bolometric correction of ``obpipe.photometry.synthetic``.
+spectral-type OB selection would not pick). M_Ks follows from L and Teff through the
+mock's own bolometric correction and V - Ks (Mamajek's sequence, ``sed.py``).
+
+B/A supergiants and bright giants (``supergiant_fraction`` of OB stars) are drawn
+directly in (Teff, log g): log g uniform in 1.5-3, Teff log-uniform in 10-30 kK, and
+the mass whose post-main-sequence luminosity (the track's L at the end of the crossing)
+gives that L / M through eq. 5, so that they sit where such stars are observed
+(luminosity classes Ia-II); pairs that would need a mass outside the IMF's range are
+drawn again. Those with log g < 2.6 and Teff > 12 kK carry wind emission that fills in
+H-alpha (``emission_type`` "wind").
+
+Binary orbits: circular, periods from Sana et al. (2012, Science 337, 444), f(log P) ~
+(log P)^-0.55 on 0.15 <= log P/d <= 3.5, isotropic inclinations; the relative orbital
+velocity is K = (2 pi G (M1 + M2) / P)^(1/3) sin i = 212.8 km/s (M/Msun)^(1/3)
+(P/d)^(-1/3) sin i, and each visit sees the phase of its own date.
 
 Where the mock is unlike the real sky: no mass loss, no Wolf-Rayet or LBV
 stars, no chemically peculiar (Ap/Bp, He-strong/weak) stars, no pre-main-sequence
@@ -39,7 +52,7 @@ from __future__ import annotations
 import numpy as np
 
 from obpipe.config import SimulationConfig
-from obpipe.photometry.synthetic import absolute_magnitudes
+from obpipe.simulate import sed
 
 LOGG_SUN = 4.438
 TEFF_SUN_K = 5772.0
@@ -152,8 +165,51 @@ def sample_power_law(
 
 
 def mks_of(teff_k: np.ndarray, logg: np.ndarray, log_l: np.ndarray) -> np.ndarray:
-    """Ks absolute magnitude from L and Teff through the Ks bolometric correction."""
-    return absolute_magnitudes(teff_k, logg, log_l)["Ks"]
+    """Ks absolute magnitude from L and Teff (the mock's SED, ``sed.absolute_magnitudes``;
+    ``logg`` is accepted for symmetry: the dwarf colour sequence has no gravity term)."""
+    return sed.absolute_magnitudes(teff_k, log_l)["Ks"]
+
+
+#: Sana et al. (2012) O-star period distribution: f(log P) ~ (log P)^SANA_PI_EXPONENT
+SANA_PI_EXPONENT = -0.55
+SANA_LOG_P_RANGE_DAYS = (0.15, 3.5)
+#: (2 pi G Msun / 1 day)^(1/3) in km/s: circular relative orbital velocity scale
+KEPLER_VELOCITY_KMS = 212.8
+
+
+def sample_log_period_days(rng: np.random.Generator, n: int) -> np.ndarray:
+    """log10 P (days) from Sana et al. (2012): f(log P) ~ (log P)^-0.55 on 0.15-3.5."""
+    lo, hi = SANA_LOG_P_RANGE_DAYS
+    a = 1.0 + SANA_PI_EXPONENT
+    u = rng.random(n)
+    return (lo**a + u * (hi**a - lo**a)) ** (1.0 / a)
+
+
+def draw_supergiants(
+    rng: np.random.Generator, n: int, cfg: SimulationConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mass Msun, Teff K, log g) of ``n`` B/A supergiants and bright giants: log g
+    uniform in 1.5-3, Teff log-uniform in 10-30 kK, mass from eq. 5 with the luminosity
+    at the end of the post-main-sequence crossing (see the module docstring)."""
+    m_grid = np.geomspace(max(cfg.min_mass_msun, 3.0), cfg.max_mass_msun, 400)
+    log_l_end, _ = track_log_l_r(m_grid, np.full(m_grid.size, 1.25))
+    l_over_m = log_l_end - np.log10(m_grid)  # increasing with mass
+    mass, teff, logg = np.empty(n), np.empty(n), np.empty(n)
+    todo = np.arange(n)
+    for _ in range(100):
+        if todo.size == 0:
+            break
+        g = rng.uniform(1.5, 3.0, todo.size)
+        t = 10.0 ** rng.uniform(4.0, np.log10(30000.0), todo.size)
+        target = 4.0 * np.log10(t / TEFF_SUN_K) - (g - LOGG_SUN)
+        ok = (target >= l_over_m[0]) & (target <= l_over_m[-1])
+        idx = todo[ok]
+        mass[idx] = np.interp(target[ok], l_over_m, m_grid)
+        teff[idx], logg[idx] = t[ok], g[ok]
+        todo = todo[~ok]
+    if todo.size:  # extreme options only: the most massive star at the lowest L/M
+        mass[todo], teff[todo], logg[todo] = cfg.max_mass_msun, 30000.0, 3.0
+    return mass, teff, logg
 
 
 def system_magnitude(m1: np.ndarray, m2: np.ndarray) -> np.ndarray:
@@ -207,6 +263,10 @@ def sample_population(cfg: SimulationConfig, rng: np.random.Generator) -> dict[s
     )
     teff = teff_from_l_r(log_l_track, log_r)
     logg = logg_from_m_r(mass, log_r)
+    # B/A supergiants and bright giants (log g 1.5-3), drawn in (Teff, log g)
+    is_sg = is_ob & ~is_evolved & (rng.random(n) < cfg.supergiant_fraction)
+    mass[is_sg], teff[is_sg], logg[is_sg] = draw_supergiants(rng, int(is_sg.sum()), cfg)
+    tau[is_sg] = 1.25
     # compact hot stars: parameters drawn directly
     teff[is_sd] = rng.uniform(24_000.0, 40_000.0, int(is_sd.sum()))
     logg[is_sd] = rng.uniform(5.2, 6.0, int(is_sd.sum()))
@@ -229,7 +289,7 @@ def sample_population(cfg: SimulationConfig, rng: np.random.Generator) -> dict[s
 
     # emission (OB only); Be stars rotate fast
     p_em = min(1.0, cfg.emission_fraction / max(p_cls[0], 1e-9))
-    has_emission = is_ob & (rng.random(n) < p_em)
+    has_emission = is_ob & ~is_sg & (rng.random(n) < p_em)
     nebular = has_emission & (rng.random(n) < cfg.nebular_share)
     be_disc = has_emission & ~nebular
     v_eq[be_disc] = rng.uniform(250.0, 420.0, int(be_disc.sum()))
@@ -240,6 +300,12 @@ def sample_population(cfg: SimulationConfig, rng: np.random.Generator) -> dict[s
     halpha_ew = np.zeros(n)
     halpha_ew[be_disc] = -(10.0 ** rng.uniform(np.log10(3.0), np.log10(50.0), int(be_disc.sum())))
     halpha_ew[nebular] = -(10.0 ** rng.uniform(np.log10(1.5), np.log10(40.0), int(nebular.sum())))
+    # supergiant winds fill in H-alpha (EW of the emission component, AA); net emission
+    # (an emission-line star) where it outweighs the photospheric absorption
+    wind = is_sg & (logg < 2.6) & (teff > 12000.0)
+    emission_type[wind] = "wind"
+    halpha_ew[wind] = -(10.0 ** rng.uniform(np.log10(0.5), np.log10(5.0), int(wind.sum())))
+    has_emission |= wind & (halpha_ew < -2.5)
     # disc free-free emission brightens the near-infrared (why the paper avoids Ks for E(B-V))
     disc_ks_excess = np.zeros(n)
     disc_ks_excess[be_disc] = -rng.uniform(0.0, 0.5, int(be_disc.sum())) * np.clip(
@@ -263,8 +329,18 @@ def sample_population(cfg: SimulationConfig, rng: np.random.Generator) -> dict[s
     twin = is_binary & (q >= 1.0)
     teff2[twin], logg2[twin], log_l2[twin] = teff[twin], logg[twin], log_l[twin]
     vsini2 = np.clip(np.abs(rng.normal(150.0, 90.0, n)) * sin_i, 0.0, 480.0)
-    # orbital velocity semi-amplitude of the relative orbit (km/s), for composite spectra
-    k_rel = np.where(is_binary, 10.0 ** rng.uniform(1.0, 2.5, n), 0.0)
+    # circular orbits: Sana et al. (2012) periods, isotropic inclinations; K of the
+    # relative orbit (km/s) and the orbital phase at MJD 0
+    log_p = np.where(is_binary, sample_log_period_days(rng, n), np.nan)
+    sin_inc = np.sqrt(1.0 - rng.random(n) ** 2)
+    m_tot = mass + np.nan_to_num(m2)
+    k_rel = np.where(is_binary, KEPLER_VELOCITY_KMS * (m_tot / 10.0 ** np.nan_to_num(log_p))
+                     ** (1.0 / 3.0) * sin_inc, 0.0)
+    phase0 = rng.random(n)
+    # intrinsic colours scatter from star to star around Mamajek's sequence: every band
+    # but Ks (which carries M_Ks) gets an offset of scatter / sqrt(2) mag
+    colour_offsets = {b: (rng.normal(0.0, cfg.intrinsic_colour_scatter_mag / np.sqrt(2.0), n)
+                          if b != "Ks" else np.zeros(n)) for b in sed.BANDS}
 
     mks1 = mks_of(teff, logg, log_l)
     mks2 = np.where(is_binary, mks_of(teff2, logg2, log_l2), np.nan)
@@ -290,6 +366,10 @@ def sample_population(cfg: SimulationConfig, rng: np.random.Generator) -> dict[s
         "vsini2": vsini2,
         "MKs2": mks2,
         "k_rel_kms": k_rel,
+        "orbital_period_days": 10.0**log_p,
+        "orbital_phase0": phase0,
+        "is_supergiant": is_sg,
+        "colour_offsets": colour_offsets,
         "has_emission": has_emission,
         "emission_type": emission_type,
         "halpha_ew": halpha_ew,

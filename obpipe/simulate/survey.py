@@ -22,8 +22,7 @@ from obpipe import __version__
 from obpipe.config import SimulationConfig, to_json
 from obpipe.io import store
 from obpipe.io.tables import star_identifier, uniqflag_by_snr
-from obpipe.photometry.synthetic import absolute_magnitudes, extinction_coefficients
-from obpipe.simulate import sky, spectra, stars
+from obpipe.simulate import sed, sky, spectra, stars
 from obpipe.spectra.grid import SPEED_OF_LIGHT_KMS, velocity_per_pixel_kms, wavelength_grid
 
 log = logging.getLogger(__name__)
@@ -32,6 +31,26 @@ log = logging.getLogger(__name__)
 SUB_BATCH = 250
 BROKEN_KINDS = ("flux_jump", "dead_segment", "wavelength_shift", "spikes")
 FIRST_SPECID = 200_000_001
+
+#: truth columns of the real sky's systematics (issue 15, item 3), beside
+#: ``store.TRUTH_COLUMNS``
+MOCK_TRUTH_COLUMNS: dict[str, store.Column] = {
+    "R_V_true": store.Column("float32", "", "R_V = A_V / E(B-V) of the sight line"),
+    "parallax_error_true": store.Column(
+        "float32", "mas", "true parallax scatter (published external-error relation of "
+        "the release, x RUWE for wobbling binaries); parallax_error is what Gaia quotes"),
+    "parallax_zp_true": store.Column(
+        "float32", "mas", "injected parallax zero-point Z (parallax = true + Z, the sign "
+        "of parallax_offset); same values as parallax_zero_point_mas"),
+    "ivar_scale_true": store.Column(
+        "float32", "", "true noise sigma / quoted sigma (1/sqrt(ivar)) of this exposure"),
+    "plate_id": store.Column("int32", "", "plate (and night) of the exposure"),
+    "plate_rv_offset_true": store.Column(
+        "float32", "km / s", "RV zero-point offset of the plate (in rv, not in rv_true)"),
+    "orbital_period_days_true": store.Column(
+        "float32", "d", "orbital period of a binary (NaN for single stars)"),
+    "is_supergiant": store.Column("bool", "", "B/A supergiant or bright giant (log g 1.5-3)"),
+}
 
 
 def build_tables(cfg: SimulationConfig) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray],
@@ -46,14 +65,14 @@ def build_tables(cfg: SimulationConfig) -> tuple[dict[str, np.ndarray], dict[str
     place = sky.place_stars(pop, cfg, rng)
     n_star = cfg.n_stars
     true_mag, obs_mag, err_mag = sky.observe_photometry(
-        place["abs_mag"], place["distance_kpc"], place["ebv"], pop["teff"], cfg, rng
+        place["abs_mag"], place["distance_kpc"], place["ebv"], pop["teff"], place["r_v"],
+        cfg, rng,
     )
     parallax_true = 1.0 / place["distance_kpc"]
     astro = sky.observe_astrometry(
         parallax_true, true_mag["G"], true_mag["BP"] - true_mag["RP"], place["ra"],
         place["dec"], pop["is_binary"], cfg, rng,
     )
-    r_ks = extinction_coefficients(pop["teff"])["Ks"]
     gaia_id = rng.choice(2**62, size=n_star, replace=False).astype(np.int64)
     systemic_rv = rng.normal(0.0, cfg.rv_dispersion_kms, n_star)
     star_ids = star_identifier(place["ra"], place["dec"])
@@ -73,7 +92,16 @@ def build_tables(cfg: SimulationConfig) -> tuple[dict[str, np.ndarray], dict[str
     )
     snr *= 10.0 ** rng.normal(0.0, cfg.snr_conditions_dex, n_spec)
     snr = np.clip(snr, cfg.snr_min, cfg.snr_max)
-    phase = rng.uniform(0.0, 2.0 * np.pi, n_spec)
+    # plates: the rows are in random order, so consecutive rows make a plate; a plate is
+    # one night (MJD + a fraction of the night) and has its own RV zero-point offset
+    plate = (np.arange(n_spec) // cfg.spectra_per_plate).astype(np.int32)
+    n_plate = int(plate.max()) + 1
+    plate_mjd = rng.integers(55_900, 59_300, n_plate).astype(np.int32)
+    plate_time = plate_mjd + rng.uniform(0.55, 0.85, n_plate)
+    plate_rv = rng.normal(0.0, cfg.plate_rv_offset_kms, n_plate)
+    # binaries: the orbital phase of each visit from its date (circular orbits)
+    period = np.nan_to_num(pop["orbital_period_days"][s], nan=1.0)
+    phase = 2.0 * np.pi * (plate_time[plate] / period + pop["orbital_phase0"][s])
     q = pop["mass_ratio"][s]
     k_rel = pop["k_rel_kms"][s]
     v_primary = k_rel * q / (1.0 + q) * np.sin(phase)
@@ -81,7 +109,10 @@ def build_tables(cfg: SimulationConfig) -> tuple[dict[str, np.ndarray], dict[str
     rv_err = np.clip(cfg.rv_error_at_snr50_kms * 50.0 / snr, 1.5, 60.0) * (
         1.0 + pop["vsini"][s] / 200.0
     )
-    rv_meas = rv_true + rng.normal(0.0, 1.0, n_spec) * rv_err
+    rv_meas = rv_true + plate_rv[plate] + rng.normal(0.0, 1.0, n_spec) * rv_err
+    # true / quoted noise of each exposure (LAMOST's ivar is mis-scaled)
+    ivar_scale = np.clip(cfg.ivar_scale_median * np.exp(
+        rng.normal(0.0, cfg.ivar_scale_sigma_ln, n_spec)), 0.8, 1.3)
     secondary_offset = -k_rel * np.sin(phase)  # velocity of the secondary relative to primary
 
     em_var = np.where(pop["emission_type"][s] == "be_disc", rng.uniform(0.7, 1.3, n_spec), 1.0)
@@ -104,12 +135,12 @@ def build_tables(cfg: SimulationConfig) -> tuple[dict[str, np.ndarray], dict[str
         arr[failed] = np.nan
 
     specid = FIRST_SPECID + np.arange(n_spec, dtype=np.int64)
-    mjd = rng.integers(55_900, 59_300, n_spec).astype(np.int32)
+    mjd = plate_mjd[plate]
+    fibre = np.arange(n_spec) % cfg.spectra_per_plate
     observed: dict[str, np.ndarray] = {
         "specid": specid,
-        "fitsname": np.array([f"spec-{m}-MOCK{sid % 1000:03d}_sp{(sid // 250) % 16 + 1:02d}-"
-                              f"{sid % 250 + 1:03d}.fits" for m, sid in zip(mjd, specid,
-                                                                            strict=True)],
+        "fitsname": np.array([f"spec-{m}-MOCK{p:04d}_sp{f // 250 + 1:02d}-{f % 250 + 1:03d}"
+                              ".fits" for m, p, f in zip(mjd, plate, fibre, strict=True)],
                              dtype=object),
         "star_id": star_ids[s],
         "uniqflag": uniqflag_by_snr(s, snr),
@@ -150,8 +181,11 @@ def build_tables(cfg: SimulationConfig) -> tuple[dict[str, np.ndarray], dict[str
         "distance_kpc_true": place["distance_kpc"][s],
         "parallax_mas_true": parallax_true[s],
         "parallax_zero_point_mas": astro["parallax_zero_point_mas"][s],
+        "parallax_zp_true": astro["parallax_zero_point_mas"][s],
+        "parallax_error_true": astro["parallax_error_true"][s],
         "ebv_true": place["ebv"][s],
-        "AKs_true": (r_ks * place["ebv"])[s],
+        "R_V_true": place["r_v"][s],
+        "AKs_true": true_mag["A_Ks"][s],
         "is_binary": pop["is_binary"][s],
         "mass_ratio": q,
         "teff_secondary_true": pop["teff2"][s],
@@ -163,6 +197,11 @@ def build_tables(cfg: SimulationConfig) -> tuple[dict[str, np.ndarray], dict[str
         "is_broken": broken,
         "broken_kind": broken_kind,
         "snr_true": snr,
+        "ivar_scale_true": ivar_scale,
+        "plate_id": plate,
+        "plate_rv_offset_true": plate_rv[plate],
+        "orbital_period_days_true": pop["orbital_period_days"][s],
+        "is_supergiant": pop["is_supergiant"][s],
     }
     synth: dict[str, np.ndarray] = {
         "specid": specid,
@@ -178,6 +217,8 @@ def build_tables(cfg: SimulationConfig) -> tuple[dict[str, np.ndarray], dict[str
         "ism_velocity_kms": -rv_meas + rng.normal(0.0, 8.0, n_spec),
         "rv_meas": rv_meas,
         "ebv": place["ebv"][s],
+        "r_v": place["r_v"][s],
+        "ivar_scale": ivar_scale,
         "g_mag_true": true_mag["g"][s],
         "snr": snr,
         "emission_type": pop["emission_type"][s],
@@ -192,15 +233,22 @@ def build_tables(cfg: SimulationConfig) -> tuple[dict[str, np.ndarray], dict[str
 
 def _abs_g(teff: np.ndarray, logg: np.ndarray, log_l: np.ndarray) -> np.ndarray:
     t = np.nan_to_num(teff, nan=20000.0)
-    g = np.nan_to_num(logg, nan=4.0)
     lum = np.nan_to_num(log_l, nan=-10.0)
-    return absolute_magnitudes(t, g, lum)["g"]
+    return sed.absolute_magnitudes(t, lum)["g"]
 
 
 def synthesize_spectra(
-    synth: dict[str, np.ndarray], seed: int, resolving_power: float = 1800.0
+    synth: dict[str, np.ndarray], seed: int, resolving_power: float = 1800.0,
+    extinction_law: str = "G23", noise_neighbour_correlation: float = 0.0,
 ) -> dict[str, np.ndarray]:
-    """Observed flux, ivar, mask and snr_g for the rows of ``synth`` (pure numpy)."""
+    """Observed flux, ivar, mask and snr_g for the rows of ``synth`` (pure numpy).
+
+    The continuum is reddened by ``extinction_law`` at each row's R_V (``synth["r_v"]``,
+    3.1 if absent); the pixel noise is ``synth["ivar_scale"]`` (1 if absent) times the
+    quoted sigma, correlated between neighbouring pixels with coefficient
+    ``noise_neighbour_correlation`` (a 3-tap kernel [c, 1, c] / sqrt(1 + 2 c^2) on white
+    noise: rho = 2c / (1 + 2c^2), the per-pixel variance unchanged), as LAMOST's
+    resampling onto the log-lambda grid does."""
     wave = wavelength_grid()
     n = synth["specid"].size
     out = {
@@ -212,13 +260,22 @@ def synthesize_spectra(
     for lo in range(0, n, SUB_BATCH):
         sl = slice(lo, min(lo + SUB_BATCH, n))
         part = {k: v[sl] for k, v in synth.items()}
-        f, iv, m, sg = _synthesize_batch(part, wave, seed, resolving_power)
+        f, iv, m, sg = _synthesize_batch(part, wave, seed, resolving_power, extinction_law,
+                                         noise_neighbour_correlation)
         out["flux"][sl], out["ivar"][sl], out["mask"][sl], out["snr_g"][sl] = f, iv, m, sg
     return out
 
 
+def _neighbour_kernel_c(rho: float) -> float:
+    """c of the kernel [c, 1, c] whose filtered white noise has lag-1 correlation rho."""
+    if rho <= 0.0:
+        return 0.0
+    return float((1.0 - np.sqrt(1.0 - 2.0 * rho**2)) / (2.0 * rho))
+
+
 def _synthesize_batch(
-    p: dict[str, np.ndarray], wave: np.ndarray, seed: int, resolving_power: float
+    p: dict[str, np.ndarray], wave: np.ndarray, seed: int, resolving_power: float,
+    extinction_law: str = "G23", noise_neighbour_correlation: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     n = p["specid"].size
     vpix = velocity_per_pixel_kms()
@@ -247,9 +304,10 @@ def _synthesize_batch(
     norm *= spectra.ism_transmission(wave, p["ebv"], p["ism_velocity_kms"], resolving_power)
     norm *= spectra.telluric_transmission(wave, p["rv_meas"], p["telluric_residual"])
 
-    ext = spectra.extinction_curve_per_ebv()
-    k4700 = np.interp(4700.0, wave, ext)
-    redden = 10.0 ** (-0.4 * (ext[None, :] - k4700) * p["ebv"][:, None])
+    r_v = p["r_v"] if "r_v" in p else np.full(n, 3.1)
+    ext = sed.extinction_curve_per_ebv(r_v, extinction_law)
+    i4700 = int(np.searchsorted(wave, 4700.0))
+    redden = 10.0 ** (-0.4 * (ext - ext[:, i4700 : i4700 + 1]) * p["ebv"][:, None])
     # AB g magnitude -> F_lambda at 4,700 AA, in 1e-17 erg/s/cm2/AA
     g = np.nan_to_num(p["g_mag_true"], nan=16.0)
     f4700 = 10.0 ** (-0.4 * (g + 48.60)) * 2.99792458e18 / 4700.0**2 * 1e17
@@ -266,10 +324,15 @@ def _synthesize_batch(
     ivar = np.empty((n, wave.size), np.float32)
     mask = np.zeros((n, wave.size), np.uint8)
     sky_px = spectra.SKY_LINES
+    c = _neighbour_kernel_c(noise_neighbour_correlation)
+    kernel = np.array([c, 1.0, c]) / np.sqrt(1.0 + 2.0 * c * c)
+    scale = p["ivar_scale"] if "ivar_scale" in p else np.ones(n)
     for j in range(n):
         rng = np.random.default_rng([seed, 7, int(p["specid"][j])])
         sig = sigma[j].copy()
-        f = flux_true[j] + rng.standard_normal(wave.size) * sig
+        white = rng.standard_normal(wave.size + 2)
+        noise = np.convolve(white, kernel, mode="valid") if c > 0 else white[1:-1]
+        f = flux_true[j] + noise * sig * scale[j]
         m = np.zeros(wave.size, np.uint8)
         # sky-line residuals (observed frame)
         for lam in sky_px:
@@ -336,8 +399,11 @@ def _simulate_block(
     seed: int,
     resolving_power: float,
     storage_options: dict[str, Any] | None,
+    extinction_law: str = "G23",
+    noise_neighbour_correlation: float = 0.0,
 ) -> int:
-    spec = synthesize_spectra(synth, seed, resolving_power)
+    spec = synthesize_spectra(synth, seed, resolving_power, extinction_law,
+                              noise_neighbour_correlation)
     block = dict(observed)
     block.update(spec)
     store.write_block(path, start, block, storage_options=storage_options)
@@ -393,7 +459,8 @@ def simulate_survey(
         import shutil
 
         shutil.rmtree(path)
-    store.create_cube(path, n_spec, chunk, attrs=attrs, truth_columns=store.TRUTH_COLUMNS,
+    store.create_cube(path, n_spec, chunk, attrs=attrs,
+                      truth_columns={**store.TRUTH_COLUMNS, **MOCK_TRUTH_COLUMNS},
                       overwrite=overwrite, storage_options=storage_options)
     tasks = []
     for start in range(0, n_spec, chunk):
@@ -404,7 +471,8 @@ def simulate_survey(
                 {k: v[sl] for k, v in observed.items()},
                 {k: v[sl] for k, v in truth.items()},
                 {k: v[sl] for k, v in synth.items()},
-                cfg.seed, cfg.resolving_power, storage_options,
+                cfg.seed, cfg.resolving_power, storage_options, cfg.extinction_law,
+                cfg.noise_neighbour_correlation,
             )
         )
     kwargs = {"scheduler": scheduler} if scheduler else {}
