@@ -376,7 +376,9 @@ def extinction_coefficients(teff_k: np.ndarray | float = 12000.0) -> dict[str, n
     -------
     dict[str, numpy.ndarray]
         ``{band: R_X}`` (dimensionless), each with the shape of ``teff_k``. E.g. at
-        12,000 K, A_Ks / A0 = 0.123, R_Ks = 0.38.
+        12,000 K, A_Ks / A0 = 0.123, R_Ks = 0.38. These are dustapprox's numbers as
+        published, 1.0857 times too large (:data:`DUSTAPPROX_TAU_PER_MAG`; the pipeline uses
+        :func:`law_coefficients`); kept unchanged for the mock survey that was built on them.
     """
     t = np.asarray(teff_k, dtype=float)
     nodes, table = _extinction_grid()
@@ -394,6 +396,15 @@ R_V_RANGE: tuple[float, float] = (2.3, 5.1)
 A0_NODES_MAG: tuple[float, ...] = (0.01, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.5, 8.0,
                                    10.0, 13.0, 16.0, 20.0)
 _TEFF_NODES_LAW = np.exp(np.linspace(np.log(3500.0), np.log(50000.0), 120))
+#: dustapprox (1.x, ``dustapprox.tools.grid``) reddens its Kurucz spectra with
+#: ``flux * exp(-A0 k(lambda))`` instead of ``flux * 10**(-0.4 A0 k(lambda))``: its A0 is an
+#: optical depth, 2.5 / ln 10 = 1.0857 times smaller than the extinction in magnitudes, so
+#: its ``A_X / A0`` are 1.0857 times too large in every band (checked against
+#: ``dust_extinction`` curves integrated over a blackbody through the pyphot passbands:
+#: after the correction F99 J, K_s, RP, G agree to 0.3-1.4 %). :func:`law_coefficients`
+#: corrects both the A0 axis and the ratio; :func:`extinction_coefficients` (the mock's
+#: historical coefficients) does not.
+DUSTAPPROX_TAU_PER_MAG: float = 2.5 / np.log(10.0)
 
 
 @functools.lru_cache(maxsize=16)
@@ -410,7 +421,9 @@ def _law_grid(law: str, r_v: float) -> dict[str, np.ndarray]:
         raise ValueError(f"R_V = {r_v} outside the models' range {R_V_RANGE}")
     lib = PrecomputedModel()
     tt, aa = np.meshgrid(_TEFF_NODES_LAW, np.asarray(A0_NODES_MAG), indexing="ij")
-    feats = pd.DataFrame({"A0": aa.ravel(), "R0": np.full(aa.size, r_v), "teff": tt.ravel()})
+    # dustapprox's "A0" is an optical depth: tau = A0_mag / 1.0857 (DUSTAPPROX_TAU_PER_MAG)
+    feats = pd.DataFrame({"A0": aa.ravel() / DUSTAPPROX_TAU_PER_MAG,
+                          "R0": np.full(aa.size, r_v), "teff": tt.ravel()})
     out = {}
     for band in BANDS:
         pb = DUSTAPPROX_PASSBANDS[band]
@@ -422,7 +435,7 @@ def _law_grid(law: str, r_v: float) -> dict[str, np.ndarray]:
         with warnings.catch_warnings():  # sklearn feature-name warnings
             warnings.simplefilter("ignore")
             k = np.asarray(model.predict(feats), dtype=float).reshape(tt.shape)
-        grid = r_v * k
+        grid = r_v * k / DUSTAPPROX_TAU_PER_MAG
         grid.setflags(write=False)
         out[band] = grid
     return out
@@ -440,12 +453,13 @@ def law_coefficients(
     ``dustapprox`` (Fouesneau et al. 2022, A&A 662, A125) polynomial models of
     ``k_X = A_X / A0 (Teff, A0, R0)`` for the curve family ``law`` (:data:`EXTINCTION_LAWS`)
     at ``R0 = r_v``, converted with ``A0 = R_V E(B-V)`` (A0: monochromatic extinction at
-    550 nm). Unlike :func:`extinction_coefficients` (the low-extinction limit), the
-    coefficients depend on the extinction itself: a broad band's effective wavelength
-    moves redwards as the star reddens, so e.g. R_BP - R_RP (G23, R_V = 3.1, 20 kK) falls
-    from 1.78 at A0 = 0.01 to 1.62 at A0 = 3 mag. Tabulated on 120 log-spaced Teff nodes
-    (3.5-50 kK) x :data:`A0_NODES_MAG` and interpolated bilinearly (Teff in log); inputs
-    outside are clamped.
+    550 nm) and corrected for the models' optical-depth convention
+    (:data:`DUSTAPPROX_TAU_PER_MAG`). Unlike :func:`extinction_coefficients` (the
+    low-extinction limit), the coefficients depend on the extinction itself: a broad
+    band's effective wavelength moves redwards as the star reddens, so e.g. R_BP - R_RP
+    (G23, R_V = 3.1, 20 kK) falls from 1.64 at A0 = 0.01 to 1.51 at A0 = 3 mag; R_Ks =
+    0.328. Tabulated on 120 log-spaced Teff nodes (3.5-50 kK) x :data:`A0_NODES_MAG` and
+    interpolated bilinearly (Teff in log); inputs outside are clamped.
 
     Parameters
     ----------
