@@ -12,7 +12,8 @@ from obpipe.photometry import synthetic as syn
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MAMAJEK = SHARED_DATA / syn.MAMAJEK_FILENAME
 
-needs_mamajek = pytest.mark.skipif(not MAMAJEK.exists(), reason=f"{MAMAJEK} not available")
+needs_mamajek = pytest.mark.skipif(
+    not MAMAJEK.exists(), reason=f"needs the Mamajek table of ../shared/data ({MAMAJEK} not found)")
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +153,46 @@ def test_extinction_coefficients_vectorised():
         assert np.all(np.isfinite(r[b]))
     scalar = syn.extinction_coefficients(15000.0)
     assert np.ndim(scalar["g"]) == 0
+
+
+def _blackbody_band_extinction(curve, teff_k, a0_mag, band):
+    """A_X of a blackbody reddened by a dust_extinction curve, integrated through the
+    pyphot passband here (independent of dustapprox's grids and polynomials)."""
+    import astropy.units as u
+
+    wave = np.arange(3100.0, 30000.0, 5.0)
+    k = np.asarray(curve(wave * u.AA), float)
+    flux = syn._planck_surface_flux(wave, np.array([teff_k]))[0]
+    filt = syn._pyphot_filters()[band]
+    unit = u.Unit("erg/(s cm2 AA)")
+    red = filt.get_flux(wave * u.AA, flux * 10 ** (-0.4 * a0_mag * k) * unit).value
+    return float(-2.5 * np.log10(red / filt.get_flux(wave * u.AA, flux * unit).value))
+
+
+@pytest.mark.parametrize("law", ["G23", "F99"])
+def test_law_coefficients_match_an_independent_integration(law):
+    """dustapprox's A_X/A0 after the optical-depth correction (DUSTAPPROX_TAU_PER_MAG)
+    equal dust_extinction's curve integrated over a hot blackbody: to 2 % in the NIR and
+    RP, 4 % in BP (a blackbody has no Balmer jump); without the correction they are 8.6 %
+    too large everywhere."""
+    import dust_extinction.parameter_averages as pa
+
+    curve = getattr(pa, law)(Rv=3.1)
+    for a0 in (0.05, 3.0):
+        r = syn.law_coefficients(20000.0, a0, law, 3.1)
+        for band, tol in (("BP", 0.04), ("RP", 0.02), ("J", 0.02), ("H", 0.02), ("Ks", 0.02)):
+            ref = _blackbody_band_extinction(curve, 20000.0, a0, band) / a0 * 3.1
+            assert float(r[band]) == pytest.approx(ref, rel=tol), (band, a0)
+            assert float(r[band]) * syn.DUSTAPPROX_TAU_PER_MAG > ref * (1 + tol)
+
+
+def test_law_coefficients_fall_with_extinction_and_rise_with_r_v():
+    low = syn.law_coefficients(20000.0, 0.01, "G23", 3.1)
+    high = syn.law_coefficients(20000.0, 4.0, "G23", 3.1)
+    assert high["BP"] - high["RP"] < 0.95 * (low["BP"] - low["RP"])  # effective wavelength
+    r_ks = [float(syn.law_coefficients(20000.0, 1.0, "G23", rv)["Ks"]) for rv in (2.8, 3.1, 3.4)]
+    assert np.all(np.diff(r_ks) > 0)  # A_Ks/E(B-V) grows with R_V
+    with pytest.raises(ValueError, match="R_V"):
+        syn.law_coefficients(20000.0, 1.0, "G23", 6.0)
+    with pytest.raises(ValueError, match="law"):
+        syn.law_coefficients(20000.0, 1.0, "XYZ", 3.1)
