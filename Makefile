@@ -8,13 +8,13 @@ PIP     = $(PY) -m pip
 TORCH   = torch==2.13.0
 STAMP   = $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet -e ".[test,dashboard]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,9 +22,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/obpipe demo --dir demo
 
+# -rs: the summary lists every skipped test and why (tests that need ../shared/data)
 test: $(STAMP)
 	$(VENV)/bin/ruff check obpipe tests benchmarks
-	$(PY) -m pytest -n 2 --dist loadfile tests
+	$(PY) -m pytest -n 2 --dist loadfile -rs tests
+
+# the suite without the end-to-end tests marked slow
+test-fast: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile -rs -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check obpipe tests benchmarks

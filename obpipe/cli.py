@@ -297,10 +297,32 @@ def _run_and_summarize(args: argparse.Namespace, survey: str, products: str,
 def _round_json(value: object) -> object:
     """JSON form of numpy numbers, 4 significant digits (a summary line stays short
     without being cut mid-number)."""
+    import numbers
+
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
     try:
         return float(f"{float(value):.4g}")  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return str(value)
+
+
+def _photometry_line(metrics: dict) -> str:
+    """The demo's E(B-V)-vs-truth line: whole JSON (never cut mid-number), numbers to 4
+    significant digits."""
+    phot = metrics.get("photometry", {})
+    ebv = phot.get("ebv", {}).get("non_emission_all_bands", phot.get("ebv", {}))
+    return "photometry vs truth: " + json.dumps(_rounded(ebv))
+
+
+def _rounded(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    return _round_json(value)
 
 
 def _format_summary(summary: dict) -> str:
@@ -466,10 +488,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               f"{spec['emission_completeness_ew_lt_-2']:.3f}, purity "
               f"{spec['emission_purity']:.3f}; broken-spectrum recall "
               f"{spec['broken_recall']:.3f}")
-    phot = metrics.get("photometry", {})
-    if phot:
-        print("photometry vs truth:", json.dumps(phot.get("ebv", {}).get(
-            "non_emission_all_bands", phot.get("ebv", {})), default=_round_json))
+    if metrics.get("photometry"):
+        print(_photometry_line(metrics))
     lum = metrics.get("luminosity", {})
     if lum:
         ms = lum.get("mks_vs_truth", {})

@@ -18,8 +18,55 @@ def _size_on_disk(path: str) -> int | None:
     return total
 
 
+def _products_dir(path: str) -> str | None:
+    """The products directory when ``path`` is one (or its ``products.zarr``), else None."""
+    import zarr
+
+    from obpipe.products import PRODUCTS_STORE
+
+    base = path.rstrip("/")
+    if base.endswith("/" + PRODUCTS_STORE) or base == PRODUCTS_STORE:
+        base = os.path.dirname(base) or "."
+    try:
+        attrs = zarr.open_group(os.path.join(base, PRODUCTS_STORE), mode="r",
+                                zarr_format=store.ZARR_FORMAT).attrs
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+    return base if attrs.get("title") == "obpipe products" else None
+
+
+def products_summary(products_dir: str) -> str:
+    """Rows, stages complete (and not), variables and provenance of a products directory.
+
+    A products store is not a survey cube: its completeness is per stage
+    (``stage_<name>_complete``), not the cube's ``obpipe_complete``.
+    """
+    from obpipe.pipeline import stage_names
+    from obpipe.products import open_products, products_path
+
+    ds = open_products(products_dir)
+    attrs = ds.attrs
+    done = [s for s in stage_names() if attrs.get(f"stage_{s}_complete")]
+    missing = [s for s in stage_names() if s not in done]
+    lines = [f"products: {products_dir}"]
+    size = _size_on_disk(products_path(products_dir))
+    if size is not None:
+        lines.append(f"size on disk: {size / 1e6:.1f} MB")
+    lines.append(f"spectra: {ds.sizes.get('spec', 0)}   survey: {attrs.get('survey', '?')}   "
+                 f"version: {attrs.get('obpipe_version', '?')}")
+    lines.append("stages complete: " + (", ".join(done) if done else "none"))
+    lines.append("stages not run or incomplete: " + (", ".join(missing) if missing else "none"))
+    variables = sorted(v for v in ds.data_vars if not v.endswith("_blocks_done"))
+    lines.append(f"variables ({len(variables)}): {', '.join(variables)}")
+    return "\n".join(lines)
+
+
 def store_summary(path: str) -> str:
-    """Sizes, chunks, variables, stages present and population fractions of a store."""
+    """Sizes, chunks, variables, stages present and population fractions of a store
+    (a survey cube; for a products directory or store, :func:`products_summary`)."""
+    products = _products_dir(path)
+    if products is not None:
+        return products_summary(products)
     ds = store.open_cube(path)
     n_spec, n_wave = ds.sizes["spec"], ds.sizes["wave"]
     chunks = ds["flux"].chunks

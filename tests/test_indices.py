@@ -30,7 +30,8 @@ MILES_DIR = SHARED_DATA / "miles"
 EW_CSV = Path(__file__).resolve().parent / "data" / "miles_hot_star_ews.csv"
 
 needs_miles = pytest.mark.skipif(
-    not (MILES_DIR / MILES_PARAMS_FILE).exists(), reason="shared MILES data not available"
+    not (MILES_DIR / MILES_PARAMS_FILE).exists(),
+    reason=f"needs the MILES spectra of ../shared/data (not found at {MILES_DIR})"
 )
 
 

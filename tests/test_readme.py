@@ -90,3 +90,29 @@ def test_readme_python_block_runs(readme_dir: Path, line: int, source: str,
         run_block(source, f"README.md:{line}")
     finally:
         plt.close("all")
+
+
+def test_readme_adql_query_columns_need_no_column_map() -> None:
+    """Every column the README's Gaia archive query returns is read by name (no map)."""
+    import numpy as np
+    import pandas as pd
+
+    from obpipe.io.tables import normalize_table
+
+    (sql,) = re.findall(r"^```sql\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+    select = sql.split("SELECT", 1)[1].split("FROM", 1)[0]
+    select = re.sub(r"DISTANCE\(.*\)", "distance", select, flags=re.S)  # commas inside
+    names = [item.split(" AS ")[-1].split(".")[-1].strip() for item in select.split(",")]
+    assert {"source_id", "parallax", "phot_g_mean_mag", "j_m", "ks_msigcom"} <= set(names)
+    frame = pd.DataFrame({n: np.arange(3.0) + 1 for n in names})
+    out, problems = normalize_table(frame, source="adql")
+    assert not problems
+    unread = set(names) - {"match_arcsec", "ph_qual"}
+    expected = {"obsid", "gaia_id", "ra", "dec", "parallax", "parallax_error", "pmra",
+                "pmra_error", "pmdec", "pmdec_error", "ruwe", "astrometric_params_solved",
+                "nu_eff_used_in_astrometry", "pseudocolour", "ecl_lat", "phot_g_mean_mag",
+                "phot_bp_mean_mag", "phot_rp_mean_mag", "phot_g_mean_mag_error",
+                "phot_bp_mean_mag_error", "phot_rp_mean_mag_error", "J", "J_err", "H",
+                "H_err", "Ks", "Ks_err"}
+    assert expected <= set(out.columns), expected - set(out.columns)
+    assert len(unread) == len(expected)  # one cube column per returned column
