@@ -10,17 +10,23 @@ Method (Sec. 4 of the paper)
    ``X - Y`` (a missing band is skipped, so it reduces N by one). K_s is never used: a
    circumstellar disc brightens it.
 2. The intrinsic colour ``(X - Y)_0 = BC_Y - BC_X`` comes from the shipped synthetic
-   photometry (:mod:`obpipe.photometry.synthetic`, the table the mock survey draws its
-   photometry from) at the star's (Teff, log g).
+   photometry (:mod:`obpipe.photometry.synthetic`) at the star's (Teff, log g).
 3. Each colour excess gives ``E_i = [(X - Y) - (X - Y)_0] / (R_X - R_Y)`` with the
-   Fitzpatrick (1999) R_V = 3.1 coefficients ``R_X = A_X / E(B-V)`` of a Kurucz spectrum
-   (``dustapprox``, via :func:`obpipe.photometry.synthetic.extinction_coefficients`).
+   coefficients ``R_X = A_X / E(B-V)`` of a Kurucz spectrum reddened by the curve family
+   :data:`DEFAULT_LAW` = Gordon et al. (2023) at R_V = 3.1 (``dustapprox``, via
+   :func:`obpipe.photometry.synthetic.law_coefficients`), evaluated at the star's own
+   extinction A0 = R_V E(B-V) (:data:`EXTINCTION_ITERATIONS` passes from the
+   low-extinction limit; broad-band coefficients fall as a star reddens). The paper's
+   Fitzpatrick (1999) R_V = 3.1 in the low-extinction limit is ``law="F99",
+   extinction_dependent=False``. G23 was chosen on real LAMOST hot stars, where F99
+   R_V = 3.1 leaves the colour excesses inconsistent (median reduced chi^2 12 vs 1.3;
+   ``benchmarks/extinction_real_stars.py``, docs/validation.md).
 4. ``E(B-V)`` is the mean of the ``E_i`` weighted by ``(R_X - R_Y)^2 / sigma_c^2`` (i.e. by
    the inverse variance of ``E_i`` from the colour error), with the colour error the
    quadrature sum of the two bands' errors and a floor of 0.014 mag
    (:data:`COLOUR_ERROR_FLOOR_MAG`, "a minimal uncertainty of 0.014 mag in all the
    colors").
-5. ``A_Ks = R_Ks E(B-V)`` (eq. 24).
+5. ``A_Ks = R_Ks E(B-V)`` (eq. 24), R_Ks at the same Teff and A0.
 
 Band order (which bands are "adjacent")
 ---------------------------------------
@@ -46,10 +52,15 @@ Error propagation (documented choices)
   intrinsic-colour systematic of that colour);
 * intrinsic colours (``include_parameter_error=True``, default): the whole estimate is
   re-evaluated at ``Teff * exp(+-sigma_lnTeff)`` and at ``log g +- sigma_logg`` (intrinsic
-  colours and, with ``coefficients="star"``, the coefficients too) and half the
+  colours and, with ``coefficients="star"``, the coefficients too) and the larger
   difference is added in quadrature. This error is common to all colours of a star, so
   averaging does not reduce it. On the mock survey it is needed for calibrated errors
   (see the stage module for the measured pulls).
+
+* extinction law: E(B-V) and A_Ks are re-evaluated at ``R_V +- sigma(R_V)`` with
+  :data:`R_V_SCATTER` = 0.18 (Schlafly et al. 2016) and the larger change is added in
+  quadrature to ``ebv_err`` and ``aks_err`` (``aks_err`` takes the R_V change of
+  ``R_Ks E(B-V)`` as a whole, whose two factors partly compensate).
 
 Missing stellar parameters (never a dropped row)
 ------------------------------------------------
@@ -66,12 +77,10 @@ Missing stellar parameters (never a dropped row)
 Extinction coefficients: ``coefficients="star"`` (default) or ``"fixed"``
 ---------------------------------------------------------------------------
 The paper used a fixed Kurucz spectrum of Teff = 12,000 K, log g = 4.5
-(:data:`PAPER_COEFFICIENT_TEFF_K`). R_BP - R_RP is 1.75 at 12 kK but 1.88 at 20 kK and
-1.92 at 30 kK, so the fixed choice under-corrects hot, reddened stars by up to ~9 % of
-E(B-V). ``"star"`` evaluates the coefficients at the star's Teff (at 20 kK if it is
-missing); ``"fixed"`` reproduces the paper. Measured on the default mock survey (whose
-photometry is reddened with the coefficients of each star's true Teff) in
-``obpipe/photometry/stage.py``.
+(:data:`PAPER_COEFFICIENT_TEFF_K`). R_BP - R_RP (F99, low extinction) is 1.62 at 12 kK
+but 1.75 at 20 kK and 1.79 at 30 kK, so the fixed choice under-corrects hot, reddened
+stars by up to ~9 % of E(B-V). ``"star"`` evaluates the coefficients at the star's Teff
+(at 20 kK if it is missing); ``"fixed"`` reproduces the paper.
 
 Flags (bits shared with the stage's ``photometry_flags``)
 ---------------------------------------------------------

@@ -30,6 +30,12 @@ bit   value  meaning
 
 Measured on the default mock survey
 -----------------------------------
+The figures below predate issue 20: the mock then reddened every star with the
+pipeline's own F99 coefficients (circular), and the pipeline used F99 in the low-extinction
+limit. The extinction model is now G23 at each star's A0 with an R_V scatter (chosen on
+real stars, docs/validation.md); they are to be measured again on a mock that reddens
+with an independent curve family.
+
 ``obpipe simulate --out /tmp/dr5.zarr --n-stars 16002 --seed 42`` (27,893 spectra), then
 ``python benchmarks/photometry.py --survey /tmp/dr5.zarr --skip-throughput``:
 
@@ -106,7 +112,9 @@ OUTPUTS: dict[str, Output] = {
         "float32", "mas",
         "Gaia parallax zero-point Z (subtracted): DR2 Leung & Bovy 2019, DR3 Lindegren+2021"),
     "parallax_corrected": Output("float64", "mas", "Gaia parallax minus parallax_offset"),
-    "parallax_corrected_error": Output("float32", "mas", "uncertainty of parallax_corrected"),
+    "parallax_corrected_error": Output("float32", "mas", "external uncertainty of "
+                                       "parallax_corrected (quoted error inflated, "
+                                       "photometry.parallax.external_parallax_error)"),
     "MKs_geo": Output("float32", "mag", "geometric M_Ks = Ks0 + 5 log10(parallax) - 10 (eq. 11)"),
     "MKs_geo_err": Output("float32", "mag", "uncertainty of MKs_geo (eq. 12)"),
     "photometry_flags": Output("int32", "", "photometry stage bitmask; " + _FLAG_DOC),
@@ -164,7 +172,9 @@ def photometry_block(
         _col(inputs, "pseudocolour", n), _col(inputs, "ecl_lat", n), aps,
     )
     plx = parallax.correct_parallax(_col(inputs, "parallax", n), zp)
-    plx_err = _col(inputs, "parallax_error", n)
+    # external errors (Lindegren et al. 2018 / Maiz Apellaniz et al. 2021: parallax.py)
+    plx_err = parallax.external_parallax_error(_col(inputs, "parallax_error", n),
+                                               _col(inputs, "phot_g_mean_mag", n), release)
     geo = parallax.geometric_absolute_magnitude(
         mags[:, -1], errs[:, -1], aks, aks_err, plx, plx_err
     )
