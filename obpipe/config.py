@@ -404,6 +404,8 @@ OPTION_RANGES: dict[str, Range] = {
     "TrainConfig.binary_mixture_fraction": Range(0, 1, high_open=True),
     "TrainConfig.seed": _SEED,
     "TrainConfig.n_threads": Range(1, 4096),
+    "PhotometryConfig.r_v": Range(2.3, 5.1),
+    "PhotometryConfig.r_v_scatter": Range(0, 1),
     "BinaryConfig.snr_threshold": Range(0, 1000, low_open=True),
     "DistanceConfig.grid_step_pc": Range(0.001, 1000, unit="pc"),
     "DistanceConfig.d_max_kpc": Range(0, 1000, low_open=True, unit="kpc"),
