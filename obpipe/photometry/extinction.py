@@ -348,7 +348,8 @@ def ebv_from_colour_excess(
     bands : sequence of str
         Band names (order defines adjacency); must not contain ``"Ks"``.
     coefficients : {"star", "fixed"}
-        Coefficients at the star's Teff, or the paper's fixed 12,000 K spectrum.
+        Coefficients at the star's Teff, or the paper's fixed 12,000 K spectrum (then in
+        the low-extinction limit whatever ``extinction_dependent`` says: constant R_X).
     colour_floor_mag : float
         Minimal colour error (0.014 mag in the paper).
     include_parameter_error : bool
@@ -403,7 +404,9 @@ def ebv_from_colour_excess(
     sig_c = np.hypot(errs, errs[rows, j])
     sig_eff = np.maximum(sig_c, colour_floor_mag)
     a0_next = np.full(n, 0.01)
-    for _ in range(EXTINCTION_ITERATIONS if extinction_dependent else 1):
+    # "fixed": the paper's one 12 kK spectrum in the low-extinction limit (constant R_X)
+    dependent = extinction_dependent and coefficients == "star"
+    for _ in range(EXTINCTION_ITERATIONS if dependent else 1):
         a0 = a0_next
         coeff = coeffs_at(t, a0)
         e_i, k = _colour_estimates(mags, pair_ok, partner, m0, coeff)
