@@ -11,6 +11,13 @@
   container, runAsNonRoot, no privilege escalation, images pinned to the project version,
   the Dockerfile's pins equal to pyproject's, the job's command line parsed by obpipe's
   own parser and the dask commands by distributed's.
+- Dask TLS: every scheduler, worker and runner requires encryption, has its role's
+  certificate from the obpipe-dask-tls Secret and the scheduler's tls:// address; a real
+  scheduler, worker and client started with those settings work, a client without
+  certificates or on tcp:// is refused. NetworkPolicies admit each cluster's scheduler
+  (8786, 8787) and workers to that cluster's own pods only.
+- Helm: the post-renderer (kubectl kustomize) adds the container securityContext, no
+  service-account token and the scheduler's volumes to the chart's rendering.
 - Every check is shown to fail on a broken copy of the manifests (negative cases).
 - Store paths as fsspec URLs (``file://``, ``memory://``): simulate, then the index and
   normalize stages, one product row per spectrum, nothing written beside the URL.
@@ -23,6 +30,7 @@ import functools
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -227,6 +235,51 @@ def service_problems(where: str, service: dict[str, Any]) -> list[str]:
     return problems
 
 
+TLS_SECRET = "obpipe-dask-tls"
+TLS_DIR = "/etc/dask-tls"
+#: Dask's TLS role of each container of the operator manifests
+TLS_ROLES = {"scheduler": "SCHEDULER", "worker": "WORKER", "job": "CLIENT"}
+
+
+def tls_problems(where: str, pod: dict[str, Any], address: str) -> list[str]:
+    """Dask comms TLS-only: encryption required, the CA and the container's own role
+    certificate from the Secret's volume, the scheduler listening on tls://, clients and
+    workers pointed at its tls:// address."""
+    problems = []
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    tls_volumes = [n for n, v in volumes.items()
+                   if (v.get("secret") or {}).get("secretName") == TLS_SECRET]
+    if not tls_volumes:
+        problems.append(f"{where}: no volume from the Secret {TLS_SECRET}")
+    for c in pod.get("containers", []):
+        name = f"{where}/{c.get('name')}"
+        role = TLS_ROLES.get(c.get("name", ""))
+        if role is None:
+            problems.append(f"{name}: unknown Dask role")
+            continue
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        prefix = "DASK_DISTRIBUTED__COMM__"
+        if env.get(prefix + "REQUIRE_ENCRYPTION") != "true":
+            problems.append(f"{name}: {prefix}REQUIRE_ENCRYPTION is not \"true\"")
+        want = {prefix + "TLS__CA_FILE": f"{TLS_DIR}/ca.crt",
+                f"{prefix}TLS__{role}__CERT": f"{TLS_DIR}/tls.crt",
+                f"{prefix}TLS__{role}__KEY": f"{TLS_DIR}/tls.key"}
+        for key, value in want.items():
+            if env.get(key) != value:
+                problems.append(f"{name}: {key} is {env.get(key)!r}, not {value!r}")
+        mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+        mount = mounts.get(TLS_DIR)
+        if mount is None or mount["name"] not in tls_volumes or not mount.get("readOnly"):
+            problems.append(f"{name}: {TLS_DIR} is not a read-only mount of {TLS_SECRET}")
+        argv = [*c.get("command", []), *c.get("args", [])]
+        if role == "SCHEDULER" and "tls" not in [b for a, b in zip(argv, argv[1:], strict=False)
+                                                 if a == "--protocol"]:
+            problems.append(f"{name}: the scheduler does not listen with --protocol tls")
+        if role != "SCHEDULER" and address not in argv:
+            problems.append(f"{name}: not pointed at the scheduler's {address}")
+    return problems
+
+
 def check_manifest(doc: dict[str, Any]) -> list[str]:
     """Every problem of one manifest: schemas (CRD or core) and policy."""
     problems: list[str] = []
@@ -241,12 +294,25 @@ def check_manifest(doc: dict[str, Any]) -> list[str]:
                 selector.get("dask.org/component") != "scheduler":
             problems.append(f"{doc['kind']}: scheduler Service selector {selector} does not "
                             f"select the scheduler of cluster {doc['metadata']['name']!r}")
+        for where, kind, spec in embedded_specs(doc):
+            if kind == "Pod":
+                problems += tls_problems(where, spec, scheduler_tls_address(doc))
     else:
         problems += _core_errors(doc)
     for where, kind, spec in embedded_specs(doc):
         problems += (pod_problems(where, spec) if kind == "Pod"
                      else service_problems(where, spec))
     return problems
+
+
+def cluster_name(doc: dict[str, Any]) -> str:
+    """The Dask cluster of a DaskCluster or DaskJob (the operator names a job's after it)."""
+    return doc["metadata"]["name"]
+
+
+def scheduler_tls_address(doc: dict[str, Any]) -> str:
+    ns = doc["metadata"].get("namespace", "obpipe")
+    return f"tls://{cluster_name(doc)}-scheduler.{ns}.svc.cluster.local:8786"
 
 
 def containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -260,10 +326,74 @@ def containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
 def test_every_manifest_is_valid() -> None:
     docs = manifests()
     kinds = sorted(doc["kind"] for _, doc in docs)
-    assert {"DaskCluster", "DaskJob", "Namespace", "Secret"} <= set(kinds), kinds
+    assert {"DaskCluster", "DaskJob", "Namespace", "Secret", "NetworkPolicy"} <= set(kinds), \
+        kinds
     for name, doc in docs:
         assert check_manifest(doc) == [], name
         assert doc["metadata"].get("namespace", "obpipe") == "obpipe", name
+    assert network_policy_problems([doc for _, doc in docs]) == []
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda pols: pols.pop(0), "cluster 'obpipe' scheduler: no NetworkPolicy"),
+    (lambda pols: pols[0]["spec"]["ingress"][0].pop("from"), "admits every source"),
+    (lambda pols: pols[0]["spec"]["ingress"][0]["from"].append(
+        {"namespaceSelector": {}}), "not only the pods of cluster 'obpipe'"),
+    (lambda pols: pols[0]["spec"]["ingress"][0]["from"][0]["podSelector"].update(
+        matchLabels={"app": "anything"}), "not only the pods of cluster 'obpipe'"),
+    (lambda pols: pols[2]["spec"]["ingress"][0]["ports"].pop(), "are not both admitted"),
+])
+def test_network_policy_checks_can_fail(change: Any, expected: str) -> None:
+    docs = [doc for _, doc in manifests()]
+    pols = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert [p["metadata"]["name"] for p in pols] == [
+        "obpipe-scheduler", "obpipe-workers", "obpipe-run-scheduler", "obpipe-run-workers"]
+    change(pols)
+    docs = [d for d in docs if d["kind"] != "NetworkPolicy"] + pols
+    problems = network_policy_problems(docs)
+    assert any(expected in p for p in problems), problems
+
+
+def network_policy_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """Each Dask cluster's scheduler admits 8786 and 8787 from its own pods only, and its
+    workers from its own pods only: a NetworkPolicy selects them, and none of the policies
+    that select them admits anything else (no namespace or IP block, no empty rule)."""
+    problems = []
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    for doc in docs:
+        if doc["kind"] not in CRD_FILES:
+            continue
+        name = cluster_name(doc)
+        for component in ("scheduler", "worker"):
+            pod = {"dask.org/cluster-name": name, "dask.org/component": component}
+            selecting = [p for p in policies if p["metadata"].get("namespace", "obpipe")
+                         == doc["metadata"].get("namespace", "obpipe")
+                         and (p["spec"].get("podSelector") or {}).get("matchLabels", {}).items()
+                         <= pod.items()]
+            where = f"cluster {name!r} {component}"
+            if not selecting:
+                problems.append(f"{where}: no NetworkPolicy selects its pods")
+                continue
+            ports: set[int] = set()
+            for pol in selecting:
+                if "Ingress" not in pol["spec"].get("policyTypes", ["Ingress"]):
+                    problems.append(f"{where}: {pol['metadata']['name']} has no Ingress type")
+                for rule in pol["spec"].get("ingress", []):
+                    peers = rule.get("from")
+                    if not peers:
+                        problems.append(f"{where}: {pol['metadata']['name']} admits every "
+                                        "source (an ingress rule without from)")
+                    for peer in peers or []:
+                        labels = (peer.get("podSelector") or {}).get("matchLabels", {})
+                        if set(peer) != {"podSelector"} or \
+                                labels.get("dask.org/cluster-name") != name:
+                            problems.append(f"{where}: {pol['metadata']['name']} admits "
+                                            f"{peer}, not only the pods of cluster {name!r}")
+                    ports |= {int(p["port"]) for p in rule.get("ports", [])}
+            if component == "scheduler" and not {8786, 8787} <= ports:
+                problems.append(f"{where}: 8786 and 8787 are not both admitted "
+                                f"(ports {sorted(ports)})")
+    return problems
 
 
 def _set(doc: dict[str, Any], path: str | tuple[str, ...], value: Any) -> None:
@@ -272,6 +402,8 @@ def _set(doc: dict[str, Any], path: str | tuple[str, ...], value: Any) -> None:
     node: Any = doc
     for key in parents:
         node = node[int(key)] if isinstance(node, list) else node[key]
+    if isinstance(node, list):
+        last = int(last)
     if value is _DELETE:
         del node[last]
     else:
@@ -308,6 +440,13 @@ _SCHED = "spec.scheduler"
     # an invalid core field inside the embedded pod spec (k8s schema: restartPolicy enum)
     ("DaskJob", "spec.job.spec.restartPolicy", 3, "is not of type 'string'"),
     ("Secret", "stringdata", {"A": "b"}, "'stringdata' was unexpected"),
+    # Dask TLS: the scheduler's protocol, a worker's address, the Secret, the env
+    ("DaskCluster", _SCHED + ".spec.containers.0.args", ["--port", "8786"],
+     "does not listen with --protocol tls"),
+    ("DaskCluster", _WC + ".args.0", "tcp://obpipe-scheduler.obpipe.svc.cluster.local:8786",
+     "not pointed at the scheduler's tls://"),
+    ("DaskJob", "spec.job.spec.volumes", [], "no volume from the Secret obpipe-dask-tls"),
+    ("DaskJob", "spec.job.spec.containers.0.env", [], "REQUIRE_ENCRYPTION is not"),
     ("Namespace", "spec", {"finalizers": "kubernetes"}, "is not of type 'array'"),
 ])
 def test_broken_manifests_are_rejected(kind: str, path: str | tuple[str, ...], value: Any,
@@ -337,15 +476,11 @@ def test_job_runs_obpipe_run_against_its_cluster() -> None:
     (runner,) = job["spec"]["job"]["spec"]["containers"]
     argv = [*runner.get("command", [])[1:], *runner["args"]]
     assert runner["command"][0] == "obpipe"
-    # the operator injects DASK_SCHEDULER_ADDRESS into the runner and Kubernetes expands
-    # $(...) before the container starts: parse what the container receives
-    placeholder = "$(DASK_SCHEDULER_ADDRESS)"
-    assert placeholder in argv
-    address = "tcp://obpipe-cluster-scheduler.obpipe.svc.cluster.local:8786"
-    argv = [address if a == placeholder else a for a in argv]
+    # the TLS address of the job's own cluster (the operator's DASK_SCHEDULER_ADDRESS is
+    # tcp://, which require-encryption refuses)
     args = build_parser().parse_args(argv)  # the CLI the image installs accepts them
     assert args.command == "run"
-    assert args.address == address
+    assert args.address == scheduler_tls_address(job)
     for url in (args.survey, args.out):
         protocol = url.split("://", 1)[0]
         assert "://" in url and protocol in known_implementations, url
@@ -374,8 +509,8 @@ def test_dask_commands_parse() -> None:
             ctx = cli.make_context(" ".join(c["command"]), list(c.get("args", [])))
             n += 1
             if c["command"][1] == "worker":
-                # no positional scheduler: it is DASK_SCHEDULER_ADDRESS, set by the operator
-                assert ctx.params["scheduler"] is None
+                # the positional scheduler: its own cluster's TLS address
+                assert ctx.params["scheduler"] == scheduler_tls_address(doc)
                 limit = parse_bytes(ctx.params["memory_limit"])
                 assert limit <= parse_bytes(c["resources"]["limits"]["memory"])
                 assert int(ctx.params["nthreads"]) <= float(c["resources"]["limits"]["cpu"])
@@ -465,7 +600,7 @@ def test_helm_values_are_valid() -> None:
     ("scheduler.serviceTyp", "ClusterIP", "serviceTyp: not a key"),
     ("worker.resources", {"requests": {"cpu": "1"}}, "no resources.limits.memory"),
     ("worker.securityContext.runAsNonRoot", False, "runAsNonRoot is not true"),
-    (("worker", "env", "0", "valueFrom", "secretKeyRef", "nam"), "x", "'nam' was unexpected"),
+    (("worker", "env", "6", "valueFrom", "secretKeyRef", "nam"), "x", "'nam' was unexpected"),
     ("jupyter.enabled", True, "jupyter: enabled"),
     ("webUI.ingress.enabled", True, "ingress enabled"),
 ])
@@ -625,3 +760,170 @@ def test_store_paths_accept_fsspec_urls(tmp_path, monkeypatch, capsys, scheme: s
     finally:
         if scheme == "memory":
             fsspec.filesystem("memory").rm(base.split("://", 1)[1], recursive=True)
+
+
+# --------------------------------------------------------------------------- Dask TLS, for real
+
+
+def _make_tls_secret(d: Path) -> None:
+    """ca.crt, tls.crt, tls.key as the README's openssl commands make them (one cert for
+    every role, signed by a private CA)."""
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+        "/CN=obpipe-dask-ca", "-keyout", "ca.key", "-out", "ca.crt")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=obpipe-dask", "-keyout",
+        "tls.key", "-out", "tls.csr")
+    ssl("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-out", "tls.crt")
+
+
+def _container_env(doc: dict[str, Any], name: str, tls_dir: Path) -> dict[str, str]:
+    """A manifest container's Dask env, the Secret's mount path replaced by ``tls_dir``."""
+    (c,) = [c for c in containers(doc) if c["name"] == name]
+    return {e["name"]: str(e["value"]).replace(TLS_DIR, str(tls_dir))
+            for e in c.get("env", []) if e["name"].startswith("DASK_")}
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="needs the openssl command")
+def test_tls_env_of_the_manifests_encrypts_and_refuses_plain_tcp(tmp_path: Path) -> None:
+    """A scheduler and a worker started with the DaskCluster's own TLS settings (and the
+    scheduler's --protocol tls) serve a client that has the job runner's settings; a client
+    without certificates, or on tcp://, gets no connection."""
+    _make_tls_secret(tmp_path)
+    cluster = manifest("DaskCluster")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    base["DASK_DISTRIBUTED__DIAGNOSTICS__NVML"] = "false"
+    env_s = {**base, **_container_env(cluster, "scheduler", tmp_path)}
+    env_w = {**base, **_container_env(cluster, "worker", tmp_path)}
+    env_c = {**base, **_container_env(manifest("DaskJob"), "job", tmp_path)}
+    port = 40000 + uuid.uuid4().int % 20000
+    address = f"tls://127.0.0.1:{port}"
+    dask_bin = str(Path(sys.executable).parent / "dask")
+    procs = [subprocess.Popen([dask_bin, "scheduler", "--protocol", "tls", "--host",
+                               "127.0.0.1", "--port", str(port), "--dashboard-address",
+                               "127.0.0.1:0"], env=env_s, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)]
+    try:
+        procs.append(subprocess.Popen([dask_bin, "worker", address, "--nthreads", "1",
+                                       "--no-nanny", "--host", "127.0.0.1",
+                                       "--dashboard-address", "127.0.0.1:0"], env=env_w,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        client = ("import sys; from distributed import Client\n"
+                  "with Client(sys.argv[1], timeout='60s') as c:\n"
+                  "    c.wait_for_workers(1, timeout=120)\n"
+                  "    print(c.submit(sum, [1, 2, 3]).result())\n")
+        ok = subprocess.run([sys.executable, "-c", client, address], env=env_c,
+                            capture_output=True, text=True, timeout=120)
+        assert ok.returncode == 0 and ok.stdout.strip() == "6", ok.stderr[-2000:]
+        for env, addr in ((base, address), (env_c, f"tcp://127.0.0.1:{port}")):
+            bad = subprocess.run([sys.executable, "-c", client.replace("60s", "5s"), addr],
+                                 env=env, capture_output=True, text=True, timeout=120)
+            assert bad.returncode != 0, (addr, bad.stdout)
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+# --------------------------------------------------------------------------- Helm post-renderer
+
+POST_RENDER = DEPLOY / "helm" / "post-render.sh"
+
+
+def render_dask_chart(values: dict[str, Any], release: str = "obpipe-dask"
+                      ) -> list[dict[str, Any]]:
+    """The scheduler and worker Deployments of the dask chart (templates
+    dask-scheduler-deployment.yaml / dask-worker-deployment.yaml at commit e581ea8, the one
+    CHART_KEYS lists) for ``values``: the fields those templates write, as helm template
+    would (this machine has no helm; kubectl's kustomize applies the post-renderer)."""
+    full = f"{release}"  # dask.fullname: the release name when it contains the chart name
+    s, w = values["scheduler"], values["worker"]
+    labels = {"app": "dask", "release": release}
+
+    def deployment(component: str, pod: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": f"{full}-{component}",
+                             "labels": {**labels, "heritage": "Helm", "chart": "dask",
+                                        "component": component}},
+                "spec": {"replicas": (s if component == "scheduler" else w).get("replicas", 1),
+                         "selector": {"matchLabels": {**labels, "component": component}},
+                         "template": {"metadata": {"labels": {**labels,
+                                                              "component": component}},
+                                      "spec": pod}}}
+
+    sched = {"name": f"{full}-scheduler",
+             "image": f"{s['image']['repository']}:{s['image']['tag']}",
+             "imagePullPolicy": s["image"]["pullPolicy"],
+             "args": ["dask-scheduler", f"--port={s['servicePort']}",
+                      "--dashboard-address=:8787", *s.get("extraArgs", [])],
+             "ports": [{"containerPort": 8786}, {"containerPort": 8787}],
+             **{k: s[k] for k in ("resources", "env", "livenessProbe", "readinessProbe")
+                if s.get(k)}}
+    limits = w["resources"]["limits"]
+    worker = {"name": f"{full}-worker",
+              "image": f"{w['image']['repository']}:{w['image']['tag']}",
+              "imagePullPolicy": w["image"]["pullPolicy"],
+              "args": [w["image"]["dask_worker"], f"{full}-scheduler:{s['servicePort']}",
+                       "--nthreads", str(w.get("threads_per_worker") or limits["cpu"]),
+                       "--memory-limit", str(limits["memory"]), "--no-dashboard",
+                       "--dashboard-address", str(w.get("portDashboard", 8790))],
+              "ports": [{"containerPort": int(w.get("portDashboard", 8790)),
+                         "name": "dashboard"}],
+              **{k: w[k] for k in ("resources", "env") if w.get(k)}}
+    if w.get("mounts", {}).get("volumeMounts"):
+        worker["volumeMounts"] = w["mounts"]["volumeMounts"]
+    s_pod = {"containers": [sched], "securityContext": s["securityContext"]}
+    w_pod = {"containers": [worker], "securityContext": w["securityContext"],
+             **({"volumes": w["mounts"]["volumes"]} if w.get("mounts", {}).get("volumes")
+                else {})}
+    return [deployment("scheduler", s_pod), deployment("worker", w_pod)]
+
+
+def post_render(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = subprocess.run([str(POST_RENDER)], input=yaml.safe_dump_all(docs), text=True,
+                         capture_output=True, check=True, timeout=120).stdout
+    return [d for d in yaml.load_all(out, Loader=_LOADER) if d]
+
+
+@pytest.mark.skipif(not shutil.which("kubectl"), reason="needs kubectl (its kustomize)")
+def test_helm_post_renderer_hardens_the_chart_pods() -> None:
+    """With the post-renderer, the chart's scheduler and worker pods get the container
+    securityContext of the operator manifests, no service-account token, /tmp and the TLS
+    Secret mounted, and Dask TLS settings for their role; valid Kubernetes objects."""
+    values = helm_values()
+    rendered = render_dask_chart(values)
+    # the chart alone: no container securityContext, the token mounted
+    for doc in rendered:
+        pod = doc["spec"]["template"]["spec"]
+        assert "automountServiceAccountToken" not in pod
+        assert any("allowPrivilegeEscalation is not false" in p
+                   for p in pod_problems("chart", pod))
+    out = post_render(rendered)
+    assert sorted(d["metadata"]["name"] for d in out) == ["obpipe-dask-scheduler",
+                                                          "obpipe-dask-worker"]
+    for doc in out:
+        assert _core_errors(doc) == [], doc["metadata"]["name"]
+        pod = doc["spec"]["template"]["spec"]
+        component = doc["metadata"]["labels"]["component"]
+        assert pod["automountServiceAccountToken"] is False
+        assert pod_problems(component, pod) == []
+        (c,) = pod["containers"]
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes[mounts["/tmp"]]["emptyDir"]
+        assert volumes[mounts[TLS_DIR]]["secret"]["secretName"] == TLS_SECRET
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        role = component.upper()
+        assert env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "true"
+        assert env["DASK_DISTRIBUTED__COMM__DEFAULT_SCHEME"] == "tls"  # worker's address
+        assert env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__CERT"] == f"{TLS_DIR}/tls.crt"
+        if component == "scheduler":
+            assert c["args"][-2:] == ["--protocol", "tls"]
