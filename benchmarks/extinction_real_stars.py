@@ -191,12 +191,50 @@ def evaluate_teff_fit(inputs: Mapping[str, np.ndarray], **options: Any) -> dict[
     return res
 
 
+def bootstrap(inputs: Mapping[str, np.ndarray], n_resamples: int, **options: Any) -> str:
+    """Sampling noise of the median chi^2 and of the colour spread: 16/50/84 % of the
+    figures over resamples (with replacement) of the stars, and the fraction that meets
+    both targets (chi^2 <= 3, spread <= 0.05); also for half-size samples."""
+    out = photometry_block(inputs, bands=BANDS, per_colour=True, **options)
+    e = np.stack([out[f"ebv_{c}"] for c in COLOURS], axis=-1)
+    chi2 = out["ebv_chi2"]
+    rng = np.random.default_rng(20)
+    n = e.shape[0]
+    text = []
+    for size, name in ((n, "n"), (n // 2, "n/2")):
+        idx = rng.integers(0, n, (n_resamples, size))
+        med = np.nanmedian(e[idx], axis=1)  # (resamples, 3)
+        spread = med.max(axis=1) - med.min(axis=1)
+        c2 = np.nanmedian(chi2[idx], axis=1)
+        ok = np.mean((spread <= 0.05) & (c2 <= 3.0))
+        text.append(f"{name}={size}: spread 16/50/84 % " + " / ".join(
+            f"{v:.3f}" for v in np.percentile(spread, [16, 50, 84]))
+            + ", chi2 " + " / ".join(f"{v:.2f}" for v in np.percentile(c2, [16, 50, 84]))
+            + f", both targets met in {ok:.0%}")
+    return "; ".join(text)
+
+
+def by_quartile(inputs: Mapping[str, np.ndarray], **options: Any) -> str:
+    """Median chi^2 and colour spread in each quartile of E(B-V)."""
+    out = photometry_block(inputs, bands=BANDS, per_colour=True, **options)
+    q = np.digitize(out["ebv"], np.nanpercentile(out["ebv"], [25, 50, 75]))
+    parts = []
+    for k in range(4):
+        sel = q == k
+        med = [float(np.nanmedian(out[f"ebv_{c}"][sel])) for c in COLOURS]
+        parts.append(f"E~{np.nanmedian(out['ebv'][sel]):.2f}: chi2 "
+                     f"{np.nanmedian(out['ebv_chi2'][sel]):.2f} spread {max(med) - min(med):.3f}")
+    return "; ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--table", type=Path, default=DEFAULT_TABLE)
     ap.add_argument("--no-curves", action="store_true",
                     help="skip the dust_extinction blackbody-integrated families (slow part)")
     ap.add_argument("--no-teff-fit", action="store_true")
+    ap.add_argument("--bootstrap", type=int, default=1000,
+                    help="resamples of the stars for the sampling noise of the default's figures")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)
     t0 = time.perf_counter()
@@ -249,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# {label}: fitted Teff 5/50/95 % = "
                   + " / ".join(f"{t:,.0f}" for t in r["teff_pct"]) + " K")
     print("# * E(B-V) from H-Ks: not fitted (K_s is brightened by Be discs), a check of R_H-R_Ks")
+    if args.bootstrap:
+        for label, opts in (("default (G23 R_V=3.1, A0-dependent)", {}),
+                            ("F99 R_V=3.1 low-A0", {"law": "F99", "extinction_dependent": False})):
+            print(f"# {label}: " + bootstrap(inputs, args.bootstrap, **opts))
+        print("# by E(B-V) quartile (default): " + by_quartile(inputs))
     print(f"# {time.perf_counter() - t0:.0f} s")
     return 0
 
