@@ -43,7 +43,7 @@ def _read_group(path: str, group: str | None, names: list[str]) -> dict[str, np.
     for n in names:
         if n in g:
             a = np.asarray(g[n][...])
-            out[n] = a.astype(str) if a.dtype.kind in "OSUT" else a
+            out[n] = np.array(a.tolist(), dtype=object).astype(str) if a.dtype.kind in "OSUT" else a
     return out
 
 
