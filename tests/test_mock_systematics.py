@@ -234,3 +234,25 @@ def test_binaries_move_between_visits_with_sana_periods(tables) -> None:
             scatter_single.append(np.std(truth["rv_true"][rows]))
     assert np.median(scatter_bin) > 10.0
     assert np.max(scatter_single) < 1e-6
+
+
+def test_fig9_composites_figure(tmp_path) -> None:
+    """Issue 15 item 3f: the report draws Fig. 9 from truth and the catalog's M_Ks, and
+    says why not when M_Ks is missing."""
+    from obpipe import report
+
+    rng = np.random.default_rng(0)
+    n = 400
+    q = rng.uniform(0.1, 1.0, n)
+    binary = rng.random(n) < 0.5
+    true = rng.normal(-1.0, 1.0, n)
+    truth = {"MKs_true": true, "MKs_system_true": true - np.where(binary, 0.75 * q**3, 0.0),
+             "mass_ratio": np.where(binary, q, 0.0),
+             "teff_secondary_true": np.where(binary, 8000 + 20000 * q, np.nan),
+             "is_binary": binary, "has_emission": np.zeros(n, bool),
+             "is_broken": np.zeros(n, bool), "star_class": np.full(n, "OB", dtype=object)}
+    cols = {"MKs": true + rng.normal(0, 0.2, n), "snr_g": np.full(n, 80.0)}
+    out = report.write_fig9(cols, truth, str(tmp_path / "fig9.png"))
+    assert Path(out).stat().st_size > 10_000
+    with pytest.raises(report.MissingProducts, match="Fig. 9"):
+        report.write_fig9({"snr_g": cols["snr_g"]}, truth, str(tmp_path / "x.png"))
