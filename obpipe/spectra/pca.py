@@ -273,7 +273,10 @@ def _add_deviant_corrections(gram: np.ndarray, phi: np.ndarray, phi_t: np.ndarra
         r, c = np.nonzero(deviant[rows])
         starts = np.r_[0, np.cumsum(counts[rows])[:-1]]
         pos = np.arange(r.size) - np.repeat(starts, counts[rows])
-        d_max = int(counts[rows].max())
+        # padded to the group's bound, not its largest count: a row's sum then has the
+        # same length (the same rounding) whatever other rows share its block (chunk-size
+        # independent results, issue 17 item 5)
+        d_max = hi
         cols = np.zeros((rows.size, d_max), dtype=np.intp)
         dvals = np.zeros((rows.size, d_max), dtype=gram.dtype)
         cols[r, pos] = c

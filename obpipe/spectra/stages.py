@@ -35,6 +35,7 @@ from obpipe.products import (
     Output,
     open_products,
     products_path,
+    row_tiled,
     run_blockwise_stage,
     stage_complete,
     temp_name,
@@ -85,24 +86,12 @@ NORMALIZE_OUTPUTS = {
 }
 
 
-#: rows of a block are normalised in whole groups of this many (the last one padded with
-#: empty rows): BLAS rounds a matrix product's edge rows differently from its full tiles,
-#: so without padding a spectrum's norm_flux would depend on its place in its block
-#: (last-bit differences that the PCA fit amplifies): the same spectrum now gives the same
-#: bits under any chunking
-ROW_TILE = 16
-
-
+@row_tiled  # chunk-independent bits (the PCA fit amplifies last-bit differences)
 def normalize_block(inputs: dict[str, np.ndarray], width_aa: float) -> dict[str, np.ndarray]:
     reuse_block_buffers()
-    n = inputs["flux"].shape[0]
-    pad = -n % ROW_TILE
-    arrays = [inputs[k] for k in ("flux", "ivar", "mask")]
-    if pad:  # empty rows: ivar 0 (no weight), NaN-free
-        arrays = [np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)]) for a in arrays]
-    with threadpool_limits(1), np.errstate(invalid="ignore", divide="ignore"):
-        nf, ni = normalize.normalize(*arrays, width_aa)
-    return {"norm_flux": nf[:n], "norm_ivar": ni[:n]}
+    with threadpool_limits(1):
+        nf, ni = normalize.normalize(inputs["flux"], inputs["ivar"], inputs["mask"], width_aa)
+    return {"norm_flux": nf, "norm_ivar": ni}
 
 
 @_releases_heap
@@ -170,6 +159,7 @@ def pca_statistics(model: pca.PCAModel, norm_flux: np.ndarray, norm_ivar: np.nda
     return out
 
 
+@row_tiled
 def pca_block(inputs: dict[str, np.ndarray], model_path: str, prior: bool
               ) -> dict[str, np.ndarray]:
     reuse_block_buffers()
@@ -288,14 +278,16 @@ FLAG_OUTPUTS = {
 }
 
 
+@row_tiled
 def recon_block(inputs: dict[str, np.ndarray], model_path: str) -> dict[str, np.ndarray]:
     reuse_block_buffers()
     model = _load_model(model_path, store.file_token(model_path))
     em = inputs["em_flag"] == 1
     with threadpool_limits(1):
         out = model.full.reconstruct(np.nan_to_num(inputs["pca_coeff_full"]))
-        if em.any():
-            out[em] = model.clean.reconstruct(np.nan_to_num(inputs["pca_coeff"][em]))
+        if em.any():  # every row through the same product shape: chunk-independent bits
+            clean = model.clean.reconstruct(np.nan_to_num(inputs["pca_coeff"]))
+            out[em] = clean[em]
     bad = ~np.isfinite(inputs["pca_coeff"][:, 0])
     out[bad] = np.nan
     return {"recon_flux": out}
