@@ -130,8 +130,10 @@ class SimulationConfig:
     #: al. (2021) recipe alone (DR3), i.e. exactly what the pipeline removes.
     parallax_zp_variations: bool = True
     #: extinction-curve family of the mock (a ``dust_extinction.parameter_averages`` class:
-    #: G23, F99, F19, CCM89, O94); G23 = Gordon et al. (2023) by default.
-    extinction_law: str = "G23"
+    #: G23, F99, F19, CCM89, O94); F19 = Fitzpatrick et al. (2019, ApJ 886, 108) by default,
+    #: a family other than the pipeline's G23 (issue 20: a mock must not redden with the
+    #: curve the pipeline de-reddens with).
+    extinction_law: str = "F19"
     #: R_V per star ~ N(rv_mean, rv_scatter), clipped to 2.3-4.6 (truth ``R_V_true``).
     rv_mean: float = 3.1
     rv_scatter: float = 0.25
