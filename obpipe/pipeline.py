@@ -258,8 +258,10 @@ def _run_stages(ctx: RunContext, selected: Sequence[Stage], ident: dict[str, Any
                                       "seconds": time.perf_counter() - t0}
                 continue
             run_ctx = ctx
-            if rerun:
-                log.warning("stage %s: rerun (%s)", stage.name, rerun)
+            if rerun:  # a warning when it replaces products it had (not on a first run)
+                level = (logging.WARNING if stage.name in records or stage.is_complete(ctx)
+                         else logging.INFO)
+                log.log(level, "stage %s: rerun (%s)", stage.name, rerun)
                 if ctx.models_supplied and stage.name in MODEL_STAGES:
                     invalidate_stage(ctx.products_dir, stage.name)  # supplied models kept
                 else:
@@ -300,8 +302,6 @@ STAGE_READS: dict[str, tuple[str, ...]] = {
 #: stages that train model files (PRODUCTS_DIR/models/...): with ``--models`` they reuse
 #: the supplied files and never retrain
 MODEL_STAGES = ("pca", "luminosity")
-#: products root attribute of a stage's provenance record
-RECORD_ATTR = "provenance_{}"
 
 
 def stage_reads(name: str) -> tuple[str, ...]:
@@ -383,13 +383,11 @@ def provenance_records(products_dir: str) -> dict[str, dict[str, Any]]:
                                   consolidated=store.CONSOLIDATED).attrs)
     except (FileNotFoundError, OSError, ValueError, KeyError):
         return {}
-    prefix = RECORD_ATTR.format("")
-    return {k[len(prefix):]: v for k, v in attrs.items()
-            if k.startswith(prefix) and isinstance(v, dict)}
+    return provenance.stage_records(attrs)
 
 
 def _write_record(ctx: RunContext, name: str, record: dict[str, Any]) -> None:
-    store.update_attrs(ctx.products_path, {RECORD_ATTR.format(name): record})
+    store.update_attrs(ctx.products_path, {provenance.RECORD_PREFIX + name: record})
 
 
 def _record_run(ctx: RunContext, ident: dict[str, Any], simulated_models: list[str]) -> None:

@@ -213,3 +213,33 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         except (SafetensorError, OSError, ValueError) as exc:
             raise ModelFileError(f"{path}: not a valid safetensors file ({exc})") from exc
     return tensors, meta
+
+
+#: products root attribute that holds a stage's provenance record
+RECORD_PREFIX = "provenance_"
+
+
+def stage_records(attrs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Stage name -> provenance record, from a products store's root attributes."""
+    return {k[len(RECORD_PREFIX):]: v for k, v in attrs.items()
+            if k.startswith(RECORD_PREFIX) and isinstance(v, dict)}
+
+
+def catalog_metadata(products_dir: str) -> dict[str, str]:
+    """What a catalog file should carry about its making, as strings (Parquet schema
+    metadata; FITS header keywords via ``HIERARCH`` or a COMMENT block): the run's
+    effective configuration, the survey's identity, each stage's provenance record and
+    the simulated-survey models applied to a real survey (empty list: none)."""
+    import zarr
+
+    from obpipe.io import store
+    from obpipe.products import products_path
+
+    attrs = dict(zarr.open_group(products_path(products_dir), mode="r",
+                                 zarr_format=store.ZARR_FORMAT).attrs)
+    records = stage_records(attrs)
+    return {"obpipe_version": __version__,
+            "obpipe_config": str(attrs.get("obpipe_config", "{}")),
+            "obpipe_survey": json.dumps(attrs.get("survey_identity"), sort_keys=True),
+            "obpipe_provenance": json.dumps(records, sort_keys=True, default=_json_default),
+            "obpipe_simulated_models": json.dumps(list(attrs.get("simulated_models", [])))}
