@@ -1,17 +1,20 @@
-"""Time of each step of the luminosity training (issue 6: < 10 min on 2 cores).
+"""Luminosity training time, old and new code side by side (issues 6, 19).
 
 Runs the training half of the ``luminosity`` stage (networks (a) and (b), the
-binary-cleaning iterations, the emcee noise models) on a products directory that has
-gone through ``photometry``, writes the model files there, and prints the seconds of
-each step, the cores and torch threads used, and the machine's load (the cores are
-shared: a busy machine stretches every number):
+binary-cleaning rounds, the emcee noise models) on a products directory that has gone
+through ``photometry``, once with the code of ``--baseline-rev`` (exported with ``git
+archive`` into a temporary directory) and once with the working tree, alternating
+``--repeat`` times in one run, each in its own process pinned to the same ``--cores``.
+Nothing is written to the products directory. For each run it prints the seconds of
+each step, and the held-out accuracy: M_Ks - MKs_true of the test-set (never trained)
+single non-emission OB stars, scatter, bias and pull std (pull = residual / MKs_err,
+eq. 10 with the fitted noise model), overall (S/N > 5) and at S/N > 50. The machine's
+load (``os.getloadavg``) is printed beside every run: the cores are shared.
 
     obpipe simulate --out /tmp/dr5.zarr
     obpipe run /tmp/dr5.zarr --out /tmp/dr5_prod --stages index,normalize,pca,emission,photometry
-    python benchmarks/training.py --survey /tmp/dr5.zarr --products /tmp/dr5_prod [--cores 2]
-
-``--paper`` times the paper's recipe instead (one network per model, squared error on
-M_Ks_geo, good parallaxes only) on the same inputs.
+    python benchmarks/training.py --survey /tmp/dr5.zarr --products /tmp/dr5_prod \\
+        --baseline-rev 929a27b [--cores 2] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -20,7 +23,100 @@ import argparse
 import json
 import logging
 import os
+import subprocess
+import sys
+import tempfile
 import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _metrics(d, err, sel) -> dict:  # noqa: ANN001
+    import numpy as np
+
+    s = sel & np.isfinite(d) & np.isfinite(err)
+    if not s.any():
+        return {"n": 0}
+    return {"n": int(s.sum()), "scatter": float(np.std(d[s])), "bias": float(np.mean(d[s])),
+            "pull_std": float(np.std(d[s] / err[s]))}
+
+
+def worker(survey_path: str, products_dir: str) -> dict:
+    """One training run with whichever ``obpipe`` is first on ``sys.path``."""
+    import numpy as np
+
+    from obpipe.io import store
+    from obpipe.luminosity import noise_model
+    from obpipe.luminosity import stage as lum
+    from obpipe.luminosity import training as tr
+    from obpipe.pipeline import RunContext
+
+    ctx = RunContext(survey_path, products_dir, scheduler="threads", force=True)
+    cfg, extra = lum._config(ctx, {})
+    captured: dict = {}
+
+    def capture(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        captured["args"], captured["kwargs"] = a, k
+        raise StopIteration
+
+    real = tr.train_with_binary_cleaning
+    lum.train_with_binary_cleaning = capture
+    real_inputs = lum._network_inputs
+
+    def inputs(prods, rows, *rest):  # noqa: ANN001, ANN002, ANN202
+        captured["rows"] = rows
+        return real_inputs(prods, rows, *rest)
+
+    lum._network_inputs = inputs
+    t0 = time.perf_counter()
+    try:
+        lum.train_from_products(ctx, cfg, extra["extra_training"])
+    except StopIteration:
+        pass
+    t_read = time.perf_counter() - t0
+    a, k = captured["args"], captured["kwargs"]
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    res = real(*a, **k)
+    total = time.perf_counter() - t0
+    rep = res.report
+    steps: dict = {"read_inputs": t_read}
+    for it in rep["iterations"]:
+        for m in ("a", "b"):
+            i = it["iteration"]
+            steps[f"round_{i}_network_{m}_s"] = it.get(f"train_seconds_{m}")
+            steps[f"round_{i}_network_{m}_epochs"] = it.get(f"epochs_{m}")
+        steps[f"round_{it['iteration']}_total_s"] = it.get("seconds")
+    steps["mcmc_noise_models_s"] = rep["timing_s"].get("mcmc")
+    # held-out accuracy: test-set rows (no member trained on their star) vs the truth
+    x, snr, em = a[0], np.asarray(a[2], float), np.asarray(a[3])
+    rows = captured["rows"]
+    truth = store.open_truth(survey_path)
+    true = truth["MKs_true"].values.astype(float)[rows]
+    single_ob = ((truth["star_class"].values.astype(object).astype(str)[rows] == "OB")
+                 & ~truth["is_binary"].values.astype(bool)[rows]
+                 & ~truth["has_emission"].values.astype(bool)[rows]
+                 & ~truth["is_broken"].values.astype(bool)[rows])
+    test = res.sets.test & (em == 0) & single_ob
+    net = res.networks["a"]
+    mks, spread = net.predict(x["a"][test] if isinstance(x, dict) else x[test],
+                              return_std=True)
+    nm = res.noise["a"]
+    err = noise_model.mks_uncertainty(snr[test], nm.sigma_int, nm.sigma_s100,
+                                      spread if nm.includes_epistemic else None)
+    d = mks - true[test]
+    s_t = snr[test]
+    acc = {"test_single_nonemission_ob_snr_gt_5": _metrics(d, err, s_t > 5),
+           "test_single_nonemission_ob_snr_gt_50": _metrics(d, err, s_t > 50)}
+    return {"seconds_total": total, "seconds": steps, "heldout": acc,
+            "noise_a": nm.mean, "load_1min_start_end": [load0, os.getloadavg()[0]]}
+
+
+def _export(rev: str, dest: str) -> str:
+    tar = subprocess.run(["git", "-C", REPO, "archive", rev, "obpipe"], check=True,
+                         capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", dest], input=tar, check=True)
+    return dest
 
 
 def main() -> None:
@@ -29,40 +125,41 @@ def main() -> None:
     ap.add_argument("--survey", required=True)
     ap.add_argument("--products", required=True, help="products dir through 'photometry'")
     ap.add_argument("--cores", type=int, default=2, help="CPU cores to run on")
-    ap.add_argument("--paper", action="store_true", help="the paper's recipe")
+    ap.add_argument("--baseline-rev", default=None,
+                    help="git revision of the old code (none: the working tree only)")
+    ap.add_argument("--repeat", type=int, default=1, help="old/new pairs, alternating")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.worker:
+        logging.basicConfig(level=logging.WARNING)
+        print(json.dumps(worker(args.survey, args.products), default=float))
+        return
     cpus = sorted(os.sched_getaffinity(0))[:args.cores]
     os.sched_setaffinity(0, cpus)
-
-    import torch
-
-    from obpipe.luminosity import stage as lum
-    from obpipe.pipeline import RunContext
-
-    opts: dict = {}
-    if args.paper:
-        opts = {"network": {"n_members": 1, "loss": "mag", "feature_scale_power": 1.0}}
-    ctx = RunContext(args.survey, args.products, scheduler="threads", force=True)
-    cfg, extra = lum._config(ctx, opts)
-    load0 = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    rep = lum.train_from_products(ctx, cfg, extra["extra_training"])
-    total = time.perf_counter() - t0
-    steps = {"read_inputs": rep["timing_s"].get("read_inputs")}
-    for it in rep["iterations"]:
-        for m in ("a", "b"):
-            steps[f"iteration_{it['iteration']}_network_{m}"] = it.get(f"train_seconds_{m}")
-            steps[f"iteration_{it['iteration']}_network_{m}_epochs"] = it.get(f"epochs_{m}")
-    steps["mcmc_noise_models"] = rep["timing_s"].get("mcmc")
-    steps["training_and_cleaning"] = rep["timing_s"].get("training")
-    out = {"cores": cpus, "torch_threads_training": cfg.network.n_threads,
-           "torch_default_threads": torch.get_num_threads(),
-           "load_average_1min_start_end": [load0, os.getloadavg()[0]],
-           "recipe": "paper" if args.paper else "default", "seconds": steps,
-           "seconds_total": total, "target_seconds": 600,
-           "noise": {m: v["mean"] for m, v in rep["noise"].items()}}
-    print(json.dumps(out, indent=1, default=float))
+    with tempfile.TemporaryDirectory(prefix="obpipe-baseline-") as tmp:
+        methods = [("new", REPO)]
+        if args.baseline_rev:
+            methods.insert(0, (f"old ({args.baseline_rev})", _export(args.baseline_rev, tmp)))
+        out: dict = {"cores": cpus, "runs": []}
+        for rep in range(args.repeat):
+            for name, path in methods:
+                env = {**os.environ, "PYTHONPATH": path}
+                cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--survey",
+                       args.survey, "--products", args.products]
+                r = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True,
+                                   cwd=tmp)
+                res = json.loads(r.stdout.strip().splitlines()[-1])
+                res["method"], res["repeat"] = name, rep
+                out["runs"].append(res)
+                print(json.dumps(res, default=float), flush=True)
+        by = {}
+        for r in out["runs"]:
+            by.setdefault(r["method"], []).append(r["seconds_total"])
+        out["seconds_total_by_method"] = by
+        if len(by) == 2:
+            old, new = (min(v) for v in by.values())
+            out["speedup_best"] = old / new
+        print(json.dumps({k: v for k, v in out.items() if k != "runs"}, indent=1))
 
 
 if __name__ == "__main__":

@@ -123,6 +123,7 @@ def validate_survey(path: str, products_dir: str | None = None) -> dict[str, Any
                 from obpipe.luminosity.stage import luminosity_metrics
 
                 lvars = [v for v in ("MKs", "MKs_err", "MKs_spread", "MKs_flag", "MKs_model",
+                                     "MKs_fold",
                                      "luminosity_set",
                                      "MKs_geo", "em_flag", "binary_flag", "parallax_corrected",
                                      "parallax_corrected_error", "parallax_spec",

@@ -7,12 +7,11 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from obpipe.io import store
 from obpipe.luminosity import stage as lum
-from obpipe.luminosity.network import fakemag_from_parallax
+from obpipe.luminosity.network import _folds, fakemag_from_parallax
 from obpipe.luminosity.training import TrainingConfig, faint_outliers, select_sets
 from obpipe.pipeline import RunContext, run_pipeline
 from obpipe.products import open_products
@@ -48,7 +47,7 @@ def test_products_and_model_files(small_survey, products) -> None:
     assert np.all(err > 0.05) and np.all(np.isfinite(err))
     for m in ("a", "b"):
         path = os.path.join(products, "models", lum.NETWORK_FILES[m])
-        assert "meta_json" in torch.load(path, weights_only=True)
+        assert lum.load_network(path).meta["kind"] == m
         assert os.path.exists(os.path.join(products, "models", lum.NOISE_FILES[m]))
     for fig in ("fig8_noise_model_a.png", "fig5_mks_spec_vs_geo.png",
                 "fig10_parallax_excess.png"):
@@ -86,6 +85,52 @@ def test_mks_precision_against_truth(small_survey, products) -> None:
     disc = m["mks_vs_truth"]["single_emission_ob_snr_gt_50_vs_photosphere_and_disc"]
     assert disc["n"] == phot["n"] > 0
     assert disc["bias"] > phot["bias"]
+
+
+def test_catalog_mks_never_from_a_member_that_saw_the_star(small_survey, products) -> None:
+    """Issue 15: a star that trained a network (any visit of it, any cleaning round) gets
+    its catalog M_Ks, on every visit, from the one member whose held-out fold holds it;
+    other stars get the ensemble mean. Folds are recomputed here from the star ids."""
+    survey = store.open_cube(small_survey)
+    prods = open_products(products).load()
+    star = survey["star_id"].values.astype(object).astype(str)
+    em = prods["em_flag"].values
+    mks = prods["MKs"].values.astype(float)
+    fold = prods["MKs_fold"].values
+    lset = prods["luminosity_set"].values
+    ok = np.isfinite(mks)
+    n_oof = 0
+    for m, rows, bit in (("a", ok & (em == 0), lum.SET_BITS["train_a"]),
+                         ("b", ok & (em != 0), lum.SET_BITS["train_b"])):
+        net = lum.load_network(os.path.join(products, "models", lum.NETWORK_FILES[m]))
+        k_mem = net.n_members
+        assert k_mem > 1
+        # every star with a visit that trained model m in any round (kept or removed)
+        trained_rows = (lset & (bit | lum.SET_BITS["removed_binary"])) > 0
+        if m == "a":
+            trained_rows &= em == 0
+        trained_stars = np.unique(star[trained_rows])
+        expected = np.full(star.size, -1)
+        sel = np.isin(star, trained_stars)
+        cfg = net.meta["config"]
+        expected[sel] = _folds(star[sel], k_mem, cfg["validation_fraction"], cfg["seed"])
+        x = prods["recon_flux"].values[rows]
+        if m == "b":
+            x = lum.clean_window_reconstruction(prods["pca_coeff"].values[rows], products)
+        members = net.predict_members(x)
+        i = np.arange(rows.sum())
+        e = expected[rows]
+        np.testing.assert_array_equal(fold[rows], e)
+        seen = e >= 0
+        assert seen.sum() > 50 and (~seen).sum() > 20
+        np.testing.assert_allclose(mks[rows][seen], members[e[seen], i[seen]], atol=2e-5)
+        np.testing.assert_allclose(mks[rows][~seen], members[:, ~seen].mean(axis=0),
+                                   atol=2e-5)
+        # and not the mean of members that trained on it
+        assert np.median(np.abs(mks[rows][seen] - members[:, seen].mean(axis=0))) > 1e-3
+        # visits of trained stars that did not train themselves are out of fold too
+        n_oof += int(np.sum(seen & ~trained_rows[rows]))
+    assert n_oof > 0
 
 
 def test_rerun_skips_training(small_survey, products) -> None:

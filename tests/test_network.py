@@ -99,97 +99,40 @@ def test_training_is_seeded(linear_problem) -> None:
     np.testing.assert_array_equal(a.predict(x[:50]), b.predict(x[:50]))
 
 
-def test_round_trip_weights_only(tmp_path, linear_problem, fitted) -> None:
+def test_round_trip_safetensors(tmp_path, linear_problem, fitted) -> None:
+    """A saved network is a safetensors file (tensors + JSON metadata in the header) that
+    loads to the same predictions and metadata, in a process that never imports torch."""
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
     x, _, _ = linear_problem
     net, _ = fitted
-    path = str(tmp_path / "net.pt")
+    path = str(tmp_path / "net.safetensors")
     net.save(path)
-    # the file is plain tensors + strings: the safe loader reads it
-    data = torch.load(path, weights_only=True)
-    assert "meta_json" in data and "weights.l1.weight" in data
+    with safe_open(path, framework="numpy") as fh:
+        assert "weights.l1.weight" in fh.keys() and "meta_json" in fh.metadata()
     back = MKsNetwork.load(path)
     np.testing.assert_array_equal(back.predict(x[:200]), net.predict(x[:200]))
     assert back.meta["kind"] == "a" and back.n_members == 3
-
-
-def test_format_1_file_loads(tmp_path, linear_problem) -> None:
-    """A one-network file of the first format (nn.Linear layout) still loads."""
-    x, _, _ = linear_problem
-    torch.manual_seed(0)
-    lin = [torch.nn.Linear(40, 100), torch.nn.Linear(100, 100), torch.nn.Linear(100, 1)]
-    payload = {f"weights.{n}.{p}": getattr(m, p).detach().clone()
-               for n, m in zip(("l1", "l2", "out"), lin, strict=True) for p in ("weight", "bias")}
-    payload.update(x_mean=torch.zeros(40), x_std=torch.ones(40),
-                   y_mean=torch.tensor(0.5, dtype=torch.float64),
-                   y_std=torch.tensor(2.0, dtype=torch.float64),
-                   meta_json='{"kind": "a", "input_kind": "pca_coeff"}', format_version=1)
-    path = str(tmp_path / "v1.pt")
-    torch.save(payload, path)
-    net = MKsNetwork.load(path)
-    with torch.no_grad():
-        xt = torch.from_numpy(x[:20])
-        ref = lin[2](torch.sigmoid(lin[1](torch.sigmoid(lin[0](xt)))))[:, 0].numpy()
-    np.testing.assert_allclose(net.predict(x[:20]), 0.5 + 2.0 * ref, atol=1e-4)
-
-
-def test_model_files_read_without_torch_equal_torch_load(tmp_path, linear_problem,
-                                                         fitted) -> None:
-    """obpipe.luminosity.torchfile reads a saved model to the same arrays as torch.load,
-    without importing torch; a non-contiguous tensor keeps its values; a file with any
-    other global is refused; a legacy-format file falls back to torch."""
-    import pickle
-    import subprocess
-    import sys
-    import zipfile
-
-    from obpipe.luminosity.torchfile import TorchFileError, load_torch_file
-
-    net, _ = fitted
-    path = str(tmp_path / "net.pt")
-    net.save(path)
-    ref = torch.load(path, weights_only=True)
-    with open(path, "rb") as fh:
-        mine = load_torch_file(fh)
-    assert ref.keys() == mine.keys()
-    for k, v in ref.items():
-        if isinstance(v, torch.Tensor):
-            assert mine[k].dtype == v.numpy().dtype and np.array_equal(mine[k], v.numpy()), k
-        else:
-            assert mine[k] == v, k
-    # views: a transposed slice, a scalar, several tensors sharing one storage
-    base = torch.arange(24, dtype=torch.float64).reshape(4, 6)
-    odd = {"t": base.T[1:4], "s": base[2, 3], "row": base[1], "i": torch.tensor([1, -2])}
-    torch.save(odd, tmp_path / "odd.pt")
-    with open(tmp_path / "odd.pt", "rb") as fh:
-        back = load_torch_file(fh)
-    for k, v in odd.items():
-        np.testing.assert_array_equal(back[k], v.numpy())
-    # no torch in a process that only loads and predicts
     code = ("import sys; from obpipe.luminosity.network import MKsNetwork; "
             f"MKsNetwork.load({path!r}); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
 
-    # a file that names another global (here os.system) is refused, not run
-    class Evil:
-        def __reduce__(self):
-            import os
-            return (os.system, ("echo pwned",))
 
-    evil = tmp_path / "evil.pt"
-    with zipfile.ZipFile(evil, "w") as z:
-        z.writestr("archive/data.pkl", pickle.dumps({"x": Evil()}, protocol=2))
-    with open(evil, "rb") as fh, pytest.raises(pickle.UnpicklingError, match="os"):
-        load_torch_file(fh)
-    # the legacy (pre-zip) torch format: not ours to parse, torch reads it
-    legacy = tmp_path / "legacy.pt"
-    torch.save(ref, legacy, _use_new_zipfile_serialization=False)
-    with open(legacy, "rb") as fh, pytest.raises(TorchFileError):
-        load_torch_file(fh)
-    x, _, _ = linear_problem
-    np.testing.assert_array_equal(MKsNetwork.load(str(legacy)).predict(x[:50]),
-                                  net.predict(x[:50]))
+def test_legacy_torch_file_refused_naming_it(tmp_path, fitted) -> None:
+    """A pre-safetensors torch file is refused with an error naming the file (no pickle
+    is read)."""
+    from obpipe.provenance import ModelFileError
+
+    net, _ = fitted
+    path = tmp_path / "old.pt"
+    torch.save({f"weights.{k}": torch.from_numpy(v) for k, v in net.weights.items()}, path)
+    with pytest.raises(ModelFileError, match="old.pt"):
+        MKsNetwork.load(str(path))
 
 
 def test_numpy_forward_matches_torch(linear_problem, fitted) -> None:
@@ -313,3 +256,73 @@ def test_nan_rows_and_out_of_range() -> None:
     np.testing.assert_array_equal(recon_out_of_range(spec), [False, True, False])
     with pytest.raises(ValueError):
         TrainConfig(loss="chi2")
+
+
+def test_projection_spans_the_exact_principal_subspace() -> None:
+    """The randomised range finder gives the leading right singular vectors of the
+    centred data (the eigendecomposition it replaced), up to sign."""
+    from obpipe.luminosity.network import _projection
+
+    rng = np.random.default_rng(5)
+    basis = rng.normal(size=(30, 400)) * np.geomspace(5.0, 0.5, 30)[:, None]
+    x = (1.0 + rng.normal(size=(800, 30)) @ basis * 0.01
+         + 1e-5 * rng.normal(size=(800, 400))).astype(np.float32)
+    mean, v = _projection(x, 30)
+    xc = x.astype(np.float64) - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(xc, full_matrices=False)
+    np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=0), atol=1e-6)
+    assert v.shape == (400, 30)
+    # cosines of the principal angles between the two 30-d subspaces
+    cos = np.linalg.svd(vt[:30] @ v.astype(np.float64), compute_uv=False)
+    assert cos.min() > 0.999, cos.min()
+    # each leading direction individually (well-separated singular values)
+    assert np.all(np.abs(np.sum(vt[:10] * v[:, :10].T, axis=1)) > 0.99)
+
+
+def test_dropout_masks_rate_and_scale() -> None:
+    from obpipe.luminosity.network import _dropout_masks
+
+    m = _dropout_masks(np.random.default_rng(0), (5, 512, 100), 0.2)
+    assert m.shape == (2, 5, 512, 100) and m.dtype == np.float32
+    assert set(np.unique(m)) == {0.0, np.float32(1.25)}
+    assert abs(np.mean(m == 0) - 0.2) < 0.003
+    assert not np.array_equal(m[0], m[1])
+
+
+def test_out_of_fold_prediction_by_star(fitted, linear_problem) -> None:
+    """A star listed in the model's star_folds gets its held-out member's M_Ks (every
+    visit); an unlisted star the ensemble mean; a one-network trained star is in-sample."""
+    x, _, _ = linear_problem
+    net, _ = fitted
+    net = MKsNetwork(net.weights, net.x_mean, net.x_std, net.y_mean, net.y_std, None,
+                     {**net.meta, "star_folds": {"star_id": ["s2", "s0", "s1"],
+                                                 "fold": [2, 0, 1]}})
+    stars = np.array(["s0", "s1", "s2", "s0", "new", "s2"], dtype=object)
+    members = net.predict_members(x[:6])
+    mks, spread, member = net.predict_out_of_fold(x[:6], stars)
+    np.testing.assert_array_equal(member, [0, 1, 2, 0, -1, 2])
+    np.testing.assert_allclose(mks[[0, 1, 2, 3, 5]],
+                               members[[0, 1, 2, 0, 2], [0, 1, 2, 3, 5]])
+    np.testing.assert_allclose(mks[4], members[:, 4].mean())
+    np.testing.assert_allclose(spread, members.std(axis=0, ddof=1))
+
+
+def test_given_folds_are_held_out(linear_problem) -> None:
+    """With explicit folds, member k never trains on fold k: its out-of-fold prediction
+    of a row whose target was shifted by +5 mag stays near the unshifted truth."""
+    x, y, _ = linear_problem
+    rng = np.random.default_rng(2)
+    folds = rng.integers(0, 3, x.shape[0])
+    y2 = y.copy()
+    y2[folds == 1] += 5.0  # only member 1 never sees these
+    cfg = TrainConfig(seed=0, n_members=3, **FAST)
+    net, hist = train_network(x, y2, kind="a", input_kind="pca_coeff", config=cfg,
+                              folds=folds)
+    np.testing.assert_array_equal(hist.fold, folds)
+    members = net.predict_members(x)
+    shifted = folds == 1
+    # member 1 did not learn the shift; member 0 trained on it (half its rows shifted:
+    # it learns a mean offset of ~ +2.5 mag, independent of x)
+    assert np.median(np.abs(members[1, shifted] - y[shifted])) < 0.5
+    assert np.median(members[0, shifted] - y[shifted]) > 1.0
+    np.testing.assert_allclose(hist.out_of_fold, members[folds, np.arange(x.shape[0])])

@@ -16,7 +16,9 @@
        workers as file paths (loaded once per process, ``lru_cache``), the noise
        parameters as floats.
 
-    Products: ``MKs`` (the mean of the ensemble members), ``MKs_err`` (sqrt(sigma_int^2 +
+    Products: ``MKs`` (out of fold, issue 15: for a star that trained the network, every
+    visit of it, the one member that never saw it; else the mean of the ensemble
+    members; ``MKs_fold`` says which), ``MKs_err`` (sqrt(sigma_int^2 +
     (sigma_s100 / (S/N / 100))^2), eq. 10), ``MKs_spread`` (the members' standard
     deviation), ``MKs_model`` (0 = network a, 1 = network b, -9 = none: em_flag 0 uses
     (a); 1 and -9 (undetermined) use (b), which ignores the emission-line regions),
@@ -100,7 +102,13 @@ OUTPUTS: dict[str, Output] = {
                         "1 = (b) clean windows (em_flag 1 or -9); -9 = no estimate"),
     "MKs_flag": Output("int8", "", "bits: 1 input reconstruction out of range (max |f - 1| "
                        "> 2 within the model pixels: a failed PCA projection, M_Ks "
-                       "unreliable), 2 spectrum flagged broken (quality_flags bit 0)"),
+                       "unreliable), 2 spectrum flagged broken (quality_flags bit 0), 4 "
+                       "in-sample (a one-network model trained on this star)"),
+    "MKs_fold": Output("int8", "", "which ensemble members gave MKs (issue 15): k >= 0 "
+                       "the one member (0-based) that never saw this star, whose other "
+                       "members trained on one of its visits (out-of-fold); -1 the mean of "
+                       "all members (no member trained on this star); -2 in-sample "
+                       "(one-network model that trained on it); -9 no estimate"),
 }
 SET_OUTPUTS: dict[str, Output] = {
     "luminosity_set": Output("int8", "", "bits: " + ", ".join(
@@ -259,8 +267,8 @@ def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = 
     s = res.sets
     for name, mask in (("train_a", res.clean_train["a"]), ("train_b", res.clean_train["b"]),
                        ("test", s.test), ("extra", s.extra),
-                       ("removed_binary", (s.train_a & ~res.clean_train["a"])
-                        | (s.train_b & ~res.clean_train["b"]))):
+                       ("removed_binary", ((res.folds["a"] != -1) & ~res.clean_train["a"])
+                        | ((res.folds["b"] != -1) & ~res.clean_train["b"]))):
         sets[rows[mask]] |= SET_BITS[name]
     n_spec = snr_all.size
     chunk = int(prods["specid"].chunks[0][0])
@@ -311,6 +319,7 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
     spread = np.full(n, np.nan)
     err = np.full(n, np.nan)
     code = np.full(n, -9, dtype=np.int8)
+    fold = np.full(n, -9, dtype=np.int8)
     flag = np.where((np.asarray(inputs["quality_flags"]) & BROKEN_BIT) > 0, 2, 0).astype(np.int8)
     paths = dict(model_paths)
     sig = {m: (si, s100, bool(epi[0]) if epi else False) for m, si, s100, *epi in sigmas}
@@ -325,8 +334,15 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
         else:
             x = inputs["pca_coeff_full" if m == "a" else "pca_coeff"][rows]
         with threadpool_limits(1):
-            mks[rows], spread[rows] = net.predict(x, batch_size=batch_size, return_std=True)
+            if "star_id" in inputs:  # out-of-fold for the stars the model trained on
+                mks[rows], spread[rows], fold[rows] = net.predict_out_of_fold(
+                    x, np.asarray(inputs["star_id"])[rows], batch_size=batch_size)
+            else:
+                mks[rows], spread[rows] = net.predict(x, batch_size=batch_size,
+                                                      return_std=True)
+                fold[rows] = -1
             flag[rows] |= net.input_out_of_range(x).astype(np.int8)
+            flag[rows] |= np.where(fold[rows] == -2, 4, 0).astype(np.int8)
         si, s100, with_spread = sig[m]
         err[rows] = noise_model.mks_uncertainty(snr[rows], si, s100,
                                                 spread[rows] if with_spread else None)
@@ -335,9 +351,10 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
     err[bad] = np.nan
     code[bad] = -9
     spread[bad] = np.nan
+    fold[bad] = -9
     return {"MKs": mks.astype(np.float32), "MKs_err": err.astype(np.float32),
             "MKs_spread": spread.astype(np.float32),
-            "MKs_model": code, "MKs_flag": flag}
+            "MKs_model": code, "MKs_flag": flag, "MKs_fold": fold}
 
 
 def run_luminosity(ctx: Any, **overrides: Any) -> dict[str, Any]:
@@ -362,7 +379,7 @@ def run_luminosity(ctx: Any, **overrides: Any) -> dict[str, Any]:
         functools.partial(luminosity_block, model_paths=tuple(sorted(paths.items())),
                           sigmas=sigmas, input_kind=input_kind,
                           products_dir=store.absolute(ctx.products_dir)),
-        OUTPUTS, survey_vars=("snr_g",), product_vars=pvars, scheduler=ctx.scheduler,
+        OUTPUTS, survey_vars=("snr_g", "star_id"), product_vars=pvars, scheduler=ctx.scheduler,
         force=force,
     )
     result["inference_seconds"] = time.perf_counter() - t0
@@ -539,6 +556,11 @@ def luminosity_metrics(survey: xr.Dataset, products: xr.Dataset, truth: xr.Datas
     broken = v(truth, "is_broken").astype(bool)
     single_ob = (cls == "OB") & ~binary & ~broken
     d = mks - true
+    # never score an in-sample prediction (issue 15): MKs_fold -2 (a one-network model
+    # that trained on the star) is left out of every figure
+    fold = v(products, "MKs_fold").astype(int) if "MKs_fold" in products else None
+    if fold is not None:
+        d = np.where(fold == -2, np.nan, d)
     with np.errstate(invalid="ignore", divide="ignore"):
         pull = d / err
     flagm = v(products, "MKs_flag") if "MKs_flag" in products else np.zeros(mks.size, int)
@@ -568,6 +590,27 @@ def luminosity_metrics(survey: xr.Dataset, products: xr.Dataset, truth: xr.Datas
         "all_classes_snr_gt_50": _stats(d[~binary & (snr > 50)]),
         "fraction_nan": float(np.mean(~np.isfinite(mks))),
     }
+    if fold is not None:
+        # trained-on stars (out-of-fold: the one member that never saw the star) and stars
+        # no member trained on, apart: an honest out-of-fold value scatters like the rest
+        sn = single_ob & ~em
+        oof, never = sn & (fold >= 0), sn & (fold == -1)
+        split: dict[str, Any] = {
+            "trained_on_out_of_fold_by_snr": by_snr(oof),
+            "never_trained_by_snr": by_snr(never),
+            "n_in_sample_excluded": int(np.sum(fold == -2))}
+        for name, sel in (("trained_on_out_of_fold", oof), ("never_trained", never)):
+            s100 = sel & (snr > 100)
+            split[f"{name}_snr_gt_100"] = {**_stats(d[s100]),
+                                           "pull_std": float(np.nanstd(pull[s100]))}
+        a_, b_ = (split[f"{k}_snr_gt_100"].get("scatter") for k in ("trained_on_out_of_fold",
+                                                                    "never_trained"))
+        split["scatter_difference_snr_gt_100"] = (None if a_ is None or b_ is None
+                                                  else float(a_ - b_))
+        out["mks_vs_truth"]["single_nonemission_ob_split"] = split
+    else:
+        out["mks_vs_truth"]["provenance"] = ("no MKs_fold: training stars may carry in-sample "
+                                             "ensemble means")
     if "Ks_disc_excess_true" in truth:
         # a Be disc brightens the observed Ks (free-free emission): the M_Ks a distance
         # needs, and the one the geometric training targets carry, is photosphere + disc

@@ -57,6 +57,7 @@ from obpipe.luminosity import noise_model
 from obpipe.luminosity.network import (
     MKsNetwork,
     TrainConfig,
+    _folds,
     fakemag_from_mks,
     fakemag_from_parallax,
     train_network,
@@ -192,6 +193,9 @@ class TrainingResult:
     report: dict[str, Any]
     #: final out-of-fold predictions of the training rows (NaN elsewhere)
     out_of_fold: dict[str, np.ndarray] = field(default_factory=dict)
+    #: per model, the member that held out each candidate row's star (-1: the star
+    #: trained no member of that model; with one network, -2 for its trained stars)
+    folds: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _noise_sample(model: str, sets: Sets, em: np.ndarray, snr: np.ndarray,
@@ -270,6 +274,17 @@ def train_with_binary_cleaning(
         log.warning("luminosity: %d training stars: %d ensemble members instead of %d",
                     n_stars_a, n_members, cfg.network.n_members)
     keep = {"a": np.ones(n, bool), "b": np.ones(n, bool)}
+    # folds by star, fixed once for all cleaning rounds: every visit of a star is held out
+    # by the same member in every round (a warm-started member never saw it)
+    folds: dict[str, np.ndarray] = {}
+    for m in ("a", "b"):
+        f = np.full(n, -1, dtype=np.int64)
+        if base_train[m].any():
+            f[base_train[m]] = _folds(stars[base_train[m]], n_members,
+                                      net_cfg.validation_fraction, net_cfg.seed)
+        if n_members == 1:  # one network: its trained stars are in-sample
+            f[base_train[m] & (f == -1)] = -2
+        folds[m] = f
     nets: dict[str, MKsNetwork] = {}
     preds: dict[str, np.ndarray] = {}
     spreads: dict[str, np.ndarray] = {}
@@ -287,6 +302,7 @@ def train_with_binary_cleaning(
                 input_kind=cfg.input_kind, y_err_mag=target_err[rows],
                 sigma_floor_mag=cfg.weight_floor_mag, fakemag=fmag[rows],
                 fakemag_err=fmag_err[rows], groups=stars[rows], init=init,
+                folds=np.where(folds[m][rows] == -2, -1, folds[m][rows]),
                 meta={"training_iteration": it, "n_training_rows": int(rows.sum()),
                       "warm_start": init is not None,
                       "selection": {k: v for k, v in cfg.as_dict().items()
@@ -351,5 +367,13 @@ def train_with_binary_cleaning(
     report["noise_ml"] = {m: dict(zip(noise_model.PARAM_NAMES, map(float, t), strict=True))
                           for m, t in ml_theta.items()}
     clean_train = {m: base_train[m] & keep[m] for m in ("a", "b")}
+    for m, net in nets.items():
+        # which member never saw each star that trained any round of this model (Issue
+        # 15: the catalog M_Ks of these stars, every visit, comes from that member only)
+        trained = base_train[m]
+        uniq, first = np.unique(stars[trained], return_index=True)
+        net.meta["star_folds"] = {"star_id": uniq.tolist(),
+                                  "fold": folds[m][trained][first].astype(int).tolist()}
     return TrainingResult(networks=nets, noise=noise, sets=sets, predictions=preds,
-                          clean_train=clean_train, report=report, out_of_fold=oof)
+                          clean_train=clean_train, report=report, out_of_fold=oof,
+                          folds=folds)
