@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=4, help="also run N x the spectra (memory)")
     ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
-    cfg = DistanceConfig()
+    cfg = DistanceConfig(prior="flat")
     inp = mock_inputs(args.n_stars, args.seed, args.mks_scatter)
     n = inp["plx"].size
     report: dict[str, object] = {"n_spectra": n, "grid_points": DistanceGrid.build(cfg).n_points}

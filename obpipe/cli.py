@@ -173,7 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mks", type=float, default=float("nan"),
                    help="spectroscopic M_Ks, mag (omit for a parallax-only distance)")
     p.add_argument("--mks-error", type=float, default=float("nan"), help="mag")
-    p.add_argument("--prior", choices=("flat", "edsd"), default="flat")
+    p.add_argument("--prior", choices=("population", "flat", "edsd"), default="population",
+                   help="population (default: Galactic OB disc x survey selection; needs "
+                        "--ra/--dec), flat (the paper's, Sec. 7) or edsd")
+    p.add_argument("--ra", type=float, default=float("nan"), help="deg (population prior)")
+    p.add_argument("--dec", type=float, default=float("nan"), help="deg (population prior)")
+    p.add_argument("--prior-from", default=None, metavar="PRODUCTS",
+                   help="population prior hyperparameters fitted to a survey by `obpipe "
+                        "run` (default: PopulationPrior's starting values)")
     p.add_argument("--edsd-length", type=float, default=1.35, help="EDSD length scale, kpc")
     p.add_argument("--d-max", type=float, default=30.0, help="grid edge / flat prior edge, kpc")
     p.add_argument("--plot", default=None, metavar="FILE", help="save the posterior (PNG/PDF)")
@@ -361,16 +368,40 @@ def _cmd_distance(args: argparse.Namespace) -> int:
     import math
 
     from obpipe.config import DistanceConfig
-    from obpipe.distance import star_distance, write_posterior_plot
+    from obpipe.distance import galactic_lb_deg, star_distance, write_posterior_plot
 
     cfg = DistanceConfig(prior=args.prior, edsd_length_kpc=args.edsd_length,
                          d_max_kpc=args.d_max)
-    res = star_distance(args.parallax - args.parallax_offset, args.parallax_error, args.ks,
-                        args.ks_error, args.aks, args.aks_error, args.mks, args.mks_error, cfg)
+    lon, lat = float("nan"), float("nan")
+    hyper = None
+    if cfg.prior == "population":
+        if not (math.isfinite(args.ra) and math.isfinite(args.dec)):
+            print("obpipe distance: the default population prior needs the star's position: "
+                  "give --ra and --dec (deg), or choose --prior flat (the paper's) or edsd",
+                  file=sys.stderr)
+            return 2
+        lb = galactic_lb_deg([args.ra], [args.dec])
+        lon, lat = float(lb[0][0]), float(lb[1][0])
+        if args.prior_from:
+            from obpipe.distance_stage import fitted_prior
+
+            hyper = fitted_prior(args.prior_from)
+            if hyper is None:
+                print(f"obpipe distance: {args.prior_from} holds no fitted population prior",
+                      file=sys.stderr)
+                return 2
+    try:
+        res = star_distance(args.parallax - args.parallax_offset, args.parallax_error,
+                            args.ks, args.ks_error, args.aks, args.aks_error, args.mks,
+                            args.mks_error, cfg, l_deg=lon, b_deg=lat, hyper=hyper)
+    except ValueError as exc:
+        print(f"obpipe distance: {exc}", file=sys.stderr)
+        return 2
     if args.plot:
         res["plot"] = write_posterior_plot(args.plot, res["parallax_mas"],
                                            args.parallax_error, res["dm0_mag"],
-                                           res["sigma_tot_mag"], res, cfg)
+                                           res["sigma_tot_mag"], res, cfg,
+                                           prior_terms=res.get("prior_terms"))
     if args.json:
         print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v)
                           for k, v in res.items()}, indent=1))
@@ -378,9 +409,9 @@ def _cmd_distance(args: argparse.Namespace) -> int:
     if math.isnan(res["dis"]):
         print("no distance: give a parallax with its error, or Ks and M_Ks with errors")
         return 1
-    print(f"distance (mode)  {res['dis']:.4f} kpc  (+{res['dis_high'] - res['dis']:.4f} / "
-          f"-{res['dis'] - res['dis_low']:.4f}; 16th {res['dis_low']:.4f}, "
-          f"84th {res['dis_high']:.4f})")
+    print(f"distance (mode)  {res['dis']:.6g} kpc  (+{res['dis_high'] - res['dis']:.3g} / "
+          f"-{res['dis'] - res['dis_low']:.3g}; 16th {res['dis_low']:.6g}, "
+          f"84th {res['dis_high']:.6g})")
     print(f"log10(d / kpc)   {res['logdis']:.4f} +- {res['logdis_err']:.4f}  "
           f"(relative uncertainty {res['relative_uncertainty']:.3f})")
     print(f"flags            {res['flags']}")

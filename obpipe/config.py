@@ -282,9 +282,11 @@ class DistanceConfig:
     #: leaves room for halo runaways and for parallax-only posteriors to show that
     #: they are improper)
     d_max_kpc: float = 30.0
-    #: distance prior: "flat" (the paper, Sec. 7) or "edsd", the exponentially
-    #: decreasing space density P(d) ~ d^2 exp(-d / L) of Bailer-Jones et al. (2018)
-    prior: str = "flat"
+    #: distance prior: "flat" (the paper, Sec. 7), "edsd", the exponentially
+    #: decreasing space density P(d) ~ d^2 exp(-d / L) of Bailer-Jones et al. (2018), or
+    #: "population" (the default: a Galactic OB disc times the survey's selection, fitted
+    #: to the survey; obpipe.distance.PopulationPrior; why: docs/validation.md)
+    prior: str = "population"
     #: length scale L of the "edsd" prior, kpc
     edsd_length_kpc: float = 1.35
     #: the window keeps every grid point whose log posterior is within this many nats
@@ -301,6 +303,9 @@ class DistanceConfig:
     coarse_nodes: int = 512
     #: spectroscopic M_Ks is ignored (parallax alone) for binary_flag == 1 (Sec. 7)
     parallax_only_binaries: bool = True
+    #: exponent w of the "population" prior in the posterior, P(d)^w (1: full Bayes, 0:
+    #: flat); see obpipe.distance.PopulationPrior and docs/validation.md
+    population_prior_weight: float = 0.6
 
     def __post_init__(self) -> None:
         if self.prior not in DISTANCE_PRIORS:
@@ -310,6 +315,9 @@ class DistanceConfig:
             raise ValueError(f"grid_step_pc must be in (0, 1000], got {self.grid_step_pc}")
         if not self.d_max_kpc > self.grid_step_pc * 1e-3:
             raise ValueError(f"d_max_kpc must exceed the grid step, got {self.d_max_kpc}")
+        if not 0 <= self.population_prior_weight <= 1:
+            raise ValueError("population_prior_weight must be in [0, 1], got "
+                             f"{self.population_prior_weight}")
         if self.edsd_length_kpc <= 0:
             raise ValueError(f"edsd_length_kpc must be > 0, got {self.edsd_length_kpc}")
         if self.window_log_tolerance < 10:
@@ -414,6 +422,7 @@ OPTION_RANGES: dict[str, Range] = {
     "DistanceConfig.grid_step_pc": Range(0.001, 1000, unit="pc"),
     "DistanceConfig.d_max_kpc": Range(0, 1000, low_open=True, unit="kpc"),
     "DistanceConfig.edsd_length_kpc": Range(0, 100, low_open=True, unit="kpc"),
+    "DistanceConfig.population_prior_weight": Range(0, 1),
     "DistanceConfig.window_log_tolerance": Range(10, 10_000),
     "DistanceConfig.segment_points": Range(1024, 10**8),
     "DistanceConfig.coarse_nodes": Range(64, 10**7),

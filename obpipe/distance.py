@@ -62,7 +62,7 @@ DISTANCE_FLAG_BITS: Mapping[str, int] = {
     "parallax_only": 1,  # no spectro-photometric term: binary, or no M_Ks / Ks0
     "binary_parallax_only": 2,  # ... because binary_flag == 1 (Sec. 7)
     "no_parallax": 4,  # no usable Gaia parallax: spectro-photometric distance alone
-    "truncated_by_prior_edge": 8,  # flat prior: the posterior reaches d_max (improper)
+    "truncated_by_prior_edge": 8,  # the posterior reaches d_max (flat prior: improper)
     "no_distance": 16,  # neither a parallax nor a spectro-photometric distance
     "window_widened": 32,  # the a-posteriori window check asked for a wider window
     # the posterior is narrower than ~2 grid steps: mode and width from the Laplace
@@ -125,7 +125,7 @@ def _edsd_penalty(d_kpc: np.ndarray, length_kpc: float) -> np.ndarray:
 #: columns of the per-star population-prior terms (:func:`population_prior_terms`)
 _PT = {name: i for i, name in enumerate((
     "a_r0", "cos2b", "abs_sinb", "ln_sel_length", "ln_p_max", "beta", "inv_h_r", "inv_h_z",
-    "alpha", "r0", "d_mode"))}
+    "alpha", "r0", "d_mode", "weight"))}
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,13 @@ class PopulationPrior:
     M_ref)) (gamma = 1 without extinction; extinction, which grows with d, makes it
     smaller). Every hyperparameter is fitted to the catalog itself
     (:func:`fit_population_prior`, a maximum of the marginal likelihood).
+
+    ``weight`` w (not fitted) tempers the prior in the posterior, P(d)^w: w = 1 is the
+    full Bayesian posterior, whose mode is unbiased for stars binned by their catalogued
+    distance but pulled towards the population's bulk for stars binned by their true
+    distance (regression to the mean); w = 0 is the paper's flat prior (the reverse).
+    The default, ``DistanceConfig.population_prior_weight``, was chosen on one mock and
+    checked on another (docs/validation.md).
     """
 
     beta: float = 2.0
@@ -156,6 +163,7 @@ class PopulationPrior:
     luminosity_power: float = 0.6  # gamma
     mks_ref_mag: float = -2.0
     sun_r_kpc: float = 8.1
+    weight: float = 1.0
 
     def as_dict(self) -> dict[str, float]:
         import dataclasses as _dc
@@ -178,9 +186,9 @@ def population_log_prior(d_kpc: np.ndarray, pt: np.ndarray) -> np.ndarray:
 
 
 def population_penalty(d_kpc: np.ndarray, pt: np.ndarray) -> np.ndarray:
-    """G = -2 ln(P(d) / max P) ≥ 0 of the population prior (see :func:`phi`)."""
-    return np.maximum(-2.0 * (population_log_prior(d_kpc, pt) - pt[..., _PT["ln_p_max"]]),
-                      0.0)
+    """G = -2 w ln(P(d) / max P) ≥ 0 of the (tempered) population prior (see :func:`phi`)."""
+    return pt[..., _PT["weight"]] * np.maximum(
+        -2.0 * (population_log_prior(d_kpc, pt) - pt[..., _PT["ln_p_max"]]), 0.0)
 
 
 def population_prior_terms(l_deg: np.ndarray, b_deg: np.ndarray, mks_mag: np.ndarray,
@@ -207,6 +215,7 @@ def population_prior_terms(l_deg: np.ndarray, b_deg: np.ndarray, mks_mag: np.nda
     pt[:, _PT["inv_h_z"]] = 1.0 / hyper.disk_scale_height_kpc
     pt[:, _PT["alpha"]] = hyper.selection_power
     pt[:, _PT["r0"]] = hyper.sun_r_kpc
+    pt[:, _PT["weight"]] = hyper.weight
     d = np.geomspace(d_min_kpc, d_max_kpc, 4096)
     for start in range(0, n, 1024):
         sl = slice(start, start + 1024)
@@ -297,7 +306,7 @@ def fit_population_prior(parallax_mas: np.ndarray, parallax_error_mas: np.ndarra
     def unpack(x: np.ndarray) -> PopulationPrior:
         return PopulationPrior(float(x[0]), float(np.exp(x[1])), float(np.exp(x[2])),
                                float(np.exp(x[3])), float(np.exp(x[4])), float(x[5]),
-                               start.mks_ref_mag, r0)
+                               start.mks_ref_mag, r0, start.weight)
 
     def nll(x: np.ndarray) -> float:
         if not (-1.0 <= x[0] <= 4.0 and -3.0 <= x[1] <= 4.0 and -5.0 <= x[2] <= 1.5
@@ -324,12 +333,13 @@ def fit_population_prior(parallax_mas: np.ndarray, parallax_error_mas: np.ndarra
 
 
 def phi(d_kpc: np.ndarray, parallax_mas: float, parallax_error_mas: float, dm0_mag: float,
-        sigma_tot_mag: float, prior: str = "flat", edsd_length_kpc: float = 1.35
-        ) -> np.ndarray:
+        sigma_tot_mag: float, prior: str = "flat", edsd_length_kpc: float = 1.35,
+        prior_terms: np.ndarray | None = None) -> np.ndarray:
     """Phi(d) = -2 ln posterior + const ≥ 0 (eqs. 18-22) of one star on distances ``d_kpc``.
 
     A NaN ``parallax_mas`` drops the parallax factor, a NaN ``dm0_mag`` the
     spectro-photometric one. ``d_kpc`` beyond the prior's support is not handled here.
+    ``prior_terms``: the star's row of :func:`population_prior_terms` (population prior).
     """
     d = np.asarray(d_kpc, dtype=np.float64)
     out = np.zeros(d.shape)
@@ -339,6 +349,8 @@ def phi(d_kpc: np.ndarray, parallax_mas: float, parallax_error_mas: float, dm0_m
         out += ((dm0_mag - 5.0 * np.log10(d) - 10.0) / sigma_tot_mag) ** 2
     if prior == "edsd":
         out += _edsd_penalty(d, edsd_length_kpc)
+    elif prior == "population" and prior_terms is not None:
+        out += population_penalty(d, np.asarray(prior_terms, dtype=np.float64))
     return out
 
 
@@ -801,7 +813,7 @@ def summarize_distance_posteriors(
     (log10 kpc), ``distance_flags`` (bits of :data:`DISTANCE_FLAG_BITS`, without the
     binary bit, which the caller sets) and ``window_points`` (grid points evaluated).
     """
-    cfg = cfg or DistanceConfig()
+    cfg = cfg or DistanceConfig(prior="flat")  # None: the paper's flat prior
     grid = grid or DistanceGrid.build(cfg)
     plx = np.asarray(parallax_mas, dtype=np.float64).copy()
     plx_err = np.asarray(parallax_error_mas, dtype=np.float64)
@@ -860,7 +872,12 @@ def summarize_distance_posteriors(
             out["dis_high"][i] = grid.distance_kpc(s.i_high)
             out["logdis"][i] = s.logdis
             out["logdis_err"][i] = s.logdis_err
-            if cfg.prior == "flat" and s.w_edge >= np.exp(-cfg.window_log_tolerance):
+            # the posterior still reaches d_max: improper under the flat prior (any
+            # weight at the edge); under a proper prior, still above 1e-3 of its maximum
+            # there (a nearly flat tempered prior too weak to close it)
+            edge_level = (np.exp(-cfg.window_log_tolerance) if cfg.prior == "flat"
+                          else 1e-3)
+            if s.w_edge >= edge_level:
                 flags[i] |= DISTANCE_FLAG_BITS["truncated_by_prior_edge"]
         todo = np.asarray(retry, dtype=np.int64)
         if todo.size:
@@ -969,18 +986,22 @@ def galactocentric_xyz_kpc(ra_deg: np.ndarray, dec_deg: np.ndarray, distance_kpc
 
 def posterior_curve(parallax_mas: float, parallax_error_mas: float, dm0_mag: float,
                     sigma_tot_mag: float, cfg: DistanceConfig | None = None,
-                    max_points: int = 4000) -> tuple[np.ndarray, np.ndarray]:
+                    max_points: int = 4000, prior_terms: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """The normalised posterior density (1/kpc) of one star over its window, for plots:
     at most ``max_points`` grid points (every k-th 0.1 pc point)."""
-    cfg = cfg or DistanceConfig()
+    cfg = cfg or DistanceConfig(prior="flat")  # None: the paper's flat prior
     grid = DistanceGrid.build(cfg)
     args = [np.array([v], dtype=np.float64) for v in (parallax_mas, parallax_error_mas,
                                                        dm0_mag, sigma_tot_mag)]
-    lo, hi, _ = posterior_windows(*args, grid, cfg)
+    pt = None if prior_terms is None else np.asarray(prior_terms, dtype=np.float64)
+    lo, hi, _ = posterior_windows(*args, grid, cfg,
+                                  prior_terms=None if pt is None else pt.reshape(1, -1))
     step = max(1, int(hi[0] - lo[0]) // max_points)
     sl = slice(int(lo[0]), int(hi[0]), step)
     plx = parallax_mas if np.isfinite(parallax_error_mas) and parallax_error_mas > 0 else np.nan
-    lp = _log_post(grid, sl, plx, parallax_error_mas, dm0_mag, sigma_tot_mag, cfg)
+    lp = _log_post(grid, sl, plx, parallax_error_mas, dm0_mag, sigma_tot_mag, cfg,
+                   None if pt is None else pt.reshape(-1))
     dens = np.exp(lp - lp.max())
     d = grid.distance_kpc(np.arange(grid.n_points)[sl])
     dens /= np.trapezoid(dens, d)
@@ -989,15 +1010,17 @@ def posterior_curve(parallax_mas: float, parallax_error_mas: float, dm0_mag: flo
 
 def write_posterior_plot(path: str, parallax_mas: float, parallax_error_mas: float,
                          dm0_mag: float, sigma_tot_mag: float, summary: Mapping[str, float],
-                         cfg: DistanceConfig | None = None) -> str:
+                         cfg: DistanceConfig | None = None,
+                         prior_terms: np.ndarray | None = None) -> str:
     """A PNG/PDF of one star's posterior with its factors, mode and 16/84 percentiles."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cfg = cfg or DistanceConfig()
-    d, dens = posterior_curve(parallax_mas, parallax_error_mas, dm0_mag, sigma_tot_mag, cfg)
+    cfg = cfg or DistanceConfig(prior="flat")  # None: the paper's flat prior
+    d, dens = posterior_curve(parallax_mas, parallax_error_mas, dm0_mag, sigma_tot_mag, cfg,
+                              prior_terms=prior_terms)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(d, dens, "k-", lw=1.5, label="posterior (eq. 18)")
     for label, args, style in (("parallax only", (parallax_mas, parallax_error_mas, np.nan,
@@ -1005,8 +1028,9 @@ def write_posterior_plot(path: str, parallax_mas: float, parallax_error_mas: flo
                                ("spectro-photometric only", (np.nan, np.nan, dm0_mag,
                                                              sigma_tot_mag), "C3--")):
         if np.isfinite(args[0]) or np.isfinite(args[2]):
+            pt = None if prior_terms is None else np.asarray(prior_terms).reshape(-1)
             dens_f = np.exp(-0.5 * phi(d, *args, prior=cfg.prior,
-                                       edsd_length_kpc=cfg.edsd_length_kpc))
+                                       edsd_length_kpc=cfg.edsd_length_kpc, prior_terms=pt))
             if dens_f.max() > 0:
                 ax.plot(d, dens_f / np.trapezoid(dens_f, d), style, lw=1, label=label)
     ax.axvline(summary["dis"], color="k", lw=0.8)
@@ -1023,20 +1047,40 @@ def write_posterior_plot(path: str, parallax_mas: float, parallax_error_mas: flo
 
 def star_distance(parallax_mas: float, parallax_error_mas: float, ks_mag: float,
                   ks_error_mag: float, aks_mag: float, aks_error_mag: float, mks_mag: float,
-                  mks_error_mag: float, cfg: DistanceConfig | None = None) -> dict[str, Any]:
+                  mks_error_mag: float, cfg: DistanceConfig | None = None,
+                  l_deg: float = float("nan"), b_deg: float = float("nan"),
+                  hyper: PopulationPrior | None = None) -> dict[str, Any]:
     """Eqs. (18)-(24) for one star from its raw inputs (``obpipe distance``, Sec. 8).
+
+    The inputs are checked first (:func:`check_star_inputs`: a ValueError names the
+    problem). The population prior needs the star's Galactic ``l_deg`` / ``b_deg`` and
+    its hyperparameters ``hyper`` (default: :class:`PopulationPrior`'s, with
+    ``cfg.population_prior_weight``).
 
     ``Ks0 = Ks - A_Ks`` with ``sqrt(dKs^2 + dA_Ks^2)``; NaN M_Ks (or Ks) gives the
     parallax-only distance. Returns the summary (kpc, log10 kpc), the relative
     uncertainty ln(10) logdis_err (Fig. 11), the flag names and the terms used.
     """
-    cfg = cfg or DistanceConfig()
+    cfg = cfg or DistanceConfig(prior="flat")  # None: the paper's flat prior
+    check_star_inputs(parallax_mas, parallax_error_mas, ks_mag, ks_error_mag, aks_mag,
+                      aks_error_mag, mks_mag, mks_error_mag)
+    pt = None
+    if cfg.prior == "population":
+        if not (np.isfinite(l_deg) and np.isfinite(b_deg)):
+            raise ValueError("the population prior needs the star's position (Galactic l, "
+                             "b or RA, Dec); give it, or choose the flat (paper) or edsd "
+                             "prior")
+        import dataclasses as _dc
+
+        hp = _dc.replace(hyper or PopulationPrior(), weight=cfg.population_prior_weight)
+        pt = population_prior_terms(np.array([l_deg]), np.array([b_deg]),
+                                    np.array([mks_mag]), hp, cfg.d_max_kpc)
     ks0 = ks_mag - aks_mag
     ks0_err = float(np.hypot(ks_error_mag, aks_error_mag))
     dm0, sig = distance_modulus_terms(np.array([ks0]), np.array([ks0_err]),
                                       np.array([mks_mag]), np.array([mks_error_mag]))
     res = summarize_distance_posteriors(np.array([parallax_mas]), np.array([parallax_error_mas]),
-                                        dm0, sig, cfg)
+                                        dm0, sig, cfg, prior_terms=pt)
     out: dict[str, Any] = {k: float(v[0]) for k, v in res.items()
                            if k not in ("distance_flags", "window_points")}
     flags = int(res["distance_flags"][0])
@@ -1046,4 +1090,55 @@ def star_distance(parallax_mas: float, parallax_error_mas: float, ks_mag: float,
     out["dm0_mag"] = float(dm0[0])
     out["sigma_tot_mag"] = float(sig[0])
     out["prior"] = cfg.prior
+    out["parallax_tension_sigma"] = float(parallax_tension(
+        np.array([parallax_mas]), np.array([parallax_error_mas]), dm0, sig)[0])
+    if pt is not None:
+        out["prior_terms"] = pt[0].tolist()
     return out
+
+
+#: physical limits of one star's inputs (:func:`check_star_inputs`): no star is nearer
+#: than 1 pc (Proxima Centauri: 768 mas), none brighter than Ks = -5 or with M_Ks
+#: outside [-12, 20] mag (the most luminous stars ~ -11, cool white dwarfs ~ +15);
+#: A_Ks above 10 mag is beyond any sight line of an optical survey
+PHYSICAL_LIMITS = {"parallax_mas": (-1000.0, 1000.0), "ks_mag": (-5.0, 30.0),
+                   "aks_mag": (-0.5, 10.0), "mks_mag": (-12.0, 20.0)}
+
+
+def check_star_inputs(parallax_mas: float, parallax_error_mas: float, ks_mag: float,
+                      ks_error_mag: float, aks_mag: float, aks_error_mag: float,
+                      mks_mag: float, mks_error_mag: float) -> None:
+    """Reject non-finite, non-physical or inconsistent inputs of one star (ValueError
+    naming the input and the allowed range). NaN means "not given"; infinities are
+    rejected; every given value's error must be finite and > 0 (Ks, A_Ks: ≥ 0)."""
+    vals = {"parallax": parallax_mas, "parallax_error": parallax_error_mas, "ks": ks_mag,
+            "ks_error": ks_error_mag, "aks": aks_mag, "aks_error": aks_error_mag,
+            "mks": mks_mag, "mks_error": mks_error_mag}
+    for name, v in vals.items():
+        if v is not None and np.isinf(v):
+            raise ValueError(f"{name} = {v}: must be finite (or omitted)")
+
+    def given(v: float) -> bool:
+        return v is not None and np.isfinite(v)
+
+    for name, key in (("parallax", "parallax_mas"), ("ks", "ks_mag"), ("aks", "aks_mag"),
+                      ("mks", "mks_mag")):
+        lo, hi = PHYSICAL_LIMITS[key]
+        if given(vals[name]) and not lo <= vals[name] <= hi:
+            raise ValueError(f"{name} = {vals[name]} is not physical: allowed [{lo}, {hi}]"
+                             f" ({key.split('_')[-1]})")
+    if given(parallax_mas) and not (given(parallax_error_mas) and parallax_error_mas > 0):
+        raise ValueError(f"parallax_error = {parallax_error_mas}: a parallax needs an error "
+                         "> 0 mas")
+    if given(mks_mag):
+        if not (given(mks_error_mag) and mks_error_mag > 0):
+            raise ValueError(f"mks_error = {mks_error_mag}: an M_Ks needs an error > 0 mag")
+        if not given(ks_mag):
+            raise ValueError("mks given without ks: the spectro-photometric distance needs "
+                             "the apparent Ks")
+    for name in ("ks_error", "aks_error"):
+        if given(vals[name]) and vals[name] < 0:
+            raise ValueError(f"{name} = {vals[name]}: must be >= 0 mag")
+    if given(ks_mag) and given(mks_mag) and not (given(ks_error_mag) and given(aks_mag)
+                                                 and given(aks_error_mag)):
+        raise ValueError("ks_error, aks and aks_error must be finite with ks and mks")

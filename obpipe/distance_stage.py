@@ -200,9 +200,11 @@ def block_prior_terms(ra_deg: np.ndarray, dec_deg: np.ndarray, mks_mag: np.ndarr
     """Per-star population-prior terms of some rows (None for another prior)."""
     if cfg.prior != "population":
         return None
+    if hyper is None:
+        log.warning("population prior: no fitted hyperparameters, the defaults are used")
+    hyper = dataclasses.replace(hyper or PopulationPrior(), weight=cfg.population_prior_weight)
     lon, lat = galactic_lb_deg(ra_deg, dec_deg)
-    return population_prior_terms(lon, lat, mks_mag, hyper or PopulationPrior(),
-                                  cfg.d_max_kpc)
+    return population_prior_terms(lon, lat, mks_mag, hyper, cfg.d_max_kpc)
 
 
 def distance_block(inputs: dict[str, np.ndarray], cfg: DistanceConfig,

@@ -77,8 +77,18 @@ def test_distance_stage_equals_the_numpy_function(run: tuple[str, str]) -> None:
                                       p["MKs_err"].values)
     binary = p["binary_flag"].values == 1
     dm0 = np.where(binary, np.nan, dm0)
+    # the default population prior, with the hyperparameters the stage fitted and recorded
+    from obpipe.distance_stage import block_prior_terms, fitted_prior
+
+    cfg = DistanceConfig()
+    assert cfg.prior == "population"
+    hyper = fitted_prior(products)
+    assert hyper is not None and hyper.disk_scale_length_kpc > 0
+    survey = store.open_cube(run[0])
+    pt = block_prior_terms(survey["ra"].values, survey["dec"].values, p["MKs"].values, cfg,
+                           hyper)
     ref = summarize(p["parallax_corrected"].values, p["parallax_corrected_error"].values, dm0,
-                    sig, DistanceConfig())
+                    sig, cfg, prior_terms=pt)
     for k in ("dis", "dis_low", "dis_high"):
         np.testing.assert_array_equal(p[k].values, ref[k])
     flags = p["distance_flags"].values

@@ -21,7 +21,7 @@ from obpipe.distance import (
     summarize_distance_posteriors,
 )
 
-CFG = DistanceConfig()
+CFG = DistanceConfig(prior="flat")
 GRID = DistanceGrid.build(CFG)
 STEP_KPC = CFG.grid_step_pc * 1e-3
 
@@ -277,3 +277,159 @@ def test_far_uncertainty_bounds_follow_the_noise_model_they_assume() -> None:
     assert 0.3 * k < out["actual_rms_by_snr"] < 0.6 * k
     assert out["noise_free"] == pytest.approx(0.19 * k, rel=0.03)
     assert out["noise_free"] < out["floor_0p19_plus_paper_snr_term"] < out["paper_noise_model"]
+
+
+# ------------------------------------------------- beyond the paper: population prior, edges
+from obpipe.distance import (  # noqa: E402
+    PopulationPrior,
+    check_star_inputs,
+    fit_population_prior,
+    population_log_prior,
+    population_prior_terms,
+    star_distance,
+)
+
+POP = DistanceConfig(prior="population")
+
+
+def _terms(n: int, hyper: PopulationPrior, seed: int = 0) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    lon = rng.uniform(0, 360, n)
+    lat = rng.normal(0, 3, n)
+    mks = rng.normal(-2.0, 1.0, n)
+    return lon, lat, mks, population_prior_terms(lon, lat, mks, hyper, POP.d_max_kpc)
+
+
+def test_population_prior_makes_negative_parallaxes_proper() -> None:
+    """Parallax-only binaries with negative / insignificant parallaxes: under the flat
+    prior they sit at the 30 kpc grid edge (flagged); under the population prior their
+    posterior is proper, well inside the grid, with the mode inside its 16-84 % range."""
+    n = 40
+    hyper = PopulationPrior(weight=POP.population_prior_weight)
+    *_, pt = _terms(n, hyper)
+    plx = np.linspace(-0.5, 0.05, n)
+    err = np.full(n, 0.1)
+    nan = np.full(n, np.nan)
+    flat = summarize_distance_posteriors(plx, err, nan, nan, CFG, grid=GRID)
+    assert (flat["dis"] > 25).mean() > 0.5
+    assert ((flat["distance_flags"] & DISTANCE_FLAG_BITS["truncated_by_prior_edge"]) > 0).all()
+    pop = summarize_distance_posteriors(plx, err, nan, nan, POP, grid=GRID, prior_terms=pt)
+    assert (pop["dis_high"] < 25).all() and (pop["dis"] < 20).all()
+    assert (pop["dis_low"] <= pop["dis"]).all() and (pop["dis"] <= pop["dis_high"]).all()
+    bad = DISTANCE_FLAG_BITS["truncated_by_prior_edge"] | DISTANCE_FLAG_BITS[
+        "mode_outside_interval"]
+    assert not (pop["distance_flags"] & bad).any()
+
+
+def test_population_prior_needs_its_terms_and_weight_zero_is_flat() -> None:
+    one = [np.array([v]) for v in (0.2, 0.05, 13.0, 0.3)]
+    with pytest.raises(ValueError, match="population prior needs per-star terms"):
+        summarize_distance_posteriors(*one, POP, grid=GRID)
+    *_, pt = _terms(1, PopulationPrior(weight=0.0))
+    flat = summarize_distance_posteriors(*one, CFG, grid=GRID)
+    zero = summarize_distance_posteriors(*one, POP, grid=GRID, prior_terms=pt)
+    for k in ("dis", "dis_low", "dis_high"):
+        assert zero[k][0] == flat[k][0]
+    # the flat prior ignores any terms it is given: the paper's numbers stay reproducible
+    again = summarize_distance_posteriors(*one, CFG, grid=GRID, prior_terms=pt)
+    assert again["dis"][0] == flat["dis"][0]
+
+
+def test_population_penalty_is_nonnegative_and_zero_at_its_mode() -> None:
+    hyper = PopulationPrior()
+    *_, pt = _terms(50, hyper, seed=3)
+    d = np.geomspace(1e-4, 30, 20000)
+    from obpipe.distance import population_penalty
+
+    g = population_penalty(d[None, :], pt[:, None, :])
+    assert (g >= 0).all()
+    assert np.all(g.min(axis=1) < 0.01)  # the 1e-3 margin of ln_p_max, times 2
+
+
+def _draw_from_prior(pt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    d = np.geomspace(0.01, 30, 6000)
+    lp = population_log_prior(d[None, :], pt[:, None, :]) + np.log(d)[None, :]
+    w = np.exp(lp - lp.max(axis=1, keepdims=True))
+    cdf = np.cumsum(w, axis=1)
+    cdf /= cdf[:, -1:]
+    u = rng.random(pt.shape[0])
+    return d[np.minimum((cdf < u[:, None]).sum(axis=1), d.size - 1)]
+
+
+def test_fit_population_prior_recovers_the_distance_distribution() -> None:
+    """Stars drawn from a known prior, observed with a parallax and an M_Ks: the fit
+    raises the marginal likelihood and its prior puts the stars' median distance and
+    90th percentile where the generating one does (hyperparameters are partly degenerate,
+    so the distribution, not each number, is compared)."""
+    rng = np.random.default_rng(7)
+    truth = PopulationPrior(beta=1.5, disk_scale_length_kpc=3.0, disk_scale_height_kpc=0.2,
+                            selection_length_kpc=4.0, selection_power=2.0,
+                            luminosity_power=0.8)
+    lon, lat, mks, pt = _terms(1500, truth, seed=8)
+    d = _draw_from_prior(pt, rng)
+    plx_err = np.full(d.size, 0.05)
+    plx = 1.0 / d + rng.normal(0, 1, d.size) * plx_err
+    sig = np.full(d.size, 0.3)
+    dm0 = 5.0 * np.log10(d) + 10.0 + rng.normal(0, 1, d.size) * sig
+    fitted, info = fit_population_prior(plx, plx_err, dm0, sig, lon, lat, mks, 30.0,
+                                        start=PopulationPrior())
+    assert info["fitted"] and info["neg_log_like"] < info["neg_log_like_start"]
+    sample_true = _draw_from_prior(pt, np.random.default_rng(1))
+    pt_fit = population_prior_terms(lon, lat, mks, fitted, 30.0)
+    sample_fit = _draw_from_prior(pt_fit, np.random.default_rng(1))
+    for q in (50, 90):
+        assert np.percentile(sample_fit, q) == pytest.approx(np.percentile(sample_true, q),
+                                                             rel=0.1)
+
+
+def test_posterior_narrower_than_the_grid_gets_an_analytic_width() -> None:
+    """A white dwarf at 10 pc (100 +- 0.05 mas): sigma_d = 5e-6 kpc << 0.1 pc. Before,
+    logdis_err = 0 and dis_low = dis_high; now the Laplace width (bit analytic_width)."""
+    res = _one(100.0, 0.05, np.nan, np.nan)
+    assert res["distance_flags"] & DISTANCE_FLAG_BITS["analytic_width"]
+    sigma_log = 0.05 / 100.0 / np.log(10.0)
+    assert res["logdis_err"] == pytest.approx(sigma_log, rel=0.01)
+    assert res["dis_low"] < res["dis"] < res["dis_high"]
+    assert res["dis"] == pytest.approx(0.01, rel=1e-6)
+    assert res["dis_high"] - res["dis_low"] == pytest.approx(2 * 0.01 * 0.05 / 100, rel=0.02)
+    # a wide posterior keeps the grid answer
+    wide = _one(0.5, 0.05, np.nan, np.nan)
+    assert not wide["distance_flags"] & DISTANCE_FLAG_BITS["analytic_width"]
+
+
+def test_parallax_photometric_tension_is_flagged() -> None:
+    """A parallax -100 sigma from zero with an M_Ks (issue 17 item 7): flagged."""
+    dm0 = 5 * np.log10(2.0) + 10  # 2 kpc
+    bad = _one(-5.0, 0.05, dm0, 0.3)
+    assert bad["distance_flags"] & DISTANCE_FLAG_BITS["parallax_photometric_tension"]
+    good = _one(0.5, 0.05, dm0, 0.3)
+    assert not good["distance_flags"] & DISTANCE_FLAG_BITS["parallax_photometric_tension"]
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"parallax_error_mas": -0.1}, "parallax needs an error > 0"),
+    ({"parallax_error_mas": 0.0}, "parallax needs an error > 0"),
+    ({"parallax_mas": 1e30}, "parallax = 1e\\+30 is not physical"),
+    ({"parallax_mas": float("inf")}, "must be finite"),
+    ({"mks_error_mag": -0.2}, "M_Ks needs an error > 0"),
+    ({"ks_error_mag": -0.02}, "ks_error = -0.02: must be >= 0"),
+    ({"mks_mag": 40.0}, "mks = 40.0 is not physical"),
+    ({"ks_mag": float("nan")}, "mks given without ks"),
+])
+def test_star_inputs_are_checked(kwargs: dict, match: str) -> None:
+    base = {"parallax_mas": 0.5, "parallax_error_mas": 0.05, "ks_mag": 10.0,
+            "ks_error_mag": 0.02, "aks_mag": 0.1, "aks_error_mag": 0.02, "mks_mag": -2.0,
+            "mks_error_mag": 0.3}
+    with pytest.raises(ValueError, match=match):
+        check_star_inputs(**{**base, **kwargs})
+    check_star_inputs(**base)  # the base star passes
+    with pytest.raises(ValueError, match=match):
+        star_distance(**{**base, **kwargs}, cfg=CFG)
+
+
+def test_star_distance_population_prior_needs_a_position() -> None:
+    args = (0.2, 0.1, 10.0, 0.02, 0.1, 0.02, -3.0, 0.3)
+    with pytest.raises(ValueError, match="needs the star's position"):
+        star_distance(*args, cfg=POP)
+    res = star_distance(*args, cfg=POP, l_deg=120.0, b_deg=1.0)
+    assert res["prior"] == "population" and res["dis_low"] < res["dis"] < res["dis_high"]

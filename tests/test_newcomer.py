@@ -124,3 +124,23 @@ def test_shared_data_skips_say_so_and_make_shows_them() -> None:
     assert "-rs" in test_rule or "-ra" in test_rule
     fast = makefile.split("\ntest-fast:")[1].split("\n\n")[0]
     assert '-m "not slow"' in fast
+
+
+@pytest.mark.slow
+def test_local_cluster_binds_loopback_only() -> None:
+    """The scheduler, its dashboard and the workers of ``--scheduler local-cluster`` listen
+    on 127.0.0.1 only (no port open to the network)."""
+    from urllib.parse import urlparse
+
+    from distributed import get_client
+
+    from obpipe.runtime import dask_scheduler
+
+    with dask_scheduler("local-cluster", local_cluster_workers=1) as scheduler:
+        assert scheduler is None  # the cluster's client is the default
+        client = get_client()
+        info = client.scheduler_info()
+        hosts = {urlparse(client.scheduler.address).hostname,
+                 urlparse(client.dashboard_link).hostname,
+                 *(urlparse(w).hostname for w in info["workers"])}
+    assert hosts == {"127.0.0.1"}, hosts

@@ -140,3 +140,20 @@ def test_monte_carlo_pull_of_eq_12_at_high_parallax_snr() -> None:
     pull = (out["MKs_geo"] - m_true) / out["MKs_geo_err"]
     assert abs(np.mean(pull)) < 0.05
     assert np.std(pull) == pytest.approx(1.0, abs=0.05)
+
+
+def test_external_parallax_error_published_relations() -> None:
+    """sqrt((k sigma)^2 + sigma_s^2): DR2 k = 1.08, sigma_s = 21 / 43 uas at G < / >= 13
+    (Lindegren et al. 2018); DR3 k = 1.3, sigma_s = 10.3 uas (Maiz Apellaniz et al. 2021).
+    Non-positive or missing quoted errors are left as they are."""
+    sig = np.array([0.1, 0.1, 0.02, -0.1, np.nan])
+    g = np.array([12.0, 15.0, 15.0, 15.0, 15.0])
+    dr2 = px.external_parallax_error(sig, g, np.full(5, "DR2"))
+    assert dr2[0] == pytest.approx(np.hypot(0.108, 0.021))
+    assert dr2[1] == pytest.approx(np.hypot(0.108, 0.043))
+    assert dr2[2] == pytest.approx(np.hypot(1.08 * 0.02, 0.043))
+    assert dr2[3] == -0.1 and np.isnan(dr2[4])
+    dr3 = px.external_parallax_error(sig, g, np.array(["DR3", "EDR3", "DR3", "DR3", "x"]))
+    assert dr3[0] == pytest.approx(np.hypot(0.13, 0.0103))
+    assert dr3[1] == pytest.approx(np.hypot(0.13, 0.0103))
+    assert (dr3[:3] > sig[:3]).all()

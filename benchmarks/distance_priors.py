@@ -1,0 +1,101 @@
+"""Distance priors compared on a pipeline run over a mock survey (issue 18, item 1).
+
+For the paper's flat prior, the EDSD prior of Bailer-Jones et al. (2018) and the
+Galactic population prior (fitted to the run's own single stars, tempered by
+``--weights``), the distances of every spectrum are recomputed from the run's products
+(the spectroscopic M_Ks of the network, out of fold for training stars; Ks0; the
+zero-point-corrected parallax with the photometry stage's current external errors) and
+scored against the mock's truth on single stars (truth ``is_binary`` false and
+``binary_flag`` 0): per bin of true and of catalogued distance, the median of
+true/dis - 1 and the 16-84 % coverage (``obpipe.validate.distance_bin_metrics``); also
+the stars at the grid edge and the modes outside their interval, over all spectra.
+
+    python benchmarks/distance_priors.py SURVEY PRODUCTS [--weights 0.6 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+import numpy as np
+
+from obpipe.config import DistanceConfig
+from obpipe.distance import (
+    distance_modulus_terms,
+    fit_population_prior,
+    galactic_lb_deg,
+    population_prior_terms,
+    summarize_distance_posteriors,
+)
+from obpipe.io import store
+from obpipe.photometry.parallax import external_parallax_error
+from obpipe.products import open_products
+from obpipe.validate import distance_bin_metrics
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("survey")
+    ap.add_argument("products")
+    ap.add_argument("--weights", type=float, nargs="+", default=[0.6, 1.0])
+    ap.add_argument("--json", default=None, help="write the metrics here too")
+    args = ap.parse_args()
+    survey = store.open_cube(args.survey)
+    truth = store.open_truth(args.survey)
+    p = open_products(args.products)
+    v = {k: p[k].values for k in ("parallax_corrected", "Ks0", "Ks0_err", "MKs", "MKs_err",
+                                  "binary_flag")}
+    plx_err = external_parallax_error(survey["parallax_error"].values,
+                                      survey["phot_g_mean_mag"].values,
+                                      survey["gaia_release"].values)
+    dm0, sig = distance_modulus_terms(v["Ks0"], v["Ks0_err"], v["MKs"], v["MKs_err"])
+    binary = v["binary_flag"] == 1
+    dm0_used = np.where(binary, np.nan, dm0)
+    d_true = truth["distance_kpc_true"].values
+    single = ~truth["is_binary"].values.astype(bool) & (v["binary_flag"] == 0)
+    lon, lat = galactic_lb_deg(survey["ra"].values, survey["dec"].values)
+    t0 = time.perf_counter()
+    hyper, info = fit_population_prior(np.where(v["binary_flag"] == 0,
+                                                v["parallax_corrected"], np.nan),
+                                       plx_err, dm0, sig, lon, lat, v["MKs"], 30.0)
+    fit_s = time.perf_counter() - t0
+    results = {"population_prior_fit": {"hyperparameters": hyper.as_dict(), **info,
+                                         "seconds": fit_s}}
+    runs = [("flat", None), ("edsd", None)] + [("population", w) for w in args.weights]
+    for prior, w in runs:
+        cfg = DistanceConfig(prior=prior)
+        pt = None
+        if prior == "population":
+            pt = population_prior_terms(lon, lat, v["MKs"], dataclasses.replace(hyper, weight=w),
+                                        cfg.d_max_kpc)
+        t0 = time.perf_counter()
+        res = summarize_distance_posteriors(v["parallax_corrected"], plx_err, dm0_used, sig,
+                                            cfg, prior_terms=pt)
+        m = distance_bin_metrics(d_true, res["dis"], res["dis_low"], res["dis_high"], single,
+                                 res["distance_flags"], logdis_err=res["logdis_err"])
+        m["seconds"] = time.perf_counter() - t0
+        name = prior if w is None else f"population_w{w:g}"
+        results[name] = m
+        print(f"== {name}  ({m['seconds']:.1f} s; at grid edge {m['at_grid_edge']}, "
+              f"unflagged {m['at_grid_edge_unflagged']}; mode outside interval unflagged "
+              f"{m['mode_outside_interval_unflagged']})")
+        for key in ("by_true_distance", "by_catalog_distance"):
+            row = " | ".join(
+                f"{lab}: n={r['n']} bias={r['median_true_over_dis_minus_1']:+.3f} "
+                f"cov={r['coverage_16_84']:.2f}" if r["n"] else f"{lab}: n=0"
+                for lab, r in m[f"distance_bins_{key}"].items())
+            print(f"   {key:20s} {row}")
+        bound = {lab: round(r.get("min_max_bias_bound", float("nan")), 3)
+                 for lab, r in m["distance_bins_by_true_distance"].items()}
+        print(f"   closed-form bound on max(|bias by truth|, |bias by catalog|): {bound}")
+    print("population prior fit:", json.dumps(results["population_prior_fit"]))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
