@@ -99,3 +99,12 @@ def test_failing_force_keeps_a_model_file_it_did_not_write(tmp_path, tiny_survey
         assert fh.read() == before
     assert os.path.getmtime(model) < t0
     assert [f for f in os.listdir(os.path.dirname(model)) if ".tmp" in f] == []
+
+
+def test_temp_names_are_unique():
+    from obpipe.products import temp_name
+
+    names = {temp_name("/p/models/noise_model_a.npz") for _ in range(50)}
+    assert len(names) == 50
+    assert all(n.endswith(".npz") and n.startswith("/p/models/noise_model_a.tmp-")
+               for n in names)
