@@ -6,6 +6,12 @@ larger, side by side, so that "memory flat with survey size" is measured in one 
 
     python benchmarks/simulate.py                 # default survey and 4x
     python benchmarks/simulate.py --scale 1       # default only
+    python benchmarks/simulate.py --quick 2000    # in-process: tables + 1,000 spectra
+
+``--quick N`` times, in this process, ``build_tables`` of an N-star mock and the
+synthesis of its first 1,000 spectra (single thread): the cost of the mock's own
+physics (SED, band extinction, zero-point sky pattern, noise) without Dask or Zarr.
+Run it on two checkouts (``PYTHONPATH=<tree>``) for a side-by-side comparison.
 """
 
 from __future__ import annotations
@@ -64,13 +70,36 @@ def run_once(n_stars: int, workdir: str, scheduler: str) -> dict[str, float]:
             "spectra_per_s": summary["n_spectra"] / seconds, "peak_rss_gb": peak[0] / 1e9}
 
 
+def quick(n_stars: int) -> None:
+    """Print build_tables seconds and synthesis spectra/s of an ``n_stars`` mock."""
+    from obpipe.config import SimulationConfig
+    from obpipe.simulate import survey
+
+    cfg = SimulationConfig(n_stars=n_stars, seed=1)
+    t0 = time.perf_counter()
+    obs, _, synth = survey.build_tables(cfg)
+    t1 = time.perf_counter()
+    n = min(1000, obs["specid"].size)
+    part = {k: v[:n] for k, v in synth.items()}
+    survey.synthesize_spectra(part, cfg.seed, cfg.resolving_power, cfg.extinction_law,
+                              cfg.noise_neighbour_correlation)
+    t2 = time.perf_counter()
+    print(f"build_tables: {t1 - t0:.2f} s for {obs['specid'].size} spectra; "
+          f"synthesis: {n / (t2 - t1):.0f} spectra/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", type=int, default=0, metavar="N_STARS",
+                        help="time build_tables and 1,000 spectra in-process, then exit")
     parser.add_argument("--n-stars", type=int, default=16002)
     parser.add_argument("--scale", type=int, nargs="*", default=[1, 4])
     parser.add_argument("--scheduler", default="processes")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
+    if args.quick:
+        quick(args.quick)
+        return
     workdir = args.workdir or tempfile.mkdtemp(prefix="obpipe-bench-")
     print(f"cores: {os.cpu_count()}  scheduler: {args.scheduler}")
     print(f"{'stars':>8} {'spectra':>8} {'seconds':>8} {'spectra/s':>10} {'peak RSS GB':>12}")

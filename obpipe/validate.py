@@ -489,8 +489,10 @@ def ism_shortcut_metrics(products: xr.Dataset, truth: xr.Dataset,
     each 0.5 mag bin of ``MKs_true`` is subtracted, then the residual's slope against
     ``ebv_true`` (mag per mag, least squares with its standard error) and its median in
     bins of ``ebv_true`` are reported, for the test set (never trained on, where
-    ``luminosity_set`` is present) and for all such stars. A network that used the ISM
-    as a distance proxy would show a slope: far (reddened) stars read too bright.
+    ``luminosity_set`` is present) and for all such stars, each also at S/N > 50
+    (``snr_true``): reddened stars are far and faint, so the low-S/N bias would otherwise
+    read as a slope. A network that used the ISM as a distance proxy would show a slope
+    at high S/N too: far (reddened) stars read too bright.
     """
     if "MKs" not in products:
         return {}
@@ -507,6 +509,9 @@ def ism_shortcut_metrics(products: xr.Dataset, truth: xr.Dataset,
 
         sets["test_set"] = base & ((products["luminosity_set"].values.astype(int)
                                     & SET_BITS["test"]) > 0)
+    if "snr_true" in truth:
+        bright = truth["snr_true"].values.astype(float) > 50.0
+        sets.update({f"{k}_snr_gt_50": v & bright for k, v in list(sets.items())})
     out: dict[str, Any] = {}
     for name, sel in sets.items():
         if sel.sum() < 20:
