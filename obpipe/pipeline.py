@@ -227,7 +227,7 @@ def run_pipeline(
         ctx = RunContext(survey_path, products_dir, scheduler, force, config=config,
                          models_supplied=bool(models_dir))
         if models_dir:
-            install_models(models_dir, products_dir)
+            install_models(models_dir, products_dir, ident, allow_simulated_models)
         simulated_models = check_models(products_dir, ident, allow_simulated_models)
         return _run_stages(ctx, selected, ident, simulated_models, progress)
 
@@ -429,9 +429,11 @@ def _model_checksums(products_dir: str) -> dict[str, str]:
     return out
 
 
-def install_models(models_dir: str, products_dir: str) -> list[str]:
+def install_models(models_dir: str, products_dir: str, survey: dict[str, Any],
+                   allow_simulated: bool) -> list[str]:
     """Copy the model files of ``models_dir`` (a products directory or its ``models/``)
-    into ``PRODUCTS_DIR/models`` for reuse (logged); error if there are none."""
+    into ``PRODUCTS_DIR/models`` for reuse (logged); error if there are none, or if one
+    may not be applied to ``survey`` (:func:`check_models`; then nothing is copied)."""
     root = models_dir.rstrip("/")
     if os.path.basename(root) == MODELS_DIR:
         root = os.path.dirname(root)
@@ -439,6 +441,7 @@ def install_models(models_dir: str, products_dir: str) -> list[str]:
     if not found:
         raise FileNotFoundError(f"{models_dir}: no model files (*.npz, *.safetensors) in "
                                 f"{os.path.join(root, MODELS_DIR)}")
+    check_models(root, survey, allow_simulated)
     dst_dir = os.path.join(products_dir, MODELS_DIR)
     store.makedirs(dst_dir)
     copied = []

@@ -147,7 +147,7 @@ def check_model_for_survey(meta: Mapping[str, Any], path: str,
         raise ModelProvenanceError(
             f"{path} {origin}; the survey {survey.get('path')} is real. Train on real "
             "spectra (rerun without --models), or pass --allow-simulated-models to apply "
-            "it anyway (every catalog row then carries the simulated-models flag)")
+            "it anyway (the products and run_summary.json then list it)")
     return True
 
 
