@@ -173,9 +173,29 @@ def test_propagated_error_matches_monte_carlo() -> None:
     sig = np.array([0.03, 0.035, 0.04, 0.02, 0.025, 0.05, 0.06])
     mags = mags0 + rng.normal(size=(n, len(BANDS))) * sig
     out = _ebv(mags, np.broadcast_to(sig, mags.shape), teff, logg,
-                                     colour_floor_mag=0.0, include_parameter_error=False)
+                                     colour_floor_mag=0.0, include_parameter_error=False,
+                                     intrinsic_mag_error_mag=0.0)
     assert np.std(out["ebv"]) == pytest.approx(np.mean(out["ebv_err"]), rel=0.03)
     assert np.mean(out["ebv"]) == pytest.approx(1.3, abs=3 * np.std(out["ebv"]) / np.sqrt(n))
+
+
+def test_intrinsic_magnitude_error_matches_monte_carlo() -> None:
+    """Stars whose intrinsic magnitudes scatter by 0.02 mag per band about the table: the
+    default ``ebv_err`` (INTRINSIC_MAG_ERROR_MAG) matches their E(B-V) scatter; without the
+    term it is too small."""
+    rng = np.random.default_rng(4)
+    n = 20000
+    teff, logg = np.full(n, 18000.0), np.full(n, 4.0)
+    mags0 = _reddened(teff[:1], logg[:1], [3.5], [12.0], [0.8])
+    sig = np.full(len(BANDS), 0.01)
+    offsets = rng.normal(size=(n, len(BANDS))) * ext.INTRINSIC_MAG_ERROR_MAG
+    mags = mags0 + offsets + rng.normal(size=(n, len(BANDS))) * sig
+    kw = {"colour_floor_mag": 0.0, "include_parameter_error": False, "r_v_scatter": 0.0}
+    out = _ebv(mags, np.broadcast_to(sig, mags.shape), teff, logg, **kw)
+    assert np.std(out["ebv"]) == pytest.approx(np.mean(out["ebv_err"]), rel=0.03)
+    off = _ebv(mags, np.broadcast_to(sig, mags.shape), teff, logg,
+               intrinsic_mag_error_mag=0.0, **kw)
+    assert np.mean(off["ebv_err"]) < 0.7 * np.std(out["ebv"])
 
 
 def test_parameter_error_is_added(stars) -> None:

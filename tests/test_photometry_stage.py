@@ -53,24 +53,118 @@ def test_stage_writes_every_output_for_every_spectrum(photometry_run) -> None:
     assert run_stage(ctx)["blocks_written"] == 0
 
 
-def test_ebv_accuracy_on_the_mock(metrics) -> None:
-    """Issue #5 targets for non-emission stars with all bands."""
-    m = metrics["ebv"]["non_emission_all_bands"]
-    assert m["n"] > 500
-    assert abs(m["bias"]) <= 0.02
-    assert m["scatter"] <= 0.06
-    assert 0.8 <= m["pull_std"] <= 1.25
+def _single_ob(truth, prods) -> np.ndarray:
+    """Single, non-emission OB stars with all E(B-V) bands and a survey Teff."""
+    flags = np.asarray(prods["photometry_flags"].values)
+    return ((np.asarray(truth["star_class"].values) == "OB")
+            & ~np.asarray(truth["has_emission"].values, bool)
+            & ~np.asarray(truth["is_binary"].values, bool)
+            & (np.asarray(prods["ebv_nbands"].values) == len(extinction.EBV_BANDS))
+            & ((flags & extinction.FLAG_DEFAULT_TEFF) == 0))
+
+
+def _mock_curve(law: str) -> extinction.CoefficientModel:
+    """The mock's own band integration of its curve family (obpipe.simulate.sed), as a
+    coefficient model for an oracle (never used by the pipeline)."""
+    from obpipe.simulate import sed
+
+    def model(teff, a0, r_v, bands):
+        ebv = np.maximum(a0 / r_v, 1e-3)
+        a = sed.band_extinction(teff, ebv, np.full(np.shape(teff), r_v), law, bands=bands)
+        return {b: a[b] / ebv for b in bands}
+    return model
+
+
+@pytest.fixture(scope="module")
+def ebv_residuals(photometry_run):
+    """E(B-V) - truth of the stage and of an oracle (true Teff / log g, the mock's own curve
+    family and band integration, R_V = 3.1) for single non-emission OB stars."""
+    import json
+
+    ctx, _ = photometry_run
+    survey = store.open_cube(ctx.survey_path)
+    truth = store.open_truth(ctx.survey_path).load()
+    prods = open_products(ctx.products_dir).load()
+    sel = _single_ob(truth, prods)
+    true = truth["ebv_true"].values[sel]
+    cols = {v: np.asarray(survey[v].values)[sel] for v in SURVEY_VARS if v in survey}
+    cols.update(teff=truth["teff_true"].values[sel], logg=truth["logg_true"].values[sel],
+                teff_err=0.01 * truth["teff_true"].values[sel],
+                logg_err=np.full(sel.sum(), 0.05))
+    law = json.loads(survey.attrs["simulation_config"])["extinction_law"]
+    oracle = photometry_block(cols, law=_mock_curve(law))
+    return {"diff": prods["ebv"].values[sel] - true,
+            "pull": (prods["ebv"].values[sel] - true) / prods["ebv_err"].values[sel],
+            "true": true, "oracle_diff": oracle["ebv"] - true, "law": law}
+
+
+def test_ebv_accuracy_on_the_honest_mock(ebv_residuals) -> None:
+    """Issue 15's E(B-V) targets on the mock that reddens with F19 at R_V ~ N(3.1, 0.25) and
+    Mamajek colours + 0.02 mag scatter (docs/validation.md, "E(B-V) on the honest mock").
+
+    Scatter <= 0.05 is out of reach for an estimator at a fixed R_V: the oracle (true Teff,
+    the mock's own F19 integration, R_V = 3.1) scatters 0.101 mag on a 4,000-star mock
+    (``benchmarks/ebv_on_mock.py``), the R_V scatter of the most reddened stars; asserted
+    here: the stage within 25 % of that oracle (0.113 vs 0.101 there). Bias: the mock's
+    intrinsic colours read 0.026 mag bluer than the pipeline's table (the oracle at each
+    star's true R_V has bias -0.026), so |bias| <= 0.05 instead of 0.02."""
+    d, o = ebv_residuals["diff"], ebv_residuals["oracle_diff"]
+    assert ebv_residuals["law"] != extinction.DEFAULT_LAW  # the mock is not circular by law
+    assert d.size > 300 and np.all(np.isfinite(d))
+    assert np.std(o) > 0.05  # the issue's 0.05 is beyond a fixed-R_V oracle on this mock
+    assert np.std(d) <= 1.25 * np.std(o)
+    assert np.std(d) >= 0.015  # below: the mock would still be circular (issue 15)
+    assert abs(np.mean(d)) <= 0.05
+    # low extinction (R_V scatter small): the issue's targets hold
+    low = ebv_residuals["true"] < 0.7
+    assert low.sum() > 50
+    assert abs(np.mean(d[low])) <= 0.03 and np.std(d[low]) <= 0.05
+
+
+def test_ebv_errors_on_the_honest_mock(ebv_residuals, metrics) -> None:
+    """Pulls ~1 where the R_V scatter does not dominate; the mock's sigma(R_V) = 0.25 (above
+    the 0.18 of Schlafly et al. 2016 that the pipeline propagates) and F19's steeper R_V
+    dependence make the reddest stars' errors too small: pull std 1.72 overall on the
+    4,000-star mock, 1.08 at E(B-V) < 0.7 (``benchmarks/ebv_on_mock.py``)."""
+    p, true = ebv_residuals["pull"], ebv_residuals["true"]
+    low = true < 0.7
+    assert 0.8 <= np.std(p[low]) <= 1.3
+    assert np.std(p) <= 2.2
     # emission stars' disc excess reddens them (Fig. 4): positive mean pull
     assert metrics["ebv"]["emission"]["pull_mean"] > metrics["ebv"]["non_emission"]["pull_mean"]
 
 
-def test_geometric_mks_and_zero_point_on_the_mock(metrics) -> None:
+def test_geometric_mks_and_zero_point_on_the_mock(photometry_run, metrics) -> None:
+    """M_Ks_geo pulls (eq. 11-12) and the parallax zero-point on the honest mock.
+
+    On this survey the pull median is 0.35 (std 1.21): 0.17 with the true zero-point
+    substituted (the E(B-V) bias, -0.035 mag, times R_Ks), the rest the mock's zero-point
+    that varies with G, colour and sky position (mean residual -17 uas here, +0.1 uas on
+    the 4,000-star seed-7 mock, where the pull median is -0.06)."""
     pull = metrics["MKs_geo"]["pull_plx_snr_gt_10"]
     assert pull["n"] > 200
-    assert abs(pull["median"]) < 0.15
-    assert 0.8 <= pull["std"] <= 1.25
-    # the zero-point recovers the one the mock injected (same Lindegren recipe / fallback)
-    assert metrics["zero_point"]["residual_max_abs_mas"] < 2e-3
+    assert abs(pull["median"]) < 0.5
+    assert 0.8 <= pull["std"] <= 1.3
+    ctx, _ = photometry_run
+    survey = store.open_cube(ctx.survey_path)
+    truth = store.open_truth(ctx.survey_path).load()
+    prods = open_products(ctx.products_dir).load()
+    zp_true = truth["parallax_zp_true"].values.astype(float)
+    geo = parallax.geometric_absolute_magnitude(
+        survey["Ks"].values, survey["Ks_err"].values, prods["AKs"].values,
+        prods["AKs_err"].values, survey["parallax"].values - zp_true,
+        prods["parallax_corrected_error"].values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        snr = prods["parallax_corrected"].values / prods["parallax_corrected_error"].values
+        p_zp = (geo["MKs_geo"] - truth["MKs_system_true"].values) / geo["MKs_geo_err"]
+    sel = (~truth["has_emission"].values.astype(bool) & (survey["ruwe"].values < 1.4)
+           & (snr > 10) & np.isfinite(p_zp))
+    assert abs(np.median(p_zp[sel])) < 0.25 and 0.8 <= np.std(p_zp[sel]) <= 1.25
+    # the mock's zero-point varies with G, colour and sky position (issue 15 item 3a): the
+    # pipeline's published correction removes most of the mean offset, not all of it
+    offset = prods["parallax_offset"].values.astype(float)
+    assert abs(np.mean(zp_true - offset)) < 0.5 * abs(np.mean(zp_true))
+    assert metrics["zero_point"]["residual_std_mas"] >= 0.010
 
 
 def test_negative_parallax_rows_are_nan_and_flagged(photometry_run) -> None:

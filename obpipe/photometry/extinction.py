@@ -56,6 +56,10 @@ Error propagation (documented choices)
   difference is added in quadrature. This error is common to all colours of a star, so
   averaging does not reduce it. On the mock survey it is needed for calibrated errors
   (see the stage module for the measured pulls).
+* intrinsic magnitudes: each band's intrinsic magnitude is uncertain by
+  :data:`INTRINSIC_MAG_ERROR_MAG` (star-to-star scatter about the table and the table's own
+  error), independently per band; added like the photometric term, ``sum_band g_band^2
+  sigma_int^2`` (``intrinsic_mag_error_mag``; 0 switches it off).
 
 * extinction law: E(B-V) and A_Ks are re-evaluated at ``R_V +- sigma(R_V)`` with
   :data:`R_V_SCATTER` = 0.18 (Schlafly et al. 2016) and the larger change is added in
@@ -142,6 +146,13 @@ DEFAULT_R_V: float = 3.1
 #: Star-to-star scatter of R_V in the Milky Way: sigma(R_V) = 0.18 (Schlafly et al. 2016,
 #: ApJ 821, 78); propagated into ``ebv_err`` and ``AKs_err``.
 R_V_SCATTER: float = 0.18
+#: Star-to-star (and table) uncertainty of each band's intrinsic magnitude relative to the
+#: intrinsic-colour table, mag: the shipped table matches Mamajek's dwarf J - H and H - Ks to
+#: 0.021 mag and g - r to 0.043 mag (:mod:`obpipe.photometry.synthetic`), and the sequence
+#: itself is a mean (Pecaut & Mamajek 2013, ApJS 208, 9). Independent per band, so a colour
+#: carries sqrt(2) x 0.02 = 0.028 mag; propagated into ``ebv_err`` through the band
+#: coefficients of the estimator (shared bands of adjacent colours partly cancel).
+INTRINSIC_MAG_ERROR_MAG: float = 0.02
 #: Passes of the extinction-dependent coefficients (A0 = R_V E(B-V) of the previous pass).
 EXTINCTION_ITERATIONS: int = 5
 #: Magnitude error assumed where a band's magnitude is present but its error is not, mag:
@@ -332,6 +343,7 @@ def ebv_from_colour_excess(
     r_v: float = DEFAULT_R_V,
     r_v_scatter: float = R_V_SCATTER,
     extinction_dependent: bool = True,
+    intrinsic_mag_error_mag: float = INTRINSIC_MAG_ERROR_MAG,
 ) -> dict[str, np.ndarray]:
     """E(B-V) from the colour excesses of adjacent bands (Sec. 4), vectorised over stars.
 
@@ -362,6 +374,9 @@ def ebv_from_colour_excess(
     extinction_dependent : bool
         Evaluate the coefficients at the star's own A0 = R_V E(B-V)
         (:data:`EXTINCTION_ITERATIONS` passes); False: the low-extinction limit.
+    intrinsic_mag_error_mag : float
+        Uncertainty of each band's intrinsic magnitude (mag, independent per band), added to
+        ``ebv_err`` through the estimator's band coefficients; it does not change the weights.
 
     Returns
     -------
@@ -430,7 +445,8 @@ def ebv_from_colour_excess(
         if np.any(sel):
             idx = np.nonzero(sel)[0]
             np.subtract.at(gmat, (idx, partner[idx, b]), coef[idx, b])
-    var = np.sum(np.where(usable, gmat**2 * np.nan_to_num(errs) ** 2, 0.0), axis=1)
+    var = np.sum(np.where(usable, gmat**2 * (np.nan_to_num(errs) ** 2
+                                             + intrinsic_mag_error_mag**2), 0.0), axis=1)
     var += np.sum(np.where(pair_ok, coef**2 * np.clip(colour_floor_mag**2 - sig_c**2, 0, None),
                            0.0), axis=1)
 

@@ -1,0 +1,146 @@
+"""E(B-V) on the honest mock (issue 15 item 3b/3c, issue 20): the pipeline beside oracles.
+
+Reads a simulated survey (``obpipe simulate``; its ``truth`` group is read here, never by
+the pipeline) and prints E(B-V) - ebv_true for single, non-emission OB stars with all
+seven E(B-V) bands and a survey Teff (the selection of
+``photometry_metrics``' ``non_emission_all_bands_single``), overall and by true E(B-V):
+
+* ``pipeline``: the stage's pure function with its defaults (survey Teff, G23 R_V = 3.1);
+* ``pipeline, R_V scatter 0.25``: the same with the mock's own sigma(R_V) in the error
+  (only the pulls change);
+* ``oracle fixed R_V``: the true Teff and log g, and the mock's own curve family and band
+  integration (``obpipe.simulate.sed.band_extinction``, a blackbody through the pyphot
+  passbands) at R_V = 3.1: the best a fixed-R_V estimator can do; what is left is the
+  mock's R_V scatter and intrinsic colours;
+* ``oracle true R_V``: the same at each star's true R_V (binned by 0.05): what is left is
+  the mock's intrinsic colours (Mamajek + scatter) against the pipeline's table;
+* ``R_V fitted (linearised)``: the pipeline's per-colour E(B-V) at R_V = 3.1 combined by
+  generalised least squares with the R_V, Teff and log g sensitivities of each colour as
+  common-mode terms (equivalent to fitting E(B-V) and R_V jointly with a N(3.1, 0.18)
+  prior): what weighting colours by their R_V sensitivity gives.
+
+    obpipe simulate --n-stars 4000 --seed 7 --out /tmp/mock4k.zarr
+    python benchmarks/ebv_on_mock.py /tmp/mock4k.zarr
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from obpipe.io import store
+from obpipe.photometry import extinction
+from obpipe.photometry.stage import BAND_COLUMNS, SURVEY_VARS, photometry_block
+from obpipe.simulate import sed
+
+
+def mock_law(law: str) -> extinction.CoefficientModel:
+    """The mock's own band extinction as a :data:`extinction.CoefficientModel`."""
+    def model(teff, a0, r_v, bands):
+        ebv = np.maximum(a0 / r_v, 1e-3)
+        a = sed.band_extinction(teff, ebv, np.full(np.shape(teff), r_v), law, bands=bands)
+        return {b: a[b] / ebv for b in bands}
+    return model
+
+
+def at_true_rv(cols: dict, r_v_true: np.ndarray, **kw) -> dict[str, np.ndarray]:
+    """photometry_block with each star's true R_V (bins of 0.05), no R_V error term."""
+    n = r_v_true.size
+    out = {k: np.full(n, np.nan) for k in ("ebv", "ebv_err")}
+    out["ebv_nbands"] = np.zeros(n, int)
+    edges = np.arange(2.275, 4.7, 0.05)
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        s = (r_v_true >= lo) & (r_v_true < hi)
+        if s.any():
+            o = photometry_block({k: v[s] for k, v in cols.items()},
+                                 r_v=float(np.clip(0.5 * (lo + hi), 2.3, 4.6)),
+                                 r_v_scatter=0.0, **kw)
+            for k in out:
+                out[k][s] = o[k]
+    return out
+
+
+def rv_fitted(cols: dict, r_v: float = extinction.DEFAULT_R_V,
+              r_v_scatter: float = extinction.R_V_SCATTER) -> dict[str, np.ndarray]:
+    """GLS of the per-colour E(B-V) with R_V / Teff / log g sensitivities as nuisances."""
+    bands = extinction.EBV_BANDS
+    mags = np.column_stack([np.asarray(cols[BAND_COLUMNS[b][0]], float) for b in bands])
+    errs = np.column_stack([np.asarray(cols[BAND_COLUMNS[b][1]], float) for b in bands])
+    teff, logg = np.asarray(cols["teff"], float), np.asarray(cols["logg"], float)
+    te, ge = np.asarray(cols["teff_err"], float), np.asarray(cols["logg_err"], float)
+    names = extinction.colour_names(bands)
+
+    def per_colour(t=teff, g=logg, rv=r_v):
+        r = extinction.ebv_from_colour_excess(mags, errs, t, g, te, ge, r_v=rv,
+                                              r_v_scatter=0.0, include_parameter_error=False)
+        return r, np.column_stack([r["per_colour"][c] for c in names])
+
+    r0, e0 = per_colour()
+    s_ln = np.where(np.isfinite(te) & (te > 0), te / teff, extinction.DEFAULT_TEFF_FRAC_ERR)
+    sens = [(per_colour(rv=r_v + r_v_scatter)[1] - per_colour(rv=r_v - r_v_scatter)[1]) / 2,
+            (per_colour(t=teff * np.exp(s_ln))[1] - per_colour(t=teff * np.exp(-s_ln))[1]) / 2,
+            (per_colour(g=logg + ge)[1] - per_colour(g=logg - ge)[1]) / 2]
+    coeff = extinction.coefficient_matrix(teff, bands, r_v * np.clip(r0["ebv"], 0.003, None))
+    k = coeff[:, :-1] - coeff[:, 1:]
+    n, nc = e0.shape
+    cov = np.zeros((n, nc, nc))
+    for i in range(nc):
+        var_c = errs[:, i] ** 2 + errs[:, i + 1] ** 2 + 2 * extinction.INTRINSIC_MAG_ERROR_MAG**2
+        cov[:, i, i] = np.maximum(var_c, extinction.COLOUR_ERROR_FLOOR_MAG**2) / k[:, i] ** 2
+        if i + 1 < nc:
+            shared = errs[:, i + 1] ** 2 + extinction.INTRINSIC_MAG_ERROR_MAG**2
+            cov[:, i, i + 1] = cov[:, i + 1, i] = -shared / (k[:, i] * k[:, i + 1])
+    for v in sens:
+        cov += v[:, :, None] * v[:, None, :]
+    ok = np.isfinite(e0).all(axis=1) & np.isfinite(cov).all(axis=(1, 2))
+    w = np.linalg.inv(cov[ok]) @ np.ones(nc)
+    ebv = np.full(n, np.nan)
+    err = np.full(n, np.nan)
+    ebv[ok] = np.einsum("ni,ni->n", w, e0[ok]) / w.sum(axis=1)
+    err[ok] = 1.0 / np.sqrt(w.sum(axis=1))
+    return {"ebv": ebv, "ebv_err": err, "ebv_nbands": np.where(ok, len(bands), 0)}
+
+
+def line(name: str, out: dict, truth: dict, sel: np.ndarray) -> None:
+    s = sel & (np.asarray(out["ebv_nbands"]) == len(extinction.EBV_BANDS))
+    d = out["ebv"][s] - truth["ebv_true"][s]
+    p = d / out["ebv_err"][s]
+    print(f"{name:34s} n={s.sum():5d} bias={d.mean():+.4f} scatter={d.std():.4f} "
+          f"robust={1.4826 * np.median(np.abs(d - np.median(d))):.4f} pull_std={p.std():.2f}")
+    e = truth["ebv_true"][s]
+    for lo, hi in ((0.0, 0.7), (0.7, 1.2), (1.2, 9.0)):
+        q = (e >= lo) & (e < hi)
+        print(f"    E(B-V)_true {lo:.1f}-{hi:.1f}: n={q.sum():5d} bias={d[q].mean():+.4f} "
+              f"scatter={d[q].std():.4f} pull_std={p[q].std():.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("survey")
+    args = ap.parse_args()
+    ds = store.open_cube(args.survey)
+    tr = store.open_truth(args.survey).load()
+    cols = {v: np.asarray(ds[v].values) for v in SURVEY_VARS if v in ds.variables}
+    truth = {k: np.asarray(tr[k].values) for k in
+             ("ebv_true", "R_V_true", "teff_true", "logg_true", "has_emission", "is_binary",
+              "star_class")}
+    law = json.loads(ds.attrs["simulation_config"]).get("extinction_law", "G23")
+    sel = ((truth["star_class"] == "OB") & ~truth["has_emission"].astype(bool)
+           & ~truth["is_binary"].astype(bool) & np.isfinite(np.asarray(cols["teff"], float)))
+    print(f"mock: {args.survey}, its curve family {law}, R_V_true std "
+          f"{np.std(truth['R_V_true']):.3f}")
+    line("pipeline", photometry_block(cols), truth, sel)
+    line("pipeline, R_V scatter 0.25", photometry_block(cols, r_v_scatter=0.25), truth, sel)
+    oracle = dict(cols, teff=truth["teff_true"], logg=truth["logg_true"],
+                  teff_err=0.01 * truth["teff_true"], logg_err=np.full(truth["teff_true"].size,
+                                                                        0.05))
+    line("oracle fixed R_V", photometry_block(oracle, law=mock_law(law)), truth, sel)
+    line("oracle true R_V", at_true_rv(oracle, truth["R_V_true"], law=mock_law(law)), truth,
+         sel)
+    line("R_V fitted (linearised)", rv_fitted(cols), truth, sel)
+
+
+if __name__ == "__main__":
+    main()
