@@ -17,7 +17,9 @@ seven E(B-V) bands and a survey Teff (the selection of
 * ``R_V fitted (linearised)``: the pipeline's per-colour E(B-V) at R_V = 3.1 combined by
   generalised least squares with the R_V, Teff and log g sensitivities of each colour as
   common-mode terms (equivalent to fitting E(B-V) and R_V jointly with a N(3.1, 0.18)
-  prior): what weighting colours by their R_V sensitivity gives.
+  prior): what weighting colours by their R_V sensitivity gives; and the same on the
+  ``oracle fixed R_V`` inputs and curve (what an R_V fit gives when the curve family is
+  right).
 
     obpipe simulate --n-stars 4000 --seed 7 --out /tmp/mock4k.zarr
     python benchmarks/ebv_on_mock.py /tmp/mock4k.zarr
@@ -63,7 +65,9 @@ def at_true_rv(cols: dict, r_v_true: np.ndarray, **kw) -> dict[str, np.ndarray]:
 
 
 def rv_fitted(cols: dict, r_v: float = extinction.DEFAULT_R_V,
-              r_v_scatter: float = extinction.R_V_SCATTER) -> dict[str, np.ndarray]:
+              r_v_scatter: float = extinction.R_V_SCATTER,
+              law: str | extinction.CoefficientModel = extinction.DEFAULT_LAW,
+              ) -> dict[str, np.ndarray]:
     """GLS of the per-colour E(B-V) with R_V / Teff / log g sensitivities as nuisances."""
     bands = extinction.EBV_BANDS
     mags = np.column_stack([np.asarray(cols[BAND_COLUMNS[b][0]], float) for b in bands])
@@ -73,7 +77,7 @@ def rv_fitted(cols: dict, r_v: float = extinction.DEFAULT_R_V,
     names = extinction.colour_names(bands)
 
     def per_colour(t=teff, g=logg, rv=r_v):
-        r = extinction.ebv_from_colour_excess(mags, errs, t, g, te, ge, r_v=rv,
+        r = extinction.ebv_from_colour_excess(mags, errs, t, g, te, ge, r_v=rv, law=law,
                                               r_v_scatter=0.0, include_parameter_error=False)
         return r, np.column_stack([r["per_colour"][c] for c in names])
 
@@ -82,7 +86,8 @@ def rv_fitted(cols: dict, r_v: float = extinction.DEFAULT_R_V,
     sens = [(per_colour(rv=r_v + r_v_scatter)[1] - per_colour(rv=r_v - r_v_scatter)[1]) / 2,
             (per_colour(t=teff * np.exp(s_ln))[1] - per_colour(t=teff * np.exp(-s_ln))[1]) / 2,
             (per_colour(g=logg + ge)[1] - per_colour(g=logg - ge)[1]) / 2]
-    coeff = extinction.coefficient_matrix(teff, bands, r_v * np.clip(r0["ebv"], 0.003, None))
+    coeff = extinction.coefficient_matrix(teff, bands, r_v * np.clip(r0["ebv"], 0.003, None),
+                                          law, r_v)
     k = coeff[:, :-1] - coeff[:, 1:]
     n, nc = e0.shape
     cov = np.zeros((n, nc, nc))
@@ -140,6 +145,7 @@ def main() -> None:
     line("oracle true R_V", at_true_rv(oracle, truth["R_V_true"], law=mock_law(law)), truth,
          sel)
     line("R_V fitted (linearised)", rv_fitted(cols), truth, sel)
+    line("oracle fixed-R_V + R_V fitted", rv_fitted(oracle, law=mock_law(law)), truth, sel)
 
 
 if __name__ == "__main__":
