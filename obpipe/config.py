@@ -418,6 +418,7 @@ OPTION_RANGES: dict[str, Range] = {
     "TrainConfig.n_threads": Range(1, 4096),
     "PhotometryConfig.r_v": Range(2.3, 5.1),
     "PhotometryConfig.r_v_scatter": Range(0, 1),
+    "PhotometryConfig.intrinsic_mag_error_mag": Range(0, 0.5, unit="mag"),
     "BinaryConfig.snr_threshold": Range(0, 1000, low_open=True),
     "DistanceConfig.grid_step_pc": Range(0.001, 1000, unit="pc"),
     "DistanceConfig.d_max_kpc": Range(0, 1000, low_open=True, unit="kpc"),
@@ -563,6 +564,9 @@ class PhotometryConfig:
     #: band coefficients at each star's own A0 = R_V E(B-V) (False: low-extinction limit,
     #: as in the paper)
     extinction_dependent: bool = True
+    #: uncertainty of each band's intrinsic magnitude (mag, independent per band) added to
+    #: ebv_err (obpipe.photometry.extinction.INTRINSIC_MAG_ERROR_MAG; 0: off)
+    intrinsic_mag_error_mag: float = 0.02
 
     def __post_init__(self) -> None:
         if self.coefficients not in ("star", "fixed"):
@@ -575,6 +579,9 @@ class PhotometryConfig:
             raise ValueError(f"r_v must be within {R_V_RANGE}, got {self.r_v}")
         if not self.r_v_scatter >= 0:
             raise ValueError(f"r_v_scatter must be >= 0, got {self.r_v_scatter}")
+        if not self.intrinsic_mag_error_mag >= 0:
+            raise ValueError("intrinsic_mag_error_mag must be >= 0, got "
+                             f"{self.intrinsic_mag_error_mag}")
         from obpipe.photometry.stage import BAND_COLUMNS
 
         unknown = [b for b in self.bands if b not in BAND_COLUMNS]
