@@ -155,6 +155,8 @@ def run_photometry_table(
         "r_v": options.get("r_v", extinction.DEFAULT_R_V),
         "r_v_scatter": options.get("r_v_scatter", extinction.R_V_SCATTER),
         "extinction_dependent": options.get("extinction_dependent", True),
+        "intrinsic_mag_error_mag": options.get("intrinsic_mag_error_mag",
+                                               extinction.INTRINSIC_MAG_ERROR_MAG),
         "bands": list(bands),
         "default_mag_errors_mag": extinction.DEFAULT_MAG_ERRORS_MAG,
     }
