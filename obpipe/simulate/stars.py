@@ -227,7 +227,7 @@ def sample_population(cfg: SimulationConfig, rng: np.random.Generator) -> dict[s
     Fractions: ``interloper_fraction``, ``subdwarf_fraction`` and
     ``white_dwarf_fraction`` of all stars; ``evolved_fraction`` of OB stars;
     ``binary_fraction`` of OB stars and interlopers; ``emission_fraction`` of all
-    stars, assigned to OB stars only (Be discs and H II regions).
+    stars, assigned to OB stars only (Be discs, H II regions and supergiant winds).
     """
     n = cfg.n_stars
     p_cls = np.array(
@@ -288,8 +288,12 @@ def sample_population(cfg: SimulationConfig, rng: np.random.Generator) -> dict[s
     v_eq[is_sd | is_wd] = rng.uniform(0.0, 15.0, int((is_sd | is_wd).sum()))
 
     # emission (OB only); Be stars rotate fast
-    p_em = min(1.0, cfg.emission_fraction / max(p_cls[0], 1e-9))
-    has_emission = is_ob & ~is_sg & (rng.random(n) < p_em)
+    # supergiant winds fill in H-alpha: emission-line stars too, counted in
+    # emission_fraction (the Be discs and H II regions make up the rest)
+    wind = is_sg & (logg < 2.6) & (teff > 12000.0)
+    free = is_ob & ~is_sg
+    p_em = float(np.clip((cfg.emission_fraction * n - wind.sum()) / max(free.sum(), 1), 0, 1))
+    has_emission = free & (rng.random(n) < p_em)
     nebular = has_emission & (rng.random(n) < cfg.nebular_share)
     be_disc = has_emission & ~nebular
     v_eq[be_disc] = rng.uniform(250.0, 420.0, int(be_disc.sum()))
@@ -300,12 +304,10 @@ def sample_population(cfg: SimulationConfig, rng: np.random.Generator) -> dict[s
     halpha_ew = np.zeros(n)
     halpha_ew[be_disc] = -(10.0 ** rng.uniform(np.log10(3.0), np.log10(50.0), int(be_disc.sum())))
     halpha_ew[nebular] = -(10.0 ** rng.uniform(np.log10(1.5), np.log10(40.0), int(nebular.sum())))
-    # supergiant winds fill in H-alpha (EW of the emission component, AA); net emission
-    # (an emission-line star) where it outweighs the photospheric absorption
-    wind = is_sg & (logg < 2.6) & (teff > 12000.0)
+    # the wind's H-alpha emission component (EW, AA)
     emission_type[wind] = "wind"
     halpha_ew[wind] = -(10.0 ** rng.uniform(np.log10(0.5), np.log10(5.0), int(wind.sum())))
-    has_emission |= wind & (halpha_ew < -2.5)
+    has_emission |= wind
     # disc free-free emission brightens the near-infrared (why the paper avoids Ks for E(B-V))
     disc_ks_excess = np.zeros(n)
     disc_ks_excess[be_disc] = -rng.uniform(0.0, 0.5, int(be_disc.sum())) * np.clip(
