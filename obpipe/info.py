@@ -58,6 +58,18 @@ def products_summary(products_dir: str) -> str:
     lines.append("stages not run or incomplete: " + (", ".join(missing) if missing else "none"))
     variables = sorted(v for v in ds.data_vars if not v.endswith("_blocks_done"))
     lines.append(f"variables ({len(variables)}): {', '.join(variables)}")
+    from obpipe.provenance import stage_records
+
+    ident = attrs.get("survey_identity") or {}
+    if ident:
+        lines.append(f"survey identity: {ident.get('id')} ({ident.get('n_spectra')} spectra, "
+                     f"{'simulated' if ident.get('simulated') else 'real'})")
+    for name, rec in stage_records(attrs).items():
+        lines.append(f"  {name:<11} {rec.get('status', '?'):<9} key {rec.get('key')}  "
+                     f"config {rec.get('config_hash')}  {rec.get('finished_utc', '')}")
+    if attrs.get("simulated_models"):
+        lines.append("models trained on a simulated survey, applied to this real one: "
+                     + ", ".join(attrs["simulated_models"]))
     return "\n".join(lines)
 
 
