@@ -261,7 +261,7 @@ def _process_start(pid: int) -> float | None:
 
 
 def driver_token() -> DriverToken:
-    """This process as the driver of the blocks it submits."""
+    """This process as the driver of the blocks it submits to its local worker pool."""
     return (socket.gethostname(), os.getpid(), _process_start(os.getpid()))
 
 
@@ -375,7 +375,12 @@ def run_blockwise_stage(
         del grp[_blocks_var(stage)]
     ensure_outputs(products_dir, stage, outputs, n_spec, chunk)
     done = _group(products_path(products_dir))[_blocks_var(stage)][:]
-    driver = driver_token()
+    # worker processes of a local pool are this driver's children: they watch it and
+    # commit nothing once it is gone (a distributed cluster's workers outlive clients)
+    local_pool = scheduler == "processes" or (
+        scheduler is None and dask.config.get("scheduler", None) in ("processes",
+                                                                      "multiprocessing"))
+    driver = driver_token() if local_pool else None
     tasks = []
     for index, (start, stop) in enumerate(block_bounds(n_spec, chunk)):
         if done[index] and not force:
