@@ -5,7 +5,8 @@ the pipeline) and prints E(B-V) - ebv_true for single, non-emission OB stars wit
 seven E(B-V) bands and a survey Teff (the selection of
 ``photometry_metrics``' ``non_emission_all_bands_single``), overall and by true E(B-V):
 
-* ``pipeline``: the stage's pure function with its defaults (survey Teff, G23 R_V = 3.1);
+* ``pipeline``: the stage's pure function with its defaults (survey Teff, G23 R_V = 3.1),
+  and the E(B-V) of each adjacent colour alone (band choice);
 * ``pipeline, R_V scatter 0.25``: the same with the mock's own sigma(R_V) in the error
   (only the pulls change);
 * ``oracle fixed R_V``: the true Teff and log g, and the mock's own curve family and band
@@ -136,7 +137,13 @@ def main() -> None:
            & ~truth["is_binary"].astype(bool) & np.isfinite(np.asarray(cols["teff"], float)))
     print(f"mock: {args.survey}, its curve family {law}, R_V_true std "
           f"{np.std(truth['R_V_true']):.3f}")
-    line("pipeline", photometry_block(cols), truth, sel)
+    base = photometry_block(cols, per_colour=True)
+    line("pipeline", base, truth, sel)
+    s = sel & (base["ebv_nbands"] == len(extinction.EBV_BANDS))
+    for name in extinction.colour_names(extinction.EBV_BANDS):
+        d = base[f"ebv_{name}"][s] - truth["ebv_true"][s]
+        print(f"    from {name} alone: bias={d.mean():+.4f} scatter={d.std():.4f} robust="
+              f"{1.4826 * np.median(np.abs(d - np.median(d))):.4f}")
     line("pipeline, R_V scatter 0.25", photometry_block(cols, r_v_scatter=0.25), truth, sel)
     oracle = dict(cols, teff=truth["teff_true"], logg=truth["logg_true"],
                   teff_err=0.01 * truth["teff_true"], logg_err=np.full(truth["teff_true"].size,
