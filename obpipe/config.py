@@ -152,6 +152,10 @@ class SimulationConfig:
     #: B/A supergiants and bright giants (log g 1.5-3, Teff 10-30 kK), fraction of OB stars;
     #: the hotter, lower-gravity ones carry wind emission in H-alpha.
     supergiant_fraction: float = 0.04
+    #: interstellar absorption lines (DIBs, Na D, Ca II K, growing with E(B-V)) in the
+    #: spectra; False is a diagnostic mock for validate's ``ism_shortcut`` (do the
+    #: networks read distance from them?), not a realistic one.
+    ism_absorption: bool = True
 
     # --- spectra ---
     resolving_power: float = 1800.0

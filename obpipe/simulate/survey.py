@@ -217,6 +217,7 @@ def build_tables(cfg: SimulationConfig) -> tuple[dict[str, np.ndarray], dict[str
         "ism_velocity_kms": -rv_meas + rng.normal(0.0, 8.0, n_spec),
         "rv_meas": rv_meas,
         "ebv": place["ebv"][s],
+        "ism_ebv": place["ebv"][s] * float(cfg.ism_absorption),
         "r_v": place["r_v"][s],
         "ivar_scale": ivar_scale,
         "g_mag_true": true_mag["g"][s],
@@ -301,7 +302,8 @@ def _synthesize_batch(
         wave, p["emission_type"], p["halpha_ew"], p["vsini"], p["ism_velocity_kms"],
         resolving_power,
     )
-    norm *= spectra.ism_transmission(wave, p["ebv"], p["ism_velocity_kms"], resolving_power)
+    ism_ebv = p["ism_ebv"] if "ism_ebv" in p else p["ebv"]
+    norm *= spectra.ism_transmission(wave, ism_ebv, p["ism_velocity_kms"], resolving_power)
     norm *= spectra.telluric_transmission(wave, p["rv_meas"], p["telluric_residual"])
 
     r_v = p["r_v"] if "r_v" in p else np.full(n, 3.1)
