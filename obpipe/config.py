@@ -412,7 +412,7 @@ OPTION_RANGES: dict[str, Range] = {
     "TrainConfig.max_epochs": Range(1, 10**6),
     "TrainConfig.patience": Range(1, 10**6),
     "TrainConfig.warm_patience": Range(1, 10**6),
-    "TrainConfig.warm_patience": Range(1, 10**6),
+    "TrainConfig.warm_max_epochs": Range(1, 10**6),
     "TrainConfig.validation_fraction": _FRACTION_OPEN,
     "TrainConfig.n_members": Range(1, 1000),
     "TrainConfig.n_components": Range(1, 3909),

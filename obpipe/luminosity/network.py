@@ -139,10 +139,16 @@ class TrainConfig:
     weight_decay: float = 0.0
     batch_size: int = 512
     max_epochs: int = 600
-    patience: int = 25
+    patience: int = 15
     #: early-stopping patience of a warm-started network (a binary-cleaning round that
     #: starts from the previous round's weights: its members improve within a few epochs)
-    warm_patience: int = 10
+    warm_patience: int = 8
+    #: most epochs of a warm-started network
+    warm_max_epochs: int = 40
+    #: "constant" learning rate, or "cosine": annealed from ``learning_rate`` to 0 over
+    #: ``max_epochs`` (``warm_max_epochs`` when warm-started; Loshchilov & Hutter 2017,
+    #: SGDR, without restarts), so that a short epoch budget still ends converged
+    lr_schedule: str = "constant"
     #: held-out share of the training stars when ``n_members == 1`` (with K members each
     #: member holds out its own fold, 1/K)
     validation_fraction: float = 0.1
@@ -175,6 +181,9 @@ class TrainConfig:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.n_members < 1:
             raise ValueError(f"n_members must be >= 1, got {self.n_members}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got "
+                             f"{self.lr_schedule!r}")
 
 
 @dataclass
@@ -744,6 +753,7 @@ def train_network(
 
         rng_drop = np.random.default_rng(cfg.seed)
         patience = cfg.warm_patience if init is not None else cfg.patience
+        max_epochs = cfg.warm_max_epochs if init is not None else cfg.max_epochs
         tr_rows = torch.from_numpy(np.flatnonzero(trainable)).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate,
                                weight_decay=cfg.weight_decay)
@@ -753,7 +763,9 @@ def train_network(
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         since = np.zeros(k_mem, dtype=int)
         t0 = time.perf_counter()
-        for epoch in range(cfg.max_epochs):
+        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_epochs)
+                 if cfg.lr_schedule == "cosine" else None)
+        for epoch in range(max_epochs):
             model.train()
             order = tr_rows[torch.randperm(tr_rows.numel(), generator=gen).to(device)]
             total = 0.0
@@ -786,6 +798,8 @@ def train_network(
             since = np.where(improved, 0, since + 1)
             if np.all(since >= patience):
                 break
+            if sched is not None:
+                sched.step()
         hist.seconds = time.perf_counter() - t0
         model.load_state_dict(best_state)
     finally:
