@@ -136,8 +136,13 @@ CATALOG_COLUMNS: Mapping[str, CatalogColumn] = {
     "ebv_err": _p("ebv_err", "float32", "mag", "uncertainty of ebv"),
     "snr_dparallax": _p("snr_dparallax", "float32", "", "significance of the "
                         "spectro-photometric parallax excess (eq. 16)"),
-    "binary_flag": _p("binary_flag", "int8", "", "1 binary (snr_dparallax > 2), 0 single, "
+    "binary_flag": _p("binary_flag", "int8", "", "1 binary (binary_prob above its threshold:"
+                      " parallax excess of the combined visits, RV scatter, RUWE), 0 single, "
                       "-9 unclassified"),
+    "binary_flag_paper": _p("binary_flag_paper", "int8", "", "the paper's single-spectrum "
+                            "flag: 1 binary (snr_dparallax > 2), 0 single, -9 unclassified"),
+    "binary_prob": _p("binary_prob", "float32", "", "probability that the star is an "
+                      "unresolved binary (logistic model, obpipe.binary)"),
     "em_flag": _p("em_flag", "int8", "", "emission lines in this spectrum: 1 yes, 0 no, "
                   "-9 undetermined (Sec. 3)"),
     "gaia_id": _s("gaia_id", "int64", "", "Gaia source_id"),
@@ -718,7 +723,7 @@ def unique_view_from_rows(uniq_rows: pd.DataFrame, combined: pd.DataFrame,
     (:func:`combine_visits`, aligned with the rows); ``distance_inputs``: ``Ks0``,
     ``Ks0_err``, ``parallax_corrected(_error)`` of the rows; ``hyper``: the population
     prior fitted by the distance stage (``distance_cfg.prior == "population"``)."""
-    from obpipe.distance_stage import block_prior_terms
+    from obpipe.distance_stage import block_prior_terms, parallax_only_binary
 
     uniq = uniq_rows.copy()
     uniq["MKs"] = combined["MKs"].to_numpy(dtype=np.float32)
@@ -726,7 +731,9 @@ def unique_view_from_rows(uniq_rows: pd.DataFrame, combined: pd.DataFrame,
     uniq["MKs_nvisits"] = combined["MKs_nvisits"].fillna(0).to_numpy(dtype=np.int16)
     dm0, sig = distance_modulus_terms(distance_inputs["Ks0"], distance_inputs["Ks0_err"],
                                       uniq["MKs"].to_numpy(), uniq["MKs_err"].to_numpy())
-    binary = uniq["binary_flag"].to_numpy() == FLAG_BINARY
+    binary = parallax_only_binary(uniq["binary_flag"].to_numpy(),
+                                  distance_inputs["parallax_corrected"],
+                                  distance_inputs["parallax_corrected_error"])
     if distance_cfg.parallax_only_binaries:
         dm0 = np.where(binary, np.nan, dm0)
     pt = block_prior_terms(uniq["ra"].to_numpy(), uniq["dec"].to_numpy(),

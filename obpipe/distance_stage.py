@@ -194,6 +194,18 @@ def _n_blocks(products_dir: str) -> int:
 PRIOR_ATTR = "distance_population_prior"
 
 
+def parallax_only_binary(binary_flag: np.ndarray, parallax_mas: np.ndarray,
+                         parallax_error_mas: np.ndarray) -> np.ndarray:
+    """Rows whose distance uses the parallax alone (Sec. 7): binaries (flag 1) that have
+    a parallax; a binary without one (flagged from its RVs or RUWE) keeps its
+    spectro-photometric distance rather than none."""
+    plx = np.asarray(parallax_mas, dtype=np.float64)
+    err = np.asarray(parallax_error_mas, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        has = np.isfinite(plx) & np.isfinite(err) & (err > 0)
+    return (np.asarray(binary_flag) == FLAG_BINARY) & has
+
+
 def block_prior_terms(ra_deg: np.ndarray, dec_deg: np.ndarray, mks_mag: np.ndarray,
                       cfg: DistanceConfig, hyper: PopulationPrior | None
                       ) -> np.ndarray | None:
@@ -214,7 +226,8 @@ def distance_block(inputs: dict[str, np.ndarray], cfg: DistanceConfig,
     reuse_block_buffers()
     dm0, sig = distance_modulus_terms(inputs["Ks0"], inputs["Ks0_err"], inputs["MKs"],
                                       inputs["MKs_err"])
-    binary = np.asarray(inputs["binary_flag"]) == FLAG_BINARY
+    binary = parallax_only_binary(inputs["binary_flag"], inputs["parallax_corrected"],
+                                  inputs["parallax_corrected_error"])
     if cfg.parallax_only_binaries:
         dm0 = np.where(binary, np.nan, dm0)
     res = summarize_distance_posteriors(inputs["parallax_corrected"],

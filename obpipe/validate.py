@@ -141,6 +141,9 @@ def validate_survey(path: str, products_dir: str | None = None) -> dict[str, Any
                 if all(v in products for v in bvars):
                     metrics["distance"]["far_uncertainty_bounds"] = far_uncertainty_bounds(
                         products[bvars].load(), survey["snr_g"].values, truth)
+                uniq = unique_catalog_distance_metrics(products_dir, truth)
+                if uniq is not None:
+                    metrics["distance"]["unique_star_catalog"] = uniq
     else:
         metrics["note"] = "no truth group: only survey-level metrics"
     return metrics
@@ -197,6 +200,35 @@ def distance_metrics(products: xr.Dataset, truth: xr.Dataset,
         out["parallax_only_median_rel_uncertainty_gt5kpc"] = plx_unc
         out["combined_median_rel_uncertainty_gt5kpc_same_stars"] = med(rel_unc[idx])
         out["gain_gt5kpc"] = plx_unc / med(rel_unc[idx])
+    return out
+
+
+def unique_catalog_distance_metrics(products_dir: str, truth: xr.Dataset
+                                    ) -> dict[str, Any] | None:
+    """:func:`distance_bin_metrics` of ``catalog_unique.parquet`` (one row per star, M_Ks
+    combined over visits, distance recomputed) on single stars (truth ``is_binary``
+    false, ``binary_flag`` 0); None without that file."""
+    import os
+
+    import pandas as pd
+
+    path = os.path.join(products_dir, "catalog_unique.parquet")
+    if not os.path.exists(path):
+        return None
+    cols = ["specid", "dis", "dis_low", "dis_high", "logdis_err", "distance_flags",
+            "binary_flag"]
+    uniq = pd.read_parquet(path, columns=cols)
+    row = pd.Series(np.arange(truth.sizes["spec"]), index=truth["specid"].values)
+    idx = row.reindex(uniq["specid"].to_numpy()).to_numpy()
+    ok = np.isfinite(idx)
+    idx = np.where(ok, idx, 0).astype(np.int64)
+    single = ok & ~truth["is_binary"].values.astype(bool)[idx] & (
+        uniq["binary_flag"].to_numpy() == 0)
+    out = distance_bin_metrics(truth["distance_kpc_true"].values[idx], uniq["dis"].to_numpy(),
+                               uniq["dis_low"].to_numpy(), uniq["dis_high"].to_numpy(),
+                               single, uniq["distance_flags"].to_numpy(),
+                               logdis_err=uniq["logdis_err"].to_numpy())
+    out["n_single_stars"] = int(single.sum())
     return out
 
 

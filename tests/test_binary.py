@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from obpipe.binary import (
     expected_detection_probability,
@@ -97,3 +98,42 @@ def test_expected_detection_probability_matches_repeated_predictions() -> None:
                                          np.array([0.1]), np.array([0.0]), np.array([0.3]),
                                          np.array([0.0]))
     assert np.isnan(nan).all()
+
+
+# ------------------------------------------------- beyond the paper: every visit, RV, RUWE
+def test_rv_chi2_flags_orbital_motion_not_noise() -> None:
+    """Three stars: A constant within its errors, B swinging by 40 km/s (orbital RVs),
+    C with one visit (no chi2): -log10 p small, large, 0; the value is per spectrum."""
+    from obpipe.binary import rv_chi2_log10_p
+
+    star = np.array(["A", "A", "A", "B", "B", "B", "C"])
+    rv = np.array([10.0, 11.0, 9.5, -20.0, 20.0, 0.0, 5.0])
+    err = np.array([2.0, 2.0, 2.0, 3.0, 3.0, 3.0, 2.0])
+    lp, n = rv_chi2_log10_p(star, rv, err)
+    assert list(n) == [3, 3, 3, 3, 3, 3, 1]
+    assert (lp[:3] < 1).all() and (lp[:3] == lp[0]).all()
+    chi2_b = (20.0**2 + 20.0**2 + 0.0) / 9.0
+    from scipy.stats import chi2
+
+    assert lp[3] == pytest.approx(-np.log10(chi2.sf(chi2_b, 2)))
+    assert lp[3] > 10 and lp[6] == 0.0
+    # a missing or non-positive error drops that visit
+    lp2, n2 = rv_chi2_log10_p(star, rv, np.r_[err[:6], -1.0])
+    assert n2[6] == 0 and lp2[6] == 0.0
+
+
+def test_binary_probability_rises_with_each_feature_and_needs_one() -> None:
+    from obpipe.binary import BINARY_PROB_THRESHOLD, binary_probability
+
+    base = {"snr_dparallax_combined": np.zeros(4), "rv_chi2_log10_p": np.zeros(4),
+            "log10_ruwe": np.zeros(4), "n_rv_visits": np.full(4, 2)}
+    p0 = binary_probability(base)[0]
+    assert p0 < BINARY_PROB_THRESHOLD  # a quiet single star is not flagged
+    for name, value in (("snr_dparallax_combined", 5.0), ("rv_chi2_log10_p", 10.0),
+                        ("log10_ruwe", np.log10(2.0))):
+        f = {k: v.copy() for k, v in base.items()}
+        f[name][:] = value
+        assert binary_probability(f)[0] > BINARY_PROB_THRESHOLD > p0
+    none = {"snr_dparallax_combined": np.full(1, np.nan), "rv_chi2_log10_p": np.zeros(1),
+            "log10_ruwe": np.zeros(1), "n_rv_visits": np.ones(1)}
+    assert np.isnan(binary_probability(none)[0])

@@ -75,7 +75,10 @@ def test_distance_stage_equals_the_numpy_function(run: tuple[str, str]) -> None:
                                  "dis_high", "logdis", "distance_flags"]].load()
     dm0, sig = distance_modulus_terms(p["Ks0"].values, p["Ks0_err"].values, p["MKs"].values,
                                       p["MKs_err"].values)
-    binary = p["binary_flag"].values == 1
+    from obpipe.distance_stage import parallax_only_binary
+
+    binary = parallax_only_binary(p["binary_flag"].values, p["parallax_corrected"].values,
+                                  p["parallax_corrected_error"].values)
     dm0 = np.where(binary, np.nan, dm0)
     # the default population prior, with the hyperparameters the stage fitted and recorded
     from obpipe.distance_stage import block_prior_terms, fitted_prior
@@ -152,7 +155,13 @@ def test_missing_parallax_and_ks_keep_their_rows(run: tuple[str, str], tmp_path:
     assert ((q[no_plx] & QUALITY_BITS["no_parallax"]) > 0).all()
     assert ((q[no_ks] & QUALITY_BITS["no_ks"]) > 0).all()
     assert np.isnan(cat["MKs_geo"].to_numpy()[no_plx]).all()
-    assert (cat["binary_flag"].to_numpy()[no_plx] == -9).all()
+    assert (cat["binary_flag_paper"].to_numpy()[no_plx] == -9).all()
+    # the combined flag still has the RV scatter and RUWE; a flagged binary without a
+    # parallax keeps its spectro-photometric distance (nothing else to use)
+    no_plx_bin = no_plx[cat["binary_flag"].to_numpy()[no_plx] == 1]
+    usable_mks = np.isfinite(cat["MKs"].to_numpy()) & ((q & QUALITY_BITS["no_ebv"]) == 0)
+    keep = [i for i in no_plx_bin if usable_mks[i] and i not in set(no_ks)]
+    assert np.isfinite(cat["dis"].to_numpy()[keep]).all()
     # no Ks: no spectro-photometric term, a parallax-only distance
     both = np.setdiff1d(no_ks, no_plx)
     assert ((q[both] & QUALITY_BITS["distance_parallax_only"]) > 0).all()
@@ -244,7 +253,27 @@ def test_fits_flags_read_back_as_in_parquet(run: tuple[str, str]) -> None:
     for name in ("catalog", "catalog_unique"):
         fits_tab = Table.read(Path(products) / f"{name}.fits")
         pq_tab = pd.read_parquet(Path(products) / f"{name}.parquet")
-        for col in ("binary_flag", "em_flag", "em_flag_star"):
+        for col in ("binary_flag", "binary_flag_paper", "em_flag", "em_flag_star"):
             assert fits_tab[col].dtype.kind == "i", col
             np.testing.assert_array_equal(np.asarray(fits_tab[col]), pq_tab[col].to_numpy())
-    assert (pq_tab["binary_flag"] == -9).any()  # the case that logical columns lose
+    assert (pq_tab["binary_flag_paper"] == -9).any()  # the case that logical columns lose
+
+
+def test_binary_flag_from_every_visit_and_the_paper_flag_kept(run: tuple[str, str]) -> None:
+    """The catalog's binary_flag is the per-star probability above its threshold, equal on
+    every visit of a star; the paper's single-spectrum flag stays as binary_flag_paper."""
+    from obpipe.binary import BINARY_PROB_THRESHOLD
+
+    _, products = run
+    cat = pd.read_parquet(Path(products) / "catalog.parquet")
+    prob = cat["binary_prob"].to_numpy(dtype=float)
+    flag = cat["binary_flag"].to_numpy()
+    known = np.isfinite(prob)
+    assert known.mean() > 0.9
+    np.testing.assert_array_equal(flag[known], (prob[known] > BINARY_PROB_THRESHOLD))
+    assert (flag[~known] == -9).all()
+    assert cat.groupby("star_id")["binary_prob"].nunique(dropna=False).max() == 1
+    paper = cat["binary_flag_paper"].to_numpy()
+    snr = cat["snr_dparallax"].to_numpy(dtype=float)
+    ok = np.isfinite(snr)
+    np.testing.assert_array_equal(paper[ok] == 1, snr[ok] > 2.0)
