@@ -238,8 +238,8 @@ def run_pca(ctx: Any, cfg: SpectralConfig | None = None) -> dict[str, Any]:
         if train.size < 2 * cfg.n_components:
             raise ValueError(
                 f"{ctx.survey_path}: only {train.size} spectra with S/N >= "
-                f"{cfg.train_min_snr} (snr_g); the PCA needs at least "
-                f"{2 * cfg.n_components} to fit K = {cfg.n_components} components. Use "
+                f"{cfg.train_min_snr} (snr_g); need {2 * cfg.n_components} to fit K = "
+                f"{cfg.n_components} PCA components. Use "
                 "trained models instead: `obpipe run ... --models DIR` (DIR: the products "
                 "directory of a run on a larger survey)")
         rows = np.sort(train)  # read in store order, then put in specid order
