@@ -90,3 +90,43 @@ def test_stale_stages_rerun_and_provenance_is_recorded(tmp_path, tmp_path_factor
     assert s["stages"]["normalize"]["status"] == "done"
     assert s["n_spectra"] == int(open_cube(other).sizes["spec"])
     assert s["survey_identity"]["path"] == other
+
+
+def test_resume_under_another_config_reruns_the_whole_stage(tmp_path):
+    """A killed stage resumes its missing blocks under the same config; under another one
+    it is rerun from scratch (old and new blocks are never mixed)."""
+    import dataclasses
+
+    import zarr
+
+    from obpipe.config import PipelineConfig
+    from obpipe.pipeline import run_pipeline
+    from obpipe.products import products_path
+
+    survey = str(tmp_path / "tiny.zarr")
+    simulate_survey(survey, SimulationConfig(n_stars=30, seed=3, chunk_size=20),
+                    scheduler="synchronous")
+    products = str(tmp_path / "products")
+    run_pipeline(survey, products, ["index", "normalize"], scheduler="synchronous")
+    n_blocks = zarr.open_group(products_path(products))["normalize_blocks_done"].shape[0]
+    assert n_blocks > 1
+
+    def kill_after_first_block() -> None:  # what a SIGKILL during the stage leaves
+        grp = zarr.open_group(products_path(products), mode="r+")
+        grp["normalize_blocks_done"][1:] = False
+        rec = dict(grp.attrs["provenance_normalize"], status="running")
+        grp.attrs.update({"provenance_normalize": rec, "stage_normalize_complete": False})
+
+    kill_after_first_block()
+    rep = run_pipeline(survey, products, ["normalize"], scheduler="synchronous")
+    assert rep["normalize"]["blocks_written"] == n_blocks - 1
+    assert "rerun_because" not in rep["normalize"]
+
+    kill_after_first_block()
+    cfg = PipelineConfig()
+    cfg = dataclasses.replace(cfg, spectral=dataclasses.replace(cfg.spectral,
+                                                                continuum_kernel_aa=60.0))
+    rep = run_pipeline(survey, products, ["normalize"], scheduler="synchronous", config=cfg)
+    assert rep["normalize"]["blocks_written"] == n_blocks
+    assert "continuum_kernel_aa" in rep["normalize"]["rerun_because"]
+    assert provenance_records(products)["normalize"]["config"]["continuum_kernel_aa"] == 60.0
