@@ -403,8 +403,9 @@ def _record_run(ctx: RunContext, ident: dict[str, Any], simulated_models: list[s
 
 
 # ------------------------------------------------------------------ model files
-def model_files(products_dir: str) -> list[str]:
-    """The model files of a products directory (those that exist), by name."""
+def model_files(products_dir: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
+    """The model files of a products directory (those that exist), by name
+    (``suffixes``: default :data:`MODEL_SUFFIXES`)."""
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(os.path.join(products_dir, MODELS_DIR))
@@ -412,11 +413,13 @@ def model_files(products_dir: str) -> list[str]:
         return []
     names = sorted(os.path.basename(p) for p in fs.ls(root, detail=False))
     return [os.path.join(products_dir, MODELS_DIR, n) for n in names
-            if n.endswith(MODEL_SUFFIXES)]
+            if n.endswith(suffixes or MODEL_SUFFIXES)]
 
 
 MODELS_DIR = "models"
-MODEL_SUFFIXES = (".npz", ".safetensors", ".pt")
+MODEL_SUFFIXES = (".npz", ".safetensors")
+#: network files of obpipe before safetensors (torch pickles): never read
+LEGACY_SUFFIXES = (".pt",)
 
 
 def _model_checksums(products_dir: str) -> dict[str, str]:
@@ -438,6 +441,9 @@ def install_models(models_dir: str, products_dir: str, survey: dict[str, Any],
     if os.path.basename(root) == MODELS_DIR:
         root = os.path.dirname(root)
     found = model_files(root)
+    legacy = model_files(root, LEGACY_SUFFIXES)
+    if legacy and not any(p.endswith(".safetensors") for p in found):
+        raise provenance.ModelFileError(provenance.legacy_torch_message(legacy[0]))
     if not found:
         raise FileNotFoundError(f"{models_dir}: no model files (*.npz, *.safetensors) in "
                                 f"{os.path.join(root, MODELS_DIR)}")
@@ -463,6 +469,9 @@ def check_models(products_dir: str, survey: dict[str, Any], allow_simulated: boo
     check_model_for_survey`); returns those trained on a simulated survey that a real
     survey uses (allowed by ``allow_simulated``)."""
     used = []
+    for path in model_files(products_dir, LEGACY_SUFFIXES):
+        log.warning("%s", provenance.legacy_torch_message(path) + "; not read (the "
+                    "luminosity stage trains new networks where none are found)")
     for path in model_files(products_dir):
         meta = provenance.model_file_metadata(path)
         if provenance.check_model_for_survey(meta, path, survey, allow_simulated):

@@ -125,3 +125,21 @@ def test_simulated_models_refused_for_real_survey_unless_allowed():
     # no recorded origin: unknown, refused for a real survey
     with pytest.raises(provenance.ModelProvenanceError, match="records no training survey"):
         provenance.check_model_for_survey({}, "m.npz", real, allow_simulated=False)
+
+
+def test_legacy_network_files_in_products_are_skipped_and_refused_as_models(tmp_path,
+                                                                          caplog):
+    import zipfile
+
+    from obpipe.pipeline import check_models, install_models
+
+    old = tmp_path / "old_products"
+    (old / "models").mkdir(parents=True)
+    with zipfile.ZipFile(old / "models" / "mks_network_a.pt", "w") as zf:  # torch's layout
+        zf.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    # found in a products directory: not read, a warning that says how to retrain
+    assert check_models(str(old), {"simulated": True}, allow_simulated=False) == []
+    assert "--stages luminosity --force" in caplog.text
+    # offered as --models (nothing else there): refused with the same advice
+    with pytest.raises(provenance.ModelFileError, match="safetensors"):
+        install_models(str(old), str(tmp_path / "new"), {"simulated": True}, False)
