@@ -209,7 +209,8 @@ def run_pipeline(
     ``progress``: progress bars on stderr (:mod:`obpipe.runtime`). ``models_dir``:
     trained model files to reuse (copied into ``PRODUCTS_DIR/models``; never
     retrained); models trained on a simulated survey are refused for a real survey
-    unless ``allow_simulated_models`` (then recorded in the products and catalogs).
+    unless ``allow_simulated_models`` (then listed in the products' attributes and the
+    run summary, ``simulated_models``).
     Raises :class:`obpipe.lock.ProductsLocked` if another run holds the directory.
     Returns, per stage, its status ("done" / "skipped (complete)"), wall-clock
     ``seconds`` and the stage's own report.
