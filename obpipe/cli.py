@@ -341,6 +341,8 @@ def _format_summary(summary: dict) -> str:
         blocks = (f"{rec['blocks_written']}/{rec['blocks_skipped']}"
                   if "blocks_written" in rec else "")
         lines.append(f"  {name:<12} {rec['status']:<20} {rec['seconds']:>8.1f}  {blocks}")
+        if rec.get("rerun_because") and rec["rerun_because"] != "--force":
+            lines.append(f"  {'':<12} rerun: {rec['rerun_because']}")
     if "n_spectra" in summary:
         lines.append(f"spectra: {summary['n_spectra']} ({summary['n_stars']} stars)")
     if summary.get("fractions"):

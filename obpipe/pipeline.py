@@ -259,10 +259,11 @@ def _run_stages(ctx: RunContext, selected: Sequence[Stage], ident: dict[str, Any
                                       "seconds": time.perf_counter() - t0}
                 continue
             run_ctx = ctx
-            if rerun:  # a warning when it replaces products it had (not on a first run)
-                level = (logging.WARNING if stage.name in records or stage.is_complete(ctx)
-                         else logging.INFO)
-                log.log(level, "stage %s: rerun (%s)", stage.name, rerun)
+            replaced = False  # products of an earlier run replaced (not a first run)
+            if rerun:
+                replaced = stage.name in records or stage.is_complete(ctx)
+                log.log(logging.WARNING if replaced else logging.INFO,
+                        "stage %s: rerun (%s)", stage.name, rerun)
                 if ctx.models_supplied and stage.name in MODEL_STAGES:
                     invalidate_stage(ctx.products_dir, stage.name)  # supplied models kept
                 else:
@@ -278,7 +279,8 @@ def _run_stages(ctx: RunContext, selected: Sequence[Stage], ident: dict[str, Any
             records[stage.name] = new
             ran.add(stage.name)
             report[stage.name] = {"status": "done", "seconds": time.perf_counter() - t0,
-                                  **({"rerun_because": rerun} if rerun else {}), **result}
+                                  **({"rerun_because": rerun} if replaced else {}),
+                                  **result}
             _record_run(ctx, ident, simulated_models)
             if not prepared:  # once, after the first stage run: the products exist now
                 prepared = True
