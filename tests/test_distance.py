@@ -461,3 +461,30 @@ def test_distance_bin_metrics_and_the_shrinkage_bound() -> None:
     assert by_true["log_slope_s"] == pytest.approx(s, rel=0.15)
     assert by_true["min_max_bias_bound"] == pytest.approx(s * sigma**2 / 2, rel=0.2)
     assert m["mode_outside_interval_unflagged"] == 0
+
+
+def test_cli_distance_rejects_nonsense_and_flags_tension(capsys: pytest.CaptureFixture) -> None:
+    """`obpipe distance` (issue 17 item 7): a negative parallax error or a parallax of
+    1e30 mas exits 2 naming the input; the population prior without a position exits 2;
+    a parallax 100 sigma below zero with an M_Ks is flagged, not silently combined."""
+    from obpipe.cli import main
+
+    assert main(["distance", "--prior", "flat", "--parallax", "0.5", "--parallax-error",
+                 "-0.1"]) == 2
+    assert "parallax_error = -0.1" in capsys.readouterr().err
+    assert main(["distance", "--prior", "flat", "--parallax", "1e30", "--parallax-error",
+                 "0.1"]) == 2
+    assert "not physical" in capsys.readouterr().err
+    assert main(["distance", "--parallax", "0.5", "--parallax-error", "0.1"]) == 2
+    assert "--ra and --dec" in capsys.readouterr().err
+    assert main(["distance", "--prior", "flat", "--parallax", "-5", "--parallax-error",
+                 "0.05", "--ks", "10", "--ks-error", "0.02", "--mks", "-3", "--mks-error",
+                 "0.3", "--json"]) == 0
+    import json
+
+    out = json.loads(capsys.readouterr().out)
+    assert "parallax_photometric_tension" in out["flags"]
+    assert main(["distance", "--parallax", "-0.3", "--parallax-error", "0.1", "--ra", "90",
+                 "--dec", "20", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["prior"] == "population" and out["dis_high"] < 25.0
