@@ -104,6 +104,9 @@ QUALITY_BITS: Mapping[str, int] = {
     "distance_parallax_only": 128,  # distance from the parallax alone (any reason)
     "distance_truncated": 256,  # flat prior: posterior reaches d_max (improper)
     "no_distance": 512,  # no distance at all
+    # M_Ks etc. from model files trained on a simulated survey, applied to a real survey
+    # with --allow-simulated-models (every row; the headers list the files)
+    "simulated_models": 1024,
 }
 
 #: the paper's Table 1 (names as there) plus quality_flags, distance_flags, em_flag_star
@@ -239,13 +242,15 @@ def _read_rows(ds: xr.Dataset, names: Sequence[str], start: int, stop: int
 
 
 def catalog_block(survey_path: str, products_dir: str, start: int, stop: int, *,
-                  survey: xr.Dataset | None = None, products: xr.Dataset | None = None
-                  ) -> tuple[pd.DataFrame, np.ndarray]:
+                  survey: xr.Dataset | None = None, products: xr.Dataset | None = None,
+                  simulated_models: bool = False) -> tuple[pd.DataFrame, np.ndarray]:
     """Rows ``start:stop`` of the catalog as a DataFrame (one row per spectrum), and the
     network that gave each row's M_Ks (``MKs_model``, for the unique-star view).
 
     ``survey`` / ``products``: the stores already opened (lazily, with xarray) by a
-    caller that reads many blocks; otherwise they are opened here."""
+    caller that reads many blocks; otherwise they are opened here. ``simulated_models``:
+    the products used models trained on a simulated survey (a real survey run with
+    ``--allow-simulated-models``): every row gets the ``simulated_models`` quality bit."""
     svars = tuple(c.var for c in CATALOG_COLUMNS.values() if c.source == "survey")
     pvars = tuple(c.var for c in CATALOG_COLUMNS.values() if c.source == "products")
     if survey is None or products is None:
@@ -257,6 +262,8 @@ def catalog_block(survey_path: str, products_dir: str, start: int, stop: int, *,
     cols = {name: _fill(raw[c.var], c.dtype) for name, c in CATALOG_COLUMNS.items()
             if c.source != "derived"}
     cols["quality_flags"] = quality_flags(cols, raw["quality_flags"], raw["Ks0"])
+    if simulated_models:
+        cols["quality_flags"] |= QUALITY_BITS["simulated_models"]
     frame = pd.DataFrame({name: cols[name] for name in CATALOG_COLUMNS})
     return frame, np.asarray(raw["MKs_model"])
 
@@ -267,9 +274,10 @@ def _missing_products(products_dir: str) -> list[str]:
     return sorted((need | set(_AUX_PRODUCTS)) - have)
 
 
-def _arrow_schema(columns: Mapping[str, CatalogColumn], str_lengths: Mapping[str, int]
-                  ) -> pa.Schema:
-    """pyarrow schema with units/descriptions as field metadata and astropy's yaml header."""
+def _arrow_schema(columns: Mapping[str, CatalogColumn], str_lengths: Mapping[str, int],
+                  extra: Mapping[str, str] | None = None) -> pa.Schema:
+    """pyarrow schema with units/descriptions as field metadata and astropy's yaml header;
+    ``extra``: more schema metadata (the run's provenance, :func:`catalog_provenance`)."""
     from astropy.table import Table
     from astropy.table.meta import get_yaml_from_table
 
@@ -289,6 +297,7 @@ def _arrow_schema(columns: Mapping[str, CatalogColumn], str_lengths: Mapping[str
     meta = {"table_meta_yaml": "\n".join(get_yaml_from_table(empty))}
     for name, length in str_lengths.items():
         meta[f"table::len::{name}"] = str(int(length))
+    meta.update(extra or {})
     return pa.schema(fields, metadata={k.encode(): v.encode() for k, v in meta.items()})
 
 
@@ -306,12 +315,15 @@ class TableStreamWriter:
     astropy's per-block column machinery; the packing is checked against astropy's bytes
     on the first block and astropy is kept for every block if they differ. The ECSV
     file is the first block's ECSV followed by the data lines of the others. Memory:
-    one block.
+    one block. ``header_cards``: cards appended to the FITS table header after
+    ``EXTNAME`` (the run's provenance, :func:`fits_provenance_cards`).
     """
 
     def __init__(self, base: str, columns: Mapping[str, CatalogColumn], n_rows: int,
-                 formats: Sequence[str]) -> None:
+                 formats: Sequence[str], header_cards: Sequence[tuple[str, Any, str]] = ()
+                 ) -> None:
         self.base = base
+        self.header_cards = list(header_cards)
         self.columns = columns
         self.n_rows = int(n_rows)
         self.fits = "fits" in formats
@@ -382,6 +394,7 @@ class TableStreamWriter:
         for i, name in enumerate(table.colnames, start=1):
             hdu.header[f"TCOMM{i}"] = self.columns[name].description[:68]
         hdu.header["EXTNAME"] = "CATALOG"
+        hdu.header.extend(self.header_cards)
         buf = io.BytesIO()
         fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buf)
         raw = buf.getvalue()
@@ -425,6 +438,74 @@ def fits_flag_columns(table: Any) -> Any:
         if col.dtype == np.int8:
             out[name] = Column(np.asarray(col).astype(np.int16), name=name, unit=col.unit,
                                description=col.description)
+    return out
+
+
+#: the catalog files' provenance: Parquet schema metadata keys, and as FITS table header
+#: cards ``HIERARCH OBPIPE ...`` (the key upper-cased, ``_`` -> space)
+PROVENANCE_PREFIX = "obpipe_"
+_FLAG_KEY = "obpipe_uses_simulated_models"
+
+
+def catalog_provenance(products_dir: str) -> dict[str, str]:
+    """What the catalog files carry about their making (issue 17): the strings of
+    :func:`obpipe.provenance.catalog_metadata` (obpipe version, effective configuration
+    as JSON and its digest, the survey's identity as JSON and its id, every stage's
+    provenance record as JSON, the simulated-survey model files applied to a real survey
+    as a JSON list) plus ``obpipe_uses_simulated_models`` ("true" / "false": whether
+    every row carries the ``simulated_models`` quality bit)."""
+    import json
+
+    from obpipe.provenance import catalog_metadata
+
+    meta = catalog_metadata(products_dir)
+    used = bool(json.loads(meta.get("obpipe_simulated_models", "[]")))
+    return {**meta, _FLAG_KEY: "true" if used else "false"}
+
+
+def fits_provenance_cards(meta: Mapping[str, str]) -> list[tuple[str, Any, str]]:
+    """:func:`catalog_provenance` as FITS header cards: ``HIERARCH OBPIPE USES SIMULATED
+    MODELS`` (logical) first, then one ``HIERARCH OBPIPE ...`` string card per key (long
+    JSON values continued over ``CONTINUE`` cards, astropy's long-string convention:
+    ``header["OBPIPE CONFIG"]`` reads the whole string back), and a COMMENT warning when
+    simulated-survey models were used."""
+    def keyword(key: str) -> str:
+        return "HIERARCH " + key.upper().replace("_", " ")
+
+    used = meta.get(_FLAG_KEY) == "true"
+    cards: list[tuple[str, Any, str]] = [
+        (keyword(_FLAG_KEY), used, f"quality bit {QUALITY_BITS['simulated_models']}")]
+    cards += [(keyword(k), str(v), "") for k, v in meta.items() if k != _FLAG_KEY]
+    if used:
+        cards.append(("COMMENT", "WARNING: M_Ks, emission flags and distances of this "
+                      "real survey come from models trained on a simulated survey "
+                      "(--allow-simulated-models; files in OBPIPE SIMULATED MODELS); "
+                      f"every row has quality_flags bit {QUALITY_BITS['simulated_models']}",
+                      ""))
+    return cards
+
+
+def read_catalog_provenance(path: str) -> dict[str, str]:
+    """The provenance strings of a catalog file (``.parquet``: schema metadata;
+    ``.fits``: the table header's ``OBPIPE ...`` cards), keyed as
+    :func:`catalog_provenance`; JSON values (config, survey, provenance, simulated
+    models) stay strings for ``json.loads``."""
+    if path.endswith(".parquet"):
+        fs, where = store.url_to_fs(path)
+        meta = pq.read_schema(where, filesystem=fs).metadata or {}
+        return {k.decode(): v.decode() for k, v in meta.items()
+                if k.decode().startswith(PROVENANCE_PREFIX)}
+    from astropy.io import fits
+
+    with store.open_file(path, "rb") as fh, fits.open(fh) as hdul:
+        header = hdul[1].header
+        out = {}
+        for key in header:
+            name = key.lower().replace(" ", "_")
+            if name.startswith(PROVENANCE_PREFIX):
+                value = header[key]
+                out[name] = ("true" if value else "false") if isinstance(value, bool) \
+                    else str(value)
     return out
 
 
@@ -612,7 +693,14 @@ def write_catalog(survey_path: str, products_dir: str,
     chunk = int(prods["specid"].chunks[0][0])
     bounds = block_bounds(n_spec, chunk)
     lengths = _string_lengths(survey, chunk)
-    schema = _arrow_schema(CATALOG_COLUMNS, lengths)
+    meta = catalog_provenance(products_dir)
+    cards = fits_provenance_cards(meta)
+    simulated_models = meta[_FLAG_KEY] == "true"
+    if simulated_models:
+        log.warning("catalog: models trained on a simulated survey (%s) applied to this "
+                    "real survey: quality_flags bit %d set on every row",
+                    meta["obpipe_simulated_models"], QUALITY_BITS["simulated_models"])
+    schema = _arrow_schema(CATALOG_COLUMNS, lengths, meta)
     path = catalog_path(products_dir, "parquet")
     big = n_spec > FITS_MAX_ROWS
     if big:
@@ -622,12 +710,13 @@ def write_catalog(survey_path: str, products_dir: str,
     rows = 0
     keep = {"star_id": [], "uniqflag": [], "MKs": [], "MKs_err": [], "model": []}
     stream = TableStreamWriter(path[: -len(".parquet")], CATALOG_COLUMNS, n_spec,
-                               () if big else formats)
+                               () if big else formats, cards)
     fs, tmp_where = store.url_to_fs(tmp)  # (None, tmp) for a local path
     with pq.ParquetWriter(tmp_where, schema, filesystem=fs) as writer, stream:
         for start, stop in bounds:
             frame, model = catalog_block(survey_path, products_dir, start, stop,
-                                         survey=survey, products=prods)
+                                         survey=survey, products=prods,
+                                         simulated_models=simulated_models)
             table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
             writer.write_table(table)
             stream.write(table)
@@ -664,7 +753,7 @@ def write_catalog(survey_path: str, products_dir: str,
     n_uniq = int(offsets[-1])
     ucols = {**CATALOG_COLUMNS, **_UNIQUE_EXTRA}
     upath = catalog_path(products_dir, "parquet", UNIQUE_NAME)
-    uschema = _arrow_schema(ucols, lengths)
+    uschema = _arrow_schema(ucols, lengths, meta)
     utmp = upath + ".partial"
     utmp_where = store.url_to_fs(utmp)[1]
     pending: list[pa.Table] = []
@@ -673,7 +762,8 @@ def write_catalog(survey_path: str, products_dir: str,
     # the file's schema is the first part's (with pyarrow's pandas metadata, as
     # pq.write_table of the whole frame has it)
     uwriter: pq.ParquetWriter | None = None
-    with TableStreamWriter(upath[: -len(".parquet")], ucols, n_uniq, formats) as ustream:
+    with TableStreamWriter(upath[: -len(".parquet")], ucols, n_uniq, formats,
+                           cards) as ustream:
         try:
             for group in _batches(per_block, ROW_GROUP_ROWS):
                 tasks = []

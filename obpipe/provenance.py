@@ -228,8 +228,9 @@ def stage_records(attrs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 def catalog_metadata(products_dir: str) -> dict[str, str]:
     """What a catalog file should carry about its making, as strings (Parquet schema
     metadata; FITS header keywords via ``HIERARCH`` or a COMMENT block): the run's
-    effective configuration, the survey's identity, each stage's provenance record and
-    the simulated-survey models applied to a real survey (empty list: none)."""
+    effective configuration (JSON) and its :func:`digest`, the survey's identity (JSON)
+    and its ``id``, each stage's provenance record and the simulated-survey models
+    applied to a real survey (a JSON list; empty: none)."""
     import zarr
 
     from obpipe.io import store
@@ -238,8 +239,12 @@ def catalog_metadata(products_dir: str) -> dict[str, str]:
     attrs = dict(zarr.open_group(products_path(products_dir), mode="r",
                                  zarr_format=store.ZARR_FORMAT).attrs)
     records = stage_records(attrs)
+    config = str(attrs.get("obpipe_config", "{}"))
+    ident = attrs.get("survey_identity")
     return {"obpipe_version": __version__,
-            "obpipe_config": str(attrs.get("obpipe_config", "{}")),
-            "obpipe_survey": json.dumps(attrs.get("survey_identity"), sort_keys=True),
+            "obpipe_config": config,
+            "obpipe_config_digest": digest(json.loads(config)),
+            "obpipe_survey_id": str((ident or {}).get("id", "")),
+            "obpipe_survey": json.dumps(ident, sort_keys=True),
             "obpipe_provenance": json.dumps(records, sort_keys=True, default=_json_default),
             "obpipe_simulated_models": json.dumps(list(attrs.get("simulated_models", [])))}

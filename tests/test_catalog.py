@@ -180,7 +180,8 @@ def test_missing_parallax_and_ks_keep_their_rows(run: tuple[str, str], tmp_path:
 
 def _astropy_whole_table_files(parquet_file: Path, out: Path) -> None:
     """FITS and ECSV written by astropy from the whole table (the reference for the
-    block-by-block writer), with the catalog's TCOMMn, EXTNAME and int16 flags."""
+    block-by-block writer), with the catalog's TCOMMn, EXTNAME, int16 flags and the
+    provenance cards made from the Parquet file's metadata."""
     from astropy.io import fits
 
     columns = {**CATALOG_COLUMNS, **catalog_mod._UNIQUE_EXTRA}
@@ -189,6 +190,8 @@ def _astropy_whole_table_files(parquet_file: Path, out: Path) -> None:
     for i, name in enumerate(table.colnames, start=1):
         hdu.header[f"TCOMM{i}"] = columns[name].description[:68]
     hdu.header["EXTNAME"] = "CATALOG"
+    hdu.header.extend(catalog_mod.fits_provenance_cards(
+        catalog_mod.read_catalog_provenance(str(parquet_file))))
     hdu.writeto(out.with_suffix(".fits"))
     table.write(out.with_suffix(".ecsv"), format="ascii.ecsv")
 
@@ -277,3 +280,42 @@ def test_binary_flag_from_every_visit_and_the_paper_flag_kept(run: tuple[str, st
     snr = cat["snr_dparallax"].to_numpy(dtype=float)
     ok = np.isfinite(snr)
     np.testing.assert_array_equal(paper[ok] == 1, snr[ok] > 2.0)
+
+
+def test_catalog_files_carry_the_run_provenance(run: tuple[str, str], tmp_path: Path) -> None:
+    """Issue 17 item 1: the Parquet metadata and the FITS headers of catalog.* and
+    catalog_unique.* carry the effective config, the survey's identity and every stage's
+    provenance record, equal to run_summary.json's; a mock run used no simulated-survey
+    models on a real survey, so no row has the simulated_models bit."""
+    import json
+
+    from astropy.io import fits
+
+    from obpipe.pipeline import summarize_run
+    from obpipe.provenance import digest
+
+    survey_path, products = run
+    prod_copy = tmp_path / "products"  # run_summary.json written here, not into the fixture
+    shutil.copytree(products, prod_copy)
+    summary = summarize_run(survey_path, str(prod_copy), {})
+    on_disk = json.loads((prod_copy / "run_summary.json").read_text())
+    assert on_disk["survey_identity"]["id"] == summary["survey_identity"]["id"]
+    for name in ("catalog", "catalog_unique"):
+        for fmt in ("parquet", "fits"):
+            meta = catalog_mod.read_catalog_provenance(str(prod_copy / f"{name}.{fmt}"))
+            where = f"{name}.{fmt}"
+            assert json.loads(meta["obpipe_config"]) == on_disk["config"], where
+            assert meta["obpipe_config_digest"] == digest(on_disk["config"]), where
+            assert json.loads(meta["obpipe_survey"]) == on_disk["survey_identity"], where
+            assert meta["obpipe_survey_id"] == on_disk["survey_identity"]["id"], where
+            records = json.loads(meta["obpipe_provenance"])
+            assert set(records) >= {"pca", "luminosity", "distance", "catalog"}, where
+            for stage in ("pca", "luminosity", "distance"):
+                assert records[stage]["key"] == on_disk["provenance"][stage]["key"], where
+            assert json.loads(meta["obpipe_simulated_models"]) == [], where
+            assert meta["obpipe_uses_simulated_models"] == "false", where
+        header = fits.getheader(prod_copy / f"{name}.fits", 1)
+        assert header["OBPIPE USES SIMULATED MODELS"] is False
+        assert header["OBPIPE SURVEY ID"] == on_disk["survey_identity"]["id"]
+        q = pd.read_parquet(prod_copy / f"{name}.parquet")["quality_flags"].to_numpy()
+        assert not (q & QUALITY_BITS["simulated_models"]).any(), name
