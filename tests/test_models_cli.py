@@ -1,7 +1,8 @@
 """``obpipe run --models`` on the real LAMOST files of ``../shared/data`` (issue 17 item 2):
 too few spectra to train says what is needed and offers ``--models``; the demo-style models
 of a mock are refused for the real survey unless ``--allow-simulated-models``, and then
-reused as they are and listed in the run summary."""
+reused as they are, listed in the run summary, and every catalog row carries the
+``simulated_models`` quality bit (the catalog headers say so)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from astropy.io import fits
 
+from obpipe.catalog import QUALITY_BITS, read_catalog_provenance
 from obpipe.ingest import IngestConfig, ingest
 from tests.small_run import small_run
 
@@ -51,11 +54,24 @@ def test_real_survey_needs_models_and_refuses_simulated_ones(shared_data, tmp_pa
     assert not (tmp_path / "p" / "models").exists()  # refused models are not copied in
 
     out = _run(real, "--out", str(tmp_path / "p"), "--models", mock_products,
-               "--allow-simulated-models", "--stages", "index,normalize,pca", "--json")
+               "--allow-simulated-models", "--json")  # every stage, to the catalog
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     assert "pca_model.npz" in summary["simulated_models"]
     assert summary["survey_identity"]["simulated"] is False
+    # every catalog row carries the simulated_models bit, and the headers say so
+    bit = QUALITY_BITS["simulated_models"]
+    for name in ("catalog", "catalog_unique"):
+        q = pd.read_parquet(tmp_path / "p" / f"{name}.parquet")["quality_flags"].to_numpy()
+        assert len(q) > 0 and ((q & bit) > 0).all(), name
+        for fmt in ("parquet", "fits"):
+            meta = read_catalog_provenance(str(tmp_path / "p" / f"{name}.{fmt}"))
+            assert meta["obpipe_uses_simulated_models"] == "true", (name, fmt)
+            assert json.loads(meta["obpipe_simulated_models"]) == summary["simulated_models"]
+            assert json.loads(meta["obpipe_survey"])["simulated"] is False
+        header = fits.getheader(tmp_path / "p" / f"{name}.fits", 1)
+        assert header["OBPIPE USES SIMULATED MODELS"] is True
+        assert any("simulated survey" in str(c) for c in header["COMMENT"])
     # reused as supplied, not retrained
     src = Path(mock_products) / "models" / "pca_model.npz"
     assert _digest(tmp_path / "p" / "models" / "pca_model.npz") == _digest(src)
