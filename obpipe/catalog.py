@@ -23,6 +23,13 @@ Files (``PRODUCTS_DIR``):
   model's intrinsic scatter, does not average down over visits of one star), and
   the distance is recomputed from it (Sec. 7). Also block by block: only the 1-D
   columns that combine the visits are held for all rows (:func:`write_catalog`).
+
+Every file carries the run's provenance (:func:`catalog_provenance`: effective config,
+survey identity, every stage's provenance record, the simulated-survey models applied to
+a real survey): Parquet schema metadata ``obpipe_*`` and FITS table header cards
+``HIERARCH OBPIPE ...``; :func:`read_catalog_provenance` reads them back. When models
+trained on a simulated survey were applied to a real survey (``--allow-simulated-models``)
+every row has the ``simulated_models`` bit of ``quality_flags``.
 """
 
 from __future__ import annotations
