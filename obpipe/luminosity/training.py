@@ -12,11 +12,12 @@ Selection (Sec. 5.2):
   star go to the same side, so repeat visits never leak into the test set) are split
   at random (seeded) into 4/5 training and 1/5 test. With the parallax-space loss
   (``network.loss = "fakemag"``, issue 6a) every S/N > 50 spectrum with a parallax and
-  K_s whose star is not a test star also trains, whatever its parallax S/N (the loss is
-  linear in the parallax, so a noisy or negative parallax adds information, not bias:
-  it is what teaches the networks the luminous end, where good parallaxes are rare);
-* *test set*: the 1/5 plus every good-parallax spectrum of lower S/N whose star is not
-  in the training set;
+  K_s is a candidate, whatever its parallax S/N (the loss is linear in the parallax, so
+  a noisy or negative parallax adds information, not bias: it is what teaches the
+  networks the luminous end, where good parallaxes are rare), and the star split runs
+  over all of them, so that held-out stars are the trained-on stars' population;
+* *test set* (the noise model's sample): the good-parallax spectra of the held-out 1/5
+  plus every good-parallax spectrum of lower S/N whose star is not in the training set;
 * model (a) trains on the non-emission training spectra; model (b) on all training
   spectra (emission and non-emission; the paper's (b) set, 7,161, is larger than the
   (a) set, 6,861, and Fig. 5 right applies (b) to both), through the clean windows;
@@ -161,7 +162,13 @@ def select_sets(
             & np.isin(em, (0, 1)))
     hi_snr = np.asarray(snr, float) > cfg.min_snr
     hi = good & hi_snr
+    if has_parallax is not None:  # parallax-space loss: any parallax may train
+        hi = hi | (np.asarray(has_parallax, bool) & usable & hi_snr & np.isin(em, (0, 1)))
     stars = np.asarray(star_id).astype(str)
+    # the star-level split runs over every candidate, good parallax or not, so that the
+    # never-trained stars are the same population as the trained-on ones (issue 15: with
+    # only good-parallax stars held out, the luminous distant stars all trained, and their
+    # out-of-fold values were compared with nearby test stars)
     cand_stars = np.unique(stars[hi])
     rng = np.random.default_rng(cfg.seed)
     perm = rng.permutation(cand_stars.size)
@@ -169,9 +176,6 @@ def select_sets(
     test_stars = cand_stars[perm[n_train:]]
     in_test_star = np.isin(stars, test_stars)
     trainable = hi & ~in_test_star
-    if has_parallax is not None:
-        trainable |= (np.asarray(has_parallax, bool) & usable & hi_snr & np.isin(em, (0, 1))
-                      & ~in_test_star)
     extra = np.zeros(stars.size, dtype=bool) if extra is None else np.asarray(extra, bool)
     extra = extra & usable & np.isin(em, (0, 1))
     train_a = (trainable & (em == 0)) | (extra & (em == 0))
