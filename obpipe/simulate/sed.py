@@ -31,7 +31,8 @@ Band extinction (item 3b)
 ``A_X = -2.5 log10( int B_lambda(Teff) S_X(lambda) lambda 10^(-0.4 A_V k(lambda; R_V))
 d lambda / int B_lambda S_X lambda d lambda )`` for a blackbody at the star's Teff
 through the pyphot passband ``S_X`` (photon counting), with ``k = A(lambda)/A(V)`` of
-the chosen ``dust_extinction`` curve (default G23: Gordon et al. 2023, ApJ 950, 86)
+the chosen ``dust_extinction`` curve (default F19: Fitzpatrick et al. 2019, ApJ 886, 108;
+the pipeline keeps G23, Gordon et al. 2023, so the two sides differ)
 at the star's own R_V. The integral is exact in A_V (broad-band coefficients fall
 as extinction grows, as on the real sky); it is tabulated once per process on a
 (log Teff, R_V, A_V) grid and interpolated linearly (error < 0.003 mag).
@@ -227,7 +228,7 @@ def _band_extinction_table(law: str) -> tuple[tuple[np.ndarray, ...], dict[str, 
 
 
 def band_extinction(
-    teff_k: np.ndarray, ebv: np.ndarray, r_v: np.ndarray, law: str = "G23",
+    teff_k: np.ndarray, ebv: np.ndarray, r_v: np.ndarray, law: str = "F19",
     bands: tuple[str, ...] = BANDS,
 ) -> dict[str, np.ndarray]:
     """A_X (mag) in every band of :data:`BANDS` for E(B-V) = ``ebv`` at ``r_v``
@@ -252,7 +253,7 @@ def _spectral_curves(law: str) -> np.ndarray:
     return np.stack([_curve(law, rv, wave) * rv for rv in RV_NODES])
 
 
-def extinction_curve_per_ebv(r_v: np.ndarray, law: str = "G23") -> np.ndarray:
+def extinction_curve_per_ebv(r_v: np.ndarray, law: str = "F19") -> np.ndarray:
     """A_lambda / E(B-V) on the common wavelength grid at each star's R_V, (n, n_pix)."""
     curves = _spectral_curves(law)
     rv = np.clip(np.asarray(r_v, dtype=float), RV_NODES[0], RV_NODES[-1])

@@ -13,10 +13,10 @@
   scale height ``dust_scale_height_kpc``) with lognormal clumpiness per sight
   line, so E(B-V) grows with distance (to ~3 mag in the plane at 5-8 kpc).
   R_V varies from star to star (``rv_mean``, ``rv_scatter``; truth ``R_V_true``) and
-  band extinctions integrate the mock's own curve family (``extinction_law``, G23 by
+  band extinctions integrate the mock's own curve family (``extinction_law``, F19 by
   default) over a blackbody at the star's Teff through each passband
   (:func:`obpipe.simulate.sed.band_extinction`): nothing is shared with the pipeline's
-  F99 / Kurucz coefficients.
+  coefficients (G23 through dustapprox's Kurucz grids by default).
 * Photometry: absolute magnitudes on Mamajek's colour sequence with star-to-star
   scatter (``sed.py``); J, H, Ks (2MASS-like errors, 1 % missing), G, BP, RP (Gaia-like
   errors), g, r, i (XSTPS-GAC-like errors, saturated at r < 12.5 and ~8 % missing);

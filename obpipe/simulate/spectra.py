@@ -25,7 +25,7 @@ Model (all wavelengths vacuum, rest frame of the measured RV):
    diffuse interstellar bands scaled with E(B-V), at the ISM velocity (-RV in
    the stellar rest frame); residual telluric bands in the observed frame.
 6. Continuum: a blackbody at Teff reddened by the mock's extinction curve at the
-   star's R_V (``sed.extinction_curve_per_ebv``: G23 by default), scaled to the star's
+   star's R_V (``sed.extinction_curve_per_ebv``: F19 by default), scaled to the star's
    g magnitude, times a smooth flux-calibration error; noise from the S/N with the
    LAMOST throughput shape, mis-scaled per exposure against the quoted ivar and
    correlated between neighbouring pixels (``survey.synthesize_spectra``), sky-line

@@ -240,7 +240,7 @@ def _abs_g(teff: np.ndarray, logg: np.ndarray, log_l: np.ndarray) -> np.ndarray:
 
 def synthesize_spectra(
     synth: dict[str, np.ndarray], seed: int, resolving_power: float = 1800.0,
-    extinction_law: str = "G23", noise_neighbour_correlation: float = 0.0,
+    extinction_law: str = "F19", noise_neighbour_correlation: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Observed flux, ivar, mask and snr_g for the rows of ``synth`` (pure numpy).
 
@@ -276,7 +276,7 @@ def _neighbour_kernel_c(rho: float) -> float:
 
 def _synthesize_batch(
     p: dict[str, np.ndarray], wave: np.ndarray, seed: int, resolving_power: float,
-    extinction_law: str = "G23", noise_neighbour_correlation: float = 0.0,
+    extinction_law: str = "F19", noise_neighbour_correlation: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     n = p["specid"].size
     vpix = velocity_per_pixel_kms()
@@ -401,7 +401,7 @@ def _simulate_block(
     seed: int,
     resolving_power: float,
     storage_options: dict[str, Any] | None,
-    extinction_law: str = "G23",
+    extinction_law: str = "F19",
     noise_neighbour_correlation: float = 0.0,
 ) -> int:
     spec = synthesize_spectra(synth, seed, resolving_power, extinction_law,
