@@ -1,7 +1,7 @@
 """Score a finished run against the mock's truth, independently of ``obpipe validate``.
 
 A second opinion on the accuracy figures: this script reads only the published
-catalog (``PRODUCTS/catalog.parquet``), the products' ``luminosity_set`` bits and the
+catalog (``PRODUCTS/catalog.parquet``), the products' ``MKs_fold`` (or ``luminosity_set``) and the
 survey's ``truth`` group, with plain zarr / pyarrow / numpy, and recomputes the targets
 of the honest-numbers and beyond-the-paper issues:
 
@@ -75,14 +75,17 @@ def score(survey: str, products: str) -> dict[str, Any]:
     if idx.size != obs["specid"].size:
         raise SystemExit(f"catalog has {idx.size} rows, survey {obs['specid'].size} spectra")
     t = {k: v[idx] for k, v in truth.items()}
-    lset = None
+    lset = fold = None
     prod_path = Path(products) / "products.zarr"
     if prod_path.exists():
-        pr = _read_group(str(prod_path), None, ["luminosity_set", "specid"])
-        if "luminosity_set" in pr and "specid" in pr:
+        pr = _read_group(str(prod_path), None, ["luminosity_set", "MKs_fold", "specid"])
+        if "specid" in pr:
             porder = {int(s): i for i, s in enumerate(pr["specid"])}
             pidx = np.array([porder[int(s)] for s in cat["specid"].to_numpy()])
-            lset = pr["luminosity_set"][pidx].astype(int)
+            if "MKs_fold" in pr:  # >= 0: the value of the one member that never saw the star
+                fold = pr["MKs_fold"][pidx].astype(int)
+            elif "luminosity_set" in pr:
+                lset = pr["luminosity_set"][pidx].astype(int)
     res: dict[str, Any] = {"n_spectra": int(len(cat))}
 
     cls = t["star_class"]
@@ -94,7 +97,11 @@ def score(survey: str, products: str) -> dict[str, Any]:
     mks[mks <= -9] = np.nan
     resid = mks - t["MKs_true"]
     groups = {"all": np.ones(len(cat), bool)}
-    if lset is not None:
+    if fold is not None:
+        groups["trained_on_oof"] = fold >= 0
+        groups["never_trained"] = fold == -1
+        res["n_in_sample_values"] = int(np.sum(fold == -2))
+    elif lset is not None:
         groups["trained_on_oof"] = (lset & TRAINED_BITS) > 0
         groups["never_trained"] = (lset & TRAINED_BITS) == 0
     res["mks"] = {}
