@@ -129,7 +129,10 @@ def test_binary_probability_rises_with_each_feature_and_needs_one() -> None:
             "log10_ruwe": np.zeros(4), "n_rv_visits": np.full(4, 2)}
     p0 = binary_probability(base)[0]
     assert p0 < BINARY_PROB_THRESHOLD  # a quiet single star is not flagged
-    for name, value in (("snr_dparallax_combined", 5.0), ("rv_chi2_log10_p", 10.0),
+    # each feature alone at a clearly binary value: a 6-sigma parallax excess (5 sits
+    # on the refitted threshold, p = 0.50 against 0.485), p = 1e-10 for constant RVs,
+    # RUWE 2
+    for name, value in (("snr_dparallax_combined", 6.0), ("rv_chi2_log10_p", 10.0),
                         ("log10_ruwe", np.log10(2.0))):
         f = {k: v.copy() for k, v in base.items()}
         f[name][:] = value
