@@ -109,3 +109,80 @@ def test_ensemble_spread_is_a_known_variance_term() -> None:
     np.testing.assert_allclose(
         nm.mks_uncertainty(np.array([100.0]), 0.25, 0.10, np.array([0.2])),
         [np.sqrt(0.25**2 + 0.1**2 + 0.2**2)])
+
+
+def test_sigma_s_table_interpolates_and_extends_as_a_power_law() -> None:
+    snr_t = np.array([10.0, 20.0, 40.0])
+    sig_t = np.array([0.8, 0.4, 0.2])  # sigma_s = 8 / (S/N): the table is eq. (10)'s law
+    snr = np.array([5.0, 10.0, 14.142, 30.0, 80.0, 0.0])
+    got = nm.sigma_s_from_table(snr, snr_t, sig_t)
+    np.testing.assert_allclose(got[:5], [0.8, 0.8, 8 / 14.142, 8 / 30.0, 0.1], rtol=1e-3)
+    assert np.isnan(got[5])
+    err = nm.mks_uncertainty(np.array([30.0]), 0.2, 99.0, sigma_s_table=(snr_t, sig_t))
+    np.testing.assert_allclose(err, np.hypot(0.2, 8 / 30.0), rtol=1e-3)  # sigma_s100 unused
+    with pytest.raises(ValueError, match="increasing S/N"):
+        nm.sigma_s_from_table(snr, snr_t[::-1], sig_t)
+
+
+def test_degraded_scatter_measures_the_noise_response() -> None:
+    """A linear 'network' (M = 5 x mean flux over 400 pixels) on spectra of S/N 300-600
+    with a masked pixel block: the std of M(degraded) - M(clean) at each target S/N must
+    be 5 sqrt(1/S/N_t^2 - 1/S/N_0^2) / sqrt(n_good) per spectrum, and the shift zero."""
+    rng = np.random.default_rng(3)
+    n, npix = 3000, 400
+    snr0 = rng.uniform(300, 600, n)
+    ivar = np.repeat((snr0**2)[:, None], npix, axis=1)
+    ivar[:, :40] = 0.0  # masked pixels stay masked: they never get noise
+    flux = 1.0 + rng.standard_normal((n, npix)) / np.sqrt(np.where(ivar > 0, ivar, 1.0))
+    flux[:, :40] = 1e3  # garbage under the mask: unchanged, so it cancels in the difference
+
+    def predict(f: np.ndarray, iv: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        assert f.shape[0] == rows.size
+        return 5.0 * np.mean(np.where(iv > 0, f, 0.0), axis=1) * npix / (npix - 40)
+
+    out = nm.degraded_snr_scatter(flux, ivar, snr0, predict, target_snr=(10.0, 50.0, 250.0))
+    assert out["snr"] == [10.0, 50.0]  # no spectrum at S/N >= 3 x 250
+    for t, s, shift in zip(out["snr"], out["sigma_mag"], out["shift_mag"], strict=True):
+        expect = 5.0 * np.mean(np.sqrt(1 / t**2 - 1 / snr0**2)) / np.sqrt(npix - 40)
+        assert abs(s / expect - 1) < 0.05, (t, s, expect)
+        assert abs(shift) < 4 * s / np.sqrt(n)
+
+
+def test_block_error_uses_the_degraded_table_and_it_survives_save_load(tmp_path) -> None:
+    """luminosity_block's MKs_err takes sigma_s from the noise model's degraded-spectra
+    table (issue 15) when there is one, eq. (10) otherwise; the table is saved with it."""
+    from obpipe.luminosity.network import TrainConfig, train_network
+    from obpipe.luminosity.stage import luminosity_block, noise_sigmas
+
+    theta = np.array([TRUE[k] for k in nm.PARAM_NAMES])
+    res = nm.NoiseModelResult(samples=np.tile(theta, (10, 1)), ml=theta,
+                              keep=np.ones(10, bool), tau=np.ones(4), acceptance=0.3,
+                              n_steps=10, converged=True, n_clip_iterations=1)
+    table = {"snr": [5.0, 20.0, 100.0], "n": [50, 50, 50], "sigma_mag": [0.9, 0.5, 0.2],
+             "shift_mag": [0.0, 0.0, 0.0]}
+    res.meta["sigma_s_degraded"] = table
+    res.save(str(tmp_path / "noise.npz"))
+    back = nm.NoiseModelResult.load(str(tmp_path / "noise.npz"))
+    np.testing.assert_allclose(back.sigma_s_table[1], table["sigma_mag"])
+    rng = np.random.default_rng(0)
+    x = (1.0 + 0.05 * rng.standard_normal((100, 3909))).astype(np.float32)
+    y = x[:, 1000:1100].mean(axis=1) * 10
+    paths = []
+    for m in ("a", "b"):
+        net, _ = train_network(x, y, kind=m, config=TrainConfig(max_epochs=2, loss="mag",
+                                                                 n_members=2))
+        paths.append((m, str(tmp_path / f"{m}.safetensors")))
+        net.save(paths[-1][1])
+    snr = np.array([5.0, 10.0, 20.0, 50.0, 100.0, 400.0])
+    inputs = {"recon_flux": x[:6], "em_flag": np.zeros(6, np.int8),
+              "quality_flags": np.zeros(6, np.int16), "snr_g": snr}
+    sig = noise_sigmas({"a": back, "b": back})
+    out = luminosity_block(inputs, tuple(paths), sig, "recon_flux")["MKs_err"]
+    want = np.hypot(back.sigma_int, nm.sigma_s_from_table(snr, *back.sigma_s_table))
+    np.testing.assert_allclose(out, want, rtol=1e-5)
+    assert out[0] < nm.mks_uncertainty(snr[:1], back.sigma_int, 0.2)[0]  # eq. 10: 4.0 mag
+    back.meta.pop("sigma_s_degraded")
+    out10 = luminosity_block(inputs, tuple(paths), noise_sigmas({"a": back, "b": back}),
+                             "recon_flux")["MKs_err"]
+    np.testing.assert_allclose(out10, nm.mks_uncertainty(snr, back.sigma_int, back.sigma_s100),
+                               rtol=1e-5)

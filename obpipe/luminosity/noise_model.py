@@ -25,7 +25,10 @@ autocorrelation time of every parameter) with a mean acceptance fraction within
 0.15-0.8; otherwise it is extended up to ``max_steps`` and flagged.
 
 Per-spectrum uncertainty of M_Ks: ``sqrt(sigma_int^2 + (sigma_s100 / (S/N / 100))^2)``
-(:func:`mks_uncertainty`).
+(:func:`mks_uncertainty`). Beyond the paper (issue 15): eq. (10) is fitted on
+good-parallax stars, few of which lie below S/N 50, so the stage replaces its sigma_s by
+one measured on held-out high-S/N spectra degraded to S/N 5-100
+(:func:`degraded_snr_scatter`, :func:`sigma_s_from_table`) and keeps eq. (14)'s sigma_int.
 """
 
 from __future__ import annotations
@@ -47,24 +50,101 @@ DEFAULT_PRIOR_BOUNDS: tuple[tuple[float, float], ...] = (
     (-1.0, 1.0), (-5.0, 5.0), (0.0, 3.0), (0.0, 3.0),
 )
 FORMAT_VERSION = 1
+#: S/N levels of :func:`degraded_snr_scatter` (the LAMOST OB range, 5-100)
+DEGRADE_SNR: tuple[float, ...] = (5.0, 8.0, 12.0, 17.0, 25.0, 35.0, 50.0, 70.0, 100.0)
 
 
 def mks_uncertainty(snr: np.ndarray, sigma_int: float, sigma_s100: float,
-                    epistemic_mag: np.ndarray | None = None) -> np.ndarray:
+                    epistemic_mag: np.ndarray | None = None,
+                    sigma_s_table: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Total M_Ks uncertainty (mag), eqs. (8)-(10): sqrt(sigma_int^2 + sigma_s^2).
 
     ``epistemic_mag`` (beyond the paper): the per-star spread of the network ensemble,
     added in quadrature (a star far from the training set gets a larger error; the
     noise model fitted with the same term then leaves sigma_int for what no member sees).
+    ``sigma_s_table`` (beyond the paper, issue 15): (S/N, sigma_s in mag) measured on
+    degraded held-out spectra (:func:`degraded_snr_scatter`); replaces eq. (10)'s
+    ``sigma_s100 / (S/N / 100)`` through :func:`sigma_s_from_table`.
     """
     snr = np.asarray(snr, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        sigma_s = sigma_s100 / (snr / 100.0)
+        if sigma_s_table is not None:
+            sigma_s = sigma_s_from_table(snr, *sigma_s_table)
+        else:
+            sigma_s = sigma_s100 / (snr / 100.0)
     var = sigma_int**2 + sigma_s**2
     if epistemic_mag is not None:
         var = var + np.nan_to_num(np.asarray(epistemic_mag, dtype=np.float64)) ** 2
     out = np.sqrt(var)
     return np.where(np.isfinite(snr) & (snr > 0), out, np.nan)
+
+
+def sigma_s_from_table(snr: np.ndarray, table_snr: np.ndarray, table_sigma_mag: np.ndarray
+                       ) -> np.ndarray:
+    """Measurement term sigma_s (mag) of eq. (9) at each S/N from a measured table.
+
+    Linear interpolation in log sigma_s - log S/N between the table's points; below the
+    lowest S/N the first value, above the highest the power law of the last two points
+    (the high-S/N behaviour of eq. 10 with the measured slope). NaN where S/N <= 0.
+    """
+    ls = np.log(np.asarray(table_snr, dtype=np.float64))
+    lsig = np.log(np.asarray(table_sigma_mag, dtype=np.float64))
+    if ls.size < 2 or np.any(np.diff(ls) <= 0):
+        raise ValueError("sigma_s table: need >= 2 points in increasing S/N, got "
+                         f"{np.exp(ls).tolist()}")
+    snr = np.asarray(snr, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lx = np.log(np.where(snr > 0, snr, np.nan))
+    slope = (lsig[-1] - lsig[-2]) / (ls[-1] - ls[-2])
+    inside = np.interp(lx, ls, lsig)
+    tail = lsig[-1] + slope * (lx - ls[-1])
+    return np.exp(np.where(lx > ls[-1], tail, inside))
+
+
+def degraded_snr_scatter(norm_flux: np.ndarray, norm_ivar: np.ndarray, snr: np.ndarray,
+                         predict: Any, target_snr: tuple[float, ...] = DEGRADE_SNR,
+                         min_ratio: float = 3.0, seed: int = 0) -> dict[str, list[float]]:
+    """Measure eq. (9)'s measurement term sigma_s(S/N) without parallaxes (issue 15).
+
+    Copies of held-out high-S/N spectra (normalised flux and ivar, (n, n_wave); ``snr``
+    their S/N) are degraded to each ``target_snr``: ivar scaled by (target / S/N)^2 and
+    Gaussian noise of variance 1 / ivar_new - 1 / ivar added to every pixel with
+    ivar > 0 (masked pixels stay masked). ``predict(flux, ivar, rows) -> M_Ks (mag)``
+    (``rows``: the input rows these spectra are copies of) must run the spectra through
+    the pipeline's own projection and the member(s) that gave their catalog value. Only
+    spectra with S/N >= ``min_ratio`` x target enter a level, so their own noise adds
+    <= 1 / min_ratio^2 of the variance.
+
+    Returns per level ``snr``, ``n``, ``sigma_mag`` (std of M_Ks(degraded) - M_Ks(clean))
+    and ``shift_mag`` (its mean: what noise alone does to the mean reading).
+    """
+    f0 = np.asarray(norm_flux, dtype=np.float64)
+    iv0 = np.asarray(norm_ivar, dtype=np.float64)
+    snr = np.asarray(snr, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    clean = np.asarray(predict(f0, iv0, np.arange(snr.size)), dtype=np.float64)
+    out: dict[str, list[float]] = {"snr": [], "n": [], "sigma_mag": [], "shift_mag": []}
+    for target in sorted(target_snr):
+        rows = np.flatnonzero((snr >= min_ratio * target) & np.isfinite(clean))
+        if rows.size < 20:
+            log.warning("sigma_s at S/N %g: only %d spectra at S/N >= %g; level skipped",
+                        target, rows.size, min_ratio * target)
+            continue
+        fac = (target / snr[rows])[:, None]
+        iv = iv0[rows] * fac**2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sd = np.where(iv0[rows] > 0, np.sqrt(np.maximum(1.0 / iv - 1.0 / iv0[rows], 0.0)),
+                          0.0)
+        flux = f0[rows] + sd * rng.standard_normal(sd.shape)
+        d = np.asarray(predict(flux, iv, rows), dtype=np.float64) - clean[rows]
+        d = d[np.isfinite(d)]
+        out["snr"].append(float(target))
+        out["n"].append(int(d.size))
+        out["sigma_mag"].append(float(np.std(d)))
+        out["shift_mag"].append(float(np.mean(d)))
+        log.info("sigma_s at S/N %g: %.3f mag (mean shift %+.3f) from %d degraded spectra",
+                 target, out["sigma_mag"][-1], out["shift_mag"][-1], d.size)
+    return out
 
 
 def _with_epistemic(mks_geo_err: np.ndarray, epistemic_mag: np.ndarray | None) -> np.ndarray:
@@ -181,6 +261,15 @@ class NoiseModelResult:
     @property
     def sigma_s100(self) -> float:
         return self.mean["sigma_s100"]
+
+    @property
+    def sigma_s_table(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(S/N, sigma_s in mag) measured on degraded spectra (``meta["sigma_s_degraded"]``,
+        :func:`degraded_snr_scatter`), or None: then eq. (10) gives sigma_s."""
+        t = self.meta.get("sigma_s_degraded")
+        if not t or len(t.get("snr", [])) < 2:
+            return None
+        return np.asarray(t["snr"], dtype=np.float64), np.asarray(t["sigma_mag"], np.float64)
 
     def summary(self) -> dict[str, Any]:
         q = np.percentile(self.samples, [16, 50, 84], axis=0)

@@ -19,7 +19,8 @@
     Products: ``MKs`` (out of fold, issue 15: for a star that trained the network, every
     visit of it, the one member that never saw it; else the mean of the ensemble
     members; ``MKs_fold`` says which), ``MKs_err`` (sqrt(sigma_int^2 +
-    (sigma_s100 / (S/N / 100))^2), eq. 10), ``MKs_spread`` (the members' standard
+    sigma_s^2), eqs. 8-10, with sigma_s(S/N) measured on degraded held-out spectra,
+    :func:`calibrate_sigma_s`), ``MKs_spread`` (the members' standard
     deviation), ``MKs_model`` (0 = network a, 1 = network b, -9 = none: em_flag 0 uses
     (a); 1 and -9 (undetermined) use (b), which ignores the emission-line regions),
     ``luminosity_set`` (bits: 1 trained (a), 2 trained (b), 4 test set, 8 removed from
@@ -98,8 +99,9 @@ SET_BITS = {"train_a": 1, "train_b": 2, "test": 4, "removed_binary": 8, "extra":
 
 OUTPUTS: dict[str, Output] = {
     "MKs": Output("float32", "mag", "spectroscopic K_s absolute magnitude (eq. 6 network)"),
-    "MKs_err": Output("float32", "mag", "sqrt(sigma_int^2 + (sigma_s100 / (S/N/100))^2) "
-                      "(Sec. 5.3, eq. 10)"),
+    "MKs_err": Output("float32", "mag", "sqrt(sigma_int^2 + sigma_s(S/N)^2) (Sec. 5.3, "
+                      "eqs. 8-10; sigma_s from degraded spectra where the noise model has "
+                      "them, else eq. 10)"),
     "MKs_spread": Output("float32", "mag", "standard deviation of the ensemble members' "
                          "M_Ks (epistemic; large where the training set is thin)"),
     "MKs_model": Output("int8", "", "network used: 0 = (a) non-emission, full range; "
@@ -214,6 +216,46 @@ def _network_inputs(prods: xr.Dataset, rows: np.ndarray, input_kind: str, produc
     raise ValueError(f"unknown input_kind {input_kind!r}")
 
 
+def calibrate_sigma_s(ctx: Any, model: str, usable: np.ndarray, snr: np.ndarray,
+                      star_id: np.ndarray, net: MKsNetwork, input_kind: str,
+                      min_snr: float = 100.0, max_spectra: int = 2000, seed: int = 0
+                      ) -> dict[str, list[float]]:
+    """sigma_s(S/N) of eq. (9) for network ``model`` from degraded spectra (issue 15).
+
+    Up to ``max_spectra`` ``usable`` spectra with S/N > ``min_snr`` (of the model's
+    emission class; network (b) takes every class when its own has < 200) go through
+    :func:`noise_model.degraded_snr_scatter` with the pca stage's projection (prior as
+    configured) and the out-of-fold member of each star (:meth:`predict_out_of_fold`).
+    """
+    from obpipe.spectra.stages import load_pca_model
+
+    pool = np.flatnonzero(usable & (snr > min_snr))
+    if model == "b" and pool.size < 200:
+        qf = open_products(ctx.products_dir)["quality_flags"].values
+        pool = np.flatnonzero(((qf & BROKEN_BIT) == 0) & (snr > min_snr))
+    if pool.size < 20:
+        log.warning("luminosity: %d spectra at S/N > %g for network (%s); sigma_s from "
+                    "eq. (10)", pool.size, min_snr, model)
+        return {"snr": [], "n": [], "sigma_mag": [], "shift_mag": []}
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(pool, min(max_spectra, pool.size), replace=False))
+    prods = open_products(ctx.products_dir)
+    flux = prods["norm_flux"].isel(spec=rows).values
+    ivar = prods["norm_ivar"].isel(spec=rows).values
+    prior = bool(getattr(getattr(getattr(ctx, "config", None), "spectral", None),
+                         "projection_prior", True))
+    pca_model = load_pca_model(ctx.products_dir)
+    basis = pca_model.full if model == "a" else pca_model.clean
+    ids = star_id[rows]
+
+    def predict(f: np.ndarray, iv: np.ndarray, sel: np.ndarray) -> np.ndarray:
+        coeff = basis.project(f, iv, prior=prior)
+        x = basis.reconstruct(np.nan_to_num(coeff)) if input_kind == "recon_flux" else coeff
+        return net.predict_out_of_fold(x, ids[sel])[0]
+
+    return noise_model.degraded_snr_scatter(flux, ivar, snr[rows], predict, seed=seed)
+
+
 def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = None
                         ) -> dict[str, Any]:
     """Steps 1-3 of the stage: train, calibrate, save the model files and figures."""
@@ -269,6 +311,10 @@ def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = 
         tmp = temp_name(path)
         res.networks[m].save(tmp)
         store.replace(tmp, path)
+    for m, sel in (("a", cols["em_flag"] == 0), ("b", cols["em_flag"] != 0)):
+        res.noise[m].meta["sigma_s_degraded"] = calibrate_sigma_s(
+            ctx, m, sel & ((cols["quality_flags"] & BROKEN_BIT) == 0), snr_all, star_all,
+            res.networks[m], cfg.input_kind, seed=cfg.seed)
     for m, path in _noise_paths(ctx.products_dir).items():
         tmp = temp_name(path)
         res.noise[m].save(tmp)
@@ -306,7 +352,12 @@ def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = 
 
 def noise_sigmas(noise: dict[str, noise_model.NoiseModelResult]) -> tuple[tuple[Any, ...], ...]:
     """The ``sigmas`` argument of :func:`luminosity_block` from the fitted noise models."""
-    return tuple((m, r.sigma_int, r.sigma_s100, r.includes_epistemic) for m, r in noise.items())
+    def table(r: noise_model.NoiseModelResult) -> tuple[tuple[float, ...], ...] | None:
+        t = r.sigma_s_table
+        return None if t is None else (tuple(map(float, t[0])), tuple(map(float, t[1])))
+
+    return tuple((m, r.sigma_int, r.sigma_s100, r.includes_epistemic, table(r))
+                 for m, r in noise.items())
 
 
 def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str, str], ...],
@@ -315,8 +366,9 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
                      ) -> dict[str, np.ndarray]:
     """M_Ks, its error and the model code for one chunk of spectra (pure numpy).
 
-    ``sigmas``: per model ``(name, sigma_int, sigma_s100[, with_spread])``; with_spread
-    adds the ensemble spread to MKs_err (a noise model fitted with it).
+    ``sigmas``: per model ``(name, sigma_int, sigma_s100[, with_spread[, table]])``;
+    with_spread adds the ensemble spread to MKs_err (a noise model fitted with it);
+    table, ``((S/N, ...), (sigma_s mag, ...))`` from degraded spectra, replaces eq. (10).
 
     ``input_kind="recon_flux"``: network (a) reads ``recon_flux``; network (b) the
     clean-window reconstruction from ``pca_coeff`` and the PCA model of ``products_dir``
@@ -333,7 +385,8 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
     fold = np.full(n, -9, dtype=np.int8)
     flag = np.where((np.asarray(inputs["quality_flags"]) & BROKEN_BIT) > 0, 2, 0).astype(np.int8)
     paths = dict(model_paths)
-    sig = {m: (si, s100, bool(epi[0]) if epi else False) for m, si, s100, *epi in sigmas}
+    sig = {m: (si, s100, bool(rest[0]) if rest else False,
+               rest[1] if len(rest) > 1 else None) for m, si, s100, *rest in sigmas}
     for m, rows in (("a", em == 0), ("b", em != 0)):
         if not rows.any():
             continue
@@ -354,9 +407,10 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
                 fold[rows] = -1
             flag[rows] |= net.input_out_of_range(x).astype(np.int8)
             flag[rows] |= np.where(fold[rows] == -2, 4, 0).astype(np.int8)
-        si, s100, with_spread = sig[m]
+        si, s100, with_spread, table = sig[m]
         err[rows] = noise_model.mks_uncertainty(snr[rows], si, s100,
-                                                spread[rows] if with_spread else None)
+                                                spread[rows] if with_spread else None,
+                                                sigma_s_table=table)
         code[rows] = MODEL_CODES[m]
     bad = ~np.isfinite(mks)
     err[bad] = np.nan
@@ -402,6 +456,8 @@ def run_luminosity(ctx: Any, **overrides: Any) -> dict[str, Any]:
                                  for k, v in r.mean.items()})
     grp["MKs_err"].attrs.update({f"noise_{m}_epistemic_spread": r.includes_epistemic
                                  for m, r in noise.items()})
+    grp["MKs_err"].attrs.update({f"noise_{m}_sigma_s_degraded": r.meta["sigma_s_degraded"]
+                                 for m, r in noise.items() if r.sigma_s_table is not None})
     return {**result, "noise": {m: r.mean for m, r in noise.items()},
             "training_seconds": report.get("training", {}).get("timing_s", {})}
 
