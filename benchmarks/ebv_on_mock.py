@@ -37,6 +37,7 @@ from obpipe.io import store
 from obpipe.photometry import extinction
 from obpipe.photometry.stage import BAND_COLUMNS, SURVEY_VARS, photometry_block
 from obpipe.simulate import sed
+from obpipe.stats import robust_std
 
 
 def mock_law(law: str) -> extinction.CoefficientModel:
@@ -114,7 +115,7 @@ def line(name: str, out: dict, truth: dict, sel: np.ndarray) -> None:
     d = out["ebv"][s] - truth["ebv_true"][s]
     p = d / out["ebv_err"][s]
     print(f"{name:34s} n={s.sum():5d} bias={d.mean():+.4f} scatter={d.std():.4f} "
-          f"robust={1.4826 * np.median(np.abs(d - np.median(d))):.4f} pull_std={p.std():.2f}")
+          f"robust={robust_std(d):.4f} pull_std={p.std():.2f}")
     e = truth["ebv_true"][s]
     for lo, hi in ((0.0, 0.7), (0.7, 1.2), (1.2, 9.0)):
         q = (e >= lo) & (e < hi)
@@ -143,7 +144,7 @@ def main() -> None:
     for name in extinction.colour_names(extinction.EBV_BANDS):
         d = base[f"ebv_{name}"][s] - truth["ebv_true"][s]
         print(f"    from {name} alone: bias={d.mean():+.4f} scatter={d.std():.4f} robust="
-              f"{1.4826 * np.median(np.abs(d - np.median(d))):.4f}")
+              f"{robust_std(d):.4f}")
     line("pipeline, R_V scatter 0.25", photometry_block(cols, r_v_scatter=0.25), truth, sel)
     oracle = dict(cols, teff=truth["teff_true"], logg=truth["logg_true"],
                   teff_err=0.01 * truth["teff_true"], logg_err=np.full(truth["teff_true"].size,

@@ -6,7 +6,7 @@ G/colour/sky-dependent zero-point; DR3 the Lindegren et al. 2021 recipe plus a 1
 pattern and Maiz Apellaniz 2022's G-dependent k); the pipeline removes Leung & Bovy's
 constant (DR2) or Lindegren et al. 2021 via gaiadr3-zeropoint (DR3) and inflates the
 quoted errors with ``obpipe.photometry.parallax.external_parallax_error``. Per G bin:
-the median and robust (1.4826 MAD) standard deviation of the pull (corrected parallax -
+the median and robust (scaled MAD) standard deviation of the pull (corrected parallax -
 true) / error, with the quoted and with the external error, and the median residual
 zero-point. A calibrated error gives a robust sd of 1.
 
@@ -22,6 +22,7 @@ import numpy as np
 from obpipe.config import SimulationConfig
 from obpipe.photometry import parallax as px
 from obpipe.simulate.survey import build_tables
+from obpipe.stats import robust_std
 
 
 def main() -> None:
@@ -45,7 +46,7 @@ def main() -> None:
             for lo, hi in ((0, 13), (13, 16), (16, 30)):
                 m = (g >= lo) & (g < hi)
                 med = float(np.median(pull[m]))
-                rsd = 1.4826 * float(np.median(np.abs(pull[m] - med)))
+                rsd = float(robust_std(pull[m]))
                 resid = 1e3 * float(np.median((zp - truth["parallax_zero_point_mas"])[m]))
                 print(f"   {name:8s} G {lo}-{hi}: n={int(m.sum())} median pull {med:+.2f}, "
                       f"robust sd {rsd:.2f}, residual zero-point {resid:+.1f} uas")

@@ -31,6 +31,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import zarr
 
+from obpipe.stats import robust_std
+
 SNR_BINS = ((5, 20), (20, 50), (50, 100), (100, 200), (200, np.inf))
 DIST_BINS = ((0, 1), (1, 3), (3, 5), (5, 10), (10, np.inf))
 TRAINED_BITS = 1 | 2  # luminosity_set bits: trained (a), trained (b)
@@ -56,7 +58,7 @@ def _stats(resid: np.ndarray, err: np.ndarray | None = None) -> dict[str, Any]:
         return {"n": int(r.size)}
     out = {"n": int(r.size), "bias_median": float(np.median(r)), "mean": float(np.mean(r)),
            "std": float(np.std(r)),
-           "robust_std": float(1.4826 * np.median(np.abs(r - np.median(r))))}
+           "robust_std": float(robust_std(r))}
     if err is not None:
         out["pull_std"] = float(np.std(r / err[ok]))
     return out

@@ -58,6 +58,7 @@ import numpy as np
 from obpipe import __version__
 from obpipe.io import store
 from obpipe.products import open_products
+from obpipe.stats import summary_stats
 
 log = logging.getLogger(__name__)
 
@@ -118,17 +119,6 @@ def binned_median(x: np.ndarray, y: np.ndarray, edges: np.ndarray, min_count: in
         if np.count_nonzero(sel) >= min_count:
             med[b] = np.median(yv[sel])
     return 0.5 * (edges[:-1] + edges[1:]), med
-
-
-def robust_stats(d: np.ndarray) -> dict[str, float]:
-    """n, mean, median, std and 1.4826 x MAD of the finite values of ``d``."""
-    d = np.asarray(d, float)
-    d = d[np.isfinite(d)]
-    if d.size == 0:
-        return {"n": 0}
-    med = float(np.median(d))
-    return {"n": int(d.size), "mean": float(np.mean(d)), "median": med,
-            "std": float(np.std(d)), "robust_std": float(1.4826 * np.median(np.abs(d - med)))}
 
 
 def relative_distance_uncertainty(logdis_err: np.ndarray) -> np.ndarray:
@@ -224,9 +214,9 @@ def distance_truth_metrics(dis_kpc: np.ndarray, logdis: np.ndarray, logdis_err: 
         rel = (dis - true) / true
         pull = (np.asarray(logdis, float) - np.log10(true)) / np.asarray(logdis_err, float)
     single = np.asarray(single, bool)
-    return {"relative_error_single": robust_stats(rel[single]),
-            "relative_error_all": robust_stats(rel),
-            "logdis_pull_single": robust_stats(pull[single]),
+    return {"relative_error_single": summary_stats(rel[single]),
+            "relative_error_all": summary_stats(rel),
+            "logdis_pull_single": summary_stats(pull[single]),
             "fraction_nan": float(np.mean(~np.isfinite(dis)))}
 
 

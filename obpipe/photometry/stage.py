@@ -60,6 +60,7 @@ import xarray as xr
 
 from obpipe.photometry import extinction, parallax
 from obpipe.products import Output, run_blockwise_stage, stage_complete
+from obpipe.stats import summary_stats
 
 log = logging.getLogger(__name__)
 
@@ -237,16 +238,6 @@ def is_complete(ctx: Any) -> bool:
 # ----------------------------------------------------------------------- validation
 
 
-def _stats(x: np.ndarray) -> dict[str, float]:
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return {"n": 0, "mean": float("nan"), "median": float("nan"), "std": float("nan"),
-                "robust_std": float("nan")}
-    med = float(np.median(x))
-    return {"n": int(x.size), "mean": float(np.mean(x)), "median": med,
-            "std": float(np.std(x)), "robust_std": float(1.4826 * np.median(np.abs(x - med)))}
-
-
 def photometry_metrics(
     survey: xr.Dataset, products: xr.Dataset, truth: xr.Dataset
 ) -> dict[str, Any]:
@@ -282,7 +273,7 @@ def photometry_metrics(
     all_bands = (nb == len(extinction.EBV_BANDS)) & ((flags & extinction.FLAG_DEFAULT_TEFF) == 0)
 
     def block(sel: np.ndarray) -> dict[str, Any]:
-        d, p = _stats(diff[sel]), _stats(pull[sel])
+        d, p = summary_stats(diff[sel]), summary_stats(pull[sel])
         finite = sel & np.isfinite(diff)
         tail = float(np.mean(diff[finite] > 0.1)) if finite.any() else float("nan")
         return {"n": d["n"], "bias": d["mean"], "median_diff": d["median"],
@@ -319,16 +310,16 @@ def photometry_metrics(
         pull_mt = (geo_true["MKs_geo"] - m_true) / geo_true["MKs_geo_err"]
     base = ~em & (ruwe < 1.4)
     out["MKs_geo"] = {
-        "pull_plx_snr_gt_10": _stats(pull_m[base & (snr > 10)]),
-        "pull_plx_snr_gt_5": _stats(pull_m[base & (snr > 5)]),
-        "pull_with_true_AKs_plx_snr_gt_10": _stats(pull_mt[base & (snr > 10)]),
+        "pull_plx_snr_gt_10": summary_stats(pull_m[base & (snr > 10)]),
+        "pull_plx_snr_gt_5": summary_stats(pull_m[base & (snr > 5)]),
+        "pull_with_true_AKs_plx_snr_gt_10": summary_stats(pull_mt[base & (snr > 10)]),
         "fraction_nan": float(np.mean(~np.isfinite(mks))),
         "fraction_nonpositive_parallax": float(
             np.mean((flags & parallax.FLAG_PLX_NONPOSITIVE) != 0)),
     }
     zp_res = val(products, "parallax_offset").astype(float) - val(
         truth, "parallax_zero_point_mas").astype(float)
-    zs = _stats(zp_res)
+    zs = summary_stats(zp_res)
     out["zero_point"] = {
         "residual_mean_mas": zs["mean"], "residual_std_mas": zs["std"],
         "residual_max_abs_mas": float(np.nanmax(np.abs(zp_res))) if zs["n"] else float("nan"),

@@ -25,7 +25,7 @@ Thresholds come from the data, not from constants tuned to the mock:
   false positives) is at most ``1 - target_purity`` of the positive tail, and at
   least ``min_excess`` in flux (0 by default);
 * broken: log10(window_chi2_max) above the median plus ``broken_mad_sigma``
-  robust standard deviations (1.4826 MAD) of spectra of similar S/N (ten
+  robust standard deviations (scaled MAD, ``obpipe.stats``) of spectra of similar S/N (ten
   quantile bins of snr_g), and above ``broken_min_chi2``.
 """
 
@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from obpipe.spectra.grid import wavelength_grid
+from obpipe.stats import robust_std
 
 HALPHA_CORE_AA = (6557.0, 6571.0)
 HALPHA_WINGS_AA = ((6400.0, 6550.0), (6590.0, 6690.0))
@@ -261,7 +262,7 @@ def broken_thresholds(
     window_chi2: np.ndarray, snr: np.ndarray, mad_sigma: float = 8.0, min_chi2: float = 3.0,
     n_bins: int = 10,
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per S/N bin: median + mad_sigma x 1.4826 MAD of log10 chi2, at least log10(min_chi2)."""
+    """Per S/N bin: median + mad_sigma x robust std of log10 chi2, at least log10(min_chi2)."""
     lc = np.log10(np.asarray(window_chi2, dtype=float))
     snr = np.nan_to_num(np.asarray(snr, dtype=float), nan=0.0)
     ok = np.isfinite(lc)
@@ -277,7 +278,7 @@ def broken_thresholds(
             cuts.append(float(np.log10(min_chi2)))
             continue
         med = np.median(lc[sel])
-        mad = 1.4826 * np.median(np.abs(lc[sel] - med))
+        mad = robust_std(lc[sel])
         cuts.append(float(max(med + mad_sigma * mad, np.log10(min_chi2))))
     return tuple(float(e) for e in edges), tuple(cuts)
 

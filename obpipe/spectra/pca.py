@@ -43,6 +43,7 @@ from scipy.linalg import lapack
 from threadpoolctl import ThreadpoolController
 
 from obpipe.spectra.grid import wavelength_grid
+from obpipe.stats import MAD_TO_SIGMA
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +356,7 @@ def _fill_and_standardise(flux: np.ndarray, ivar: np.ndarray
     med = np.where(np.isfinite(med), med, 1.0)
     mad = np.where(np.isfinite(mad), mad, 0.0)
     good &= np.abs(np.where(good, flux, med[None, :]) - med[None, :]) <= (
-        20.0 * 1.4826 * mad + 1.0)[None, :]
+        20.0 * MAD_TO_SIGMA * mad + 1.0)[None, :]
     n_good = good.sum(axis=0)
     fill = np.where(good, flux, 0.0).sum(axis=0) / np.maximum(n_good, 1)
     fill = np.where(n_good > 0, fill, 1.0)
