@@ -311,10 +311,12 @@ def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = 
         tmp = temp_name(path)
         res.networks[m].save(tmp)
         store.replace(tmp, path)
+    t_cal = time.perf_counter()
     for m, sel in (("a", cols["em_flag"] == 0), ("b", cols["em_flag"] != 0)):
         res.noise[m].meta["sigma_s_degraded"] = calibrate_sigma_s(
             ctx, m, sel & ((cols["quality_flags"] & BROKEN_BIT) == 0), snr_all, star_all,
             res.networks[m], cfg.input_kind, seed=cfg.seed)
+    res.report["timing_s"]["sigma_s_degraded"] = time.perf_counter() - t_cal
     for m, path in _noise_paths(ctx.products_dir).items():
         tmp = temp_name(path)
         res.noise[m].save(tmp)
