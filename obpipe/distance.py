@@ -1021,15 +1021,13 @@ def write_posterior_plot(path: str, parallax_mas: float, parallax_error_mas: flo
                          cfg: DistanceConfig | None = None,
                          prior_terms: np.ndarray | None = None) -> str:
     """A PNG/PDF of one star's posterior with its factors, mode and 16/84 percentiles."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     cfg = cfg or DistanceConfig(prior="flat")  # None: the paper's flat prior
     d, dens = posterior_curve(parallax_mas, parallax_error_mas, dm0_mag, sigma_tot_mag, cfg,
                               prior_terms=prior_terms)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.plot(d, dens, "k-", lw=1.5, label="posterior (eq. 18)")
     for label, args, style in (("parallax only", (parallax_mas, parallax_error_mas, np.nan,
                                                   np.nan), "C0--"),
@@ -1049,7 +1047,6 @@ def write_posterior_plot(path: str, parallax_mas: float, parallax_error_mas: flo
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

@@ -980,7 +980,9 @@ def _catalog_rows(products_dir: str, summary: dict[str, Any]) -> None:
 def _no_backend_switch() -> Iterator[None]:
     """Keep an interactive session's matplotlib backend while the stages' figure code runs.
 
-    That code (Figs. 2, 3, 5, 8, 10) calls ``matplotlib.use("Agg")``; in a notebook the
+    Figs. 2 and 3 use matplotlib's ``Figure`` API and need none of this; the luminosity
+    figures (Figs. 5, 8, 10: ``luminosity/stage.py`` and ``luminosity/noise_model.py``,
+    still to be moved to ``Figure``, issue 16) call ``matplotlib.use("Agg")``; in a notebook the
     switch closes the user's figures and detaches the inline display for the rest of the
     session. Those functions only save figures to files and close them, which works under
     any backend, so when pyplot is already in use with another backend the switch is

@@ -1,4 +1,4 @@
-"""The paper's Figs. 2 and 3 from the spectral products (matplotlib, Agg)."""
+"""The paper's Figs. 2 and 3 from the spectral products (matplotlib ``Figure``, no pyplot)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,7 @@ from obpipe.spectra.grid import wavelength_grid
 def write_spectral_figures(survey_path: str, products_dir: str, thresholds: Any) -> list[str]:
     """Write Fig. 2 (spectra, reconstructions, clean windows) and Fig. 3 (H-alpha excess
     vs chi2 with the threshold) under ``PRODUCTS_DIR/figures``; returns the paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     outdir = os.path.join(products_dir, "figures")
     store.makedirs(outdir)
@@ -31,7 +28,8 @@ def write_spectral_figures(survey_path: str, products_dir: str, thresholds: Any)
     wave = wavelength_grid()
     paths = []
 
-    fig, axes = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
+    fig = Figure(figsize=(11, 6.5))
+    axes = fig.subplots(2, 1, sharex=True)
     for ax, want, label in ((axes[0], 0, "non-emission"), (axes[1], 1, "emission")):
         cand = np.flatnonzero((em == want) & (q == 0) & (snr > 60) & (snr < 400))
         if cand.size == 0:
@@ -51,10 +49,10 @@ def write_spectral_figures(survey_path: str, products_dir: str, thresholds: Any)
     fig.tight_layout()
     p2 = os.path.join(outdir, "fig2_pca_reconstruction.png")
     store.save_figure(fig, p2, dpi=110)
-    plt.close(fig)
     paths.append(p2)
 
-    fig, ax = plt.subplots(figsize=(6.5, 5))
+    fig = Figure(figsize=(6.5, 5))
+    ax = fig.subplots()
     x = prods["halpha_excess"].values
     y = prods["halpha_chi2"].values
     sig = prods["halpha_significance"].values
@@ -75,6 +73,5 @@ def write_spectral_figures(survey_path: str, products_dir: str, thresholds: Any)
     fig.tight_layout()
     p3 = os.path.join(outdir, "fig3_halpha_excess.png")
     store.save_figure(fig, p3, dpi=110)
-    plt.close(fig)
     paths.append(p3)
     return paths
