@@ -18,7 +18,6 @@ The accessor works on a survey cube alone (``store.open_cube``), on the products
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,13 +63,13 @@ def open_run(survey: str, products: str | None = None, truth: bool = False) -> x
         prods = prods[keep]
         ds = xr.merge([ds, prods], join="exact", compat="override", combine_attrs="override")
         attrs = {**attrs, **dict(open_products(products).attrs)}
-        attrs["products"] = os.path.abspath(products) if "://" not in products else products
+        attrs["products"] = store.absolute(products)
     if truth:
         t = store.open_truth(survey)
         t = t.drop_vars([v for v in t.coords if v != "wave"])
         ds = ds.assign({f"{TRUTH_PREFIX}{k}": v.variable for k, v in t.data_vars.items()
                         if v.dims and v.dims[0] == "spec"})
-    attrs["survey"] = os.path.abspath(survey) if "://" not in survey else survey
+    attrs["survey"] = store.absolute(survey)
     ds.attrs = attrs
     return _indexed(ds)
 

@@ -55,6 +55,7 @@ from obpipe.memory import reuse_block_buffers
 from obpipe.products import (
     Output,
     block_bounds,
+    force_requested,
     open_products,
     run_blockwise_stage,
     stage_complete,
@@ -309,7 +310,7 @@ def run_distance(ctx: Any) -> dict[str, Any]:
             functools.partial(distance_block, cfg=cfg, hyper=hyper),
             OUTPUTS, survey_vars=("ra", "dec"), product_vars=PRODUCT_INPUTS,
             scheduler=scheduler,
-            force=bool(getattr(ctx, "force", False)))
+            force=force_requested(ctx))
     result["seconds"] = time.perf_counter() - t0
     result["config"] = dataclasses.asdict(cfg)
     if prior_info:

@@ -10,7 +10,7 @@ from obpipe.io import store
 
 
 def _size_on_disk(path: str) -> int | None:
-    if "://" in path or not os.path.isdir(path):
+    if store.is_url(path) or not os.path.isdir(path):
         return None
     total = 0
     for root, _dirs, files in os.walk(path):

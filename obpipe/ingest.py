@@ -183,7 +183,7 @@ def _all_columns() -> dict[str, Column]:
 
 
 def _store_exists(path: str) -> bool:
-    if "://" not in path:
+    if not store.is_url(path):
         return os.path.exists(path)
     try:
         zarr.open_group(path, mode="r", zarr_format=store.ZARR_FORMAT)
@@ -309,7 +309,7 @@ def _open_or_create(
         store.update_attrs(out, {store.COMPLETE_ATTR: False})
         log.info("%s: resuming/appending after %d rows, %d report lines", out, n_rows, n_report)
     else:
-        if "://" not in out:
+        if not store.is_url(out):
             parent = os.path.dirname(os.path.abspath(out)) or "."
             if not os.path.isdir(parent):
                 raise IngestError(f"{parent}: output directory does not exist")
@@ -484,7 +484,7 @@ def report_frame(out: str) -> pd.DataFrame:
 
 def default_report_csv(out: str) -> str | None:
     """``<store without .zarr>.ingest_report.csv`` next to a local store (None for URLs)."""
-    if "://" in out:
+    if store.is_url(out):
         return None
     base = out.rstrip("/")
     base = base[:-5] if base.endswith(".zarr") else base

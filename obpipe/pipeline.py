@@ -101,13 +101,12 @@ def _index_run(ctx: RunContext) -> dict[str, Any]:
     ds.attrs = {
         "title": "obpipe products",
         "obpipe_version": __version__,
-        "survey": os.path.abspath(ctx.survey_path) if "://" not in ctx.survey_path
-        else ctx.survey_path,
+        "survey": store.absolute(ctx.survey_path),
         "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "survey_seed": survey.attrs.get("seed", -1),
     }
     encoding = {v: {"chunks": (chunk,)} for v in ds.data_vars}
-    if "://" not in ctx.products_dir:  # a URL (s3://, file://): the store creates its keys
+    if not store.is_url(ctx.products_dir):  # a URL (s3://, file://): the store creates its keys
         os.makedirs(ctx.products_dir, exist_ok=True)
     ds = ds.chunk({"spec": chunk})
     for v in ds.data_vars:
@@ -217,8 +216,7 @@ def run_pipeline(
     """
     config = config or PipelineConfig()
     # workers resolve relative paths against their own working directory: make them absolute
-    survey_path, products_dir = (p if "://" in p else os.path.abspath(p)
-                                 for p in (survey_path, products_dir))
+    survey_path, products_dir = (store.absolute(p) for p in (survey_path, products_dir))
     stages = stages or list(config.run.stages) or None
     force = force or config.run.force
     store.open_cube(survey_path)  # fail early, with the reason, on an invalid survey
@@ -518,9 +516,9 @@ def _list_files(products_dir: str, pattern: str) -> list[str]:
 
     fs, root = fsspec.core.url_to_fs(products_dir)
     found = sorted(fs.glob(f"{root.rstrip('/')}/{pattern}"))
-    if "://" in products_dir:
+    if store.is_url(products_dir):
         proto = products_dir.split("://", 1)[0]
-        return [f"{proto}://{p}" if "://" not in p else p for p in found]
+        return [p if store.is_url(p) else f"{proto}://{p}" for p in found]
     return found
 
 
@@ -537,8 +535,7 @@ def summarize_run(
     (:data:`SUMMARY_FRACTIONS`, for the products that exist; ``broken`` is bit
     ``broken`` of ``quality_flags``). Also written to ``PRODUCTS_DIR/run_summary.json``.
     """
-    survey_path, products_dir = (p if "://" in p else os.path.abspath(p)
-                                 for p in (survey_path, products_dir))
+    survey_path, products_dir = (store.absolute(p) for p in (survey_path, products_dir))
     summary: dict[str, Any] = {"survey": survey_path, "products_dir": products_dir,
                                "scheduler": scheduler or "default"}
     stages = {}

@@ -99,6 +99,12 @@ def stage_complete(products_dir: str, stage: str) -> bool:
     return bool(np.all(grp[_blocks_var(stage)][:]))
 
 
+def force_requested(ctx: Any) -> bool:
+    """True when the run reruns complete stages (``RunContext.force``: ``obpipe run --force``
+    or ``[run] force``); a context without the attribute (a test's namespace) does not."""
+    return bool(getattr(ctx, "force", False))
+
+
 def ensure_outputs(
     products_dir: str, stage: str, outputs: Mapping[str, Output], n_spec: int, chunk: int
 ) -> None:

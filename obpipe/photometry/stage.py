@@ -59,7 +59,7 @@ import numpy as np
 import xarray as xr
 
 from obpipe.photometry import extinction, parallax
-from obpipe.products import Output, run_blockwise_stage, stage_complete
+from obpipe.products import Output, force_requested, run_blockwise_stage, stage_complete
 from obpipe.stats import summary_stats
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ def run_stage(ctx: Any, **options: Any) -> dict[str, Any]:
     """
     opts = dict(getattr(ctx, "options", {}).get(STAGE, {}) or {})
     opts.update(options)
-    force = bool(opts.pop("force", False)) or bool(getattr(ctx, "force", False))
+    force = bool(opts.pop("force", False)) or force_requested(ctx)
     block_fn = functools.partial(photometry_block, **opts) if opts else photometry_block
     report = run_blockwise_stage(
         ctx.survey_path, ctx.products_dir, STAGE, block_fn, OUTPUTS,

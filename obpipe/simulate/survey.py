@@ -415,7 +415,7 @@ def _simulate_block(
 
 
 def _check_output_path(path: str, overwrite: bool) -> None:
-    if "://" in path:
+    if store.is_url(path):
         return
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
@@ -457,7 +457,7 @@ def simulate_survey(
         "flux_unit": store.FLUX_UNIT,
         "wavelength_frame": "vacuum, rest frame (shifted by rv)",
     }
-    if "://" not in path and overwrite and os.path.exists(path):
+    if not store.is_url(path) and overwrite and os.path.exists(path):
         import shutil
 
         shutil.rmtree(path)

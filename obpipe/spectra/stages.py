@@ -33,6 +33,7 @@ from obpipe.io import store
 from obpipe.memory import release_free_heap, reuse_block_buffers
 from obpipe.products import (
     Output,
+    force_requested,
     open_products,
     products_path,
     row_tiled,
@@ -101,7 +102,7 @@ def run_normalize(ctx: Any, cfg: SpectralConfig | None = None) -> dict[str, Any]
         ctx.survey_path, ctx.products_dir, "normalize",
         functools.partial(normalize_block, width_aa=cfg.continuum_kernel_aa),
         NORMALIZE_OUTPUTS, survey_vars=("flux", "ivar", "mask"), scheduler=ctx.scheduler,
-        force=getattr(ctx, "force", False),
+        force=force_requested(ctx),
     )
 
 
@@ -228,7 +229,7 @@ def run_pca(ctx: Any, cfg: SpectralConfig | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {}
     # --force refits (unless the model was supplied with --models); the model file is
     # replaced only once a new one is written completely: a failed refit leaves it as it was
-    refit = getattr(ctx, "force", False) and not getattr(ctx, "models_supplied", False)
+    refit = force_requested(ctx) and not getattr(ctx, "models_supplied", False)
     if refit or not store.exists(model_path):
         survey = store.open_cube(ctx.survey_path)
         prods = open_products(ctx.products_dir)
@@ -258,7 +259,7 @@ def run_pca(ctx: Any, cfg: SpectralConfig | None = None) -> dict[str, Any]:
         ctx.survey_path, ctx.products_dir, "pca",
         functools.partial(pca_block, model_path=model_path, prior=cfg.projection_prior),
         PCA_OUTPUTS, product_vars=("norm_flux", "norm_ivar"), scheduler=ctx.scheduler,
-        force=getattr(ctx, "force", False),
+        force=force_requested(ctx),
     )
     return {**report, **result}
 
@@ -323,7 +324,7 @@ def run_emission(ctx: Any, cfg: SpectralConfig | None = None) -> dict[str, Any]:
         ctx.survey_path, ctx.products_dir, "emission",
         functools.partial(recon_block, model_path=model_path), EMISSION_OUTPUTS,
         product_vars=("pca_coeff", "pca_coeff_full", "em_flag"), scheduler=ctx.scheduler,
-        force=getattr(ctx, "force", False),
+        force=force_requested(ctx),
     )
     try:
         from obpipe.spectra.figures import write_spectral_figures
