@@ -68,7 +68,8 @@ def test_every_table1_column_with_units_one_row_per_spectrum(run: tuple[str, str
 
 
 def test_distance_stage_equals_the_numpy_function(run: tuple[str, str]) -> None:
-    """The blockwise Dask stage gives exactly what the pure function gives on the inputs."""
+    """The blockwise Dask stage gives what the pure function gives on the inputs (to float64
+    rounding)."""
     _, products = run
     p = open_products(products)[["parallax_corrected", "parallax_corrected_error", "Ks0",
                                  "Ks0_err", "MKs", "MKs_err", "binary_flag", "dis", "dis_low",
@@ -92,8 +93,11 @@ def test_distance_stage_equals_the_numpy_function(run: tuple[str, str]) -> None:
                            hyper)
     ref = summarize(p["parallax_corrected"].values, p["parallax_corrected_error"].values, dm0,
                     sig, cfg, prior_terms=pt)
+    # equal to float64 rounding: numpy's vectorised loops may round the last bit
+    # differently for a 526-row array than for the stage's blocks (seen: 4e-16 relative)
     for k in ("dis", "dis_low", "dis_high"):
-        np.testing.assert_array_equal(p[k].values, ref[k])
+        np.testing.assert_allclose(p[k].values, ref[k], rtol=1e-12, atol=0.0)
+        assert np.array_equal(np.isnan(p[k].values), np.isnan(ref[k]))
     flags = p["distance_flags"].values
     assert ((flags[binary] & DISTANCE_FLAG_BITS["binary_parallax_only"]) > 0).all()
     assert ((flags[binary] & DISTANCE_FLAG_BITS["parallax_only"]) > 0).all()
