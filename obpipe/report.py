@@ -42,14 +42,13 @@ Large surveys: scatter panels show at most ``MAX_POINTS`` randomly chosen spectr
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import html
 import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -976,34 +975,6 @@ def _catalog_rows(products_dir: str, summary: dict[str, Any]) -> None:
                                .num_rows)
 
 
-@contextlib.contextmanager
-def _no_backend_switch() -> Iterator[None]:
-    """Keep an interactive session's matplotlib backend while the stages' figure code runs.
-
-    Figs. 2 and 3 use matplotlib's ``Figure`` API and need none of this; the luminosity
-    figures (Figs. 5, 8, 10: ``luminosity/stage.py`` and ``luminosity/noise_model.py``,
-    still to be moved to ``Figure``, issue 16) call ``matplotlib.use("Agg")``; in a notebook the
-    switch closes the user's figures and detaches the inline display for the rest of the
-    session. Those functions only save figures to files and close them, which works under
-    any backend, so when pyplot is already in use with another backend the switch is
-    skipped for their duration. From the command line (no pyplot yet) nothing changes.
-    """
-    import sys
-
-    import matplotlib
-
-    plt = sys.modules.get("matplotlib.pyplot")
-    if plt is None or matplotlib.get_backend().lower() == "agg":
-        yield
-        return
-    original = matplotlib.use
-    matplotlib.use = lambda *args, **kwargs: None  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        matplotlib.use = original
-
-
 def write_report(products_dir: str, survey_path: str | None = None,
                  out_dir: str | None = None) -> str:
     """Write the figures, ``report.html`` and ``report_summary.json``; return the HTML path.
@@ -1034,19 +1005,18 @@ def write_report(products_dir: str, survey_path: str | None = None,
                 cols["dis"], cols["logdis"], cols["logdis_err"], truth["distance_kpc_true"],
                 single)
     figures: list[FigureResult] = []
-    with _no_backend_switch():
-        for key, title, caption, draw in _figure_specs(survey_path, products_dir, out_dir,
-                                                       cols, attrs, truth):
-            res = FigureResult(key, title, caption)
-            try:
-                res.files = draw()
-            except MissingProducts as exc:
-                res.skipped = str(exc)
-                log.info("report: %s skipped: %s", key, exc)
-            except Exception as exc:  # a figure never stops the report
-                res.skipped = f"failed: {type(exc).__name__}: {exc}"
-                log.warning("report: %s failed: %s", key, exc, exc_info=True)
-            figures.append(res)
+    for key, title, caption, draw in _figure_specs(survey_path, products_dir, out_dir,
+                                                   cols, attrs, truth):
+        res = FigureResult(key, title, caption)
+        try:
+            res.files = draw()
+        except MissingProducts as exc:
+            res.skipped = str(exc)
+            log.info("report: %s skipped: %s", key, exc)
+        except Exception as exc:  # a figure never stops the report
+            res.skipped = f"failed: {type(exc).__name__}: {exc}"
+            log.warning("report: %s failed: %s", key, exc, exc_info=True)
+        figures.append(res)
     created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     meta = [("products", store.absolute(products_dir)), ("survey", str(survey_path)),
             ("truth", "yes (simulated survey)" if truth is not None else "no"),

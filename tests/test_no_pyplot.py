@@ -10,7 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "obpipe"
 
 # Modules still to be moved to ``Figure`` (issue 16); this list may only shrink.
-NOT_YET_MOVED = {"luminosity/stage.py", "luminosity/noise_model.py"}
+NOT_YET_MOVED: set[str] = set()
 # The notebook accessor draws into the user's pyplot session on purpose (like xarray's
 # ``.plot``): it imports pyplot but never switches the backend.
 PYPLOT_ALLOWED = {"accessor.py"} | NOT_YET_MOVED

@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from obpipe.stats import robust_std
+
 log = logging.getLogger(__name__)
 
 PARAM_NAMES = ("eps", "delta", "sigma_int", "sigma_s100")
@@ -213,7 +215,7 @@ def maximum_likelihood(mks_spec: np.ndarray, mks_geo: np.ndarray, mks_geo_err: n
     if start is None:
         resid = args[0] - args[1]
         start = np.array([0.0, float(np.median(resid)),
-                          max(float(1.4826 * np.median(np.abs(resid - np.median(resid)))), 0.05),
+                          max(float(robust_std(resid)), 0.05),
                           0.1])
 
     def nll(t: np.ndarray) -> float:
@@ -444,14 +446,12 @@ def fit_noise_model(
 
 def corner_plot(result: NoiseModelResult, path: str, title: str = "") -> str:
     """A corner-style plot of the posterior (Fig. 8 of the paper) with matplotlib."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     s = result.samples
     k = s.shape[1]
-    fig, axes = plt.subplots(k, k, figsize=(2.2 * k, 2.2 * k))
+    fig = Figure(figsize=(2.2 * k, 2.2 * k))
+    axes = fig.subplots(k, k, squeeze=False)
     for i in range(k):
         for j in range(k):
             ax = axes[i, j]
@@ -483,5 +483,4 @@ def corner_plot(result: NoiseModelResult, path: str, title: str = "") -> str:
     from obpipe.io import store
 
     store.save_figure(fig, path, dpi=110)  # a local path or an fsspec URL
-    plt.close(fig)
     return path

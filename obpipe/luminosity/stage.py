@@ -75,6 +75,7 @@ from obpipe.luminosity.training import TrainingConfig, train_with_binary_cleanin
 from obpipe.products import (
     Output,
     ensure_outputs,
+    force_requested,
     open_products,
     products_path,
     run_blockwise_stage,
@@ -82,6 +83,7 @@ from obpipe.products import (
     temp_name,
     write_products_block,
 )
+from obpipe.stats import robust_std
 
 log = logging.getLogger(__name__)
 
@@ -427,7 +429,7 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
 def run_luminosity(ctx: Any, **overrides: Any) -> dict[str, Any]:
     """Train (unless the model files exist), calibrate, then infer M_Ks over the cube."""
     cfg, extra = _config(ctx, overrides)
-    force = bool(getattr(ctx, "force", False))
+    force = force_requested(ctx)
     paths = _model_paths(ctx.products_dir)
     npaths = _noise_paths(ctx.products_dir)
     report: dict[str, Any] = {}
@@ -519,7 +521,7 @@ def run_binary(ctx: Any, threshold: float = 2.0) -> dict[str, Any]:
         functools.partial(binary_block, threshold=threshold), BINARY_OUTPUTS,
         product_vars=("MKs", "MKs_err", "Ks0", "Ks0_err", "parallax_corrected",
                       "parallax_corrected_error"),
-        scheduler=ctx.scheduler, force=bool(getattr(ctx, "force", False)),
+        scheduler=ctx.scheduler, force=force_requested(ctx),
     )
     grp = zarr.open_group(products_path(ctx.products_dir), mode="r+",
                           zarr_format=store.ZARR_FORMAT)
@@ -552,18 +554,10 @@ def is_binary_complete(ctx: Any) -> bool:
 
 
 # ------------------------------------------------------------------------- figures
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def write_fig5(survey_path: str, products_dir: str) -> str:
     """Fig. 5: spectroscopic vs geometric M_Ks for test stars (plx/err > 10, S/N > 20)."""
-    plt = _plt()
+    from matplotlib.figure import Figure
+
     survey = store.open_cube(survey_path)
     prods = open_products(products_dir)
     names = [v for v in ("MKs", "MKs_geo", "em_flag", "luminosity_set", "parallax_corrected",
@@ -578,7 +572,8 @@ def write_fig5(survey_path: str, products_dir: str) -> str:
         unseen = np.ones(good.shape, dtype=bool)
     test = unseen & good & (snr > 20)
     em = p["em_flag"].values
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.8), sharex=True, sharey=True)
+    fig = Figure(figsize=(10, 4.8))
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
     lims = (-6, 3)
     for ax, sel, title in ((axes[0], test & (em == 0), "(a) non-emission, full range"),
                            (axes[1], test & (em != 0), "(b) clean windows, emission")):
@@ -595,13 +590,13 @@ def write_fig5(survey_path: str, products_dir: str) -> str:
     path = os.path.join(products_dir, "figures", "fig5_mks_spec_vs_geo.png")
     store.makedirs(os.path.dirname(path))
     store.save_figure(fig, path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def write_fig10(survey_path: str, products_dir: str) -> str:
     """Fig. 10: S/N_dplx for plx/err > 10 and S/N > 50; all and MKs_geo < 0."""
-    plt = _plt()
+    from matplotlib.figure import Figure
+
     survey = store.open_cube(survey_path)
     p = open_products(products_dir)[["snr_dparallax", "MKs_geo", "parallax_corrected",
                                      "parallax_corrected_error"]].load()
@@ -610,7 +605,8 @@ def write_fig10(survey_path: str, products_dir: str) -> str:
                & (survey["snr_g"].values > 50) & np.isfinite(p["snr_dparallax"].values))
     x = p["snr_dparallax"].values
     bins = np.linspace(-6, 12, 73)
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.subplots()
     ax.hist(x[sel], bins=bins, histtype="step", color="k", label="all")
     ax.hist(x[sel & (p["MKs_geo"].values < 0)], bins=bins, histtype="step", color="C3",
             label=r"$M_{K_s}^{\rm geo} < 0$")
@@ -622,7 +618,6 @@ def write_fig10(survey_path: str, products_dir: str) -> str:
     path = os.path.join(products_dir, "figures", "fig10_parallax_excess.png")
     store.makedirs(os.path.dirname(path))
     store.save_figure(fig, path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -634,7 +629,7 @@ def _stats(d: np.ndarray) -> dict[str, float]:
     med = float(np.median(d))
     return {"n": int(d.size), "bias": float(np.mean(d)), "median": med,
             "scatter": float(np.std(d)),
-            "robust_scatter": float(1.4826 * np.median(np.abs(d - med)))}
+            "robust_scatter": float(robust_std(d))}
 
 
 def luminosity_metrics(survey: xr.Dataset, products: xr.Dataset, truth: xr.Dataset
@@ -767,7 +762,7 @@ def luminosity_metrics(survey: xr.Dataset, products: xr.Dataset, truth: xr.Datas
         noise["sigma_int_truth"] = float(np.sqrt(max(tot**2 - np.mean(known), 0.0)))
         # the same from the core of the distribution (1.4826 MAD): the noise model clips
         # its tails (binaries, stars outside the training set), the std keeps them
-        core = float(1.4826 * np.median(np.abs(d[hi] - np.median(d[hi]))))
+        core = float(robust_std(d[hi]))
         noise["sigma_int_truth_core"] = float(np.sqrt(max(core**2 - np.mean(known), 0.0)))
         noise["scatter_truth_single_nonemission_snr_gt_100"] = tot
     out["noise_model"] = noise
