@@ -270,6 +270,9 @@ def _run_stages(ctx: RunContext, selected: Sequence[Stage], ident: dict[str, Any
             stage_banner(i, len(selected), stage.name, stage.description)
             if stage.name != "index":  # index rewrites the store (and its attributes)
                 _write_record(ctx, stage.name, {**new, "status": "running"})
+                # this run's configuration before the stage runs: the catalog stage copies
+                # it into the catalogs' metadata, also when it is the only stage that runs
+                _record_run(ctx, ident, simulated_models)
             with dask_progress(stage.name):
                 result = stage.run(run_ctx)
             new["finished_utc"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")

@@ -323,3 +323,21 @@ def test_catalog_files_carry_the_run_provenance(run: tuple[str, str], tmp_path: 
         assert header["OBPIPE SURVEY ID"] == on_disk["survey_identity"]["id"]
         q = pd.read_parquet(prod_copy / f"{name}.parquet")["quality_flags"].to_numpy()
         assert not (q & QUALITY_BITS["simulated_models"]).any(), name
+
+
+def test_catalog_rerun_alone_records_its_own_config(run: tuple[str, str],
+                                                    tmp_path: Path) -> None:
+    """A catalog stage rerun alone under a changed [catalog] section writes that run's
+    configuration into the catalogs' metadata, not the previous run's."""
+    import json
+
+    from obpipe.config import CatalogConfig, PipelineConfig
+
+    survey_path, products = run
+    prod_copy = tmp_path / "products"
+    shutil.copytree(products, prod_copy)
+    cfg = PipelineConfig(catalog=CatalogConfig(formats=("parquet", "ecsv")))
+    run_pipeline(survey_path, str(prod_copy), ["catalog"], scheduler="threads", config=cfg)
+    meta = catalog_mod.read_catalog_provenance(str(prod_copy / "catalog.parquet"))
+    assert json.loads(meta["obpipe_config"])["catalog"]["formats"] == ["parquet", "ecsv"]
+    assert (prod_copy / "catalog.ecsv").exists()
