@@ -47,7 +47,9 @@ def lock_path(products_dir: str) -> str:
         else products_dir.rstrip("/") + "/" + LOCK_FILE
 
 
-def _process_start(pid: int) -> float | None:
+def process_start(pid: int) -> float | None:
+    """Creation time (s since the epoch) of process ``pid`` on this host, or None when
+    there is no such process or it is not ours to look at."""
     try:
         import psutil
 
@@ -56,13 +58,30 @@ def _process_start(pid: int) -> float | None:
         return None
 
 
+def process_gone(pid: int, recorded_start: float | None) -> str | None:
+    """Why process ``pid`` of this host, created at ``recorded_start``, is known to be gone:
+    not running, or its pid now belongs to another process; None if it may be alive."""
+    start = process_start(pid)
+    if start is None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return f"pid {pid} is not running"
+        except PermissionError:
+            return None
+        return None
+    if recorded_start is not None and abs(start - float(recorded_start)) > 1.0:
+        return f"pid {pid} is now another process"
+    return None
+
+
 def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC)
 
 
 def _record(lease_s: float | None) -> dict[str, Any]:
     rec: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(),
-                           "process_start": _process_start(os.getpid()),
+                           "process_start": process_start(os.getpid()),
                            "started_utc": _now().isoformat(timespec="seconds"),
                            "token": uuid.uuid4().hex}
     if lease_s is not None:
@@ -92,19 +111,7 @@ def _stale_local(holder: dict[str, Any]) -> str | None:
     pid = int(holder.get("pid", -1))
     if pid <= 0:
         return None
-    start = _process_start(pid)
-    if start is None:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return f"pid {pid} is not running"
-        except PermissionError:
-            return None
-        return None
-    recorded = holder.get("process_start")
-    if recorded is not None and abs(start - float(recorded)) > 1.0:
-        return f"pid {pid} is now another process"
-    return None
+    return process_gone(pid, holder.get("process_start"))
 
 
 def _acquire_local(path: str, products_dir: str) -> dict[str, Any]:

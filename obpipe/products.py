@@ -32,6 +32,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from obpipe.io import store
+from obpipe.lock import process_gone, process_start
 
 log = logging.getLogger(__name__)
 
@@ -257,18 +258,9 @@ def temp_name(path: str) -> str:
 DriverToken = tuple[str, int, float | None]
 
 
-def _process_start(pid: int) -> float | None:
-    try:
-        import psutil
-
-        return float(psutil.Process(pid).create_time())
-    except Exception:  # gone, or not ours to look at
-        return None
-
-
 def driver_token() -> DriverToken:
     """This process as the driver of the blocks it submits to its local worker pool."""
-    return (socket.gethostname(), os.getpid(), _process_start(os.getpid()))
+    return (socket.gethostname(), os.getpid(), process_start(os.getpid()))
 
 
 def driver_alive(token: DriverToken) -> bool:
@@ -278,16 +270,7 @@ def driver_alive(token: DriverToken) -> bool:
     host, pid, start = token
     if host != socket.gethostname() or pid == os.getpid():
         return True
-    now = _process_start(pid)
-    if now is None:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return start is None or abs(now - start) < 1.0
+    return process_gone(pid, start) is None
 
 
 _WATCHED: set[DriverToken] = set()
