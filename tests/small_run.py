@@ -11,6 +11,7 @@ after it (binary, distance, catalog ...). ~25 s on 2 cores.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,18 @@ from obpipe.simulate.survey import simulate_survey
 SMALL_RUN = SimulationConfig(n_stars=300, seed=5, chunk_size=150)
 FAST_LUMINOSITY = {"noise_n_steps": 300, "n_clean_iterations": 0,
                    "network": {"max_epochs": 8, "patience": 3}}
+#: the same short training as a config file, for runs through the command line
+FAST_LUMINOSITY_TOML = f"""
+[luminosity]
+noise_n_steps = {FAST_LUMINOSITY["noise_n_steps"]}
+n_clean_iterations = {FAST_LUMINOSITY["n_clean_iterations"]}
+
+[luminosity.network]
+max_epochs = {FAST_LUMINOSITY["network"]["max_epochs"]}
+patience = {FAST_LUMINOSITY["network"]["patience"]}
+"""
+#: the command line in a subprocess, with this interpreter
+OBPIPE = [sys.executable, "-m", "obpipe.cli"]
 
 _RUNS: dict[str, tuple[str, str]] = {}
 

@@ -5,24 +5,15 @@ bitwise identical and M_Ks (and the rest of the catalog) agree within float32 ro
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from obpipe.products import open_products
+from tests.small_run import FAST_LUMINOSITY_TOML, OBPIPE
 
-OBPIPE = [sys.executable, "-m", "obpipe.cli"]
-FAST = """
-[luminosity]
-noise_n_steps = 300
-n_clean_iterations = 0
-
-[luminosity.network]
-max_epochs = 8
-patience = 3
-"""
+FAST = FAST_LUMINOSITY_TOML
 
 
 def _cli(*args: str) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -18,18 +17,9 @@ from obpipe.io.store import open_cube
 from obpipe.pipeline import provenance_records
 from obpipe.products import open_products
 from obpipe.simulate.survey import simulate_survey
-from tests.small_run import small_run
+from tests.small_run import FAST_LUMINOSITY_TOML, OBPIPE, small_run
 
-OBPIPE = [sys.executable, "-m", "obpipe.cli"]
-FAST = """
-[luminosity]
-noise_n_steps = 300
-n_clean_iterations = 0
-
-[luminosity.network]
-max_epochs = 8
-patience = 3
-"""
+FAST = FAST_LUMINOSITY_TOML
 
 
 def _run(*args: str) -> dict:
