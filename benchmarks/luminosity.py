@@ -108,13 +108,14 @@ def trained_inference(products: str, rows: int) -> dict:
 
 
 def accuracy(survey: str, products: str, variant: str) -> dict:
+    from obpipe.config import config_from_dict
     from obpipe.io import store
     from obpipe.luminosity import stage as lum
     from obpipe.pipeline import RunContext
     from obpipe.products import open_products
 
     ctx = RunContext(survey, products, scheduler="threads", force=True,
-                     options={"luminosity": {"input_kind": variant}})
+                     config=config_from_dict({"luminosity": {"input_kind": variant}}))
     t0 = time.perf_counter()
     rep = lum.run_luminosity(ctx)
     t_lum = time.perf_counter() - t0

@@ -11,15 +11,11 @@ imported on first use: of ``ds.obpipe``, ``obpipe.open_run`` or
 start without it.
 """
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import xarray as xr
 
-try:
-    __version__ = version("obpipe")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+unknown"
+from obpipe.version import __version__
 
 __all__ = ["ObpipeAccessor", "__version__", "open_run"]
 

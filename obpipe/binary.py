@@ -24,11 +24,25 @@ no spectroscopic M_Ks).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 BINARY_SNR_THRESHOLD = 2.0
 FLAG_BINARY, FLAG_SINGLE, FLAG_UNKNOWN = 1, 0, -9
 _K = 0.2 * np.log(10.0)
+
+
+@dataclass(frozen=True)
+class BinaryConfig:
+    """Options of the binary stage (Sec. 6, eqs. 15-17; ``obpipe.binary``)."""
+
+    #: a spectrum is flagged binary when its parallax excess S/N_dplx (eq. 16) exceeds this
+    snr_threshold: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not self.snr_threshold > 0:
+            raise ValueError(f"snr_threshold must be > 0, got {self.snr_threshold}")
 
 
 def spectrophotometric_parallax_mas(ks0_mag: np.ndarray, mks_mag: np.ndarray) -> np.ndarray:

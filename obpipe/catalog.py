@@ -52,14 +52,13 @@ import pyarrow.parquet as pq
 import zarr
 
 from obpipe.binary import FLAG_BINARY
-from obpipe.config import DistanceConfig
 from obpipe.distance import (
     DISTANCE_FLAG_BITS,
-    DistanceGrid,
+    PRIOR_ATTR,
+    DistanceConfig,
     PopulationPrior,
-    distance_modulus_terms,
-    galactocentric_xyz_kpc,
-    summarize_distance_posteriors,
+    catalog_distances,
+    population_prior_from_record,
 )
 from obpipe.io import store
 from obpipe.products import block_bounds, open_products, products_path, read_block
@@ -78,6 +77,22 @@ UNIQUE_NAME = "catalog_unique"
 #: one ``pq.write_table`` writes from the whole table
 ROW_GROUP_ROWS = 1024 * 1024
 _FITS_BLOCK = 2880  # bytes of a FITS record
+
+
+@dataclass(frozen=True)
+class CatalogConfig:
+    """Options of the catalog stage (Table 1; ``obpipe.catalog``)."""
+
+    #: file formats of catalog.* and catalog_unique.*: "parquet" (always: the stage is
+    #: complete when it exists), "fits", "ecsv"
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.formats) - {"parquet", "fits", "ecsv"})
+        if unknown:
+            raise ValueError(f"formats: unknown {unknown}; choose from parquet, fits, ecsv")
+        if "parquet" not in self.formats:
+            raise ValueError("formats must include 'parquet' (the catalog of record)")
 
 
 @dataclass(frozen=True)
@@ -751,9 +766,10 @@ def write_catalog(survey_path: str, products_dir: str,
     dist = {k: v[is_uniq] for k, v in _read_rows(prods, _DISTANCE_INPUTS, 0, n_spec).items()}
     hyper = None
     if distance_cfg.prior == "population":
-        from obpipe.distance_stage import fitted_prior
-
-        hyper = fitted_prior(products_dir)  # the distance stage's fit to this survey
+        # the distance stage's fit to this survey
+        hyper = population_prior_from_record(zarr.open_group(
+            products_path(products_dir), mode="r", zarr_format=store.ZARR_FORMAT
+        ).attrs.get(PRIOR_ATTR))
     # ... then the uniqflag = 1 rows of each block, in catalog order
     per_block = [int(is_uniq[a:b].sum()) for a, b in bounds]
     offsets = np.concatenate([[0], np.cumsum(per_block)])
@@ -820,37 +836,20 @@ def unique_view_from_rows(uniq_rows: pd.DataFrame, combined: pd.DataFrame,
     (:func:`combine_visits`, aligned with the rows); ``distance_inputs``: ``Ks0``,
     ``Ks0_err``, ``parallax_corrected(_error)`` of the rows; ``hyper``: the population
     prior fitted by the distance stage (``distance_cfg.prior == "population"``)."""
-    from obpipe.distance_stage import block_prior_terms, parallax_only_binary
-
     uniq = uniq_rows.copy()
     uniq["MKs"] = combined["MKs"].to_numpy(dtype=np.float32)
     uniq["MKs_err"] = combined["MKs_err"].to_numpy(dtype=np.float32)
     uniq["MKs_nvisits"] = combined["MKs_nvisits"].fillna(0).to_numpy(dtype=np.int16)
-    dm0, sig = distance_modulus_terms(distance_inputs["Ks0"], distance_inputs["Ks0_err"],
-                                      uniq["MKs"].to_numpy(), uniq["MKs_err"].to_numpy())
-    binary = parallax_only_binary(uniq["binary_flag"].to_numpy(),
-                                  distance_inputs["parallax_corrected"],
-                                  distance_inputs["parallax_corrected_error"])
-    if distance_cfg.parallax_only_binaries:
-        dm0 = np.where(binary, np.nan, dm0)
-    pt = block_prior_terms(uniq["ra"].to_numpy(), uniq["dec"].to_numpy(),
-                           uniq["MKs"].to_numpy(), distance_cfg, hyper)
-    res = summarize_distance_posteriors(distance_inputs["parallax_corrected"],
-                                        distance_inputs["parallax_corrected_error"], dm0, sig,
-                                        distance_cfg, grid=DistanceGrid.build(distance_cfg),
-                                        prior_terms=pt)
-    for k in ("dis", "dis_low", "dis_high"):
+    res = catalog_distances(uniq["ra"].to_numpy(), uniq["dec"].to_numpy(),
+                            distance_inputs["Ks0"], distance_inputs["Ks0_err"],
+                            uniq["MKs"].to_numpy(), uniq["MKs_err"].to_numpy(),
+                            uniq["binary_flag"].to_numpy(),
+                            distance_inputs["parallax_corrected"],
+                            distance_inputs["parallax_corrected_error"], distance_cfg, hyper)
+    for k in ("dis", "dis_low", "dis_high", "logdis", "logdis_err", "distance_flags",
+              "X", "Y", "Z"):
         uniq[k] = res[k]
-    uniq["logdis"] = res["logdis"].astype(np.float32)
-    uniq["logdis_err"] = res["logdis_err"].astype(np.float32)
     flags = res["distance_flags"]
-    if distance_cfg.parallax_only_binaries:
-        flags[binary] |= DISTANCE_FLAG_BITS["binary_parallax_only"]
-    uniq["distance_flags"] = flags
-    x, y, z = galactocentric_xyz_kpc(uniq["ra"].to_numpy(), uniq["dec"].to_numpy(),
-                                     res["dis"])
-    uniq["X"], uniq["Y"], uniq["Z"] = (x.astype(np.float32), y.astype(np.float32),
-                                       z.astype(np.float32))
     no_dis = ~np.isfinite(uniq["dis"].to_numpy())
     q = uniq["quality_flags"].to_numpy().copy()
     q &= ~(QUALITY_BITS["no_distance"] | QUALITY_BITS["distance_parallax_only"]

@@ -40,7 +40,7 @@ def _fraction(text: str) -> float:
 
 
 def _scheduler_spec(text: str) -> str:
-    from obpipe.config import LOCAL_CLUSTER, LOCAL_SCHEDULERS, is_scheduler_address
+    from obpipe.runtime import LOCAL_CLUSTER, LOCAL_SCHEDULERS, is_scheduler_address
 
     if text in (*LOCAL_SCHEDULERS, LOCAL_CLUSTER) or is_scheduler_address(text):
         return text
@@ -62,13 +62,13 @@ def _scheduler_options(p: argparse.ArgumentParser) -> None:
 
 
 def _version() -> str:
-    from obpipe import __version__
+    from obpipe.version import __version__
 
     return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from obpipe.config import SimulationConfig
+    from obpipe.simulate.options import SimulationConfig
 
     d = SimulationConfig()
     parser = argparse.ArgumentParser(prog="obpipe", description=__doc__.splitlines()[0])
@@ -222,8 +222,7 @@ def _dask_scheduler(args: argparse.Namespace, default: str | None,
                     config: PipelineConfig | None = None) -> Iterator[str | None]:
     """The scheduler for dask.compute (:func:`obpipe.runtime.dask_scheduler`): ``--address``,
     else ``--scheduler``, else ``default``; a cluster's client is yielded as None."""
-    from obpipe.config import RunConfig
-    from obpipe.runtime import dask_scheduler
+    from obpipe.runtime import RunConfig, dask_scheduler
 
     run = config.run if config is not None else RunConfig()
     with dask_scheduler(args.address or args.scheduler or default,
@@ -234,7 +233,7 @@ def _dask_scheduler(args: argparse.Namespace, default: str | None,
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from obpipe.config import SimulationConfig
+    from obpipe.simulate.options import SimulationConfig
     from obpipe.simulate.survey import simulate_survey
 
     fractions = {k: getattr(args, k) for k in (
@@ -369,8 +368,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_distance(args: argparse.Namespace) -> int:
     import math
 
-    from obpipe.config import DistanceConfig
-    from obpipe.distance import galactic_lb_deg, star_distance, write_posterior_plot
+    from obpipe.distance import DistanceConfig, galactic_lb_deg, star_distance, write_posterior_plot
 
     cfg = DistanceConfig(prior=args.prior, edsd_length_kpc=args.edsd_length,
                          d_max_kpc=args.d_max)
@@ -491,8 +489,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from obpipe.config import SimulationConfig
     from obpipe.info import store_summary
+    from obpipe.simulate.options import SimulationConfig
     from obpipe.simulate.survey import simulate_survey
     from obpipe.validate import validate_survey
 

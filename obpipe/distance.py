@@ -53,7 +53,68 @@ from typing import Any
 
 import numpy as np
 
-from obpipe.config import DistanceConfig
+#: distance priors: the paper's "flat", Bailer-Jones et al. (2018) "edsd", and the
+#: Galactic "population" prior fitted to the catalog (obpipe.distance.PopulationPrior)
+DISTANCE_PRIORS = ("flat", "edsd", "population")
+
+
+@dataclass(frozen=True)
+class DistanceConfig:
+    """Options of the distance posterior (Sec. 7, eqs. 18-24; ``obpipe.distance``)."""
+
+    #: grid step of the distance posterior, pc (the paper's 0.1 pc)
+    grid_step_pc: float = 0.1
+    #: largest distance on the grid, kpc: the edge of the flat prior (the OB disk of
+    #: the Milky Way ends ~ 15-20 kpc from the Sun towards the anticentre; 30 kpc
+    #: leaves room for halo runaways and for parallax-only posteriors to show that
+    #: they are improper)
+    d_max_kpc: float = 30.0
+    #: distance prior: "flat" (the paper, Sec. 7), "edsd", the exponentially
+    #: decreasing space density P(d) ~ d^2 exp(-d / L) of Bailer-Jones et al. (2018), or
+    #: "population" (the default: a Galactic OB disc times the survey's selection, fitted
+    #: to the survey; obpipe.distance.PopulationPrior; why: docs/validation.md)
+    prior: str = "population"
+    #: length scale L of the "edsd" prior, kpc
+    edsd_length_kpc: float = 1.35
+    #: the window keeps every grid point whose log posterior is within this many nats
+    #: of the maximum (starting value: a star whose window could hide more than half
+    #: the mass of the grid point at a percentile is re-evaluated with 10 more nats,
+    #: so results equal the full grid's to the grid step whatever this value)
+    window_log_tolerance: float = 15.0
+    #: grid points evaluated at once inside one star's window (memory bound per task)
+    segment_points: int = 65536
+    #: windows wider than this many nodes are evaluated on two levels: exactly at every
+    #: (width / coarse_nodes)-th grid point, and at every 0.1 pc point only where the
+    #: mode and the percentiles are decided (same answers as the full grid; see
+    #: obpipe.distance)
+    coarse_nodes: int = 512
+    #: spectroscopic M_Ks is ignored (parallax alone) for binary_flag == 1 (Sec. 7)
+    parallax_only_binaries: bool = True
+    #: exponent w of the "population" prior in the posterior, P(d)^w (1: full Bayes, 0:
+    #: flat): 0.2 balances the bias binned by true and by catalogued distance on two
+    #: mocks (benchmarks/distance_priors.py; docs/validation.md)
+    population_prior_weight: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.prior not in DISTANCE_PRIORS:
+            raise ValueError(f"distance prior must be one of {DISTANCE_PRIORS}, got "
+                             f"{self.prior!r}")
+        if not 0 < self.grid_step_pc <= 1000:
+            raise ValueError(f"grid_step_pc must be in (0, 1000], got {self.grid_step_pc}")
+        if not self.d_max_kpc > self.grid_step_pc * 1e-3:
+            raise ValueError(f"d_max_kpc must exceed the grid step, got {self.d_max_kpc}")
+        if not 0 <= self.population_prior_weight <= 1:
+            raise ValueError("population_prior_weight must be in [0, 1], got "
+                             f"{self.population_prior_weight}")
+        if self.edsd_length_kpc <= 0:
+            raise ValueError(f"edsd_length_kpc must be > 0, got {self.edsd_length_kpc}")
+        if self.window_log_tolerance < 10:
+            raise ValueError("window_log_tolerance below 10 nats would bias the percentiles")
+        if self.segment_points < 1024:
+            raise ValueError("segment_points must be >= 1024")
+        if self.coarse_nodes < 64:
+            raise ValueError("coarse_nodes must be >= 64")
+
 
 log = logging.getLogger(__name__)
 
@@ -1147,3 +1208,82 @@ def check_star_inputs(parallax_mas: float, parallax_error_mas: float, ks_mag: fl
     if given(ks_mag) and given(mks_mag) and not (given(ks_error_mag) and given(aks_mag)
                                                  and given(aks_error_mag)):
         raise ValueError("ks_error, aks and aks_error must be finite with ks and mks")
+
+
+# ---------------------------------------------------------------- distances of catalog rows
+#: root attribute of the products holding the population prior fitted by the distance
+#: stage (JSON: ``{"hyperparameters": {...}, "fit": {...}}``)
+PRIOR_ATTR = "distance_population_prior"
+
+
+def population_prior_from_record(raw: Any) -> PopulationPrior | None:
+    """The fitted population prior recorded in the products' :data:`PRIOR_ATTR` (a JSON
+    text or a dict), or None where none was recorded."""
+    import json
+
+    if not raw:
+        return None
+    rec = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    return PopulationPrior(**rec["hyperparameters"])
+
+
+def parallax_only_binary(binary_flag: np.ndarray, parallax_mas: np.ndarray,
+                         parallax_error_mas: np.ndarray) -> np.ndarray:
+    """Rows whose distance uses the parallax alone (Sec. 7): binaries (flag 1) that have
+    a parallax; a binary without one (flagged from its RVs or RUWE) keeps its
+    spectro-photometric distance rather than none."""
+    from obpipe.binary import FLAG_BINARY
+
+    plx = np.asarray(parallax_mas, dtype=np.float64)
+    err = np.asarray(parallax_error_mas, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        has = np.isfinite(plx) & np.isfinite(err) & (err > 0)
+    return (np.asarray(binary_flag) == FLAG_BINARY) & has
+
+
+def block_prior_terms(ra_deg: np.ndarray, dec_deg: np.ndarray, mks_mag: np.ndarray,
+                      cfg: DistanceConfig, hyper: PopulationPrior | None
+                      ) -> np.ndarray | None:
+    """Per-star population-prior terms of some rows (None for another prior)."""
+    import dataclasses
+
+    if cfg.prior != "population":
+        return None
+    if hyper is None:
+        log.warning("population prior: no fitted hyperparameters, the defaults are used")
+    hyper = dataclasses.replace(hyper or PopulationPrior(), weight=cfg.population_prior_weight)
+    lon, lat = galactic_lb_deg(ra_deg, dec_deg)
+    return population_prior_terms(lon, lat, mks_mag, hyper, cfg.d_max_kpc)
+
+
+def catalog_distances(ra_deg: np.ndarray, dec_deg: np.ndarray, ks0_mag: np.ndarray,
+                      ks0_err_mag: np.ndarray, mks_mag: np.ndarray, mks_err_mag: np.ndarray,
+                      binary_flag: np.ndarray, parallax_mas: np.ndarray,
+                      parallax_error_mas: np.ndarray, cfg: DistanceConfig,
+                      hyper: PopulationPrior | None = None) -> dict[str, np.ndarray]:
+    """The distance columns of some catalog rows (Sec. 7, eqs. 18-24), the one recipe of
+    the distance stage (per visit) and of the unique-star view (M_Ks combined per star).
+
+    Binaries (``binary_flag`` 1) with a parallax use the parallax alone where
+    ``cfg.parallax_only_binaries`` (Sec. 7; flag bit ``binary_parallax_only``); under the
+    population prior ``hyper`` (its fitted hyperparameters) that posterior is proper
+    whatever the parallax. Returns ``dis``, ``dis_low``, ``dis_high`` (kpc, mode and
+    16th / 84th percentiles), ``logdis``, ``logdis_err`` (dex, float32),
+    ``distance_flags`` and the Galactocentric ``X``, ``Y``, ``Z`` (kpc, float32; Sun at
+    X = -8.1 kpc).
+    """
+    dm0, sig = distance_modulus_terms(ks0_mag, ks0_err_mag, mks_mag, mks_err_mag)
+    binary = parallax_only_binary(binary_flag, parallax_mas, parallax_error_mas)
+    if cfg.parallax_only_binaries:
+        dm0 = np.where(binary, np.nan, dm0)
+    res = summarize_distance_posteriors(
+        parallax_mas, parallax_error_mas, dm0, sig, cfg, grid=DistanceGrid.build(cfg),
+        prior_terms=block_prior_terms(ra_deg, dec_deg, mks_mag, cfg, hyper))
+    flags = res["distance_flags"]
+    if cfg.parallax_only_binaries:
+        flags[binary] |= DISTANCE_FLAG_BITS["binary_parallax_only"]
+    x, y, z = galactocentric_xyz_kpc(ra_deg, dec_deg, res["dis"])
+    return {"dis": res["dis"], "dis_low": res["dis_low"], "dis_high": res["dis_high"],
+            "logdis": res["logdis"].astype(np.float32),
+            "logdis_err": res["logdis_err"].astype(np.float32), "distance_flags": flags,
+            "X": x.astype(np.float32), "Y": y.astype(np.float32), "Z": z.astype(np.float32)}

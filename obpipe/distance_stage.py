@@ -37,18 +37,16 @@ import dask
 import numpy as np
 
 from obpipe import catalog as catalog_mod
-from obpipe.binary import FLAG_BINARY
-from obpipe.config import DistanceConfig
 from obpipe.distance import (
     DISTANCE_FLAG_BITS,
-    DistanceGrid,
+    PRIOR_ATTR,
+    DistanceConfig,
     PopulationPrior,
+    catalog_distances,
     distance_modulus_terms,
     fit_population_prior,
     galactic_lb_deg,
-    galactocentric_xyz_kpc,
-    population_prior_terms,
-    summarize_distance_posteriors,
+    population_prior_from_record,
 )
 from obpipe.io import store
 from obpipe.memory import reuse_block_buffers
@@ -88,12 +86,8 @@ PRODUCT_INPUTS = ("parallax_corrected", "parallax_corrected_error", "Ks0", "Ks0_
 
 
 def distance_config(ctx: Any) -> DistanceConfig:
-    """The run's DistanceConfig: ``ctx.config.distance`` if present, else ``ctx.options``."""
-    cfg = getattr(getattr(ctx, "config", None), "distance", None)
-    if isinstance(cfg, DistanceConfig):
-        return cfg
-    opts = getattr(ctx, "options", {}).get(STAGE, {}) or {}
-    return opts if isinstance(opts, DistanceConfig) else DistanceConfig(**opts)
+    """The run's typed distance section, ``ctx.config.distance``."""
+    return ctx.config.distance
 
 
 def gil_free_scheduler(scheduler: str | None, n_blocks: int, stores: tuple[str, ...] = ()
@@ -191,60 +185,15 @@ def _n_blocks(products_dir: str) -> int:
     return len(block_bounds(int(prods.sizes["spec"]), int(prods["specid"].chunks[0][0])))
 
 
-#: root attribute of the products holding the fitted population prior (JSON)
-PRIOR_ATTR = "distance_population_prior"
-
-
-def parallax_only_binary(binary_flag: np.ndarray, parallax_mas: np.ndarray,
-                         parallax_error_mas: np.ndarray) -> np.ndarray:
-    """Rows whose distance uses the parallax alone (Sec. 7): binaries (flag 1) that have
-    a parallax; a binary without one (flagged from its RVs or RUWE) keeps its
-    spectro-photometric distance rather than none."""
-    plx = np.asarray(parallax_mas, dtype=np.float64)
-    err = np.asarray(parallax_error_mas, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        has = np.isfinite(plx) & np.isfinite(err) & (err > 0)
-    return (np.asarray(binary_flag) == FLAG_BINARY) & has
-
-
-def block_prior_terms(ra_deg: np.ndarray, dec_deg: np.ndarray, mks_mag: np.ndarray,
-                      cfg: DistanceConfig, hyper: PopulationPrior | None
-                      ) -> np.ndarray | None:
-    """Per-star population-prior terms of some rows (None for another prior)."""
-    if cfg.prior != "population":
-        return None
-    if hyper is None:
-        log.warning("population prior: no fitted hyperparameters, the defaults are used")
-    hyper = dataclasses.replace(hyper or PopulationPrior(), weight=cfg.population_prior_weight)
-    lon, lat = galactic_lb_deg(ra_deg, dec_deg)
-    return population_prior_terms(lon, lat, mks_mag, hyper, cfg.d_max_kpc)
-
-
 def distance_block(inputs: dict[str, np.ndarray], cfg: DistanceConfig,
                    hyper: PopulationPrior | None = None) -> dict[str, np.ndarray]:
-    """Eqs. (18)-(24) for one block of spectra; binaries (flag 1) use the parallax alone
-    (under the population prior ``hyper`` a proper posterior whatever their parallax)."""
+    """Eqs. (18)-(24) for one block of spectra (:func:`obpipe.distance.catalog_distances`:
+    binaries use the parallax alone)."""
     reuse_block_buffers()
-    dm0, sig = distance_modulus_terms(inputs["Ks0"], inputs["Ks0_err"], inputs["MKs"],
-                                      inputs["MKs_err"])
-    binary = parallax_only_binary(inputs["binary_flag"], inputs["parallax_corrected"],
-                                  inputs["parallax_corrected_error"])
-    if cfg.parallax_only_binaries:
-        dm0 = np.where(binary, np.nan, dm0)
-    res = summarize_distance_posteriors(inputs["parallax_corrected"],
-                                        inputs["parallax_corrected_error"], dm0, sig, cfg,
-                                        grid=DistanceGrid.build(cfg),
-                                        prior_terms=block_prior_terms(
-                                            inputs["ra"], inputs["dec"], inputs["MKs"], cfg,
-                                            hyper))
-    flags = res["distance_flags"]
-    if cfg.parallax_only_binaries:
-        flags[binary] |= DISTANCE_FLAG_BITS["binary_parallax_only"]
-    x, y, z = galactocentric_xyz_kpc(inputs["ra"], inputs["dec"], res["dis"])
-    return {"dis": res["dis"], "dis_low": res["dis_low"], "dis_high": res["dis_high"],
-            "logdis": res["logdis"].astype(np.float32),
-            "logdis_err": res["logdis_err"].astype(np.float32), "distance_flags": flags,
-            "X": x.astype(np.float32), "Y": y.astype(np.float32), "Z": z.astype(np.float32)}
+    return catalog_distances(inputs["ra"], inputs["dec"], inputs["Ks0"], inputs["Ks0_err"],
+                             inputs["MKs"], inputs["MKs_err"], inputs["binary_flag"],
+                             inputs["parallax_corrected"], inputs["parallax_corrected_error"],
+                             cfg, hyper)
 
 
 def fit_survey_prior(survey_path: str, products_dir: str, cfg: DistanceConfig
@@ -268,7 +217,6 @@ def fit_survey_prior(survey_path: str, products_dir: str, cfg: DistanceConfig
 
 def fitted_prior(products_dir: str) -> PopulationPrior | None:
     """The population prior recorded by the distance stage in the products, if any."""
-    import json
 
     import zarr
 
@@ -276,11 +224,7 @@ def fitted_prior(products_dir: str) -> PopulationPrior | None:
 
     grp = zarr.open_group(products_path(products_dir), mode="r",
                           zarr_format=store.ZARR_FORMAT)
-    raw = grp.attrs.get(PRIOR_ATTR)
-    if not raw:
-        return None
-    rec = json.loads(raw) if isinstance(raw, str) else dict(raw)
-    return PopulationPrior(**rec["hyperparameters"])
+    return population_prior_from_record(grp.attrs.get(PRIOR_ATTR))
 
 
 def run_distance(ctx: Any) -> dict[str, Any]:
@@ -327,8 +271,7 @@ def is_complete(ctx: Any) -> bool:
 
 def run_catalog(ctx: Any) -> dict[str, Any]:
     """Write the Table 1 catalog and its unique-star view from the survey and products."""
-    opts = getattr(ctx, "options", {}).get(CATALOG_STAGE, {}) or {}
-    formats = tuple(opts.get("formats", catalog_mod.DEFAULT_FORMATS))
+    formats = tuple(ctx.config.catalog.formats)
     scheduler = gil_free_scheduler(ctx.scheduler, _n_blocks(ctx.products_dir),
                                    (ctx.survey_path, ctx.products_dir))
     with process_pool_for(scheduler):

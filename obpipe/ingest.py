@@ -58,7 +58,6 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from obpipe import __version__
 from obpipe.io import store
 from obpipe.io.lamost import (  # noqa: F401
     DEFAULT_MAX_DECOMPRESSED_BYTES,
@@ -74,6 +73,7 @@ from obpipe.io.store import Column
 from obpipe.io.tables import TABLE_COLUMNS, StarTable, assign_stars
 from obpipe.memory import release_free_heap, reuse_block_buffers
 from obpipe.spectra.grid import wavelength_grid
+from obpipe.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +145,9 @@ class IngestConfig:
         return int(self.max_decompressed_mib * 2**20)
 
     def validate(self) -> None:
-        from obpipe.config import check_ranges
+        from obpipe.options import check_ranges
 
-        check_ranges(self)  # finite and within obpipe.config.OPTION_RANGES
+        check_ranges(self)  # finite and within obpipe.options.OPTION_RANGES
         if self.chunk_size <= 0 or self.files_per_task <= 0:
             raise ValueError("chunk_size and files_per_task must be positive")
         if self.match_radius_arcsec <= 0 or self.group_radius_arcsec <= 0:

@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from obpipe import __version__, provenance
+from obpipe import provenance
 from obpipe.config import PipelineConfig, to_dict, to_json
 from obpipe.io import store
 from obpipe.lock import products_lock
 from obpipe.products import invalidate_stage, products_path, stage_complete, temp_name
+from obpipe.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +38,18 @@ log = logging.getLogger(__name__)
 class RunContext:
     """What a stage gets: where the survey and products live, and run options.
 
-    ``config`` is the whole typed configuration (a stage reads its own section, e.g.
-    ``ctx.config.distance``); ``options`` holds the per-stage option dicts that some
-    stages read (``ctx.options["photometry"]``), derived from ``config``; sections given
-    explicitly in ``options`` replace the derived ones.
+    ``config`` is the whole typed configuration; a stage reads its own typed section
+    (``ctx.config.distance``) and nothing else of it.
     """
 
     survey_path: str
     products_dir: str
     scheduler: str | None = None
     force: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
     config: PipelineConfig = field(default_factory=PipelineConfig)
     #: model files supplied with ``obpipe run --models DIR`` (copied into
     #: ``PRODUCTS_DIR/models``): the stages that train them reuse them, never retrain
     models_supplied: bool = False
-
-    def __post_init__(self) -> None:
-        self.options = {**self.config.stage_options(), **self.options}
 
     @property
     def products_path(self) -> str:
@@ -121,22 +116,6 @@ def _index_run(ctx: RunContext) -> dict[str, Any]:
     return {"n_spectra": n}
 
 
-def _with_section(run: Callable[..., dict[str, Any]], section: str
-                  ) -> Callable[[RunContext], dict[str, Any]]:
-    """``run(ctx, ctx.config.<section>)``: for stages that take their config positionally."""
-    def run_configured(ctx: RunContext) -> dict[str, Any]:
-        return run(ctx, getattr(ctx.config, section))
-
-    run_configured.__name__ = getattr(run, "__name__", "run")
-    return run_configured
-
-
-def _run_binary(ctx: RunContext) -> dict[str, Any]:
-    from obpipe.luminosity import stage as luminosity_stage
-
-    return luminosity_stage.run_binary(ctx, threshold=ctx.config.binary.snr_threshold)
-
-
 def registered_stages() -> list[Stage]:
     """All stages in run order. Later stage modules register themselves here."""
     from obpipe import distance_stage
@@ -147,14 +126,14 @@ def registered_stages() -> list[Stage]:
     return [
         Stage("index", "products store with one row per input spectrum", _index_run,
               _index_complete),
-        *[Stage(n, d, _with_section(r, "spectral"), c) for n, d, r, c in spectral_stages()],
+        *[Stage(n, d, r, c) for n, d, r, c in spectral_stages()],
         Stage("photometry", "E(B-V), A_Ks, parallax zero-point, geometric M_Ks (Sec. 4, "
               "eqs. 11-12, 24)", photometry_stage.run_stage, photometry_stage.is_complete),
         Stage("luminosity", "two M_Ks networks, binary-cleaned; emcee noise model (Secs. "
               "5.1-5.3, eqs. 6-14)", luminosity_stage.run_luminosity,
               luminosity_stage.is_complete),
         Stage("binary", "spectro-photometric parallax excess and binary flag (Sec. 6, "
-              "eqs. 15-17)", _run_binary, luminosity_stage.is_binary_complete),
+              "eqs. 15-17)", luminosity_stage.run_binary, luminosity_stage.is_binary_complete),
         Stage("distance", "distance posterior on the 0.1 pc grid, X/Y/Z (Sec. 7, eqs. "
               "18-24)", distance_stage.run_distance, distance_stage.is_complete,
               distance_stage.prestart_process_pool),
@@ -325,10 +304,11 @@ def stage_config_section(ctx: RunContext, name: str) -> Any:
         return {"continuum_kernel_aa": cfg.spectral.continuum_kernel_aa}
     if name in ("pca", "emission"):
         return to_dict(cfg.spectral)
-    if name in ctx.options:
-        return ctx.options[name]
     section = getattr(cfg, name, None)
-    return to_dict(section) if section is not None else {}
+    out = to_dict(section) if section is not None else {}
+    if name == "luminosity" and cfg.extra_training_table:
+        out["extra_training"] = cfg.extra_training_table
+    return out
 
 
 def _stage_record(ctx: RunContext, name: str, ident: dict[str, Any],

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from obpipe import __version__
+from obpipe.version import __version__
 
 #: the producer attribute of a simulated survey (obpipe.simulate.survey)
 SIMULATED_PRODUCER = "obpipe simulate"

@@ -54,10 +54,10 @@ from typing import Any
 
 import numpy as np
 
-from obpipe import __version__
 from obpipe.io import store
 from obpipe.products import open_products
 from obpipe.stats import summary_stats
+from obpipe.version import __version__
 
 log = logging.getLogger(__name__)
 

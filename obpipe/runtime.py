@@ -23,13 +23,58 @@ import contextlib
 import contextvars
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, TextIO, TypeVar
 
 import dask
 
-from obpipe.config import LOCAL_CLUSTER, LOCAL_SCHEDULERS, is_scheduler_address
+#: Local Dask schedulers by name; "local-cluster" starts a ``distributed.LocalCluster``.
+LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
+LOCAL_CLUSTER = "local-cluster"
+
+
+def is_scheduler_address(text: str) -> bool:
+    """True for the address of a running Dask scheduler (``tcp://host:8786``, ``host:8786``)."""
+    return "://" in text or bool(re.fullmatch(r"[\w.\-\[\]:]+:\d+", text))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Options of ``obpipe run`` that are not science: where and how the stages run."""
+
+    #: Dask scheduler: "threads", "processes" or "synchronous" (local), "local-cluster"
+    #: (a distributed.LocalCluster on 127.0.0.1 for the duration of the run) or the
+    #: address of a running scheduler, e.g. "tcp://10.0.0.5:8786"; the command line's
+    #: --scheduler / --address take precedence
+    scheduler: str = "threads"
+    #: stages to run, a subset of the registered ones (empty: all), always in run order
+    stages: tuple[str, ...] = ()
+    #: rerun stages whose products are complete (default: skip them, i.e. resume)
+    force: bool = False
+    #: worker processes of "local-cluster" (0: Dask's choice from the number of cores)
+    local_cluster_workers: int = 0
+    #: threads per worker process of "local-cluster"
+    threads_per_worker: int = 1
+    #: seconds to wait for the scheduler at an address to answer before giving up
+    connect_timeout_s: float = 30.0
+    #: progress bars on a terminal (never when stderr is not a TTY; --quiet turns them off)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        known = (*LOCAL_SCHEDULERS, LOCAL_CLUSTER)
+        if self.scheduler not in known and not is_scheduler_address(self.scheduler):
+            raise ValueError(f"scheduler must be one of {', '.join(known)} or a scheduler "
+                             f"address such as tcp://127.0.0.1:8786, got {self.scheduler!r}")
+        if self.local_cluster_workers < 0:
+            raise ValueError(f"local_cluster_workers must be >= 0, got "
+                             f"{self.local_cluster_workers}")
+        if self.threads_per_worker < 1:
+            raise ValueError(f"threads_per_worker must be >= 1, got {self.threads_per_worker}")
+        if not self.connect_timeout_s > 0:
+            raise ValueError(f"connect_timeout_s must be > 0, got {self.connect_timeout_s}")
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from obpipe.config import SimulationConfig
+from obpipe.config import SimulationConfig, config_from_dict
 from obpipe.pipeline import RunContext, run_pipeline, stage_names
 from obpipe.simulate.survey import simulate_survey
 
@@ -52,8 +52,9 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
         if "luminosity" in names:
             from obpipe.luminosity import stage as lum
 
-            lum.run_luminosity(RunContext(survey, products, scheduler="threads",
-                                          options={"luminosity": FAST_LUMINOSITY}))
+            lum.run_luminosity(RunContext(
+                survey, products, scheduler="threads",
+                config=config_from_dict({"luminosity": FAST_LUMINOSITY})))
         run_pipeline(survey, products, None, scheduler="threads")
         _RUNS["run"] = (survey, products)
     return _RUNS["run"]

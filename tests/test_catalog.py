@@ -76,13 +76,14 @@ def test_distance_stage_equals_the_numpy_function(run: tuple[str, str]) -> None:
                                  "dis_high", "logdis", "distance_flags"]].load()
     dm0, sig = distance_modulus_terms(p["Ks0"].values, p["Ks0_err"].values, p["MKs"].values,
                                       p["MKs_err"].values)
-    from obpipe.distance_stage import parallax_only_binary
+    from obpipe.distance import parallax_only_binary
 
     binary = parallax_only_binary(p["binary_flag"].values, p["parallax_corrected"].values,
                                   p["parallax_corrected_error"].values)
     dm0 = np.where(binary, np.nan, dm0)
     # the default population prior, with the hyperparameters the stage fitted and recorded
-    from obpipe.distance_stage import block_prior_terms, fitted_prior
+    from obpipe.distance import block_prior_terms
+    from obpipe.distance_stage import fitted_prior
 
     cfg = DistanceConfig()
     assert cfg.prior == "population"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
+from obpipe.config import config_from_dict
 from obpipe.io import store
 from obpipe.luminosity import stage as lum
 from obpipe.luminosity.network import _folds, fakemag_from_parallax
@@ -23,8 +24,8 @@ def products(small_survey, tmp_path_factory) -> str:
     run_pipeline(small_survey, out, ["index", "normalize", "pca", "emission", "photometry"],
                  scheduler="threads")
     ctx = RunContext(small_survey, out, scheduler="threads",
-                     options={"luminosity": {"noise_n_steps": 1000,
-                                             "network": {"max_epochs": 250}}})
+                     config=config_from_dict({"luminosity": {"noise_n_steps": 1000,
+                                                             "network": {"max_epochs": 250}}}))
     lum.run_luminosity(ctx)
     lum.run_binary(ctx)
     return out

@@ -22,7 +22,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import MaskedColumn, Table
 
-from obpipe.config import LAMOST_LOG10_WAVE_START, LAMOST_LOG10_WAVE_STEP, LAMOST_N_PIXELS
+from obpipe.spectra.grid import LAMOST_LOG10_WAVE_START, LAMOST_LOG10_WAVE_STEP, LAMOST_N_PIXELS
 from obpipe.spectra.indices import air_to_vacuum, degrade_resolution, resample_to_loglam
 
 logger = logging.getLogger(__name__)

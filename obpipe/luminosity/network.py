@@ -62,9 +62,9 @@ from typing import Any
 
 import numpy as np
 
-from obpipe import __version__
 from obpipe.spectra.grid import wavelength_grid
 from obpipe.spectra.pca import CLEAN_WINDOWS_AA, window_mask
+from obpipe.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,6 @@ import json
 import logging
 import os
 import time
-from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
@@ -52,7 +51,6 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from obpipe import __version__
 from obpipe.binary import (
     BINARY_PROB_THRESHOLD,
     BINARY_SNR_THRESHOLD,
@@ -67,7 +65,6 @@ from obpipe.io import store
 from obpipe.luminosity import noise_model
 from obpipe.luminosity.network import (
     MKsNetwork,
-    TrainConfig,
     recon_out_of_range,
     wavelength_mask,
 )
@@ -84,6 +81,7 @@ from obpipe.products import (
     write_products_block,
 )
 from obpipe.stats import robust_std
+from obpipe.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -158,16 +156,9 @@ def load_network(path: str) -> MKsNetwork:
     return _load_network(path, store.file_token(path))
 
 
-def _config(ctx: Any, overrides: dict[str, Any] | None = None) -> tuple[TrainingConfig,
-                                                                        dict[str, Any]]:
-    opts = dict(getattr(ctx, "options", {}).get(STAGE, {}) or {})
-    opts.update(overrides or {})
-    extra_path = opts.pop("extra_training", None)
-    net_opts = opts.pop("network", {}) or {}
-    cfg = TrainingConfig(**opts)
-    if net_opts:
-        cfg = replace(cfg, network=replace(TrainConfig(), **net_opts))
-    return cfg, {"extra_training": extra_path}
+def _config(ctx: Any) -> tuple[TrainingConfig, dict[str, Any]]:
+    """The typed section ``ctx.config.luminosity`` and the extra training table (or None)."""
+    return ctx.config.luminosity, {"extra_training": ctx.config.extra_training_table or None}
 
 
 def read_extra_training(path: str, specid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -244,8 +235,7 @@ def calibrate_sigma_s(ctx: Any, model: str, usable: np.ndarray, snr: np.ndarray,
     prods = open_products(ctx.products_dir)
     flux = prods["norm_flux"].isel(spec=rows).values
     ivar = prods["norm_ivar"].isel(spec=rows).values
-    prior = bool(getattr(getattr(getattr(ctx, "config", None), "spectral", None),
-                         "projection_prior", True))
+    prior = bool(ctx.config.spectral.projection_prior)
     pca_model = load_pca_model(ctx.products_dir)
     basis = pca_model.full if model == "a" else pca_model.clean
     ids = star_id[rows]
@@ -426,9 +416,9 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
             "MKs_model": code, "MKs_flag": flag, "MKs_fold": fold}
 
 
-def run_luminosity(ctx: Any, **overrides: Any) -> dict[str, Any]:
+def run_luminosity(ctx: Any) -> dict[str, Any]:
     """Train (unless the model files exist), calibrate, then infer M_Ks over the cube."""
-    cfg, extra = _config(ctx, overrides)
+    cfg, extra = _config(ctx)
     force = force_requested(ctx)
     paths = _model_paths(ctx.products_dir)
     npaths = _noise_paths(ctx.products_dir)
@@ -514,8 +504,9 @@ def combined_snr_dparallax(products_dir: str, inp: dict[str, np.ndarray]
     return star_binary_features(inp["star_id"], eq16, inp["rv"], inp["rv_err"], inp["ruwe"])
 
 
-def run_binary(ctx: Any, threshold: float = 2.0) -> dict[str, Any]:
-    """Eqs. (15)-(17) over the cube; Fig. 10."""
+def run_binary(ctx: Any) -> dict[str, Any]:
+    """Eqs. (15)-(17) over the cube, with ``ctx.config.binary.snr_threshold``; Fig. 10."""
+    threshold = ctx.config.binary.snr_threshold
     result = run_blockwise_stage(
         ctx.survey_path, ctx.products_dir, BINARY_STAGE,
         functools.partial(binary_block, threshold=threshold), BINARY_OUTPUTS,

@@ -50,6 +50,7 @@ non-emission OB stars with all seven bands and a survey Teff (n = 2,058):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Mapping
@@ -59,6 +60,7 @@ import numpy as np
 import xarray as xr
 
 from obpipe.photometry import extinction, parallax
+from obpipe.photometry.options import BAND_COLUMNS, PhotometryConfig
 from obpipe.products import Output, force_requested, run_blockwise_stage, stage_complete
 from obpipe.stats import summary_stats
 
@@ -66,18 +68,6 @@ log = logging.getLogger(__name__)
 
 STAGE = "photometry"
 
-#: survey column of each band's magnitude and error.
-BAND_COLUMNS: dict[str, tuple[str, str]] = {
-    "g": ("g", "g_err"),
-    "r": ("r", "r_err"),
-    "i": ("i", "i_err"),
-    "G": ("phot_g_mean_mag", "phot_g_mean_mag_error"),
-    "BP": ("phot_bp_mean_mag", "phot_bp_mean_mag_error"),
-    "RP": ("phot_rp_mean_mag", "phot_rp_mean_mag_error"),
-    "J": ("J", "J_err"),
-    "H": ("H", "H_err"),
-    "Ks": ("Ks", "Ks_err"),
-}
 _OTHER_COLUMNS: tuple[str, ...] = (
     "teff", "teff_err", "logg", "logg_err",
     "parallax", "parallax_error", "gaia_release", "astrometric_params_solved",
@@ -213,16 +203,12 @@ def _survey_columns(survey_path: str) -> tuple[str, ...]:
     return present
 
 
-def run_stage(ctx: Any, **options: Any) -> dict[str, Any]:
-    """Run the photometry stage for ``ctx`` (an :class:`obpipe.pipeline.RunContext`).
-
-    Options (keyword or ``ctx.options["photometry"]``): ``bands``, ``coefficients``
-    ("star" | "fixed"), ``include_parameter_error``, ``force``.
-    """
-    opts = dict(getattr(ctx, "options", {}).get(STAGE, {}) or {})
-    opts.update(options)
-    force = bool(opts.pop("force", False)) or force_requested(ctx)
-    block_fn = functools.partial(photometry_block, **opts) if opts else photometry_block
+def run_stage(ctx: Any) -> dict[str, Any]:
+    """Run the photometry stage for ``ctx`` (an :class:`obpipe.pipeline.RunContext`) with
+    its typed section ``ctx.config.photometry`` (:class:`PhotometryConfig`)."""
+    cfg: PhotometryConfig = ctx.config.photometry
+    force = force_requested(ctx)
+    block_fn = functools.partial(photometry_block, **dataclasses.asdict(cfg))
     report = run_blockwise_stage(
         ctx.survey_path, ctx.products_dir, STAGE, block_fn, OUTPUTS,
         survey_vars=_survey_columns(ctx.survey_path), scheduler=ctx.scheduler, force=force,

@@ -161,7 +161,7 @@ def run_photometry_table(
         "default_mag_errors_mag": extinction.DEFAULT_MAG_ERRORS_MAG,
     }
     try:
-        from obpipe import __version__ as version
+        from obpipe.version import __version__ as version
     except ImportError:  # pragma: no cover
         version = "unknown"
     model["obpipe_version"] = version

@@ -35,8 +35,8 @@ import logging
 
 import numpy as np
 
-from obpipe.config import SimulationConfig
 from obpipe.simulate import sed
+from obpipe.simulate.options import SimulationConfig
 
 log = logging.getLogger(__name__)
 

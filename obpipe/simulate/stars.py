@@ -51,8 +51,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from obpipe.config import SimulationConfig
 from obpipe.simulate import sed
+from obpipe.simulate.options import SimulationConfig
 
 LOGG_SUN = 4.438
 TEFF_SUN_K = 5772.0

@@ -18,12 +18,13 @@ from typing import Any
 import dask
 import numpy as np
 
-from obpipe import __version__
-from obpipe.config import SimulationConfig, to_json
 from obpipe.io import store
 from obpipe.io.tables import star_identifier, uniqflag_by_snr
+from obpipe.options import to_json
 from obpipe.simulate import sed, sky, spectra, stars
+from obpipe.simulate.options import SimulationConfig
 from obpipe.spectra.grid import SPEED_OF_LIGHT_KMS, velocity_per_pixel_kms, wavelength_grid
+from obpipe.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,23 @@ convolutions with a fixed kernel per star.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from obpipe.config import GridConfig
+# LAMOST low-resolution grid (DESIGN.md, "The cube"): log10(lambda/AA) = 3.5682 + 1e-4 i.
+LAMOST_LOG10_WAVE_START = 3.5682
+LAMOST_LOG10_WAVE_STEP = 1.0e-4
+LAMOST_N_PIXELS = 3909
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The common wavelength grid (vacuum, rest frame)."""
+
+    log10_start: float = LAMOST_LOG10_WAVE_START
+    log10_step: float = LAMOST_LOG10_WAVE_STEP
+    n_pixels: int = LAMOST_N_PIXELS
 
 SPEED_OF_LIGHT_KMS = 299_792.458
 

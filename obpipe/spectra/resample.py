@@ -184,7 +184,7 @@ def rebin_loglinear(
     Returns None when the steps differ by more than a 1e-7-pixel drift over the
     spectrum (use :func:`rebin_spectrum`).
     """
-    from obpipe.config import GridConfig
+    from obpipe.spectra.grid import GridConfig
 
     if grid_log10_start is None or grid_log10_step is None or grid_size is None:
         g = GridConfig()

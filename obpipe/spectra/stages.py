@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import lru_cache
 from typing import Any
 
@@ -28,7 +28,6 @@ import numpy as np
 import zarr
 from threadpoolctl import threadpool_limits
 
-from obpipe import __version__
 from obpipe.io import store
 from obpipe.memory import release_free_heap, reuse_block_buffers
 from obpipe.products import (
@@ -42,28 +41,13 @@ from obpipe.products import (
     temp_name,
 )
 from obpipe.spectra import emission, normalize, pca
+from obpipe.spectra.options import SpectralConfig
+from obpipe.version import __version__
 
 log = logging.getLogger(__name__)
 
 N_WAVE = 3909
 MODEL_FILE = os.path.join("models", "pca_model.npz")
-
-
-@dataclass(frozen=True)
-class SpectralConfig:
-    """Options of the spectral chain (defaults: the paper's choices where it has them)."""
-
-    continuum_kernel_aa: float = normalize.CONTINUUM_KERNEL_AA
-    n_components: int = pca.N_COMPONENTS
-    #: training spectra for the bases: S/N above this, at most ``max_train`` of them
-    train_min_snr: float = 50.0
-    max_train: int = 8000
-    seed: int = 0
-    #: weighted projection with the coefficient prior (False: plain weighted LSQ)
-    projection_prior: bool = True
-    emission_target_purity: float = 0.99
-    broken_mad_sigma: float = 8.0
-    broken_min_chi2: float = 3.0
 
 
 def _releases_heap(run: Any) -> Any:
@@ -96,8 +80,8 @@ def normalize_block(inputs: dict[str, np.ndarray], width_aa: float) -> dict[str,
 
 
 @_releases_heap
-def run_normalize(ctx: Any, cfg: SpectralConfig | None = None) -> dict[str, Any]:
-    cfg = cfg or SpectralConfig()
+def run_normalize(ctx: Any) -> dict[str, Any]:
+    cfg: SpectralConfig = ctx.config.spectral
     return run_blockwise_stage(
         ctx.survey_path, ctx.products_dir, "normalize",
         functools.partial(normalize_block, width_aa=cfg.continuum_kernel_aa),
@@ -223,8 +207,8 @@ def fit_pca_model(norm_flux: np.ndarray, norm_ivar: np.ndarray, snr: np.ndarray,
 
 
 @_releases_heap
-def run_pca(ctx: Any, cfg: SpectralConfig | None = None) -> dict[str, Any]:
-    cfg = cfg or SpectralConfig()
+def run_pca(ctx: Any) -> dict[str, Any]:
+    cfg: SpectralConfig = ctx.config.spectral
     model_path = os.path.join(ctx.products_dir, MODEL_FILE)
     report: dict[str, Any] = {}
     # --force refits (unless the model was supplied with --models); the model file is
@@ -295,8 +279,8 @@ def recon_block(inputs: dict[str, np.ndarray], model_path: str) -> dict[str, np.
 
 
 @_releases_heap
-def run_emission(ctx: Any, cfg: SpectralConfig | None = None) -> dict[str, Any]:
-    cfg = cfg or SpectralConfig()
+def run_emission(ctx: Any) -> dict[str, Any]:
+    cfg: SpectralConfig = ctx.config.spectral
     survey = store.open_cube(ctx.survey_path)
     prods = open_products(ctx.products_dir)
     names = ("halpha_excess", "halpha_excess_err", "halpha_chi2", "quality_chi2",
