@@ -29,8 +29,8 @@ import numpy as np
 
 from obpipe.binary import BINARY_FEATURES, binary_probability, expected_detection_probability
 from obpipe.io import store
-from obpipe.luminosity.stage import combined_snr_dparallax, star_feature_inputs
 from obpipe.products import open_products
+from obpipe.stages.luminosity import combined_snr_dparallax, star_feature_inputs
 
 
 def main() -> None:

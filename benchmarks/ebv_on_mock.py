@@ -35,8 +35,8 @@ import numpy as np
 
 from obpipe.io import store
 from obpipe.photometry import extinction
-from obpipe.photometry.stage import BAND_COLUMNS, SURVEY_VARS, photometry_block
 from obpipe.simulate import sed
+from obpipe.stages.photometry import BAND_COLUMNS, SURVEY_VARS, photometry_block
 from obpipe.stats import robust_std
 
 

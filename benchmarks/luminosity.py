@@ -42,7 +42,7 @@ def throughput(train_rows: int, infer_rows: int, threads: int, epochs: int) -> d
     import torch
 
     from obpipe.luminosity.network import TrainConfig, train_network, wavelength_mask
-    from obpipe.luminosity.stage import luminosity_block
+    from obpipe.stages.luminosity import luminosity_block
 
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
@@ -85,8 +85,8 @@ def trained_inference(products: str, rows: int) -> dict:
     """Spectra/s of ``luminosity_block`` (one thread, as on a worker) with the trained
     models of ``products`` on its first ``rows`` spectra (real reconstructions)."""
     from obpipe.luminosity import noise_model
-    from obpipe.luminosity import stage as lum
     from obpipe.products import open_products
+    from obpipe.stages import luminosity as lum
 
     prods = open_products(products)
     rows = min(rows, prods.sizes["spec"])
@@ -110,17 +110,19 @@ def trained_inference(products: str, rows: int) -> dict:
 def accuracy(survey: str, products: str, variant: str) -> dict:
     from obpipe.config import config_from_dict
     from obpipe.io import store
-    from obpipe.luminosity import stage as lum
     from obpipe.pipeline import RunContext
     from obpipe.products import open_products
+    from obpipe.stages import luminosity as lum
 
     ctx = RunContext(survey, products, scheduler="threads", force=True,
                      config=config_from_dict({"luminosity": {"input_kind": variant}}))
     t0 = time.perf_counter()
-    rep = lum.run_luminosity(ctx)
+    rep = lum.run(ctx)
     t_lum = time.perf_counter() - t0
     t0 = time.perf_counter()
-    lum.run_binary(ctx)
+    from obpipe.stages import binary as binary_stage
+
+    binary_stage.run(ctx)
     t_bin = time.perf_counter() - t0
     m = lum.luminosity_metrics(store.open_cube(survey), open_products(products).load(),
                                store.open_truth(survey).load())

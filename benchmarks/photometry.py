@@ -26,8 +26,8 @@ import time
 
 import numpy as np
 
-from obpipe.photometry.stage import BAND_COLUMNS, photometry_block
 from obpipe.photometry.synthetic import absolute_magnitudes, extinction_coefficients
+from obpipe.stages.photometry import BAND_COLUMNS, photometry_block
 
 
 def synthetic_inputs(n: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -94,14 +94,14 @@ def throughput(rows: int, loop_rows: int, repeat: int = 3) -> dict[str, float]:
 
 def accuracy(survey: str) -> dict:
     from obpipe.io import store
-    from obpipe.photometry.stage import photometry_metrics, run_stage
     from obpipe.pipeline import RunContext, run_pipeline
     from obpipe.products import open_products
+    from obpipe.stages.photometry import photometry_metrics, run
 
     with tempfile.TemporaryDirectory() as tmp:
         run_pipeline(survey, tmp, ["index"])
         t0 = time.perf_counter()
-        report = run_stage(RunContext(survey, tmp, scheduler="threads"))
+        report = run(RunContext(survey, tmp, scheduler="threads"))
         seconds = time.perf_counter() - t0
         metrics = photometry_metrics(store.open_cube(survey), open_products(tmp).load(),
                                      store.open_truth(survey).load())

@@ -18,7 +18,9 @@ import numpy as np
 
 from obpipe.io import store
 from obpipe.products import ROW_TILE, open_products
-from obpipe.spectra.stages import MODEL_FILE, normalize_block, pca_block
+from obpipe.spectra.bases import MODEL_FILE
+from obpipe.stages.normalize import block as normalize_block
+from obpipe.stages.pca import block as pca_block
 
 
 def _best_pair(fn_a, fn_b, repeat: int) -> tuple[float, float]:

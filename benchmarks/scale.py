@@ -11,7 +11,7 @@ For each size N in ``--sizes`` (default 30,000, 100,000 and 300,000 spectra):
 3. inference on every size: a fresh products directory gets a copy of those model
    files, then ``obpipe run`` runs every stage (index ... catalog) in a child process.
    ``run_pca`` refits only when ``models/pca_model.npz`` is missing and
-   ``run_luminosity`` trains only when the network and noise-model files are missing,
+   the luminosity stage trains only when the network and noise-model files are missing,
    so the run reuses them; the script checks that no model file was rewritten (same
    inode and mtime) and fails otherwise. Timed: the child's wall clock (Python start
    and imports included, as a user sees it); peak resident memory: the child and all

@@ -93,7 +93,7 @@ def _warm_worker(model_path: str) -> tuple[int, str]:
     import numpy as np
 
     import obpipe
-    from obpipe.spectra.stages import _load_model
+    from obpipe.spectra.bases import _load_model
 
     _malloc_policy()
     model = _load_model(model_path, os.path.getmtime(model_path))
@@ -169,7 +169,7 @@ def run_chain(survey: str, model_path: str, pool: Any, pids: set[int]) -> dict[s
 def run_loop(survey: str, model_path: str, n_spec: int) -> tuple[int, float]:
     from obpipe.io import store
     from obpipe.spectra import emission, normalize
-    from obpipe.spectra.stages import _load_model
+    from obpipe.spectra.bases import _load_model
 
     model = _load_model(model_path, os.path.getmtime(model_path))
     sub = store.open_cube(survey)[["flux", "ivar", "mask"]].isel(spec=slice(0, n_spec)).load()
@@ -203,7 +203,8 @@ def _fit(survey: str, model_path: str) -> dict[str, float]:
     that the driver's memory is the chain's only)."""
     from obpipe.io import store
     from obpipe.spectra import normalize
-    from obpipe.spectra.stages import SpectralConfig, fit_pca_model, select_training
+    from obpipe.spectra.bases import fit_pca_model, select_training
+    from obpipe.spectra.options import SpectralConfig
 
     ds = store.open_cube(survey)
     cfg = SpectralConfig(max_train=7000)

@@ -47,9 +47,9 @@ def worker(survey_path: str, products_dir: str) -> dict:
 
     from obpipe.io import store
     from obpipe.luminosity import noise_model
-    from obpipe.luminosity import stage as lum
     from obpipe.luminosity import training as tr
     from obpipe.pipeline import RunContext
+    from obpipe.stages import luminosity as lum
 
     ctx = RunContext(survey_path, products_dir, scheduler="threads", force=True)
     cfg, extra = lum._config(ctx, {})

@@ -383,7 +383,7 @@ def _cmd_distance(args: argparse.Namespace) -> int:
         lb = galactic_lb_deg([args.ra], [args.dec])
         lon, lat = float(lb[0][0]), float(lb[1][0])
         if args.prior_from:
-            from obpipe.distance_stage import fitted_prior
+            from obpipe.stages.distance import fitted_prior
 
             hyper = fitted_prior(args.prior_from)
             if hyper is None:

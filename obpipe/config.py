@@ -63,7 +63,7 @@ class PipelineConfig:
     """Everything ``obpipe run`` can be told, one section per stage (``--config FILE``).
 
     Sections: ``run`` (:class:`RunConfig`), ``spectral``
-    (``obpipe.spectra.stages.SpectralConfig``: normalize, pca, emission), ``photometry``
+    (``obpipe.spectra.options.SpectralConfig``: normalize, pca, emission), ``photometry``
     (:class:`PhotometryConfig`), ``luminosity`` (``obpipe.luminosity.training.
     TrainingConfig`` with its ``network`` sub-table, ``obpipe.luminosity.network.
     TrainConfig``), ``binary`` (:class:`BinaryConfig`), ``distance``

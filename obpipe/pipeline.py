@@ -30,6 +30,7 @@ from obpipe.config import PipelineConfig, to_dict, to_json
 from obpipe.io import store
 from obpipe.lock import products_lock
 from obpipe.products import invalidate_stage, products_path, stage_complete, temp_name
+from obpipe.stages import STAGE_NAMES
 from obpipe.version import __version__
 
 log = logging.getLogger(__name__)
@@ -75,72 +76,29 @@ class Stage:
     prepare: Callable[[RunContext], None] | None = None
 
 
-def _products_attrs(ctx: RunContext) -> dict[str, Any]:
-    try:
-        return dict(xr.open_zarr(ctx.products_path, consolidated=store.CONSOLIDATED).attrs)
-    except (FileNotFoundError, OSError, ValueError, KeyError):
-        return {}
-
-
-def _index_complete(ctx: RunContext) -> bool:
-    return bool(_products_attrs(ctx).get("stage_index_complete", False))
-
-
-def _index_run(ctx: RunContext) -> dict[str, Any]:
-    """Create the products store: one row per input spectrum, keyed like the survey."""
-    survey = ctx.open_survey()
-    ids = ["specid", "star_id", "uniqflag", "fitsname"]
-    ds = survey[ids].reset_coords(drop=True)
-    ds = ds.drop_vars([v for v in ("wave",) if v in ds.variables])
-    chunk = int(survey.attrs.get("chunk_size", survey["flux"].chunks[0][0]))
-    ds.attrs = {
-        "title": "obpipe products",
-        "obpipe_version": __version__,
-        "survey": store.absolute(ctx.survey_path),
-        "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "survey_seed": survey.attrs.get("seed", -1),
-    }
-    encoding = {v: {"chunks": (chunk,)} for v in ds.data_vars}
-    if not store.is_url(ctx.products_dir):  # a URL (s3://, file://): the store creates its keys
-        os.makedirs(ctx.products_dir, exist_ok=True)
-    ds = ds.chunk({"spec": chunk})
-    for v in ds.data_vars:
-        if ds[v].dtype == object or ds[v].dtype.kind in "UT":
-            ds[v] = ds[v].compute()
-    ds.to_zarr(ctx.products_path, mode="w", consolidated=store.CONSOLIDATED,
-               zarr_format=store.ZARR_FORMAT, encoding=encoding, compute=True)
-    store.update_attrs(ctx.products_path, {"stage_index_complete": True})
-    n = int(ds.sizes["spec"])
-    if n != int(np.unique(ds["specid"].values).size):
-        raise ValueError(f"{ctx.survey_path}: specid is not unique across {n} spectra")
-    return {"n_spectra": n}
+#: the stage modules in run order (each of the shape of :mod:`obpipe.stages`)
+STAGE_MODULES = tuple(f"obpipe.stages.{name}" for name in STAGE_NAMES)
 
 
 def registered_stages() -> list[Stage]:
-    """All stages in run order. Later stage modules register themselves here."""
-    from obpipe import distance_stage
-    from obpipe.luminosity import stage as luminosity_stage
-    from obpipe.photometry import stage as photometry_stage
-    from obpipe.spectra.stages import stages as spectral_stages
+    """All stages in run order: one per module of :mod:`obpipe.stages`."""
+    from obpipe.stages import (
+        binary,
+        catalog,
+        distance,
+        emission,
+        index,
+        luminosity,
+        normalize,
+        pca,
+        photometry,
+    )
 
-    return [
-        Stage("index", "products store with one row per input spectrum", _index_run,
-              _index_complete),
-        *[Stage(n, d, r, c) for n, d, r, c in spectral_stages()],
-        Stage("photometry", "E(B-V), A_Ks, parallax zero-point, geometric M_Ks (Sec. 4, "
-              "eqs. 11-12, 24)", photometry_stage.run_stage, photometry_stage.is_complete),
-        Stage("luminosity", "two M_Ks networks, binary-cleaned; emcee noise model (Secs. "
-              "5.1-5.3, eqs. 6-14)", luminosity_stage.run_luminosity,
-              luminosity_stage.is_complete),
-        Stage("binary", "spectro-photometric parallax excess and binary flag (Sec. 6, "
-              "eqs. 15-17)", luminosity_stage.run_binary, luminosity_stage.is_binary_complete),
-        Stage("distance", "distance posterior on the 0.1 pc grid, X/Y/Z (Sec. 7, eqs. "
-              "18-24)", distance_stage.run_distance, distance_stage.is_complete,
-              distance_stage.prestart_process_pool),
-        Stage("catalog", "Table 1 catalog and unique-star view (Parquet, FITS)",
-              distance_stage.run_catalog, distance_stage.is_catalog_complete,
-              distance_stage.prestart_process_pool),
-    ]
+    modules = (index, normalize, pca, emission, photometry, luminosity, binary, distance,
+               catalog)
+    assert tuple(m.NAME for m in modules) == STAGE_NAMES
+    return [Stage(m.NAME, m.DESCRIPTION, m.run, m.is_complete, getattr(m, "prepare", None))
+            for m in modules]
 
 
 def stage_names() -> list[str]:

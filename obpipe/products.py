@@ -100,6 +100,14 @@ def stage_complete(products_dir: str, stage: str) -> bool:
     return bool(np.all(grp[_blocks_var(stage)][:]))
 
 
+def mark_blocks_done(products_dir: str, stage: str) -> None:
+    """Record every block of ``stage`` as written (for a stage written in one piece by
+    :func:`write_products_block`): the only writer of block registers besides
+    :func:`run_blockwise_stage`."""
+    grp = _group(products_path(products_dir))
+    grp[_blocks_var(stage)][:] = True
+
+
 def force_requested(ctx: Any) -> bool:
     """True when the run reruns complete stages (``RunContext.force``: ``obpipe run --force``
     or ``[run] force``); a context without the attribute (a test's namespace) does not."""

@@ -35,8 +35,8 @@ file                                   content (Xiang et al.)
 
 A figure whose products are missing (a stage not run yet) is skipped with a logged reason
 that the page shows too. Figs. 2, 3, 5 and 10 come from the stages' own figure code
-(:mod:`obpipe.spectra.figures`, :func:`obpipe.luminosity.stage.write_fig5`,
-:func:`~obpipe.luminosity.stage.write_fig10`), re-drawn from the current products.
+(:mod:`obpipe.spectra.figures`, :func:`obpipe.stages.luminosity.write_fig5`,
+:func:`~obpipe.stages.luminosity.write_fig10`), re-drawn from the current products.
 Large surveys: scatter panels show at most ``MAX_POINTS`` randomly chosen spectra.
 """
 
@@ -705,7 +705,7 @@ def _figure_specs(survey_path: str, products_dir: str, out_dir: str,
                   truth: Mapping[str, np.ndarray] | None
                   ) -> list[tuple[str, str, str, Callable[[], list[str]]]]:
     """(key, title, caption, draw) for every figure; draw returns file names in out_dir."""
-    from obpipe.luminosity import stage as lum
+    from obpipe.stages import luminosity as lum
 
     def out(name: str) -> str:
         return os.path.join(out_dir, name)

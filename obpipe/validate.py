@@ -110,8 +110,8 @@ def validate_survey(path: str, products_dir: str | None = None) -> dict[str, Any
         }
         metrics["mock_systematics"] = mock_systematics_metrics(survey, truth)
         if products_dir is not None:
-            from obpipe.photometry.stage import photometry_metrics
             from obpipe.products import open_products, stage_complete
+            from obpipe.stages.photometry import photometry_metrics
 
             products = open_products(products_dir)
             metrics["spectral"] = spectral_metrics(survey, products, truth)
@@ -120,7 +120,7 @@ def validate_survey(path: str, products_dir: str | None = None) -> dict[str, Any
                 metrics["photometry"] = photometry_metrics(survey, products[per_spectrum].load(),
                                                            truth)
             if stage_complete(products_dir, "luminosity"):
-                from obpipe.luminosity.stage import luminosity_metrics
+                from obpipe.stages.luminosity import luminosity_metrics
 
                 lvars = [v for v in ("MKs", "MKs_err", "MKs_spread", "MKs_flag", "MKs_model",
                                      "MKs_fold",
@@ -537,7 +537,7 @@ def ism_shortcut_metrics(products: xr.Dataset, truth: xr.Dataset,
             & ~truth["is_broken"].values.astype(bool) & np.isfinite(mks))
     sets = {"all": base}
     if "luminosity_set" in products:
-        from obpipe.luminosity.stage import SET_BITS
+        from obpipe.stages.luminosity import SET_BITS
 
         sets["test_set"] = base & ((products["luminosity_set"].values.astype(int)
                                     & SET_BITS["test"]) > 0)

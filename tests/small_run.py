@@ -50,9 +50,9 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
         before = names[: names.index("luminosity")] if "luminosity" in names else names
         run_pipeline(survey, products, before, scheduler="threads")
         if "luminosity" in names:
-            from obpipe.luminosity import stage as lum
+            from obpipe.stages import luminosity as lum
 
-            lum.run_luminosity(RunContext(
+            lum.run(RunContext(
                 survey, products, scheduler="threads",
                 config=config_from_dict({"luminosity": FAST_LUMINOSITY})))
         run_pipeline(survey, products, None, scheduler="threads")

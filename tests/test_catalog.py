@@ -83,7 +83,7 @@ def test_distance_stage_equals_the_numpy_function(run: tuple[str, str]) -> None:
     dm0 = np.where(binary, np.nan, dm0)
     # the default population prior, with the hyperparameters the stage fitted and recorded
     from obpipe.distance import block_prior_terms
-    from obpipe.distance_stage import fitted_prior
+    from obpipe.stages.distance import fitted_prior
 
     cfg = DistanceConfig()
     assert cfg.prior == "population"
@@ -243,7 +243,7 @@ def test_streamed_files_equal_whole_table_writes(run: tuple[str, str], tmp_path:
 def test_python_bound_stages_leave_threads_for_processes_only_when_it_pays() -> None:
     import dask
 
-    from obpipe.distance_stage import MIN_BLOCKS_FOR_PROCESSES, gil_free_scheduler
+    from obpipe.engine.pools import MIN_BLOCKS_FOR_PROCESSES, gil_free_scheduler
 
     many = MIN_BLOCKS_FOR_PROCESSES
     with dask.config.set(num_workers=2):

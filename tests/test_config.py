@@ -133,7 +133,7 @@ def test_run_context_carries_the_configuration() -> None:
     assert stage_config_section(ctx, "luminosity")["network"]["max_epochs"] == default_epochs
     assert not hasattr(ctx, "options")  # one route: the typed section
     # the luminosity stage gets exactly the configured TrainingConfig
-    from obpipe.luminosity.stage import _config
+    from obpipe.stages.luminosity import _config
 
     lum = config_from_dict({"luminosity": {"min_snr": 40.0, "network": {"dropout": 0.1}}})
     built, extra = _config(RunContext("s", "p", config=lum))

@@ -34,11 +34,11 @@ from obpipe.cli import main
 from obpipe.config import SimulationConfig
 from obpipe.luminosity.network import MKsNetwork
 from obpipe.luminosity.noise_model import NoiseModelResult
-from obpipe.luminosity.stage import MODEL_DIR, NETWORK_FILES, NOISE_FILES
 from obpipe.products import open_products
 from obpipe.simulate.survey import simulate_survey
+from obpipe.spectra.bases import MODEL_FILE
 from obpipe.spectra.pca import PCAModel
-from obpipe.spectra.stages import MODEL_FILE
+from obpipe.stages.luminosity import MODEL_DIR, NETWORK_FILES, NOISE_FILES
 
 SURVEY = SimulationConfig(n_stars=150, seed=5, chunk_size=100)
 CONFIG = """
@@ -208,7 +208,7 @@ def test_full_run_and_report_at_a_memory_url(tmp_path, monkeypatch, capsys) -> N
 def test_memory_url_keeps_threads_for_python_bound_stages() -> None:
     """distance / catalog switch "threads" to "processes" from 8 blocks; not for a
     ``memory://`` store, which worker processes would find empty."""
-    from obpipe.distance_stage import MIN_BLOCKS_FOR_PROCESSES, gil_free_scheduler
+    from obpipe.engine.pools import MIN_BLOCKS_FOR_PROCESSES, gil_free_scheduler
 
     many = MIN_BLOCKS_FOR_PROCESSES
     with dask.config.set(num_workers=2):

@@ -11,11 +11,12 @@ import zarr
 
 from obpipe.config import config_from_dict
 from obpipe.io import store
-from obpipe.luminosity import stage as lum
 from obpipe.luminosity.network import _folds, fakemag_from_parallax
 from obpipe.luminosity.training import TrainingConfig, faint_outliers, select_sets
 from obpipe.pipeline import RunContext, run_pipeline
 from obpipe.products import open_products
+from obpipe.stages import binary as binary_stage
+from obpipe.stages import luminosity as lum
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,8 @@ def products(small_survey, tmp_path_factory) -> str:
     ctx = RunContext(small_survey, out, scheduler="threads",
                      config=config_from_dict({"luminosity": {"noise_n_steps": 1000,
                                                              "network": {"max_epochs": 250}}}))
-    lum.run_luminosity(ctx)
-    lum.run_binary(ctx)
+    lum.run(ctx)
+    binary_stage.run(ctx)
     return out
 
 
@@ -54,7 +55,7 @@ def test_products_and_model_files(small_survey, products) -> None:
                 "fig10_parallax_excess.png"):
         assert os.path.getsize(os.path.join(products, "figures", fig)) > 10_000
     ctx = RunContext(small_survey, products)
-    assert lum.is_complete(ctx) and lum.is_binary_complete(ctx)
+    assert lum.is_complete(ctx) and binary_stage.is_complete(ctx)
 
 
 def test_mks_precision_against_truth(small_survey, products) -> None:
@@ -139,7 +140,7 @@ def test_rerun_skips_training(small_survey, products) -> None:
     before = os.path.getmtime(path)
     mks = open_products(products)["MKs"].values
     ctx = RunContext(small_survey, products, scheduler="synchronous", force=False)
-    grp_out = lum.run_luminosity(ctx)
+    grp_out = lum.run(ctx)
     assert grp_out["blocks_written"] == 0
     assert os.path.getmtime(path) == before
     np.testing.assert_array_equal(open_products(products)["MKs"].values, mks)
@@ -194,7 +195,7 @@ def test_block_error_adds_the_spread_only_when_the_noise_model_did(tmp_path) -> 
     noise model's own flag (False for the paper's model and for older model files)."""
     from obpipe.luminosity import noise_model
     from obpipe.luminosity.network import TrainConfig, train_network
-    from obpipe.luminosity.stage import luminosity_block
+    from obpipe.stages.luminosity import luminosity_block
 
     rng = np.random.default_rng(0)
     x = (1.0 + 0.05 * rng.standard_normal((300, 3909))).astype(np.float32)

@@ -152,7 +152,7 @@ def test_block_error_uses_the_degraded_table_and_it_survives_save_load(tmp_path)
     """luminosity_block's MKs_err takes sigma_s from the noise model's degraded-spectra
     table (issue 15) when there is one, eq. (10) otherwise; the table is saved with it."""
     from obpipe.luminosity.network import TrainConfig, train_network
-    from obpipe.luminosity.stage import luminosity_block, noise_sigmas
+    from obpipe.stages.luminosity import luminosity_block, noise_sigmas
 
     theta = np.array([TRUE[k] for k in nm.PARAM_NAMES])
     res = nm.NoiseModelResult(samples=np.tile(theta, (10, 1)), ml=theta,

@@ -249,7 +249,7 @@ def test_solve_spd_falls_back_to_lu() -> None:
 
 def test_pca_statistics_independent_of_row_chunks(data) -> None:
     """The pca stage's numbers do not depend on how a block is cut into row chunks."""
-    from obpipe.spectra.stages import pca_statistics
+    from obpipe.spectra.bases import pca_statistics
 
     model = pca.PCAModel(full=data["full"], clean=data["clean"])
     flux = data["test"][:30].astype(np.float32)

@@ -7,16 +7,16 @@ import pytest
 
 from obpipe.io import store
 from obpipe.photometry import extinction, parallax
-from obpipe.photometry.stage import (
+from obpipe.pipeline import RunContext, run_pipeline
+from obpipe.products import open_products
+from obpipe.stages.photometry import (
     OUTPUTS,
     SURVEY_VARS,
     is_complete,
     photometry_block,
     photometry_metrics,
-    run_stage,
+    run,
 )
-from obpipe.pipeline import RunContext, run_pipeline
-from obpipe.products import open_products
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def photometry_run(small_survey, tmp_path_factory):
     run_pipeline(small_survey, products, ["index"])
     ctx = RunContext(small_survey, products, scheduler="threads")
     assert not is_complete(ctx)
-    report = run_stage(ctx)
+    report = run(ctx)
     return ctx, report
 
 
@@ -50,7 +50,7 @@ def test_stage_writes_every_output_for_every_spectrum(photometry_run) -> None:
     assert np.mean(np.isfinite(prods["ebv"].values)) > 0.97
     assert np.all(np.isfinite(prods["parallax_offset"].values))
     # a complete stage is skipped
-    assert run_stage(ctx)["blocks_written"] == 0
+    assert run(ctx)["blocks_written"] == 0
 
 
 def _single_ob(truth, prods) -> np.ndarray:

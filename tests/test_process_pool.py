@@ -1,4 +1,4 @@
-"""obpipe.distance_stage.process_pool_for: the Python-bound stages share one pool of
+"""obpipe.engine.pools.process_pool_for: the Python-bound stages share one pool of
 worker processes on Dask's "processes" scheduler (real Dask, real processes)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import os
 
 import dask
 
-from obpipe.distance_stage import process_pool_for, shared_process_pool
+from obpipe.engine.pools import process_pool_for, shared_process_pool
 
 
 def _pid(_: int) -> int:

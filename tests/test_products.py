@@ -168,13 +168,13 @@ def test_prepare_hooks_run_once_and_only_for_stages_that_will_run(tmp_path) -> N
 def test_distance_pool_prestarts_when_the_stage_will_use_processes(tmp_path) -> None:
     """prestart_process_pool starts the shared pool's workers (and imports the block
     modules there) for a survey with enough blocks for the 'processes' scheduler."""
-    from obpipe.distance_stage import (
+    from obpipe.engine.pools import (
         MIN_BLOCKS_FOR_PROCESSES,
         _process_pool,
-        prestart_process_pool,
         shared_process_pool,
     )
     from obpipe.pipeline import RunContext
+    from obpipe.stages.distance import prepare as prestart_process_pool
 
     if _process_pool.cache_info().currsize:  # a pool from an earlier test: start afresh
         shared_process_pool(2).shutdown()

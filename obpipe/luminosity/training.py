@@ -1,7 +1,7 @@
 """Training and test sets, binary cleaning and the noise-model calibration (Secs. 5.2-5.3, 6).
 
 Pure numpy/torch: every function takes arrays (one row per spectrum) and returns
-arrays or small result objects; :mod:`obpipe.luminosity.stage` reads them from the
+arrays or small result objects; :mod:`obpipe.stages.luminosity` reads them from the
 products store.
 
 Selection (Sec. 5.2):

@@ -28,7 +28,7 @@ def _ebv_bands() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class PhotometryConfig:
-    """Options of the photometry stage (Sec. 4; ``obpipe.photometry.stage``)."""
+    """Options of the photometry stage (Sec. 4; ``obpipe.stages.photometry``)."""
 
     #: bands whose adjacent colour excesses give E(B-V) (Sec. 4), in the survey-grouped
     #: wavelength order of ``obpipe.photometry.extinction.EBV_BANDS``; K_s is never used

@@ -6,8 +6,7 @@ only maps :func:`photometry_block` (pure numpy, one chunk of rows) over the surv
 :func:`obpipe.products.run_blockwise_stage` and adds validation metrics against the truth
 of a simulated survey (:func:`photometry_metrics`).
 
-Registration (pipeline.py): ``Stage("photometry", ..., run_stage, is_complete)`` after
-``index``; it reads only survey columns (no earlier products).
+Runs after ``index``; it reads only survey columns (no earlier products).
 
 ``photometry_flags`` bits (int32; 0 = all fine)
 -----------------------------------------------
@@ -66,7 +65,11 @@ from obpipe.stats import summary_stats
 
 log = logging.getLogger(__name__)
 
-STAGE = "photometry"
+NAME = STAGE = "photometry"
+DESCRIPTION = "E(B-V), A_Ks, parallax zero-point, geometric M_Ks (Sec. 4, eqs. 11-12, 24)"
+#: the typed options section (``PipelineConfig.photometry``)
+Config = PhotometryConfig
+SECTION = "photometry"
 
 _OTHER_COLUMNS: tuple[str, ...] = (
     "teff", "teff_err", "logg", "logg_err",
@@ -192,6 +195,10 @@ def photometry_block(
     return out
 
 
+#: the stage's block function (one chunk of rows, numpy only)
+block = photometry_block
+
+
 def _survey_columns(survey_path: str) -> tuple[str, ...]:
     from obpipe.io import store
 
@@ -203,7 +210,7 @@ def _survey_columns(survey_path: str) -> tuple[str, ...]:
     return present
 
 
-def run_stage(ctx: Any) -> dict[str, Any]:
+def run(ctx: Any) -> dict[str, Any]:
     """Run the photometry stage for ``ctx`` (an :class:`obpipe.pipeline.RunContext`) with
     its typed section ``ctx.config.photometry`` (:class:`PhotometryConfig`)."""
     cfg: PhotometryConfig = ctx.config.photometry

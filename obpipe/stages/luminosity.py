@@ -31,10 +31,7 @@
     ``parallax_spec_err`` (mas), ``snr_dparallax``, ``binary_flag`` (1 / 0 / -9); figure
     ``fig10_parallax_excess.png``.
 
-Registration (pipeline.py), after ``photometry``::
-
-    Stage("luminosity", ..., luminosity_stage.run_luminosity, luminosity_stage.is_complete)
-    Stage("binary", ..., luminosity_stage.run_binary, luminosity_stage.is_binary_complete)
+The ``binary`` stage is :mod:`obpipe.stages.binary`.
 """
 
 from __future__ import annotations
@@ -52,14 +49,8 @@ import xarray as xr
 import zarr
 
 from obpipe.binary import (
-    BINARY_PROB_THRESHOLD,
     BINARY_SNR_THRESHOLD,
-    FLAG_BINARY,
-    FLAG_UNKNOWN,
-    binary_probability,
     expected_detection_probability,
-    identify_binaries,
-    star_binary_features,
 )
 from obpipe.io import store
 from obpipe.luminosity import noise_model
@@ -73,6 +64,7 @@ from obpipe.products import (
     Output,
     ensure_outputs,
     force_requested,
+    mark_blocks_done,
     open_products,
     products_path,
     run_blockwise_stage,
@@ -85,8 +77,13 @@ from obpipe.version import __version__
 
 log = logging.getLogger(__name__)
 
-STAGE = "luminosity"
-BINARY_STAGE = "binary"
+NAME = STAGE = "luminosity"
+DESCRIPTION = ("two M_Ks networks, binary-cleaned; emcee noise model (Secs. 5.1-5.3, "
+               "eqs. 6-14)")
+#: the typed options section (``PipelineConfig.luminosity``; the extra training table is
+#: ``PipelineConfig.extra_training_table``)
+Config = TrainingConfig
+SECTION = "luminosity"
 SETS_STAGE = "luminosity_sets"
 MODEL_DIR = "models"
 NETWORK_FILES = {"a": "mks_network_a.safetensors", "b": "mks_network_b.safetensors"}
@@ -120,21 +117,6 @@ SET_OUTPUTS: dict[str, Output] = {
     "luminosity_set": Output("int8", "", "bits: " + ", ".join(
         f"{v} {k}" for k, v in SET_BITS.items())),
 }
-BINARY_OUTPUTS: dict[str, Output] = {
-    "parallax_spec": Output("float32", "mas", "spectro-photometric parallax (eq. 15)"),
-    "parallax_spec_err": Output("float32", "mas", "uncertainty of parallax_spec (eq. 17)"),
-    "snr_dparallax": Output("float32", "", "(parallax_spec - parallax) / error (eq. 16)"),
-    "binary_flag": Output("int8", "", "1 binary (binary_prob > threshold: parallax excess "
-                          "of the combined visits, RV chi2 across visits, RUWE), 0 single, "
-                          "-9 unclassified (none of them available)"),
-    "binary_flag_paper": Output("int8", "", "the paper's single-spectrum flag: 1 binary "
-                                "(snr_dparallax > 2), 0 single, -9 unclassified (Sec. 6)"),
-    "binary_prob": Output("float32", "", "probability that the star is an unresolved "
-                          "binary (logistic model of obpipe.binary, calibrated on a mock)"),
-    "rv_chi2_log10_p": Output("float32", "", "-log10 p of the chi2 of the star's RVs across "
-                              "its visits against rv_err (0: fewer than two visits)"),
-}
-
 _CANDIDATE_PRODUCTS = ("em_flag", "quality_flags", "MKs_geo", "MKs_geo_err", "Ks0", "Ks0_err",
                        "parallax_corrected", "parallax_corrected_error")
 
@@ -189,7 +171,7 @@ def clean_window_reconstruction(pca_coeff: np.ndarray, products_dir: str) -> np.
     """Full-grid reconstruction of every row from its clean-window PCA coefficients
     (Sec. 5.1: what an emission star's spectrum is; network (b) reads it for every star,
     so training and inference see the same representation). NaN rows stay NaN."""
-    from obpipe.spectra.stages import load_pca_model
+    from obpipe.spectra.bases import load_pca_model
 
     coeff = np.asarray(pca_coeff)
     out = load_pca_model(products_dir).clean.reconstruct(np.nan_to_num(coeff))
@@ -220,7 +202,7 @@ def calibrate_sigma_s(ctx: Any, model: str, usable: np.ndarray, snr: np.ndarray,
     :func:`noise_model.degraded_snr_scatter` with the pca stage's projection (prior as
     configured) and the out-of-fold member of each star (:meth:`predict_out_of_fold`).
     """
-    from obpipe.spectra.stages import load_pca_model
+    from obpipe.spectra.bases import load_pca_model
 
     pool = np.flatnonzero(usable & (snr > min_snr))
     if model == "b" and pool.size < 200:
@@ -325,9 +307,7 @@ def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = 
     chunk = int(prods["specid"].chunks[0][0])
     ensure_outputs(ctx.products_dir, SETS_STAGE, SET_OUTPUTS, n_spec, chunk)
     write_products_block(ctx.products_dir, 0, {"luminosity_set": sets})
-    grp = zarr.open_group(products_path(ctx.products_dir), mode="r+",
-                          zarr_format=store.ZARR_FORMAT)
-    grp[f"{SETS_STAGE}_blocks_done"][:] = True
+    mark_blocks_done(ctx.products_dir, SETS_STAGE)
     report = {**res.report, "noise": {m: r.summary() for m, r in res.noise.items()},
               "obpipe_version": __version__, "n_candidates": int(rows.size),
               "extra_training": extra_path}
@@ -416,7 +396,7 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
             "MKs_model": code, "MKs_flag": flag, "MKs_fold": fold}
 
 
-def run_luminosity(ctx: Any) -> dict[str, Any]:
+def run(ctx: Any) -> dict[str, Any]:
     """Train (unless the model files exist), calibrate, then infer M_Ks over the cube."""
     cfg, extra = _config(ctx)
     force = force_requested(ctx)
@@ -460,88 +440,8 @@ def is_complete(ctx: Any) -> bool:
     return stage_complete(ctx.products_dir, STAGE)
 
 
-# ------------------------------------------------------------------------- binary
-def binary_block(inputs: dict[str, np.ndarray], threshold: float = 2.0) -> dict[str, np.ndarray]:
-    """Eqs. (15)-(17) per spectrum (the paper's flag); the per-star columns
-    (``binary_prob``, ``rv_chi2_log10_p``, the combined ``binary_flag``) are filled by
-    :func:`run_binary` once every block is done."""
-    out = identify_binaries(inputs["MKs"], inputs["MKs_err"], inputs["Ks0"], inputs["Ks0_err"],
-                            inputs["parallax_corrected"], inputs["parallax_corrected_error"],
-                            threshold=threshold)
-    out["binary_flag_paper"] = out["binary_flag"].copy()
-    n = out["binary_flag"].size
-    out["binary_prob"] = np.full(n, np.nan)
-    out["rv_chi2_log10_p"] = np.full(n, np.nan)
-    return {k: (v.astype(np.float32) if v.dtype.kind == "f" else v) for k, v in out.items()}
-
-
-def star_feature_inputs(survey_path: str, products_dir: str) -> dict[str, np.ndarray]:
-    """The 1-D columns of every spectrum that the per-star binary features need."""
-    survey = xr.open_zarr(survey_path, consolidated=store.CONSOLIDATED,
-                          zarr_format=store.ZARR_FORMAT)
-    prods = open_products(products_dir)
-    out = {k: survey[k].values for k in ("star_id", "rv", "rv_err", "ruwe")}
-    out["star_id"] = np.asarray(out["star_id"]).astype(object).astype(str)
-    for k in ("MKs", "MKs_err", "MKs_model", "Ks0", "Ks0_err", "parallax_corrected",
-              "parallax_corrected_error"):
-        out[k] = prods[k].values
-    return out
-
-
-def combined_snr_dparallax(products_dir: str, inp: dict[str, np.ndarray]
-                           ) -> dict[str, np.ndarray]:
-    """Per spectrum, the features of its star (:func:`obpipe.binary.star_binary_features`):
-    eq. (16) with M_Ks combined over the star's visits (:func:`obpipe.catalog.
-    combine_visits`, which keeps sigma_int), the RV chi2 across visits and RUWE."""
-    from obpipe.catalog import _sigma_int_per_visit, combine_visits
-
-    sint = _sigma_int_per_visit(products_dir, np.asarray(inp["MKs_model"]))
-    comb = combine_visits(inp["star_id"], inp["MKs"], inp["MKs_err"], sint)
-    per = comb.reindex(inp["star_id"])
-    eq16 = identify_binaries(per["MKs"].to_numpy(), per["MKs_err"].to_numpy(), inp["Ks0"],
-                             inp["Ks0_err"], inp["parallax_corrected"],
-                             inp["parallax_corrected_error"])["snr_dparallax"]
-    return star_binary_features(inp["star_id"], eq16, inp["rv"], inp["rv_err"], inp["ruwe"])
-
-
-def run_binary(ctx: Any) -> dict[str, Any]:
-    """Eqs. (15)-(17) over the cube, with ``ctx.config.binary.snr_threshold``; Fig. 10."""
-    threshold = ctx.config.binary.snr_threshold
-    result = run_blockwise_stage(
-        ctx.survey_path, ctx.products_dir, BINARY_STAGE,
-        functools.partial(binary_block, threshold=threshold), BINARY_OUTPUTS,
-        product_vars=("MKs", "MKs_err", "Ks0", "Ks0_err", "parallax_corrected",
-                      "parallax_corrected_error"),
-        scheduler=ctx.scheduler, force=force_requested(ctx),
-    )
-    grp = zarr.open_group(products_path(ctx.products_dir), mode="r+",
-                          zarr_format=store.ZARR_FORMAT)
-    grp["binary_flag_paper"].attrs["snr_threshold"] = float(threshold)
-    # beyond the paper: every visit, the RV scatter and RUWE, per star (1-D, all rows)
-    inp = star_feature_inputs(ctx.survey_path, ctx.products_dir)
-    feats = combined_snr_dparallax(ctx.products_dir, inp)
-    prob = binary_probability(feats)
-    flag = np.where(np.isfinite(prob), (prob > BINARY_PROB_THRESHOLD).astype(np.int8),
-                    FLAG_UNKNOWN).astype(np.int8)
-    grp["binary_prob"][:] = prob.astype(np.float32)
-    grp["rv_chi2_log10_p"][:] = feats["rv_chi2_log10_p"].astype(np.float32)
-    grp["binary_flag"][:] = flag
-    grp["binary_flag"].attrs["prob_threshold"] = float(BINARY_PROB_THRESHOLD)
-    prods = open_products(ctx.products_dir)
-    flag = prods["binary_flag"].values
-    result["fractions"] = {"binary": float(np.mean(flag == FLAG_BINARY)),
-                           "single": float(np.mean(flag == 0)),
-                           "unclassified": float(np.mean(flag == -9))}
-    try:
-        result["figure"] = write_fig10(ctx.survey_path, ctx.products_dir)
-        result["figure5"] = write_fig5(ctx.survey_path, ctx.products_dir)
-    except Exception as exc:  # figures never fail a run
-        log.warning("binary figures not written: %s", exc)
-    return result
-
-
-def is_binary_complete(ctx: Any) -> bool:
-    return stage_complete(ctx.products_dir, BINARY_STAGE)
+#: the stage's block function (one chunk of rows)
+block = luminosity_block
 
 
 # ------------------------------------------------------------------------- figures

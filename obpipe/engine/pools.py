@@ -1,0 +1,135 @@
+"""Process pools for the Python-bound stages (distance, catalog).
+
+Their per-star work (the two-level posterior evaluation of :mod:`obpipe.distance`) holds
+the GIL, so on the "threads" scheduler they run their blocks on "processes" instead
+(:func:`gil_free_scheduler`) when there are enough blocks to repay starting the worker
+processes (~2x on 2 cores); any other scheduler (a cluster, "processes", "synchronous")
+is used as given. On "processes" the stages share one pool of worker processes
+(:func:`shared_process_pool`: the workers start and import obpipe once, ~1.7 CPU s each)
+and hand out one block at a time (Dask's default hands 6 to a worker at once, which leaves
+the other idle at the end of a stage).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import dask
+
+from obpipe.io import store
+from obpipe.products import block_bounds, open_products
+
+log = logging.getLogger(__name__)
+
+#: fewest blocks for which "threads" becomes "processes" (:func:`gil_free_scheduler`)
+MIN_BLOCKS_FOR_PROCESSES = 8
+
+
+def gil_free_scheduler(scheduler: str | None, n_blocks: int, stores: tuple[str, ...] = ()
+                       ) -> str | None:
+    """``scheduler``, or "processes" in place of "threads" for Python-bound blockwise work
+    of at least :data:`MIN_BLOCKS_FOR_PROCESSES` blocks when Dask has more than one
+    worker (``num_workers`` or the CPU count), unless one of ``stores`` is a ``memory://``
+    URL (worker processes would not see it)."""
+    workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
+    if any(store.in_process_memory(p) for p in stores):
+        return scheduler
+    if scheduler == "threads" and n_blocks >= MIN_BLOCKS_FOR_PROCESSES and workers > 1:
+        log.info("%d blocks of Python-bound work: 'processes' (%d workers) instead of "
+                 "'threads'", n_blocks, workers)
+        return "processes"
+    return scheduler
+
+
+@functools.lru_cache(maxsize=1)
+def _process_pool(num_workers: int) -> ProcessPoolExecutor:
+    import dask.multiprocessing as dmp
+
+    # as dask.multiprocessing.get makes its own pool: a fixed hash seed, its start method
+    # and worker initialiser
+    if os.environ.get("PYTHONHASHSEED") in (None, "0"):
+        os.environ["PYTHONHASHSEED"] = "6640"
+    return ProcessPoolExecutor(num_workers, mp_context=dmp.get_context(),
+                               initializer=_initialize_worker)
+
+
+def _initialize_worker() -> None:
+    """Dask's worker initialiser, and a quick exit: a spawned worker ends with a full
+    interpreter teardown, whose last garbage collection walks every imported library's
+    objects (~0.4 s, while the driver waits for it at its own exit); freezing them in
+    an atexit hook skips that walk (the memory goes back to the OS with the process)."""
+    import atexit
+    import gc
+
+    import dask.multiprocessing as dmp
+
+    dmp.initialize_worker_process()
+    atexit.register(gc.freeze)
+
+
+def shared_process_pool(num_workers: int) -> ProcessPoolExecutor:
+    """One pool of ``num_workers`` worker processes for the Python-bound stages of this
+    process (started on first use, shut down at exit; replaced if a worker died)."""
+    pool = _process_pool(num_workers)
+    if getattr(pool, "_broken", False) or getattr(pool, "_shutdown_thread", False):
+        _process_pool.cache_clear()
+        pool = _process_pool(num_workers)
+    return pool
+
+
+def _import_modules(names: tuple[str, ...]) -> None:
+    """Run in a pool worker: import the modules the blocks will need."""
+    import importlib
+
+    for name in names:
+        importlib.import_module(name)
+
+
+def prestart_process_pool(ctx: Any, modules: tuple[str, ...]) -> None:
+    """Start the worker processes of :func:`shared_process_pool` now, without waiting for
+    them, and import ``modules`` (what the blocks need) in each.
+
+    When the Python-bound stages (distance, catalog) will use the pool (see
+    :func:`gil_free_scheduler`), its spawned workers start Python and import numpy,
+    dask, xarray, zarr and obpipe (1-2 s of CPU each) while the spectral stages run,
+    instead of at the start of the distance stage, when nothing else does. The pool is
+    the same one the stages then use; no product is touched."""
+    scheduler = scheduler_for(ctx)
+    if scheduler != "processes" or dask.config.get("pool", None) is not None:
+        return
+    workers = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    pool = shared_process_pool(workers)
+    for _ in range(workers):  # one submission per worker process to start
+        pool.submit(_import_modules, modules)
+    log.info("distance / catalog: %d worker processes starting", workers)
+
+
+@contextlib.contextmanager
+def process_pool_for(scheduler: str | None) -> Iterator[None]:
+    """Dask's "processes" scheduler on :func:`shared_process_pool`, one block per dispatch,
+    inside the block; any other scheduler unchanged."""
+    if scheduler != "processes" or dask.config.get("pool", None) is not None:
+        yield
+        return
+    workers = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    with dask.config.set(pool=shared_process_pool(workers), chunksize=1):
+        yield
+
+
+def n_blocks(products_dir: str) -> int:
+    """Row blocks (chunks) of the products store."""
+    prods = open_products(products_dir)
+    return len(block_bounds(int(prods.sizes["spec"]), int(prods["specid"].chunks[0][0])))
+
+
+def scheduler_for(ctx: Any) -> str | None:
+    """The scheduler of a Python-bound stage of the run ``ctx`` (:func:`gil_free_scheduler`
+    over the products' row blocks)."""
+    return gil_free_scheduler(ctx.scheduler, n_blocks(ctx.products_dir),
+                              (ctx.survey_path, ctx.products_dir))

@@ -1,0 +1,55 @@
+"""Stage ``normalize``: pseudo-continuum normalisation, 50 AA Gaussian (Sec. 2, Fig. 2).
+
+Science: :func:`obpipe.spectra.normalize.normalize`. Products: ``norm_flux``,
+``norm_ivar`` (spec, wave).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from obpipe.memory import reuse_block_buffers
+from obpipe.products import Output, force_requested, row_tiled, run_blockwise_stage, stage_complete
+from obpipe.spectra import normalize
+from obpipe.spectra.options import SpectralConfig
+from obpipe.stages._spectral import N_WAVE, _releases_heap
+
+NAME = "normalize"
+DESCRIPTION = "pseudo-continuum normalisation, 50 AA Gaussian (Sec. 2)"
+#: the typed options section (``PipelineConfig.spectral``)
+Config = SpectralConfig
+SECTION = "spectral"
+
+OUTPUTS = {
+    "norm_flux": Output("float32", "", "flux / pseudo-continuum (50 AA Gaussian, Sec. 2)",
+                        extra_dims=(("wave", N_WAVE),)),
+    "norm_ivar": Output("float32", "", "inverse variance of norm_flux (0 = unusable)",
+                        extra_dims=(("wave", N_WAVE),)),
+}
+
+
+@row_tiled  # chunk-independent bits (the PCA fit amplifies last-bit differences)
+def block(inputs: dict[str, np.ndarray], width_aa: float) -> dict[str, np.ndarray]:
+    reuse_block_buffers()
+    with threadpool_limits(1):
+        nf, ni = normalize.normalize(inputs["flux"], inputs["ivar"], inputs["mask"], width_aa)
+    return {"norm_flux": nf, "norm_ivar": ni}
+
+
+@_releases_heap
+def run(ctx: Any) -> dict[str, Any]:
+    cfg: SpectralConfig = ctx.config.spectral
+    return run_blockwise_stage(
+        ctx.survey_path, ctx.products_dir, NAME,
+        functools.partial(block, width_aa=cfg.continuum_kernel_aa),
+        OUTPUTS, survey_vars=("flux", "ivar", "mask"), scheduler=ctx.scheduler,
+        force=force_requested(ctx),
+    )
+
+
+def is_complete(ctx: Any) -> bool:
+    return stage_complete(ctx.products_dir, NAME)

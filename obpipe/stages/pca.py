@@ -1,0 +1,115 @@
+"""Stage ``pca``: PCA bases (clean-window and full) and weighted projection (Sec. 3).
+
+Science: :mod:`obpipe.spectra.bases` (training selection, the refit without emission and
+broken spectra, projection statistics) on :mod:`obpipe.spectra.pca`. Products:
+``pca_coeff``, ``pca_coeff_full`` (spec, component), the H-alpha and residual statistics;
+model file ``PRODUCTS_DIR/models/pca_model.npz``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from obpipe.io import store
+from obpipe.memory import reuse_block_buffers
+from obpipe.products import (
+    Output,
+    force_requested,
+    open_products,
+    row_tiled,
+    run_blockwise_stage,
+    stage_complete,
+    temp_name,
+)
+from obpipe.spectra import pca
+from obpipe.spectra.bases import (
+    MODEL_FILE,
+    _load_model,
+    fit_pca_model,
+    pca_statistics,
+    select_training,
+)
+from obpipe.spectra.options import SpectralConfig
+from obpipe.stages._spectral import _releases_heap
+
+NAME = "pca"
+DESCRIPTION = "PCA bases (clean-window and full) and weighted projection (Sec. 3)"
+#: the typed options section (``PipelineConfig.spectral``)
+Config = SpectralConfig
+SECTION = "spectral"
+
+OUTPUTS = {
+    "pca_coeff": Output("float32", "", "coefficients on the clean-window basis (Sec. 3)",
+                        extra_dims=(("component", pca.N_COMPONENTS),)),
+    "pca_coeff_full": Output("float32", "", "coefficients on the full-range basis",
+                             extra_dims=(("component", pca.N_COMPONENTS),)),
+    "halpha_excess": Output("float32", "", "mean observed - reconstructed flux, 6557-6571 AA "
+                            "(continuum units; Fig. 3)"),
+    "halpha_excess_err": Output("float32", "", "uncertainty of halpha_excess"),
+    "halpha_chi2": Output("float32", "", "reduced chi2, 6400-6550 and 6590-6690 AA (Fig. 3)"),
+    "quality_chi2": Output("float32", "", "reduced chi2 outside emission-line windows"),
+    "window_chi2_max": Output("float32", "", "largest 16-pixel reduced chi2 (App. A)"),
+    "window_chi2_max_wide": Output("float32", "", "window_chi2_max with wide emission "
+                                   "exclusions (used for emission spectra)"),
+    "clean_fraction": Output("float32", "", "fraction of clean-window pixels usable"),
+}
+
+
+@row_tiled
+def block(inputs: dict[str, np.ndarray], model_path: str, prior: bool
+              ) -> dict[str, np.ndarray]:
+    reuse_block_buffers()
+    model = _load_model(model_path, store.file_token(model_path))
+    with threadpool_limits(1):
+        return pca_statistics(model, inputs["norm_flux"], inputs["norm_ivar"], prior)
+
+
+@_releases_heap
+def run(ctx: Any) -> dict[str, Any]:
+    cfg: SpectralConfig = ctx.config.spectral
+    model_path = os.path.join(ctx.products_dir, MODEL_FILE)
+    report: dict[str, Any] = {}
+    # --force refits (unless the model was supplied with --models); the model file is
+    # replaced only once a new one is written completely: a failed refit leaves it as it was
+    refit = force_requested(ctx) and not getattr(ctx, "models_supplied", False)
+    if refit or not store.exists(model_path):
+        survey = store.open_cube(ctx.survey_path)
+        prods = open_products(ctx.products_dir)
+        specid = survey["specid"].values
+        train = select_training(survey["snr_g"].values, cfg.train_min_snr, cfg.max_train,
+                                cfg.seed, specid=specid)
+        if train.size < 2 * cfg.n_components:
+            raise ValueError(
+                f"{ctx.survey_path}: only {train.size} spectra with S/N >= "
+                f"{cfg.train_min_snr} (snr_g); need {2 * cfg.n_components} to fit K = "
+                f"{cfg.n_components} PCA components. Use "
+                "trained models instead: `obpipe run ... --models DIR` (DIR: the products "
+                "directory of a run on a larger survey)")
+        rows = np.sort(train)  # read in store order, then put in specid order
+        pos = np.searchsorted(rows, train)
+        nf = prods["norm_flux"].isel(spec=rows).values[pos]
+        ni = prods["norm_ivar"].isel(spec=rows).values[pos]
+        selection = {"min_snr": cfg.train_min_snr, "n_candidates": int(train.size),
+                     "order": "specid", "specid_first": int(specid[train[0]])}
+        model, report = fit_pca_model(nf, ni, survey["snr_g"].values[train], cfg, selection)
+        store.makedirs(os.path.dirname(model_path))
+        tmp = temp_name(model_path)
+        model.save(tmp)
+        store.replace(tmp, model_path)
+        report["n_train"] = int(train.size)
+    result = run_blockwise_stage(
+        ctx.survey_path, ctx.products_dir, "pca",
+        functools.partial(block, model_path=model_path, prior=cfg.projection_prior),
+        OUTPUTS, product_vars=("norm_flux", "norm_ivar"), scheduler=ctx.scheduler,
+        force=force_requested(ctx),
+    )
+    return {**report, **result}
+
+
+def is_complete(ctx: Any) -> bool:
+    return stage_complete(ctx.products_dir, NAME)
