@@ -639,8 +639,8 @@ class PipelineConfig:
     Sections: ``run`` (:class:`RunConfig`), ``spectral``
     (``obpipe.spectra.stages.SpectralConfig``: normalize, pca, emission), ``photometry``
     (:class:`PhotometryConfig`), ``luminosity`` (``obpipe.luminosity.training.
-    TrainingConfig`` with its ``network`` sub-table, ``obpipe.luminosity.network.
-    TrainConfig``), ``binary`` (:class:`BinaryConfig`), ``distance``
+    TrainingConfig`` with its ``network`` sub-table, ``obpipe.luminosity.
+    network_training.TrainConfig``), ``binary`` (:class:`BinaryConfig`), ``distance``
     (:class:`DistanceConfig`), ``catalog`` (:class:`CatalogConfig`). A stage reads its
     section from ``RunContext.config`` (or ``RunContext.options``).
     """

@@ -10,13 +10,15 @@ import torch
 from obpipe.luminosity.network import (
     EXCLUDED_WINDOWS_AA,
     MKsNetwork,
+    recon_out_of_range,
+    wavelength_mask,
+)
+from obpipe.luminosity.network_training import (
     TrainConfig,
     _folds,
     _torch_module,
     fakemag_from_parallax,
-    recon_out_of_range,
     train_network,
-    wavelength_mask,
 )
 from obpipe.spectra.grid import wavelength_grid
 from obpipe.spectra.pca import CLEAN_WINDOWS_AA
@@ -117,10 +119,13 @@ def test_round_trip_safetensors(tmp_path, linear_problem, fitted) -> None:
     np.testing.assert_array_equal(back.predict(x[:200]), net.predict(x[:200]))
     assert back.meta["kind"] == "a" and back.n_members == 3
     code = ("import sys; from obpipe.luminosity.network import MKsNetwork; "
-            f"MKsNetwork.load({path!r}); print('torch' in sys.modules)")
+            f"MKsNetwork.load({path!r}).predict(__import__('numpy').zeros((1, 40))); "
+            "print('torch' in sys.modules, 'obpipe.luminosity.network_training' in "
+            "sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert out.stdout.strip() == "False"
+    # inference needs neither torch nor the training module (issue 16 item 8)
+    assert out.stdout.strip() == "False False"
 
 
 def test_legacy_torch_file_refused_naming_it(tmp_path, fitted) -> None:
@@ -261,7 +266,7 @@ def test_nan_rows_and_out_of_range() -> None:
 def test_projection_spans_the_exact_principal_subspace() -> None:
     """The randomised range finder gives the leading right singular vectors of the
     centred data (the eigendecomposition it replaced), up to sign."""
-    from obpipe.luminosity.network import _projection
+    from obpipe.luminosity.network_training import _projection
 
     rng = np.random.default_rng(5)
     basis = rng.normal(size=(30, 400)) * np.geomspace(5.0, 0.5, 30)[:, None]
@@ -280,13 +285,22 @@ def test_projection_spans_the_exact_principal_subspace() -> None:
 
 
 def test_dropout_masks_rate_and_scale() -> None:
-    from obpipe.luminosity.network import _dropout_masks
+    from obpipe.luminosity.network_training import _dropout_masks
 
     m = _dropout_masks(np.random.default_rng(0), (5, 512, 100), 0.2)
     assert m.shape == (2, 5, 512, 100) and m.dtype == np.float32
     assert set(np.unique(m)) == {0.0, np.float32(1.25)}
     assert abs(np.mean(m == 0) - 0.2) < 0.003
     assert not np.array_equal(m[0], m[1])
+    # reused buffers (one training): the same masks as fresh arrays, batch after batch,
+    # for each batch shape (the last batch of an epoch is shorter)
+    fresh, reused = np.random.default_rng(1), np.random.default_rng(1)
+    buffers: dict = {}
+    for b in (512, 512, 37, 512):
+        want = _dropout_masks(fresh, (5, b, 100), 0.2)
+        got = _dropout_masks(reused, (5, b, 100), 0.2, buffers)
+        np.testing.assert_array_equal(got, want)
+    assert len(buffers) == 2
 
 
 def test_out_of_fold_prediction_by_star(fitted, linear_problem) -> None:

@@ -151,7 +151,7 @@ def test_degraded_scatter_measures_the_noise_response() -> None:
 def test_block_error_uses_the_degraded_table_and_it_survives_save_load(tmp_path) -> None:
     """luminosity_block's MKs_err takes sigma_s from the noise model's degraded-spectra
     table (issue 15) when there is one, eq. (10) otherwise; the table is saved with it."""
-    from obpipe.luminosity.network import TrainConfig, train_network
+    from obpipe.luminosity.network_training import TrainConfig, train_network
     from obpipe.luminosity.stage import luminosity_block, noise_sigmas
 
     theta = np.array([TRUE[k] for k in nm.PARAM_NAMES])

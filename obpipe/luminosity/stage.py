@@ -65,12 +65,8 @@ from obpipe.binary import (
 )
 from obpipe.io import store
 from obpipe.luminosity import noise_model
-from obpipe.luminosity.network import (
-    MKsNetwork,
-    TrainConfig,
-    recon_out_of_range,
-    wavelength_mask,
-)
+from obpipe.luminosity.network import MKsNetwork, recon_out_of_range, wavelength_mask
+from obpipe.luminosity.network_training import TrainConfig
 from obpipe.luminosity.training import TrainingConfig, train_with_binary_cleaning
 from obpipe.products import (
     Output,
