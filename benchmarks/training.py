@@ -14,7 +14,14 @@ load (``os.getloadavg``) is printed beside every run: the cores are shared.
     obpipe simulate --out /tmp/dr5.zarr
     obpipe run /tmp/dr5.zarr --out /tmp/dr5_prod --stages index,normalize,pca,emission,photometry
     python benchmarks/training.py --survey /tmp/dr5.zarr --products /tmp/dr5_prod \\
-        --baseline-rev 929a27b [--cores 2] [--repeat 1]
+        --baseline-rev 929a27b [--baseline-rev REV2 ...] [--new-rev REV] [--cores 2] \\
+        [--repeat 1]
+
+The new code's run also times the sigma_s(S/N) calibration of ``MKs_err`` on degraded
+spectra (``calibrate_sigma_s``, issue 15; absent from older revisions: 0 s there), with
+``seconds_total`` = training + noise models + calibration, and prints the pull std of the
+held-out stars per S/N bin (5-20 / 20-50 / 50-100 / 100-200 / > 200) with the MKs_err
+the code would write. A table at the end puts every method's steps side by side.
 """
 
 from __future__ import annotations
@@ -139,9 +146,45 @@ def worker(survey_path: str, products_dir: str) -> dict:
            "test_single_nonemission_ob_snr_gt_50": _metrics(d, err, s_t > 50)}
     acc["pull_std_by_snr"] = {f"{lo}-{hi}": _metrics(d, err, (s_t >= lo) & (s_t < hi))
                               for lo, hi in SNR_BINS}
+    acc["never_trained_by_snr"] = _never_trained(
+        survey_path, products_dir, res, rows, np.asarray(a[1]).astype(str), nm, kw)
     return {"seconds_total": t_train + t_cal, "seconds_training_and_mcmc": t_train,
             "seconds_sigma_s_degraded": t_cal, "seconds": steps, "heldout": acc,
             "noise_a": nm.mean, "load_1min_start_end": [load0, os.getloadavg()[0]]}
+
+
+def _never_trained(survey_path: str, products_dir: str, res, rows, star_ids, nm,  # noqa: ANN001
+                   kw: dict) -> dict:
+    """Pull std per S/N bin of every spectrum (any S/N, any parallax) of the single
+    non-emission OB stars that trained no member (``obpipe validate``'s never-trained
+    split), network (a)'s ensemble mean and the MKs_err the code would write."""
+    import numpy as np
+
+    from obpipe.io import store
+    from obpipe.luminosity import noise_model
+    from obpipe.luminosity import stage as lum
+
+    survey = store.open_cube(survey_path)
+    prods = lum.open_products(products_dir)
+    truth = store.open_truth(survey_path)
+    trained = np.unique(star_ids[res.sets.train_a | res.sets.train_b])
+    stars = survey["star_id"].values.astype(object).astype(str)
+    snr = survey["snr_g"].values.astype(float)
+    sel = ((prods["em_flag"].values == 0) & ~np.isin(stars, trained)
+           & (truth["star_class"].values.astype(object).astype(str) == "OB")
+           & ~truth["is_binary"].values.astype(bool) & ~truth["has_emission"].values.astype(bool)
+           & ~truth["is_broken"].values.astype(bool) & (snr >= 5))
+    idx = np.flatnonzero(sel)
+    mks = np.full(idx.size, np.nan)
+    spread = np.full(idx.size, np.nan)
+    for lo in range(0, idx.size, 4000):
+        x = prods["recon_flux"].isel(spec=idx[lo:lo + 4000]).values
+        mks[lo:lo + 4000], spread[lo:lo + 4000] = res.networks["a"].predict(x, return_std=True)
+    err = noise_model.mks_uncertainty(snr[idx], nm.sigma_int, nm.sigma_s100,
+                                      spread if nm.includes_epistemic else None, **kw)
+    d = mks - truth["MKs_true"].values.astype(float)[idx]
+    return {f"{lo}-{hi}": _metrics(d, err, (snr[idx] >= lo) & (snr[idx] < hi))
+            for lo, hi in SNR_BINS}
 
 
 def _export(rev: str, dest: str) -> str:
@@ -172,12 +215,20 @@ def _table(runs: list[dict]) -> str:
     for sel in ("test_single_nonemission_ob_snr_gt_5", "test_single_nonemission_ob_snr_gt_50"):
         for q in ("n", "scatter", "bias", "pull_std"):
             rows.append((f"{sel}.{q}", [best[n]["heldout"][sel].get(q) for n in names]))
-    for lo, hi in SNR_BINS:
-        b = f"{lo}-{hi}"
-        rows.append((f"pull_std S/N {b} (n)", [
-            None if b not in best[n]["heldout"].get("pull_std_by_snr", {}) else
-            f"{best[n]['heldout']['pull_std_by_snr'][b].get('pull_std', float('nan')):.3f}"
-            f" ({best[n]['heldout']['pull_std_by_snr'][b]['n']})" for n in names]))
+    for key, label in (("pull_std_by_snr", "test set"),
+                       ("never_trained_by_snr", "never trained, all")):
+        for lo, hi in SNR_BINS:
+            b = f"{lo}-{hi}"
+            rows.append((f"pull std, {label}, S/N {b} (n)", [
+                None if b not in best[n]["heldout"].get(key, {}) else
+                f"{best[n]['heldout'][key][b].get('pull_std', float('nan')):.3f}"
+                f" ({best[n]['heldout'][key][b]['n']})" for n in names]))
+        if key == "never_trained_by_snr":
+            rows.append((f"scatter/bias, {label}, S/N 50-100", [
+                None if "50-100" not in best[n]["heldout"].get(key, {}) else
+                f"{best[n]['heldout'][key]['50-100'].get('scatter', float('nan')):.3f}/"
+                f"{best[n]['heldout'][key]['50-100'].get('bias', float('nan')):+.3f}"
+                for n in names]))
     rows.append(("load_1min_start_end", [best[n]["load_1min_start_end"] for n in names]))
 
     def fmt(v: object) -> str:
@@ -202,6 +253,8 @@ def main() -> None:
     ap.add_argument("--baseline-rev", action="append", default=[],
                     help="git revision of an old code (repeat for several; none: the "
                     "working tree only)")
+    ap.add_argument("--new-rev", default=None,
+                    help="git revision of the new code (default: the working tree)")
     ap.add_argument("--repeat", type=int, default=1, help="old/new pairs, alternating")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -214,7 +267,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="obpipe-baseline-") as tmp:
         methods = [(f"old ({rev})", _export(rev, os.path.join(tmp, rev.replace("/", "_"))))
                    for rev in args.baseline_rev]
-        methods.append(("new", REPO))
+        methods.append(("new", REPO if args.new_rev is None else
+                        _export(args.new_rev, os.path.join(tmp, "new"))))
         out: dict = {"cores": cpus, "runs": []}
         for rep in range(args.repeat):
             for name, path in methods:

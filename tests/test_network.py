@@ -340,3 +340,35 @@ def test_given_folds_are_held_out(linear_problem) -> None:
     assert np.median(np.abs(members[1, shifted] - y[shifted])) < 0.5
     assert np.median(members[0, shifted] - y[shifted]) > 1.0
     np.testing.assert_allclose(hist.out_of_fold, members[folds, np.arange(x.shape[0])])
+
+
+@pytest.mark.parametrize("with_projection", [True, False])
+def test_network_on_reconstruction_coefficients(with_projection) -> None:
+    """on_coefficients(R, m) reads the coefficients c of x = c R + m: the same M_Ks (and
+    out-of-fold members) as the network on the reconstructed pixels, to float32 rounding,
+    for a network with a principal-subspace projection and for one on the raw pixels."""
+    rng = np.random.default_rng(7)
+    mask = wavelength_mask("a")
+    n_pix, k, h, n_mem = int(mask.sum()), 12, 16, 3
+    n_in = 8 if with_projection else n_pix
+    proj = np.linalg.qr(rng.normal(size=(n_pix, n_in)))[0] if with_projection else None
+    weights = {"l1.weight": rng.normal(size=(n_mem, n_in, h)) * 0.3,
+               "l1.bias": rng.normal(size=(n_mem, h)), "l2.weight": rng.normal(
+                   size=(n_mem, h, h)) * 0.3, "l2.bias": rng.normal(size=(n_mem, h)),
+               "out.weight": rng.normal(size=(n_mem, h)), "out.bias": rng.normal(size=n_mem)}
+    net = MKsNetwork(weights, rng.normal(size=n_in) * 0.01, rng.uniform(0.01, 0.05, n_in),
+                     -1.0, 1.5, mask, {"kind": "a", "star_folds": {
+                         "star_id": ["s0", "s1"], "fold": [0, 2]}}, projection=proj,
+                     projection_mean=None if proj is None else 1.0 + 0.01 * rng.normal(
+                         size=n_pix))
+    recon = 0.02 * rng.normal(size=(k, mask.size))
+    mean = 1.0 + 0.05 * rng.normal(size=mask.size)
+    coeff = rng.normal(size=(50, k))
+    x = (coeff @ recon + mean).astype(np.float32)
+    on_c = net.on_coefficients(recon, mean)
+    assert on_c.n_inputs == k and on_c.input_kind == "pca_coeff"
+    np.testing.assert_allclose(on_c.predict_members(coeff), net.predict_members(x),
+                               atol=2e-4)
+    stars = np.array(["s0", "s1", "new"] * 16 + ["s0", "s1"])
+    np.testing.assert_array_equal(on_c.predict_out_of_fold(coeff, stars)[2],
+                                  net.predict_out_of_fold(x, stars)[2])

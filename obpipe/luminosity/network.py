@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from obpipe.spectra.grid import wavelength_grid
-from obpipe.spectra.pca import CLEAN_WINDOWS_AA, window_mask
+from obpipe.spectra.pca import CLEAN_WINDOWS_AA, _blas_controller, window_mask
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,26 @@ class MKsNetwork:
             x = (x - self.projection_mean) @ self.projection
         return (x - self.x_mean) / self.x_std
 
+    def on_coefficients(self, recon: np.ndarray, recon_mean: np.ndarray) -> MKsNetwork:
+        """The same network reading the coefficients c of a linear reconstruction
+        x = c ``recon`` + ``recon_mean`` ((K, n_grid) and (n_grid,), e.g. a PCA basis's
+        eq. 2) instead of x: its first-layer projection composed with the reconstruction
+        (a (K, n_features) matrix), so a prediction skips the n_grid pixels. The same
+        M_Ks as ``predict(reconstruct(c))`` to float32 rounding."""
+        recon = np.asarray(recon, dtype=np.float64)
+        mean = np.asarray(recon_mean, dtype=np.float64)
+        if self.pixel_mask is not None:
+            recon, mean = recon[:, self.pixel_mask], mean[self.pixel_mask]
+        if self.projection is not None:
+            proj = self.projection.astype(np.float64)
+            composed = recon @ proj
+            offset = (mean - self.projection_mean) @ proj
+        else:
+            composed, offset = recon, mean
+        return MKsNetwork(self.weights, self.x_mean - offset, self.x_std, self.y_mean,
+                          self.y_std, None, {**self.meta, "input_kind": "pca_coeff"},
+                          projection=composed, projection_mean=np.zeros(composed.shape[0]))
+
     def input_out_of_range(self, x: np.ndarray) -> np.ndarray:
         """True for rows of reconstructed spectra that leave [1 - d, 1 + d] within the
         model's pixels (d = :data:`RECON_MAX_DEVIATION`); all False for coefficients."""
@@ -158,7 +178,15 @@ class MKsNetwork:
 
     # ------------------------------------------------------------------ predict
     def predict_members(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-        """(K, n) M_Ks (mag) of every member (eq. 6, dropout off); NaN where a row has NaN."""
+        """(K, n) M_Ks (mag) of every member (eq. 6, dropout off); NaN where a row has NaN.
+
+        One BLAS thread: the products are small (a batch x 100 x 100 per member), and a
+        second thread made them 2-5x slower on a shared machine (training's predictions;
+        the luminosity stage's blocks run one thread each anyway)."""
+        with _blas_controller().limit(limits=1):
+            return self._predict_members(x, batch_size)
+
+    def _predict_members(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         x = self.select_inputs(x)
         n = x.shape[0]
         out = np.full((self.n_members, n), np.nan, dtype=np.float64)

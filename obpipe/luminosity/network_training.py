@@ -34,6 +34,7 @@ Training is seeded, uses Adam (Kingma & Ba 2015), runs on the CPU unless
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -279,6 +280,8 @@ def _projection(x: np.ndarray, n_components: int, seed: int = 0
     span at most the PCA's 100 dimensions, so the sketch captures that span exactly; it
     costs ~2 n p (k + 30) flops instead of the p^3 eigendecomposition of the p x p Gram
     matrix (p = 3,053 pixels: 13 s -> < 1 s)."""
+    from threadpoolctl import threadpool_limits
+
     x = np.asarray(x, dtype=np.float32)
     mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
     xc = x - mean
@@ -286,13 +289,18 @@ def _projection(x: np.ndarray, n_components: int, seed: int = 0
     n_sketch = min(n_keep + 30, *xc.shape)
     g = np.random.default_rng(seed).standard_normal((xc.shape[1], n_sketch))
     y = xc @ g.astype(np.float32)
-    q, _ = np.linalg.qr(y.astype(np.float64))
+    # the QR of a tall, thin matrix is a chain of small panel steps: one BLAS thread (two
+    # took 8x longer on the shared 2-core machine, the threads waiting on each other)
+    with threadpool_limits(1):
+        q, _ = np.linalg.qr(y.astype(np.float64))
     y = xc @ (xc.T @ q.astype(np.float32))  # one power iteration
-    q, _ = np.linalg.qr(y.astype(np.float64))
+    with threadpool_limits(1):
+        q, _ = np.linalg.qr(y.astype(np.float64))
     b = (q.T.astype(np.float32) @ xc).astype(np.float64)
     _, _, vt = np.linalg.svd(b, full_matrices=False)
     v = vt[:n_keep].T
     return mean, np.ascontiguousarray(v.astype(np.float32))
+
 
 def train_network(
     x: np.ndarray,
@@ -329,10 +337,41 @@ def train_network(
     are dropped (NaN in the history's ``out_of_fold``, -1 in its ``fold``). Each member
     keeps its best epoch on its held-out fold (early stopping: ``patience`` epochs, or
     ``warm_patience`` with ``init``).
+
+    Runs with ``config.n_threads`` torch and BLAS threads (the projection, the
+    standardisation and the numpy predictions too: on a shared machine a second BLAS
+    thread made the small matrix products 2-5x slower).
     """
-    import torch
+    from threadpoolctl import threadpool_limits
 
     cfg = config or TrainConfig()
+    with threadpool_limits(cfg.n_threads) if cfg.n_threads else contextlib.nullcontext():
+        return _fit(x, y_mag, kind, weights, cfg, pixel_mask, input_kind, meta,
+                    y_err_mag=y_err_mag, sigma_floor_mag=sigma_floor_mag, fakemag=fakemag,
+                    fakemag_err=fakemag_err, groups=groups, init=init, folds=folds)
+
+
+def _fit(
+    x: np.ndarray,
+    y_mag: np.ndarray,
+    kind: str,
+    weights: np.ndarray | None,
+    cfg: TrainConfig,
+    pixel_mask: np.ndarray | None,
+    input_kind: str,
+    meta: dict[str, Any] | None,
+    *,
+    y_err_mag: np.ndarray | None,
+    sigma_floor_mag: float | None,
+    fakemag: np.ndarray | None,
+    fakemag_err: np.ndarray | None,
+    groups: np.ndarray | None,
+    init: MKsNetwork | None,
+    folds: np.ndarray | None,
+) -> tuple[MKsNetwork, TrainHistory]:
+    """:func:`train_network` within its thread limits."""
+    import torch
+
     if input_kind == "recon_flux" and pixel_mask is None:
         pixel_mask = wavelength_mask(kind)
     x = np.asarray(x)
