@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from obpipe.photometry import extinction, synthetic
+from obpipe.photometry import extinction, synthetic_builder
 from obpipe.photometry.star_table import read_inputs
 from obpipe.stages.photometry import photometry_block
 
@@ -87,13 +87,13 @@ def curve_model(name: str) -> Callable[..., Mapping[str, np.ndarray]]:
     wave = np.arange(3100.0, 30000.0, 5.0)
     teff_nodes = np.exp(np.linspace(np.log(7000.0), np.log(50000.0), 16))
     a0_nodes = np.array([0.01, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0])
-    filters = synthetic._pyphot_filters()  # the pipeline's passbands (pyphot)
+    filters = synthetic_builder._pyphot_filters()  # the pipeline's passbands (pyphot)
 
     @functools.lru_cache(maxsize=8)
     def grid(r_v: float) -> dict[str, np.ndarray]:
         curve = getattr(pa, name)(Rv=r_v)
         k = np.asarray(curve(wave * u.AA), float)
-        flux = synthetic._planck_surface_flux(wave, teff_nodes)  # (T, wave)
+        flux = synthetic_builder._planck_surface_flux(wave, teff_nodes)  # (T, wave)
         out = {}
         for band in ("BP", "RP", "J", "H", "Ks"):
             filt = filters[band]

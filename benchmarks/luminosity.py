@@ -41,7 +41,8 @@ def throughput(train_rows: int, infer_rows: int, threads: int, epochs: int) -> d
 
     import torch
 
-    from obpipe.luminosity.network import TrainConfig, train_network, wavelength_mask
+    from obpipe.luminosity.network import wavelength_mask
+    from obpipe.luminosity.network_training import TrainConfig, train_network
     from obpipe.stages.luminosity import luminosity_block
 
     torch.set_num_threads(threads)

@@ -64,13 +64,16 @@ def _stats(resid: np.ndarray, err: np.ndarray | None = None) -> dict[str, Any]:
     return out
 
 
-def score(survey: str, products: str) -> dict[str, Any]:
+def load(survey: str, products: str) -> tuple[Any, dict[str, np.ndarray], np.ndarray | None]:
+    """The catalog (a pandas frame), the truth of its rows and the products' ``MKs_fold``
+    of its rows (None where the products have none; then ``luminosity_set``'s trained bits
+    give -1 / 0 for never-trained / trained-on, or None without it either)."""
     cat = pq.read_table(Path(products) / "catalog.parquet").to_pandas()
     obs = _read_group(survey, None, ["specid"])
     truth_names = ["star_class", "is_binary", "mass_ratio", "has_emission", "MKs_true",
                    "distance_kpc_true", "ebv_true", "logg_true", "star_index",
                    "parallax_zp_true", "parallax_error_true", "R_V_true", "ivar_scale_true",
-                   "parallax_zero_point_mas"]
+                   "parallax_zero_point_mas", "is_supergiant", "is_evolved", "teff_true"]
     truth = _read_group(survey, "truth", truth_names)
     order = {int(s): i for i, s in enumerate(obs["specid"])}
     idx = np.array([order[int(s)] for s in cat["specid"].to_numpy()])
@@ -88,6 +91,13 @@ def score(survey: str, products: str) -> dict[str, Any]:
                 fold = pr["MKs_fold"][pidx].astype(int)
             elif "luminosity_set" in pr:
                 lset = pr["luminosity_set"][pidx].astype(int)
+    if fold is None and lset is not None:
+        fold = np.where((lset & TRAINED_BITS) > 0, 0, -1)
+    return cat, t, fold
+
+
+def score(survey: str, products: str) -> dict[str, Any]:
+    cat, t, fold = load(survey, products)
     res: dict[str, Any] = {"n_spectra": int(len(cat))}
 
     cls = t["star_class"]
@@ -103,9 +113,6 @@ def score(survey: str, products: str) -> dict[str, Any]:
         groups["trained_on_oof"] = fold >= 0
         groups["never_trained"] = fold == -1
         res["n_in_sample_values"] = int(np.sum(fold == -2))
-    elif lset is not None:
-        groups["trained_on_oof"] = (lset & TRAINED_BITS) > 0
-        groups["never_trained"] = (lset & TRAINED_BITS) == 0
     res["mks"] = {}
     for gname, gsel in groups.items():
         block = {}

@@ -14,7 +14,14 @@ load (``os.getloadavg``) is printed beside every run: the cores are shared.
     obpipe simulate --out /tmp/dr5.zarr
     obpipe run /tmp/dr5.zarr --out /tmp/dr5_prod --stages index,normalize,pca,emission,photometry
     python benchmarks/training.py --survey /tmp/dr5.zarr --products /tmp/dr5_prod \\
-        --baseline-rev 929a27b [--cores 2] [--repeat 1]
+        --baseline-rev 929a27b [--baseline-rev REV2 ...] [--new-rev REV] [--cores 2] \\
+        [--repeat 1]
+
+The new code's run also times the sigma_s(S/N) calibration of ``MKs_err`` on degraded
+spectra (``calibrate_sigma_s``, issue 15; absent from older revisions: 0 s there), with
+``seconds_total`` = training + noise models + calibration, and prints the pull std of the
+held-out stars per S/N bin (5-20 / 20-50 / 50-100 / 100-200 / > 200) with the MKs_err
+the code would write. A table at the end puts every method's steps side by side.
 """
 
 from __future__ import annotations
@@ -41,8 +48,13 @@ def _metrics(d, err, sel) -> dict:  # noqa: ANN001
             "pull_std": float(np.std(d[s] / err[s]))}
 
 
+SNR_BINS = ((5, 20), (20, 50), (50, 100), (100, 200), (200, 100000))
+
+
 def worker(survey_path: str, products_dir: str) -> dict:
-    """One training run with whichever ``obpipe`` is first on ``sys.path``."""
+    """One training run with whichever ``obpipe`` is first on ``sys.path``: networks and
+    cleaning rounds, the emcee noise models and (where the code has it) the sigma_s(S/N)
+    calibration on degraded spectra (``calibrate_sigma_s``), each timed."""
     import numpy as np
 
     from obpipe.io import store
@@ -78,7 +90,7 @@ def worker(survey_path: str, products_dir: str) -> dict:
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     res = real(*a, **k)
-    total = time.perf_counter() - t0
+    t_train = time.perf_counter() - t0
     rep = res.report
     steps: dict = {"read_inputs": t_read}
     for it in rep["iterations"]:
@@ -88,6 +100,28 @@ def worker(survey_path: str, products_dir: str) -> dict:
             steps[f"round_{i}_network_{m}_epochs"] = it.get(f"epochs_{m}")
         steps[f"round_{it['iteration']}_total_s"] = it.get("seconds")
     steps["mcmc_noise_models_s"] = rep["timing_s"].get("mcmc")
+    for m in ("a", "b"):
+        nm = res.noise[m]
+        steps[f"mcmc_{m}_steps_tau_max_acceptance"] = [
+            int(nm.n_steps), float(np.max(nm.tau)), round(float(nm.acceptance), 3)]
+    # sigma_s(S/N) from degraded spectra, as train_from_products calls it
+    t_cal = 0.0
+    if hasattr(lum, "calibrate_sigma_s"):
+        survey = store.open_cube(survey_path)
+        prods = lum.open_products(products_dir)
+        snr_all = survey["snr_g"].values.astype(float)
+        star_all = survey["star_id"].values.astype(object).astype(str)
+        em_all = prods["em_flag"].values
+        ok = (prods["quality_flags"].values & lum.BROKEN_BIT) == 0
+        for m, sel in (("a", em_all == 0), ("b", em_all != 0)):
+            t0 = time.perf_counter()
+            res.noise[m].meta["sigma_s_degraded"] = lum.calibrate_sigma_s(
+                ctx, m, sel & ok, snr_all, star_all, res.networks[m], cfg.input_kind,
+                seed=cfg.seed)
+            steps[f"sigma_s_degraded_{m}_s"] = time.perf_counter() - t0
+            t_cal += steps[f"sigma_s_degraded_{m}_s"]
+            steps[f"sigma_s_degraded_{m}_mag"] = [
+                round(v, 3) for v in res.noise[m].meta["sigma_s_degraded"]["sigma_mag"]]
     # held-out accuracy: test-set rows (no member trained on their star) vs the truth
     x, snr, em = a[0], np.asarray(a[2], float), np.asarray(a[3])
     rows = captured["rows"]
@@ -102,21 +136,112 @@ def worker(survey_path: str, products_dir: str) -> dict:
     mks, spread = net.predict(x["a"][test] if isinstance(x, dict) else x[test],
                               return_std=True)
     nm = res.noise["a"]
+    table = getattr(nm, "sigma_s_table", None)
+    kw = {"sigma_s_table": table} if table is not None else {}
     err = noise_model.mks_uncertainty(snr[test], nm.sigma_int, nm.sigma_s100,
-                                      spread if nm.includes_epistemic else None)
+                                      spread if nm.includes_epistemic else None, **kw)
     d = mks - true[test]
     s_t = snr[test]
     acc = {"test_single_nonemission_ob_snr_gt_5": _metrics(d, err, s_t > 5),
            "test_single_nonemission_ob_snr_gt_50": _metrics(d, err, s_t > 50)}
-    return {"seconds_total": total, "seconds": steps, "heldout": acc,
+    acc["pull_std_by_snr"] = {f"{lo}-{hi}": _metrics(d, err, (s_t >= lo) & (s_t < hi))
+                              for lo, hi in SNR_BINS}
+    acc["never_trained_by_snr"] = _never_trained(
+        survey_path, products_dir, res, rows, np.asarray(a[1]).astype(str), nm, kw)
+    return {"seconds_total": t_train + t_cal, "seconds_training_and_mcmc": t_train,
+            "seconds_sigma_s_degraded": t_cal, "seconds": steps, "heldout": acc,
             "noise_a": nm.mean, "load_1min_start_end": [load0, os.getloadavg()[0]]}
 
 
+def _never_trained(survey_path: str, products_dir: str, res, rows, star_ids, nm,  # noqa: ANN001
+                   kw: dict) -> dict:
+    """Pull std per S/N bin of every spectrum (any S/N, any parallax) of the single
+    non-emission OB stars that trained no member (``obpipe validate``'s never-trained
+    split), network (a)'s ensemble mean and the MKs_err the code would write."""
+    import numpy as np
+
+    from obpipe.io import store
+    from obpipe.luminosity import noise_model
+    from obpipe.stages import luminosity as lum
+
+    survey = store.open_cube(survey_path)
+    prods = lum.open_products(products_dir)
+    truth = store.open_truth(survey_path)
+    trained = np.unique(star_ids[res.sets.train_a | res.sets.train_b])
+    stars = survey["star_id"].values.astype(object).astype(str)
+    snr = survey["snr_g"].values.astype(float)
+    sel = ((prods["em_flag"].values == 0) & ~np.isin(stars, trained)
+           & (truth["star_class"].values.astype(object).astype(str) == "OB")
+           & ~truth["is_binary"].values.astype(bool) & ~truth["has_emission"].values.astype(bool)
+           & ~truth["is_broken"].values.astype(bool) & (snr >= 5))
+    idx = np.flatnonzero(sel)
+    mks = np.full(idx.size, np.nan)
+    spread = np.full(idx.size, np.nan)
+    for lo in range(0, idx.size, 4000):
+        x = prods["recon_flux"].isel(spec=idx[lo:lo + 4000]).values
+        mks[lo:lo + 4000], spread[lo:lo + 4000] = res.networks["a"].predict(x, return_std=True)
+    err = noise_model.mks_uncertainty(snr[idx], nm.sigma_int, nm.sigma_s100,
+                                      spread if nm.includes_epistemic else None, **kw)
+    d = mks - truth["MKs_true"].values.astype(float)[idx]
+    return {f"{lo}-{hi}": _metrics(d, err, (snr[idx] >= lo) & (snr[idx] < hi))
+            for lo, hi in SNR_BINS}
+
+
 def _export(rev: str, dest: str) -> str:
+    os.makedirs(dest, exist_ok=True)
     tar = subprocess.run(["git", "-C", REPO, "archive", rev, "obpipe"], check=True,
                          capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", dest], input=tar, check=True)
     return dest
+
+
+def _table(runs: list[dict]) -> str:
+    """Each method's per-step seconds and held-out accuracy side by side (best repeat)."""
+    best: dict[str, dict] = {}
+    for r in runs:
+        if r["method"] not in best or r["seconds_total"] < best[r["method"]]["seconds_total"]:
+            best[r["method"]] = r
+    names = list(best)
+    keys: list[str] = []
+    for r in best.values():
+        keys += [k for k in r["seconds"] if k not in keys]
+    rows = [("seconds_total", [best[n]["seconds_total"] for n in names]),
+            ("seconds_training_and_mcmc",
+             [best[n].get("seconds_training_and_mcmc", best[n]["seconds_total"])
+              for n in names]),
+            ("seconds_sigma_s_degraded",
+             [best[n].get("seconds_sigma_s_degraded", 0.0) for n in names])]
+    rows += [(k, [best[n]["seconds"].get(k) for n in names]) for k in keys]
+    for sel in ("test_single_nonemission_ob_snr_gt_5", "test_single_nonemission_ob_snr_gt_50"):
+        for q in ("n", "scatter", "bias", "pull_std"):
+            rows.append((f"{sel}.{q}", [best[n]["heldout"][sel].get(q) for n in names]))
+    for key, label in (("pull_std_by_snr", "test set"),
+                       ("never_trained_by_snr", "never trained, all")):
+        for lo, hi in SNR_BINS:
+            b = f"{lo}-{hi}"
+            rows.append((f"pull std, {label}, S/N {b} (n)", [
+                None if b not in best[n]["heldout"].get(key, {}) else
+                f"{best[n]['heldout'][key][b].get('pull_std', float('nan')):.3f}"
+                f" ({best[n]['heldout'][key][b]['n']})" for n in names]))
+        if key == "never_trained_by_snr":
+            rows.append((f"scatter/bias, {label}, S/N 50-100", [
+                None if "50-100" not in best[n]["heldout"].get(key, {}) else
+                f"{best[n]['heldout'][key]['50-100'].get('scatter', float('nan')):.3f}/"
+                f"{best[n]['heldout'][key]['50-100'].get('bias', float('nan')):+.3f}"
+                for n in names]))
+    rows.append(("load_1min_start_end", [best[n]["load_1min_start_end"] for n in names]))
+
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+        if isinstance(v, list):
+            return "/".join(fmt(x) for x in v)
+        return "-" if v is None else str(v)
+
+    w = max(len(k) for k, _ in rows)
+    out = [f"{'':{w}}  " + "  ".join(f"{n:>24}" for n in names)]
+    out += [f"{k:{w}}  " + "  ".join(f"{fmt(v):>24}" for v in vals) for k, vals in rows]
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -125,8 +250,11 @@ def main() -> None:
     ap.add_argument("--survey", required=True)
     ap.add_argument("--products", required=True, help="products dir through 'photometry'")
     ap.add_argument("--cores", type=int, default=2, help="CPU cores to run on")
-    ap.add_argument("--baseline-rev", default=None,
-                    help="git revision of the old code (none: the working tree only)")
+    ap.add_argument("--baseline-rev", action="append", default=[],
+                    help="git revision of an old code (repeat for several; none: the "
+                    "working tree only)")
+    ap.add_argument("--new-rev", default=None,
+                    help="git revision of the new code (default: the working tree)")
     ap.add_argument("--repeat", type=int, default=1, help="old/new pairs, alternating")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -137,9 +265,10 @@ def main() -> None:
     cpus = sorted(os.sched_getaffinity(0))[:args.cores]
     os.sched_setaffinity(0, cpus)
     with tempfile.TemporaryDirectory(prefix="obpipe-baseline-") as tmp:
-        methods = [("new", REPO)]
-        if args.baseline_rev:
-            methods.insert(0, (f"old ({args.baseline_rev})", _export(args.baseline_rev, tmp)))
+        methods = [(f"old ({rev})", _export(rev, os.path.join(tmp, rev.replace("/", "_"))))
+                   for rev in args.baseline_rev]
+        methods.append(("new", REPO if args.new_rev is None else
+                        _export(args.new_rev, os.path.join(tmp, "new"))))
         out: dict = {"cores": cpus, "runs": []}
         for rep in range(args.repeat):
             for name, path in methods:
@@ -152,14 +281,14 @@ def main() -> None:
                 res["method"], res["repeat"] = name, rep
                 out["runs"].append(res)
                 print(json.dumps(res, default=float), flush=True)
-        by = {}
+        by: dict = {}
         for r in out["runs"]:
             by.setdefault(r["method"], []).append(r["seconds_total"])
         out["seconds_total_by_method"] = by
-        if len(by) == 2:
-            old, new = (min(v) for v in by.values())
-            out["speedup_best"] = old / new
+        new = min(by["new"])
+        out["speedup_best_vs"] = {k: min(v) / new for k, v in by.items() if k != "new"}
         print(json.dumps({k: v for k, v in out.items() if k != "runs"}, indent=1))
+        print(_table(out["runs"]))
 
 
 if __name__ == "__main__":

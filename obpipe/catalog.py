@@ -34,8 +34,6 @@ every row has the ``simulated_models`` bit of ``quality_flags``.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 import time
@@ -61,6 +59,7 @@ from obpipe.distance import (
     population_prior_from_record,
 )
 from obpipe.io import store
+from obpipe.io.catalog_writer import TableStreamWriter, fits_flag_columns  # noqa: F401
 from obpipe.products import block_bounds, open_products, products_path, read_block
 
 if TYPE_CHECKING:
@@ -76,7 +75,6 @@ UNIQUE_NAME = "catalog_unique"
 #: ``pq.write_table``, so a file written in row groups of this size is byte for byte the
 #: one ``pq.write_table`` writes from the whole table
 ROW_GROUP_ROWS = 1024 * 1024
-_FITS_BLOCK = 2880  # bytes of a FITS record
 
 
 @dataclass(frozen=True)
@@ -323,146 +321,6 @@ def _arrow_schema(columns: Mapping[str, CatalogColumn], str_lengths: Mapping[str
     return pa.schema(fields, metadata={k.encode(): v.encode() for k, v in meta.items()})
 
 
-class TableStreamWriter:
-    """``NAME.fits`` (and ``NAME.ecsv``) written block by block, byte for byte the files
-    that astropy writes from ``Table.read(NAME.parquet)`` of the whole table.
-
-    Each block of rows (a pyarrow table with the catalog's schema) goes through astropy's
-    own Parquet reader (an in-memory file: the same null -> NaN and string conversions
-    as for the whole file) and ``fits.table_to_hdu``; the FITS header is the first
-    block's with ``NAXIS2`` set to ``n_rows`` (known in advance), and every block's rows
-    are appended after it, then the zero padding to a 2,880-byte record. After the
-    first block, whose bytes astropy makes, the rows are packed with numpy into the
-    record layout of that header (:func:`_fits_record_dtype`), ~100x faster than
-    astropy's per-block column machinery; the packing is checked against astropy's bytes
-    on the first block and astropy is kept for every block if they differ. The ECSV
-    file is the first block's ECSV followed by the data lines of the others. Memory:
-    one block. ``header_cards``: cards appended to the FITS table header after
-    ``EXTNAME`` (the run's provenance, :func:`fits_provenance_cards`).
-    """
-
-    def __init__(self, base: str, columns: Mapping[str, CatalogColumn], n_rows: int,
-                 formats: Sequence[str], header_cards: Sequence[tuple[str, Any, str]] = ()
-                 ) -> None:
-        self.base = base
-        self.header_cards = list(header_cards)
-        self.columns = columns
-        self.n_rows = int(n_rows)
-        self.fits = "fits" in formats
-        self.ecsv = "ecsv" in formats
-        self.rows = 0
-        self._fh: dict[str, Any] = {}
-        self._data_bytes = 0
-        self._record: _FitsRecord | None = None  # numpy packing, once checked
-
-    @property
-    def files(self) -> list[str]:
-        return [self.base + "." + f for f, on in (("fits", self.fits), ("ecsv", self.ecsv))
-                if on]
-
-    def __enter__(self) -> TableStreamWriter:
-        for fmt in ("fits", "ecsv"):
-            if getattr(self, fmt):
-                self._fh[fmt] = store.open_file(self.base + f".{fmt}.partial", "wb")
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None and "fits" in self._fh:  # pad the data to whole FITS records
-            self._fh["fits"].write(b"\0" * (-self._data_bytes % _FITS_BLOCK))
-        for fh in self._fh.values():
-            fh.close()
-        if exc_type is not None:
-            for fmt in self._fh:
-                with contextlib.suppress(OSError):
-                    store.remove(self.base + f".{fmt}.partial")
-            return
-        if self.rows != self.n_rows:
-            raise RuntimeError(f"{self.base}: {self.rows} rows written, {self.n_rows} "
-                               "announced in the FITS header")
-        for fmt in self._fh:
-            store.replace(self.base + f".{fmt}.partial", self.base + f".{fmt}")
-
-    def _astropy_table(self, block: pa.Table) -> Any:
-        from astropy.table import Table
-
-        buf = io.BytesIO()
-        pq.write_table(block, buf)
-        buf.seek(0)
-        return Table.read(buf, format="parquet")
-
-    def write(self, block: pa.Table) -> None:
-        if not self._fh or block.num_rows == 0:
-            self.rows += block.num_rows
-            return
-        table = None
-        if self.fits:
-            if self._record is not None:
-                self._append_fits_rows(_pack_fits_rows(block, self._record))
-            else:
-                table = self._astropy_table(block)
-                self._write_fits(table, block)
-        if self.ecsv:
-            self._write_ecsv(self._astropy_table(block) if table is None else table)
-        self.rows += block.num_rows
-
-    def _append_fits_rows(self, data: bytes) -> None:
-        self._fh["fits"].write(data)
-        self._data_bytes += len(data)
-
-    def _write_fits(self, table: Any, block: pa.Table) -> None:
-        from astropy.io import fits
-
-        hdu = fits.table_to_hdu(fits_flag_columns(table))
-        for i, name in enumerate(table.colnames, start=1):
-            hdu.header[f"TCOMM{i}"] = self.columns[name].description[:68]
-        hdu.header["EXTNAME"] = "CATALOG"
-        hdu.header.extend(self.header_cards)
-        buf = io.BytesIO()
-        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buf)
-        raw = buf.getvalue()
-        buf.seek(0)
-        with fits.open(buf) as hdul:
-            info = hdul.fileinfo(1)
-            header = hdul[1].header.copy()
-        data = raw[info["datLoc"]: info["datLoc"] + int(header["NAXIS1"]) * len(table)]
-        if self.rows == 0:
-            fh = self._fh["fits"]
-            record = _fits_record_dtype(header)
-            if record is not None and _pack_fits_rows(block, record) == data:
-                self._record = record
-            else:
-                log.debug("%s.fits: rows written by astropy block by block", self.base)
-            header["NAXIS2"] = self.n_rows
-            fh.write(raw[: info["hdrLoc"]])
-            fh.write(header.tostring().encode("ascii"))
-        self._append_fits_rows(data)
-
-    def _write_ecsv(self, table: Any) -> None:
-        out = io.StringIO()
-        table.write(out, format="ascii.ecsv")
-        text = out.getvalue()
-        if self.rows > 0:  # data lines only: drop the '#' header and the column names
-            lines = text.splitlines(keepends=True)
-            first = next(i for i, ln in enumerate(lines) if not ln.startswith("#"))
-            text = "".join(lines[first + 1:])
-        self._fh["ecsv"].write(text.encode("utf-8"))
-
-
-def fits_flag_columns(table: Any) -> Any:
-    """``table`` with its int8 flag columns (``binary_flag``, ``em_flag``, ...) as int16
-    for FITS: astropy writes int8 as FITS logical (T/F), which would read -9 back as
-    True; as 16-bit integers (TFORM I) -9 / 0 / 1 survive."""
-    from astropy.table import Column
-
-    out = table.copy(copy_data=False)
-    for name in out.colnames:
-        col = out[name]
-        if col.dtype == np.int8:
-            out[name] = Column(np.asarray(col).astype(np.int16), name=name, unit=col.unit,
-                               description=col.description)
-    return out
-
-
 #: the catalog files' provenance: Parquet schema metadata keys, and as FITS table header
 #: cards ``HIERARCH OBPIPE ...`` (the key upper-cased, ``_`` -> space)
 PROVENANCE_PREFIX = "obpipe_"
@@ -529,67 +387,6 @@ def read_catalog_provenance(path: str) -> dict[str, str]:
                 out[name] = ("true" if value else "false") if isinstance(value, bool) \
                     else str(value)
     return out
-
-
-#: numpy dtypes of the FITS binary-table formats that astropy writes for the catalog
-_FITS_FORMATS = {"K": ">i8", "J": ">i4", "I": ">i2", "B": "u1", "E": ">f4", "D": ">f8",
-                 "L": "u1"}
-
-
-@dataclass(frozen=True)
-class _FitsRecord:
-    """The row layout of a FITS binary table: numpy record dtype and logical columns."""
-
-    dtype: np.dtype
-    logical: frozenset[str]
-
-
-def _fits_record_dtype(header: Any) -> _FitsRecord | None:
-    """The numpy row layout of a binary-table header (scalar columns of the formats in
-    :data:`_FITS_FORMATS` and ``nA`` strings, no scaling); None for anything else."""
-    import re
-
-    fields = []
-    logical = set()
-    for i in range(1, int(header["TFIELDS"]) + 1):
-        if any(f"{k}{i}" in header for k in ("TZERO", "TSCAL", "TDIM", "TNULL")):
-            return None
-        m = re.fullmatch(r"(\d*)([A-Z])", str(header[f"TFORM{i}"]).strip())
-        if m is None:
-            return None
-        repeat, code, name = int(m.group(1) or 1), m.group(2), header[f"TTYPE{i}"]
-        if code == "A":
-            fields.append((name, f"S{repeat}"))
-        elif repeat == 1 and code in _FITS_FORMATS:
-            fields.append((name, _FITS_FORMATS[code]))
-            if code == "L":
-                logical.add(name)
-        else:
-            return None
-    dtype = np.dtype(fields)
-    if dtype.itemsize != int(header["NAXIS1"]):
-        return None
-    return _FitsRecord(dtype, frozenset(logical))
-
-
-def _pack_fits_rows(block: pa.Table, record: _FitsRecord) -> bytes:
-    """The FITS rows of ``block`` in the layout ``record``, as astropy writes them from
-    ``Table.read`` of the Parquet file: nulls read as NaN, strings cut to the column
-    width and NUL-padded, logical columns 'T' (non-zero) / 'F'."""
-    rows = np.zeros(block.num_rows, dtype=record.dtype)
-    for name in record.dtype.names:
-        values = np.asarray(block.column(name).to_numpy())
-        kind = record.dtype[name]
-        if kind.kind == "S":
-            n = kind.itemsize
-            rows[name] = values.astype(f"U{n}").astype(f"S{n}")
-        elif name in record.logical:
-            rows[name] = np.where(values != 0, ord("T"), ord("F"))
-        elif kind.kind == "f":
-            rows[name] = np.where(np.isnan(values), np.nan, values)
-        else:
-            rows[name] = values
-    return rows.tobytes()
 
 
 def _string_lengths(survey: xr.Dataset, chunk: int) -> dict[str, int]:

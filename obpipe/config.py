@@ -21,7 +21,7 @@ from typing import Any
 from obpipe.binary import BinaryConfig
 from obpipe.catalog import CatalogConfig
 from obpipe.distance import DISTANCE_PRIORS, DistanceConfig
-from obpipe.luminosity.network import TrainConfig
+from obpipe.luminosity.network_training import TrainConfig
 from obpipe.luminosity.training import TrainingConfig
 from obpipe.options import (
     MAX_DISTANCE_GRID_POINTS,
@@ -65,8 +65,8 @@ class PipelineConfig:
     Sections: ``run`` (:class:`RunConfig`), ``spectral``
     (``obpipe.spectra.options.SpectralConfig``: normalize, pca, emission), ``photometry``
     (:class:`PhotometryConfig`), ``luminosity`` (``obpipe.luminosity.training.
-    TrainingConfig`` with its ``network`` sub-table, ``obpipe.luminosity.network.
-    TrainConfig``), ``binary`` (:class:`BinaryConfig`), ``distance``
+    TrainingConfig`` with its ``network`` sub-table, ``obpipe.luminosity.
+    network_training.TrainConfig``), ``binary`` (:class:`BinaryConfig`), ``distance``
     (:class:`DistanceConfig`), ``catalog`` (:class:`CatalogConfig`). A stage reads its
     typed section from ``RunContext.config``.
     """

@@ -17,8 +17,7 @@ import pytest
 from obpipe.config import SimulationConfig
 from obpipe.lock import LOCK_FILE, ProductsLocked, lock_path, products_lock
 from obpipe.simulate.survey import simulate_survey
-
-OBPIPE = [sys.executable, "-m", "obpipe.cli"]
+from tests.small_run import OBPIPE
 
 
 @pytest.fixture(scope="module")

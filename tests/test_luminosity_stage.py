@@ -11,7 +11,7 @@ import zarr
 
 from obpipe.config import config_from_dict
 from obpipe.io import store
-from obpipe.luminosity.network import _folds, fakemag_from_parallax
+from obpipe.luminosity.network_training import _folds, fakemag_from_parallax
 from obpipe.luminosity.training import TrainingConfig, faint_outliers, select_sets
 from obpipe.pipeline import RunContext, run_pipeline
 from obpipe.products import open_products
@@ -194,7 +194,7 @@ def test_block_error_adds_the_spread_only_when_the_noise_model_did(tmp_path) -> 
     """MKs_err = sqrt(sigma_int^2 + sigma_s^2 [+ spread^2]): the spread term follows the
     noise model's own flag (False for the paper's model and for older model files)."""
     from obpipe.luminosity import noise_model
-    from obpipe.luminosity.network import TrainConfig, train_network
+    from obpipe.luminosity.network_training import TrainConfig, train_network
     from obpipe.stages.luminosity import luminosity_block
 
     rng = np.random.default_rng(0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -18,9 +17,7 @@ from astropy.io import fits
 
 from obpipe.catalog import QUALITY_BITS, read_catalog_provenance
 from obpipe.ingest import IngestConfig, ingest
-from tests.small_run import small_run
-
-OBPIPE = [sys.executable, "-m", "obpipe.cli"]
+from tests.small_run import OBPIPE, small_run
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

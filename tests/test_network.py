@@ -10,13 +10,15 @@ import torch
 from obpipe.luminosity.network import (
     EXCLUDED_WINDOWS_AA,
     MKsNetwork,
+    recon_out_of_range,
+    wavelength_mask,
+)
+from obpipe.luminosity.network_training import (
     TrainConfig,
     _folds,
     _torch_module,
     fakemag_from_parallax,
-    recon_out_of_range,
     train_network,
-    wavelength_mask,
 )
 from obpipe.spectra.grid import wavelength_grid
 from obpipe.spectra.pca import CLEAN_WINDOWS_AA
@@ -117,10 +119,13 @@ def test_round_trip_safetensors(tmp_path, linear_problem, fitted) -> None:
     np.testing.assert_array_equal(back.predict(x[:200]), net.predict(x[:200]))
     assert back.meta["kind"] == "a" and back.n_members == 3
     code = ("import sys; from obpipe.luminosity.network import MKsNetwork; "
-            f"MKsNetwork.load({path!r}); print('torch' in sys.modules)")
+            f"MKsNetwork.load({path!r}).predict(__import__('numpy').zeros((1, 40))); "
+            "print('torch' in sys.modules, 'obpipe.luminosity.network_training' in "
+            "sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert out.stdout.strip() == "False"
+    # inference needs neither torch nor the training module (issue 16 item 8)
+    assert out.stdout.strip() == "False False"
 
 
 def test_legacy_torch_file_refused_naming_it(tmp_path, fitted) -> None:
@@ -261,7 +266,7 @@ def test_nan_rows_and_out_of_range() -> None:
 def test_projection_spans_the_exact_principal_subspace() -> None:
     """The randomised range finder gives the leading right singular vectors of the
     centred data (the eigendecomposition it replaced), up to sign."""
-    from obpipe.luminosity.network import _projection
+    from obpipe.luminosity.network_training import _projection
 
     rng = np.random.default_rng(5)
     basis = rng.normal(size=(30, 400)) * np.geomspace(5.0, 0.5, 30)[:, None]
@@ -280,13 +285,22 @@ def test_projection_spans_the_exact_principal_subspace() -> None:
 
 
 def test_dropout_masks_rate_and_scale() -> None:
-    from obpipe.luminosity.network import _dropout_masks
+    from obpipe.luminosity.network_training import _dropout_masks
 
     m = _dropout_masks(np.random.default_rng(0), (5, 512, 100), 0.2)
     assert m.shape == (2, 5, 512, 100) and m.dtype == np.float32
     assert set(np.unique(m)) == {0.0, np.float32(1.25)}
     assert abs(np.mean(m == 0) - 0.2) < 0.003
     assert not np.array_equal(m[0], m[1])
+    # reused buffers (one training): the same masks as fresh arrays, batch after batch,
+    # for each batch shape (the last batch of an epoch is shorter)
+    fresh, reused = np.random.default_rng(1), np.random.default_rng(1)
+    buffers: dict = {}
+    for b in (512, 512, 37, 512):
+        want = _dropout_masks(fresh, (5, b, 100), 0.2)
+        got = _dropout_masks(reused, (5, b, 100), 0.2, buffers)
+        np.testing.assert_array_equal(got, want)
+    assert len(buffers) == 2
 
 
 def test_out_of_fold_prediction_by_star(fitted, linear_problem) -> None:
@@ -326,3 +340,35 @@ def test_given_folds_are_held_out(linear_problem) -> None:
     assert np.median(np.abs(members[1, shifted] - y[shifted])) < 0.5
     assert np.median(members[0, shifted] - y[shifted]) > 1.0
     np.testing.assert_allclose(hist.out_of_fold, members[folds, np.arange(x.shape[0])])
+
+
+@pytest.mark.parametrize("with_projection", [True, False])
+def test_network_on_reconstruction_coefficients(with_projection) -> None:
+    """on_coefficients(R, m) reads the coefficients c of x = c R + m: the same M_Ks (and
+    out-of-fold members) as the network on the reconstructed pixels, to float32 rounding,
+    for a network with a principal-subspace projection and for one on the raw pixels."""
+    rng = np.random.default_rng(7)
+    mask = wavelength_mask("a")
+    n_pix, k, h, n_mem = int(mask.sum()), 12, 16, 3
+    n_in = 8 if with_projection else n_pix
+    proj = np.linalg.qr(rng.normal(size=(n_pix, n_in)))[0] if with_projection else None
+    weights = {"l1.weight": rng.normal(size=(n_mem, n_in, h)) * 0.3,
+               "l1.bias": rng.normal(size=(n_mem, h)), "l2.weight": rng.normal(
+                   size=(n_mem, h, h)) * 0.3, "l2.bias": rng.normal(size=(n_mem, h)),
+               "out.weight": rng.normal(size=(n_mem, h)), "out.bias": rng.normal(size=n_mem)}
+    net = MKsNetwork(weights, rng.normal(size=n_in) * 0.01, rng.uniform(0.01, 0.05, n_in),
+                     -1.0, 1.5, mask, {"kind": "a", "star_folds": {
+                         "star_id": ["s0", "s1"], "fold": [0, 2]}}, projection=proj,
+                     projection_mean=None if proj is None else 1.0 + 0.01 * rng.normal(
+                         size=n_pix))
+    recon = 0.02 * rng.normal(size=(k, mask.size))
+    mean = 1.0 + 0.05 * rng.normal(size=mask.size)
+    coeff = rng.normal(size=(50, k))
+    x = (coeff @ recon + mean).astype(np.float32)
+    on_c = net.on_coefficients(recon, mean)
+    assert on_c.n_inputs == k and on_c.input_kind == "pca_coeff"
+    np.testing.assert_allclose(on_c.predict_members(coeff), net.predict_members(x),
+                               atol=2e-4)
+    stars = np.array(["s0", "s1", "new"] * 16 + ["s0", "s1"])
+    np.testing.assert_array_equal(on_c.predict_out_of_fold(coeff, stars)[2],
+                                  net.predict_out_of_fold(x, stars)[2])

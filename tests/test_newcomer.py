@@ -94,7 +94,7 @@ def test_local_cluster_is_quiet_without_verbose(tiny: tuple[str, str], tmp_path:
 def test_validation_mks_figure_pulls_are_ob_stars_only(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """White dwarfs and subdwarfs (pulls of tens of sigma) stay out of the OB pulls."""
-    from obpipe import report
+    from obpipe.report import figures as report
 
     rng = np.random.default_rng(1)
     n_ob, n_compact = 400, 40

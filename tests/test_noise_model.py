@@ -136,22 +136,34 @@ def test_degraded_scatter_measures_the_noise_response() -> None:
     flux = 1.0 + rng.standard_normal((n, npix)) / np.sqrt(np.where(ivar > 0, ivar, 1.0))
     flux[:, :40] = 1e3  # garbage under the mask: unchanged, so it cancels in the difference
 
+    seen: list[np.ndarray] = []
+
     def predict(f: np.ndarray, iv: np.ndarray, rows: np.ndarray) -> np.ndarray:
         assert f.shape[0] == rows.size
+        seen.append(rows)
         return 5.0 * np.mean(np.where(iv > 0, f, 0.0), axis=1) * npix / (npix - 40)
 
-    out = nm.degraded_snr_scatter(flux, ivar, snr0, predict, target_snr=(10.0, 50.0, 250.0))
-    assert out["snr"] == [10.0, 50.0]  # no spectrum at S/N >= 3 x 250
-    for t, s, shift in zip(out["snr"], out["sigma_mag"], out["shift_mag"], strict=True):
-        expect = 5.0 * np.mean(np.sqrt(1 / t**2 - 1 / snr0**2)) / np.sqrt(npix - 40)
-        assert abs(s / expect - 1) < 0.05, (t, s, expect)
-        assert abs(shift) < 4 * s / np.sqrt(n)
+    for per_level in (None, 500):
+        seen.clear()
+        out = nm.degraded_snr_scatter(flux, ivar, snr0, predict,
+                                      target_snr=(10.0, 50.0, 250.0), max_per_level=per_level)
+        assert out["snr"] == [10.0, 50.0]  # no spectrum at S/N >= 3 x 250
+        assert out["n"] == ([n, n] if per_level is None else [per_level, per_level])
+        # the clean spectra are predicted once; the two levels share theirs
+        assert seen[0].size == (n if per_level is None else per_level)
+        for t, s, err, shift in zip(out["snr"], out["sigma_mag"], out["sigma_err_mag"],
+                                    out["shift_mag"], strict=True):
+            expect = 5.0 * np.mean(np.sqrt(1 / t**2 - 1 / snr0**2)) / np.sqrt(npix - 40)
+            # the quoted statistical error is the Gaussian one, sqrt(1 / 2n) of the std
+            assert abs(err / (s / np.sqrt(2 * out["n"][0])) - 1) < 0.2, (err, s)
+            assert abs(s / expect - 1) < max(4 * err / s, 0.01), (t, s, expect, err)
+            assert abs(shift) < 4 * s / np.sqrt(out["n"][0])
 
 
 def test_block_error_uses_the_degraded_table_and_it_survives_save_load(tmp_path) -> None:
     """luminosity_block's MKs_err takes sigma_s from the noise model's degraded-spectra
     table (issue 15) when there is one, eq. (10) otherwise; the table is saved with it."""
-    from obpipe.luminosity.network import TrainConfig, train_network
+    from obpipe.luminosity.network_training import TrainConfig, train_network
     from obpipe.stages.luminosity import luminosity_block, noise_sigmas
 
     theta = np.array([TRUE[k] for k in nm.PARAM_NAMES])

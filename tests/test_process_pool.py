@@ -1,13 +1,25 @@
-"""obpipe.engine.pools.process_pool_for: the Python-bound stages share one pool of
-worker processes on Dask's "processes" scheduler (real Dask, real processes)."""
+"""obpipe.engine.pools.process_pool_for and the distance stage's prepare: the Python-bound stages
+share one pool of worker processes on Dask's "processes" scheduler (real Dask, real
+processes). The worker processes are observed from the operating system (psutil: the
+children of this process), not through the executor's private attributes."""
 
 from __future__ import annotations
 
 import os
 
 import dask
+import psutil
 
-from obpipe.engine.pools import process_pool_for, shared_process_pool
+from obpipe.config import SimulationConfig
+from obpipe.engine.pools import (
+    MIN_BLOCKS_FOR_PROCESSES,
+    process_pool_for,
+    shared_process_pool,
+)
+from obpipe.io import store
+from obpipe.pipeline import RunContext, run_pipeline
+from obpipe.simulate.survey import simulate_survey
+from obpipe.stages.distance import prepare as prestart_process_pool
 
 
 def _pid(_: int) -> int:
@@ -19,17 +31,64 @@ def _pids(scheduler: str) -> set[int]:
     return set(dask.compute(*tasks, scheduler=scheduler))
 
 
+def _worker_processes() -> set[int]:
+    """pids of this process's live worker children (multiprocessing's resource tracker and
+    fork server excluded)."""
+    out = set()
+    for child in psutil.Process().children():
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            cmd = " ".join(child.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        if "resource_tracker" not in cmd and "forkserver" not in cmd:
+            out.add(child.pid)
+    return out
+
+
 def test_processes_share_one_pool_and_threads_are_untouched():
     with dask.config.set(num_workers=2):
         with process_pool_for("processes"):
             assert dask.config.get("chunksize") == 1
+            pool = dask.config.get("pool")
             first = _pids("processes")
         with process_pool_for("processes"):
+            assert dask.config.get("pool") is pool  # the same pool, not a new one
             second = _pids("processes")
         with process_pool_for("threads"):
             assert dask.config.get("pool", None) is None
             threads = _pids("threads")
-    assert os.getpid() not in first
-    assert first | second <= {p.pid for p in shared_process_pool(2)._processes.values()}
+    assert pool is shared_process_pool(2)
+    assert os.getpid() not in first | second
+    # both runs' tasks ran in at most two live worker processes of this process
+    assert first | second <= _worker_processes()
+    assert len(first | second) <= 2
     assert threads == {os.getpid()}
     assert dask.config.get("pool", None) is None  # restored on exit
+
+
+def test_distance_pool_prestarts_when_the_stage_will_use_processes(tmp_path) -> None:
+    """prestart_process_pool starts the shared pool's workers for a survey with enough
+    blocks for the 'processes' scheduler, and starts nothing for another scheduler."""
+    shared_process_pool(2).shutdown()  # a pool from an earlier test: the next is fresh
+    path = str(tmp_path / "s.zarr")
+    simulate_survey(path, SimulationConfig(n_stars=60, seed=5, chunk_size=10),
+                    scheduler="threads")
+    ctx = RunContext(path, str(tmp_path / "p"), scheduler="threads")
+    run_pipeline(path, ctx.products_dir, stages=["index"], scheduler="threads")
+
+    with dask.config.set(num_workers=2):
+        assert store.open_cube(path).sizes["spec"] >= 10 * MIN_BLOCKS_FOR_PROCESSES
+        before = _worker_processes()
+        prestart_process_pool(ctx)
+        started = _worker_processes() - before
+        assert len(started) == 2  # started now, before any distance block
+        pool = shared_process_pool(2)
+        assert pool.submit(os.getpid).result(timeout=120) in started
+        # a single-block survey (or another scheduler) starts nothing
+        ctx_sync = RunContext(path, ctx.products_dir, scheduler="synchronous")
+        running = _worker_processes()
+        prestart_process_pool(ctx_sync)
+        assert _worker_processes() == running
+        assert shared_process_pool(2) is pool

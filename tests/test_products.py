@@ -163,38 +163,3 @@ def test_prepare_hooks_run_once_and_only_for_stages_that_will_run(tmp_path) -> N
     assert calls == ["shared"]
     _prepare_later_stages(ctx, stages, force=True)
     assert calls == ["shared", "shared", "other"]  # forced: each distinct hook once
-
-
-def test_distance_pool_prestarts_when_the_stage_will_use_processes(tmp_path) -> None:
-    """prestart_process_pool starts the shared pool's workers (and imports the block
-    modules there) for a survey with enough blocks for the 'processes' scheduler."""
-    from obpipe.engine.pools import (
-        MIN_BLOCKS_FOR_PROCESSES,
-        _process_pool,
-        shared_process_pool,
-    )
-    from obpipe.pipeline import RunContext
-    from obpipe.stages.distance import prepare as prestart_process_pool
-
-    if _process_pool.cache_info().currsize:  # a pool from an earlier test: start afresh
-        shared_process_pool(2).shutdown()
-        _process_pool.cache_clear()
-
-    path = str(tmp_path / "s.zarr")
-    simulate_survey(path, SimulationConfig(n_stars=60, seed=5, chunk_size=10),
-                    scheduler="threads")
-    ctx = RunContext(path, str(tmp_path / "p"), scheduler="threads")
-    run_pipeline(path, ctx.products_dir, stages=["index"], scheduler="threads")
-    import dask
-
-    with dask.config.set(num_workers=2):
-        assert store.open_cube(path).sizes["spec"] >= 10 * MIN_BLOCKS_FOR_PROCESSES
-        prestart_process_pool(ctx)
-        pool = shared_process_pool(2)
-        assert len(pool._processes) == 2  # started now, before any distance block
-        assert pool.submit(sum, [1, 2]).result(timeout=120) == 3
-        # a single-block survey (or another scheduler) starts nothing
-        ctx_sync = RunContext(path, ctx.products_dir, scheduler="synchronous")
-        before = dict(pool._processes)
-        prestart_process_pool(ctx_sync)
-        assert dict(shared_process_pool(2)._processes) == before

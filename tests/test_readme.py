@@ -1,4 +1,5 @@
-"""Every ```python block of README.md runs as written (issue 17, item 11).
+"""Every ```python block of README.md runs as written (issue 17, item 11), and the README
+names no commit (issue 16 item 10: measurement history lives in docs/).
 
 The blocks are executed in a directory laid out as the README assumes: ``demo/survey.zarr``
 and ``demo/products`` (the shared small run of ``tests/small_run.py``), and an ingested
@@ -116,3 +117,28 @@ def test_readme_adql_query_columns_need_no_column_map() -> None:
                 "H_err", "Ks", "Ks_err"}
     assert expected <= set(out.columns), expected - set(out.columns)
     assert len(unread) == len(expected)  # one cube column per returned column
+
+
+#: a git commit id as the docs quote one: 7-40 lowercase hex digits, at least one letter
+#: and one digit (so neither a word such as "decade" nor a number such as 1234567), not
+#: part of a longer word or number
+COMMIT_HASH = re.compile(r"(?<![0-9A-Za-z_])(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])"
+                         r"[0-9a-f]{7,40}(?![0-9A-Za-z_])")
+
+
+def test_commit_hash_pattern() -> None:
+    for text in ("at 588a363 on", "(e2217b7)", "since ebb6c48,", "1bb293e",
+                 "commit 0f9d2ee5a1b7c3d4e5f60718293a4b5c6d7e8f90"):
+        assert COMMIT_HASH.search(text), text
+    for text in ("a decade of accepted facades", "27,784 spectra, 1234567 rows", "3.5682",
+                 "1e-17 erg", "dask/dask-ml#1023", "deadbeefcafe", "SHA-256", "0x1f",
+                 "tcp://127.0.0.1:8786", "zarr==3.1.6", "2026-12-05", "abc1234def_x"):
+        assert not COMMIT_HASH.search(text), text
+
+
+def test_readme_names_no_commit() -> None:
+    """Measurement history and per-commit figures live in docs/performance.md and
+    docs/validation.md; the README shows current figures without commit ids."""
+    text = README.read_text()
+    found = [(text[: m.start()].count("\n") + 1, m.group()) for m in COMMIT_HASH.finditer(text)]
+    assert not found, f"commit-like ids in README.md (line, id): {found}"

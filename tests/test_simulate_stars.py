@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from obpipe.config import SimulationConfig
-from obpipe.photometry.synthetic import read_mamajek_dwarfs
+from obpipe.photometry.synthetic_builder import read_mamajek_dwarfs
 from obpipe.simulate import stars
 
 

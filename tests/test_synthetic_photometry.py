@@ -1,16 +1,20 @@
-"""Tests of obpipe.photometry.synthetic (intrinsic photometry of hot stars)."""
+"""Tests of obpipe.photometry.synthetic (run-time lookups: intrinsic photometry and extinction
+coefficients of hot stars) and obpipe.photometry.synthetic_builder (the offline table builder)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from obpipe.photometry import synthetic as syn
+from obpipe.photometry import synthetic_builder as builder
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-MAMAJEK = SHARED_DATA / syn.MAMAJEK_FILENAME
+MAMAJEK = SHARED_DATA / builder.MAMAJEK_FILENAME
 
 needs_mamajek = pytest.mark.skipif(
     not MAMAJEK.exists(), reason=f"needs the Mamajek table of ../shared/data ({MAMAJEK} not found)")
@@ -18,7 +22,7 @@ needs_mamajek = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def mamajek():
-    return syn.read_mamajek_dwarfs(MAMAJEK)
+    return builder.read_mamajek_dwarfs(MAMAJEK)
 
 
 def _row(tab, spt):
@@ -47,12 +51,27 @@ def test_table_has_all_bands_and_full_grid():
 @needs_mamajek
 def test_shipped_table_equals_rebuild():
     shipped = syn.intrinsic_colour_table()
-    rebuilt = syn.build_intrinsic_photometry_table(mamajek_path=MAMAJEK)
+    rebuilt = builder.build_intrinsic_photometry_table(mamajek_path=MAMAJEK)
     assert len(shipped) == len(rebuilt)
     np.testing.assert_array_equal(shipped["teff"], rebuilt["teff"])
     np.testing.assert_array_equal(shipped["logg"], rebuilt["logg"])
     for b in syn.BANDS:
         np.testing.assert_allclose(shipped[f"BC_{b}"], rebuilt[f"BC_{b}"], rtol=0, atol=1e-6)
+    assert dict(shipped.meta) == dict(rebuilt.meta)  # provenance names the builder
+
+
+def test_run_time_lookups_do_not_load_the_builder():
+    """The pipeline's lookups read the shipped table only: neither the offline builder nor
+    its passband library (pyphot) is imported by them."""
+    code = ("import sys, numpy as np\n"
+            "from obpipe.photometry import synthetic\n"
+            "m = synthetic.absolute_magnitudes(np.array([2e4]), np.array([4.0]), np.array([3.0]))\n"
+            "assert np.isfinite(m['Ks']).all()\n"
+            "print(sorted(n for n in ('pyphot', 'obpipe.photometry.synthetic_builder')"
+            " if n in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]", out
 
 
 @needs_mamajek
@@ -87,7 +106,7 @@ def test_adjacent_colours_match_mamajek(mamajek):
 
 
 def test_bp_rp_matches_kurucz_grid():
-    kur = syn._read_kurucz_gaia_bcs()
+    kur = builder._read_kurucz_gaia_bcs()
     teff = np.asarray(kur["teff"], dtype=float)
     sel = (np.asarray(kur["logg"]) == 4.0) & (teff >= 10000) & (teff <= 40000)
     assert sel.sum() > 20
@@ -162,8 +181,8 @@ def _blackbody_band_extinction(curve, teff_k, a0_mag, band):
 
     wave = np.arange(3100.0, 30000.0, 5.0)
     k = np.asarray(curve(wave * u.AA), float)
-    flux = syn._planck_surface_flux(wave, np.array([teff_k]))[0]
-    filt = syn._pyphot_filters()[band]
+    flux = builder._planck_surface_flux(wave, np.array([teff_k]))[0]
+    filt = builder._pyphot_filters()[band]
     unit = u.Unit("erg/(s cm2 AA)")
     red = filt.get_flux(wave * u.AA, flux * 10 ** (-0.4 * a0_mag * k) * unit).value
     return float(-2.5 * np.log10(red / filt.get_flux(wave * u.AA, flux * unit).value))

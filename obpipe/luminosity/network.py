@@ -1,9 +1,11 @@
-"""The spectrum -> M_Ks neural network of Sec. 5.1 (eq. 6).
+"""The spectrum -> M_Ks neural network of Sec. 5.1 (eq. 6): the fitted model, its file
+and its prediction (training: :mod:`obpipe.luminosity.network_training`).
 
     M_Ks = w . sigma( w~_i sigma( w_{lambda i} f_lambda + b_i ) + b~ )        (6)
 
 A feed-forward multi-layer perceptron: two hidden layers of 100 sigmoid units,
-dropout 0.2 after each, a linear output (with a bias). Two models, as in the paper:
+dropout 0.2 after each (training only), a linear output (with a bias). Two models, as in
+the paper:
 
 * ``"a"``: stars without emission lines, the whole PCA-reconstructed normalised
   spectrum except :data:`EXCLUDED_WINDOWS_AA` (telluric bands and interstellar Na D);
@@ -17,54 +19,32 @@ coordinates of the (masked) reconstructed spectrum in that space: a fixed orthon
 ``projection`` (n_pix x ``n_components``) from an SVD of the training spectra. With
 ``n_components`` = the rank this is exactly eq. (6) on the pixels (w_{lambda i} =
 projection . w_{k i}: the same function class), at ~1/30 of the cost. The
-coordinates and the target are standardised by their training mean and standard
-deviation (sigmoid units saturate on raw fluxes); everything is in the model file.
+coordinates are standardised by their training mean and standard deviation, the
+output by the target's; everything is in the model file.
 ``input_kind="pca_coeff"`` (issue 6b) feeds the stored PCA coefficients instead.
 
-Ensemble (beyond the paper; issue 6c). ``n_members`` networks are trained at once as
-a K-fold cross-fitted ensemble: the training stars (all visits of a star together)
-are split into K folds, member k trains on the other K-1 folds and stops early on its
-own fold (restoring its best epoch). This gives, for free,
+Ensemble (beyond the paper; issue 6c). A model holds ``n_members`` networks, cross-fitted
+by star (each member never saw one fold of the training stars): the ensemble mean is
+the M_Ks estimate, the member spread a per-star epistemic uncertainty, and the member
+that never saw a training star gives that star's out-of-fold value
+(:meth:`MKsNetwork.predict_out_of_fold`, issue 15).
 
-* an out-of-fold prediction for every training spectrum from the member that never
-  saw it: the honest prediction the binary cleaning of Sec. 5.2 needs (an in-sample
-  prediction has partly learned the binary's too-bright target);
-* the ensemble mean as the M_Ks estimate (lower variance than one network) and the
-  member spread as a per-star epistemic uncertainty.
-
-The members are trained in one batched module (weights with a leading member axis),
-so K members cost little more than one.
-
-Loss. ``"mag"`` (the paper): weighted squared error in magnitudes against a target
-with its error (the geometric M_Ks, eqs. 11-12), weight 1 / (err^2 + floor^2).
-``"fakemag"`` (beyond the paper, issue 6a; Leung & Bovy 2019): the network's M_Ks
-is turned into ``10^(0.2 M_Ks)`` and compared with ``plx 10^(0.2 m0 - 2)`` (mas), which
-is linear in the parallax, so stars with ``plx/err < 10`` and negative parallaxes
-train without the bias of the magnitude of a noisy parallax; variance
-``sigma_fakemag^2 + (0.2 ln10 10^(0.2 M) floor)^2`` (:func:`fakemag_from_parallax`).
-
-Training is seeded, uses Adam, runs on the CPU unless ``device="auto"`` finds a GPU.
-A model is saved as a safetensors file (named arrays; the JSON metadata, with the
-training survey and obpipe version, in its header) and loaded with ``safetensors``'
-numpy API: no pickle, no torch.
-Prediction is a pure numpy forward pass (dropout off), so Dask workers need neither
-torch threads nor a GPU.
+A model is a safetensors file (named arrays; the JSON metadata, with the training
+survey and obpipe version, in its header), loaded with ``safetensors``' numpy API: no
+pickle, no torch. Prediction is a pure numpy forward pass (dropout off), so Dask workers
+need neither torch threads nor a GPU.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import time
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from obpipe.spectra.grid import wavelength_grid
-from obpipe.spectra.pca import CLEAN_WINDOWS_AA, window_mask
-from obpipe.version import __version__
+from obpipe.spectra.pca import CLEAN_WINDOWS_AA, _blas_controller, window_mask
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +54,6 @@ EXCLUDED_WINDOWS_AA: tuple[tuple[float, float], ...] = (
     (7520.0, 7740.0), (8050.0, 8350.0),
 )
 MODEL_KINDS = ("a", "b")
-LOSSES = ("mag", "fakemag")
 #: a reconstructed normalised spectrum departing from 1 by more than this within a
 #: model's pixels is not a stellar spectrum (a failed projection): not used to train,
 #: flagged at inference (``input_out_of_range``)
@@ -84,11 +63,6 @@ DROPOUT = 0.2
 FORMAT_VERSION = 2
 #: the ``format`` entry of a network file's safetensors header
 NETWORK_FILE_FORMAT = "obpipe-mks-network"
-_K_MAG = 0.2 * math.log(10.0)
-#: the binary mixture of the loss: Delta M_Ks of a binary system uniform up to the
-#: equal-mass offset 2.5 log10(2), on a grid of nodes
-_DELTA_MAX_MAG = 2.5 * math.log10(2.0)
-_N_DELTA = 8
 
 
 def wavelength_mask(kind: str, wave_aa: np.ndarray | None = None) -> np.ndarray:
@@ -108,107 +82,6 @@ def recon_out_of_range(x: np.ndarray, max_dev: float = RECON_MAX_DEVIATION) -> n
     """Rows of (already masked) reconstructed spectra with max |x - 1| > ``max_dev``."""
     with np.errstate(invalid="ignore"):
         return ~(np.nanmax(np.abs(np.asarray(x) - 1.0), axis=1) <= max_dev)
-
-
-def fakemag_from_parallax(plx_mas: np.ndarray, plx_err_mas: np.ndarray, ks0_mag: np.ndarray,
-                          ks0_err_mag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Parallax-space target ``plx 10^(0.2 m0 - 2)`` (= 10^(0.2 M_Ks) for a perfect
-    parallax; Leung & Bovy 2019) and its error from the parallax and ``m0`` errors."""
-    scale = 10.0 ** (0.2 * np.asarray(ks0_mag, float) - 2.0)
-    f = np.asarray(plx_mas, float) * scale
-    err = np.hypot(np.asarray(plx_err_mas, float) * scale,
-                   np.abs(f) * _K_MAG * np.asarray(ks0_err_mag, float))
-    return f, err
-
-
-def fakemag_from_mks(mks_mag: np.ndarray, mks_err_mag: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """``10^(0.2 M_Ks)`` and its (linearised) error for rows with a known M_Ks."""
-    f = 10.0 ** (0.2 * np.asarray(mks_mag, float))
-    return f, f * _K_MAG * np.asarray(mks_err_mag, float)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimiser and ensemble settings. Defaults: the paper's architecture (eq. 6),
-    a 5-member cross-fitted ensemble, early stopping on each member's held-out fold."""
-
-    n_hidden: int = N_HIDDEN
-    dropout: float = DROPOUT
-    learning_rate: float = 1e-2
-    weight_decay: float = 0.0
-    batch_size: int = 512
-    max_epochs: int = 600
-    patience: int = 15
-    #: early-stopping patience of a warm-started network (a binary-cleaning round that
-    #: starts from the previous round's weights: its members improve within a few epochs)
-    warm_patience: int = 8
-    #: most epochs of a warm-started network
-    warm_max_epochs: int = 40
-    #: "constant" learning rate, or "cosine": annealed from ``learning_rate`` to 0 over
-    #: ``max_epochs`` (``warm_max_epochs`` when warm-started; Loshchilov & Hutter 2017,
-    #: SGDR, without restarts), so that a short epoch budget still ends converged
-    lr_schedule: str = "constant"
-    #: held-out share of the training stars when ``n_members == 1`` (with K members each
-    #: member holds out its own fold, 1/K)
-    validation_fraction: float = 0.1
-    #: K of the cross-fitted ensemble (1: a single network, the paper)
-    n_members: int = 5
-    #: coordinates of the masked reconstructed spectrum fed to the first layer (the
-    #: rank of a 100-component reconstruction; None: the raw pixels)
-    n_components: int | None = 100
-    #: feature scale s_j = std_j^p * std_max^(1 - p): p = 1 standardises every feature, p = 0
-    #: keeps the relative variances of the spectral coordinates (weak directions, mostly
-    #: noise, enter the first layer small), in between a compromise
-    feature_scale_power: float = 0.5
-    #: "mag" (the paper: squared error on M_Ks) or "fakemag" (parallax space, issue 6a)
-    loss: str = "fakemag"
-    #: prior fraction f of unresolved binaries among the training targets: > 0 replaces the
-    #: squared error by the negative log of a mixture, (1 - f) N(target | M, sigma) + f
-    #: N(target | M - Delta, sigma) with Delta ~ U(0, 0.75 mag) (an equal-mass system is
-    #: 2.5 log10 2 brighter): a too-bright target is explained rather than learned
-    binary_mixture_fraction: float = 0.0
-    seed: int = 0
-    #: "cpu" (default) or "auto" (a GPU if torch finds one)
-    device: str = "cpu"
-    #: torch intra-op threads during training (None: torch's default). The batches are
-    #: small (512 x 100): one thread is as fast as two on an idle machine and far faster
-    #: on a busy one
-    n_threads: int | None = 1
-
-    def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.n_members < 1:
-            raise ValueError(f"n_members must be >= 1, got {self.n_members}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got "
-                             f"{self.lr_schedule!r}")
-
-
-@dataclass
-class TrainHistory:
-    #: mean over members of the training / held-out loss per epoch
-    train_loss: list[float] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    #: best epoch of each member
-    best_epochs: list[int] = field(default_factory=list)
-    seconds: float = 0.0
-    #: per training row (after dropping non-finite rows: NaN there) the prediction of the
-    #: member that did not train on it (mag)
-    out_of_fold: np.ndarray | None = None
-    #: per training row the member that held it out (K = 1: 0 held out, -1 trained; -1
-    #: for dropped rows)
-    fold: np.ndarray | None = None
-
-    @property
-    def best_epoch(self) -> int:
-        return int(max(self.best_epochs)) if self.best_epochs else -1
-
-    @property
-    def seconds_per_epoch(self) -> float:
-        return self.seconds / max(len(self.train_loss), 1)
-
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     # numerically safe logistic without overflow warnings
@@ -276,6 +149,26 @@ class MKsNetwork:
             x = (x - self.projection_mean) @ self.projection
         return (x - self.x_mean) / self.x_std
 
+    def on_coefficients(self, recon: np.ndarray, recon_mean: np.ndarray) -> MKsNetwork:
+        """The same network reading the coefficients c of a linear reconstruction
+        x = c ``recon`` + ``recon_mean`` ((K, n_grid) and (n_grid,), e.g. a PCA basis's
+        eq. 2) instead of x: its first-layer projection composed with the reconstruction
+        (a (K, n_features) matrix), so a prediction skips the n_grid pixels. The same
+        M_Ks as ``predict(reconstruct(c))`` to float32 rounding."""
+        recon = np.asarray(recon, dtype=np.float64)
+        mean = np.asarray(recon_mean, dtype=np.float64)
+        if self.pixel_mask is not None:
+            recon, mean = recon[:, self.pixel_mask], mean[self.pixel_mask]
+        if self.projection is not None:
+            proj = self.projection.astype(np.float64)
+            composed = recon @ proj
+            offset = (mean - self.projection_mean) @ proj
+        else:
+            composed, offset = recon, mean
+        return MKsNetwork(self.weights, self.x_mean - offset, self.x_std, self.y_mean,
+                          self.y_std, None, {**self.meta, "input_kind": "pca_coeff"},
+                          projection=composed, projection_mean=np.zeros(composed.shape[0]))
+
     def input_out_of_range(self, x: np.ndarray) -> np.ndarray:
         """True for rows of reconstructed spectra that leave [1 - d, 1 + d] within the
         model's pixels (d = :data:`RECON_MAX_DEVIATION`); all False for coefficients."""
@@ -285,7 +178,15 @@ class MKsNetwork:
 
     # ------------------------------------------------------------------ predict
     def predict_members(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-        """(K, n) M_Ks (mag) of every member (eq. 6, dropout off); NaN where a row has NaN."""
+        """(K, n) M_Ks (mag) of every member (eq. 6, dropout off); NaN where a row has NaN.
+
+        One BLAS thread: the products are small (a batch x 100 x 100 per member), and a
+        second thread made them 2-5x slower on a shared machine (training's predictions;
+        the luminosity stage's blocks run one thread each anyway)."""
+        with _blas_controller().limit(limits=1):
+            return self._predict_members(x, batch_size)
+
+    def _predict_members(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         x = self.select_inputs(x)
         n = x.shape[0]
         out = np.full((self.n_members, n), np.nan, dtype=np.float64)
@@ -426,424 +327,3 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj)}")
-
-
-def _torch_module(n_in: int, n_hidden: int, dropout: float, n_members: int = 1) -> Any:
-    """``n_members`` independent eq. (6) networks evaluated in one batched pass:
-    input (B, n_in) -> output (K, B). Parameter names and shapes as
-    :class:`MKsNetwork` ``weights``; ``nn.Linear``'s default initialisation per member."""
-    import torch
-    from torch import nn
-
-    class _Ensemble(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            k = n_members
-            self.l1 = _BatchedLinear(k, n_in, n_hidden)
-            self.l2 = _BatchedLinear(k, n_hidden, n_hidden)
-            self.out = _BatchedLinear(k, n_hidden, 1)
-            self.drop = nn.Dropout(dropout)
-
-        def forward(self, x: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor] | None
-                    = None) -> torch.Tensor:
-            """``masks``: the two dropout masks (K, B, h), already scaled by 1 / (1 - p)
-            (:func:`_dropout_masks`); None: torch's dropout (in training mode)."""
-            h = torch.sigmoid(self.l1(x))
-            h = h * masks[0] if masks is not None else self.drop(h)
-            h = torch.sigmoid(self.l2(h))
-            h = h * masks[1] if masks is not None else self.drop(h)
-            return self.out(h)
-
-    class _BatchedLinear(nn.Module):
-        def __init__(self, k: int, n_in_: int, n_out: int) -> None:
-            super().__init__()
-            bound = 1.0 / math.sqrt(n_in_)
-            w = torch.empty(k, n_in_, n_out).uniform_(-bound, bound)
-            b = torch.empty(k, n_out).uniform_(-bound, bound)
-            if n_out == 1:
-                w, b = w[:, :, 0], b[:, 0]
-            self.weight = nn.Parameter(w)
-            self.bias = nn.Parameter(b)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self.weight.dim() == 2:  # output layer: (K, B, h) -> (K, B)
-                return torch.einsum("kbh,kh->kb", x, self.weight) + self.bias[:, None]
-            if x.dim() == 2:  # shared input (B, n_in): one GEMM for all members
-                k, n_in_, n_out = self.weight.shape
-                w = self.weight.permute(1, 0, 2).reshape(n_in_, k * n_out)
-                return (x @ w).reshape(-1, k, n_out).transpose(0, 1) + self.bias[:, None, :]
-            return torch.baddbmm(self.bias[:, None, :], x, self.weight)
-
-    return _Ensemble()
-
-
-def _dropout_masks(rng: np.random.Generator, shape: tuple[int, ...], p: float) -> np.ndarray:
-    """Two stacked inverted-dropout masks (2, *shape) float32: 0 with probability ``p``
-    (to 1 / 65,536), else 1 / (1 - p). From numpy's PCG64 random bytes: torch's CPU
-    Bernoulli sampler took 60 % of a training step of the batched ensemble."""
-    n = 2 * int(np.prod(shape))
-    u = np.frombuffer(rng.bytes(2 * n), dtype=np.uint16).reshape((2, *shape))
-    thr = np.uint16(min(round(p * 65536), 65535))
-    return np.where(u >= thr, np.float32(1.0 / (1.0 - p)), np.float32(0.0))
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def _folds(groups: np.ndarray, n_members: int, validation_fraction: float, seed: int
-           ) -> np.ndarray:
-    """Fold index per row, all rows of a group (star) together, from a stable hash of
-    the group and ``seed``: a group keeps its fold when other rows are added or removed
-    (binary cleaning), so a warm-started member never held out a row it trained on.
-    K = 1: fold 0 is the ``validation_fraction`` share, -1 the rest; else 0..K-1."""
-    import zlib
-
-    uniq, inv = np.unique(np.asarray(groups).astype(str), return_inverse=True)
-    u = np.array([zlib.crc32(f"{seed}:{g}".encode()) for g in uniq], dtype=np.float64)
-    u = u / 2.0**32
-    if n_members == 1:
-        fold_of_group = np.where(u < validation_fraction, 0, -1)
-        if not np.any(fold_of_group == 0) and uniq.size > 1:
-            fold_of_group[np.argmin(u)] = 0
-    else:
-        if uniq.size < n_members:
-            raise ValueError(f"{uniq.size} stars cannot fill {n_members} folds")
-        fold_of_group = np.minimum((u * n_members).astype(np.int64), n_members - 1)
-        # tiny sets: a fold the hash left empty takes a star from the largest fold
-        for k in range(n_members):
-            if not np.any(fold_of_group == k):
-                big = np.argmax(np.bincount(fold_of_group, minlength=n_members))
-                fold_of_group[np.flatnonzero(fold_of_group == big)[0]] = k
-    return fold_of_group[inv]
-
-
-def _projection(x: np.ndarray, n_components: int, seed: int = 0
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and the leading ``n_components`` right singular vectors of ``x`` (rows).
-
-    Randomised range finder with one power iteration (Halko, Martinsson & Tropp 2011,
-    SIAM Rev. 53, 217, Algs. 4.3 + 5.1): a Gaussian sketch of ``n_components + 30``
-    columns, QR, then the SVD of the small projected matrix. The reconstructed spectra
-    span at most the PCA's 100 dimensions, so the sketch captures that span exactly; it
-    costs ~2 n p (k + 30) flops instead of the p^3 eigendecomposition of the p x p Gram
-    matrix (p = 3,053 pixels: 13 s -> < 1 s)."""
-    x = np.asarray(x, dtype=np.float32)
-    mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
-    xc = x - mean
-    n_keep = min(n_components, x.shape[0] - 1, x.shape[1])
-    n_sketch = min(n_keep + 30, *xc.shape)
-    g = np.random.default_rng(seed).standard_normal((xc.shape[1], n_sketch))
-    y = xc @ g.astype(np.float32)
-    q, _ = np.linalg.qr(y.astype(np.float64))
-    y = xc @ (xc.T @ q.astype(np.float32))  # one power iteration
-    q, _ = np.linalg.qr(y.astype(np.float64))
-    b = (q.T.astype(np.float32) @ xc).astype(np.float64)
-    _, _, vt = np.linalg.svd(b, full_matrices=False)
-    v = vt[:n_keep].T
-    return mean, np.ascontiguousarray(v.astype(np.float32))
-
-
-def train_network(
-    x: np.ndarray,
-    y_mag: np.ndarray,
-    kind: str = "a",
-    weights: np.ndarray | None = None,
-    config: TrainConfig | None = None,
-    pixel_mask: np.ndarray | None = None,
-    input_kind: str = "recon_flux",
-    meta: dict[str, Any] | None = None,
-    *,
-    y_err_mag: np.ndarray | None = None,
-    sigma_floor_mag: float | None = None,
-    fakemag: np.ndarray | None = None,
-    fakemag_err: np.ndarray | None = None,
-    groups: np.ndarray | None = None,
-    init: MKsNetwork | None = None,
-    folds: np.ndarray | None = None,
-) -> tuple[MKsNetwork, TrainHistory]:
-    """Fit the eq. (6) network (ensemble) to M_Ks targets.
-
-    ``x``: (n, n_grid) full-grid inputs (``pixel_mask`` selects the model's pixels;
-    default :func:`wavelength_mask` of ``kind`` for ``input_kind="recon_flux"``) or
-    (n, n_in) inputs. Loss ``"mag"``: targets ``y_mag`` (mag) with weights ``weights``
-    or 1 / (``y_err_mag``^2 + ``sigma_floor_mag``^2) (unweighted when neither is given).
-    Loss ``"fakemag"`` (``config.loss``): targets ``fakemag`` +- ``fakemag_err``
-    (:func:`fakemag_from_parallax`), variance floor ``sigma_floor_mag``; ``y_mag`` (may
-    be NaN) then only sets the output scale. ``groups`` (e.g. star ids) keeps rows of a
-    group in one fold. ``init``: warm start from a model of the same ensemble size (its
-    input transform, output scale and weights; e.g. the previous binary-cleaning
-    iteration, whose members held out the same stars). ``folds``: the held-out member of
-    each row (0..K-1; K = 1: 0 held out, -1 trained), e.g. fixed once for all cleaning
-    rounds; None: :func:`_folds` of ``groups``. Rows with a non-finite input or target
-    are dropped (NaN in the history's ``out_of_fold``, -1 in its ``fold``). Each member
-    keeps its best epoch on its held-out fold (early stopping: ``patience`` epochs, or
-    ``warm_patience`` with ``init``).
-    """
-    import torch
-
-    cfg = config or TrainConfig()
-    if input_kind == "recon_flux" and pixel_mask is None:
-        pixel_mask = wavelength_mask(kind)
-    x = np.asarray(x)
-    if pixel_mask is not None and x.shape[1] == pixel_mask.size:
-        x = x[:, pixel_mask]
-    x = np.asarray(x, dtype=np.float32)
-    n_all = x.shape[0]
-    y = np.asarray(y_mag, dtype=np.float64)
-    fake = cfg.loss == "fakemag"
-    if fake:
-        if fakemag is None or fakemag_err is None:
-            raise ValueError("loss 'fakemag' needs fakemag and fakemag_err")
-        t = np.asarray(fakemag, np.float64)
-        t_err = np.asarray(fakemag_err, np.float64)
-        ok_t = np.isfinite(t) & np.isfinite(t_err) & (t_err > 0)
-    else:
-        if weights is not None:
-            w = np.asarray(weights, dtype=np.float64)
-        elif y_err_mag is not None:
-            w = 1.0 / (np.nan_to_num(np.asarray(y_err_mag, float), nan=1.0) ** 2
-                       + (sigma_floor_mag or 0.0) ** 2)
-        else:
-            w = np.ones_like(y)
-        ok_t = np.isfinite(y) & np.isfinite(w) & (w > 0)
-    ok = np.all(np.isfinite(x), axis=1) & ok_t
-    idx = np.flatnonzero(ok)
-    x = x[idx]
-    n = idx.size
-    if n < 20:
-        raise ValueError(f"network {kind}: only {n} usable training rows")
-    grp = np.arange(n_all) if groups is None else np.asarray(groups)
-    if folds is not None:
-        fold = np.asarray(folds, dtype=np.int64)[idx]
-        if cfg.n_members > 1 and np.unique(fold).size != cfg.n_members:
-            raise ValueError(f"folds must fill 0..{cfg.n_members - 1}")
-    else:
-        fold = _folds(grp[idx], cfg.n_members, cfg.validation_fraction, cfg.seed)
-    if init is not None and init.n_members != cfg.n_members:
-        raise ValueError(f"warm start from {init.n_members} members, config has "
-                         f"{cfg.n_members}")
-    k_mem = cfg.n_members
-    # train / held-out masks per member (K = 1: the validation share is held out)
-    member = np.arange(k_mem)[:, None]
-    held = (fold[None, :] == member) if k_mem > 1 else (fold[None, :] == 0)
-    train_mask = ~held
-    trainable = train_mask.any(axis=0)
-
-    proj_mean = projection = None
-    if init is not None:  # warm start: the previous model's input transform and weights
-        proj_mean, projection = init.projection_mean, init.projection
-        feats = init.features(x) * init.x_std + init.x_mean
-    elif input_kind == "recon_flux" and cfg.n_components:
-        proj_mean, projection = _projection(x[trainable], cfg.n_components)
-        feats = (x - proj_mean) @ projection
-    else:
-        feats = x
-    x_mean = feats[trainable].mean(axis=0)
-    x_std = feats[trainable].std(axis=0)
-    p = cfg.feature_scale_power
-    if init is not None:
-        x_mean, x_std, p = init.x_mean, init.x_std, 1.0
-    x_std = x_std ** p * float(np.max(x_std)) ** (1.0 - p)
-    x_std = np.where(x_std > 1e-6, x_std, 1.0).astype(np.float32)
-    y_ok = y[idx]
-    if fake:
-        t, t_err = t[idx], t_err[idx]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            m_scale = np.where(t > 0, 5.0 * np.log10(np.where(t > 0, t, 1.0)), np.nan)
-        m_scale = np.where(np.isfinite(y_ok), y_ok, m_scale)
-        good_t = np.isfinite(m_scale) & trainable & (t > 2 * t_err)
-        ref = m_scale[good_t] if good_t.sum() >= 10 else m_scale[np.isfinite(m_scale)]
-    else:
-        w = w[idx]
-        ref = y_ok[trainable]
-    y_mean, y_std = float(np.mean(ref)), float(np.std(ref) or 1.0)
-    if init is not None:
-        y_mean, y_std = init.y_mean, init.y_std
-
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    device = _device(cfg.device)
-    old_threads = torch.get_num_threads()
-    if cfg.n_threads:
-        torch.set_num_threads(cfg.n_threads)
-    floor = float(sigma_floor_mag or 0.0)
-    try:
-        model = _torch_module(feats.shape[1], cfg.n_hidden, cfg.dropout, k_mem)
-        if init is not None:
-            model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
-                                   init.weights.items()})
-        model = model.to(device)
-        xt = torch.from_numpy(((feats - x_mean) / x_std).astype(np.float32)).to(device)
-        tr_m = torch.from_numpy(train_mask.astype(np.float32)).to(device)
-        # binary mixture (Sec. 6 physics in the loss): with probability f the target is a
-        # system brighter than the star by Delta ~ U(0, 2.5 log10 2) (grid of nodes)
-        f_bin = float(cfg.binary_mixture_fraction)
-        deltas = torch.from_numpy(((np.arange(_N_DELTA) + 0.5) / _N_DELTA * _DELTA_MAX_MAG)
-                                  .astype(np.float32)).to(device)
-        log_w0 = math.log(1.0 - f_bin) if f_bin > 0 else 0.0
-        log_wj = math.log(f_bin / _N_DELTA) if f_bin > 0 else 0.0
-
-        def mixture_nll(z0: torch.Tensor, zj: torch.Tensor, log_var: torch.Tensor
-                        ) -> torch.Tensor:
-            """-log[(1-f) N(z0) + f/J sum_j N(zj)] for squared standardised residuals."""
-            terms = torch.cat([(log_w0 - 0.5 * z0)[None], log_wj - 0.5 * zj], dim=0)
-            return -torch.logsumexp(terms, dim=0) + 0.5 * log_var
-
-        if fake:
-            tt = torch.from_numpy(t.astype(np.float32)).to(device)
-            te = torch.from_numpy(t_err.astype(np.float32)).to(device)
-
-            def row_loss(out: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-                fp = torch.pow(10.0, 0.2 * (y_mean + y_std * out))
-                var = te[b] ** 2 + (fp.detach() * _K_MAG * floor) ** 2
-                z0 = (fp - tt[b]) ** 2 / var
-                if f_bin <= 0:
-                    return z0
-                # a binary's target is 10^(0.2 (M - Delta)): fp 10^(-0.2 Delta)
-                fj = fp[None] * torch.pow(10.0, -0.2 * deltas)[:, None, None]
-                zj = (fj - tt[b]) ** 2 / var[None]
-                return mixture_nll(z0, zj, torch.log(var))
-
-            def row_weight(b: torch.Tensor) -> torch.Tensor:
-                return torch.ones(b.shape, device=device)
-        else:
-            yt = torch.from_numpy(((y_ok - y_mean) / y_std).astype(np.float32)).to(device)
-            wt = torch.from_numpy((w / np.mean(w[trainable])).astype(np.float32)).to(device)
-            # variance (standardised units) of each target for the mixture: 1 / w
-            vt = torch.from_numpy((1.0 / w / y_std**2).astype(np.float32)).to(device)
-
-            def row_loss(out: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-                if f_bin <= 0:
-                    return (out - yt[b]) ** 2
-                z0 = (out - yt[b]) ** 2 / vt[b]
-                zj = (out[None] - deltas[:, None, None] / y_std - yt[b]) ** 2 / vt[b]
-                return mixture_nll(z0, zj, torch.log(vt[b]))
-
-            def row_weight(b: torch.Tensor) -> torch.Tensor:
-                return wt[b] if f_bin <= 0 else torch.ones(b.shape, device=device)
-
-        def member_loss(out: torch.Tensor, b: torch.Tensor, mask: torch.Tensor
-                        ) -> torch.Tensor:
-            wm = mask[:, b] * row_weight(b)[None, :]
-            return (wm * row_loss(out, b)).sum(dim=1) / wm.sum(dim=1).clamp_min(1e-12)
-
-        # validation: each member on its own held-out rows only, gathered once into a
-        # (K, M) index padded with weight 0 (1/K of a pass over every row)
-        held_rows = [np.flatnonzero(held[k]) for k in range(k_mem)]
-        m_max = max(1, max(r.size for r in held_rows))
-        va_idx = np.zeros((k_mem, m_max), dtype=np.int64)
-        va_w = np.zeros((k_mem, m_max), dtype=np.float32)
-        for k, r in enumerate(held_rows):
-            va_idx[k, :r.size] = r
-            va_w[k, :r.size] = 1.0
-        va_idx_t = torch.from_numpy(va_idx).to(device)
-        va_wt = torch.from_numpy(va_w).to(device) * row_weight(va_idx_t)
-        x_va = xt[va_idx_t]
-
-        def val_loss() -> np.ndarray:
-            out = model(x_va)
-            v = (va_wt * row_loss(out, va_idx_t)).sum(dim=1) / va_wt.sum(dim=1).clamp_min(
-                1e-12)
-            return v.cpu().numpy().astype(float)
-
-        rng_drop = np.random.default_rng(cfg.seed)
-        patience = cfg.warm_patience if init is not None else cfg.patience
-        max_epochs = cfg.warm_max_epochs if init is not None else cfg.max_epochs
-        tr_rows = torch.from_numpy(np.flatnonzero(trainable)).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate,
-                               weight_decay=cfg.weight_decay)
-        hist = TrainHistory()
-        best = np.full(k_mem, np.inf)
-        best_ep = np.full(k_mem, -1)
-        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        since = np.zeros(k_mem, dtype=int)
-        t0 = time.perf_counter()
-        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_epochs)
-                 if cfg.lr_schedule == "cosine" else None)
-        for epoch in range(max_epochs):
-            model.train()
-            order = tr_rows[torch.randperm(tr_rows.numel(), generator=gen).to(device)]
-            total = 0.0
-            n_b = 0
-            for s in range(0, order.numel(), cfg.batch_size):
-                b = order[s:s + cfg.batch_size]
-                opt.zero_grad()
-                masks = None
-                if cfg.dropout > 0:
-                    mk = torch.from_numpy(_dropout_masks(
-                        rng_drop, (k_mem, b.numel(), cfg.n_hidden), cfg.dropout)).to(device)
-                    masks = (mk[0], mk[1])
-                loss = member_loss(model(xt[b], masks), b, tr_m).sum()
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) / k_mem
-                n_b += 1
-            model.eval()
-            with torch.no_grad():
-                vl = val_loss()
-            hist.train_loss.append(total / max(n_b, 1))
-            hist.val_loss.append(float(np.mean(vl)))
-            improved = vl < best - 1e-5
-            if improved.any():
-                sel = torch.from_numpy(np.flatnonzero(improved)).to(device)
-                for k, v in model.state_dict().items():
-                    best_state[k][sel] = v.detach()[sel]
-                best[improved] = vl[improved]
-                best_ep[improved] = epoch
-            since = np.where(improved, 0, since + 1)
-            if np.all(since >= patience):
-                break
-            if sched is not None:
-                sched.step()
-        hist.seconds = time.perf_counter() - t0
-        model.load_state_dict(best_state)
-    finally:
-        torch.set_num_threads(old_threads)
-    hist.best_epochs = [int(e) for e in best_ep]
-    weights_np = {k: v.detach().cpu().numpy() for k, v in best_state.items()}
-    net_meta = {
-        "kind": kind, "input_kind": input_kind, "n_inputs": int(x.shape[1]),
-        "n_features": int(feats.shape[1]), "n_members": k_mem, "loss": cfg.loss,
-        "sigma_floor_mag": sigma_floor_mag,
-        "n_train": int(trainable.sum()), "n_rows": int(n),
-        "best_epochs": hist.best_epochs, "epochs_run": len(hist.train_loss),
-        "best_val_loss_by_member": [float(v) for v in best],
-        "train_seconds": hist.seconds, "config": asdict(cfg),
-        "obpipe_version": __version__, "architecture": "eq. 6: sigmoid(100) - dropout - "
-        "sigmoid(100) - dropout - linear; first layer on the coordinates of the masked "
-        "reconstructed spectrum in its principal subspace"
-        if projection is not None else "eq. 6: sigmoid(100) - dropout - sigmoid(100) - "
-        "dropout - linear",
-        "wavelength_windows_aa": (EXCLUDED_WINDOWS_AA if kind == "a" else CLEAN_WINDOWS_AA)
-        if input_kind == "recon_flux" else None,
-        "windows_meaning": ("excluded" if kind == "a" else "used")
-        if input_kind == "recon_flux" else None,
-        **(meta or {}),
-    }
-    net = MKsNetwork(weights_np, x_mean, x_std, y_mean, y_std,
-                     pixel_mask if input_kind == "recon_flux" else None, net_meta,
-                     projection=projection, projection_mean=proj_mean)
-    # out-of-fold predictions: each row from the member(s) that held it out
-    members = net.predict_members(x)
-    oof = np.full(n_all, np.nan)
-    if k_mem > 1:
-        oof[idx] = members[fold, np.arange(n)]
-    else:
-        oof[idx] = np.where(fold == 0, members[0], np.nan)
-    hist.out_of_fold = oof
-    hist.fold = np.full(n_all, -1, dtype=np.int64)
-    hist.fold[idx] = fold if k_mem > 1 else np.where(fold == 0, 0, -1)
-    resid = oof[idx] - y_ok
-    fin = np.isfinite(resid)
-    net.meta["out_of_fold_rms_mag"] = float(np.sqrt(np.mean(resid[fin] ** 2))) if fin.any() \
-        else None
-    log.info("network %s (%s, %d inputs -> %d features, %d members, loss %s): %d rows, "
-             "best epochs %s of %d, out-of-fold rms %s mag, %.3f s/epoch", kind, input_kind,
-             x.shape[1], feats.shape[1], k_mem, cfg.loss, n, hist.best_epochs,
-             len(hist.train_loss), net.meta["out_of_fold_rms_mag"], hist.seconds_per_epoch)
-    return net, hist

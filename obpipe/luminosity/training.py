@@ -55,8 +55,8 @@ import numpy as np
 
 from obpipe.binary import identify_binaries
 from obpipe.luminosity import noise_model
-from obpipe.luminosity.network import (
-    MKsNetwork,
+from obpipe.luminosity.network import MKsNetwork
+from obpipe.luminosity.network_training import (
     TrainConfig,
     _folds,
     fakemag_from_mks,

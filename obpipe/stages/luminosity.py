@@ -54,11 +54,7 @@ from obpipe.binary import (
 )
 from obpipe.io import store
 from obpipe.luminosity import noise_model
-from obpipe.luminosity.network import (
-    MKsNetwork,
-    recon_out_of_range,
-    wavelength_mask,
-)
+from obpipe.luminosity.network import MKsNetwork, recon_out_of_range, wavelength_mask
 from obpipe.luminosity.training import TrainingConfig, train_with_binary_cleaning
 from obpipe.products import (
     Output,
@@ -221,10 +217,13 @@ def calibrate_sigma_s(ctx: Any, model: str, usable: np.ndarray, snr: np.ndarray,
     pca_model = load_pca_model(ctx.products_dir)
     basis = pca_model.full if model == "a" else pca_model.clean
     ids = star_id[rows]
+    if input_kind == "recon_flux":  # the network on the coefficients of the reconstruction
+        r0 = basis.reconstruct(np.zeros((1, basis.n_components)))[0]
+        net = net.on_coefficients(basis.reconstruct(np.eye(basis.n_components)) - r0, r0)
 
     def predict(f: np.ndarray, iv: np.ndarray, sel: np.ndarray) -> np.ndarray:
         coeff = basis.project(f, iv, prior=prior)
-        x = basis.reconstruct(np.nan_to_num(coeff)) if input_kind == "recon_flux" else coeff
+        x = np.nan_to_num(coeff) if input_kind == "recon_flux" else coeff
         return net.predict_out_of_fold(x, ids[sel])[0]
 
     return noise_model.degraded_snr_scatter(flux, ivar, snr[rows], predict, seed=seed)
