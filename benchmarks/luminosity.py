@@ -125,7 +125,9 @@ def accuracy(survey: str, products: str, variant: str) -> dict:
 
     binary_stage.run(ctx)
     t_bin = time.perf_counter() - t0
-    m = lum.luminosity_metrics(store.open_cube(survey), open_products(products).load(),
+    from obpipe.validate import luminosity_metrics
+
+    m = luminosity_metrics(store.open_cube(survey), open_products(products).load(),
                                store.open_truth(survey).load())
     return {"variant": variant, "seconds_luminosity_stage": t_lum,
             "seconds_training_steps": rep.get("training_seconds"),

@@ -96,7 +96,8 @@ def accuracy(survey: str) -> dict:
     from obpipe.io import store
     from obpipe.pipeline import RunContext, run_pipeline
     from obpipe.products import open_products
-    from obpipe.stages.photometry import photometry_metrics, run
+    from obpipe.stages.photometry import run
+    from obpipe.validate import photometry_metrics
 
     with tempfile.TemporaryDirectory() as tmp:
         run_pipeline(survey, tmp, ["index"])

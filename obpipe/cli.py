@@ -583,6 +583,9 @@ def _quiet_distributed() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from obpipe.memory import set_process_allocator
+
+    set_process_allocator()  # process-wide: here, at the entry, never in a block function
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -603,17 +606,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def console_main() -> int:
-    """The ``obpipe`` console script: :func:`main`, then ``gc.freeze()`` so that the
-    interpreter's last garbage collection skips the object graphs of every imported
-    library (xarray, pandas, dask, zarr ...): ~0.3 s at the end of an ingest of
-    10,000 files, for memory the OS takes back at exit anyway. Files are closed by
-    their context managers and atexit handlers still run. (``main`` itself is also
-    called in-process, by tests and notebooks, where freezing would keep garbage.)"""
-    import gc
-
-    code = main()
-    gc.freeze()
-    return code
+    """The ``obpipe`` console script: :func:`main`."""
+    return main()
 
 
 if __name__ == "__main__":  # pragma: no cover

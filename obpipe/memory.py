@@ -1,6 +1,11 @@
 """Process-level memory hygiene for long runs over many blocks (glibc malloc settings).
 
-Two policies (the settings are process-wide: the last one applied wins):
+The settings are process-wide, so they are made where a process starts, never inside a
+block function that may share its worker with other tasks: :func:`set_process_allocator`
+at the command line's entry (for that process, and in its environment for the worker
+processes it spawns), :func:`allocator_environment` in the Dask nanny's pre-spawn
+environment of a local cluster (:mod:`obpipe.runtime`) and in the container image
+(``deploy/Dockerfile``). Two policies (the last one applied wins):
 
 * :func:`release_large_buffers_to_the_os`: every allocation of 4 MiB and more is its own
   mmap, returned to the OS when freed;
@@ -43,8 +48,6 @@ def _reuse_arena_max() -> int:
     return max(2, os.cpu_count() or 2)
 
 
-#: the release policy's settings (glibc's defaults but a fixed 4 MiB mmap threshold)
-_RELEASE_SETTINGS = ((M_MMAP_THRESHOLD, 4 << 20), (M_TRIM_THRESHOLD, 128 << 10), (M_TOP_PAD, 0))
 #: the policy in force in this process: "reuse", "release" or None (glibc's defaults)
 _policy: str | None = None
 
@@ -108,17 +111,30 @@ def reuse_block_buffers() -> bool:
     return ok
 
 
+def allocator_environment() -> dict[str, str]:
+    """The :func:`reuse_block_buffers` policy as glibc's environment variables, which a
+    process reads when it starts (worker processes, containers)."""
+    return {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD_MAX_BYTES),
+            "MALLOC_TRIM_THRESHOLD_": str(REUSE_TRIM_THRESHOLD_BYTES),
+            "MALLOC_TOP_PAD_": str(REUSE_TOP_PAD_BYTES),
+            "MALLOC_ARENA_MAX": str(_reuse_arena_max())}
+
+
+def set_process_allocator() -> bool:
+    """At a process's start (the command line's entry): the block-buffer policy
+    (:func:`reuse_block_buffers`) for this process, and in its environment (unless already
+    set there) for the worker processes it will start."""
+    for key, value in allocator_environment().items():
+        os.environ.setdefault(key, value)
+    return reuse_block_buffers()
+
+
 def release_free_heap() -> bool:
     """Return the free memory of every malloc heap to the OS (glibc ``malloc_trim(0)``,
-    best effort) and, after :func:`reuse_block_buffers`, go back to the release policy
-    (large buffers mmapped, freed memory trimmed): at the end of a stage that kept its
-    buffers for its next block, so that neither they nor the policy stay for the later
-    stages. True if memory was released."""
-    global _policy
+    best effort): after each stage (:mod:`obpipe.pipeline`), so that the buffers a stage
+    kept for its next block do not stay for the later stages; the policy itself stays.
+    True if memory was released."""
     libc = _libc()
     if libc is None:
         return False
-    if _policy == "reuse":
-        _policy = "release"
-        _mallopt(_RELEASE_SETTINGS)
     return bool(libc.malloc_trim(0))

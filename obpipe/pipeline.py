@@ -29,6 +29,7 @@ from obpipe import provenance
 from obpipe.config import PipelineConfig, to_dict, to_json
 from obpipe.io import store
 from obpipe.lock import products_lock
+from obpipe.memory import release_free_heap
 from obpipe.products import invalidate_stage, products_path, stage_complete, temp_name
 from obpipe.stages import STAGE_NAMES
 from obpipe.version import __version__
@@ -170,6 +171,7 @@ def run_pipeline(
 
 def _run_stages(ctx: RunContext, selected: Sequence[Stage], ident: dict[str, Any],
                 simulated_models: list[str], progress: bool) -> dict[str, Any]:
+    from obpipe.report.run_figures import after_stage
     from obpipe.runtime import dask_progress, show_progress, single_threaded_blas, stage_banner
 
     report: dict[str, Any] = {}
@@ -211,7 +213,11 @@ def _run_stages(ctx: RunContext, selected: Sequence[Stage], ident: dict[str, Any
                 # it into the catalogs' metadata, also when it is the only stage that runs
                 _record_run(ctx, ident, simulated_models)
             with dask_progress(stage.name):
-                result = stage.run(run_ctx)
+                try:
+                    result = stage.run(run_ctx)
+                finally:  # the block buffers a stage kept for its next block go back
+                    release_free_heap()
+            result = {**result, **after_stage(stage.name, ctx.survey_path, ctx.products_dir)}
             new["finished_utc"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
             _write_record(ctx, stage.name, {**new, "status": "complete"})
             records[stage.name] = new

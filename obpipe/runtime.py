@@ -270,8 +270,14 @@ def dask_scheduler(
         kwargs: dict[str, Any] = {"threads_per_worker": threads_per_worker}
         if local_cluster_workers:
             kwargs["n_workers"] = local_cluster_workers
-        with LocalCluster(host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                          processes=True, **kwargs) as cluster, Client(cluster) as client:
+        from obpipe.memory import allocator_environment
+
+        # the allocator policy in the environment of each worker process as it starts
+        environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}),
+                   **allocator_environment()}
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
+                LocalCluster(host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                             processes=True, **kwargs) as cluster, Client(cluster) as client:
             log.info("local cluster %s (dashboard %s), %d workers", cluster.scheduler_address,
                      client.dashboard_link, len(cluster.workers))
             yield None

@@ -14,9 +14,9 @@ from obpipe.stages.photometry import (
     SURVEY_VARS,
     is_complete,
     photometry_block,
-    photometry_metrics,
     run,
 )
+from obpipe.validate import photometry_metrics
 
 
 @pytest.fixture(scope="module")

@@ -60,17 +60,11 @@ def _process_pool(num_workers: int) -> ProcessPoolExecutor:
 
 
 def _initialize_worker() -> None:
-    """Dask's worker initialiser, and a quick exit: a spawned worker ends with a full
-    interpreter teardown, whose last garbage collection walks every imported library's
-    objects (~0.4 s, while the driver waits for it at its own exit); freezing them in
-    an atexit hook skips that walk (the memory goes back to the OS with the process)."""
-    import atexit
-    import gc
-
+    """Dask's worker initialiser (the allocator policy comes with the environment the
+    worker process starts with: :func:`obpipe.memory.set_process_allocator`)."""
     import dask.multiprocessing as dmp
 
     dmp.initialize_worker_process()
-    atexit.register(gc.freeze)
 
 
 def shared_process_pool(num_workers: int) -> ProcessPoolExecutor:

@@ -100,12 +100,7 @@ def _thresholds(attrs: Mapping[str, Any]) -> Any:
     if "threshold_emission_significance" not in attrs:
         raise MissingProducts("Figs. 2-3: emission thresholds not in the products "
                               "(run the 'emission' stage)")
-    return Thresholds(
-        emission_significance=float(attrs["threshold_emission_significance"]),
-        emission_min_excess=float(attrs.get("threshold_emission_min_excess", 0.0)),
-        estimated_purity=float(attrs.get("threshold_estimated_purity", float("nan"))),
-        broken_snr_edges=tuple(json.loads(attrs.get("threshold_broken_snr_edges", "[]"))),
-        broken_log_chi2=tuple(json.loads(attrs.get("threshold_broken_log_chi2", "[]"))))
+    return Thresholds.from_attrs(attrs)
 
 
 def _copy_into(paths: list[str], out_dir: str) -> list[str]:
@@ -124,6 +119,7 @@ def _figure_specs(survey_path: str, products_dir: str, out_dir: str,
                   truth: Mapping[str, np.ndarray] | None
                   ) -> list[tuple[str, str, str, Callable[[], list[str]]]]:
     """(key, title, caption, draw) for every figure; draw returns file names in out_dir."""
+    from obpipe.report import run_figures
     from obpipe.stages import luminosity as lum
 
     def out(name: str) -> str:
@@ -139,7 +135,7 @@ def _figure_specs(survey_path: str, products_dir: str, out_dir: str,
 
     def fig5() -> list[str]:
         require_columns(cols, ("MKs", "MKs_geo", "luminosity_set"), "Fig. 5")
-        return _copy_into([lum.write_fig5(survey_path, products_dir)], out_dir)
+        return _copy_into([run_figures.write_fig5(survey_path, products_dir)], out_dir)
 
     def fig8() -> list[str]:
         from obpipe.luminosity import noise_model
@@ -159,7 +155,7 @@ def _figure_specs(survey_path: str, products_dir: str, out_dir: str,
 
     def fig10() -> list[str]:
         require_columns(cols, ("snr_dparallax", "MKs_geo"), "Fig. 10")
-        return _copy_into([lum.write_fig10(survey_path, products_dir)], out_dir)
+        return _copy_into([run_figures.write_fig10(survey_path, products_dir)], out_dir)
 
     specs: list[tuple[str, str, str, Callable[[], list[str]]]] = [
         ("fig2_3", "Figs. 2 and 3: PCA reconstruction and H-alpha emission",

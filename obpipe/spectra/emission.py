@@ -32,6 +32,7 @@ Thresholds come from the data, not from constants tuned to the mock:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -230,6 +231,16 @@ class Thresholds:
             "threshold_broken_log_chi2": json.dumps([round(x, 4) for x in
                                                      self.broken_log_chi2]),
         }
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> Thresholds:
+        """The thresholds recorded by :meth:`as_attrs` (the products' root attributes)."""
+        return cls(
+            emission_significance=float(attrs["threshold_emission_significance"]),
+            emission_min_excess=float(attrs.get("threshold_emission_min_excess", 0.0)),
+            estimated_purity=float(attrs.get("threshold_estimated_purity", float("nan"))),
+            broken_snr_edges=tuple(json.loads(attrs.get("threshold_broken_snr_edges", "[]"))),
+            broken_log_chi2=tuple(json.loads(attrs.get("threshold_broken_log_chi2", "[]"))))
 
 
 def emission_threshold(

@@ -5,7 +5,7 @@ the paper's flag) over the cube, then fills the per-star columns from every visi
 (:func:`obpipe.binary.star_binary_features`, :func:`obpipe.binary.binary_probability`).
 Products: ``parallax_spec``, ``parallax_spec_err`` (mas), ``snr_dparallax``,
 ``binary_flag`` (1 / 0 / -9), ``binary_flag_paper``, ``binary_prob``,
-``rv_chi2_log10_p``; figures ``fig10_parallax_excess.png``, ``fig5_mks_spec_vs_geo.png``.
+``rv_chi2_log10_p`` (figures 5 and 10: :mod:`obpipe.report.run_figures`).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def combined_snr_dparallax(products_dir: str, inp: dict[str, np.ndarray]
 
 
 def run(ctx: Any) -> dict[str, Any]:
-    """Eqs. (15)-(17) over the cube, with ``ctx.config.binary.snr_threshold``; Fig. 10."""
+    """Eqs. (15)-(17) over the cube, with ``ctx.config.binary.snr_threshold``."""
     threshold = ctx.config.binary.snr_threshold
     result = run_blockwise_stage(
         ctx.survey_path, ctx.products_dir, NAME,
@@ -132,13 +132,6 @@ def run(ctx: Any) -> dict[str, Any]:
     result["fractions"] = {"binary": float(np.mean(flag == FLAG_BINARY)),
                            "single": float(np.mean(flag == 0)),
                            "unclassified": float(np.mean(flag == -9))}
-    try:
-        from obpipe.stages.luminosity import write_fig5, write_fig10
-
-        result["figure"] = write_fig10(ctx.survey_path, ctx.products_dir)
-        result["figure5"] = write_fig5(ctx.survey_path, ctx.products_dir)
-    except Exception as exc:  # figures never fail a run
-        log.warning("binary figures not written: %s", exc)
     return result
 
 

@@ -37,7 +37,6 @@ from obpipe.distance import (
 )
 from obpipe.engine.pools import prestart_process_pool, process_pool_for, scheduler_for
 from obpipe.io import store
-from obpipe.memory import reuse_block_buffers
 from obpipe.products import (
     Output,
     force_requested,
@@ -82,7 +81,6 @@ def block(inputs: dict[str, np.ndarray], cfg: DistanceConfig,
                    hyper: PopulationPrior | None = None) -> dict[str, np.ndarray]:
     """Eqs. (18)-(24) for one block of spectra (:func:`obpipe.distance.catalog_distances`:
     binaries use the parallax alone)."""
-    reuse_block_buffers()
     return catalog_distances(inputs["ra"], inputs["dec"], inputs["Ks0"], inputs["Ks0_err"],
                              inputs["MKs"], inputs["MKs_err"], inputs["binary_flag"],
                              inputs["parallax_corrected"], inputs["parallax_corrected_error"],

@@ -18,7 +18,6 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from obpipe.io import store
-from obpipe.memory import reuse_block_buffers
 from obpipe.products import (
     Output,
     ensure_outputs,
@@ -33,8 +32,8 @@ from obpipe.products import (
 )
 from obpipe.spectra import emission
 from obpipe.spectra.bases import MODEL_FILE, _load_model
+from obpipe.spectra.grid import LAMOST_N_PIXELS as N_WAVE
 from obpipe.spectra.options import SpectralConfig
-from obpipe.stages._spectral import N_WAVE, _releases_heap
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,6 @@ FLAG_OUTPUTS = {
 
 @row_tiled
 def block(inputs: dict[str, np.ndarray], model_path: str) -> dict[str, np.ndarray]:
-    reuse_block_buffers()
     model = _load_model(model_path, store.file_token(model_path))
     em = inputs["em_flag"] == 1
     with threadpool_limits(1):
@@ -73,7 +71,6 @@ def block(inputs: dict[str, np.ndarray], model_path: str) -> dict[str, np.ndarra
     return {"recon_flux": out}
 
 
-@_releases_heap
 def run(ctx: Any) -> dict[str, Any]:
     cfg: SpectralConfig = ctx.config.spectral
     survey = store.open_cube(ctx.survey_path)
@@ -101,12 +98,6 @@ def run(ctx: Any) -> dict[str, Any]:
         product_vars=("pca_coeff", "pca_coeff_full", "em_flag"), scheduler=ctx.scheduler,
         force=force_requested(ctx),
     )
-    try:
-        from obpipe.spectra.figures import write_spectral_figures
-
-        result["figures"] = write_spectral_figures(ctx.survey_path, ctx.products_dir, thr)
-    except Exception as exc:  # figures never fail a run
-        log.warning("spectral figures not written: %s", exc)
     return {"emission_fraction": float(np.mean(flags["em_flag"] == 1)),
             "broken": int(np.sum(flags["quality_flags"] & emission.QUALITY_BITS["broken"] > 0)),
             **thr.as_attrs(), **result}

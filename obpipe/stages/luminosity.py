@@ -9,8 +9,8 @@
        the noise model (:mod:`obpipe.luminosity.training`);
     3. writes ``PRODUCTS_DIR/models/mks_network_{a,b}.safetensors`` (tensors, JSON
        metadata in the header), ``noise_model_{a,b}.npz``,
-       ``luminosity_training.json`` and figures ``fig5_mks_spec_vs_geo.png``,
-       ``fig8_noise_model_{a,b}.png``; a rerun finds the files and skips training;
+       ``luminosity_training.json`` (figures: :mod:`obpipe.report.run_figures`); a rerun
+       finds the files and skips training;
     4. maps :func:`luminosity_block` over the cube with
        :func:`obpipe.products.run_blockwise_stage`: the networks travel to the
        workers as file paths (loaded once per process, ``lru_cache``), the noise
@@ -48,10 +48,6 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from obpipe.binary import (
-    BINARY_SNR_THRESHOLD,
-    expected_detection_probability,
-)
 from obpipe.io import store
 from obpipe.luminosity import noise_model
 from obpipe.luminosity.network import MKsNetwork, recon_out_of_range, wavelength_mask
@@ -68,7 +64,6 @@ from obpipe.products import (
     temp_name,
     write_products_block,
 )
-from obpipe.stats import robust_std
 from obpipe.version import __version__
 
 log = logging.getLogger(__name__)
@@ -231,7 +226,7 @@ def calibrate_sigma_s(ctx: Any, model: str, usable: np.ndarray, snr: np.ndarray,
 
 def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = None
                         ) -> dict[str, Any]:
-    """Steps 1-3 of the stage: train, calibrate, save the model files and figures."""
+    """Steps 1-3 of the stage: train, calibrate, save the model files."""
     t0 = time.perf_counter()
     survey = store.open_cube(ctx.survey_path)
     prods = open_products(ctx.products_dir)
@@ -312,14 +307,6 @@ def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = 
               "extra_training": extra_path}
     with store.open_file(os.path.join(mdir, REPORT_FILE), "w") as fh:
         json.dump(report, fh, indent=1, default=float)
-    try:
-        figdir = os.path.join(ctx.products_dir, "figures")
-        store.makedirs(figdir)
-        for m, r in res.noise.items():
-            noise_model.corner_plot(r, os.path.join(figdir, f"fig8_noise_model_{m}.png"),
-                                    title=f"network ({m}): {r.meta.get('sample', '')}")
-    except Exception as exc:  # figures never fail a run
-        log.warning("luminosity figures not written: %s", exc)
     return report
 
 
@@ -441,273 +428,3 @@ def is_complete(ctx: Any) -> bool:
 
 #: the stage's block function (one chunk of rows)
 block = luminosity_block
-
-
-# ------------------------------------------------------------------------- figures
-def write_fig5(survey_path: str, products_dir: str) -> str:
-    """Fig. 5: spectroscopic vs geometric M_Ks for test stars (plx/err > 10, S/N > 20)."""
-    from matplotlib.figure import Figure
-
-    survey = store.open_cube(survey_path)
-    prods = open_products(products_dir)
-    names = [v for v in ("MKs", "MKs_geo", "em_flag", "luminosity_set", "parallax_corrected",
-                         "parallax_corrected_error", "MKs_model") if v in prods]
-    p = prods[names].load()
-    snr = survey["snr_g"].values
-    with np.errstate(invalid="ignore", divide="ignore"):
-        good = (p["parallax_corrected"].values / p["parallax_corrected_error"].values > 10)
-    if "luminosity_set" in p:
-        unseen = (p["luminosity_set"].values & SET_BITS["test"]) > 0
-    else:  # models trained on another survey (reused): no star here was trained on
-        unseen = np.ones(good.shape, dtype=bool)
-    test = unseen & good & (snr > 20)
-    em = p["em_flag"].values
-    fig = Figure(figsize=(10, 4.8))
-    axes = fig.subplots(1, 2, sharex=True, sharey=True)
-    lims = (-6, 3)
-    for ax, sel, title in ((axes[0], test & (em == 0), "(a) non-emission, full range"),
-                           (axes[1], test & (em != 0), "(b) clean windows, emission")):
-        ax.scatter(p["MKs_geo"].values[sel], p["MKs"].values[sel], s=3, alpha=0.5,
-                   color="C0" if ax is axes[0] else "C3")
-        ax.plot(lims, lims, "k-", lw=0.8)
-        ax.plot(lims, np.add(lims, 0.75), "k--", lw=0.8)
-        ax.set_xlim(lims)
-        ax.set_ylim(lims)
-        ax.set_title(f"{title} (n = {int(sel.sum())})", fontsize=9)
-        ax.set_xlabel(r"geometric $M_{K_s}$ (mag)")
-    axes[0].set_ylabel(r"spectroscopic $M_{K_s}$ (mag)")
-    fig.tight_layout()
-    path = os.path.join(products_dir, "figures", "fig5_mks_spec_vs_geo.png")
-    store.makedirs(os.path.dirname(path))
-    store.save_figure(fig, path, dpi=110)
-    return path
-
-
-def write_fig10(survey_path: str, products_dir: str) -> str:
-    """Fig. 10: S/N_dplx for plx/err > 10 and S/N > 50; all and MKs_geo < 0."""
-    from matplotlib.figure import Figure
-
-    survey = store.open_cube(survey_path)
-    p = open_products(products_dir)[["snr_dparallax", "MKs_geo", "parallax_corrected",
-                                     "parallax_corrected_error"]].load()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sel = ((p["parallax_corrected"].values / p["parallax_corrected_error"].values > 10)
-               & (survey["snr_g"].values > 50) & np.isfinite(p["snr_dparallax"].values))
-    x = p["snr_dparallax"].values
-    bins = np.linspace(-6, 12, 73)
-    fig = Figure(figsize=(6, 4.2))
-    ax = fig.subplots()
-    ax.hist(x[sel], bins=bins, histtype="step", color="k", label="all")
-    ax.hist(x[sel & (p["MKs_geo"].values < 0)], bins=bins, histtype="step", color="C3",
-            label=r"$M_{K_s}^{\rm geo} < 0$")
-    ax.axvline(2.0, color="k", ls="--", lw=0.8)
-    ax.set_xlabel(r"$S/N_{\Delta\varpi}$")
-    ax.set_ylabel("spectra")
-    ax.legend()
-    fig.tight_layout()
-    path = os.path.join(products_dir, "figures", "fig10_parallax_excess.png")
-    store.makedirs(os.path.dirname(path))
-    store.save_figure(fig, path, dpi=110)
-    return path
-
-
-# ------------------------------------------------------------------------- validation
-def _stats(d: np.ndarray) -> dict[str, float]:
-    d = d[np.isfinite(d)]
-    if d.size == 0:
-        return {"n": 0}
-    med = float(np.median(d))
-    return {"n": int(d.size), "bias": float(np.mean(d)), "median": med,
-            "scatter": float(np.std(d)),
-            "robust_scatter": float(robust_std(d))}
-
-
-def luminosity_metrics(survey: xr.Dataset, products: xr.Dataset, truth: xr.Dataset
-                       ) -> dict[str, Any]:
-    """M_Ks and binary-flag accuracy against the truth of a simulated survey.
-
-    * ``mks_vs_truth``: MKs - MKs_true (the primary: a binary's spectrum is its dominant
-      star's) for single non-emission OB stars by S/N bin (bias, scatter, robust scatter,
-      pull std with MKs_err); the same for single emission stars;
-    * ``mks_vs_geo_test``: MKs - MKs_geo for test-set stars (plx/err > 10, S/N > 20);
-    * ``noise_model``: sigma_int, sigma_s100 (posterior mean of each network) against the
-      scatter measured from truth: sigma_int_truth from single non-emission OB stars with
-      S/N > 100 after subtracting the model's sigma_s in quadrature;
-    * ``binary``: completeness of ``binary_flag == 1`` among true binaries by mass ratio
-      (q >= 0.85, 0.5-0.85, < 0.5) for plx/err > 10 and for all, purity, false-positive
-      rate among true singles, the fraction of equal-mass (q > 0.95) binaries flagged;
-      with plx/err > 10 also ``expected_unbiased_quoted_err``: the completeness an unbiased
-      M_Ks (the primary's truth) with the quoted MKs_err would reach on the same stars
-      (:func:`obpipe.binary.expected_detection_probability`), the bound of eqs. 15-17.
-    """
-    def v(ds: xr.Dataset, name: str) -> np.ndarray:
-        return np.asarray(ds[name].values)
-
-    out: dict[str, Any] = {}
-    if "MKs" not in products:
-        return out
-    mks = v(products, "MKs").astype(float)
-    err = v(products, "MKs_err").astype(float)
-    true = v(truth, "MKs_true").astype(float)
-    snr = v(survey, "snr_g").astype(float)
-    binary = v(truth, "is_binary").astype(bool)
-    em = v(truth, "has_emission").astype(bool)
-    cls = v(truth, "star_class").astype(object).astype(str)
-    broken = v(truth, "is_broken").astype(bool)
-    single_ob = (cls == "OB") & ~binary & ~broken
-    d = mks - true
-    # never score an in-sample prediction (issue 15): MKs_fold -2 (a one-network model
-    # that trained on the star) is left out of every figure
-    fold = v(products, "MKs_fold").astype(int) if "MKs_fold" in products else None
-    if fold is not None:
-        d = np.where(fold == -2, np.nan, d)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        pull = d / err
-    flagm = v(products, "MKs_flag") if "MKs_flag" in products else np.zeros(mks.size, int)
-    bins = ((5, 20), (20, 50), (50, 100), (100, 200), (200, 100000))
-
-    def by_snr(sel: np.ndarray) -> dict[str, Any]:
-        res = {}
-        for lo, hi in bins:
-            s = sel & (snr >= lo) & (snr < hi)
-            if s.any():
-                res[f"{lo}-{hi}"] = {**_stats(d[s]), "pull_std": float(np.nanstd(pull[s])),
-                                     "median_err": float(np.nanmedian(err[s]))}
-        return res
-
-    out["mks_vs_truth"] = {
-        "single_nonemission_ob_snr_gt_50": {
-            **_stats(d[single_ob & ~em & (snr > 50)]),
-            "pull_std": float(np.nanstd(pull[single_ob & ~em & (snr > 50)]))},
-        "single_nonemission_ob_snr_gt_50_unflagged": _stats(
-            d[single_ob & ~em & (snr > 50) & (flagm == 0)]),
-        "single_nonemission_ob_by_snr": by_snr(single_ob & ~em),
-        "single_emission_ob_snr_gt_50": {
-            **_stats(d[single_ob & em & (snr > 50)]),
-            "pull_std": float(np.nanstd(pull[single_ob & em & (snr > 50)]))},
-        "single_emission_ob_by_snr": by_snr(single_ob & em),
-        "population_scatter_single_nonemission_ob": float(np.nanstd(true[single_ob & ~em])),
-        "all_classes_snr_gt_50": _stats(d[~binary & (snr > 50)]),
-        "fraction_nan": float(np.mean(~np.isfinite(mks))),
-    }
-    if fold is not None:
-        # trained-on stars (out-of-fold: the one member that never saw the star) and stars
-        # no member trained on, apart: an honest out-of-fold value scatters like the rest
-        sn = single_ob & ~em
-        oof, never = sn & (fold >= 0), sn & (fold == -1)
-        split: dict[str, Any] = {
-            "trained_on_out_of_fold_by_snr": by_snr(oof),
-            "never_trained_by_snr": by_snr(never),
-            "n_in_sample_excluded": int(np.sum(fold == -2))}
-        for name, sel in (("trained_on_out_of_fold", oof), ("never_trained", never)):
-            s100 = sel & (snr > 100)
-            split[f"{name}_snr_gt_100"] = {**_stats(d[s100]),
-                                           "pull_std": float(np.nanstd(pull[s100]))}
-        a_, b_ = (split[f"{k}_snr_gt_100"].get("scatter") for k in ("trained_on_out_of_fold",
-                                                                    "never_trained"))
-        split["scatter_difference_snr_gt_100"] = (None if a_ is None or b_ is None
-                                                  else float(a_ - b_))
-        out["mks_vs_truth"]["single_nonemission_ob_split"] = split
-    else:
-        out["mks_vs_truth"]["provenance"] = ("no MKs_fold: training stars may carry in-sample "
-                                             "ensemble means")
-    if "Ks_disc_excess_true" in truth:
-        # a Be disc brightens the observed Ks (free-free emission): the M_Ks a distance
-        # needs, and the one the geometric training targets carry, is photosphere + disc
-        d_disc = d - v(truth, "Ks_disc_excess_true").astype(float)
-        sel = single_ob & em & (snr > 50)
-        out["mks_vs_truth"]["single_emission_ob_snr_gt_50_vs_photosphere_and_disc"] = {
-            **_stats(d_disc[sel]), "pull_std": float(np.nanstd(d_disc[sel] / err[sel]))}
-    if "luminosity_set" in products and "MKs_geo" in products:
-        lset = v(products, "luminosity_set")
-        test = (lset & SET_BITS["test"]) > 0
-        geo = v(products, "MKs_geo").astype(float)
-        em_flag = v(products, "em_flag")
-        dg = mks - geo
-        out["mks_vs_geo_test"] = {
-            "nonemission_snr_gt_20": _stats(dg[test & (snr > 20) & (em_flag == 0)]),
-            "emission_snr_gt_20": _stats(dg[test & (snr > 20) & (em_flag == 1)]),
-            "nonemission_single_truth_snr_gt_20": _stats(
-                dg[test & (snr > 20) & (em_flag == 0) & ~binary]),
-        }
-        out["training_set_sizes"] = {k: int(np.sum((lset & b) > 0)) for k, b in SET_BITS.items()}
-        removed = (lset & SET_BITS["removed_binary"]) > 0
-        out["training_binaries_removed"] = {
-            "n_removed": int(removed.sum()),
-            "fraction_true_binaries": float(np.mean(binary[removed])) if removed.any() else None,
-            "true_binaries_left_in_training": int(np.sum(
-                binary & ((lset & (SET_BITS["train_a"] | SET_BITS["train_b"])) > 0))),
-        }
-    attrs = products["MKs_err"].attrs
-    noise = {m: {k: attrs.get(f"noise_{m}_{k}") for k in noise_model.PARAM_NAMES}
-             for m in ("a", "b")}
-    hi = single_ob & ~em & (snr > 100) & np.isfinite(d)
-    if hi.any() and noise["a"]["sigma_s100"] is not None:
-        sig_s = float(noise["a"]["sigma_s100"]) / (snr[hi] / 100.0)
-        known = sig_s**2
-        if attrs.get("noise_a_epistemic_spread") and "MKs_spread" in products:
-            # the ensemble spread is a modelled per-star term, not intrinsic scatter
-            known = known + np.nan_to_num(v(products, "MKs_spread").astype(float)[hi]) ** 2
-        tot = float(np.std(d[hi]))
-        noise["sigma_int_truth"] = float(np.sqrt(max(tot**2 - np.mean(known), 0.0)))
-        # the same from the core of the distribution (1.4826 MAD): the noise model clips
-        # its tails (binaries, stars outside the training set), the std keeps them
-        core = float(robust_std(d[hi]))
-        noise["sigma_int_truth_core"] = float(np.sqrt(max(core**2 - np.mean(known), 0.0)))
-        noise["scatter_truth_single_nonemission_snr_gt_100"] = tot
-    out["noise_model"] = noise
-    if "binary_flag" in products:
-        flag = v(products, "binary_flag")
-        q = v(truth, "mass_ratio").astype(float)
-        plx = v(products, "parallax_corrected").astype(float)
-        plx_e = v(products, "parallax_corrected_error").astype(float)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            good = plx / plx_e > 10
-        classified = flag != -9
-        ob = cls == "OB"
-
-        def comp(sel: np.ndarray) -> dict[str, Any]:
-            s = sel & classified
-            return {"n": int(s.sum()),
-                    "completeness": float(np.mean(flag[s] == 1)) if s.any() else None}
-
-        # the bound: the flag rate an unbiased M_Ks (centred on the primary's truth) with
-        # the quoted MKs_err would give these very stars, parallaxes and photometry
-        if "parallax_spec" in products and "parallax_spec_err" in products:
-            expected = expected_detection_probability(
-                v(products, "parallax_spec"), v(products, "parallax_spec_err"), plx, plx_e,
-                mks, err, true, threshold=float(products["binary_flag"].attrs.get(
-                    "snr_threshold", BINARY_SNR_THRESHOLD)))
-        else:
-            expected = np.full(mks.size, np.nan)
-
-        def comp_bound(sel: np.ndarray) -> dict[str, Any]:
-            s = sel & classified & np.isfinite(expected)
-            return {**comp(sel), "expected_unbiased_quoted_err":
-                    float(np.mean(expected[s])) if s.any() else None}
-
-        bq = {}
-        for name, (lo, hi_q) in {"q_ge_0.85": (0.85, 1.01), "q_0.5_0.85": (0.5, 0.85),
-                                 "q_lt_0.5": (0.0, 0.5)}.items():
-            sel = binary & ob & (q >= lo) & (q < hi_q)
-            bq[name] = {"plx_snr_gt_10": comp_bound(sel & good), "all": comp(sel),
-                        "plx_snr_gt_10_snr_gt_50": comp(sel & good & (snr > 50))}
-        flagged = (flag == 1)
-        single_cls = ~binary & classified
-        out["binary"] = {
-            "completeness_by_q": bq,
-            "equal_mass_q_gt_0.95_flagged": comp(binary & ob & (q > 0.95)),
-            "equal_mass_q_gt_0.95_flagged_plx_snr_gt_10": comp(binary & ob & (q > 0.95) & good),
-            "false_positive_rate_singles": float(np.mean(flagged[single_cls]))
-            if single_cls.any() else None,
-            "false_positive_rate_singles_plx_snr_gt_10": float(
-                np.mean(flagged[single_cls & good])) if np.any(single_cls & good) else None,
-            "false_positive_rate_single_ob_nonemission": float(
-                np.mean(flagged[single_cls & ob & ~em])) if np.any(single_cls & ob & ~em)
-            else None,
-            "purity": float(np.mean(binary[flagged])) if flagged.any() else None,
-            "fractions": {"binary": float(np.mean(flag == 1)),
-                          "single": float(np.mean(flag == 0)),
-                          "unclassified": float(np.mean(flag == -9))},
-        }
-    return out

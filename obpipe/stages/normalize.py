@@ -12,11 +12,10 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from obpipe.memory import reuse_block_buffers
 from obpipe.products import Output, force_requested, row_tiled, run_blockwise_stage, stage_complete
 from obpipe.spectra import normalize
+from obpipe.spectra.grid import LAMOST_N_PIXELS as N_WAVE
 from obpipe.spectra.options import SpectralConfig
-from obpipe.stages._spectral import N_WAVE, _releases_heap
 
 NAME = "normalize"
 DESCRIPTION = "pseudo-continuum normalisation, 50 AA Gaussian (Sec. 2)"
@@ -34,13 +33,11 @@ OUTPUTS = {
 
 @row_tiled  # chunk-independent bits (the PCA fit amplifies last-bit differences)
 def block(inputs: dict[str, np.ndarray], width_aa: float) -> dict[str, np.ndarray]:
-    reuse_block_buffers()
     with threadpool_limits(1):
         nf, ni = normalize.normalize(inputs["flux"], inputs["ivar"], inputs["mask"], width_aa)
     return {"norm_flux": nf, "norm_ivar": ni}
 
 
-@_releases_heap
 def run(ctx: Any) -> dict[str, Any]:
     cfg: SpectralConfig = ctx.config.spectral
     return run_blockwise_stage(

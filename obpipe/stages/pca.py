@@ -16,7 +16,6 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from obpipe.io import store
-from obpipe.memory import reuse_block_buffers
 from obpipe.products import (
     Output,
     force_requested,
@@ -35,7 +34,6 @@ from obpipe.spectra.bases import (
     select_training,
 )
 from obpipe.spectra.options import SpectralConfig
-from obpipe.stages._spectral import _releases_heap
 
 NAME = "pca"
 DESCRIPTION = "PCA bases (clean-window and full) and weighted projection (Sec. 3)"
@@ -63,13 +61,11 @@ OUTPUTS = {
 @row_tiled
 def block(inputs: dict[str, np.ndarray], model_path: str, prior: bool
               ) -> dict[str, np.ndarray]:
-    reuse_block_buffers()
     model = _load_model(model_path, store.file_token(model_path))
     with threadpool_limits(1):
         return pca_statistics(model, inputs["norm_flux"], inputs["norm_ivar"], prior)
 
 
-@_releases_heap
 def run(ctx: Any) -> dict[str, Any]:
     cfg: SpectralConfig = ctx.config.spectral
     model_path = os.path.join(ctx.products_dir, MODEL_FILE)

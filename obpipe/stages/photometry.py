@@ -3,8 +3,8 @@
 Sec. 4 and eqs. (11), (12), (24) of Xiang et al. The science is in
 :mod:`obpipe.photometry.extinction` and :mod:`obpipe.photometry.parallax`; this module
 only maps :func:`photometry_block` (pure numpy, one chunk of rows) over the survey with
-:func:`obpipe.products.run_blockwise_stage` and adds validation metrics against the truth
-of a simulated survey (:func:`photometry_metrics`).
+:func:`obpipe.products.run_blockwise_stage` (metrics against the truth of a simulated
+survey: :func:`obpipe.validate.photometry_metrics`).
 
 Runs after ``index``; it reads only survey columns (no earlier products).
 
@@ -56,12 +56,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import xarray as xr
 
 from obpipe.photometry import extinction, parallax
 from obpipe.photometry.options import BAND_COLUMNS, PhotometryConfig
 from obpipe.products import Output, force_requested, run_blockwise_stage, stage_complete
-from obpipe.stats import summary_stats
 
 log = logging.getLogger(__name__)
 
@@ -226,96 +224,3 @@ def run(ctx: Any) -> dict[str, Any]:
 def is_complete(ctx: Any) -> bool:
     """True when every block of the photometry stage has been written."""
     return stage_complete(ctx.products_dir, STAGE)
-
-
-# ----------------------------------------------------------------------- validation
-
-
-def photometry_metrics(
-    survey: xr.Dataset, products: xr.Dataset, truth: xr.Dataset
-) -> dict[str, Any]:
-    """E(B-V), M_Ks_geo and zero-point accuracy against the truth of a simulated survey.
-
-    * ``ebv``: E(B-V) - ebv_true (bias = mean, scatter = std) and the pull
-      (E(B-V) - true) / ebv_err for non-emission and emission stars (truth
-      ``has_emission``; Fig. 4 of the paper; ``fraction_excess_gt_0.1`` is the share
-      with E(B-V) - true > 0.1 mag, the disc-reddened tail), and for "non-emission stars with all
-      bands" (all seven E(B-V) bands usable and Teff measured); also split by
-      binarity. Issue 15's target is |bias| <= 0.02 and scatter <= 0.05 mag; on the
-      honest mock (per-star R_V) no fixed-R_V estimator reaches that scatter (module
-      docstring).
-    * ``MKs_geo``: pull (MKs_geo - MKs_system_true) / MKs_geo_err for non-emission
-      stars with RUWE < 1.4 and parallax S/N > 10 (where eq. 11's Gaussian holds), and
-      the same with the true A_Ks substituted (``pull_with_true_AKs``: isolates the
-      parallax and photometric part).
-    * ``zero_point``: parallax_offset - truth parallax_zero_point_mas (mas).
-    """
-    def val(ds: xr.Dataset, name: str) -> np.ndarray:
-        return np.asarray(ds[name].values)
-
-    ebv = val(products, "ebv").astype(float)
-    ebv_err = val(products, "ebv_err").astype(float)
-    true = val(truth, "ebv_true").astype(float)
-    em = val(truth, "has_emission").astype(bool)
-    binary = val(truth, "is_binary").astype(bool)
-    nb = val(products, "ebv_nbands").astype(int)
-    flags = val(products, "photometry_flags").astype(np.int64)
-    diff = ebv - true
-    with np.errstate(invalid="ignore", divide="ignore"):
-        pull = diff / ebv_err
-    all_bands = (nb == len(extinction.EBV_BANDS)) & ((flags & extinction.FLAG_DEFAULT_TEFF) == 0)
-
-    def block(sel: np.ndarray) -> dict[str, Any]:
-        d, p = summary_stats(diff[sel]), summary_stats(pull[sel])
-        finite = sel & np.isfinite(diff)
-        tail = float(np.mean(diff[finite] > 0.1)) if finite.any() else float("nan")
-        return {"n": d["n"], "bias": d["mean"], "median_diff": d["median"],
-                "scatter": d["std"], "robust_scatter": d["robust_std"],
-                "fraction_excess_gt_0.1": tail,
-                "pull_mean": p["mean"], "pull_std": p["std"],
-                "pull_robust_std": p["robust_std"]}
-
-    out: dict[str, Any] = {
-        "ebv": {
-            "non_emission": block(~em),
-            "emission": block(em),
-            "non_emission_all_bands": block(~em & all_bands),
-            "non_emission_all_bands_single": block(~em & all_bands & ~binary),
-            "non_emission_all_bands_binary": block(~em & all_bands & binary),
-            "fraction_nan": float(np.mean(~np.isfinite(ebv))),
-        }
-    }
-
-    mks = val(products, "MKs_geo").astype(float)
-    mks_err = val(products, "MKs_geo_err").astype(float)
-    m_true = val(truth, "MKs_system_true").astype(float)
-    plx = val(products, "parallax_corrected").astype(float)
-    plx_err = val(products, "parallax_corrected_error").astype(float)
-    ruwe = val(survey, "ruwe").astype(float) if "ruwe" in survey else np.ones_like(plx)
-    ks = val(survey, "Ks").astype(float)
-    ks_err = val(survey, "Ks_err").astype(float)
-    aks_true = val(truth, "AKs_true").astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        snr = plx / plx_err
-        pull_m = (mks - m_true) / mks_err
-        geo_true = parallax.geometric_absolute_magnitude(
-            ks, ks_err, aks_true, np.zeros_like(aks_true), plx, plx_err)
-        pull_mt = (geo_true["MKs_geo"] - m_true) / geo_true["MKs_geo_err"]
-    base = ~em & (ruwe < 1.4)
-    out["MKs_geo"] = {
-        "pull_plx_snr_gt_10": summary_stats(pull_m[base & (snr > 10)]),
-        "pull_plx_snr_gt_5": summary_stats(pull_m[base & (snr > 5)]),
-        "pull_with_true_AKs_plx_snr_gt_10": summary_stats(pull_mt[base & (snr > 10)]),
-        "fraction_nan": float(np.mean(~np.isfinite(mks))),
-        "fraction_nonpositive_parallax": float(
-            np.mean((flags & parallax.FLAG_PLX_NONPOSITIVE) != 0)),
-    }
-    zp_res = val(products, "parallax_offset").astype(float) - val(
-        truth, "parallax_zero_point_mas").astype(float)
-    zs = summary_stats(zp_res)
-    out["zero_point"] = {
-        "residual_mean_mas": zs["mean"], "residual_std_mas": zs["std"],
-        "residual_max_abs_mas": float(np.nanmax(np.abs(zp_res))) if zs["n"] else float("nan"),
-        "fraction_fallback": float(np.mean((flags & parallax.FLAG_ZP_FALLBACK) != 0)),
-    }
-    return out
