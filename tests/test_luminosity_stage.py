@@ -29,6 +29,11 @@ def products(small_survey, tmp_path_factory) -> str:
                                                              "network": {"max_epochs": 250}}}))
     lum.run(ctx)
     binary_stage.run(ctx)
+    # the stages' figures, which the engine draws after each stage (run_pipeline)
+    from obpipe.report.run_figures import after_stage
+
+    after_stage("luminosity", small_survey, out)
+    after_stage("binary", small_survey, out)
     return out
 
 
