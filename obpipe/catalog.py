@@ -38,7 +38,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import dask
@@ -108,8 +108,11 @@ def _s(var: str, dtype: str, unit: str, description: str) -> CatalogColumn:
     return CatalogColumn("survey", var, dtype, unit, description)
 
 
-def _p(var: str, dtype: str, unit: str, description: str) -> CatalogColumn:
-    return CatalogColumn("products", var, dtype, unit, description)
+def _p(var: str, dtype: str) -> CatalogColumn:
+    """A column copied from the products: its unit and description are the product
+    schema's (the ``units`` / ``description`` attributes that the stage's ``OUTPUTS`` gave
+    the variable, :func:`described_columns`), never restated here."""
+    return CatalogColumn("products", var, dtype, "", "")
 
 
 #: bits of the catalog's ``quality_flags``
@@ -141,39 +144,26 @@ CATALOG_COLUMNS: Mapping[str, CatalogColumn] = {
     "snr_g": _s("snr_g", "float32", "", "spectral S/N per pixel in the g band"),
     "rv": _s("rv", "float32", "km / s", "radial velocity"),
     "rv_err": _s("rv_err", "float32", "km / s", "uncertainty of rv"),
-    "MKs": _p("MKs", "float32", "mag", "spectroscopic K_s absolute magnitude (Sec. 5)"),
-    "MKs_err": _p("MKs_err", "float32", "mag", "uncertainty of MKs (noise model, eq. 10)"),
-    "MKs_geo": _p("MKs_geo", "float32", "mag", "geometric M_Ks from the Gaia parallax and "
-                  "2MASS Ks (eq. 11)"),
-    "MKs_geo_err": _p("MKs_geo_err", "float32", "mag", "uncertainty of MKs_geo (eq. 12)"),
-    "dis": _p("dis", "float64", "kpc", "distance at the mode of the posterior (Sec. 7)"),
-    "dis_low": _p("dis_low", "float64", "kpc", "distance at the 16th percentile of the "
-                  "cumulative posterior"),
-    "dis_high": _p("dis_high", "float64", "kpc", "distance at the 84th percentile of the "
-                   "cumulative posterior"),
-    "logdis": _p("logdis", "float32", "", "posterior-weighted mean of log10(d / "
-                 "kpc)"),
-    "logdis_err": _p("logdis_err", "float32", "", "posterior standard deviation of "
-                     "log10(d / kpc)"),
-    "ebv": _p("ebv", "float32", "mag", "reddening E(B-V) (Sec. 4)"),
-    "ebv_err": _p("ebv_err", "float32", "mag", "uncertainty of ebv"),
-    "snr_dparallax": _p("snr_dparallax", "float32", "", "significance of the "
-                        "spectro-photometric parallax excess (eq. 16)"),
-    "binary_flag": _p("binary_flag", "int8", "", "1 binary (binary_prob above its threshold:"
-                      " parallax excess of the combined visits, RV scatter, RUWE), 0 single, "
-                      "-9 unclassified"),
-    "binary_flag_paper": _p("binary_flag_paper", "int8", "", "the paper's single-spectrum "
-                            "flag: 1 binary (snr_dparallax > 2), 0 single, -9 unclassified"),
-    "binary_prob": _p("binary_prob", "float32", "", "probability that the star is an "
-                      "unresolved binary (logistic model, obpipe.binary)"),
-    "em_flag": _p("em_flag", "int8", "", "emission lines in this spectrum: 1 yes, 0 no, "
-                  "-9 undetermined (Sec. 3)"),
+    "MKs": _p("MKs", "float32"),
+    "MKs_err": _p("MKs_err", "float32"),
+    "MKs_geo": _p("MKs_geo", "float32"),
+    "MKs_geo_err": _p("MKs_geo_err", "float32"),
+    "dis": _p("dis", "float64"),
+    "dis_low": _p("dis_low", "float64"),
+    "dis_high": _p("dis_high", "float64"),
+    "logdis": _p("logdis", "float32"),
+    "logdis_err": _p("logdis_err", "float32"),
+    "ebv": _p("ebv", "float32"),
+    "ebv_err": _p("ebv_err", "float32"),
+    "snr_dparallax": _p("snr_dparallax", "float32"),
+    "binary_flag": _p("binary_flag", "int8"),
+    "binary_flag_paper": _p("binary_flag_paper", "int8"),
+    "binary_prob": _p("binary_prob", "float32"),
+    "em_flag": _p("em_flag", "int8"),
     "gaia_id": _s("gaia_id", "int64", "", "Gaia source_id"),
     "parallax": _s("parallax", "float64", "mas", "Gaia parallax as published"),
     "parallax_error": _s("parallax_error", "float32", "mas", "uncertainty of parallax"),
-    "parallax_offset": _p("parallax_offset", "float32", "mas", "parallax zero-point "
-                          "subtracted from the Gaia parallax (DR2: Leung & Bovy 2019; DR3: "
-                          "Lindegren et al. 2021)"),
+    "parallax_offset": _p("parallax_offset", "float32"),
     "pmra": _s("pmra", "float32", "mas / yr", "proper motion in RA * cos(dec)"),
     "pmra_error": _s("pmra_error", "float32", "mas / yr", "uncertainty of pmra"),
     "pmdec": _s("pmdec", "float32", "mas / yr", "proper motion in Dec"),
@@ -185,16 +175,13 @@ CATALOG_COLUMNS: Mapping[str, CatalogColumn] = {
     "H_err": _s("H_err", "float32", "mag", "uncertainty of H"),
     "Ks": _s("Ks", "float32", "mag", "2MASS Ks"),
     "Ks_err": _s("Ks_err", "float32", "mag", "uncertainty of Ks"),
-    "X": _p("X", "float32", "kpc", "Galactic Cartesian X, Sun at X = -8.1 kpc, towards the "
-            "Galactic centre"),
-    "Y": _p("Y", "float32", "kpc", "Galactic Cartesian Y, direction of Galactic rotation"),
-    "Z": _p("Z", "float32", "kpc", "Galactic Cartesian Z, towards the North Galactic Pole"),
+    "X": _p("X", "float32"),
+    "Y": _p("Y", "float32"),
+    "Z": _p("Z", "float32"),
     "quality_flags": CatalogColumn("derived", "", "int32", "", "bits: " + ", ".join(
         f"{k}={v}" for k, v in QUALITY_BITS.items())),
-    "distance_flags": _p("distance_flags", "int32", "", "distance posterior bits: " + ", ".join(
-        f"{k}={v}" for k, v in DISTANCE_FLAG_BITS.items())),
-    "em_flag_star": _p("em_flag_star", "int8", "", "em_flag of the star's highest-S/N "
-                       "visit"),
+    "distance_flags": _p("distance_flags", "int32"),
+    "em_flag_star": _p("em_flag_star", "int8"),
 }
 _UNIQUE_EXTRA: Mapping[str, CatalogColumn] = {
     "MKs_nvisits": CatalogColumn("derived", "", "int16", "", "number of visits combined "
@@ -203,6 +190,21 @@ _UNIQUE_EXTRA: Mapping[str, CatalogColumn] = {
 #: extra product variables read to derive quality_flags and the unique view
 _AUX_PRODUCTS = ("quality_flags", "MKs_model", "Ks0")
 _AUX_SURVEY: tuple[str, ...] = ()
+
+
+def described_columns(columns: Mapping[str, CatalogColumn], products: xr.Dataset
+                      ) -> dict[str, CatalogColumn]:
+    """``columns`` with the unit and description of every products column taken from the
+    product schema (the variable's ``units`` and ``description`` attributes in the
+    products store, written from its stage's ``OUTPUTS``)."""
+    out = {}
+    for name, c in columns.items():
+        if c.source == "products" and c.var in products.variables:
+            attrs = products[c.var].attrs
+            c = replace(c, unit=str(attrs.get("units", "")),
+                        description=str(attrs.get("description", "")))
+        out[name] = c
+    return out
 
 
 def catalog_path(products_dir: str, fmt: str, name: str = CATALOG_NAME) -> str:
@@ -519,7 +521,8 @@ def write_catalog(survey_path: str, products_dir: str,
         log.warning("catalog: models trained on a simulated survey (%s) applied to this "
                     "real survey: quality_flags bit %d set on every row",
                     meta["obpipe_simulated_models"], QUALITY_BITS["simulated_models"])
-    schema = _arrow_schema(CATALOG_COLUMNS, lengths, meta)
+    columns = described_columns(CATALOG_COLUMNS, prods)
+    schema = _arrow_schema(columns, lengths, meta)
     path = catalog_path(products_dir, "parquet")
     big = n_spec > FITS_MAX_ROWS
     if big:
@@ -528,7 +531,7 @@ def write_catalog(survey_path: str, products_dir: str,
     tmp = path + ".partial"
     rows = 0
     keep = {"star_id": [], "uniqflag": [], "MKs": [], "MKs_err": [], "model": []}
-    stream = TableStreamWriter(path[: -len(".parquet")], CATALOG_COLUMNS, n_spec,
+    stream = TableStreamWriter(path[: -len(".parquet")], columns, n_spec,
                                () if big else formats, cards)
     fs, tmp_where = store.url_to_fs(tmp)  # (None, tmp) for a local path
     with pq.ParquetWriter(tmp_where, schema, filesystem=fs) as writer, stream:
@@ -571,7 +574,7 @@ def write_catalog(survey_path: str, products_dir: str,
     per_block = [int(is_uniq[a:b].sum()) for a, b in bounds]
     offsets = np.concatenate([[0], np.cumsum(per_block)])
     n_uniq = int(offsets[-1])
-    ucols = {**CATALOG_COLUMNS, **_UNIQUE_EXTRA}
+    ucols = {**columns, **_UNIQUE_EXTRA}
     upath = catalog_path(products_dir, "parquet", UNIQUE_NAME)
     uschema = _arrow_schema(ucols, lengths, meta)
     utmp = upath + ".partial"

@@ -47,6 +47,14 @@ def test_every_table1_column_with_units_one_row_per_spectrum(run: tuple[str, str
         assert str(tab["dis"].unit) == "kpc" and str(tab["parallax"].unit) == "mas"
         if fmt == "parquet":
             assert "16th percentile" in tab["dis_low"].description
+            # product columns: unit and description from the product schema, not restated
+            from obpipe.stages import binary, distance, luminosity, photometry
+
+            schema = {**distance.OUTPUTS, **luminosity.OUTPUTS, **binary.OUTPUTS,
+                      **photometry.OUTPUTS}
+            for name in ("dis_low", "MKs_err", "binary_flag", "ebv", "X"):
+                assert tab[name].description == schema[name].description, name
+                assert (str(tab[name].unit or "") == schema[name].units), name
             assert tab["star_id"][0] == cat["star_id"].iloc[0]
     from astropy.io import fits
 
@@ -189,7 +197,11 @@ def _astropy_whole_table_files(parquet_file: Path, out: Path) -> None:
     provenance cards made from the Parquet file's metadata."""
     from astropy.io import fits
 
-    columns = {**CATALOG_COLUMNS, **catalog_mod._UNIQUE_EXTRA}
+    from obpipe.products import open_products
+
+    columns = {**catalog_mod.described_columns(CATALOG_COLUMNS,
+                                               open_products(str(parquet_file.parent))),
+               **catalog_mod._UNIQUE_EXTRA}
     table = Table.read(parquet_file, format="parquet")
     hdu = fits.table_to_hdu(catalog_mod.fits_flag_columns(table))
     for i, name in enumerate(table.colnames, start=1):
