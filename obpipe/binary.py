@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from obpipe.options import option
+
 BINARY_SNR_THRESHOLD = 2.0
 FLAG_BINARY, FLAG_SINGLE, FLAG_UNKNOWN = 1, 0, -9
 _K = 0.2 * np.log(10.0)
@@ -37,8 +39,9 @@ _K = 0.2 * np.log(10.0)
 class BinaryConfig:
     """Options of the binary stage (Sec. 6, eqs. 15-17; ``obpipe.binary``)."""
 
-    #: a spectrum is flagged binary when its parallax excess S/N_dplx (eq. 16) exceeds this
-    snr_threshold: float = 2.0
+    snr_threshold: float = option(
+        2.0,
+        doc="a spectrum is flagged binary when its parallax excess S/N_dplx (eq. 16) exceeds this")
 
     def __post_init__(self) -> None:
         if not self.snr_threshold > 0:

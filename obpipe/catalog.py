@@ -60,6 +60,7 @@ from obpipe.distance import (
 )
 from obpipe.io import store
 from obpipe.io.catalog_writer import TableStreamWriter, fits_flag_columns  # noqa: F401
+from obpipe.options import option
 from obpipe.products import block_bounds, open_products, products_path, read_block
 
 if TYPE_CHECKING:
@@ -81,9 +82,10 @@ ROW_GROUP_ROWS = 1024 * 1024
 class CatalogConfig:
     """Options of the catalog stage (Table 1; ``obpipe.catalog``)."""
 
-    #: file formats of catalog.* and catalog_unique.*: "parquet" (always: the stage is
-    #: complete when it exists), "fits", "ecsv"
-    formats: tuple[str, ...] = DEFAULT_FORMATS
+    formats: tuple[str, ...] = option(
+        DEFAULT_FORMATS,
+        doc="file formats of catalog.* and catalog_unique.*: \"parquet\" (always: the stage is"
+            " complete when it exists), \"fits\", \"ecsv\"")
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.formats) - {"parquet", "fits", "ecsv"})

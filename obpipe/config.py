@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from obpipe.binary import BinaryConfig
@@ -29,6 +29,7 @@ from obpipe.options import (
     Range,
     check_ranges,
     field_docs,
+    option,
     option_range,
     options_without_range,
     to_dict,
@@ -71,24 +72,26 @@ class PipelineConfig:
     typed section from ``RunContext.config``.
     """
 
-    #: luminosity stage: an extra training table (CSV / Parquet / FITS with columns
-    #: specid, MKs and optionally MKs_err), e.g. the paper's ~200 bright stars without
-    #: good parallaxes (Sec. 5.2); empty: none
-    extra_training_table: str = ""
-    #: where and how the stages run (scheduler, stage selection, progress)
-    run: RunConfig = field(default_factory=RunConfig)
-    #: normalize, pca and emission stages (Secs. 2-3)
-    spectral: SpectralConfig = field(default_factory=SpectralConfig)
-    #: photometry stage: E(B-V), A_Ks, parallax zero-point (Sec. 4)
-    photometry: PhotometryConfig = field(default_factory=PhotometryConfig)
-    #: luminosity stage: training sets, binary cleaning, noise model, network (Sec. 5)
-    luminosity: TrainingConfig = field(default_factory=TrainingConfig)
-    #: binary stage (Sec. 6)
-    binary: BinaryConfig = field(default_factory=BinaryConfig)
-    #: distance stage (Sec. 7)
-    distance: DistanceConfig = field(default_factory=DistanceConfig)
-    #: catalog stage (Table 1)
-    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    extra_training_table: str = option(
+        "",
+        doc="luminosity stage: an extra training table (CSV / Parquet / FITS with columns specid, "
+            "MKs and optionally MKs_err), e.g. the paper's ~200 bright stars without good "
+            "parallaxes (Sec. 5.2); empty: none")
+    run: RunConfig = option(
+        default_factory=RunConfig,
+        doc="where and how the stages run (scheduler, stage selection, progress)")
+    spectral: SpectralConfig = option(
+        default_factory=SpectralConfig,
+        doc="normalize, pca and emission stages (Secs. 2-3)")
+    photometry: PhotometryConfig = option(
+        default_factory=PhotometryConfig,
+        doc="photometry stage: E(B-V), A_Ks, parallax zero-point (Sec. 4)")
+    luminosity: TrainingConfig = option(
+        default_factory=TrainingConfig,
+        doc="luminosity stage: training sets, binary cleaning, noise model, network (Sec. 5)")
+    binary: BinaryConfig = option(default_factory=BinaryConfig, doc="binary stage (Sec. 6)")
+    distance: DistanceConfig = option(default_factory=DistanceConfig, doc="distance stage (Sec. 7)")
+    catalog: CatalogConfig = option(default_factory=CatalogConfig, doc="catalog stage (Table 1)")
 
     def __post_init__(self) -> None:
         """Range checks of the stage sections whose classes do not check themselves."""

@@ -53,6 +53,8 @@ from typing import Any
 
 import numpy as np
 
+from obpipe.options import option
+
 #: distance priors: the paper's "flat", Bailer-Jones et al. (2018) "edsd", and the
 #: Galactic "population" prior fitted to the catalog (obpipe.distance.PopulationPrior)
 DISTANCE_PRIORS = ("flat", "edsd", "population")
@@ -62,38 +64,43 @@ DISTANCE_PRIORS = ("flat", "edsd", "population")
 class DistanceConfig:
     """Options of the distance posterior (Sec. 7, eqs. 18-24; ``obpipe.distance``)."""
 
-    #: grid step of the distance posterior, pc (the paper's 0.1 pc)
-    grid_step_pc: float = 0.1
-    #: largest distance on the grid, kpc: the edge of the flat prior (the OB disk of
-    #: the Milky Way ends ~ 15-20 kpc from the Sun towards the anticentre; 30 kpc
-    #: leaves room for halo runaways and for parallax-only posteriors to show that
-    #: they are improper)
-    d_max_kpc: float = 30.0
-    #: distance prior: "flat" (the paper, Sec. 7), "edsd", the exponentially
-    #: decreasing space density P(d) ~ d^2 exp(-d / L) of Bailer-Jones et al. (2018), or
-    #: "population" (the default: a Galactic OB disc times the survey's selection, fitted
-    #: to the survey; obpipe.distance.PopulationPrior; why: docs/validation.md)
-    prior: str = "population"
-    #: length scale L of the "edsd" prior, kpc
-    edsd_length_kpc: float = 1.35
-    #: the window keeps every grid point whose log posterior is within this many nats
-    #: of the maximum (starting value: a star whose window could hide more than half
-    #: the mass of the grid point at a percentile is re-evaluated with 10 more nats,
-    #: so results equal the full grid's to the grid step whatever this value)
-    window_log_tolerance: float = 15.0
-    #: grid points evaluated at once inside one star's window (memory bound per task)
-    segment_points: int = 65536
-    #: windows wider than this many nodes are evaluated on two levels: exactly at every
-    #: (width / coarse_nodes)-th grid point, and at every 0.1 pc point only where the
-    #: mode and the percentiles are decided (same answers as the full grid; see
-    #: obpipe.distance)
-    coarse_nodes: int = 512
-    #: spectroscopic M_Ks is ignored (parallax alone) for binary_flag == 1 (Sec. 7)
-    parallax_only_binaries: bool = True
-    #: exponent w of the "population" prior in the posterior, P(d)^w (1: full Bayes, 0:
-    #: flat): 0.2 balances the bias binned by true and by catalogued distance on two
-    #: mocks (benchmarks/distance_priors.py; docs/validation.md)
-    population_prior_weight: float = 0.2
+    grid_step_pc: float = option(
+        0.1,
+        doc="grid step of the distance posterior, pc (the paper's 0.1 pc)")
+    d_max_kpc: float = option(
+        30.0,
+        doc="largest distance on the grid, kpc: the edge of the flat prior (the OB disk of the "
+            "Milky Way ends ~ 15-20 kpc from the Sun towards the anticentre; 30 kpc leaves room "
+            "for halo runaways and for parallax-only posteriors to show that they are improper)")
+    prior: str = option(
+        "population",
+        doc="distance prior: \"flat\" (the paper, Sec. 7), \"edsd\", the exponentially "
+            "decreasing space density P(d) ~ d^2 exp(-d / L) of Bailer-Jones et al. (2018), "
+            "or \"population\" (the default: a Galactic OB disc times the survey's selection, "
+            "fitted to the survey; obpipe.distance.PopulationPrior; why: docs/validation.md)")
+    edsd_length_kpc: float = option(1.35, doc="length scale L of the \"edsd\" prior, kpc")
+    window_log_tolerance: float = option(
+        15.0,
+        doc="the window keeps every grid point whose log posterior is within this many nats of the"
+            " maximum (starting value: a star whose window could hide more than half the mass of "
+            "the grid point at a percentile is re-evaluated with 10 more nats, so results equal "
+            "the full grid's to the grid step whatever this value)")
+    segment_points: int = option(
+        65536,
+        doc="grid points evaluated at once inside one star's window (memory bound per task)")
+    coarse_nodes: int = option(
+        512,
+        doc="windows wider than this many nodes are evaluated on two levels: exactly at every "
+            "(width / coarse_nodes)-th grid point, and at every 0.1 pc point only where the mode "
+            "and the percentiles are decided (same answers as the full grid; see obpipe.distance)")
+    parallax_only_binaries: bool = option(
+        True,
+        doc="spectroscopic M_Ks is ignored (parallax alone) for binary_flag == 1 (Sec. 7)")
+    population_prior_weight: float = option(
+        0.2,
+        doc="exponent w of the \"population\" prior in the posterior, P(d)^w (1: full Bayes, 0: "
+            "flat): 0.2 balances the bias binned by true and by catalogued distance on two mocks"
+            " (benchmarks/distance_priors.py; docs/validation.md)")
 
     def __post_init__(self) -> None:
         if self.prior not in DISTANCE_PRIORS:

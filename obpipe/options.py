@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -202,84 +201,20 @@ def to_json(cfg: Any) -> str:
 
 
 
-#: Docstrings of options whose class (in a stage module) has no ``#:`` comment for them,
-#: keyed ``ClassName.field``.
-_FIELD_DOCS: dict[str, str] = {
-    "SpectralConfig.continuum_kernel_aa": "width L (AA) of the Gaussian pseudo-continuum "
-    "kernel w = exp(-(lambda - lambda0)^2 / L^2) (Sec. 2: 50 AA)",
-    "SpectralConfig.n_components": "principal components K of each PCA basis (Sec. 3: 100)",
-    "SpectralConfig.max_train": "at most this many training spectra for the bases (a "
-    "seeded random subset of those above train_min_snr)",
-    "SpectralConfig.seed": "random seed of the training subset and of the randomized PCA",
-    "SpectralConfig.emission_target_purity": "H-alpha emission threshold: the smallest "
-    "significance at which the mirrored negative tail (false positives) is below "
-    "1 - purity of the positive tail (Sec. 3)",
-    "SpectralConfig.broken_mad_sigma": "broken spectrum: largest 16-pixel reduced chi2 above "
-    "the median + this many MADs of its S/N bin (App. A)",
-    "SpectralConfig.broken_min_chi2": "broken spectrum: and above this reduced chi2 (App. A)",
-    "TrainingConfig.min_parallax_snr": "good parallax: corrected parallax / error above "
-    "this (Sec. 5.2: 10)",
-    "TrainingConfig.min_snr": "training candidates: spectra with S/N above this (Sec. 5.2: 50)",
-    "TrainingConfig.train_fraction": "share of the candidate stars (all their visits) in "
-    "the training set; the rest are the test set (Sec. 5.2: 4/5)",
-    "TrainingConfig.n_clean_iterations": "binary-cleaning rounds: retrain without training "
-    "spectra whose S/N_dplx exceeds binary_snr_threshold (Sec. 5.2: 2)",
-    "TrainingConfig.binary_snr_threshold": "S/N_dplx (eq. 16) above which a training "
-    "spectrum is removed as a binary (Sec. 6: 2)",
-    "TrainingConfig.noise_clip_sigma": "sigma clipping of the noise-model fit (eq. 14: 2)",
-    "TrainingConfig.noise_clip_lower_sigma": "noise model: also clip stars this many sigma "
-    "brighter than the model (not binaries: subdwarfs, white dwarfs, failed "
-    "reconstructions); none: the paper's one-sided clipping",
-    "TrainingConfig.noise_include_spread": "add each star's ensemble spread (epistemic) to "
-    "the eq. 14 variance and to MKs_err (beyond the paper); false: the paper's error",
-    "TrainingConfig.noise_n_steps": "emcee steps of the noise-model posterior (Sec. 5.3)",
-    "TrainingConfig.min_emission_test": "fewest emission test spectra for network (b)'s own "
-    "noise model; below it (b) is calibrated on all its test predictions",
-    "TrainingConfig.seed": "random seed of the star-level train/test split and of emcee",
-    "TrainingConfig.network": "the network and its optimiser (eq. 6, Sec. 5.1)",
-    "TrainConfig.n_hidden": "sigmoid units per hidden layer (eq. 6: 100)",
-    "TrainConfig.dropout": "dropout probability after each hidden layer (Sec. 5.1: 0.2)",
-    "TrainConfig.learning_rate": "Adam learning rate",
-    "TrainConfig.weight_decay": "Adam weight decay (L2)",
-    "TrainConfig.batch_size": "mini-batch size (spectra)",
-    "TrainConfig.max_epochs": "most training epochs (early stopping usually ends sooner)",
-    "TrainConfig.patience": "early stopping: epochs without a better validation loss",
-    "TrainConfig.validation_fraction": "share of the training rows held out for early "
-    "stopping (seeded)",
-    "TrainConfig.seed": "random seed of the weights, batches and validation split "
-    "(iteration i of the binary cleaning uses seed + i)",
-}
-
-
-def _is_config_class(obj: Any) -> bool:
-    return dataclasses.is_dataclass(obj)
+def option(default: Any = dataclasses.MISSING, *, doc: str,
+           default_factory: Any = dataclasses.MISSING, range: Range | None = None) -> Any:
+    """A documented option: ``dataclasses.field`` with the option's documentation (and
+    optionally its allowed :class:`Range`) in the field's metadata, where
+    :func:`field_docs` and :func:`option_range` read them."""
+    metadata: dict[str, Any] = {"doc": doc}
+    if range is not None:
+        metadata["range"] = range
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Docstring of every field of a config dataclass: its ``#:`` comment lines in the
-    class source, else :data:`_FIELD_DOCS`; "" where neither has one."""
-    import inspect
-
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):  # base classes first, subclasses override
-        if not dataclasses.is_dataclass(klass):
-            continue
-        try:
-            lines = inspect.getsource(klass).splitlines()
-        except (OSError, TypeError):
-            lines = []
-        block: list[str] = []
-        for line in lines:
-            text = line.strip()
-            if text.startswith("#:"):
-                block.append(text[2:].strip())
-                continue
-            m = re.match(r"(\w+)\s*:", text)
-            if m and block:
-                docs[m.group(1)] = " ".join(block)
-            block = []
-    out = {}
-    for f in dataclasses.fields(cls):
-        out[f.name] = docs.get(f.name) or _FIELD_DOCS.get(f"{cls.__name__}.{f.name}", "")
-    return out
-
+    """Documentation of every field of a config dataclass, from the fields' metadata
+    (:func:`option`); "" for a field without."""
+    return {f.name: str(f.metadata.get("doc", "")) for f in dataclasses.fields(cls)}

@@ -31,6 +31,8 @@ from typing import Any, TextIO, TypeVar
 
 import dask
 
+from obpipe.options import option
+
 #: Local Dask schedulers by name; "local-cluster" starts a ``distributed.LocalCluster``.
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
 LOCAL_CLUSTER = "local-cluster"
@@ -45,23 +47,28 @@ def is_scheduler_address(text: str) -> bool:
 class RunConfig:
     """Options of ``obpipe run`` that are not science: where and how the stages run."""
 
-    #: Dask scheduler: "threads", "processes" or "synchronous" (local), "local-cluster"
-    #: (a distributed.LocalCluster on 127.0.0.1 for the duration of the run) or the
-    #: address of a running scheduler, e.g. "tcp://10.0.0.5:8786"; the command line's
-    #: --scheduler / --address take precedence
-    scheduler: str = "threads"
-    #: stages to run, a subset of the registered ones (empty: all), always in run order
-    stages: tuple[str, ...] = ()
-    #: rerun stages whose products are complete (default: skip them, i.e. resume)
-    force: bool = False
-    #: worker processes of "local-cluster" (0: Dask's choice from the number of cores)
-    local_cluster_workers: int = 0
-    #: threads per worker process of "local-cluster"
-    threads_per_worker: int = 1
-    #: seconds to wait for the scheduler at an address to answer before giving up
-    connect_timeout_s: float = 30.0
-    #: progress bars on a terminal (never when stderr is not a TTY; --quiet turns them off)
-    progress: bool = True
+    scheduler: str = option(
+        "threads",
+        doc="Dask scheduler: \"threads\", \"processes\" or \"synchronous\" (local), \"local-"
+            "cluster\" (a distributed.LocalCluster on 127.0.0.1 for the duration of the "
+            "run) or the address of a running scheduler, e.g. \"tcp://10.0.0.5:8786\"; the"
+            " command line's --scheduler / --address take precedence")
+    stages: tuple[str, ...] = option(
+        (),
+        doc="stages to run, a subset of the registered ones (empty: all), always in run order")
+    force: bool = option(
+        False,
+        doc="rerun stages whose products are complete (default: skip them, i.e. resume)")
+    local_cluster_workers: int = option(
+        0,
+        doc="worker processes of \"local-cluster\" (0: Dask's choice from the number of cores)")
+    threads_per_worker: int = option(1, doc="threads per worker process of \"local-cluster\"")
+    connect_timeout_s: float = option(
+        30.0,
+        doc="seconds to wait for the scheduler at an address to answer before giving up")
+    progress: bool = option(
+        True,
+        doc="progress bars on a terminal (never when stderr is not a TTY; --quiet turns them off)")
 
     def __post_init__(self) -> None:
         known = (*LOCAL_SCHEDULERS, LOCAL_CLUSTER)

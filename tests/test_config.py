@@ -216,3 +216,22 @@ def test_every_numeric_option_has_a_range_and_the_defaults_are_inside() -> None:
         SimulationConfig(max_distance_kpc=float("inf")).validate()
     with pytest.raises(ValueError, match=r"mean_visits = nan: must be finite and in \[1, 100\]"):
         SimulationConfig(mean_visits=float("nan")).validate()
+
+
+def test_every_run_option_is_documented_in_its_field_metadata() -> None:
+    """Option docs live in the dataclass fields' metadata (``obpipe.options.option``), not in
+    source comments: every option of every section of ``obpipe run``'s configuration has one."""
+    import dataclasses
+
+    undocumented = []
+
+    def walk(cfg: object, prefix: str) -> None:
+        for f in dataclasses.fields(cfg):
+            value = getattr(cfg, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            elif not f.metadata.get("doc"):
+                undocumented.append(prefix + f.name)
+
+    walk(PipelineConfig(), "")
+    assert not undocumented, undocumented

@@ -50,6 +50,7 @@ from obpipe.luminosity.network import (
     MKsNetwork,
     wavelength_mask,
 )
+from obpipe.options import option
 from obpipe.spectra.pca import CLEAN_WINDOWS_AA
 from obpipe.version import __version__
 
@@ -85,48 +86,60 @@ class TrainConfig:
     """Optimiser and ensemble settings. Defaults: the paper's architecture (eq. 6),
     a 5-member cross-fitted ensemble, early stopping on each member's held-out fold."""
 
-    n_hidden: int = N_HIDDEN
-    dropout: float = DROPOUT
-    learning_rate: float = 1e-2
-    weight_decay: float = 0.0
-    batch_size: int = 512
-    max_epochs: int = 600
-    patience: int = 15
-    #: early-stopping patience of a warm-started network (a binary-cleaning round that
-    #: starts from the previous round's weights: its members improve within a few epochs)
-    warm_patience: int = 8
-    #: most epochs of a warm-started network
-    warm_max_epochs: int = 40
-    #: "constant" learning rate, or "cosine": annealed from ``learning_rate`` to 0 over
-    #: ``max_epochs`` (``warm_max_epochs`` when warm-started; Loshchilov & Hutter 2017,
-    #: SGDR, without restarts), so that a short epoch budget still ends converged
-    lr_schedule: str = "constant"
-    #: held-out share of the training stars when ``n_members == 1`` (with K members each
-    #: member holds out its own fold, 1/K)
-    validation_fraction: float = 0.1
-    #: K of the cross-fitted ensemble (1: a single network, the paper)
-    n_members: int = 5
-    #: coordinates of the masked reconstructed spectrum fed to the first layer (the
-    #: rank of a 100-component reconstruction; None: the raw pixels)
-    n_components: int | None = 100
-    #: feature scale s_j = std_j^p * std_max^(1 - p): p = 1 standardises every feature, p = 0
-    #: keeps the relative variances of the spectral coordinates (weak directions, mostly
-    #: noise, enter the first layer small), in between a compromise
-    feature_scale_power: float = 0.5
-    #: "mag" (the paper: squared error on M_Ks) or "fakemag" (parallax space, issue 6a)
-    loss: str = "fakemag"
-    #: prior fraction f of unresolved binaries among the training targets: > 0 replaces the
-    #: squared error by the negative log of a mixture, (1 - f) N(target | M, sigma) + f
-    #: N(target | M - Delta, sigma) with Delta ~ U(0, 0.75 mag) (an equal-mass system is
-    #: 2.5 log10 2 brighter): a too-bright target is explained rather than learned
-    binary_mixture_fraction: float = 0.0
-    seed: int = 0
-    #: "cpu" (default) or "auto" (a GPU if torch finds one)
-    device: str = "cpu"
-    #: torch intra-op threads during training (None: torch's default). The batches are
-    #: small (512 x 100): one thread is as fast as two on an idle machine and far faster
-    #: on a busy one
-    n_threads: int | None = 1
+    n_hidden: int = option(N_HIDDEN, doc="sigmoid units per hidden layer (eq. 6: 100)")
+    dropout: float = option(
+        DROPOUT,
+        doc="dropout probability after each hidden layer (Sec. 5.1: 0.2)")
+    learning_rate: float = option(1e-2, doc="Adam learning rate")
+    weight_decay: float = option(0.0, doc="Adam weight decay (L2)")
+    batch_size: int = option(512, doc="mini-batch size (spectra)")
+    max_epochs: int = option(600, doc="most training epochs (early stopping usually ends sooner)")
+    patience: int = option(15, doc="early stopping: epochs without a better validation loss")
+    warm_patience: int = option(
+        8,
+        doc="early-stopping patience of a warm-started network (a binary-cleaning round that "
+            "starts from the previous round's weights: its members improve within a few epochs)")
+    warm_max_epochs: int = option(40, doc="most epochs of a warm-started network")
+    lr_schedule: str = option(
+        "constant",
+        doc="\"constant\" learning rate, or \"cosine\": annealed from ``learning_rate`` to 0 over "
+            "``max_epochs`` (``warm_max_epochs`` when warm-started; Loshchilov & Hutter 2017, "
+            "SGDR, without restarts), so that a short epoch budget still ends converged")
+    validation_fraction: float = option(
+        0.1,
+        doc="held-out share of the training stars when ``n_members == 1`` (with K members each "
+            "member holds out its own fold, 1/K)")
+    n_members: int = option(
+        5,
+        doc="K of the cross-fitted ensemble (1: a single network, the paper)")
+    n_components: int | None = option(
+        100,
+        doc="coordinates of the masked reconstructed spectrum fed to the first layer (the rank of "
+            "a 100-component reconstruction; None: the raw pixels)")
+    feature_scale_power: float = option(
+        0.5,
+        doc="feature scale s_j = std_j^p * std_max^(1 - p): p = 1 standardises every feature, p = "
+            "0 keeps the relative variances of the spectral coordinates (weak directions, mostly "
+            "noise, enter the first layer small), in between a compromise")
+    loss: str = option(
+        "fakemag",
+        doc="\"mag\" (the paper: squared error on M_Ks) or \"fakemag\" (parallax space, issue 6a)")
+    binary_mixture_fraction: float = option(
+        0.0,
+        doc="prior fraction f of unresolved binaries among the training targets: > 0 replaces the "
+            "squared error by the negative log of a mixture, (1 - f) N(target | M, sigma) + f "
+            "N(target | M - Delta, sigma) with Delta ~ U(0, 0.75 mag) (an equal-mass system is 2.5"
+            " log10 2 brighter): a too-bright target is explained rather than learned")
+    seed: int = option(
+        0,
+        doc="random seed of the weights, batches and validation split (iteration i of the binary "
+            "cleaning uses seed + i)")
+    device: str = option("cpu", doc="\"cpu\" (default) or \"auto\" (a GPU if torch finds one)")
+    n_threads: int | None = option(
+        1,
+        doc="torch intra-op threads during training (None: torch's default). The batches are small"
+            " (512 x 100): one thread is as fast as two on an idle machine and far faster on a "
+            "busy one")
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:

@@ -63,6 +63,7 @@ from obpipe.luminosity.network_training import (
     fakemag_from_parallax,
     train_network,
 )
+from obpipe.options import option
 
 log = logging.getLogger(__name__)
 
@@ -71,43 +72,69 @@ log = logging.getLogger(__name__)
 class TrainingConfig:
     """Options of the luminosity training (defaults: the paper's recipe, Sec. 5.2)."""
 
-    min_parallax_snr: float = 10.0
-    min_snr: float = 50.0
-    train_fraction: float = 0.8
-    n_clean_iterations: int = 2
-    binary_snr_threshold: float = 2.0
-    #: training spectra are removed as binaries when S/N_dplx > this (the paper: the flag
-    #: threshold, 2); lower removes more binaries at the cost of some singles
-    clean_snr_threshold: float = 2.0
-    #: also remove spectra with S/N_dplx < -clean_snr_threshold (outliers on the faint
-    #: side), so that the singles removed with a low threshold leave no bias
-    clean_two_sided: bool = False
-    #: loss weight 1 / (MKs_geo_err^2 + weight_floor_mag^2) (the variance floor of the
-    #: parallax-space loss likewise); None: unweighted (the paper does not say; the floor
-    #: ~ sigma_int keeps bright stars from dominating)
-    weight_floor_mag: float | None = 0.25
-    #: spectra fainter than this M_Ks by their parallax (at 2 sigma; subdwarfs, white
-    #: dwarfs) train no network; test spectra with MKs_geo above it stay out of the noise
-    #: model (Sec. 5.2: "fainter than 2 mag ... used with caution"); None: keep all
-    max_mks_mag: float | None = 3.0
-    #: test spectra below this S/N are kept out of the noise-model fits
-    noise_min_snr: float = 10.0
-    noise_clip_sigma: float = 2.0
-    #: noise model: also clip stars more than this many sigma *brighter* than the model
-    #: (not binaries: subdwarfs / white dwarfs / failed reconstructions that otherwise
-    #: inflate sigma_s100 at low S/N); None: the paper's one-sided clipping
-    noise_clip_lower_sigma: float | None = 3.0
-    #: the ensemble spread of each star is a known term of the eq. (14) variance and of
-    #: its MKs_err (beyond the paper); False: the paper's sqrt(sigma_int^2 + sigma_s^2)
-    noise_include_spread: bool = True
-    noise_n_steps: int = 2000
-    min_emission_test: int = 100
-    #: a binary-cleaning round starts from the previous round's networks
-    warm_start: bool = True
-    seed: int = 0
-    #: "recon_flux" (the paper) or "pca_coeff" (variant: 100 PCA coefficients)
-    input_kind: str = "recon_flux"
-    network: TrainConfig = field(default_factory=TrainConfig)
+    min_parallax_snr: float = option(
+        10.0,
+        doc="good parallax: corrected parallax / error above this (Sec. 5.2: 10)")
+    min_snr: float = option(
+        50.0,
+        doc="training candidates: spectra with S/N above this (Sec. 5.2: 50)")
+    train_fraction: float = option(
+        0.8,
+        doc="share of the candidate stars (all their visits) in the training set; the rest are the"
+            " test set (Sec. 5.2: 4/5)")
+    n_clean_iterations: int = option(
+        2,
+        doc="binary-cleaning rounds: retrain without training spectra whose S/N_dplx exceeds "
+            "binary_snr_threshold (Sec. 5.2: 2)")
+    binary_snr_threshold: float = option(
+        2.0,
+        doc="S/N_dplx (eq. 16) above which a training spectrum is removed as a binary (Sec. 6: 2)")
+    clean_snr_threshold: float = option(
+        2.0,
+        doc="training spectra are removed as binaries when S/N_dplx > this (the paper: the flag "
+            "threshold, 2); lower removes more binaries at the cost of some singles")
+    clean_two_sided: bool = option(
+        False,
+        doc="also remove spectra with S/N_dplx < -clean_snr_threshold (outliers on the faint "
+            "side), so that the singles removed with a low threshold leave no bias")
+    weight_floor_mag: float | None = option(
+        0.25,
+        doc="loss weight 1 / (MKs_geo_err^2 + weight_floor_mag^2) (the variance floor of the "
+            "parallax-space loss likewise); None: unweighted (the paper does not say; the floor ~ "
+            "sigma_int keeps bright stars from dominating)")
+    max_mks_mag: float | None = option(
+        3.0,
+        doc="spectra fainter than this M_Ks by their parallax (at 2 sigma; subdwarfs, white "
+            "dwarfs) train no network; test spectra with MKs_geo above it stay out of the noise "
+            "model (Sec. 5.2: \"fainter than 2 mag ... used with caution\"); None: keep all")
+    noise_min_snr: float = option(
+        10.0,
+        doc="test spectra below this S/N are kept out of the noise-model fits")
+    noise_clip_sigma: float = option(2.0, doc="sigma clipping of the noise-model fit (eq. 14: 2)")
+    noise_clip_lower_sigma: float | None = option(
+        3.0,
+        doc="noise model: also clip stars more than this many sigma *brighter* than the model (not"
+            " binaries: subdwarfs / white dwarfs / failed reconstructions that otherwise inflate "
+            "sigma_s100 at low S/N); None: the paper's one-sided clipping")
+    noise_include_spread: bool = option(
+        True,
+        doc="the ensemble spread of each star is a known term of the eq. (14) variance and of its "
+            "MKs_err (beyond the paper); False: the paper's sqrt(sigma_int^2 + sigma_s^2)")
+    noise_n_steps: int = option(2000, doc="emcee steps of the noise-model posterior (Sec. 5.3)")
+    min_emission_test: int = option(
+        100,
+        doc="fewest emission test spectra for network (b)'s own noise model; below it (b) is "
+            "calibrated on all its test predictions")
+    warm_start: bool = option(
+        True,
+        doc="a binary-cleaning round starts from the previous round's networks")
+    seed: int = option(0, doc="random seed of the star-level train/test split and of emcee")
+    input_kind: str = option(
+        "recon_flux",
+        doc="\"recon_flux\" (the paper) or \"pca_coeff\" (variant: 100 PCA coefficients)")
+    network: TrainConfig = option(
+        default_factory=TrainConfig,
+        doc="the network and its optimiser (eq. 6, Sec. 5.1)")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -3,8 +3,9 @@ coefficients (:mod:`obpipe.photometry.extinction`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from obpipe.options import option
 from obpipe.photometry.extinction import EBV_BANDS
 from obpipe.photometry.synthetic import EXTINCTION_LAWS, R_V_RANGE
 
@@ -30,27 +31,34 @@ def _ebv_bands() -> tuple[str, ...]:
 class PhotometryConfig:
     """Options of the photometry stage (Sec. 4; ``obpipe.stages.photometry``)."""
 
-    #: bands whose adjacent colour excesses give E(B-V) (Sec. 4), in the survey-grouped
-    #: wavelength order of ``obpipe.photometry.extinction.EBV_BANDS``; K_s is never used
-    bands: tuple[str, ...] = field(default_factory=_ebv_bands)
-    #: extinction coefficients R_X: "star" (a Kurucz model of each star's Teff, dustapprox)
-    #: or "fixed" (the paper's 12,000 K spectrum)
-    coefficients: str = "star"
-    #: include the Teff / log g uncertainty of the intrinsic colours in the E(B-V) error
-    include_parameter_error: bool = True
-    #: extinction-curve family: "G23" (Gordon et al. 2023; chosen on real LAMOST hot stars,
-    #: docs/validation.md) or "F99" (Fitzpatrick 1999, the paper's)
-    law: str = "G23"
-    #: R_V of the curve (2.3-5.1); the paper: 3.1
-    r_v: float = 3.1
-    #: star-to-star sigma(R_V) propagated into ebv_err and AKs_err (Schlafly et al. 2016: 0.18)
-    r_v_scatter: float = 0.18
-    #: band coefficients at each star's own A0 = R_V E(B-V) (False: low-extinction limit,
-    #: as in the paper)
-    extinction_dependent: bool = True
-    #: uncertainty of each band's intrinsic magnitude (mag, independent per band) added to
-    #: ebv_err (obpipe.photometry.extinction.INTRINSIC_MAG_ERROR_MAG; 0: off)
-    intrinsic_mag_error_mag: float = 0.02
+    bands: tuple[str, ...] = option(
+        default_factory=_ebv_bands,
+        doc="bands whose adjacent colour excesses give E(B-V) (Sec. 4), in the survey-grouped "
+            "wavelength order of ``obpipe.photometry.extinction.EBV_BANDS``; K_s is never used")
+    coefficients: str = option(
+        "star",
+        doc="extinction coefficients R_X: \"star\" (a Kurucz model of each star's Teff, "
+            "dustapprox) or \"fixed\" (the paper's 12,000 K spectrum)")
+    include_parameter_error: bool = option(
+        True,
+        doc="include the Teff / log g uncertainty of the intrinsic colours in the E(B-V) error")
+    law: str = option(
+        "G23",
+        doc="extinction-curve family: \"G23\" (Gordon et al. 2023; chosen on real LAMOST hot "
+            "stars, docs/validation.md) or \"F99\" (Fitzpatrick 1999, the paper's)")
+    r_v: float = option(3.1, doc="R_V of the curve (2.3-5.1); the paper: 3.1")
+    r_v_scatter: float = option(
+        0.18,
+        doc="star-to-star sigma(R_V) propagated into ebv_err and AKs_err (Schlafly et al. 2016: "
+            "0.18)")
+    extinction_dependent: bool = option(
+        True,
+        doc="band coefficients at each star's own A0 = R_V E(B-V) (False: low-extinction limit, as"
+            " in the paper)")
+    intrinsic_mag_error_mag: float = option(
+        0.02,
+        doc="uncertainty of each band's intrinsic magnitude (mag, independent per band) added to "
+            "ebv_err (obpipe.photometry.extinction.INTRINSIC_MAG_ERROR_MAG; 0: off)")
 
     def __post_init__(self) -> None:
         if self.coefficients not in ("star", "fixed"):

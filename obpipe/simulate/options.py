@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from obpipe.options import check_ranges
+from obpipe.options import check_ranges, option
 
 
 @dataclass(frozen=True)
@@ -18,129 +18,156 @@ class SimulationConfig:
 
     n_stars: int = 16002
     seed: int = 42
-    #: mean number of spectra (visits) per star; 27,784 / 16,002 in the paper.
-    mean_visits: float = 27784 / 16002
-    #: spectra per chunk of the cube (whole wavelength rows per chunk).
-    chunk_size: int = 2000
+    mean_visits: float = option(
+        27784 / 16002,
+        doc="mean number of spectra (visits) per star; 27,784 / 16,002 in the paper.")
+    chunk_size: int = option(
+        2000,
+        doc="spectra per chunk of the cube (whole wavelength rows per chunk).")
 
     # --- population fractions (of stars) ---
-    #: late-B / A-type interlopers (Teff 7.5-11 kK) that enter a hot-star selection.
-    interloper_fraction: float = 0.10
-    #: hot subdwarfs (sdB/sdO, log g 5-6).
-    subdwarf_fraction: float = 0.02
-    #: DA white dwarfs (log g ~8).
-    white_dwarf_fraction: float = 0.01
-    #: fraction of OB stars observed past the main sequence (giants, supergiants).
-    evolved_fraction: float = 0.08
-    #: an evolved OB star's crossing ends where it would become cooler than this (K) or
-    #: reach a lower log g than ``evolved_min_logg``: the OB selection (DESIGN.md:
-    #: Teff ~ 10-45 kK, log g ~ 3-4.5) sees blue, not yellow or red, supergiants.
-    evolved_min_teff_k: float = 10_000.0
+    interloper_fraction: float = option(
+        0.10,
+        doc="late-B / A-type interlopers (Teff 7.5-11 kK) that enter a hot-star selection.")
+    subdwarf_fraction: float = option(0.02, doc="hot subdwarfs (sdB/sdO, log g 5-6).")
+    white_dwarf_fraction: float = option(0.01, doc="DA white dwarfs (log g ~8).")
+    evolved_fraction: float = option(
+        0.08,
+        doc="fraction of OB stars observed past the main sequence (giants, supergiants).")
+    evolved_min_teff_k: float = option(
+        10_000.0,
+        doc="an evolved OB star's crossing ends where it would become cooler than this (K) or "
+            "reach a lower log g than ``evolved_min_logg``: the OB selection (DESIGN.md: Teff ~ "
+            "10-45 kK, log g ~ 3-4.5) sees blue, not yellow or red, supergiants.")
     evolved_min_logg: float = 3.0
-    #: unresolved binaries among OB stars and interlopers (mass ratio q uniform).
-    binary_fraction: float = 0.30
+    binary_fraction: float = option(
+        0.30,
+        doc="unresolved binaries among OB stars and interlopers (mass ratio q uniform).")
     min_mass_ratio: float = 0.1
-    #: emission-line stars (Be discs + nebular lines) among OB stars.
-    emission_fraction: float = 0.13
-    #: share of the emission-line stars whose emission is nebular (H II region).
-    nebular_share: float = 0.25
-    #: broken spectra (flux artefacts, bad wavelength calibration), per visit.
-    broken_fraction: float = 0.01
+    emission_fraction: float = option(
+        0.13,
+        doc="emission-line stars (Be discs + nebular lines) among OB stars.")
+    nebular_share: float = option(
+        0.25,
+        doc="share of the emission-line stars whose emission is nebular (H II region).")
+    broken_fraction: float = option(
+        0.01,
+        doc="broken spectra (flux artefacts, bad wavelength calibration), per visit.")
 
     # --- stellar population ---
-    #: slope alpha of the present-day, magnitude-selected mass function dN/dM ~ M^-alpha.
-    mass_function_slope: float = 2.0
+    mass_function_slope: float = option(
+        2.0,
+        doc="slope alpha of the present-day, magnitude-selected mass function dN/dM ~ M^-alpha.")
     min_mass_msun: float = 2.5
     max_mass_msun: float = 40.0
-    #: "cosmic" luminosity scatter: scatter of log mass at fixed (Teff, log g), dex.
-    #: Not visible in the spectrum; it sets the floor of any spectroscopic M_Ks.
-    cosmic_log_mass_scatter_dex: float = 0.08
+    cosmic_log_mass_scatter_dex: float = option(
+        0.08,
+        doc="\"cosmic\" luminosity scatter: scatter of log mass at fixed (Teff, log g), dex. Not "
+            "visible in the spectrum; it sets the floor of any spectroscopic M_Ks.")
     feh_mean: float = -0.05
     feh_scatter: float = 0.15
 
     # --- sky, dust and photometry ---
-    #: E(B-V) per kpc in the Galactic mid-plane near the Sun (mag/kpc).
-    dust_ebv_per_kpc: float = 0.45
+    dust_ebv_per_kpc: float = option(
+        0.45,
+        doc="E(B-V) per kpc in the Galactic mid-plane near the Sun (mag/kpc).")
     dust_scale_height_kpc: float = 0.12
-    #: lognormal clumpiness of the dust column per sight line (dex).
-    dust_clumpiness_dex: float = 0.25
+    dust_clumpiness_dex: float = option(
+        0.25,
+        doc="lognormal clumpiness of the dust column per sight line (dex).")
     max_ebv: float = 3.5
     disk_scale_length_kpc: float = 3.0
     disk_scale_height_kpc: float = 0.06
     max_distance_kpc: float = 15.0
-    #: distances are drawn with p(d) ~ d^distance_power (before the disk density and the
-    #: magnitude limits act). 1 is a magnitude-limited thin disk; LAMOST's target selection
-    #: samples bright stars far more densely than that (targets spread uniformly over
-    #: colour-magnitude diagrams, plus a very-bright r <= 14 survey: Yuan et al. 2015,
-    #: MNRAS 448, 855, arXiv:1412.6628). -0.5 matches the paper's sample: ~52 % of its
-    #: 16,002 stars with Gaia DR2 plx/err > 10 and S/N > 50 (Sec. 5.2: 6,861 training
-    #: stars are 4/5 of them, ~200 added) and "the majority within 3 kpc" (Sec. 7); with
-    #: 1 the mock had 21 % and 29 %, with -0.5 it has 50 % and 56 %.
-    distance_power: float = -0.5
+    distance_power: float = option(
+        -0.5,
+        doc="distances are drawn with p(d) ~ d^distance_power (before the disk density and the "
+            "magnitude limits act). 1 is a magnitude-limited thin disk; LAMOST's target "
+            "selection samples bright stars far more densely than that (targets spread uniformly"
+            " over colour-magnitude diagrams, plus a very-bright r <= 14 survey: Yuan et al. "
+            "2015, MNRAS 448, 855, arXiv:1412.6628). -0.5 matches the paper's sample: ~52 % of "
+            "its 16,002 stars with Gaia DR2 plx/err > 10 and S/N > 50 (Sec. 5.2: 6,861 training "
+            "stars are 4/5 of them, ~200 added) and \"the majority within 3 kpc\" (Sec. 7); with 1"
+            " the mock had 21 % and 29 %, with -0.5 it has 50 % and 56 %.")
     sun_galactocentric_x_kpc: float = -8.1
-    #: LAMOST-like magnitude limits on Gaia G.
-    bright_limit_g: float = 8.0
+    bright_limit_g: float = option(8.0, doc="LAMOST-like magnitude limits on Gaia G.")
     faint_limit_g: float = 17.8
     min_declination_deg: float = -10.0
-    #: fraction of stars without each optical (g, r, i) measurement (survey gaps).
-    optical_missing_fraction: float = 0.08
-    #: fraction of stars without 2MASS photometry.
-    twomass_missing_fraction: float = 0.01
+    optical_missing_fraction: float = option(
+        0.08,
+        doc="fraction of stars without each optical (g, r, i) measurement (survey gaps).")
+    twomass_missing_fraction: float = option(
+        0.01,
+        doc="fraction of stars without 2MASS photometry.")
 
     # --- Gaia ---
-    #: "dr2" (the paper's data) or "dr3". Errors, their external inflation and the
-    #: injected zero-point follow the release (see ``obpipe.simulate.sky``).
-    gaia_release: str = "dr2"
+    gaia_release: str = option(
+        "dr2",
+        doc="\"dr2\" (the paper's data) or \"dr3\". Errors, their external inflation and the "
+            "injected zero-point follow the release (see ``obpipe.simulate.sky``).")
 
     # --- the real sky's systematics (issue 15, item 3): each on by default, each with its
     # latent value in the ``truth`` group; injected by the mock's own code, never by the
     # functions the pipeline uses to remove them ---
-    #: quoted parallax errors underestimate the true scatter by the release's published
-    #: external-error relation (DR2: Lindegren et al. 2018; DR3: Maiz Apellaniz 2022);
-    #: truth ``parallax_error_true`` (mas). False: quoted errors are the true scatter.
-    parallax_external_errors: bool = True
-    #: the injected zero-point varies with G, colour and sky position (truth
-    #: ``parallax_zp_true``, mas). False: a constant -0.0523 mas (DR2) or the Lindegren et
-    #: al. (2021) recipe alone (DR3), i.e. exactly what the pipeline removes.
-    parallax_zp_variations: bool = True
-    #: extinction-curve family of the mock (a ``dust_extinction.parameter_averages`` class:
-    #: G23, F99, F19, CCM89, O94); F19 = Fitzpatrick et al. (2019, ApJ 886, 108) by default,
-    #: a family other than the pipeline's G23 (issue 20: a mock must not redden with the
-    #: curve the pipeline de-reddens with).
-    extinction_law: str = "F19"
-    #: R_V per star ~ N(rv_mean, rv_scatter), clipped to 2.3-4.6 (truth ``R_V_true``).
-    rv_mean: float = 3.1
+    parallax_external_errors: bool = option(
+        True,
+        doc="quoted parallax errors underestimate the true scatter by the release's published "
+            "external-error relation (DR2: Lindegren et al. 2018; DR3: Maiz Apellaniz 2022); truth"
+            " ``parallax_error_true`` (mas). False: quoted errors are the true scatter.")
+    parallax_zp_variations: bool = option(
+        True,
+        doc="the injected zero-point varies with G, colour and sky position (truth "
+            "``parallax_zp_true``, mas). False: a constant -0.0523 mas (DR2) or the Lindegren et "
+            "al. (2021) recipe alone (DR3), i.e. exactly what the pipeline removes.")
+    extinction_law: str = option(
+        "F19",
+        doc="extinction-curve family of the mock (a ``dust_extinction.parameter_averages`` class: "
+            "G23, F99, F19, CCM89, O94); F19 = Fitzpatrick et al. (2019, ApJ 886, 108) by default,"
+            " a family other than the pipeline's G23 (issue 20: a mock must not redden with the "
+            "curve the pipeline de-reddens with).")
+    rv_mean: float = option(
+        3.1,
+        doc="R_V per star ~ N(rv_mean, rv_scatter), clipped to 2.3-4.6 (truth ``R_V_true``).")
     rv_scatter: float = 0.25
-    #: star-to-star scatter (mag) of each intrinsic colour around Mamajek's sequence.
-    intrinsic_colour_scatter_mag: float = 0.02
-    #: true / quoted noise per exposure ~ lognormal(median, sigma_ln), clipped to 0.8-1.3
-    #: (truth ``ivar_scale_true``); sigma_ln = 0 and median = 1: the ivar is right.
-    ivar_scale_median: float = 1.05
+    intrinsic_colour_scatter_mag: float = option(
+        0.02,
+        doc="star-to-star scatter (mag) of each intrinsic colour around Mamajek's sequence.")
+    ivar_scale_median: float = option(
+        1.05,
+        doc="true / quoted noise per exposure ~ lognormal(median, sigma_ln), clipped to 0.8-1.3 "
+            "(truth ``ivar_scale_true``); sigma_ln = 0 and median = 1: the ivar is right.")
     ivar_scale_sigma_ln: float = 0.1
-    #: correlation coefficient of the noise of neighbouring pixels (resampling); 0: white.
-    noise_neighbour_correlation: float = 0.25
-    #: spectra per plate and rms of the per-plate RV zero-point (km/s; truth
-    #: ``plate_rv_offset_true``); 0: no plate offsets.
-    spectra_per_plate: int = 250
+    noise_neighbour_correlation: float = option(
+        0.25,
+        doc="correlation coefficient of the noise of neighbouring pixels (resampling); 0: white.")
+    spectra_per_plate: int = option(
+        250,
+        doc="spectra per plate and rms of the per-plate RV zero-point (km/s; truth "
+            "``plate_rv_offset_true``); 0: no plate offsets.")
     plate_rv_offset_kms: float = 3.0
-    #: B/A supergiants and bright giants (log g 1.5-3, Teff 10-30 kK), fraction of OB stars;
-    #: the hotter, lower-gravity ones carry wind emission in H-alpha.
-    supergiant_fraction: float = 0.04
-    #: interstellar absorption lines (DIBs, Na D, Ca II K, growing with E(B-V)) in the
-    #: spectra; False is a diagnostic mock for validate's ``ism_shortcut`` (do the
-    #: networks read distance from them?), not a realistic one.
-    ism_absorption: bool = True
+    supergiant_fraction: float = option(
+        0.04,
+        doc="B/A supergiants and bright giants (log g 1.5-3, Teff 10-30 kK), fraction of OB stars;"
+            " the hotter, lower-gravity ones carry wind emission in H-alpha.")
+    ism_absorption: bool = option(
+        True,
+        doc="interstellar absorption lines (DIBs, Na D, Ca II K, growing with E(B-V)) in the "
+            "spectra; False is a diagnostic mock for validate's ``ism_shortcut`` (do the networks "
+            "read distance from them?), not a realistic one.")
 
     # --- spectra ---
     resolving_power: float = 1800.0
-    #: S/N (per pixel, g band) at G = 14 for median conditions.
-    snr_at_g14: float = 110.0
+    snr_at_g14: float = option(
+        110.0,
+        doc="S/N (per pixel, g band) at G = 14 for median conditions.")
     snr_max: float = 1000.0
     snr_min: float = 4.0
-    #: lognormal scatter of S/N from observing conditions, per visit (dex).
-    snr_conditions_dex: float = 0.2
-    #: turbulence of line-of-sight radial velocities of single stars (km/s).
-    rv_dispersion_kms: float = 20.0
+    snr_conditions_dex: float = option(
+        0.2,
+        doc="lognormal scatter of S/N from observing conditions, per visit (dex).")
+    rv_dispersion_kms: float = option(
+        20.0,
+        doc="turbulence of line-of-sight radial velocities of single stars (km/s).")
     rv_error_at_snr50_kms: float = 8.0
 
     def validate(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from obpipe.options import option
 from obpipe.spectra import normalize, pca
 
 
@@ -13,14 +14,32 @@ from obpipe.spectra import normalize, pca
 class SpectralConfig:
     """Options of the spectral chain (defaults: the paper's choices where it has them)."""
 
-    continuum_kernel_aa: float = normalize.CONTINUUM_KERNEL_AA
-    n_components: int = pca.N_COMPONENTS
-    #: training spectra for the bases: S/N above this, at most ``max_train`` of them
-    train_min_snr: float = 50.0
-    max_train: int = 8000
-    seed: int = 0
-    #: weighted projection with the coefficient prior (False: plain weighted LSQ)
-    projection_prior: bool = True
-    emission_target_purity: float = 0.99
-    broken_mad_sigma: float = 8.0
-    broken_min_chi2: float = 3.0
+    continuum_kernel_aa: float = option(
+        normalize.CONTINUUM_KERNEL_AA,
+        doc="width L (AA) of the Gaussian pseudo-continuum kernel w = exp(-(lambda - lambda0)^2 / "
+            "L^2) (Sec. 2: 50 AA)")
+    n_components: int = option(
+        pca.N_COMPONENTS,
+        doc="principal components K of each PCA basis (Sec. 3: 100)")
+    train_min_snr: float = option(
+        50.0,
+        doc="training spectra for the bases: S/N above this, at most ``max_train`` of them")
+    max_train: int = option(
+        8000,
+        doc="at most this many training spectra for the bases (a seeded random subset of those "
+            "above train_min_snr)")
+    seed: int = option(0, doc="random seed of the training subset and of the randomized PCA")
+    projection_prior: bool = option(
+        True,
+        doc="weighted projection with the coefficient prior (False: plain weighted LSQ)")
+    emission_target_purity: float = option(
+        0.99,
+        doc="H-alpha emission threshold: the smallest significance at which the mirrored negative "
+            "tail (false positives) is below 1 - purity of the positive tail (Sec. 3)")
+    broken_mad_sigma: float = option(
+        8.0,
+        doc="broken spectrum: largest 16-pixel reduced chi2 above the median + this many MADs of "
+            "its S/N bin (App. A)")
+    broken_min_chi2: float = option(
+        3.0,
+        doc="broken spectrum: and above this reduced chi2 (App. A)")
