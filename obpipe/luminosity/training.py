@@ -100,7 +100,9 @@ class TrainingConfig:
     #: the ensemble spread of each star is a known term of the eq. (14) variance and of
     #: its MKs_err (beyond the paper); False: the paper's sqrt(sigma_int^2 + sigma_s^2)
     noise_include_spread: bool = True
-    noise_n_steps: int = 2000
+    #: emcee steps (more when 50 autocorrelation times need them; ~12 steps each with
+    #: the differential-evolution moves of :func:`noise_model.fit_noise_model`)
+    noise_n_steps: int = 1000
     min_emission_test: int = 100
     #: a binary-cleaning round starts from the previous round's networks
     warm_start: bool = True
