@@ -273,6 +273,7 @@ class RunConfig:
 #: distance priors: the paper's "flat", Bailer-Jones et al. (2018) "edsd", and the
 #: Galactic "population" prior fitted to the catalog (obpipe.distance.PopulationPrior)
 DISTANCE_PRIORS = ("flat", "edsd", "population")
+DISTANCE_POINT_ESTIMATES = ("auto", "mode", "log_mean")
 
 
 @dataclass(frozen=True)
@@ -311,8 +312,17 @@ class DistanceConfig:
     #: flat): 0.2 balances the bias binned by true and by catalogued distance on two
     #: mocks (benchmarks/distance_priors.py; docs/validation.md)
     population_prior_weight: float = 0.2
+    #: the catalogue's ``dis``: "mode" (the paper's, Table 1), "log_mean" (exp of the
+    #: posterior mean of ln d, i.e. 10^logdis) or "auto": the mode under the flat and
+    #: edsd priors, log_mean under the population prior (smaller largest bias over the
+    #: distance bins binned by true and by catalogued distance on two mocks:
+    #: benchmarks/distance_priors.py, docs/validation.md "Distances: what the data allow")
+    point_estimate: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.point_estimate not in DISTANCE_POINT_ESTIMATES:
+            raise ValueError(f"point_estimate must be one of {DISTANCE_POINT_ESTIMATES}, got "
+                             f"{self.point_estimate!r}")
         if self.prior not in DISTANCE_PRIORS:
             raise ValueError(f"distance prior must be one of {DISTANCE_PRIORS}, got "
                              f"{self.prior!r}")
