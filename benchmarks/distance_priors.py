@@ -8,9 +8,13 @@ zero-point-corrected parallax with the photometry stage's current external error
 scored against the mock's truth on single stars (truth ``is_binary`` false and
 ``binary_flag`` 0): per bin of true and of catalogued distance, the median of
 true/dis - 1 and the 16-84 % coverage (``obpipe.validate.distance_bin_metrics``); also
-the stars at the grid edge and the modes outside their interval, over all spectra.
+the stars at the grid edge and the modes outside their interval, over all spectra, and
+the minimax figures by which a prior is chosen: the largest |bias| over the five bins and
+both binnings, and the largest distance of a coverage from [0.62, 0.74]. With
+``--ob-singles`` the stars scored are those of ``benchmarks/score_truth.py`` (truth
+single OB stars and interlopers, whatever their binary_flag).
 
-    python benchmarks/distance_priors.py SURVEY PRODUCTS [--weights 0.6 1.0]
+    python benchmarks/distance_priors.py SURVEY PRODUCTS [--weights 0.6 1.0] [--ob-singles]
 """
 
 from __future__ import annotations
@@ -36,12 +40,30 @@ from obpipe.products import open_products
 from obpipe.validate import distance_bin_metrics
 
 
+def minimax(m: dict) -> dict:
+    """The largest |median(true/dis - 1)| and the largest distance of a 16-84 % coverage
+    from [0.62, 0.74] over the bins of both binnings (the criterion a prior is chosen by),
+    and the largest |bias| of each bin over the two binnings."""
+    rows = [r for key in ("by_true_distance", "by_catalog_distance")
+            for r in m[f"distance_bins_{key}"].values() if r["n"]]
+    per_bin = {lab: round(max(abs(m[f"distance_bins_{key}"][lab]["median_true_over_dis_minus_1"])
+                              for key in ("by_true_distance", "by_catalog_distance")
+                              if m[f"distance_bins_{key}"][lab]["n"]), 3)
+               for lab in m["distance_bins_by_true_distance"]}
+    return {"max_abs_bias": max(abs(r["median_true_over_dis_minus_1"]) for r in rows),
+            "max_coverage_distance": max(max(0.62 - r["coverage_16_84"],
+                                             r["coverage_16_84"] - 0.74, 0.0) for r in rows),
+            "per_bin": per_bin}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("survey")
     ap.add_argument("products")
     ap.add_argument("--weights", type=float, nargs="+", default=[0.6, 1.0])
     ap.add_argument("--json", default=None, help="write the metrics here too")
+    ap.add_argument("--ob-singles", action="store_true",
+                    help="score truth-single OB stars and interlopers (score_truth.py)")
     args = ap.parse_args()
     survey = store.open_cube(args.survey)
     truth = store.open_truth(args.survey)
@@ -56,6 +78,9 @@ def main() -> None:
     dm0_used = np.where(binary, np.nan, dm0)
     d_true = truth["distance_kpc_true"].values
     single = ~truth["is_binary"].values.astype(bool) & (v["binary_flag"] == 0)
+    if args.ob_singles:
+        cls = np.array(truth["star_class"].values.tolist(), dtype=object).astype("U16")
+        single = ~truth["is_binary"].values.astype(bool) & np.isin(cls, ["OB", "interloper"])
     lon, lat = galactic_lb_deg(survey["ra"].values, survey["dec"].values)
     t0 = time.perf_counter()
     hyper, info = fit_population_prior(np.where(v["binary_flag"] == 0,
@@ -91,6 +116,15 @@ def main() -> None:
         bound = {lab: round(r.get("min_max_bias_bound", float("nan")), 3)
                  for lab, r in m["distance_bins_by_true_distance"].items()}
         print(f"   closed-form bound on max(|bias by truth|, |bias by catalog|): {bound}")
+        m["minimax"] = minimax(m)
+        print("   minimax: max |bias| {max_abs_bias:.3f}, max coverage distance "
+              "{max_coverage_distance:.3f}; per bin max |bias| {per_bin}".format(**m["minimax"]))
+        # the posterior mean of log d (the catalogue's logdis) as the point estimate
+        m_log = distance_bin_metrics(d_true, 10.0 ** res["logdis"], res["dis_low"],
+                                     res["dis_high"], single)
+        m["minimax_10^logdis"] = minimax(m_log)
+        print("   10^logdis as the estimate: max |bias| {max_abs_bias:.3f}; per bin max |bias| "
+              "{per_bin}".format(**m["minimax_10^logdis"]))
     print("population prior fit:", json.dumps(results["population_prior_fit"]))
     if args.json:
         with open(args.json, "w") as fh:

@@ -14,6 +14,12 @@ same rows:
   PCA coefficients (the networks' information): the residual slope is the law's only
   where this is small.
 
+Then the budget of the M_Ks bias of single non-emission OB stars at S/N > 50 by true
+M_Ks: the median catalog M_Ks - M_Ks,true beside the median bias that the training
+targets of the trained-on stars in that bin inherit from the law
+(``A_Ks,true - A_Ks``) and from the parallax zero-point the pipeline leaves
+(``5 log10(1 + (zp_true - parallax_offset) / parallax_true)``).
+
 Usage::
 
     python benchmarks/extinction_law.py SURVEY.zarr PRODUCTS_DIR [--min-plx-snr 20] [--json F]
@@ -34,7 +40,7 @@ from obpipe.photometry.law_calibration import fit_aks_scale, predictable_fractio
 from obpipe.products import open_products
 
 _PRODUCTS = ("MKs", "MKs_geo", "MKs_geo_err", "AKs", "R_Ks", "em_flag", "parallax_corrected",
-             "parallax_corrected_error", "specid")
+             "parallax_corrected_error", "parallax_offset", "luminosity_set", "specid")
 
 
 def measure(survey: str, products: str, min_plx_snr: float = 20.0, min_snr: float = 20.0,
@@ -66,6 +72,34 @@ def measure(survey: str, products: str, min_plx_snr: float = 20.0, min_snr: floa
                                        r_ks=r_ks).as_dict()
     pca = np.asarray(p["pca_coeff"].isel(component=slice(0, n_pca)).values)[rows]
     out["R2_AKs_from_pca"] = predictable_fraction(a, pca)
+    out["budget_by_true_mks"] = _budget(root, v, t, snr)
+    return out
+
+
+def _budget(root: Any, v: dict[str, np.ndarray], t: dict[str, np.ndarray],
+            snr: np.ndarray) -> dict[str, dict[str, float]]:
+    truth = root["truth"]
+    tt = {k: np.asarray(truth[k][...]) for k in ("MKs_true", "star_class", "is_binary",
+                                                 "has_emission", "parallax_mas_true",
+                                                 "parallax_zp_true")}
+    off = v["parallax_offset"]
+    cls = np.array(tt["star_class"].tolist(), dtype=object).astype(str)
+    base = ((cls == "OB") & ~tt["is_binary"].astype(bool)
+            & ~tt["has_emission"].astype(bool) & (snr > 50) & np.isfinite(v["MKs"]))
+    trained = (v["luminosity_set"] & 3) > 0
+    resid = v["MKs"] - tt["MKs_true"]
+    law = t["AKs_true"] - v["AKs"]
+    with np.errstate(invalid="ignore"):
+        zp = 5 * np.log10(1 + (tt["parallax_zp_true"] - off) / tt["parallax_mas_true"])
+    out = {}
+    for lo, hi in ((-9, -4), (-4, -3), (-3, -2), (-2, -1), (-1, 0), (0, 9)):
+        s = base & (tt["MKs_true"] >= lo) & (tt["MKs_true"] < hi)
+        st = s & trained
+        if st.sum() < 5:
+            continue
+        out[f"{lo}_{hi}"] = {"n": int(s.sum()), "network_bias": float(np.median(resid[s])),
+                             "target_law": float(np.nanmedian(law[st])),
+                             "target_zp": float(np.nanmedian(zp[st]))}
     return out
 
 
@@ -87,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         f = res[key]
         print(f"  {key:28s} k = {f['k']:+.3f} +- {f['k_err']:.3f}  "
               f"(Delta R_Ks {f['delta_r_ks']:+.3f})")
+    print("S/N > 50 single non-emission OB by true M_Ks: median M_Ks - M_Ks,true | target "
+          "bias of the trained-on stars from the law, from the zero-point")
+    for b, r in res["budget_by_true_mks"].items():
+        print(f"  M_Ks,true {b:>6s}: {r['network_bias']:+.3f} (n {r['n']:4d}) | "
+              f"law {r['target_law']:+.3f} | zp {r['target_zp']:+.3f}")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
     return 0

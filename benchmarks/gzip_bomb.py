@@ -1,7 +1,7 @@
 """Peak memory of reading a gzip bomb: the ingest's size cap against a full inflate.
 
 Writes a ~1 MB gzip file that inflates to ``--gib`` GiB of zeros (default 1) and reads it
-with :func:`obpipe.io.lamost.process_file` in a fresh child process, twice: with the
+with :func:`obpipe.io.lamost_batch.process_file` in a fresh child process, twice: with the
 default cap (``max_decompressed_mib`` = 64 MiB: the stream is inflated only up to the
 limit) and with no cap (``max_bytes=None``, what ``obpipe ingest`` did before issue 17:
 the whole stream inflated, then rejected as "not a FITS file"). Prints each child's
@@ -23,7 +23,8 @@ import tempfile
 
 CHILD = """
 import json, resource, sys, time
-from obpipe.io.lamost import DEFAULT_MAX_DECOMPRESSED_BYTES, process_file
+from obpipe.io.lamost import DEFAULT_MAX_DECOMPRESSED_BYTES
+from obpipe.io.lamost_batch import process_file
 limit = None if sys.argv[2] == "none" else DEFAULT_MAX_DECOMPRESSED_BYTES
 t0 = time.perf_counter()
 rec = process_file(sys.argv[1], max_bytes=limit)

@@ -20,7 +20,7 @@ from typing import Any
 
 from obpipe.binary import BinaryConfig
 from obpipe.catalog import CatalogConfig
-from obpipe.distance import DISTANCE_PRIORS, DistanceConfig
+from obpipe.distance import DISTANCE_POINT_ESTIMATES, DISTANCE_PRIORS, DistanceConfig
 from obpipe.luminosity.network_training import TrainConfig
 from obpipe.luminosity.training import TrainingConfig
 from obpipe.options import (
@@ -49,7 +49,8 @@ from obpipe.spectra.pca import N_COMPONENTS
 from obpipe.stages import STAGE_NAMES
 
 __all__ = [
-    "DISTANCE_PRIORS", "LAMOST_LOG10_WAVE_START", "LAMOST_LOG10_WAVE_STEP", "LAMOST_N_PIXELS",
+    "DISTANCE_POINT_ESTIMATES", "DISTANCE_PRIORS", "LAMOST_LOG10_WAVE_START",
+    "LAMOST_LOG10_WAVE_STEP", "LAMOST_N_PIXELS",
     "LOCAL_CLUSTER", "LOCAL_SCHEDULERS", "MAX_DISTANCE_GRID_POINTS", "OPTION_RANGES",
     "BinaryConfig", "CatalogConfig", "ConfigError", "DistanceConfig", "GridConfig",
     "PhotometryConfig", "PipelineConfig", "Range", "RunConfig", "SimulationConfig",

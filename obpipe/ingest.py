@@ -6,12 +6,12 @@ Work split:
   ``scheduler="processes"`` one pool of *forked* workers for the whole run, so a
   worker starts in milliseconds with the driver's modules already imported): read
   each file, checksum it, parse it (:func:`obpipe.io.lamost.parse_lamost`), shift
-  it to the rest frame and rebin it onto the grid (:func:`obpipe.io.lamost.to_grid`;
+  it to the rest frame and rebin it onto the grid (:func:`obpipe.io.lamost_grid.to_grid`;
   LAMOST's log-linear COEFF0/COEFF1 dispersion takes a vectorised fractional-pixel
   shift, :func:`obpipe.spectra.resample.rebin_loglinear`). A batch comes back as
   small per-file records plus three stacked arrays; forked workers (and threads)
   write the arrays into memory shared with the driver instead
-  (:class:`obpipe.io.lamost.SharedRows`, a ring of one region per window in
+  (:class:`obpipe.io.lamost_batch.SharedRows`, a ring of one region per window in
   flight) and send only the records. Pure per-file work; a bad file gives a report
   line, never an exception.
 * the driver, window by window (``WINDOW_FILES`` files, in file order; the next
@@ -59,15 +59,14 @@ import pandas as pd
 import zarr
 
 from obpipe.io import store
-from obpipe.io.lamost import (  # noqa: F401
-    DEFAULT_MAX_DECOMPRESSED_BYTES,
+from obpipe.io.lamost import DEFAULT_MAX_DECOMPRESSED_BYTES, write_lamost_fits  # noqa: F401
+from obpipe.io.lamost_batch import (  # noqa: F401
     FileBatch,
     SharedRows,
     attach_shared_rows,
     process_batch,
     process_file,
     process_file_batch,
-    write_lamost_fits,
 )
 from obpipe.io.store import Column
 from obpipe.io.tables import TABLE_COLUMNS, StarTable, assign_stars
@@ -342,7 +341,7 @@ def _assemble(
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
     """Rows (from ``start_row`` on) and report lines of one window.
 
-    ``batches``: results of :func:`obpipe.io.lamost.process_file_batch`, in file order.
+    ``batches``: results of :func:`obpipe.io.lamost_batch.process_file_batch`, in file order.
     With ``spectra``, flux / ivar / mask go to its next rows instead of the block.
     """
     report: list[dict[str, Any]] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -284,6 +285,7 @@ from obpipe.distance import (  # noqa: E402
     PopulationPrior,
     check_star_inputs,
     fit_population_prior,
+    point_estimate,
     population_log_prior,
     population_prior_terms,
     star_distance,
@@ -328,11 +330,42 @@ def test_population_prior_needs_its_terms_and_weight_zero_is_flat() -> None:
     *_, pt = _terms(1, PopulationPrior(weight=0.0))
     flat = summarize_distance_posteriors(*one, CFG, grid=GRID)
     zero = summarize_distance_posteriors(*one, POP, grid=GRID, prior_terms=pt)
-    for k in ("dis", "dis_low", "dis_high"):
+    for k in ("dis_low", "dis_high", "logdis", "logdis_err"):
         assert zero[k][0] == flat[k][0]
+    # the same posterior; its point estimate is 10^logdis under the population prior
+    assert zero["dis"][0] == 10.0 ** flat["logdis"][0]
+    as_mode = summarize_distance_posteriors(*one, replace(POP, point_estimate="mode"),
+                                            grid=GRID, prior_terms=pt)
+    assert as_mode["dis"][0] == flat["dis"][0]
     # the flat prior ignores any terms it is given: the paper's numbers stay reproducible
     again = summarize_distance_posteriors(*one, CFG, grid=GRID, prior_terms=pt)
     assert again["dis"][0] == flat["dis"][0]
+
+
+def test_point_estimate_is_the_mode_for_the_paper_and_the_log_mean_for_the_population(
+) -> None:
+    """DistanceConfig.point_estimate: "auto" keeps the paper's mode under the flat prior
+    (Table 1) and gives exp(<ln d>) under the population prior; for a spectro-photometric
+    distance alone (lognormal likelihood of width s = 0.2 ln10 sigma in ln d, flat prior)
+    the mode is d0 and the log mean d0 exp(s^2), so the two differ by the factor
+    exp(s^2) that biases the mode nearer (the closed form of
+    test_spectrophotometric_only_matches_the_closed_form)."""
+    dm0, sig = 13.5, 0.5  # d0 = 5.01 kpc, s = 0.23
+    d0 = 10 ** ((dm0 - 10) / 5)
+    s = 0.2 * np.log(10) * sig
+    assert point_estimate(CFG) == "mode" and point_estimate(POP) == "log_mean"
+    assert point_estimate(DistanceConfig(prior="edsd")) == "mode"
+    assert point_estimate(replace(CFG, point_estimate="log_mean")) == "log_mean"
+    mode = _one(np.nan, np.nan, dm0, sig)
+    log_mean = _one(np.nan, np.nan, dm0, sig, replace(CFG, point_estimate="log_mean"))
+    assert mode["dis"] == pytest.approx(d0, abs=STEP_KPC)
+    assert log_mean["dis"] == pytest.approx(d0 * np.exp(s * s), rel=1e-5)
+    assert log_mean["dis"] == pytest.approx(10 ** log_mean["logdis"], rel=1e-12)
+    for k in ("dis_low", "dis_high", "logdis"):
+        assert log_mean[k] == mode[k]
+    assert log_mean["distance_flags"] == DISTANCE_FLAG_BITS["no_parallax"]
+    with pytest.raises(ValueError, match="point_estimate must be one of"):
+        DistanceConfig(point_estimate="median")
 
 
 def test_population_penalty_is_nonnegative_and_zero_at_its_mode() -> None:

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 
-from obpipe.io import lamost
-from obpipe.io.lamost import LamostFormatError, read_lamost, to_grid, write_lamost_fits
+from obpipe.io import lamost, lamost_batch
+from obpipe.io.lamost import LamostFormatError, read_lamost, write_lamost_fits
+from obpipe.io.lamost_grid import to_grid
 from obpipe.io.store import MASK_BITS
 from obpipe.spectra.grid import SPEED_OF_LIGHT_KMS, wavelength_grid
 from obpipe.spectra.resample import bin_edges, rebin_spectrum
@@ -54,23 +55,64 @@ def test_writer_reader_round_trip_every_layout(tmp_path: Path, layout: str, gz: 
     np.testing.assert_array_equal(g.mask, mask)
 
 
-def test_fast_parser_agrees_with_astropy(tmp_path: Path) -> None:
+def test_scaled_table_columns_are_read_scaled(tmp_path: Path) -> None:
+    """A binary table with TSCALn / TZEROn (int16 flux): astropy's scaled values, not
+    the stored integers."""
+    import io
+
     flux, ivar, mask = _spectrum(1)
-    for layout in ("image", "bintable"):
-        path = tmp_path / f"{layout}.fits"
-        write_lamost_fits(path, flux, ivar, mask, META, layout=layout)
-        raw = path.read_bytes()
-        fast, slow = lamost._fast_hdus(raw), lamost._astropy_hdus(raw)
-        assert len(fast) == len(slow)
-        for (hf, df), (hs, ds) in zip(fast, slow, strict=True):
-            for key in ("OBSID", "Z", "COEFF0", "RA", "FILENAME"):
-                if key in hs:
-                    assert hf[key] == hs[key]
-            if ds is not None and ds.dtype.names:
-                for name in ds.dtype.names:
-                    np.testing.assert_array_equal(df[name], ds[name])
-            elif ds is not None:
-                np.testing.assert_array_equal(df, ds)
+    path = tmp_path / "t.fits"
+    write_lamost_fits(path, flux, ivar, mask, META, layout="bintable")
+    stored = np.round((flux.astype(np.float64) - 100.0) / 0.01).astype(np.int16)
+    with fits.open(path) as hdul:  # FLUX as int16 with TSCAL1 = 0.01, TZERO1 = 100
+        cols = [fits.Column("FLUX", f"{flux.size}I", array=stored[None]),
+                *[c for c in hdul[1].columns if c.name != "FLUX"]]
+        hdu = fits.BinTableHDU.from_columns(cols, name="COADD")
+        buf = io.BytesIO()
+        fits.HDUList([hdul[0].copy(), hdu]).writeto(buf)
+    raw = buf.getvalue()
+    header = hdu.header.copy()
+    header.insert("TFORM1", ("TSCAL1", 0.01), after=True)
+    header.insert("TSCAL1", ("TZERO1", 100.0), after=True)
+    old, new = hdu.header.tostring().encode(), header.tostring().encode()
+    assert len(old) == len(new) and raw.count(old) == 1
+    (tmp_path / "s2.fits").write_bytes(raw.replace(old, new))
+    spec = read_lamost(tmp_path / "s2.fits")
+    with fits.open(tmp_path / "s2.fits") as hdul:
+        scaled = np.asarray(hdul[1].data["FLUX"][0], np.float64)
+    np.testing.assert_allclose(scaled, stored * 0.01 + 100.0, rtol=1e-12)
+    np.testing.assert_array_equal(spec.flux, scaled)
+    np.testing.assert_allclose(spec.flux, flux, atol=0.0051)
+
+
+def test_real_files_read_as_astropy_reads_them(shared_data: Path) -> None:
+    """Every real file of ../shared/data (DR1, DR6-DR8): the arrays and header values."""
+    files = sorted(shared_data.glob("lamost_dr*/*.fits*"))
+    assert len(files) > 90
+    layouts = set()
+    for path in files:
+        spec = read_lamost(path)
+        layouts.add(spec.layout)
+        with fits.open(path) as hdul:
+            h, d = hdul[0].header, hdul[0].data
+        np.testing.assert_array_equal(spec.flux, d[0], err_msg=path.name)
+        np.testing.assert_array_equal(spec.ivar, d[1], err_msg=path.name)
+        np.testing.assert_array_equal(spec.andmask, d[3].astype(np.int64), err_msg=path.name)
+        assert spec.meta["ra"] == h["RA"] and spec.meta["dec"] == h["DEC"], path.name
+        if "OBSID" in h:
+            assert spec.meta["obsid"] == int(h["OBSID"]), path.name
+        if h["Z"] > -9999:
+            assert spec.meta["z"] == h["Z"], path.name
+        assert spec.header["COEFF1"] == h["COEFF1"], path.name
+    assert layouts == {"image", "image-subcontinuum"}
+
+
+def test_header_cut_short_is_a_clear_error(tmp_path: Path) -> None:
+    raw = _good_file(tmp_path).read_bytes()
+    bad = tmp_path / "short.fits"
+    bad.write_bytes(raw[:1000])  # inside the header, before its END card
+    with pytest.raises(LamostFormatError, match="short.fits: unreadable FITS file"):
+        read_lamost(bad)
 
 
 # ---------------------------------------------------------------- resampling
@@ -310,44 +352,6 @@ def test_to_grid_takes_the_fast_path_for_coefficient_wavelengths(tmp_path: Path)
     assert g.flags == ref.flags
 
 
-# ------------------------------------------------- fast parser against astropy
-
-
-def _same_gridded(raw: bytes, name: str) -> lamost.LamostSpectrum:
-    """The fast parser and astropy.io.fits give the same spectrum and the same grid row."""
-    fast, slow = lamost.parse_lamost(raw, name), lamost.parse_lamost(raw, name, fast=False)
-    assert fast.layout == slow.layout and fast.meta == pytest.approx(slow.meta, nan_ok=True)
-    assert fast.loglam == slow.loglam and fast.notes == slow.notes
-    for attr in ("wave", "flux", "ivar", "andmask", "ormask"):
-        np.testing.assert_array_equal(getattr(fast, attr), getattr(slow, attr), err_msg=attr)
-    gf, gs = to_grid(fast), to_grid(slow)
-    for attr in ("flux", "ivar", "mask"):  # bit for bit: the cube rows are identical
-        assert getattr(gf, attr).tobytes() == getattr(gs, attr).tobytes(), attr
-    assert gf.flags == gs.flags and gf.rv == gs.rv
-    return fast
-
-
-@pytest.mark.parametrize("layout", ["image", "image-subcontinuum", "bintable"])
-@pytest.mark.parametrize("gz", [False, True])
-def test_fast_parser_gives_the_astropy_cube_row(tmp_path: Path, layout: str, gz: bool) -> None:
-    flux, ivar, mask = _spectrum(4)
-    ivar[2000:2100] = 0.0
-    path = tmp_path / ("s.fits.gz" if gz else "s.fits")
-    write_lamost_fits(path, flux, ivar, mask, META, layout=layout)
-    raw = path.read_bytes()
-    assert (raw[:2] == b"\x1f\x8b") == gz
-    spec = _same_gridded(raw, path.name)
-    assert spec.layout == layout and spec.loglam is not None
-
-
-def test_fast_parser_gives_the_astropy_cube_row_for_real_files(shared_data: Path) -> None:
-    files = sorted((shared_data / "lamost_dr8").glob("*.fits.gz"))
-    files += sorted((shared_data / "lamost_dr1").glob("*.fits"))
-    assert files
-    layouts = {_same_gridded(p.read_bytes(), p.name).layout for p in files}
-    assert layouts == {"image", "image-subcontinuum"}
-
-
 def test_coefficient_wavelength_is_the_direct_formula() -> None:
     """10**COEFF0 * cached 10**(COEFF1 i) is 10**(COEFF0 + COEFF1 i) to ~1e-15."""
     for c0, c1, n in ((3.5682, 1e-4, 3909), (3.57, 1.0001e-4, 3906), (3.9, 2e-4, 10)):
@@ -374,24 +378,24 @@ def test_batch_rows_in_shared_memory_equal_the_sent_arrays(tmp_path: Path) -> No
     bad = tmp_path / "bad.fits"
     bad.write_text("not FITS\n" * 400)
     paths.insert(1, str(bad))
-    sent = lamost.process_file_batch(lamost.FileBatch(paths, {}))
-    shared = lamost.SharedRows(10, GRID.size)
+    sent = lamost_batch.process_file_batch(lamost_batch.FileBatch(paths, {}))
+    shared = lamost_batch.SharedRows(10, GRID.size)
     try:
-        res = lamost.process_file_batch(lamost.FileBatch(paths, {}, (shared.key, 5)))
+        res = lamost_batch.process_file_batch(lamost_batch.FileBatch(paths, {}, (shared.key, 5)))
         assert "flux" not in res and res["shared"] == (shared.key, 5, 3)
-        res = lamost.attach_shared_rows(res)
+        res = lamost_batch.attach_shared_rows(res)
         assert np.shares_memory(res["flux"], shared.flux)
         assert [r["status"] for r in res["records"]] == ["ok", "skipped", "ok", "ok"]
         assert [r.get("slot") for r in res["records"]] == [r.get("slot") for r in sent["records"]]
         for name in ("flux", "ivar", "mask"):
             np.testing.assert_array_equal(res[name], sent[name])
         # a batch that would overrun its slots sends its arrays instead
-        over = lamost.process_file_batch(lamost.FileBatch(paths, {}, (shared.key, 8)))
+        over = lamost_batch.process_file_batch(lamost_batch.FileBatch(paths, {}, (shared.key, 8)))
         assert "shared" not in over and over["flux"].shape == (3, GRID.size)
     finally:
         shared.close()
     # a key this process does not hold (a worker elsewhere): the arrays are sent
-    gone = lamost.process_file_batch(lamost.FileBatch(paths, {}, (shared.key, 0)))
+    gone = lamost_batch.process_file_batch(lamost_batch.FileBatch(paths, {}, (shared.key, 0)))
     np.testing.assert_array_equal(gone["ivar"], sent["ivar"])
 
 
@@ -427,16 +431,16 @@ def test_gzip_bomb_is_skipped_after_inflating_no_more_than_the_limit(
             return getattr(self._d, name)
 
     monkeypatch.setattr(lamost._inflate, "decompressobj", Spy)
-    rec = lamost.process_file(str(bomb), max_bytes=1 << 20)
+    rec = lamost_batch.process_file(str(bomb), max_bytes=1 << 20)
     assert rec["status"] == "skipped"
     assert "above the limit of 1 MiB" in rec["reason"] and "max_decompressed_mib" in \
         rec["reason"]
     assert produced and sum(produced) <= (1 << 20) + 1
     # a plain file above the limit is skipped before it is read; below it, read as usual
     good = _good_file(tmp_path)
-    small = lamost.process_file(str(good), max_bytes=good.stat().st_size - 1)
+    small = lamost_batch.process_file(str(good), max_bytes=good.stat().st_size - 1)
     assert small["status"] == "skipped" and "file size" in small["reason"]
-    assert lamost.process_file(str(good), max_bytes=1 << 20)["status"] == "ok"
+    assert lamost_batch.process_file(str(good), max_bytes=1 << 20)["status"] == "ok"
 
 
 def test_multi_member_gzip_and_padding_still_read(tmp_path: Path) -> None:

@@ -1,5 +1,9 @@
 """Read (and write) LAMOST low-resolution spectra in every layout of the releases.
 
+Files to arrays and header values only: the shift to the rest frame and the rebinning
+onto the cube's grid are in :mod:`obpipe.io.lamost_grid`, the per-file ingest work
+(read, grid, batch for the workers) in :mod:`obpipe.io.lamost_batch`.
+
 Layouts, detected from the file's structure (never from a release number):
 
 ``image``
@@ -20,9 +24,9 @@ with them to float32 precision, the exact float64 dispersion is used (the
 array is stored as float32, ~1e-7 relative, which would otherwise blur pixel
 edges by ~1e-3 pixel).
 
-Gzipped files (``.fits.gz``, detected by content) are read too. A fast path
-parses the (simple, uncompressed) FITS structure with numpy; anything unusual
-(scaled columns, variable-length arrays) goes through ``astropy.io.fits``.
+Gzipped files (``.fits.gz``, detected by content) are read too: inflated in
+memory (with a size limit against gzip bombs), then read with ``astropy.io.fits``
+(headers parsed lazily, values on access).
 
 Mask bits: LAMOST and/or-masks use BADCCD=1, BADPROFILE=2, NOSKY=4,
 BRIGHTSKY=8, BADCENTER=16, NODATA=32 (LAMOST data release documentation).
@@ -41,13 +45,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import logging
 import math
 import os
-import re
 import sys
+import warnings
 import zlib
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,9 +62,6 @@ except ImportError:  # pragma: no cover - optional speed-up
 
 from obpipe.io.store import MASK_BITS
 from obpipe.spectra.grid import SPEED_OF_LIGHT_KMS, wavelength_grid
-from obpipe.spectra.resample import rebin_loglinear, rebin_spectrum, rest_frame_wavelength
-
-log = logging.getLogger(__name__)
 
 BLOCK = 2880
 #: LAMOST pixel mask bits (andmask / ormask)
@@ -91,10 +90,6 @@ class LamostFormatError(ValueError):
         self.reason = reason
 
 
-class _Fallback(Exception):
-    """The fast parser met something it does not handle: use astropy."""
-
-
 @dataclass
 class LamostSpectrum:
     """One LAMOST spectrum as stored in the file (observed frame, vacuum AA).
@@ -111,22 +106,12 @@ class LamostSpectrum:
     andmask: np.ndarray
     ormask: np.ndarray
     meta: dict[str, Any]
-    header: dict[str, Any] = field(repr=False, default_factory=dict)
+    #: the header (astropy ``Header``; a bintable file's: the table's, the primary's
+    #: cards over it)
+    header: Any = field(repr=False, default_factory=dict)
     notes: list[str] = field(default_factory=list)
     #: (COEFF0, COEFF1) when ``wave`` is exactly 10**(COEFF0 + COEFF1 i) (log-linear)
     loglam: tuple[float, float] | None = None
-
-
-@dataclass
-class GriddedSpectrum:
-    """A spectrum on the common grid (rest frame): float32 flux/ivar, uint8 mask, flags."""
-
-    flux: np.ndarray
-    ivar: np.ndarray
-    mask: np.ndarray
-    rv: float
-    rv_err: float
-    flags: list[str]
 
 
 # --------------------------------------------------------------------------- bytes
@@ -143,7 +128,8 @@ def checksum(raw: bytes) -> str:
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
-def _too_large(path: str, what: str, max_bytes: int) -> LamostFormatError:
+def too_large(path: str, what: str, max_bytes: int) -> LamostFormatError:
+    """The error of a file above the size limit (``what``: e.g. "file size N bytes is")."""
     return LamostFormatError(path, f"{what} above the limit of {max_bytes / 2**20:g} MiB "
                              "(ingest option max_decompressed_mib / --max-decompressed-mib)")
 
@@ -158,7 +144,7 @@ def _decompress(raw: bytes, path: str, max_bytes: int | None = None) -> bytes:
     """
     if raw[:2] != b"\x1f\x8b":
         if max_bytes is not None and len(raw) > max_bytes:
-            raise _too_large(path, f"file size {len(raw)} bytes is", max_bytes)
+            raise too_large(path, f"file size {len(raw)} bytes is", max_bytes)
         return raw
     parts: list[bytes] = []
     total = 0
@@ -172,7 +158,7 @@ def _decompress(raw: bytes, path: str, max_bytes: int | None = None) -> bytes:
                 out = d.decompress(data, max_bytes - total + 1)
             total += len(out)
             if max_bytes is not None and total > max_bytes:
-                raise _too_large(path, "decompressed size is", max_bytes)
+                raise too_large(path, "decompressed size is", max_bytes)
             if not d.eof:
                 raise LamostFormatError(path, "truncated or corrupt gzip stream (no end of "
                                         "stream)")
@@ -188,186 +174,41 @@ def _decompress(raw: bytes, path: str, max_bytes: int | None = None) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-# ------------------------------------------------------------------ fast FITS parse
-
-_STRING_VALUE = re.compile(rb"'((?:[^']|'')*)'")
-_BITPIX_DTYPE = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
-_TFORM = re.compile(r"^\s*(\d*)([LXBIJKAEDCMPQ])")
-_TFORM_DTYPE = {"L": "i1", "B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4",
-                "D": ">f8", "A": "S"}
+# ------------------------------------------------------------------------- HDUs
 
 
-def _card_value(text: bytes) -> Any:
-    text = text.strip()
-    if text.startswith(b"'"):
-        m = _STRING_VALUE.match(text)
-        return m.group(1).replace(b"''", b"'").decode("ascii", "replace").rstrip() if m else ""
-    token = text.split(b"/", 1)[0].strip()
-    if token == b"T":
-        return True
-    if token == b"F":
-        return False
-    if token.isdigit() or (token[:1] in (b"-", b"+") and token[1:].isdigit()):
-        return int(token)  # the usual integer card, without an exception for floats
-    try:
-        return float(token.replace(b"D", b"E"))
-    except ValueError:
-        pass
-    try:
-        return int(token)
-    except ValueError:
-        return token.decode("ascii", "replace")
+def _hdus(buf: bytes, path: str) -> list[tuple[Any, Any]]:
+    """(header, data) of every HDU, read with ``astropy.io.fits`` from memory.
 
-
-_MISSING = object()
-
-
-class _RawHeader(dict):
-    """Header cards as raw value bytes, parsed on first access (most are never read)."""
-
-    def __getitem__(self, key: str) -> Any:
-        value = dict.__getitem__(self, key)
-        if isinstance(value, bytes):
-            value = _card_value(value)
-            dict.__setitem__(self, key, value)
-        return value
-
-    def get(self, key: str, default: Any = None) -> Any:
-        value = dict.get(self, key, _MISSING)
-        if value is _MISSING:
-            return default
-        if isinstance(value, bytes):
-            value = _card_value(value)
-            dict.__setitem__(self, key, value)
-        return value
-
-    def items(self):  # noqa: ANN201 - dict view semantics
-        return ((k, self[k]) for k in self.keys())
-
-    def copy(self) -> _RawHeader:
-        return _RawHeader(dict.items(self))
-
-
-_END_CARD = b"END" + b" " * 77
-
-
-def _parse_header(buf: bytes, start: int) -> tuple[_RawHeader, int]:
-    end = buf.find(_END_CARD, start)
-    while end >= 0 and (end - start) % 80:
-        end = buf.find(_END_CARD, end + 1)
-    if end < 0:
-        raise _Truncated("header ends before its END card")
-    data_start = start + ((end - start) // BLOCK + 1) * BLOCK
-    if data_start > len(buf):
-        raise _Truncated("header block is incomplete")
-    header = _RawHeader()
-    for k in range(start, end, 80):
-        if buf[k + 8 : k + 10] == b"= ":
-            key = buf[k : k + 8].rstrip().decode("ascii", "replace")
-            if key not in header:
-                dict.__setitem__(header, key, buf[k + 10 : k + 80])
-    return header, data_start
-
-
-class _Truncated(Exception):
-    pass
-
-
-def _data_size(h: dict[str, Any]) -> int:
-    naxis = int(h.get("NAXIS", 0))
-    if naxis == 0:
-        return 0
-    n = 1
-    for k in range(1, naxis + 1):
-        n *= int(h[f"NAXIS{k}"])
-    return abs(int(h["BITPIX"])) // 8 * int(h.get("GCOUNT", 1)) * (int(h.get("PCOUNT", 0)) + n)
-
-
-def _fast_hdus(buf: bytes) -> list[tuple[dict[str, Any], Any]]:
-    """(header, data) of every HDU; data is an ndarray (image), a record array, or None."""
-    hdus: list[tuple[dict[str, Any], Any]] = []
-    pos = 0
-    while pos < len(buf):
-        if pos > 0 and not buf[pos : pos + BLOCK].strip(b"\0 "):
-            break  # zero padding after the last HDU
-        h, data_start = _parse_header(buf, pos)
-        size = _data_size(h)
-        if data_start + size > len(buf):
-            raise _Truncated(
-                f"HDU {len(hdus)} needs {size} data bytes but only "
-                f"{len(buf) - data_start} remain"
-            )
-        data: Any = None
-        if size:
-            if h.get("XTENSION", "IMAGE" if pos == 0 else "") == "BINTABLE":
-                data = _fast_bintable(h, buf, data_start)
-            elif pos == 0 or h.get("XTENSION") == "IMAGE":
-                data = _fast_image(h, buf, data_start)
-        hdus.append((h, data))
-        pos = data_start + (size + BLOCK - 1) // BLOCK * BLOCK
-    return hdus
-
-
-def _fast_image(h: dict[str, Any], buf: bytes, offset: int) -> np.ndarray:
-    if "BSCALE" in h or "BZERO" in h or "BLANK" in h:
-        raise _Fallback
-    dtype = _BITPIX_DTYPE[int(h["BITPIX"])]
-    shape = tuple(int(h[f"NAXIS{k}"]) for k in range(int(h["NAXIS"]), 0, -1))
-    return np.frombuffer(buf, dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
-
-
-def _fast_bintable(h: dict[str, Any], buf: bytes, offset: int) -> np.ndarray:
-    fields = []
-    for k in range(1, int(h["TFIELDS"]) + 1):
-        if f"TSCAL{k}" in h or f"TZERO{k}" in h:
-            raise _Fallback
-        m = _TFORM.match(str(h[f"TFORM{k}"]))
-        if m is None or m.group(2) not in _TFORM_DTYPE:
-            raise _Fallback
-        repeat = int(m.group(1) or 1)
-        code = _TFORM_DTYPE[m.group(2)]
-        name = str(h.get(f"TTYPE{k}", f"COL{k}")).strip()
-        if code == "S":
-            fields.append((name, f"S{repeat}"))
-        else:
-            fields.append((name, code, (repeat,)) if repeat != 1 else (name, code))
-    dtype = np.dtype(fields)
-    if dtype.itemsize != int(h["NAXIS1"]):
-        raise _Fallback
-    return np.frombuffer(buf, dtype, count=int(h["NAXIS2"]), offset=offset)
-
-
-def _astropy_hdus(buf: bytes) -> list[tuple[dict[str, Any], Any]]:
+    ``header``: the :class:`astropy.io.fits.Header` (values parsed on access);
+    ``data``: the image (scaled by BSCALE/BZERO as astropy does), the binary table
+    (a ``FITS_rec``: its columns scaled on access), or None. A file whose data is
+    shorter than its header announces raises :class:`LamostFormatError`
+    ("truncated FITS file ..."), as does anything astropy cannot read.
+    """
     from astropy.io import fits
 
-    out: list[tuple[dict[str, Any], Any]] = []
-    with fits.open(io.BytesIO(buf), memmap=False) as hdul:
-        for hdu in hdul:
-            header = {k: v for k, v in hdu.header.items() if k not in ("COMMENT", "HISTORY", "")}
-            data = hdu.data
-            if isinstance(hdu, fits.BinTableHDU) and data is not None:
-                data = np.asarray(data)
-            elif data is not None:
-                data = np.array(data)
-            out.append((header, data))
-    return out
-
-
-def _hdus(buf: bytes, path: str, fast: bool = True) -> list[tuple[dict[str, Any], Any]]:
     if not buf.startswith(b"SIMPLE  ="):
         raise LamostFormatError(path, "not a FITS file (does not start with a SIMPLE card)")
-    if fast:
-        try:
-            return _fast_hdus(buf)
-        except _Truncated as exc:
-            raise LamostFormatError(path, f"truncated FITS file: {exc}") from exc
-        except (_Fallback, KeyError, ValueError, TypeError):
-            pass
+    out: list[tuple[Any, Any]] = []
     try:
-        return _astropy_hdus(buf)
+        with warnings.catch_warnings():
+            # a short file: the error below names it, astropy's warning would repeat it
+            warnings.filterwarnings("ignore", "File may have been truncated")
+            with fits.open(io.BytesIO(buf), memmap=False, lazy_load_hdus=True) as hdul:
+                for i, hdu in enumerate(hdul):
+                    need = hdul.fileinfo(i)["datLoc"] + hdu.size
+                    if need > len(buf):
+                        raise LamostFormatError(
+                            path, f"truncated FITS file: HDU {i} needs {hdu.size} data "
+                            f"bytes but only {max(len(buf) - need + hdu.size, 0)} remain")
+                    out.append((hdu.header, hdu.data if hdu.size else None))
+    except LamostFormatError:
+        raise
     except Exception as exc:  # astropy raises many types for corrupt files
         raise LamostFormatError(path, f"unreadable FITS file ({type(exc).__name__}: {exc})") \
             from exc
+    return out
 
 
 # ------------------------------------------------------------------------ layouts
@@ -558,17 +399,15 @@ def header_metadata(h: dict[str, Any], path: str) -> dict[str, Any]:
     }
 
 
-def parse_lamost(buf: bytes, path: str = "<bytes>", fast: bool = True,
+def parse_lamost(buf: bytes, path: str = "<bytes>",
                  max_bytes: int | None = DEFAULT_MAX_DECOMPRESSED_BYTES) -> LamostSpectrum:
     """Parse the (decompressed or gzipped) bytes of a LAMOST file. See :func:`read_lamost`.
 
-    ``fast=False`` reads the HDUs with ``astropy.io.fits`` only (the fast parser
-    gives the same spectrum, tested; for checks and for files it does not handle).
     ``max_bytes``: largest decompressed size accepted (None: no limit); a larger file
     raises :class:`LamostFormatError` without being inflated beyond it.
     """
     buf = _decompress(buf, path, max_bytes)
-    hdus = _hdus(buf, path, fast)
+    hdus = _hdus(buf, path)
     primary_h, primary_data = hdus[0]
     table = next(
         ((h, d) for h, d in hdus[1:]
@@ -577,10 +416,14 @@ def parse_lamost(buf: bytes, path: str = "<bytes>", fast: bool = True,
         None,
     )
     if table is not None:
-        merged = table[0].copy() if isinstance(table[0], _RawHeader) else dict(table[0])
-        for k in primary_h.keys():
-            if k not in ("NAXIS", "BITPIX", "EXTEND"):
-                dict.__setitem__(merged, k, dict.__getitem__(primary_h, k))
+        from astropy.io.fits.verify import VerifyWarning
+
+        merged = table[0].copy()  # the table's header, the primary's cards over it
+        with warnings.catch_warnings():  # a long keyword becomes HIERARCH: no warning
+            warnings.simplefilter("ignore", VerifyWarning)
+            for k in primary_h.keys():
+                if k not in ("NAXIS", "BITPIX", "EXTEND", "SIMPLE", "COMMENT", "HISTORY", ""):
+                    merged[k] = primary_h[k]
         layout, wave, flux, ivar, am, om, notes, from_coeff = _from_bintable(merged, table[1],
                                                                              path)
         header = merged
@@ -625,7 +468,7 @@ def read_lamost(path: Any) -> LamostSpectrum:
     return parse_lamost(raw, path)
 
 
-# ------------------------------------------------------------------ onto the grid
+# ------------------------------------------------------------------ mask bits
 
 
 def _mask_lut() -> np.ndarray:
@@ -659,221 +502,6 @@ def cube_mask_to_lamost(mask: np.ndarray) -> np.ndarray:
     out[(mask & MASK_BITS["no_coverage"]) != 0] |= lb["NODATA"]
     out[(mask & MASK_BITS["telluric"]) != 0] |= lb["TELLURIC"]
     return out
-
-
-def _any_finite(x: np.ndarray) -> bool:
-    """np.any(np.isfinite(x)), answered from the middle element when it is finite."""
-    if x.size and np.isfinite(x[x.size // 2]):
-        return True
-    return bool(np.any(np.isfinite(x)))
-
-
-def _any_positive(x: np.ndarray) -> bool:
-    """np.any(np.isfinite(x) & (x > 0)), answered from the middle element when it is."""
-    if x.size and 0.0 < x[x.size // 2] < np.inf:
-        return True
-    return bool(np.any(np.isfinite(x) & (x > 0)))
-
-
-@functools.cache
-def _grid_ends() -> tuple[float, float]:
-    grid = wavelength_grid()
-    return float(grid[0]), float(grid[-1])
-
-
-def to_grid(spec: LamostSpectrum, grid_aa: np.ndarray | None = None) -> GriddedSpectrum:
-    """Shift ``spec`` to the rest frame with its header redshift and rebin onto the grid.
-
-    Flux is conserved (:func:`obpipe.spectra.resample.rebin_spectrum`); the ivar
-    is propagated; masked pixels stay masked; pixels outside the coverage get
-    ivar = 0 and the ``no_coverage`` bit. Unusable data does not raise: it gives
-    an all-ivar-0 row with flags (``all_nan_flux``, ``zero_ivar``, ``off_grid``,
-    ``no_redshift``) so that the spectrum keeps its row.
-    """
-    flags = list(spec.notes)
-    grid = _grid_ends() if grid_aa is None else grid_aa
-    z = spec.meta["z"]
-    if not np.isfinite(z):
-        flags.append("no_redshift")
-        z_use = 0.0
-    else:
-        z_use = z
-    rv = z * SPEED_OF_LIGHT_KMS if np.isfinite(z) else float("nan")
-    rv_err = spec.meta["z_err"] * SPEED_OF_LIGHT_KMS
-    flux, ivar = spec.flux, spec.ivar
-    if not _any_finite(flux):
-        flags.append("all_nan_flux")
-    if not _any_positive(ivar):
-        flags.append("zero_ivar")
-    mask = lamost_mask_to_cube(spec.andmask)
-    fast = None
-    if spec.loglam is not None and grid_aa is None:
-        # log-linear input (COEFF0/COEFF1): the rest-frame shift is a shift in log10
-        # lambda, and on the grid's step the rebinning is a fractional-pixel shift
-        c0 = spec.loglam[0] - float(np.log10(1.0 + z_use))
-        lo, hi = 10.0**c0, 10.0 ** (c0 + spec.loglam[1] * (flux.size - 1))
-        fast = rebin_loglinear(c0, spec.loglam[1], flux, ivar, mask)
-    if fast is not None:
-        f, iv, m = fast
-    else:
-        wave = rest_frame_wavelength(spec.wave, z_use)
-        lo, hi = wave[0], wave[-1]
-        f, iv, m = rebin_spectrum(wave, flux, ivar, mask, grid_aa)
-    if hi <= grid[0] or lo >= grid[-1]:
-        flags.append("off_grid")
-    if "off_grid" not in flags and not np.any(iv > 0) and "zero_ivar" not in flags \
-            and "all_nan_flux" not in flags:
-        flags.append("no_usable_pixel")
-    return GriddedSpectrum(f, iv, m, rv, rv_err, flags)
-
-
-# ------------------------------------------------------- per-file work (ingest)
-
-
-def process_file(path: str, known_checksum: str | None = None,
-                 max_bytes: int | None = DEFAULT_MAX_DECOMPRESSED_BYTES) -> dict[str, Any]:
-    """Read, check and grid one file; never raises for bad content.
-
-    Returns a record: path, checksum, size, status ("ok", "skipped", "already"),
-    reason, and for "ok" the metadata and the gridded flux/ivar/mask and flags.
-    ``max_bytes``: files larger than this once decompressed are skipped (a plain
-    file before it is read, a gzipped one as soon as its output passes the limit).
-    """
-    rec: dict[str, Any] = {"path": path, "checksum": "", "size": -1, "layout": "",
-                           "status": "skipped", "reason": ""}
-    try:
-        size = os.path.getsize(path)
-        if max_bytes is not None and size > max_bytes:
-            rec["size"] = size
-            rec["reason"] = _too_large(path, f"file size {size} bytes is", max_bytes).reason
-            return rec
-        raw = read_bytes(path)
-    except OSError as exc:
-        rec["reason"] = f"cannot read file ({exc})"
-        return rec
-    rec["size"] = len(raw)
-    rec["checksum"] = checksum(raw)
-    if known_checksum is not None and rec["checksum"] == known_checksum:
-        rec["status"] = "already"
-        return rec
-    try:
-        spec = parse_lamost(raw, path, max_bytes=max_bytes)
-        gridded = to_grid(spec)
-    except LamostFormatError as exc:
-        rec["reason"] = exc.reason
-        return rec
-    except Exception as exc:  # an unforeseen defect of one file must not stop the ingest
-        log.warning("%s: unexpected error: %r", path, exc)
-        rec["reason"] = f"unexpected error ({type(exc).__name__}: {exc})"
-        return rec
-    rec.update(status="ok", layout=spec.layout, meta=spec.meta, flux=gridded.flux,
-               ivar=gridded.ivar, mask=gridded.mask, rv=gridded.rv, rv_err=gridded.rv_err,
-               flags=gridded.flags)
-    return rec
-
-
-def process_batch(paths: Sequence[str], known: Mapping[str, str],
-                  max_bytes: int | None = DEFAULT_MAX_DECOMPRESSED_BYTES) -> list[dict[str, Any]]:
-    """:func:`process_file` over a batch; ``known`` maps path -> checksum already ingested."""
-    return [process_file(p, known.get(p), max_bytes) for p in paths]
-
-
-class SharedRows:
-    """flux / ivar / mask rows in one shared anonymous mapping, for forked workers.
-
-    Made by the driver *before* it forks its worker pool and registered under a
-    key: a forked worker finds it in :data:`_SHARED_ROWS`, writes a batch's gridded
-    rows into the slots the batch names and sends back only the small records, not
-    ~35 kB of arrays per file through a pipe (pickled, copied by the kernel twice,
-    unpickled). Threads of the driver's own process use it the same way; a worker
-    elsewhere (spawned, distributed) does not find the key and sends the arrays.
-    """
-
-    def __init__(self, n_slots: int, n_pix: int) -> None:
-        import mmap
-        import uuid
-
-        self.key = uuid.uuid4().hex
-        self.n_slots, self.n_pix = int(n_slots), int(n_pix)
-        row_bytes = self.n_pix * (4 + 4 + 1)
-        # MAP_POPULATE: the driver's page tables are filled now, so reading the rows
-        # the workers wrote takes no page fault per 4 kB (~5x faster first reads)
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        self._map = mmap.mmap(-1, max(self.n_slots * row_bytes, 1), flags=flags)
-        size = self.n_slots * self.n_pix
-        self.flux = np.frombuffer(self._map, np.float32, size, 0).reshape(-1, self.n_pix)
-        self.ivar = np.frombuffer(self._map, np.float32, size, 4 * size).reshape(-1, self.n_pix)
-        self.mask = np.frombuffer(self._map, np.uint8, size, 8 * size).reshape(-1, self.n_pix)
-        _SHARED_ROWS[self.key] = self
-
-    def close(self) -> None:
-        """Unregister; the mapping goes when the last view of it does."""
-        _SHARED_ROWS.pop(self.key, None)
-
-
-#: key -> SharedRows of this process (inherited by forked workers)
-_SHARED_ROWS: dict[str, SharedRows] = {}
-
-
-class FileBatch:
-    """Files for one ingest task (a plain object: dask passes it through untouched).
-
-    ``shared``: (key of a :class:`SharedRows`, first slot) where the batch's gridded
-    rows go when the worker shares that memory; it owns ``len(paths)`` slots from there.
-    ``max_bytes``: largest decompressed file size (see :func:`process_file`).
-    """
-
-    __slots__ = ("known", "max_bytes", "paths", "shared")
-
-    def __init__(self, paths: Sequence[str], known: Mapping[str, str],
-                 shared: tuple[str, int] | None = None,
-                 max_bytes: int | None = DEFAULT_MAX_DECOMPRESSED_BYTES) -> None:
-        self.paths = list(paths)
-        self.known = dict(known)
-        self.shared = shared
-        self.max_bytes = max_bytes
-
-
-def process_file_batch(batch: FileBatch) -> dict[str, Any]:
-    """:func:`process_file` over a batch, the gridded arrays stacked (cheap to send back).
-
-    Returns ``{"records": [...], "flux": (k, n_pix), "ivar": ..., "mask": ...}``: the
-    records without their arrays; record ``i`` with status "ok" has ``slot`` = its
-    row in the stacked arrays. When the batch's :class:`SharedRows` is in this
-    process, the rows are written there and ``"shared": (key, first slot, k)``
-    replaces the arrays (:func:`attach_shared_rows` makes them views again).
-    """
-    records = [process_file(p, batch.known.get(p), batch.max_bytes) for p in batch.paths]
-    ok = [r for r in records if r["status"] == "ok"]
-    n_pix = ok[0]["flux"].size if ok else 0
-    shared = _SHARED_ROWS.get(batch.shared[0]) if batch.shared else None
-    if (shared is not None and ok and shared.n_pix == n_pix
-            and batch.shared[1] + len(batch.paths) <= shared.n_slots):
-        start = batch.shared[1]
-        span = slice(start, start + len(ok))
-        out = {"records": records, "shared": (shared.key, start, len(ok))}
-        dest = {"flux": shared.flux[span], "ivar": shared.ivar[span], "mask": shared.mask[span]}
-    else:
-        out = {"records": records, "flux": np.empty((len(ok), n_pix), np.float32),
-               "ivar": np.empty((len(ok), n_pix), np.float32),
-               "mask": np.empty((len(ok), n_pix), np.uint8)}
-        dest = out
-    for slot, r in enumerate(ok):
-        for name in ("flux", "ivar", "mask"):
-            dest[name][slot] = r.pop(name)
-        r["slot"] = slot
-    return out
-
-
-def attach_shared_rows(result: dict[str, Any]) -> dict[str, Any]:
-    """A :func:`process_file_batch` result with its arrays (views of the shared rows,
-    valid until the slots are handed to another batch)."""
-    if "shared" in result:
-        key, start, n = result.pop("shared")
-        shared = _SHARED_ROWS[key]
-        span = slice(start, start + n)
-        result.update(flux=shared.flux[span], ivar=shared.ivar[span], mask=shared.mask[span])
-    return result
 
 
 # ------------------------------------------------------------------------- writer

@@ -20,9 +20,10 @@ removed iteratively, as in the paper: stars whose spectroscopic M_Ks is more tha
 the binary direction; ``clip="both"`` clips both sides) are dropped and the
 parameters re-fitted until the kept set no longer changes. The clipping iterations
 use the maximum-likelihood point (fast, deterministic); the MCMC runs on the final
-set. Convergence: the chain must be longer than ``50 tau`` (integrated
-autocorrelation time of every parameter) with a mean acceptance fraction within
-0.15-0.8; otherwise it is extended up to ``max_steps`` and flagged.
+set, with differential-evolution moves (``emcee.moves.DEMove``). Convergence: the chain
+must be longer than ``50 tau`` (integrated autocorrelation time of every parameter) with
+a mean acceptance fraction within 0.15-0.8; otherwise it is extended up to ``max_steps``
+and flagged.
 
 Per-spectrum uncertainty of M_Ks: ``sqrt(sigma_int^2 + (sigma_s100 / (S/N / 100))^2)``
 (:func:`mks_uncertainty`). Beyond the paper (issue 15): eq. (10) is fitted on
@@ -221,11 +222,19 @@ def log_prior(theta: np.ndarray,
 
 
 class _LogProb:
-    """Picklable vectorised log-posterior for emcee (walkers x 4 -> walkers)."""
+    """Picklable vectorised log-posterior for emcee (walkers x 4 -> walkers): eq. (13),
+    :func:`log_prior` + :func:`log_likelihood`, with the per-star terms that do not depend
+    on theta ((100 / S/N)^2, sigma_geo^2) computed once and the (walkers, stars) arrays
+    updated in place (the likelihood is most of the sampler's time)."""
 
     def __init__(self, mks_spec, mks_geo, mks_geo_err, snr, bounds) -> None:  # noqa: ANN001
         self.args = (mks_spec, mks_geo, mks_geo_err, snr)
         self.bounds = bounds
+        self.mks_spec = np.asarray(mks_spec, dtype=np.float64)
+        self.mks_geo = np.asarray(mks_geo, dtype=np.float64)
+        self.geo_var = np.asarray(mks_geo_err, dtype=np.float64) ** 2
+        self.inv_snr2 = (100.0 / np.asarray(snr, dtype=np.float64)) ** 2
+        self.log_2pi_n = self.mks_spec.size * np.log(2.0 * np.pi)
 
     def __call__(self, theta: np.ndarray) -> np.ndarray:
         theta = np.atleast_2d(theta)
@@ -233,7 +242,18 @@ class _LogProb:
         out = np.full(theta.shape[0], -np.inf)
         ok = np.isfinite(lp)
         if ok.any():
-            out[ok] = lp[ok] + log_likelihood(theta[ok], *self.args)
+            t = theta[ok].astype(np.float64)
+            resid = np.multiply((1.0 + t[:, 0])[:, None], self.mks_geo)  # eq. (7)
+            resid += t[:, 1, None]
+            np.subtract(self.mks_spec, resid, out=resid)
+            var = np.multiply((t[:, 3] ** 2)[:, None], self.inv_snr2)  # eq. (10)^2
+            var += (t[:, 2] ** 2)[:, None]
+            var += self.geo_var
+            resid *= resid
+            resid /= var
+            np.log(var, out=var)
+            resid += var
+            out[ok] = lp[ok] - 0.5 * (resid.sum(axis=1) + self.log_2pi_n)  # eq. (14)
         return out
 
 
@@ -419,7 +439,7 @@ def fit_noise_model(
     clip_sigma: float = 2.0,
     clip: str = "upper",
     n_walkers: int = 32,
-    n_steps: int = 2000,
+    n_steps: int = 1000,
     max_steps: int = 12000,
     seed: int = 0,
     bounds: tuple[tuple[float, float], ...] = DEFAULT_PRIOR_BOUNDS,
@@ -448,7 +468,11 @@ def fit_noise_model(
     scale = np.array([1e-3, 1e-3, 1e-3, 1e-3])
     p0 = theta_ml + scale * rng.standard_normal((n_walkers, 4))
     p0[:, 2:] = np.abs(p0[:, 2:])
-    sampler = emcee.EnsembleSampler(n_walkers, 4, _LogProb(*data, bounds), vectorize=True)
+    # differential-evolution proposals (ter Braak 2006; emcee's DEMove, Nelson et al.
+    # 2014): on this near-Gaussian 4-d posterior the autocorrelation time is ~12 steps
+    # against ~40 with the default stretch move, so 50 tau is reached 3x sooner
+    sampler = emcee.EnsembleSampler(n_walkers, 4, _LogProb(*data, bounds), vectorize=True,
+                                    moves=emcee.moves.DEMove())
     sampler.random_state = np.random.RandomState(int(rng.integers(2**31))).get_state()
     state = sampler.run_mcmc(p0, n_steps, progress=False)
     total = n_steps

@@ -120,7 +120,10 @@ class TrainingConfig:
         True,
         doc="the ensemble spread of each star is a known term of the eq. (14) variance and of its "
             "MKs_err (beyond the paper); False: the paper's sqrt(sigma_int^2 + sigma_s^2)")
-    noise_n_steps: int = option(2000, doc="emcee steps of the noise-model posterior (Sec. 5.3)")
+    noise_n_steps: int = option(
+        1000,
+        doc="emcee steps (more when 50 autocorrelation times need them; ~12 steps each with the "
+            "differential-evolution moves of :func:`noise_model.fit_noise_model`)")
     min_emission_test: int = option(
         100,
         doc="fewest emission test spectra for network (b)'s own noise model; below it (b) is "

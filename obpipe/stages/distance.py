@@ -60,7 +60,8 @@ _FLAG_DOC = ", ".join(f"{k}={v}" for k, v in DISTANCE_FLAG_BITS.items())
 
 OUTPUTS: dict[str, Output] = {
     "dis": Output("float64", "kpc", "distance at the mode of the posterior (eq. 18, 0.1 pc "
-                  "grid)"),
+                  "grid); under the population prior 10^logdis (DistanceConfig."
+                  "point_estimate)"),
     "dis_low": Output("float64", "kpc", "distance at the 16th percentile of the posterior"),
     "dis_high": Output("float64", "kpc", "distance at the 84th percentile of the posterior"),
     "logdis": Output("float32", "dex(kpc)", "posterior mean of log10(d / kpc)"),
