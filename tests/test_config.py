@@ -53,7 +53,7 @@ def test_toml_round_trip_of_defaults_and_of_changed_values() -> None:
     cfg = PipelineConfig()
     text = config_to_toml(cfg)
     assert config_from_dict(tomllib.loads(text)) == cfg
-    assert "# emcee steps of the noise-model posterior" in text  # docstrings as comments
+    assert "# emcee steps (more when 50 autocorrelation" in text  # docstrings as comments
     changed = config_from_dict({
         "extra_training_table": "bright.csv",
         "run": {"scheduler": "tcp://10.0.0.5:8786", "stages": ["index", "normalize"]},
