@@ -28,8 +28,8 @@ import zlib
 import numpy as np
 
 from obpipe.binary import BINARY_FEATURES, binary_probability, expected_detection_probability
+from obpipe.engine.blockwise import open_products
 from obpipe.io import store
-from obpipe.products import open_products
 from obpipe.stages.luminosity import combined_snr_dparallax, star_feature_inputs
 
 

@@ -60,8 +60,8 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates
 
+from obpipe.engine.blockwise import open_products
 from obpipe.io import store
-from obpipe.products import open_products
 from obpipe.stats import robust_std
 from obpipe.validate import DISTANCE_BINS_KPC, distance_bin_metrics
 

@@ -34,9 +34,9 @@ from obpipe.distance import (
     population_prior_terms,
     summarize_distance_posteriors,
 )
+from obpipe.engine.blockwise import open_products
 from obpipe.io import store
 from obpipe.photometry.parallax import external_parallax_error
-from obpipe.products import open_products
 from obpipe.validate import distance_bin_metrics
 
 

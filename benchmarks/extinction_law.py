@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import zarr
 
+from obpipe.engine.blockwise import open_products
 from obpipe.photometry.law_calibration import fit_aks_scale, predictable_fraction
-from obpipe.products import open_products
 
 _PRODUCTS = ("MKs", "MKs_geo", "MKs_geo_err", "AKs", "R_Ks", "em_flag", "parallax_corrected",
              "parallax_corrected_error", "parallax_offset", "luminosity_set", "specid")

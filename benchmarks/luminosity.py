@@ -85,8 +85,8 @@ def throughput(train_rows: int, infer_rows: int, threads: int, epochs: int) -> d
 def trained_inference(products: str, rows: int) -> dict:
     """Spectra/s of ``luminosity_block`` (one thread, as on a worker) with the trained
     models of ``products`` on its first ``rows`` spectra (real reconstructions)."""
+    from obpipe.engine.blockwise import open_products
     from obpipe.luminosity import noise_model
-    from obpipe.products import open_products
     from obpipe.stages import luminosity as lum
 
     prods = open_products(products)
@@ -110,9 +110,9 @@ def trained_inference(products: str, rows: int) -> dict:
 
 def accuracy(survey: str, products: str, variant: str) -> dict:
     from obpipe.config import config_from_dict
+    from obpipe.engine.blockwise import open_products
     from obpipe.io import store
     from obpipe.pipeline import RunContext
-    from obpipe.products import open_products
     from obpipe.stages import luminosity as lum
 
     ctx = RunContext(survey, products, scheduler="threads", force=True,

@@ -1,4 +1,4 @@
-"""Malloc policies of the block workers (``obpipe.memory``), each in a fresh process.
+"""Malloc policies of the block workers (``obpipe.engine.memory``), each in a fresh process.
 
 Moved from tests/test_memory.py (issue 17): page-fault and RSS counts depend on the
 machine's load (another process's memory pressure, transparent huge pages), so they are
@@ -28,7 +28,7 @@ import json, resource, sys
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import psutil
-from obpipe import memory
+from obpipe.engine import memory
 getattr(memory, sys.argv[1])()
 
 def block(seed):

@@ -19,8 +19,8 @@ import sys
 import numpy as np
 from scipy.optimize import minimize
 
+from obpipe.engine.blockwise import open_products
 from obpipe.io import store
-from obpipe.products import open_products
 
 BINS = ((5, 20), (20, 50), (50, 100), (100, 200), (200, 1e5))
 

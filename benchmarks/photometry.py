@@ -93,9 +93,9 @@ def throughput(rows: int, loop_rows: int, repeat: int = 3) -> dict[str, float]:
 
 
 def accuracy(survey: str) -> dict:
+    from obpipe.engine.blockwise import open_products
     from obpipe.io import store
     from obpipe.pipeline import RunContext, run_pipeline
-    from obpipe.products import open_products
     from obpipe.stages.photometry import run
     from obpipe.validate import photometry_metrics
 

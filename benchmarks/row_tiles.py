@@ -1,5 +1,5 @@
 """Cost of chunk-size independence (issue 17 item 5): the spectral block functions on tiles
-of exactly ``obpipe.products.ROW_TILE`` rows (``row_tiled``) against the same functions
+of exactly ``obpipe.engine.blockwise.ROW_TILE`` rows (``row_tiled``) against the same functions
 on the whole block (``__wrapped__``), side by side, and the check that the tiled results
 are bitwise identical for other block sizes while the untiled ones are not.
 
@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
+from obpipe.engine.blockwise import ROW_TILE, open_products
 from obpipe.io import store
-from obpipe.products import ROW_TILE, open_products
 from obpipe.spectra.bases import MODEL_FILE
 from obpipe.stages.normalize import block as normalize_block
 from obpipe.stages.pca import block as pca_block

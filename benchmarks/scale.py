@@ -166,8 +166,8 @@ def machine_bound(survey: str, scheduler: str, workers: int, n_components: int =
     3,909 x ``n_components`` random matrix (one blockwise pass), on ``scheduler``."""
     import dask
 
+    from obpipe.engine.schedulers import single_threaded_blas
     from obpipe.io import store
-    from obpipe.runtime import single_threaded_blas
 
     flux = store.open_cube(survey)["flux"].data
     basis = np.random.default_rng(0).standard_normal((flux.shape[1], n_components)

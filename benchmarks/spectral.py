@@ -83,7 +83,7 @@ def _pool(checkout: str | None, workers: int = 2) -> Any:
 def _malloc_policy() -> None:
     """The spectral stages' malloc settings: ``reuse_block_buffers`` where the checkout
     has it, else (an older checkout) ``release_large_buffers_to_the_os``."""
-    from obpipe import memory
+    from obpipe.engine import memory
 
     (getattr(memory, "reuse_block_buffers", None) or memory.release_large_buffers_to_the_os)()
 
@@ -139,8 +139,8 @@ def _chain_block(survey: str, start: int, stop: int, model_path: str
 def run_chain(survey: str, model_path: str, pool: Any, pids: set[int]) -> dict[str, float]:
     import dask
 
+    from obpipe.engine.blockwise import block_bounds
     from obpipe.io import store
-    from obpipe.products import block_bounds
 
     ds = store.open_cube(survey)
     chunk = ds["flux"].chunks[0][0]

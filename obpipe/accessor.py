@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from obpipe.engine.blockwise import open_products
 from obpipe.io import store
-from obpipe.products import open_products
 from obpipe.spectra.grid import wavelength_grid
 
 #: per-spectrum identifiers present in both the survey and the products store

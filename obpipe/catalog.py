@@ -58,10 +58,10 @@ from obpipe.distance import (
     catalog_distances,
     population_prior_from_record,
 )
+from obpipe.engine.blockwise import block_bounds, open_products, products_path, read_block
 from obpipe.io import store
 from obpipe.io.catalog_writer import TableStreamWriter, fits_flag_columns  # noqa: F401
 from obpipe.options import option
-from obpipe.products import block_bounds, open_products, products_path, read_block
 
 if TYPE_CHECKING:
     import xarray as xr

@@ -40,7 +40,7 @@ def _fraction(text: str) -> float:
 
 
 def _scheduler_spec(text: str) -> str:
-    from obpipe.runtime import LOCAL_CLUSTER, LOCAL_SCHEDULERS, is_scheduler_address
+    from obpipe.engine.schedulers import LOCAL_CLUSTER, LOCAL_SCHEDULERS, is_scheduler_address
 
     if text in (*LOCAL_SCHEDULERS, LOCAL_CLUSTER) or is_scheduler_address(text):
         return text
@@ -220,9 +220,10 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 @contextlib.contextmanager
 def _dask_scheduler(args: argparse.Namespace, default: str | None,
                     config: PipelineConfig | None = None) -> Iterator[str | None]:
-    """The scheduler for dask.compute (:func:`obpipe.runtime.dask_scheduler`): ``--address``,
-    else ``--scheduler``, else ``default``; a cluster's client is yielded as None."""
-    from obpipe.runtime import RunConfig, dask_scheduler
+    """The scheduler for dask.compute (:func:`obpipe.engine.schedulers.dask_scheduler`):
+    ``--address``, else ``--scheduler``, else ``default``; a cluster's client is yielded as
+    None."""
+    from obpipe.engine.schedulers import RunConfig, dask_scheduler
 
     run = config.run if config is not None else RunConfig()
     with dask_scheduler(args.address or args.scheduler or default,
@@ -283,8 +284,8 @@ def _run_and_summarize(args: argparse.Namespace, survey: str, products: str,
                        stages: list[str] | None, force: bool) -> dict:
     """run_pipeline with the CLI's configuration, scheduler and progress; the summary."""
     from obpipe.config import load_config
+    from obpipe.engine.schedulers import progress_enabled
     from obpipe.pipeline import run_pipeline, summarize_run
-    from obpipe.runtime import progress_enabled
 
     config = load_config(args.config)
     spec = args.address or args.scheduler or config.run.scheduler
@@ -583,7 +584,7 @@ def _quiet_distributed() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from obpipe.memory import set_process_allocator
+    from obpipe.engine.memory import set_process_allocator
 
     set_process_allocator()  # process-wide: here, at the entry, never in a block function
     parser = build_parser()

@@ -21,6 +21,12 @@ from typing import Any
 from obpipe.binary import BinaryConfig
 from obpipe.catalog import CatalogConfig
 from obpipe.distance import DISTANCE_POINT_ESTIMATES, DISTANCE_PRIORS, DistanceConfig
+from obpipe.engine.schedulers import (
+    LOCAL_CLUSTER,
+    LOCAL_SCHEDULERS,
+    RunConfig,
+    is_scheduler_address,
+)
 from obpipe.luminosity.network_training import TrainConfig
 from obpipe.luminosity.training import TrainingConfig
 from obpipe.options import (
@@ -36,7 +42,6 @@ from obpipe.options import (
     to_json,
 )
 from obpipe.photometry.options import PhotometryConfig
-from obpipe.runtime import LOCAL_CLUSTER, LOCAL_SCHEDULERS, RunConfig, is_scheduler_address
 from obpipe.simulate.options import SimulationConfig
 from obpipe.spectra.grid import (
     LAMOST_LOG10_WAVE_START,

@@ -22,7 +22,7 @@ def _products_dir(path: str) -> str | None:
     """The products directory when ``path`` is one (or its ``products.zarr``), else None."""
     import zarr
 
-    from obpipe.products import PRODUCTS_STORE
+    from obpipe.engine.blockwise import PRODUCTS_STORE
 
     base = path.rstrip("/")
     if base.endswith("/" + PRODUCTS_STORE) or base == PRODUCTS_STORE:
@@ -41,8 +41,8 @@ def products_summary(products_dir: str) -> str:
     A products store is not a survey cube: its completeness is per stage
     (``stage_<name>_complete``), not the cube's ``obpipe_complete``.
     """
+    from obpipe.engine.blockwise import open_products, products_path
     from obpipe.pipeline import stage_names
-    from obpipe.products import open_products, products_path
 
     ds = open_products(products_dir)
     attrs = ds.attrs

@@ -58,6 +58,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from obpipe.engine.memory import release_free_heap, reuse_block_buffers
 from obpipe.io import store
 from obpipe.io.lamost import DEFAULT_MAX_DECOMPRESSED_BYTES, write_lamost_fits  # noqa: F401
 from obpipe.io.lamost_batch import (  # noqa: F401
@@ -70,7 +71,6 @@ from obpipe.io.lamost_batch import (  # noqa: F401
 )
 from obpipe.io.store import Column
 from obpipe.io.tables import TABLE_COLUMNS, StarTable, assign_stars
-from obpipe.memory import release_free_heap, reuse_block_buffers
 from obpipe.spectra.grid import wavelength_grid
 from obpipe.version import __version__
 

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,42 +27,15 @@ import xarray as xr
 
 from obpipe import provenance
 from obpipe.config import PipelineConfig, to_dict, to_json
+from obpipe.engine.blockwise import invalidate_stage, products_path, temp_name
+from obpipe.engine.context import RunContext
+from obpipe.engine.lock import products_lock
+from obpipe.engine.memory import release_free_heap
 from obpipe.io import store
-from obpipe.lock import products_lock
-from obpipe.memory import release_free_heap
-from obpipe.products import invalidate_stage, products_path, stage_complete, temp_name
 from obpipe.stages import STAGE_NAMES
 from obpipe.version import __version__
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class RunContext:
-    """What a stage gets: where the survey and products live, and run options.
-
-    ``config`` is the whole typed configuration; a stage reads its own typed section
-    (``ctx.config.distance``) and nothing else of it.
-    """
-
-    survey_path: str
-    products_dir: str
-    scheduler: str | None = None
-    force: bool = False
-    config: PipelineConfig = field(default_factory=PipelineConfig)
-    #: model files supplied with ``obpipe run --models DIR`` (copied into
-    #: ``PRODUCTS_DIR/models``): the stages that train them reuse them, never retrain
-    models_supplied: bool = False
-
-    @property
-    def products_path(self) -> str:
-        return products_path(self.products_dir)
-
-    def stage_complete(self, stage: str) -> bool:
-        return stage_complete(self.products_dir, stage)
-
-    def open_survey(self) -> xr.Dataset:
-        return store.open_cube(self.survey_path)
-
 
 @dataclass(frozen=True)
 class Stage:
@@ -142,13 +115,13 @@ def run_pipeline(
     ``config``: the typed configuration (default: all defaults); ``stages`` and
     ``force`` given here win over ``config.run``. ``scheduler`` is what
     ``dask.compute`` gets (a local scheduler's name, or None for Dask's default, e.g.
-    an active ``distributed.Client``; see :func:`obpipe.runtime.dask_scheduler`).
-    ``progress``: progress bars on stderr (:mod:`obpipe.runtime`). ``models_dir``:
+    an active ``distributed.Client``; see :func:`obpipe.engine.schedulers.dask_scheduler`).
+    ``progress``: progress bars on stderr (:mod:`obpipe.engine.schedulers`). ``models_dir``:
     trained model files to reuse (copied into ``PRODUCTS_DIR/models``; never
     retrained); models trained on a simulated survey are refused for a real survey
     unless ``allow_simulated_models`` (then listed in the products' attributes and the
     run summary, ``simulated_models``).
-    Raises :class:`obpipe.lock.ProductsLocked` if another run holds the directory.
+    Raises :class:`obpipe.engine.lock.ProductsLocked` if another run holds the directory.
     Returns, per stage, its status ("done" / "skipped (complete)"), wall-clock
     ``seconds`` and the stage's own report.
     """
@@ -171,8 +144,13 @@ def run_pipeline(
 
 def _run_stages(ctx: RunContext, selected: Sequence[Stage], ident: dict[str, Any],
                 simulated_models: list[str], progress: bool) -> dict[str, Any]:
+    from obpipe.engine.schedulers import (
+        dask_progress,
+        show_progress,
+        single_threaded_blas,
+        stage_banner,
+    )
     from obpipe.report.run_figures import after_stage
-    from obpipe.runtime import dask_progress, show_progress, single_threaded_blas, stage_banner
 
     report: dict[str, Any] = {}
     prepared = False
@@ -495,7 +473,7 @@ def summarize_run(
     summary["seconds_total"] = round(float(seconds if seconds is not None else sum(
         s["seconds"] for s in stages.values())), 2)
     try:
-        from obpipe.products import open_products
+        from obpipe.engine.blockwise import open_products
 
         prods = open_products(products_dir)
     except FileNotFoundError:

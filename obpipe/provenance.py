@@ -233,8 +233,8 @@ def catalog_metadata(products_dir: str) -> dict[str, str]:
     applied to a real survey (a JSON list; empty: none)."""
     import zarr
 
+    from obpipe.engine.blockwise import products_path
     from obpipe.io import store
-    from obpipe.products import products_path
 
     attrs = dict(zarr.open_group(products_path(products_dir), mode="r",
                                  zarr_format=store.ZARR_FORMAT).attrs)

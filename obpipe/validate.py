@@ -115,7 +115,7 @@ def validate_survey(path: str, products_dir: str | None = None) -> dict[str, Any
         }
         metrics["mock_systematics"] = mock_systematics_metrics(survey, truth)
         if products_dir is not None:
-            from obpipe.products import open_products, stage_complete
+            from obpipe.engine.blockwise import open_products, stage_complete
 
             products = open_products(products_dir)
             metrics["spectral"] = spectral_metrics(survey, products, truth)

@@ -14,9 +14,9 @@ matplotlib.use("Agg")
 
 import obpipe  # noqa: E402  (registers ds.obpipe)
 from obpipe.config import SimulationConfig  # noqa: E402
+from obpipe.engine.blockwise import open_products  # noqa: E402
 from obpipe.io import store  # noqa: E402
 from obpipe.pipeline import run_pipeline  # noqa: E402
-from obpipe.products import open_products  # noqa: E402
 from obpipe.simulate.survey import simulate_survey  # noqa: E402
 from obpipe.spectra.grid import wavelength_grid  # noqa: E402
 from tests.small_run import small_run  # noqa: E402

@@ -16,9 +16,9 @@ from obpipe.catalog import CATALOG_COLUMNS, QUALITY_BITS, combine_visits
 from obpipe.config import DistanceConfig
 from obpipe.distance import DISTANCE_FLAG_BITS, distance_modulus_terms
 from obpipe.distance import summarize_distance_posteriors as summarize
+from obpipe.engine.blockwise import open_products
 from obpipe.io import store
 from obpipe.pipeline import run_pipeline
-from obpipe.products import open_products
 from tests.small_run import small_run
 
 TABLE1 = ["specid", "fitsname", "ra", "dec", "uniqflag", "star_id", "snr_g", "rv", "rv_err",
@@ -197,7 +197,7 @@ def _astropy_whole_table_files(parquet_file: Path, out: Path) -> None:
     provenance cards made from the Parquet file's metadata."""
     from astropy.io import fits
 
-    from obpipe.products import open_products
+    from obpipe.engine.blockwise import open_products
 
     columns = {**catalog_mod.described_columns(CATALOG_COLUMNS,
                                                open_products(str(parquet_file.parent))),

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from obpipe.products import open_products
+from obpipe.engine.blockwise import open_products
 from tests.small_run import FAST_LUMINOSITY_TOML, OBPIPE
 
 FAST = FAST_LUMINOSITY_TOML

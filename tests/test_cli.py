@@ -206,7 +206,7 @@ def test_progress_on_a_terminal_with_a_local_cluster(tiny_survey, tmp_path) -> N
 
 
 def test_loop_progress_only_when_shown() -> None:
-    from obpipe.runtime import iter_progress, show_progress
+    from obpipe.engine.schedulers import iter_progress, show_progress
 
     items = [1, 2, 3]
     assert iter_progress(items, "loop") is items  # not shown: the iterable itself

@@ -51,7 +51,7 @@ from fsspec.registry import known_implementations
 from packaging.specifiers import SpecifierSet
 
 from obpipe.cli import build_parser, main
-from obpipe.products import open_products
+from obpipe.engine.blockwise import open_products
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -32,9 +32,9 @@ from astropy.table import Table
 
 from obpipe.cli import main
 from obpipe.config import SimulationConfig
+from obpipe.engine.blockwise import open_products
 from obpipe.luminosity.network import MKsNetwork
 from obpipe.luminosity.noise_model import NoiseModelResult
-from obpipe.products import open_products
 from obpipe.simulate.survey import simulate_survey
 from obpipe.spectra.bases import MODEL_FILE
 from obpipe.spectra.pca import PCAModel

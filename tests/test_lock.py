@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from obpipe.config import SimulationConfig
-from obpipe.lock import LOCK_FILE, ProductsLocked, lock_path, products_lock
+from obpipe.engine.lock import LOCK_FILE, ProductsLocked, lock_path, products_lock
 from obpipe.simulate.survey import simulate_survey
 from tests.small_run import OBPIPE
 
@@ -32,7 +32,7 @@ def test_second_run_exits_2_naming_the_holder(tmp_path, tiny_survey):
     products = str(tmp_path / "products")
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from obpipe.lock import products_lock\n"
+         "import sys, time; from obpipe.engine.lock import products_lock\n"
          f"with products_lock({products!r}):\n"
          "    print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True)
@@ -101,7 +101,7 @@ def test_failing_force_keeps_a_model_file_it_did_not_write(tmp_path, tiny_survey
 
 
 def test_temp_names_are_unique():
-    from obpipe.products import temp_name
+    from obpipe.engine.blockwise import temp_name
 
     names = {temp_name("/p/models/noise_model_a.npz") for _ in range(50)}
     assert len(names) == 50

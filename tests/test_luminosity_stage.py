@@ -10,11 +10,11 @@ import pytest
 import zarr
 
 from obpipe.config import config_from_dict
+from obpipe.engine.blockwise import open_products
 from obpipe.io import store
 from obpipe.luminosity.network_training import _folds, fakemag_from_parallax
 from obpipe.luminosity.training import TrainingConfig, faint_outliers, select_sets
 from obpipe.pipeline import RunContext, run_pipeline
-from obpipe.products import open_products
 from obpipe.stages import binary as binary_stage
 from obpipe.stages import luminosity as lum
 

@@ -134,7 +134,7 @@ def test_local_cluster_binds_loopback_only() -> None:
 
     from distributed import get_client
 
-    from obpipe.runtime import dask_scheduler
+    from obpipe.engine.schedulers import dask_scheduler
 
     with dask_scheduler("local-cluster", local_cluster_workers=1) as scheduler:
         assert scheduler is None  # the cluster's client is the default

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from obpipe.engine.blockwise import open_products
 from obpipe.io import store
 from obpipe.photometry import extinction, parallax
 from obpipe.pipeline import RunContext, run_pipeline
-from obpipe.products import open_products
 from obpipe.stages.photometry import (
     OUTPUTS,
     SURVEY_VARS,

@@ -9,9 +9,7 @@ import pytest
 import zarr
 
 from obpipe.config import SimulationConfig
-from obpipe.io import store
-from obpipe.pipeline import run_pipeline
-from obpipe.products import (
+from obpipe.engine.blockwise import (
     SPECTRA_ZSTD_LEVEL,
     Output,
     open_products,
@@ -19,6 +17,8 @@ from obpipe.products import (
     run_blockwise_stage,
     stage_complete,
 )
+from obpipe.io import store
+from obpipe.pipeline import run_pipeline
 from obpipe.simulate.survey import simulate_survey
 
 OUTPUTS = {
@@ -107,7 +107,7 @@ def test_block_reads_follow_the_store_through_the_opened_dataset_cache(survey, t
     variables, data written after the first read, and a store rewritten at the same path."""
     import shutil
 
-    from obpipe.products import products_path, read_block, write_products_block
+    from obpipe.engine.blockwise import products_path, read_block, write_products_block
 
     products = str(tmp_path / "p")
     run_pipeline(survey, products, ["index"])

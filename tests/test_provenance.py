@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from obpipe.config import SimulationConfig
+from obpipe.engine.blockwise import open_products
 from obpipe.io.store import open_cube
 from obpipe.pipeline import provenance_records
-from obpipe.products import open_products
 from obpipe.simulate.survey import simulate_survey
 from tests.small_run import FAST_LUMINOSITY_TOML, OBPIPE, small_run
 
@@ -90,8 +90,8 @@ def test_resume_under_another_config_reruns_the_whole_stage(tmp_path):
     import zarr
 
     from obpipe.config import PipelineConfig
+    from obpipe.engine.blockwise import products_path
     from obpipe.pipeline import run_pipeline
-    from obpipe.products import products_path
 
     survey = str(tmp_path / "tiny.zarr")
     simulate_survey(survey, SimulationConfig(n_stars=30, seed=3, chunk_size=20),

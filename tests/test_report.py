@@ -12,9 +12,9 @@ import pytest
 
 from obpipe import report
 from obpipe.cli import main
+from obpipe.engine.blockwise import open_products, stage_complete
 from obpipe.io import store
 from obpipe.pipeline import run_pipeline
-from obpipe.products import open_products, stage_complete
 from tests.small_run import small_run
 
 PAPER_FIGURES = ("fig2_pca_reconstruction.png", "fig3_halpha_excess.png",

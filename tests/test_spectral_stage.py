@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
+from obpipe.engine.blockwise import open_products, stage_complete
 from obpipe.io import store
 from obpipe.pipeline import run_pipeline
-from obpipe.products import open_products, stage_complete
 from obpipe.validate import validate_survey
 
 

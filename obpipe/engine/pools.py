@@ -22,8 +22,8 @@ from typing import Any
 
 import dask
 
+from obpipe.engine.blockwise import block_bounds, open_products
 from obpipe.io import store
-from obpipe.products import block_bounds, open_products
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def _process_pool(num_workers: int) -> ProcessPoolExecutor:
 
 def _initialize_worker() -> None:
     """Dask's worker initialiser (the allocator policy comes with the environment the
-    worker process starts with: :func:`obpipe.memory.set_process_allocator`)."""
+    worker process starts with: :func:`obpipe.engine.memory.set_process_allocator`)."""
     import dask.multiprocessing as dmp
 
     dmp.initialize_worker_process()

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from obpipe.engine.blockwise import open_products
 from obpipe.io import store
-from obpipe.products import open_products
 from obpipe.report.figures import (
     MissingProducts,
     require_columns,

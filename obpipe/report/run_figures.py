@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from obpipe.engine.blockwise import open_products, products_path
 from obpipe.io import store
-from obpipe.products import open_products, products_path
 from obpipe.stages.luminosity import MODEL_DIR, NOISE_FILES, SET_BITS
 
 log = logging.getLogger(__name__)

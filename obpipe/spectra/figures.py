@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from obpipe.engine.blockwise import open_products
 from obpipe.io import store
-from obpipe.products import open_products
 from obpipe.spectra import pca
 from obpipe.spectra.grid import wavelength_grid
 

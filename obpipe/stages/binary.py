@@ -27,8 +27,7 @@ from obpipe.binary import (
     identify_binaries,
     star_binary_features,
 )
-from obpipe.io import store
-from obpipe.products import (
+from obpipe.engine.blockwise import (
     Output,
     force_requested,
     open_products,
@@ -36,6 +35,8 @@ from obpipe.products import (
     run_blockwise_stage,
     stage_complete,
 )
+from obpipe.engine.context import RunContext
+from obpipe.io import store
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def combined_snr_dparallax(products_dir: str, inp: dict[str, np.ndarray]
     return star_binary_features(inp["star_id"], eq16, inp["rv"], inp["rv_err"], inp["ruwe"])
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: RunContext) -> dict[str, Any]:
     """Eqs. (15)-(17) over the cube, with ``ctx.config.binary.snr_threshold``."""
     threshold = ctx.config.binary.snr_threshold
     result = run_blockwise_stage(
@@ -135,5 +136,5 @@ def run(ctx: Any) -> dict[str, Any]:
     return result
 
 
-def is_complete(ctx: Any) -> bool:
+def is_complete(ctx: RunContext) -> bool:
     return stage_complete(ctx.products_dir, NAME)

@@ -10,6 +10,7 @@ from typing import Any
 
 from obpipe import catalog
 from obpipe.catalog import CatalogConfig
+from obpipe.engine.context import RunContext
 from obpipe.engine.pools import process_pool_for, scheduler_for
 from obpipe.io import store
 from obpipe.stages.distance import prepare
@@ -26,7 +27,7 @@ __all__ = ["NAME", "DESCRIPTION", "OUTPUTS", "Config", "SECTION", "run", "is_com
            "prepare"]
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: RunContext) -> dict[str, Any]:
     """Write the Table 1 catalog and its unique-star view from the survey and products,
     in the formats of ``ctx.config.catalog`` (its distances with ``ctx.config.distance``)."""
     scheduler = scheduler_for(ctx)
@@ -36,6 +37,6 @@ def run(ctx: Any) -> dict[str, Any]:
             distance_cfg=ctx.config.distance, scheduler=scheduler)
 
 
-def is_complete(ctx: Any) -> bool:
+def is_complete(ctx: RunContext) -> bool:
     return catalog.catalog_complete(ctx.products_dir) and store.exists(
         catalog.catalog_path(ctx.products_dir, "parquet"))

@@ -1,7 +1,7 @@
 """Stage ``distance`` (Sec. 7, eqs. 18-24): thin wiring.
 
 Maps :func:`block` (:func:`obpipe.distance.catalog_distances` on one chunk of rows) over
-the cube with :func:`obpipe.products.run_blockwise_stage` (any Dask scheduler; each block
+the cube with :func:`obpipe.engine.blockwise.run_blockwise_stage` (any Dask scheduler; each block
 builds the 0.1 pc grid once and evaluates its stars' windows, see :mod:`obpipe.distance`);
 Python-bound, so on "threads" its blocks run in the shared process pool
 (:mod:`obpipe.engine.pools`). Under the population prior its hyperparameters are first
@@ -35,9 +35,7 @@ from obpipe.distance import (
     galactic_lb_deg,
     population_prior_from_record,
 )
-from obpipe.engine.pools import prestart_process_pool, process_pool_for, scheduler_for
-from obpipe.io import store
-from obpipe.products import (
+from obpipe.engine.blockwise import (
     Output,
     force_requested,
     open_products,
@@ -45,6 +43,9 @@ from obpipe.products import (
     run_blockwise_stage,
     stage_complete,
 )
+from obpipe.engine.context import RunContext
+from obpipe.engine.pools import prestart_process_pool, process_pool_for, scheduler_for
+from obpipe.io import store
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +112,14 @@ def fitted_prior(products_dir: str) -> PopulationPrior | None:
     """The population prior recorded by the distance stage in the products, if any."""
 
 
-    from obpipe.products import products_path
+    from obpipe.engine.blockwise import products_path
 
     grp = zarr.open_group(products_path(products_dir), mode="r",
                           zarr_format=store.ZARR_FORMAT)
     return population_prior_from_record(grp.attrs.get(PRIOR_ATTR))
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: RunContext) -> dict[str, Any]:
     """The distance posterior of every spectrum, blockwise over the cube.
 
     Under the population prior its hyperparameters are first fitted to the survey's
@@ -151,11 +152,11 @@ def run(ctx: Any) -> dict[str, Any]:
     return result
 
 
-def is_complete(ctx: Any) -> bool:
+def is_complete(ctx: RunContext) -> bool:
     return stage_complete(ctx.products_dir, NAME)
 
 
-def prepare(ctx: Any) -> None:
+def prepare(ctx: RunContext) -> None:
     """Start the worker processes of the distance and catalog stages early
     (:func:`obpipe.engine.pools.prestart_process_pool`)."""
     prestart_process_pool(ctx, BLOCK_MODULES)

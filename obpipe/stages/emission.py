@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from obpipe.io import store
-from obpipe.products import (
+from obpipe.engine.blockwise import (
     Output,
     ensure_outputs,
     force_requested,
@@ -30,6 +29,8 @@ from obpipe.products import (
     stage_complete,
     write_products_block,
 )
+from obpipe.engine.context import RunContext
+from obpipe.io import store
 from obpipe.spectra import emission
 from obpipe.spectra.bases import MODEL_FILE, _load_model
 from obpipe.spectra.grid import LAMOST_N_PIXELS as N_WAVE
@@ -71,7 +72,7 @@ def block(inputs: dict[str, np.ndarray], model_path: str) -> dict[str, np.ndarra
     return {"recon_flux": out}
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: RunContext) -> dict[str, Any]:
     cfg: SpectralConfig = ctx.config.spectral
     survey = store.open_cube(ctx.survey_path)
     prods = open_products(ctx.products_dir)
@@ -103,5 +104,5 @@ def run(ctx: Any) -> dict[str, Any]:
             **thr.as_attrs(), **result}
 
 
-def is_complete(ctx: Any) -> bool:
+def is_complete(ctx: RunContext) -> bool:
     return stage_complete(ctx.products_dir, NAME)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from obpipe.engine.context import RunContext
 from obpipe.io import store
 from obpipe.version import __version__
 
@@ -23,18 +24,18 @@ Config = None
 SECTION = None
 
 
-def _products_attrs(ctx: Any) -> dict[str, Any]:
+def _products_attrs(ctx: RunContext) -> dict[str, Any]:
     try:
         return dict(xr.open_zarr(ctx.products_path, consolidated=store.CONSOLIDATED).attrs)
     except (FileNotFoundError, OSError, ValueError, KeyError):
         return {}
 
 
-def is_complete(ctx: Any) -> bool:
+def is_complete(ctx: RunContext) -> bool:
     return bool(_products_attrs(ctx).get("stage_index_complete", False))
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: RunContext) -> dict[str, Any]:
     """Create the products store: one row per input spectrum, keyed like the survey."""
     survey = ctx.open_survey()
     ids = list(OUTPUTS)

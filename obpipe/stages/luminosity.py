@@ -12,7 +12,7 @@
        ``luminosity_training.json`` (figures: :mod:`obpipe.report.run_figures`); a rerun
        finds the files and skips training;
     4. maps :func:`luminosity_block` over the cube with
-       :func:`obpipe.products.run_blockwise_stage`: the networks travel to the
+       :func:`obpipe.engine.blockwise.run_blockwise_stage`: the networks travel to the
        workers as file paths (loaded once per process, ``lru_cache``), the noise
        parameters as floats.
 
@@ -48,11 +48,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from obpipe.io import store
-from obpipe.luminosity import noise_model
-from obpipe.luminosity.network import MKsNetwork, recon_out_of_range, wavelength_mask
-from obpipe.luminosity.training import TrainingConfig, train_with_binary_cleaning
-from obpipe.products import (
+from obpipe.engine.blockwise import (
     Output,
     ensure_outputs,
     force_requested,
@@ -64,6 +60,11 @@ from obpipe.products import (
     temp_name,
     write_products_block,
 )
+from obpipe.engine.context import RunContext
+from obpipe.io import store
+from obpipe.luminosity import noise_model
+from obpipe.luminosity.network import MKsNetwork, recon_out_of_range, wavelength_mask
+from obpipe.luminosity.training import TrainingConfig, train_with_binary_cleaning
 from obpipe.version import __version__
 
 log = logging.getLogger(__name__)
@@ -382,7 +383,7 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
             "MKs_model": code, "MKs_flag": flag, "MKs_fold": fold}
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: RunContext) -> dict[str, Any]:
     """Train (unless the model files exist), calibrate, then infer M_Ks over the cube."""
     cfg, extra = _config(ctx)
     force = force_requested(ctx)
@@ -422,7 +423,7 @@ def run(ctx: Any) -> dict[str, Any]:
             "training_seconds": report.get("training", {}).get("timing_s", {})}
 
 
-def is_complete(ctx: Any) -> bool:
+def is_complete(ctx: RunContext) -> bool:
     return stage_complete(ctx.products_dir, STAGE)
 
 

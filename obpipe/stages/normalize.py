@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from obpipe.products import Output, force_requested, row_tiled, run_blockwise_stage, stage_complete
+from obpipe.engine.blockwise import (
+    Output,
+    force_requested,
+    row_tiled,
+    run_blockwise_stage,
+    stage_complete,
+)
+from obpipe.engine.context import RunContext
 from obpipe.spectra import normalize
 from obpipe.spectra.grid import LAMOST_N_PIXELS as N_WAVE
 from obpipe.spectra.options import SpectralConfig
@@ -38,7 +45,7 @@ def block(inputs: dict[str, np.ndarray], width_aa: float) -> dict[str, np.ndarra
     return {"norm_flux": nf, "norm_ivar": ni}
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: RunContext) -> dict[str, Any]:
     cfg: SpectralConfig = ctx.config.spectral
     return run_blockwise_stage(
         ctx.survey_path, ctx.products_dir, NAME,
@@ -48,5 +55,5 @@ def run(ctx: Any) -> dict[str, Any]:
     )
 
 
-def is_complete(ctx: Any) -> bool:
+def is_complete(ctx: RunContext) -> bool:
     return stage_complete(ctx.products_dir, NAME)

@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from obpipe.io import store
-from obpipe.products import (
+from obpipe.engine.blockwise import (
     Output,
     force_requested,
     open_products,
@@ -25,6 +24,8 @@ from obpipe.products import (
     stage_complete,
     temp_name,
 )
+from obpipe.engine.context import RunContext
+from obpipe.io import store
 from obpipe.spectra import pca
 from obpipe.spectra.bases import (
     MODEL_FILE,
@@ -66,7 +67,7 @@ def block(inputs: dict[str, np.ndarray], model_path: str, prior: bool
         return pca_statistics(model, inputs["norm_flux"], inputs["norm_ivar"], prior)
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: RunContext) -> dict[str, Any]:
     cfg: SpectralConfig = ctx.config.spectral
     model_path = os.path.join(ctx.products_dir, MODEL_FILE)
     report: dict[str, Any] = {}
@@ -107,5 +108,5 @@ def run(ctx: Any) -> dict[str, Any]:
     return {**report, **result}
 
 
-def is_complete(ctx: Any) -> bool:
+def is_complete(ctx: RunContext) -> bool:
     return stage_complete(ctx.products_dir, NAME)

@@ -3,7 +3,7 @@
 Sec. 4 and eqs. (11), (12), (24) of Xiang et al. The science is in
 :mod:`obpipe.photometry.extinction` and :mod:`obpipe.photometry.parallax`; this module
 only maps :func:`photometry_block` (pure numpy, one chunk of rows) over the survey with
-:func:`obpipe.products.run_blockwise_stage` (metrics against the truth of a simulated
+:func:`obpipe.engine.blockwise.run_blockwise_stage` (metrics against the truth of a simulated
 survey: :func:`obpipe.validate.photometry_metrics`).
 
 Runs after ``index``; it reads only survey columns (no earlier products).
@@ -57,9 +57,10 @@ from typing import Any
 
 import numpy as np
 
+from obpipe.engine.blockwise import Output, force_requested, run_blockwise_stage, stage_complete
+from obpipe.engine.context import RunContext
 from obpipe.photometry import extinction, parallax
 from obpipe.photometry.options import BAND_COLUMNS, PhotometryConfig
-from obpipe.products import Output, force_requested, run_blockwise_stage, stage_complete
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ def _survey_columns(survey_path: str) -> tuple[str, ...]:
     return present
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: RunContext) -> dict[str, Any]:
     """Run the photometry stage for ``ctx`` (an :class:`obpipe.pipeline.RunContext`) with
     its typed section ``ctx.config.photometry`` (:class:`PhotometryConfig`)."""
     cfg: PhotometryConfig = ctx.config.photometry
@@ -221,6 +222,6 @@ def run(ctx: Any) -> dict[str, Any]:
     return report
 
 
-def is_complete(ctx: Any) -> bool:
+def is_complete(ctx: RunContext) -> bool:
     """True when every block of the photometry stage has been written."""
     return stage_complete(ctx.products_dir, STAGE)

@@ -1,6 +1,6 @@
 """One run at a time on a products directory: a lock file for the whole run.
 
-``PRODUCTS_DIR/.obpipe.lock`` holds JSON: the holder's ``pid``, ``host``, process start
+``PRODUCTS_DIR/.obpipe.engine.lock`` holds JSON: the holder's ``pid``, ``host``, process start
 time, ``started_utc``, a random ``token`` and, for a URL (fsspec: ``s3://``,
 ``memory://`` ...), ``lease_expires_utc``.
 
@@ -33,7 +33,7 @@ from obpipe.io import store
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = ".obpipe.lock"
+LOCK_FILE = ".obpipe.engine.lock"
 #: lease of a lock on a URL, seconds (renewed every third of it while the run lives)
 LEASE_S = 120.0
 

@@ -142,7 +142,7 @@ def _limit_blas_threads() -> None:
 def _define_single_threaded_blas() -> type:
     """Worker plugin: one BLAS thread in every worker process, present and future.
 
-    Built on first use (``obpipe.runtime.SingleThreadedBLAS``, PEP 562), so that importing
+    Built on first use (``obpipe.engine.schedulers.SingleThreadedBLAS``, PEP 562), so that importing
     this module -- every CLI command, ingest included -- does not import distributed."""
     from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -277,7 +277,7 @@ def dask_scheduler(
         kwargs: dict[str, Any] = {"threads_per_worker": threads_per_worker}
         if local_cluster_workers:
             kwargs["n_workers"] = local_cluster_workers
-        from obpipe.memory import allocator_environment
+        from obpipe.engine.memory import allocator_environment
 
         # the allocator policy in the environment of each worker process as it starts
         environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}),

@@ -31,8 +31,8 @@ import xarray as xr
 import zarr
 from zarr.codecs import ZstdCodec
 
+from obpipe.engine.lock import process_gone, process_start
 from obpipe.io import store
-from obpipe.lock import process_gone, process_start
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ The settings are process-wide, so they are made where a process starts, never in
 block function that may share its worker with other tasks: :func:`set_process_allocator`
 at the command line's entry (for that process, and in its environment for the worker
 processes it spawns), :func:`allocator_environment` in the Dask nanny's pre-spawn
-environment of a local cluster (:mod:`obpipe.runtime`) and in the container image
+environment of a local cluster (:mod:`obpipe.engine.schedulers`) and in the container image
 (``deploy/Dockerfile``). Two policies (the last one applied wins):
 
 * :func:`release_large_buffers_to_the_os`: every allocation of 4 MiB and more is its own
