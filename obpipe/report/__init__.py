@@ -35,7 +35,7 @@ file                                   content (Xiang et al.)
 
 A figure whose products are missing (a stage not run yet) is skipped with a logged reason
 that the page shows too. Figs. 2, 3, 5 and 10 come from the stages' own figure code
-(:mod:`obpipe.spectra.figures`, :func:`obpipe.report.run_figures.write_fig5`,
+(:mod:`obpipe.report.spectral_figures`, :func:`obpipe.report.run_figures.write_fig5`,
 :func:`~obpipe.report.run_figures.write_fig10`), re-drawn from the current products.
 Large surveys: scatter panels show at most ``MAX_POINTS`` randomly chosen spectra.
 

@@ -128,7 +128,7 @@ def _figure_specs(survey_path: str, products_dir: str, out_dir: str,
     def fig23() -> list[str]:
         require_columns(cols, ("em_flag", "quality_flags", "halpha_excess", "halpha_chi2"),
                  "Figs. 2-3")
-        from obpipe.spectra.figures import write_spectral_figures
+        from obpipe.report.spectral_figures import write_spectral_figures
 
         return _copy_into(write_spectral_figures(survey_path, products_dir,
                                                  _thresholds(attrs)), out_dir)

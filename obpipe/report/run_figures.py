@@ -1,6 +1,6 @@
 """The figures ``obpipe run`` draws as its stages finish (the stages themselves never
-draw): Figs. 2-3 after ``emission`` (:func:`obpipe.spectra.figures.write_spectral_figures`),
-Fig. 8 after ``luminosity`` (the noise-model posteriors), Figs. 10 and 5 after ``binary``,
+draw): Figs. 2-3 after ``emission``
+(:func:`obpipe.report.spectral_figures.write_spectral_figures`), Fig. 8 after ``luminosity`` (the noise-model posteriors), Figs. 10 and 5 after ``binary``,
 under ``PRODUCTS_DIR/figures``. ``obpipe report`` re-draws them from the products.
 """
 
@@ -109,8 +109,8 @@ def after_stage(name: str, survey_path: str, products_dir: str) -> dict[str, Any
         if name == "emission":
             import zarr
 
+            from obpipe.report.spectral_figures import write_spectral_figures
             from obpipe.spectra.emission import Thresholds
-            from obpipe.spectra.figures import write_spectral_figures
 
             attrs = dict(zarr.open_group(products_path(products_dir), mode="r",
                                          zarr_format=store.ZARR_FORMAT).attrs)
