@@ -1,7 +1,8 @@
 """The figures ``obpipe run`` draws as its stages finish (the stages themselves never
 draw): Figs. 2-3 after ``emission``
 (:func:`obpipe.report.spectral_figures.write_spectral_figures`), Fig. 8 after
-``luminosity`` (the noise-model posteriors), Figs. 10 and 5 after ``binary``, under ``PRODUCTS_DIR/figures``. ``obpipe report`` re-draws them from the products.
+``luminosity`` (the noise-model posteriors), Figs. 10 and 5 after ``binary``, under
+``PRODUCTS_DIR/figures``. ``obpipe report`` re-draws them from the products.
 """
 
 from __future__ import annotations
