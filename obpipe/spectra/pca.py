@@ -24,7 +24,7 @@ weight departs from the smooth part by more than a factor 3 (masked pixels, sky
 lines, gaps); within a factor 3 the smooth weight is used, which loses a little
 efficiency but no accuracy in expectation. Everything per row is float32 BLAS; the
 K x K systems are solved by Cholesky factorisation (LAPACK ?posv), one call per
-spectrum, to float32 precision of the float64 estimator (tests/test_pca.py).
+spectrum, to float32 precision of the float64 estimator (tests/spectra/test_pca.py).
 
 The fitted bases are a small ``.npz`` model file (loaded with allow_pickle=False)
 with their wavelength windows, training selection and package version.

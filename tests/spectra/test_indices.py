@@ -25,9 +25,9 @@ from obpipe.spectra.indices import (
     vacuum_to_air,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 MILES_DIR = SHARED_DATA / "miles"
-EW_CSV = Path(__file__).resolve().parent / "data" / "miles_hot_star_ews.csv"
+EW_CSV = Path(__file__).resolve().parents[1] / "data" / "miles_hot_star_ews.csv"
 
 needs_miles = pytest.mark.skipif(
     not (MILES_DIR / MILES_PARAMS_FILE).exists(),

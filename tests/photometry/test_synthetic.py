@@ -13,7 +13,7 @@ import pytest
 from obpipe.photometry import synthetic as syn
 from obpipe.photometry import synthetic_builder as builder
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 MAMAJEK = SHARED_DATA / builder.MAMAJEK_FILENAME
 
 needs_mamajek = pytest.mark.skipif(

@@ -11,7 +11,7 @@ from obpipe.io import store
 from obpipe.simulate.survey import simulate_survey
 from obpipe.validate import validate_survey
 
-from .conftest import SMALL
+from tests.conftest import SMALL
 
 
 def test_every_spectrum_has_one_row_and_truth(small_survey) -> None:

@@ -32,7 +32,7 @@ def miles(shared_data):
 def test_miles_reference_table_is_reproducible(miles) -> None:
     """The shipped EW table is what the code measures on the real MILES spectra."""
     table, flux = miles
-    ref = pd.read_csv(__import__("pathlib").Path(__file__).parent / "data" /
+    ref = pd.read_csv(__import__("pathlib").Path(__file__).parents[1] / "data" /
                       "miles_hot_star_ews.csv", comment="#").set_index("miles_id")
     ew = equivalent_width(WAVE, flux, LINE_INDICES["Hbeta"])
     ids = np.asarray(table["miles_id"])
@@ -43,7 +43,7 @@ def test_miles_reference_table_is_reproducible(miles) -> None:
 def test_mock_line_strengths_match_miles_hot_stars(miles, index) -> None:
     """Median EW ratio mock / MILES within 25 % over 10-30 kK at matching Teff, log g."""
     table, flux = miles
-    ref = pd.read_csv(__import__("pathlib").Path(__file__).parent / "data" /
+    ref = pd.read_csv(__import__("pathlib").Path(__file__).parents[1] / "data" /
                       "miles_hot_star_ews.csv", comment="#").set_index("miles_id")
     flags = ref.loc[np.asarray(table["miles_id"]), "flags"].fillna("").astype(str).to_numpy()
     teff = np.asarray(table["teff"], float)

@@ -15,7 +15,7 @@ from obpipe.photometry import extinction
 from obpipe.photometry.star_table import OUTPUT_COLUMNS, read_inputs, run_photometry_table
 from obpipe.stages.photometry import photometry_block
 
-REAL_TABLE = (Path(__file__).resolve().parents[2] / "shared" / "data" / "hotstars_gaia_2mass"
+REAL_TABLE = (Path(__file__).resolve().parents[3] / "shared" / "data" / "hotstars_gaia_2mass"
               / "lamost_hot_stars_gaia_dr3_2mass.csv")
 BANDS = ("BP", "RP", "J", "H")
 COLOURS = ("ebv_bp_rp", "ebv_rp_j", "ebv_j_h")
