@@ -10,7 +10,6 @@ from obpipe.config import SimulationConfig
 from obpipe.io import store
 from obpipe.simulate.survey import simulate_survey
 from obpipe.validate import validate_survey
-
 from tests.conftest import SMALL
 
 
