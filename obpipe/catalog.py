@@ -198,15 +198,28 @@ def described_columns(columns: Mapping[str, CatalogColumn], products: xr.Dataset
                       ) -> dict[str, CatalogColumn]:
     """``columns`` with the unit and description of every products column taken from the
     product schema (the variable's ``units`` and ``description`` attributes in the
-    products store, written from its stage's ``OUTPUTS``)."""
+    products store, written from its stage's ``OUTPUTS``; a unit FITS cannot carry is
+    left out)."""
     out = {}
     for name, c in columns.items():
         if c.source == "products" and c.var in products.variables:
             attrs = products[c.var].attrs
-            c = replace(c, unit=str(attrs.get("units", "")),
+            c = replace(c, unit=_fits_unit(str(attrs.get("units", ""))),
                         description=str(attrs.get("description", "")))
         out[name] = c
     return out
+
+
+def _fits_unit(unit: str) -> str:
+    """``unit`` where FITS can carry it (astropy's FITS unit format), else "" (``dex(kpc)``
+    of ``logdis``: the description says it)."""
+    import astropy.units as u
+
+    try:
+        u.Unit(unit, format="fits")
+    except ValueError:
+        return ""
+    return unit
 
 
 def catalog_path(products_dir: str, fmt: str, name: str = CATALOG_NAME) -> str:
