@@ -15,6 +15,7 @@ both binnings, and the largest distance of a coverage from [0.62, 0.74]. With
 single OB stars and interlopers, whatever their binary_flag).
 
     python benchmarks/distance_priors.py SURVEY PRODUCTS [--weights 0.6 1.0] [--ob-singles]
+        [--point-estimate auto|mode|log_mean] [--deshrink]
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import argparse
 import dataclasses
 import json
 import time
+from typing import Any
 
 import numpy as np
 
-from obpipe.config import DistanceConfig
+from obpipe.config import DISTANCE_POINT_ESTIMATES, DistanceConfig
 from obpipe.distance import (
     distance_modulus_terms,
     fit_population_prior,
@@ -56,6 +58,32 @@ def minimax(m: dict) -> dict:
             "per_bin": per_bin}
 
 
+def deshrunk_mks(p: Any, snr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """M_Ks and its error undone from the networks' regression towards the sample mean:
+    a straight line M_est - M_geo = a + b M_geo fitted to the out-of-fold values of the
+    training stars (``MKs_fold`` >= 0, binary_flag 0, ``MKs_geo_err`` < 0.3 mag) per S/N
+    group (> 100, 50-100, < 50; a group of < 200 stars takes all at S/N >= 50), inverted:
+    M = (M_est - a) / (1 + b), error / (1 + b). Uses no truth."""
+    mks = np.where(p["MKs"].values <= -9, np.nan, p["MKs"].values)
+    err = p["MKs_err"].values.astype(float)
+    geo, geo_err = p["MKs_geo"].values, p["MKs_geo_err"].values
+    with np.errstate(invalid="ignore"):
+        ok = ((p["MKs_fold"].values >= 0) & np.isfinite(geo) & (geo_err < 0.3)
+              & (p["binary_flag"].values == 0) & np.isfinite(mks))
+    out, out_err = mks.copy(), err.copy()
+    for lo, hi in ((100.0, np.inf), (50.0, 100.0), (0.0, 50.0)):
+        fit = ok & (snr >= lo) & (snr < hi)
+        if fit.sum() < 200:
+            fit = ok & (snr >= 50.0)
+        b, a = np.polyfit(geo[fit], mks[fit] - geo[fit], 1)
+        rows = (snr >= lo) & (snr < hi)
+        out[rows] = (mks[rows] - a) / (1.0 + b)
+        out_err[rows] = err[rows] / (1.0 + b)
+        print(f"de-shrink S/N {lo:g}-{hi:g}: a = {a:+.3f} mag, slope {b:+.3f} "
+              f"({int(fit.sum())} training stars)")
+    return out, out_err
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("survey")
@@ -64,12 +92,19 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write the metrics here too")
     ap.add_argument("--ob-singles", action="store_true",
                     help="score truth-single OB stars and interlopers (score_truth.py)")
+    ap.add_argument("--point-estimate", default="auto", choices=DISTANCE_POINT_ESTIMATES,
+                    help="DistanceConfig.point_estimate (auto: mode for flat / edsd, "
+                    "10^logdis for population)")
+    ap.add_argument("--deshrink", action="store_true",
+                    help="M_Ks de-shrunk first (deshrunk_mks: tried, not kept)")
     args = ap.parse_args()
     survey = store.open_cube(args.survey)
     truth = store.open_truth(args.survey)
     p = open_products(args.products)
     v = {k: p[k].values for k in ("parallax_corrected", "Ks0", "Ks0_err", "MKs", "MKs_err",
                                   "binary_flag")}
+    if args.deshrink:
+        v["MKs"], v["MKs_err"] = deshrunk_mks(p, survey["snr_g"].values)
     plx_err = external_parallax_error(survey["parallax_error"].values,
                                       survey["phot_g_mean_mag"].values,
                                       survey["gaia_release"].values)
@@ -91,7 +126,7 @@ def main() -> None:
                                          "seconds": fit_s}}
     runs = [("flat", None), ("edsd", None)] + [("population", w) for w in args.weights]
     for prior, w in runs:
-        cfg = DistanceConfig(prior=prior)
+        cfg = DistanceConfig(prior=prior, point_estimate=args.point_estimate)
         pt = None
         if prior == "population":
             pt = population_prior_terms(lon, lat, v["MKs"], dataclasses.replace(hyper, weight=w),

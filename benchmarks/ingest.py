@@ -92,13 +92,13 @@ def _watch(proc: psutil.Process, stop: threading.Event, out: list[float], pss_to
     out.extend([peak_rss, peak_pss])
 
 
-def timed(cmd: list[str], pss_too: bool = False, env: dict[str, str] | None = None
-          ) -> tuple[float, float, float, float]:
+def timed(cmd: list[str], pss_too: bool = False, env: dict[str, str] | None = None,
+          cwd: str | None = None) -> tuple[float, float, float, float]:
     """(wall s, CPU s of the process tree, peak RSS MB, peak PSS MB or NaN) of a command."""
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+                            env=env, cwd=cwd)
     stop, peak = threading.Event(), []
     w = threading.Thread(target=_watch, args=(psutil.Process(proc.pid), stop, peak,
                                                       pss_too))
@@ -236,12 +236,14 @@ def main() -> None:
                    ) -> tuple[float, float, float, float]:
         out = os.path.join(workdir, "out.zarr")
         shutil.rmtree(out, ignore_errors=True)
-        env = None if checkout is None else {**os.environ,
-                                             "PYTHONPATH": os.path.abspath(checkout)}
+        # the checkout's obpipe first on sys.path: ``-m`` puts the working directory
+        # there, PYTHONPATH next, so both name the checkout
+        root = os.path.abspath(checkout or os.path.join(os.path.dirname(__file__), ".."))
+        env = {**os.environ, "PYTHONPATH": root}
         return timed([sys.executable, "-m", "obpipe.cli", "ingest", src, "--table", table,
                       "--out", out, "--scheduler", "processes", "--workers",
                       str(args.workers), "--report", os.path.join(workdir, "r.csv")], pss_too,
-                     env)
+                     env, root)
 
     def plain_run() -> tuple[float, float, float, float]:
         if args.baseline:

@@ -68,7 +68,7 @@ def tails(survey: str, products: str, min_snr: float = 50.0) -> dict[str, Any]:
         "E(B-V) > 1 (observable)": ebv > 1,
         "MKs < -4 (observable)": mks < -4,
         "E(B-V) > 1 and MKs < -3 (observable)": (ebv > 1) & (mks < -3),
-        "plx/err > 10 (observable)": plx_snr > 10,
+        "plx/err <= 10 (observable)": ~(plx_snr > 10),
     }
     if fold is not None:
         groups["never trained (MKs_fold = -1)"] = fold == -1

@@ -34,6 +34,13 @@ every stage (the process tree's user + sys, sampled with the memory).
     python benchmarks/scale.py                                   # 30k, 100k, 300k
     python benchmarks/scale.py --sizes 3000,6000                 # a quick check
     python benchmarks/scale.py --workdir /tmp/obpipe-scale --keep  # keep everything
+    python benchmarks/scale.py --sizes 30000 --baseline-rev REV --repeat 2  # old vs new
+
+With ``--baseline-rev`` that revision's code (``git archive`` into the workdir,
+``PYTHONPATH``) trains its own models on the smallest survey too, and every inference
+run is made twice per repeat, with the old code and models and with the working tree's,
+alternating, on the same survey, scheduler and workers; the side-by-side seconds are
+printed first (the rest of the report is the working tree's best run).
 
 Disk: about 28 kB per spectrum for a survey and 45 kB per spectrum for its products
 (compressed; measured on a 3k survey); a size that does not fit in the free space of
@@ -59,6 +66,7 @@ from typing import Any
 import numpy as np
 from _memory import PeakRSS
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECTRA_PER_STAR = 1.74
 #: disk per spectrum (bytes), measured on a 3k mock survey and its products (compressed)
 SURVEY_BYTES_PER_SPECTRUM = 28_000
@@ -121,12 +129,17 @@ def stage_peaks(stderr: str, samples: list[tuple[float, int, float]]
     return peaks, cpu
 
 
-def obpipe_run(survey: str, products: str, scheduler: str, workers: int) -> dict[str, Any]:
+def obpipe_run(survey: str, products: str, scheduler: str, workers: int,
+               code: str | None = None) -> dict[str, Any]:
     """``obpipe -v run`` in a child process: wall and CPU seconds (user + sys of the child
-    and its worker processes), peak RSS of its tree (and per stage), its summary."""
+    and its worker processes), peak RSS of its tree (and per stage), its summary.
+    ``code``: a directory holding the ``obpipe`` package to run (default: the installed
+    one, i.e. the working tree)."""
     cmd = [sys.executable, "-m", "obpipe.cli", "-v", "run", survey, "--out", products,
            "--scheduler", scheduler, "-q", "--json"]
     env = {**os.environ, "DASK_NUM_WORKERS": str(workers)}
+    if code is not None:
+        env["PYTHONPATH"] = code
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -203,6 +216,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--chunk-size", type=int, default=2000, help="spectra per chunk")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--baseline-rev", default=None,
+                    help="also run each size's inference with the code of this git revision "
+                    "(exported with git archive), same survey, models and scheduler, "
+                    "alternating with the working tree, and print the two side by side")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="inference runs per size and code (the best is reported)")
     args = ap.parse_args()
     sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
     workdir = args.workdir or tempfile.mkdtemp(prefix="obpipe-scale-")
@@ -231,28 +250,63 @@ def main() -> None:
 
     # 2. training, once, on the smallest survey (resumed when the workdir has it)
     n_train = min(surveys)
-    train_dir = os.path.join(workdir, f"train-{n_train}")
-    train = obpipe_run(surveys[n_train]["path"], train_dir, args.scheduler, args.workers)
-    models = os.path.join(train_dir, "models")
-    reused = all(v["status"] != "done" for v in train["summary"]["stages"].values())
-    print(f"training run on {n_train}: " + ("complete in the workdir, reused" if reused else
-          f"{train['seconds']:.0f} s  (" + ", ".join(
-              f"{k} {v['seconds']:.0f}" for k, v in train["summary"]["stages"].items()) + ")"),
-          flush=True)
+    codes: list[tuple[str, str | None]] = [("new", None)]
+    if args.baseline_rev:
+        base_dir = os.path.join(workdir, f"code-{args.baseline_rev}")
+        shutil.rmtree(base_dir, ignore_errors=True)
+        os.makedirs(base_dir)
+        tar = subprocess.run(["git", "-C", REPO, "archive", args.baseline_rev, "obpipe"],
+                             check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", base_dir], input=tar, check=True)
+        codes.insert(0, (f"old ({args.baseline_rev})", base_dir))
+    # each code trains its own models (a model file records its training options, whose
+    # defaults may differ between revisions: the other code would retrain)
+    model_dirs: dict[str, str] = {}
+    train: dict[str, Any] = {}
+    for label, code in codes:
+        suffix = "" if code is None else f"-{args.baseline_rev}"
+        train_dir = os.path.join(workdir, f"train-{n_train}{suffix}")
+        train = obpipe_run(surveys[n_train]["path"], train_dir, args.scheduler, args.workers,
+                           code)
+        model_dirs[label] = os.path.join(train_dir, "models")
+        reused = all(v["status"] != "done" for v in train["summary"]["stages"].values())
+        print(f"training run on {n_train} ({label}): " + (
+            "complete in the workdir, reused" if reused else
+            f"{train['seconds']:.0f} s  (" + ", ".join(
+                f"{k} {v['seconds']:.0f}" for k, v in train["summary"]["stages"].items())
+            + ")"), flush=True)
 
     # 3.-4. inference with the trained models, then the machine's bound, per size
     rows = []
+    side: dict[int, dict[str, list[float]]] = {}
     for n, sv in surveys.items():
         products = os.path.join(workdir, f"products-{n}")
-        shutil.rmtree(products, ignore_errors=True)
-        shutil.copytree(models, os.path.join(products, "models"))
-        before = model_signature(os.path.join(products, "models"))
-        run = obpipe_run(sv["path"], products, args.scheduler, args.workers)
-        if model_signature(os.path.join(products, "models")) != before:
-            raise SystemExit(f"size {n}: a model file was rewritten (refit or retrained)")
-        not_done = [k for k, v in run["summary"]["stages"].items() if v["status"] != "done"]
-        if not_done:
-            raise SystemExit(f"size {n}: stages not run: {not_done}")
+        best_run: dict[str, Any] | None = None
+        for rep in range(args.repeat):
+            for label, code in codes:
+                shutil.rmtree(products, ignore_errors=True)
+                shutil.copytree(model_dirs[label], os.path.join(products, "models"))
+                before = model_signature(os.path.join(products, "models"))
+                run = obpipe_run(sv["path"], products, args.scheduler, args.workers, code)
+                if model_signature(os.path.join(products, "models")) != before:
+                    raise SystemExit(f"size {n} ({label}): a model file was rewritten "
+                                     "(refit or retrained)")
+                not_done = [k for k, v in run["summary"]["stages"].items()
+                            if v["status"] != "done"]
+                if not_done:
+                    raise SystemExit(f"size {n} ({label}): stages not run: {not_done}")
+                side.setdefault(n, {}).setdefault(label, []).append(run["seconds"])
+                n_spec = int(run["summary"]["n_spectra"])
+                side[n]["spectra"] = [n_spec]
+                print(f"inference {n}, {label}, run {rep + 1}: {run['seconds']:.1f} s "
+                      f"({n_spec / run['seconds']:.0f} spectra/s), CPU "
+                      f"{run['cpu_seconds']:.0f} s, load {os.getloadavg()[0]:.1f}; stages "
+                      + ", ".join(f"{k} {v['seconds']:.1f}" for k, v in
+                                  run["summary"]["stages"].items()), flush=True)
+                if code is None and (best_run is None or run["seconds"] < best_run["seconds"]):
+                    best_run = run
+        assert best_run is not None
+        run = best_run
         bound = machine_bound(sv["path"], args.scheduler, args.workers)
         spectra = int(run["summary"]["n_spectra"])
         rows.append({"size": n, "spectra": spectra, "seconds": run["seconds"],
@@ -274,6 +328,13 @@ def main() -> None:
             shutil.rmtree(products, ignore_errors=True)
 
     # report
+    if args.baseline_rev:
+        print("\nside by side (best of the repeats; seconds, spectra/s):")
+        for n, by in side.items():
+            n_spec = by.pop("spectra")[0]
+            print(f"  {n}: " + "   ".join(f"{k} {min(v):.1f} s ({n_spec / min(v):.0f}/s)"
+                                          for k, v in by.items())
+                  + f"   ratio old/new {min(next(iter(by.values()))) / min(by['new']):.2f}")
     print()
     print(f"{'size':>8} {'spectra':>8} {'seconds':>8} {'CPU s':>7} {'spectra/s':>9} "
           f"{'peak GB':>8} {'read s':>7} {'read+mm s':>9} {'x bound':>8} {'load':>5}")

@@ -410,7 +410,10 @@ def _cmd_distance(args: argparse.Namespace) -> int:
     if math.isnan(res["dis"]):
         print("no distance: give a parallax with its error, or Ks and M_Ks with errors")
         return 1
-    print(f"distance (mode)  {res['dis']:.6g} kpc  (+{res['dis_high'] - res['dis']:.3g} / "
+    from obpipe.distance import point_estimate
+
+    label = f"distance ({'mode' if point_estimate(cfg) == 'mode' else '10^logdis'})"
+    print(f"{label:16s} {res['dis']:.6g} kpc  (+{res['dis_high'] - res['dis']:.3g} / "
           f"-{res['dis'] - res['dis_low']:.3g}; 16th {res['dis_low']:.6g}, "
           f"84th {res['dis_high']:.6g})")
     print(f"log10(d / kpc)   {res['logdis']:.4f} +- {res['logdis_err']:.4f}  "

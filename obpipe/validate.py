@@ -245,7 +245,7 @@ def distance_bin_metrics(d_true: np.ndarray, dis: np.ndarray, dis_low: np.ndarra
                          logdis_err: np.ndarray | None = None) -> dict[str, Any]:
     """Per distance bin (:data:`DISTANCE_BINS_KPC`), binned by the true distance and by
     the catalogued one (``dis``), for the rows ``select``: n, the median of true/dis - 1
-    (the bias of the mode, target |.| <= 0.03) and the fraction of true distances inside
+    (the bias of the estimate, target |.| <= 0.03) and the fraction of true distances inside
     [dis_low, dis_high] (target 0.62-0.74), with its bound: a calibrated 16-84 % interval
     covers 0.68, give or take the binomial sqrt(0.68 0.32 / n). Also the stars at the grid
     edge (dis >= ``grid_edge_kpc`` - 0.1) without the truncation flag, and the modes

@@ -25,8 +25,10 @@ array is stored as float32, ~1e-7 relative, which would otherwise blur pixel
 edges by ~1e-3 pixel).
 
 Gzipped files (``.fits.gz``, detected by content) are read too: inflated in
-memory (with a size limit against gzip bombs), then read with ``astropy.io.fits``
-(headers parsed lazily, values on access).
+memory (with a size limit against gzip bombs). A fast reader
+(:mod:`obpipe.io._fits_header`, numpy) reads the simple FITS structure of the
+releases; anything unusual (scaled columns, variable-length arrays) goes through
+``astropy.io.fits``, which gives the same spectrum (tested on every real file).
 
 Mask bits: LAMOST and/or-masks use BADCCD=1, BADPROFILE=2, NOSKY=4,
 BRIGHTSKY=8, BADCENTER=16, NODATA=32 (LAMOST data release documentation).
@@ -60,10 +62,11 @@ try:  # zlib-ng: the zlib API, gzip members inflated ~2x faster (same bytes, sam
 except ImportError:  # pragma: no cover - optional speed-up
     _inflate = zlib  # type: ignore[assignment]
 
+from obpipe.io import _fits_header
 from obpipe.io.store import MASK_BITS
 from obpipe.spectra.grid import SPEED_OF_LIGHT_KMS, wavelength_grid
 
-BLOCK = 2880
+BLOCK = _fits_header.BLOCK
 #: LAMOST pixel mask bits (andmask / ormask)
 LAMOST_MASK_BITS: dict[str, int] = {
     "BADCCD": 1, "BADPROFILE": 2, "NOSKY": 4, "BRIGHTSKY": 8, "BADCENTER": 16, "NODATA": 32,
@@ -106,8 +109,9 @@ class LamostSpectrum:
     andmask: np.ndarray
     ormask: np.ndarray
     meta: dict[str, Any]
-    #: the header (astropy ``Header``; a bintable file's: the table's, the primary's
-    #: cards over it)
+    #: the header's values by keyword (``.get``, ``[]``, ``.items()``): the fast reader's
+    #: :class:`obpipe.io._fits_header.RawHeader` or an astropy ``Header``; a bintable
+    #: file's: the table's, the primary's cards over it
     header: Any = field(repr=False, default_factory=dict)
     notes: list[str] = field(default_factory=list)
     #: (COEFF0, COEFF1) when ``wave`` is exactly 10**(COEFF0 + COEFF1 i) (log-linear)
@@ -177,31 +181,46 @@ def _decompress(raw: bytes, path: str, max_bytes: int | None = None) -> bytes:
 # ------------------------------------------------------------------------- HDUs
 
 
-def _hdus(buf: bytes, path: str) -> list[tuple[Any, Any]]:
+def _hdus(buf: bytes, path: str, fast: bool = True) -> list[tuple[Any, Any]]:
+    """(header, data) of every HDU: with the fast reader (:mod:`obpipe.io._fits_header`)
+    and, for what it does not handle (or with ``fast=False``), ``astropy.io.fits``.
+    A file shorter than its headers announce raises :class:`LamostFormatError`
+    ("truncated FITS file ..."), as does anything astropy cannot read."""
+    if not buf.startswith(b"SIMPLE  ="):
+        raise LamostFormatError(path, "not a FITS file (does not start with a SIMPLE card)")
+    if fast:
+        try:
+            return _fits_header.hdus(buf)
+        except _fits_header.Truncated as exc:
+            raise LamostFormatError(path, f"truncated FITS file: {exc}") from exc
+        except (_fits_header.Fallback, KeyError, ValueError, TypeError):
+            pass
+    return _astropy_hdus(buf, path)
+
+
+def _astropy_hdus(buf: bytes, path: str) -> list[tuple[Any, Any]]:
     """(header, data) of every HDU, read with ``astropy.io.fits`` from memory.
 
     ``header``: the :class:`astropy.io.fits.Header` (values parsed on access);
     ``data``: the image (scaled by BSCALE/BZERO as astropy does), the binary table
-    (a ``FITS_rec``: its columns scaled on access), or None. A file whose data is
-    shorter than its header announces raises :class:`LamostFormatError`
-    ("truncated FITS file ..."), as does anything astropy cannot read.
+    (a ``FITS_rec``: its columns scaled on access), or None.
     """
     from astropy.io import fits
 
-    if not buf.startswith(b"SIMPLE  ="):
-        raise LamostFormatError(path, "not a FITS file (does not start with a SIMPLE card)")
     out: list[tuple[Any, Any]] = []
     try:
-        with warnings.catch_warnings():
-            # a short file: the error below names it, astropy's warning would repeat it
-            warnings.filterwarnings("ignore", "File may have been truncated")
+        # astropy warns "File may have been truncated: actual file length (N) is smaller
+        # than the expected size (M)" when it reads past the end of an HDU's data: that
+        # is the error here (HDUList.fileinfo would tell too, but it serialises every
+        # header again: 40 % of the reading time)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             with fits.open(io.BytesIO(buf), memmap=False, lazy_load_hdus=True) as hdul:
                 for i, hdu in enumerate(hdul):
-                    need = hdul.fileinfo(i)["datLoc"] + hdu.size
-                    if need > len(buf):
+                    short = [w for w in caught if "truncated" in str(w.message)]
+                    if short:
                         raise LamostFormatError(
-                            path, f"truncated FITS file: HDU {i} needs {hdu.size} data "
-                            f"bytes but only {max(len(buf) - need + hdu.size, 0)} remain")
+                            path, f"truncated FITS file: HDU {i}: {short[0].message}")
                     out.append((hdu.header, hdu.data if hdu.size else None))
     except LamostFormatError:
         raise
@@ -399,15 +418,17 @@ def header_metadata(h: dict[str, Any], path: str) -> dict[str, Any]:
     }
 
 
-def parse_lamost(buf: bytes, path: str = "<bytes>",
+def parse_lamost(buf: bytes, path: str = "<bytes>", fast: bool = True,
                  max_bytes: int | None = DEFAULT_MAX_DECOMPRESSED_BYTES) -> LamostSpectrum:
     """Parse the (decompressed or gzipped) bytes of a LAMOST file. See :func:`read_lamost`.
 
+    ``fast=False`` reads the HDUs with ``astropy.io.fits`` only (the fast reader
+    gives the same spectrum, tested; for checks and for files it does not handle).
     ``max_bytes``: largest decompressed size accepted (None: no limit); a larger file
     raises :class:`LamostFormatError` without being inflated beyond it.
     """
     buf = _decompress(buf, path, max_bytes)
-    hdus = _hdus(buf, path)
+    hdus = _hdus(buf, path, fast)
     primary_h, primary_data = hdus[0]
     table = next(
         ((h, d) for h, d in hdus[1:]
@@ -419,11 +440,17 @@ def parse_lamost(buf: bytes, path: str = "<bytes>",
         from astropy.io.fits.verify import VerifyWarning
 
         merged = table[0].copy()  # the table's header, the primary's cards over it
-        with warnings.catch_warnings():  # a long keyword becomes HIERARCH: no warning
-            warnings.simplefilter("ignore", VerifyWarning)
+        if isinstance(merged, _fits_header.RawHeader):  # raw card values, parsed on access
             for k in primary_h.keys():
-                if k not in ("NAXIS", "BITPIX", "EXTEND", "SIMPLE", "COMMENT", "HISTORY", ""):
-                    merged[k] = primary_h[k]
+                if k not in ("NAXIS", "BITPIX", "EXTEND"):
+                    dict.__setitem__(merged, k, dict.__getitem__(primary_h, k))
+        else:  # astropy Headers
+            with warnings.catch_warnings():  # a long keyword becomes HIERARCH: no warning
+                warnings.simplefilter("ignore", VerifyWarning)
+                for k in primary_h.keys():
+                    if k not in ("NAXIS", "BITPIX", "EXTEND", "SIMPLE", "COMMENT", "HISTORY",
+                                 ""):
+                        merged[k] = primary_h[k]
         layout, wave, flux, ivar, am, om, notes, from_coeff = _from_bintable(merged, table[1],
                                                                              path)
         header = merged

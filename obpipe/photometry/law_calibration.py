@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from obpipe.stats import robust_std
+
 log = logging.getLogger(__name__)
 
 #: Huber's tuning constant (95 % efficiency for Gaussian residuals; Huber 1964).
@@ -56,7 +58,7 @@ class AksScaleFit:
 
 
 def _mad_sigma(r: np.ndarray) -> float:
-    return float(1.4826 * np.median(np.abs(r - np.median(r))))
+    return float(robust_std(r))
 
 
 def fit_aks_scale(

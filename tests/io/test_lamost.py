@@ -111,8 +111,11 @@ def test_header_cut_short_is_a_clear_error(tmp_path: Path) -> None:
     raw = _good_file(tmp_path).read_bytes()
     bad = tmp_path / "short.fits"
     bad.write_bytes(raw[:1000])  # inside the header, before its END card
-    with pytest.raises(LamostFormatError, match="short.fits: unreadable FITS file"):
+    with pytest.raises(LamostFormatError, match="short.fits: truncated FITS file: header "
+                       "ends before its END card"):
         read_lamost(bad)
+    with pytest.raises(LamostFormatError, match="short.fits: unreadable FITS file"):
+        lamost.parse_lamost(bad.read_bytes(), str(bad), fast=False)  # astropy's reading
 
 
 # ---------------------------------------------------------------- resampling
@@ -191,6 +194,9 @@ def test_truncated_fits_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(LamostFormatError, match="trunc.fits: truncated"):
         read_lamost(bad)
+    with pytest.raises(LamostFormatError, match="trunc.fits: truncated FITS file: HDU 0: "
+                       r"File may have been truncated: actual file length \(41760\)"):
+        lamost.parse_lamost(bad.read_bytes(), str(bad), fast=False)  # astropy's reading
     badgz = tmp_path / "trunc.fits.gz"
     badgz.write_bytes(gzip.compress(raw)[:5000])
     with pytest.raises(LamostFormatError, match="gzip"):
