@@ -11,9 +11,8 @@ from typing import Any
 from obpipe import catalog
 from obpipe.catalog import CatalogConfig
 from obpipe.engine.context import RunContext
-from obpipe.engine.pools import process_pool_for, scheduler_for
+from obpipe.engine.pools import prestart_process_pool, process_pool_for, scheduler_for
 from obpipe.io import store
-from obpipe.stages.distance import prepare
 
 NAME = "catalog"
 DESCRIPTION = "Table 1 catalog and unique-star view (Parquet, FITS)"
@@ -22,6 +21,8 @@ OUTPUTS = catalog.CATALOG_COLUMNS
 #: the typed options section (``PipelineConfig.catalog``)
 Config = CatalogConfig
 SECTION = "catalog"
+#: what a pool worker imports before its first block (:func:`prepare`)
+BLOCK_MODULES = ("obpipe.distance", "obpipe.catalog", "obpipe.stages.catalog")
 
 __all__ = ["NAME", "DESCRIPTION", "OUTPUTS", "Config", "SECTION", "run", "is_complete",
            "prepare"]
@@ -40,3 +41,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
 def is_complete(ctx: RunContext) -> bool:
     return catalog.catalog_complete(ctx.products_dir) and store.exists(
         catalog.catalog_path(ctx.products_dir, "parquet"))
+
+
+def prepare(ctx: RunContext) -> None:
+    """Start the worker processes of the shared pool early
+    (:func:`obpipe.engine.pools.prestart_process_pool`; the distance stage's pool is the
+    same one)."""
+    prestart_process_pool(ctx, BLOCK_MODULES)
