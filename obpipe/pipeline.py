@@ -238,19 +238,16 @@ def stage_reads(name: str) -> tuple[str, ...]:
 
 
 def stage_config_section(ctx: RunContext, name: str) -> Any:
-    """The configuration a stage runs with (what its provenance key hashes)."""
-    cfg = ctx.config
-    if name == "index":
-        return {}
-    if name == "normalize":
-        return {"continuum_kernel_aa": cfg.spectral.continuum_kernel_aa}
-    if name in ("pca", "emission"):
-        return to_dict(cfg.spectral)
-    section = getattr(cfg, name, None)
-    out = to_dict(section) if section is not None else {}
-    if name == "luminosity" and cfg.extra_training_table:
-        out["extra_training"] = cfg.extra_training_table
-    return out
+    """The configuration a stage runs with (what its provenance key hashes): the stage
+    module's ``provenance_config(config)`` where it has one, else its typed section
+    (``SECTION``) as a dict, else nothing."""
+    import importlib
+
+    module = importlib.import_module(f"obpipe.stages.{name}")
+    if hasattr(module, "provenance_config"):
+        return module.provenance_config(ctx.config)
+    section = getattr(module, "SECTION", None)
+    return to_dict(getattr(ctx.config, section)) if section else {}
 
 
 def _stage_record(ctx: RunContext, name: str, ident: dict[str, Any],

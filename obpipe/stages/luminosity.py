@@ -36,6 +36,7 @@ The ``binary`` stage is :mod:`obpipe.stages.binary`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -48,6 +49,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from obpipe.config import PipelineConfig
 from obpipe.engine.blockwise import (
     Output,
     ensure_outputs,
@@ -76,6 +78,15 @@ DESCRIPTION = ("two M_Ks networks, binary-cleaned; emcee noise model (Secs. 5.1-
 #: ``PipelineConfig.extra_training_table``)
 Config = TrainingConfig
 SECTION = "luminosity"
+
+
+def provenance_config(config: PipelineConfig) -> dict[str, Any]:
+    """What this stage's provenance key hashes: its section and the extra training table."""
+    out = dataclasses.asdict(config.luminosity)
+    if config.extra_training_table:
+        out["extra_training"] = config.extra_training_table
+    return out
+
 SETS_STAGE = "luminosity_sets"
 MODEL_DIR = "models"
 NETWORK_FILES = {"a": "mks_network_a.safetensors", "b": "mks_network_b.safetensors"}

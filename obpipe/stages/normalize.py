@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from obpipe.config import PipelineConfig
 from obpipe.engine.blockwise import (
     Output,
     force_requested,
@@ -29,6 +30,12 @@ DESCRIPTION = "pseudo-continuum normalisation, 50 AA Gaussian (Sec. 2)"
 #: the typed options section (``PipelineConfig.spectral``)
 Config = SpectralConfig
 SECTION = "spectral"
+
+
+def provenance_config(config: PipelineConfig) -> dict[str, Any]:
+    """What this stage's provenance key hashes: the one option it reads."""
+    return {"continuum_kernel_aa": config.spectral.continuum_kernel_aa}
+
 
 OUTPUTS = {
     "norm_flux": Output("float32", "", "flux / pseudo-continuum (50 AA Gaussian, Sec. 2)",
