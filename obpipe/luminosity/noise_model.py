@@ -57,7 +57,7 @@ FORMAT_VERSION = 1
 DEGRADE_SNR: tuple[float, ...] = (5.0, 8.0, 12.0, 17.0, 25.0, 35.0, 50.0, 70.0, 100.0)
 #: spectra degraded per S/N level of :func:`degraded_snr_scatter`: the standard error of
 #: the measured sigma_s is then ~ sqrt(1 / (2 x 600)) = 3 % (sigma_err_mag says it per
-#: level), small beside the 0.85-1.2 band of the pulls; 2,000 (all) took 2.5x longer
+#: level), small beside the 0.85-1.2 band of the pulls (up to 2,000 per level before)
 DEGRADE_PER_LEVEL = 600
 
 
