@@ -8,12 +8,11 @@ For each size N in ``--sizes`` (default 30,000, 100,000 and 300,000 spectra):
    next invocation (same number of stars, seed and chunk size);
 2. training, once: ``obpipe run`` (the whole pipeline) on the smallest survey, which
    fits the PCA bases and trains and calibrates the networks into ``train-N/models/``;
-3. inference on every size: a fresh products directory gets a copy of those model
-   files, then ``obpipe run`` runs every stage (index ... catalog) in a child process.
-   ``run_pca`` refits only when ``models/pca_model.npz`` is missing and
-   the luminosity stage trains only when the network and noise-model files are missing,
-   so the run reuses them; the script checks that no model file was rewritten (same
-   inode and mtime) and fails otherwise. Timed: the child's wall clock (Python start
+3. inference on every size: ``obpipe run --models train-N`` on a fresh products
+   directory runs every stage (index ... catalog) in a child process with those model
+   files (copied in by the run: files merely placed in ``models/`` are refitted); the
+   script checks that every model file of the run is byte for byte the training's
+   (SHA-256) and fails otherwise. Timed: the child's wall clock (Python start
    and imports included, as a user sees it); peak resident memory: the child and all
    its descendants (worker processes), sampled every 0.05 s;
 4. the machine's own bound, in the same run, on the same survey, scheduler and worker
@@ -130,13 +129,16 @@ def stage_peaks(stderr: str, samples: list[tuple[float, int, float]]
 
 
 def obpipe_run(survey: str, products: str, scheduler: str, workers: int,
-               code: str | None = None) -> dict[str, Any]:
+               code: str | None = None, models: str | None = None) -> dict[str, Any]:
     """``obpipe -v run`` in a child process: wall and CPU seconds (user + sys of the child
     and its worker processes), peak RSS of its tree (and per stage), its summary.
     ``code``: a directory holding the ``obpipe`` package to run (default: the installed
-    one, i.e. the working tree)."""
+    one, i.e. the working tree). ``models``: reuse the model files of this products
+    directory (``obpipe run --models``)."""
     cmd = [sys.executable, "-m", "obpipe.cli", "-v", "run", survey, "--out", products,
            "--scheduler", scheduler, "-q", "--json"]
+    if models is not None:
+        cmd += ["--models", models]
     env = {**os.environ, "DASK_NUM_WORKERS": str(workers)}
     if code is not None:
         env["PYTHONPATH"] = code
@@ -160,12 +162,16 @@ def obpipe_run(survey: str, products: str, scheduler: str, workers: int,
                          if ln.strip() and " INFO " not in ln]}
 
 
-def model_signature(models_dir: str) -> dict[str, tuple[int, int, int]]:
-    """(inode, mtime ns, size) of every model file: a refit or retrain replaces a file."""
+def model_signature(models_dir: str) -> dict[str, str]:
+    """SHA-256 of every model file (``*.npz``, ``*.safetensors``): a refit or a retrain
+    writes other numbers."""
+    import hashlib
+
     out = {}
     for name in sorted(os.listdir(models_dir)):
-        st = os.stat(os.path.join(models_dir, name))
-        out[name] = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if name.endswith((".npz", ".safetensors")):
+            with open(os.path.join(models_dir, name), "rb") as fh:
+                out[name] = hashlib.sha256(fh.read()).hexdigest()
     return out
 
 
@@ -179,8 +185,8 @@ def machine_bound(survey: str, scheduler: str, workers: int, n_components: int =
     3,909 x ``n_components`` random matrix (one blockwise pass), on ``scheduler``."""
     import dask
 
-    from obpipe.engine.schedulers import single_threaded_blas
     from obpipe.io import store
+    from obpipe.runtime import single_threaded_blas
 
     flux = store.open_cube(survey)["flux"].data
     basis = np.random.default_rng(0).standard_normal((flux.shape[1], n_components)
@@ -285,9 +291,9 @@ def main() -> None:
         for rep in range(args.repeat):
             for label, code in codes:
                 shutil.rmtree(products, ignore_errors=True)
-                shutil.copytree(model_dirs[label], os.path.join(products, "models"))
-                before = model_signature(os.path.join(products, "models"))
-                run = obpipe_run(sv["path"], products, args.scheduler, args.workers, code)
+                before = model_signature(model_dirs[label])
+                run = obpipe_run(sv["path"], products, args.scheduler, args.workers, code,
+                                 models=os.path.dirname(model_dirs[label]))
                 if model_signature(os.path.join(products, "models")) != before:
                     raise SystemExit(f"size {n} ({label}): a model file was rewritten "
                                      "(refit or retrained)")

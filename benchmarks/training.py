@@ -51,7 +51,7 @@ def _metrics(d, err, sel) -> dict:  # noqa: ANN001
 SNR_BINS = ((5, 20), (20, 50), (50, 100), (100, 200), (200, 100000))
 
 
-def worker(survey_path: str, products_dir: str) -> dict:
+def worker(survey_path: str, products_dir: str, network_seed: int | None = None) -> dict:
     """One training run with whichever ``obpipe`` is first on ``sys.path``: networks and
     cleaning rounds, the emcee noise models and (where the code has it) the sigma_s(S/N)
     calibration on degraded spectra (``calibrate_sigma_s``), each timed."""
@@ -64,7 +64,8 @@ def worker(survey_path: str, products_dir: str) -> dict:
     from obpipe.stages import luminosity as lum
 
     ctx = RunContext(survey_path, products_dir, scheduler="threads", force=True)
-    cfg, extra = lum._config(ctx, {})
+    cfg, extra = lum._config(ctx, {} if network_seed is None else
+                             {"network": {"seed": network_seed}})
     captured: dict = {}
 
     def capture(*a, **k):  # noqa: ANN002, ANN003, ANN202
@@ -256,11 +257,14 @@ def main() -> None:
     ap.add_argument("--new-rev", default=None,
                     help="git revision of the new code (default: the working tree)")
     ap.add_argument("--repeat", type=int, default=1, help="old/new pairs, alternating")
+    ap.add_argument("--network-seed", type=int, default=None,
+                    help="seed of the networks (initial weights, folds, dropout, batches) "
+                    "in every run: the seed-to-seed spread of the held-out accuracy")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         logging.basicConfig(level=logging.WARNING)
-        print(json.dumps(worker(args.survey, args.products), default=float))
+        print(json.dumps(worker(args.survey, args.products, args.network_seed), default=float))
         return
     cpus = sorted(os.sched_getaffinity(0))[:args.cores]
     os.sched_setaffinity(0, cpus)
@@ -275,6 +279,8 @@ def main() -> None:
                 env = {**os.environ, "PYTHONPATH": path}
                 cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--survey",
                        args.survey, "--products", args.products]
+                if args.network_seed is not None:
+                    cmd += ["--network-seed", str(args.network_seed)]
                 r = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True,
                                    cwd=tmp)
                 res = json.loads(r.stdout.strip().splitlines()[-1])
