@@ -186,7 +186,11 @@ def machine_bound(survey: str, scheduler: str, workers: int, n_components: int =
     import dask
 
     from obpipe.io import store
-    from obpipe.runtime import single_threaded_blas
+
+    try:
+        from obpipe.engine.schedulers import single_threaded_blas
+    except ImportError:  # a checkout from before the engine package (issue 16)
+        from obpipe.runtime import single_threaded_blas
 
     flux = store.open_cube(survey)["flux"].data
     basis = np.random.default_rng(0).standard_normal((flux.shape[1], n_components)
