@@ -345,7 +345,7 @@ def write_validation_distance(cols: Mapping[str, np.ndarray], truth: Mapping[str
     ax0.set_xlim(lo, hi)
     ax0.set_ylim(lo, hi)
     ax0.set_xlabel("true distance (kpc)")
-    ax0.set_ylabel("distance, mode of the posterior (kpc)")
+    ax0.set_ylabel("catalogued distance dis (kpc)")
     ax0.legend(loc="upper left", markerscale=4, fontsize=8)
     p = pull[ok & single & np.isfinite(pull)]
     bins = np.linspace(-5, 5, 51)
