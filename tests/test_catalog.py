@@ -21,6 +21,9 @@ from obpipe.io import store
 from obpipe.pipeline import run_pipeline
 from tests.small_run import small_run
 
+# end to end (an end-to-end run builds the catalogs): in make test, not in make test-fast
+pytestmark = pytest.mark.slow
+
 TABLE1 = ["specid", "fitsname", "ra", "dec", "uniqflag", "star_id", "snr_g", "rv", "rv_err",
           "MKs", "MKs_err", "MKs_geo", "MKs_geo_err", "dis", "dis_low", "dis_high", "logdis",
           "logdis_err", "ebv", "ebv_err", "snr_dparallax", "binary_flag", "em_flag", "gaia_id",

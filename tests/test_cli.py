@@ -186,6 +186,7 @@ def _run_in_terminal(args: list[str], timeout: float = 240) -> tuple[int, str, s
     return proc.returncode, out, b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_progress_on_a_terminal_with_a_local_cluster(tiny_survey, tmp_path) -> None:
     config = tmp_path / "c.toml"
     config.write_text("[run]\nlocal_cluster_workers = 1\n")

@@ -40,6 +40,9 @@ from obpipe.spectra.bases import MODEL_FILE
 from obpipe.spectra.pca import PCAModel
 from obpipe.stages.luminosity import MODEL_DIR, NETWORK_FILES, NOISE_FILES
 
+# end to end (a whole run at a memory:// URL): in make test, not in make test-fast
+pytestmark = pytest.mark.slow
+
 SURVEY = SimulationConfig(n_stars=150, seed=5, chunk_size=100)
 CONFIG = """
 [spectral]

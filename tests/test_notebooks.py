@@ -15,6 +15,9 @@ from nbclient import NotebookClient
 
 from tests.small_run import small_run
 
+# end to end (the notebooks run on a whole small run): in make test, not in make test-fast
+pytestmark = pytest.mark.slow
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
 

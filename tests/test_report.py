@@ -17,6 +17,9 @@ from obpipe.io import store
 from obpipe.pipeline import run_pipeline
 from tests.small_run import small_run
 
+# end to end (an end-to-end run feeds the report): in make test, not in make test-fast
+pytestmark = pytest.mark.slow
+
 PAPER_FIGURES = ("fig2_pca_reconstruction.png", "fig3_halpha_excess.png",
                  "fig4_ebv_comparison.png", "fig5_mks_spec_vs_geo.png",
                  "fig8_noise_model_a.png", "fig8_noise_model_b.png",

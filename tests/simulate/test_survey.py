@@ -135,6 +135,7 @@ def test_identical_with_processes(tmp_path, tiny_reference) -> None:
     _assert_identical(tiny_reference, _arrays(path))
 
 
+@pytest.mark.slow
 def test_identical_on_distributed_cluster(tmp_path, tiny_reference) -> None:
     from distributed import Client, LocalCluster
 

@@ -18,6 +18,9 @@ from obpipe.pipeline import RunContext, run_pipeline
 from obpipe.stages import binary as binary_stage
 from obpipe.stages import luminosity as lum
 
+# end to end (trains the networks): in make test, not in make test-fast
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def products(small_survey, tmp_path_factory) -> str:

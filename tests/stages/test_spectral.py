@@ -12,6 +12,9 @@ from obpipe.io import store
 from obpipe.pipeline import run_pipeline
 from obpipe.validate import validate_survey
 
+# end to end (an end-to-end run of the spectral stages): in make test, not in make test-fast
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def products(small_survey, tmp_path_factory) -> str:
