@@ -576,6 +576,11 @@ def ism_shortcut_metrics(products: xr.Dataset, truth: xr.Dataset,
 # ------------------------------------------------------------------------- photometry
 
 
+def _values(ds: xr.Dataset, name: str) -> np.ndarray:
+    """The values of variable ``name`` of ``ds`` as a numpy array."""
+    return np.asarray(ds[name].values)
+
+
 def photometry_metrics(
     survey: xr.Dataset, products: xr.Dataset, truth: xr.Dataset
 ) -> dict[str, Any]:
@@ -595,16 +600,13 @@ def photometry_metrics(
       parallax and photometric part).
     * ``zero_point``: parallax_offset - truth parallax_zero_point_mas (mas).
     """
-    def val(ds: xr.Dataset, name: str) -> np.ndarray:
-        return np.asarray(ds[name].values)
-
-    ebv = val(products, "ebv").astype(float)
-    ebv_err = val(products, "ebv_err").astype(float)
-    true = val(truth, "ebv_true").astype(float)
-    em = val(truth, "has_emission").astype(bool)
-    binary = val(truth, "is_binary").astype(bool)
-    nb = val(products, "ebv_nbands").astype(int)
-    flags = val(products, "photometry_flags").astype(np.int64)
+    ebv = _values(products, "ebv").astype(float)
+    ebv_err = _values(products, "ebv_err").astype(float)
+    true = _values(truth, "ebv_true").astype(float)
+    em = _values(truth, "has_emission").astype(bool)
+    binary = _values(truth, "is_binary").astype(bool)
+    nb = _values(products, "ebv_nbands").astype(int)
+    flags = _values(products, "photometry_flags").astype(np.int64)
     diff = ebv - true
     with np.errstate(invalid="ignore", divide="ignore"):
         pull = diff / ebv_err
@@ -631,15 +633,15 @@ def photometry_metrics(
         }
     }
 
-    mks = val(products, "MKs_geo").astype(float)
-    mks_err = val(products, "MKs_geo_err").astype(float)
-    m_true = val(truth, "MKs_system_true").astype(float)
-    plx = val(products, "parallax_corrected").astype(float)
-    plx_err = val(products, "parallax_corrected_error").astype(float)
-    ruwe = val(survey, "ruwe").astype(float) if "ruwe" in survey else np.ones_like(plx)
-    ks = val(survey, "Ks").astype(float)
-    ks_err = val(survey, "Ks_err").astype(float)
-    aks_true = val(truth, "AKs_true").astype(float)
+    mks = _values(products, "MKs_geo").astype(float)
+    mks_err = _values(products, "MKs_geo_err").astype(float)
+    m_true = _values(truth, "MKs_system_true").astype(float)
+    plx = _values(products, "parallax_corrected").astype(float)
+    plx_err = _values(products, "parallax_corrected_error").astype(float)
+    ruwe = _values(survey, "ruwe").astype(float) if "ruwe" in survey else np.ones_like(plx)
+    ks = _values(survey, "Ks").astype(float)
+    ks_err = _values(survey, "Ks_err").astype(float)
+    aks_true = _values(truth, "AKs_true").astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         snr = plx / plx_err
         pull_m = (mks - m_true) / mks_err
@@ -655,7 +657,7 @@ def photometry_metrics(
         "fraction_nonpositive_parallax": float(
             np.mean((flags & parallax.FLAG_PLX_NONPOSITIVE) != 0)),
     }
-    zp_res = val(products, "parallax_offset").astype(float) - val(
+    zp_res = _values(products, "parallax_offset").astype(float) - _values(
         truth, "parallax_zero_point_mas").astype(float)
     zs = summary_stats(zp_res)
     out["zero_point"] = {
@@ -695,30 +697,28 @@ def luminosity_metrics(survey: xr.Dataset, products: xr.Dataset, truth: xr.Datas
       M_Ks (the primary's truth) with the quoted MKs_err would reach on the same stars
       (:func:`obpipe.binary.expected_detection_probability`), the bound of eqs. 15-17.
     """
-    def v(ds: xr.Dataset, name: str) -> np.ndarray:
-        return np.asarray(ds[name].values)
 
     out: dict[str, Any] = {}
     if "MKs" not in products:
         return out
-    mks = v(products, "MKs").astype(float)
-    err = v(products, "MKs_err").astype(float)
-    true = v(truth, "MKs_true").astype(float)
-    snr = v(survey, "snr_g").astype(float)
-    binary = v(truth, "is_binary").astype(bool)
-    em = v(truth, "has_emission").astype(bool)
-    cls = v(truth, "star_class").astype(object).astype(str)
-    broken = v(truth, "is_broken").astype(bool)
+    mks = _values(products, "MKs").astype(float)
+    err = _values(products, "MKs_err").astype(float)
+    true = _values(truth, "MKs_true").astype(float)
+    snr = _values(survey, "snr_g").astype(float)
+    binary = _values(truth, "is_binary").astype(bool)
+    em = _values(truth, "has_emission").astype(bool)
+    cls = _values(truth, "star_class").astype(object).astype(str)
+    broken = _values(truth, "is_broken").astype(bool)
     single_ob = (cls == "OB") & ~binary & ~broken
     d = mks - true
     # never score an in-sample prediction (issue 15): MKs_fold -2 (a one-network model
     # that trained on the star) is left out of every figure
-    fold = v(products, "MKs_fold").astype(int) if "MKs_fold" in products else None
+    fold = _values(products, "MKs_fold").astype(int) if "MKs_fold" in products else None
     if fold is not None:
         d = np.where(fold == -2, np.nan, d)
     with np.errstate(invalid="ignore", divide="ignore"):
         pull = d / err
-    flagm = v(products, "MKs_flag") if "MKs_flag" in products else np.zeros(mks.size, int)
+    flagm = _values(products, "MKs_flag") if "MKs_flag" in products else np.zeros(mks.size, int)
     bins = ((5, 20), (20, 50), (50, 100), (100, 200), (200, 100000))
 
     def by_snr(sel: np.ndarray) -> dict[str, Any]:
@@ -769,15 +769,15 @@ def luminosity_metrics(survey: xr.Dataset, products: xr.Dataset, truth: xr.Datas
     if "Ks_disc_excess_true" in truth:
         # a Be disc brightens the observed Ks (free-free emission): the M_Ks a distance
         # needs, and the one the geometric training targets carry, is photosphere + disc
-        d_disc = d - v(truth, "Ks_disc_excess_true").astype(float)
+        d_disc = d - _values(truth, "Ks_disc_excess_true").astype(float)
         sel = single_ob & em & (snr > 50)
         out["mks_vs_truth"]["single_emission_ob_snr_gt_50_vs_photosphere_and_disc"] = {
             **_stats(d_disc[sel]), "pull_std": float(np.nanstd(d_disc[sel] / err[sel]))}
     if "luminosity_set" in products and "MKs_geo" in products:
-        lset = v(products, "luminosity_set")
+        lset = _values(products, "luminosity_set")
         test = (lset & SET_BITS["test"]) > 0
-        geo = v(products, "MKs_geo").astype(float)
-        em_flag = v(products, "em_flag")
+        geo = _values(products, "MKs_geo").astype(float)
+        em_flag = _values(products, "em_flag")
         dg = mks - geo
         out["mks_vs_geo_test"] = {
             "nonemission_snr_gt_20": _stats(dg[test & (snr > 20) & (em_flag == 0)]),
@@ -802,7 +802,7 @@ def luminosity_metrics(survey: xr.Dataset, products: xr.Dataset, truth: xr.Datas
         known = sig_s**2
         if attrs.get("noise_a_epistemic_spread") and "MKs_spread" in products:
             # the ensemble spread is a modelled per-star term, not intrinsic scatter
-            known = known + np.nan_to_num(v(products, "MKs_spread").astype(float)[hi]) ** 2
+            known = known + np.nan_to_num(_values(products, "MKs_spread").astype(float)[hi]) ** 2
         tot = float(np.std(d[hi]))
         noise["sigma_int_truth"] = float(np.sqrt(max(tot**2 - np.mean(known), 0.0)))
         # the same from the core of the distribution (1.4826 MAD): the noise model clips
@@ -812,10 +812,10 @@ def luminosity_metrics(survey: xr.Dataset, products: xr.Dataset, truth: xr.Datas
         noise["scatter_truth_single_nonemission_snr_gt_100"] = tot
     out["noise_model"] = noise
     if "binary_flag" in products:
-        flag = v(products, "binary_flag")
-        q = v(truth, "mass_ratio").astype(float)
-        plx = v(products, "parallax_corrected").astype(float)
-        plx_e = v(products, "parallax_corrected_error").astype(float)
+        flag = _values(products, "binary_flag")
+        q = _values(truth, "mass_ratio").astype(float)
+        plx = _values(products, "parallax_corrected").astype(float)
+        plx_e = _values(products, "parallax_corrected_error").astype(float)
         with np.errstate(invalid="ignore", divide="ignore"):
             good = plx / plx_e > 10
         classified = flag != -9
@@ -830,7 +830,8 @@ def luminosity_metrics(survey: xr.Dataset, products: xr.Dataset, truth: xr.Datas
         # the quoted MKs_err would give these very stars, parallaxes and photometry
         if "parallax_spec" in products and "parallax_spec_err" in products:
             expected = expected_detection_probability(
-                v(products, "parallax_spec"), v(products, "parallax_spec_err"), plx, plx_e,
+                _values(products, "parallax_spec"), _values(products, "parallax_spec_err"),
+                plx, plx_e,
                 mks, err, true, threshold=float(products["binary_flag"].attrs.get(
                     "snr_threshold", BINARY_SNR_THRESHOLD)))
         else:
