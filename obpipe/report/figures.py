@@ -65,6 +65,20 @@ def _save(fig: Any, path: str) -> str:
     return store.save_figure(fig, path, dpi=110)
 
 
+def _pull_panel(ax: Any, pulls: np.ndarray, label: str, xlabel: str) -> None:
+    """Histogram of ``pulls`` (clipped to +-5) with N(0, 1) over it; the legend gives the
+    pulls' std and number under ``label``."""
+    if pulls.size:
+        ax.hist(np.clip(pulls, -5, 5), bins=np.linspace(-5, 5, 51), density=True,
+                histtype="step", color="k",
+                label=f"{label}: std {np.std(pulls):.2f}, n = {pulls.size}")
+    g = np.linspace(-5, 5, 201)
+    ax.plot(g, np.exp(-0.5 * g**2) / math.sqrt(2 * math.pi), "C1-", lw=1, label="N(0, 1)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.legend(loc="upper left", fontsize=8)
+
+
 def write_fig4(cols: Mapping[str, np.ndarray], path: str,
                truth: Mapping[str, np.ndarray] | None = None) -> str:
     """Fig. 4: derived E(B-V) against a reference for plx/err > 5, by emission flag.
@@ -259,16 +273,8 @@ def write_validation_mks(cols: Mapping[str, np.ndarray], truth: Mapping[str, np.
     ax1.legend(loc="lower right", fontsize=8)
     with np.errstate(invalid="ignore", divide="ignore"):
         pull = d / err
-    p = pull[sel & (snr > 20) & np.isfinite(pull)]
-    bins = np.linspace(-5, 5, 51)
-    if p.size:
-        ax2.hist(np.clip(p, -5, 5), bins=bins, density=True, histtype="step", color="k",
-                 label=f"S/N > 20: std {np.std(p):.2f}, n = {p.size}")
-    g = np.linspace(-5, 5, 201)
-    ax2.plot(g, np.exp(-0.5 * g**2) / math.sqrt(2 * math.pi), "C1-", lw=1, label="N(0, 1)")
-    ax2.set_xlabel(r"$(M_{K_s} - M_{K_s}^{\rm true}) / \sigma_{M_{K_s}}$")
-    ax2.set_ylabel("density")
-    ax2.legend(loc="upper left", fontsize=8)
+    _pull_panel(ax2, pull[sel & (snr > 20) & np.isfinite(pull)], "S/N > 20",
+                r"$(M_{K_s} - M_{K_s}^{\rm true}) / \sigma_{M_{K_s}}$")
     return _save(fig, path)
 
 
@@ -347,16 +353,8 @@ def write_validation_distance(cols: Mapping[str, np.ndarray], truth: Mapping[str
     ax0.set_xlabel("true distance (kpc)")
     ax0.set_ylabel("catalogued distance dis (kpc)")
     ax0.legend(loc="upper left", markerscale=4, fontsize=8)
-    p = pull[ok & single & np.isfinite(pull)]
-    bins = np.linspace(-5, 5, 51)
-    if p.size:
-        ax1.hist(np.clip(p, -5, 5), bins=bins, density=True, histtype="step", color="k",
-                 label=f"single: std {np.std(p):.2f}, n = {p.size}")
-    g = np.linspace(-5, 5, 201)
-    ax1.plot(g, np.exp(-0.5 * g**2) / math.sqrt(2 * math.pi), "C1-", lw=1, label="N(0, 1)")
-    ax1.set_xlabel(r"$(\log d - \log d_{\rm true}) / \sigma_{\log d}$")
-    ax1.set_ylabel("density")
-    ax1.legend(loc="upper left", fontsize=8)
+    _pull_panel(ax1, pull[ok & single & np.isfinite(pull)], "single",
+                r"$(\log d - \log d_{\rm true}) / \sigma_{\log d}$")
     sel = ok & single
     idx = _subset(sel)
     ax2.scatter(true[idx], rel[idx], s=2, c="0.6", alpha=0.5, rasterized=True)
