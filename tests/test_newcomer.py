@@ -8,7 +8,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from obpipe.cli import main
 from obpipe.config import SimulationConfig
 from obpipe.pipeline import run_pipeline
 from obpipe.simulate.survey import simulate_survey
+from tests.small_run import OBPIPE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ def test_demo_photometry_line_is_whole_json() -> None:
 @pytest.mark.slow
 def test_local_cluster_is_quiet_without_verbose(tiny: tuple[str, str], tmp_path: Path) -> None:
     survey, _ = tiny
-    cmd = [sys.executable, "-m", "obpipe.cli", "run", survey, "--out", str(tmp_path / "p"),
+    cmd = [*OBPIPE, "run", survey, "--out", str(tmp_path / "p"),
            "--stages", "index", "--scheduler", "local-cluster", "-q"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr

@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -15,7 +14,7 @@ import psutil
 import pytest
 import zarr
 
-from tests.small_run import small_run
+from tests.small_run import OBPIPE, small_run
 
 
 def _register(products: str) -> np.ndarray | None:
@@ -35,7 +34,7 @@ def test_sigkill_of_the_driver_ends_its_pool_workers(tmp_path, tmp_path_factory)
     slow = tmp_path / "slow.toml"
     slow.write_text("[distance]\ngrid_step_pc = 0.02\n")  # ~2 s a block
     driver = subprocess.Popen(
-        [sys.executable, "-m", "obpipe.cli", "run", survey, "--out", products, "-q",
+        [*OBPIPE, "run", survey, "--out", products, "-q",
          "--stages", "distance", "--force", "--scheduler", "processes", "--config",
          str(slow)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     proc = psutil.Process(driver.pid)

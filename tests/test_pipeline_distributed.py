@@ -34,6 +34,7 @@ import zarr
 from obpipe.cli import main
 from obpipe.config import SimulationConfig
 from obpipe.simulate.survey import simulate_survey
+from tests.small_run import OBPIPE
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +58,7 @@ TIMEOUT_S = 240
 
 
 def _obpipe(*args: str) -> list[str]:
-    return [sys.executable, "-m", "obpipe.cli", *args]
+    return [*OBPIPE, *args]
 
 
 def _run(cmd: list[str], timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
