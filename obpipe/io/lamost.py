@@ -222,6 +222,9 @@ def _astropy_hdus(buf: bytes, path: str) -> list[tuple[Any, Any]]:
                         raise LamostFormatError(
                             path, f"truncated FITS file: HDU {i}: {short[0].message}")
                     out.append((hdu.header, hdu.data if hdu.size else None))
+        for w in caught:  # recorded only to find truncation: hand the others on
+            if "truncated" not in str(w.message):
+                warnings.warn(f"{path}: {w.message}", w.category, stacklevel=2)
     except LamostFormatError:
         raise
     except Exception as exc:  # astropy raises many types for corrupt files

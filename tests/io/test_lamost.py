@@ -460,3 +460,20 @@ def test_multi_member_gzip_and_padding_still_read(tmp_path: Path) -> None:
     junk.write_bytes(gzip.compress(raw) + b"junk")
     with pytest.raises(LamostFormatError, match="junk.fits.gz: truncated or corrupt gzip"):
         read_lamost(junk)
+
+
+def test_astropy_reader_hands_on_its_warnings_with_the_path(tmp_path: Path) -> None:
+    """The astropy route records warnings only to find truncation; any other warning
+    (here: bytes after the last HDU) reaches the caller, naming the file."""
+    import warnings
+
+    flux, ivar, mask = _spectrum(1)
+    path = tmp_path / "padded.fits"
+    write_lamost_fits(path, flux, ivar, mask, META)
+    raw = path.read_bytes() + b"\0" * 100
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        spec = lamost.parse_lamost(raw, str(path), fast=False)
+    padding = [w for w in caught if "padding" in str(w.message)]
+    assert padding and str(padding[0].message).startswith(str(path))
+    np.testing.assert_array_equal(spec.flux, flux)
