@@ -415,6 +415,111 @@ def test_fit_population_prior_recovers_the_distance_distribution() -> None:
                                                              rel=0.1)
 
 
+def _population_sample(n: int, truth: PopulationPrior, seed: int) -> tuple[np.ndarray, ...]:
+    """Stars drawn from ``truth`` (positions and M_Ks from ``_terms``; distances from an
+    independent stream), observed with 0.05 mas parallaxes and a 0.3 mag distance modulus."""
+    lon, lat, mks, pt = _terms(n, truth, seed=seed)
+    rng = np.random.default_rng(seed + 1000)
+    d = _draw_from_prior(pt, rng)
+    plx_err = np.full(n, 0.05)
+    sig = np.full(n, 0.3)
+    plx = 1.0 / d + rng.normal(0, 1, n) * plx_err
+    dm0 = 5.0 * np.log10(d) + 10.0 + rng.normal(0, 1, n) * sig
+    return plx, plx_err, dm0, sig, lon, lat, mks
+
+
+def _as_x(h: PopulationPrior) -> np.ndarray:
+    return np.array([h.beta, np.log(h.disk_scale_length_kpc), np.log(h.disk_scale_height_kpc),
+                     np.log(h.selection_length_kpc), np.log(h.selection_power),
+                     h.luminosity_power])
+
+
+def _nelder_mead_nll(sample: tuple[np.ndarray, ...], d_max_kpc: float = 30.0):
+    """The marginal likelihood as fit_population_prior wrote it before its analytic
+    gradient (issue 19): the same 200-point grid, scipy's logsumexp, 1e300 outside the
+    box; minimised by Nelder-Mead with the old options in the test below."""
+    from scipy.special import logsumexp
+
+    plx, plx_err, dm0, sig, lon, lat, mks = sample
+    d = np.geomspace(0.01, d_max_kpc, 200)
+    ln_d = np.log(d)
+    a = (((plx[:, None] - 1.0 / d[None, :]) / plx_err[:, None]) ** 2
+         + ((dm0[:, None] - 5.0 * np.log10(d)[None, :] - 10.0) / sig[:, None]) ** 2)
+    ln_like = -0.5 * a + ln_d[None, :]
+    lr, br = np.radians(lon), np.radians(lat)
+    r0 = 8.1
+    r = np.sqrt(np.maximum(r0**2 + d[None, :] ** 2 * np.cos(br)[:, None] ** 2
+                           - 2.0 * d[None, :] * r0 * (np.cos(br) * np.cos(lr))[:, None], 0.0))
+    dr, z = r - r0, d[None, :] * np.abs(np.sin(br))[:, None]
+    dm_ref = mks + 2.0
+
+    def nll(x: np.ndarray) -> float:
+        if not (-1.0 <= x[0] <= 4.0 and -3.0 <= x[1] <= 4.0 and -5.0 <= x[2] <= 1.5
+                and -3.0 <= x[3] <= 4.0 and -1.5 <= x[4] <= 2.5 and -0.5 <= x[5] <= 2.0):
+            return 1e300
+        ln_l = x[3] - 0.2 * np.log(10.0) * x[5] * dm_ref
+        lp = (x[0] * ln_d[None, :] - dr * np.exp(-x[1]) - z * np.exp(-x[2])
+              - np.exp(np.exp(x[4]) * (ln_d[None, :] - ln_l[:, None])))
+        return -float(np.sum(logsumexp(ln_like + lp, axis=1)
+                             - logsumexp(lp + ln_d[None, :], axis=1)))
+
+    return nll
+
+
+_PRIOR_TRUTH = PopulationPrior(beta=1.5, disk_scale_length_kpc=3.0, disk_scale_height_kpc=0.2,
+                               selection_length_kpc=4.0, selection_power=2.0,
+                               luminosity_power=0.8)
+
+
+def test_population_prior_gradient_matches_finite_differences() -> None:
+    """The analytic gradient of the negative log marginal likelihood (issue 19) against
+    central differences, at random points of the box (also near its edges, where the
+    selection term (d / L)^alpha is steepest), and its value against the formula it
+    replaced."""
+    from obpipe.distance import PRIOR_FIT_BOUNDS, _prior_fit_tables, _prior_neg_log_like
+
+    sample = _population_sample(300, _PRIOR_TRUTH, seed=5)
+    tables = _prior_fit_tables(*sample, 30.0, PopulationPrior())
+    reference = _nelder_mead_nll(sample)
+    lo, hi = np.array(PRIOR_FIT_BOUNDS).T
+    rng = np.random.default_rng(0)
+    for u in [*rng.uniform(0.05, 0.95, (4, 6)), np.full(6, 0.02), np.full(6, 0.98)]:
+        x = lo + u * (hi - lo)
+        f, g = _prior_neg_log_like(x, tables)
+        assert f == pytest.approx(reference(x), rel=1e-10)
+        h = 1e-5
+        num = np.array([(_prior_neg_log_like(x + h * e, tables)[0]
+                         - _prior_neg_log_like(x - h * e, tables)[0]) / (2 * h)
+                        for e in np.eye(6)])
+        assert g == pytest.approx(num, rel=1e-5, abs=1e-4 * np.abs(num).max())
+
+
+def test_population_prior_fit_recovers_the_truth_and_beats_nelder_mead() -> None:
+    """Stars drawn from a known prior: L-BFGS-B with the analytic gradient reaches a
+    marginal likelihood at least as high as the Nelder-Mead fit it replaced (issue 19;
+    whose own tolerance was fatol = 0.05), in far fewer evaluations, and every fitted
+    hyperparameter lies within 4 of its standard errors (inverse Hessian) of the truth,
+    each error below 0.25 (in beta, ln h_R, ln h_z, ln L_0, ln alpha, gamma)."""
+    from scipy.optimize import minimize
+
+    from obpipe.distance import PRIOR_FIT_PARAMETERS
+
+    sample = _population_sample(1500, _PRIOR_TRUTH, seed=8)
+    fitted, info = fit_population_prior(*sample, 30.0, start=PopulationPrior())
+    assert info["fitted"] and info["converged"] and not info["at_bound"]
+    nll = _nelder_mead_nll(sample)
+    assert info["neg_log_like"] == pytest.approx(nll(_as_x(fitted)), rel=1e-10)
+    nm = minimize(nll, _as_x(PopulationPrior()), method="Nelder-Mead",
+                  options={"maxiter": 600, "xatol": 1e-2, "fatol": 0.05})
+    assert info["neg_log_like"] <= nm.fun + 1e-3
+    assert info["evaluations"] < nm.nfev / 5
+    for k, fit, true in zip(PRIOR_FIT_PARAMETERS, _as_x(fitted), _as_x(_PRIOR_TRUTH),
+                            strict=True):
+        se = info["standard_errors"][k]
+        assert 0 < se < 0.25, k
+        assert abs(fit - true) < 4 * se, (k, fit, true, se)
+
+
 def test_posterior_narrower_than_the_grid_gets_an_analytic_width() -> None:
     """A white dwarf at 10 pc (100 +- 0.05 mas): sigma_d = 5e-6 kpc << 0.1 pc. Before,
     logdis_err = 0 and dis_low = dis_high; now the Laplace width (bit analytic_width)."""
