@@ -27,6 +27,7 @@ the code would write. A table at the end puts every method's steps side by side.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,8 +66,13 @@ def worker(survey_path: str, products_dir: str, network_seed: int | None = None)
     from obpipe.stages import luminosity as lum
 
     ctx = RunContext(survey_path, products_dir, scheduler="threads", force=True)
-    cfg, extra = lum._config(ctx, {} if network_seed is None else
-                             {"network": {"seed": network_seed}})
+    if len(inspect.signature(lum._config).parameters) > 1:  # before the typed config
+        cfg, extra = lum._config(ctx, {} if network_seed is None else
+                                 {"network": {"seed": network_seed}})
+    else:
+        cfg, extra = lum._config(ctx)
+        if network_seed is not None:
+            cfg = replace(cfg, network=replace(cfg.network, seed=network_seed))
     captured: dict = {}
 
     def capture(*a, **k):  # noqa: ANN002, ANN003, ANN202

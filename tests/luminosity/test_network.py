@@ -372,3 +372,69 @@ def test_network_on_reconstruction_coefficients(with_projection) -> None:
     stars = np.array(["s0", "s1", "new"] * 16 + ["s0", "s1"])
     np.testing.assert_array_equal(on_c.predict_out_of_fold(coeff, stars)[2],
                                   net.predict_out_of_fold(x, stars)[2])
+
+
+def test_member_batches_deal_each_members_rows_once() -> None:
+    """One epoch of per-member mini-batches: every training row of each member exactly
+    once, padding weighted 0, each step within one row of n_k / S rows per member."""
+    from obpipe.luminosity.network_training import _member_batches
+
+    rng = np.random.default_rng(2)
+    rows = [torch.from_numpy(np.sort(rng.choice(200, n, replace=False))) for n in (37, 50, 45)]
+    n_steps = 4
+    order, weight = _member_batches(rows, n_steps, torch.Generator().manual_seed(0))
+    assert order.shape == (n_steps, 3, -(-50 // n_steps))
+    assert weight.shape == order.shape
+    for k, r in enumerate(rows):
+        real = weight[:, k] > 0
+        np.testing.assert_array_equal(np.sort(order[:, k][real].numpy()), r.numpy())
+        per_step = real.sum(dim=1).numpy()
+        assert per_step.min() >= r.numel() // n_steps
+        assert per_step.max() <= -(-r.numel() // n_steps)
+    # shuffled: another generator deals another order
+    other, _ = _member_batches(rows, n_steps, torch.Generator().manual_seed(1))
+    assert not torch.equal(order, other)
+
+
+def test_gathered_member_batches_give_the_masked_batch_gradient() -> None:
+    """Each member's loss on its own gathered rows (padded, weight 0) has the gradient of
+    the old full batch with the rows it holds out masked: no compute on held-out rows,
+    the same step."""
+    from obpipe.luminosity.network_training import _member_loss
+
+    rng = np.random.default_rng(4)
+    k_mem, n, n_in = 3, 40, 6
+    x = torch.from_numpy(rng.normal(size=(n, n_in)).astype(np.float32))
+    y = torch.from_numpy(rng.normal(size=n).astype(np.float32))
+    w_row = torch.from_numpy(rng.uniform(0.5, 2.0, n).astype(np.float32))
+    train = torch.from_numpy(rng.uniform(size=(k_mem, n)) > 0.3)
+
+    def row_loss(out, b):  # noqa: ANN001, ANN202
+        return (out - y[b]) ** 2
+
+    def row_weight(b):  # noqa: ANN001, ANN202
+        return w_row[b]
+
+    def grads(model, xin, b, w):  # noqa: ANN001, ANN202
+        model.zero_grad()
+        _member_loss(model(xin, None), b, w, row_loss, row_weight).sum().backward()
+        return {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    torch.manual_seed(0)
+    model = _torch_module(n_in, 7, 0.0, n_members=k_mem)
+    full = torch.arange(n)
+    # the old way: every member on the shared batch (one GEMM), held-out rows masked
+    masked = grads(model, x, full.expand(k_mem, n), train.float())
+    m_max = int(train.sum(dim=1).max())
+    idx = torch.zeros((k_mem, m_max), dtype=torch.int64)
+    w = torch.zeros((k_mem, m_max))
+    for k in range(k_mem):
+        r = torch.nonzero(train[k])[:, 0]
+        idx[k, :r.numel()], w[k, :r.numel()] = r, 1.0
+    gathered = grads(model, x[idx], idx, w)
+    for name, g in masked.items():
+        assert g.abs().max() > 0
+        torch.testing.assert_close(gathered[name], g, rtol=1e-5, atol=1e-6)
+    # a wrong padding weight (padding row 0 counted) changes the gradient
+    assert not torch.allclose(grads(model, x[idx], idx, torch.ones_like(w))["l1.weight"],
+                              masked["l1.weight"])
