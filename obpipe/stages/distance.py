@@ -89,23 +89,31 @@ def block(inputs: dict[str, np.ndarray], cfg: DistanceConfig,
                              cfg, hyper)
 
 
-def fit_survey_prior(survey_path: str, products_dir: str, cfg: DistanceConfig
-                     ) -> tuple[PopulationPrior, dict[str, Any]]:
-    """The population prior's hyperparameters fitted to this survey's single stars
-    (``binary_flag == 0``, both a parallax and an M_Ks; :func:`fit_population_prior`)."""
+def survey_prior_inputs(survey_path: str, products_dir: str, cfg: DistanceConfig
+                        ) -> dict[str, Any]:
+    """The keyword arguments of :func:`fit_population_prior` for this survey's products:
+    the single stars' (``binary_flag == 0``) corrected parallaxes (NaN for the others),
+    dm0 and sigma_tot of eqs. (22)-(23), Galactic l, b and M_Ks."""
     import xarray as xr
 
     prods = open_products(products_dir)
     survey = xr.open_zarr(survey_path, consolidated=store.CONSOLIDATED,
                           zarr_format=store.ZARR_FORMAT)
     v = {k: prods[k].values for k in PRODUCT_INPUTS}
-    ra, dec = survey["ra"].values, survey["dec"].values
     dm0, sig = distance_modulus_terms(v["Ks0"], v["Ks0_err"], v["MKs"], v["MKs_err"])
     single = np.asarray(v["binary_flag"]) == 0
-    lon, lat = galactic_lb_deg(ra, dec)
-    plx = np.where(single, v["parallax_corrected"], np.nan)
-    return fit_population_prior(plx, v["parallax_corrected_error"], dm0, sig, lon, lat,
-                                v["MKs"], cfg.d_max_kpc)
+    lon, lat = galactic_lb_deg(survey["ra"].values, survey["dec"].values)
+    return {"parallax_mas": np.where(single, v["parallax_corrected"], np.nan),
+            "parallax_error_mas": v["parallax_corrected_error"], "dm0_mag": dm0,
+            "sigma_tot_mag": sig, "l_deg": lon, "b_deg": lat, "mks_mag": v["MKs"],
+            "d_max_kpc": cfg.d_max_kpc}
+
+
+def fit_survey_prior(survey_path: str, products_dir: str, cfg: DistanceConfig
+                     ) -> tuple[PopulationPrior, dict[str, Any]]:
+    """The population prior's hyperparameters fitted to this survey's single stars
+    (``binary_flag == 0``, both a parallax and an M_Ks; :func:`fit_population_prior`)."""
+    return fit_population_prior(**survey_prior_inputs(survey_path, products_dir, cfg))
 
 
 def fitted_prior(products_dir: str) -> PopulationPrior | None:
