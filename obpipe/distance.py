@@ -486,14 +486,18 @@ def fit_population_prior(parallax_mas: np.ndarray, parallax_error_mas: np.ndarra
             "at_bound": [k for k, v, a, b in zip(PRIOR_FIT_PARAMETERS, x, lo, hi, strict=True)
                          if v <= a + 1e-6 or v >= b - 1e-6],
             "standard_errors": dict(zip(PRIOR_FIT_PARAMETERS, errors, strict=True))}
+    if not res.success:
+        log.warning("population prior: L-BFGS-B did not converge (%s); the last point is "
+                    "used", res.message)
     log.info("population prior fitted on %d stars: %s", use.size, fitted.as_dict())
     return fitted, info
 
 
 def _prior_fit_standard_errors(x: np.ndarray, t: _PriorFitTables, lo: np.ndarray,
-                               hi: np.ndarray, step: float = 1e-4) -> list[float]:
+                               hi: np.ndarray, step: float = 1e-4) -> list[float | None]:
     """sqrt(diag(H^-1)) of -ln L at ``x`` (H by forward differences of the analytic
-    gradient, inside the bounds); NaN where H is not positive definite."""
+    gradient, inside the bounds); None (JSON null) where H is not positive definite, as at
+    a bound."""
     g0 = _prior_neg_log_like(x, t)[1]
     h = np.zeros((x.size, x.size))
     for k in range(x.size):
@@ -504,7 +508,7 @@ def _prior_fit_standard_errors(x: np.ndarray, t: _PriorFitTables, lo: np.ndarray
     try:
         np.linalg.cholesky(h)
     except np.linalg.LinAlgError:
-        return [float("nan")] * x.size
+        return [None] * x.size
     return [float(v) for v in np.sqrt(np.diag(np.linalg.inv(h)))]
 
 
