@@ -10,9 +10,18 @@ evolved stars, log g < 3, extreme E(B-V), the pipeline's flags on these true sin
 the ones marked "observable" are defined from catalog columns only and could be flagged
 honestly on real data.
 
+With ``--extra-scatter``: the check of the luminosity stage's extra error term
+(``noise_model.fit_extra_scatter``, k E(B-V) at M_Ks < -3, fitted on parallaxes): k is
+fitted on the S/N > 50 non-emission spectra of one half of the star ids (by CRC32 of
+``star_id``) with the catalog's out-of-fold M_Ks and its ``MKs_err`` *without* the term
+(recomputed from the products' noise-model attributes where the run already added it),
+and scored on the other half against the truth, both ways round: pull std of single
+non-emission OB stars per cell of catalog E(B-V) x M_Ks (S/N > 50) and per S/N bin,
+before / after.
+
 Usage::
 
-    python benchmarks/mks_tails.py SURVEY.zarr PRODUCTS_DIR [--json OUT.json]
+    python benchmarks/mks_tails.py SURVEY.zarr PRODUCTS_DIR [--json OUT.json] [--extra-scatter]
 """
 
 from __future__ import annotations
@@ -85,13 +94,94 @@ def tails(survey: str, products: str, min_snr: float = 50.0) -> dict[str, Any]:
     return out
 
 
+SNR_BINS = ((5, 20), (20, 50), (50, 100), (100, 200), (200, np.inf))
+CELLS_EBV = ((-np.inf, 0.5), (0.5, 1.0), (1.0, 2.0), (2.0, np.inf))
+
+
+def extra_scatter_check(survey: str, products: str) -> dict[str, Any]:
+    """Fit the extra M_Ks error term on one half of the star ids, score on the other (see
+    the module docstring)."""
+    import zlib
+
+    from obpipe.engine.blockwise import open_products
+    from obpipe.luminosity import noise_model as nm
+
+    cat, t, _ = load(survey, products)
+    p = open_products(products)
+    if not np.array_equal(p["specid"].values, cat["specid"].to_numpy()):
+        raise SystemExit("catalog and products rows differ in order")
+    col = {k: p[k].values.astype(float) for k in ("Ks0", "Ks0_err", "parallax_corrected",
+                                                    "parallax_corrected_error")}
+    mks = cat["MKs"].to_numpy(float)
+    mks[mks <= -9] = np.nan
+    err = cat["MKs_err"].to_numpy(float)
+    ebv = cat["ebv"].to_numpy(float)
+    att = p["MKs_err"].attrs.get("noise_a_extra_scatter") or {}
+    if att.get("slope_mag_per_ebv", 0) > 0:  # the run added it: take it out again
+        add = nm.extra_scatter_mag(ebv, mks, att["slope_mag_per_ebv"], att["max_mks"])
+        err = np.sqrt(np.clip(err**2 - add**2, 0, None))
+    snr = cat["snr_g"].to_numpy(float)
+    em = cat["em_flag"].to_numpy(int)
+    qf = cat["quality_flags"].to_numpy(int)
+    half = np.array([zlib.crc32(str(s).encode()) % 2 for s in cat["star_id"].to_numpy()])
+    fit_rows = (snr > 50) & (em == 0) & ((qf & 1) == 0)
+    resid = mks - t["MKs_true"]
+    sob = ((t["star_class"] == "OB") & ~t["is_binary"].astype(bool)
+           & ~t["has_emission"].astype(bool) & np.isfinite(resid))
+    out: dict[str, Any] = {"run_slope": att.get("slope_mag_per_ebv"), "halves": []}
+    for h in (0, 1):
+        sel = fit_rows & (half == h)
+        fit = nm.fit_extra_scatter(mks[sel], err[sel], col["Ks0"][sel], col["Ks0_err"][sel],
+                                   col["parallax_corrected"][sel],
+                                   col["parallax_corrected_error"][sel], ebv[sel])
+        err2 = np.hypot(err, nm.extra_scatter_mag(ebv, mks, fit["slope_mag_per_ebv"]))
+        score = sob & (half == 1 - h)
+        rows: dict[str, Any] = {}
+        for lum, lname in ((mks < -3, "MKs < -3"), (mks >= -3, "MKs >= -3")):
+            for lo, hi in CELLS_EBV:
+                c = score & lum & (ebv >= lo) & (ebv < hi) & (snr > 50)
+                rows[f"{lname}, E(B-V) {lo:g}-{hi:g}"] = _cell(resid, err, err2, c)
+        for lo, hi in SNR_BINS:
+            rows[f"S/N {lo:g}-{hi:g}"] = _cell(resid, err, err2,
+                                              score & (snr >= lo) & (snr < hi))
+        out["halves"].append({"fit_half": h, "fit": fit, "pulls": rows})
+    return out
+
+
+def _cell(resid: np.ndarray, err: np.ndarray, err2: np.ndarray, c: np.ndarray
+          ) -> dict[str, Any]:
+    ok = c & np.isfinite(err) & (err > 0)
+    if ok.sum() < 5:
+        return {"n": int(ok.sum())}
+    return {"n": int(ok.sum()), "pull_std_before": float(np.std(resid[ok] / err[ok])),
+            "pull_std_after": float(np.std(resid[ok] / err2[ok]))}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("survey")
     ap.add_argument("products")
     ap.add_argument("--min-snr", type=float, default=50.0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--extra-scatter", action="store_true",
+                    help="check the extra M_Ks error term on halves of the star ids")
     a = ap.parse_args(argv)
+    if a.extra_scatter:
+        res = extra_scatter_check(a.survey, a.products)
+        print(f"slope the run fitted (all candidates): {res['run_slope']}")
+        for hv in res["halves"]:
+            f = hv["fit"]
+            print(f"fit on half {hv['fit_half']}: k = {f['slope_mag_per_ebv']:.3f} +- "
+                  f"{f['slope_err']:.3f} mag per mag of E(B-V) ({f['n_used']} of "
+                  f"{f['n_input']} kept, {f['n_group_used']} with M_Ks < {f['max_mks']:g}); "
+                  f"scored on the other half (single non-emission OB): pull std before -> after")
+            for name, c in hv["pulls"].items():
+                txt = (f"{c['pull_std_before']:.2f} -> {c['pull_std_after']:.2f}"
+                       if "pull_std_before" in c else "-")
+                print(f"  {name:28s} n {c['n']:5d}  {txt}")
+        if a.json:
+            Path(a.json).write_text(json.dumps(res, indent=1))
+        return 0
     res = tails(a.survey, a.products, a.min_snr)
     s = res["sample"]
     print(f"single non-emission OB, S/N > {a.min_snr:g}: n {s['n']}, bias {s['bias']:+.3f}, "

@@ -30,6 +30,10 @@ Per-spectrum uncertainty of M_Ks: ``sqrt(sigma_int^2 + (sigma_s100 / (S/N / 100)
 good-parallax stars, few of which lie below S/N 50, so the stage replaces its sigma_s by
 one measured on held-out high-S/N spectra degraded to S/N 5-100
 (:func:`degraded_snr_scatter`, :func:`sigma_s_from_table`) and keeps eq. (14)'s sigma_int.
+Eq. (14)'s sample (good parallaxes) holds few of the distant, reddened, luminous stars, whose
+errors that sigma_int leaves too small; :func:`fit_extra_scatter` measures an extra term for
+them, ``sigma_extra = k E(B-V)`` at M_Ks < -3, from their parallaxes (eqs. 15-17's
+parallax space) and :func:`extra_scatter_mag` applies it.
 """
 
 from __future__ import annotations
@@ -59,6 +63,13 @@ DEGRADE_SNR: tuple[float, ...] = (5.0, 8.0, 12.0, 17.0, 25.0, 35.0, 50.0, 70.0, 
 #: the measured sigma_s is then ~ sqrt(1 / (2 x 600)) = 3 % (sigma_err_mag says it per
 #: level), small beside the 0.85-1.2 band of the pulls (up to 2,000 per level before)
 DEGRADE_PER_LEVEL = 600
+#: the stars that get :func:`fit_extra_scatter`'s term: catalog M_Ks brighter than this (mag).
+#: Chosen on the mock's truth (``benchmarks/mks_tails.py``: pull std 1.5-1.9 at E(B-V) > 1 and
+#: M_Ks < -3, 1.0-1.2 elsewhere); fitted without it (docs/validation.md)
+EXTRA_SCATTER_MAX_MKS = -3.0
+#: E(B-V) bin edges (mag) of :func:`fit_extra_scatter`'s per-cell M_Ks offsets
+EXTRA_SCATTER_EBV_EDGES: tuple[float, ...] = (0.5, 1.0, 2.0)
+_K_PLX = 0.2 * np.log(10.0)  # d ln(parallax) / d M_Ks (eq. 17)
 
 
 def mks_uncertainty(snr: np.ndarray, sigma_int: float, sigma_s100: float,
@@ -84,6 +95,116 @@ def mks_uncertainty(snr: np.ndarray, sigma_int: float, sigma_s100: float,
         var = var + np.nan_to_num(np.asarray(epistemic_mag, dtype=np.float64)) ** 2
     out = np.sqrt(var)
     return np.where(np.isfinite(snr) & (snr > 0), out, np.nan)
+
+
+def extra_scatter_mag(ebv: np.ndarray, mks: np.ndarray, slope_mag_per_ebv: float,
+                      max_mks: float = EXTRA_SCATTER_MAX_MKS) -> np.ndarray:
+    """Extra M_Ks error term (mag) of the luminous reddened stars (beyond the paper, issue 15):
+    ``slope_mag_per_ebv * max(E(B-V), 0)`` where M_Ks < ``max_mks``, else 0 (also where
+    E(B-V) or M_Ks is missing: NaN or the -9 flag). Added in quadrature to
+    :func:`mks_uncertainty`; the slope comes from :func:`fit_extra_scatter`."""
+    e = np.asarray(ebv, dtype=np.float64)
+    m = np.asarray(mks, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        on = np.isfinite(e) & (e > -9) & np.isfinite(m) & (m > -9) & (m < max_mks)
+    return np.where(on, float(slope_mag_per_ebv) * np.clip(np.nan_to_num(e), 0.0, None), 0.0)
+
+
+def fit_extra_scatter(mks: np.ndarray, mks_err: np.ndarray, ks0: np.ndarray,
+                      ks0_err: np.ndarray, plx_mas: np.ndarray, plx_err_mas: np.ndarray,
+                      ebv: np.ndarray, max_mks: float = EXTRA_SCATTER_MAX_MKS,
+                      ebv_edges: tuple[float, ...] = EXTRA_SCATTER_EBV_EDGES,
+                      clip_sigma: float = 2.0, clip_upper_sigma: float = 3.0,
+                      min_group: int = 30, max_iter: int = 30) -> dict[str, Any]:
+    """Fit the slope k of ``sigma_extra = k E(B-V)`` (M_Ks < ``max_mks``) from parallaxes.
+
+    Eq. (14) in parallax space (the variable of eqs. 15-17, where a poor or negative
+    parallax still counts with its own weight): the corrected parallax of each star is
+    ``plx_s 10^(-0.2 delta_c)`` (``plx_s``: eq. 15 from its spectroscopic M_Ks and
+    dereddened Ks0; ``delta_c``: an M_Ks offset per cell of E(B-V) bins ``ebv_edges`` x
+    {M_Ks < ``max_mks``, not}, since the targets' biases differ by cell and absorb what
+    the zero-point correction left; a free parallax offset as well would trade against
+    them: within a cell of E(B-V), i.e. of distance, ``plx_s`` spans little beside its
+    own noise, so a line with an intercept is diluted) with variance
+    ``plx_err^2 + (0.2 ln10 plx_s)^2 (mks_err^2 + sigma_extra^2 + ks0_err^2)`` (eq. 17).
+    ``mks`` / ``mks_err`` must be out of fold (never from a member that saw the star). As
+    in the paper's fit, binaries are clipped iteratively: stars more than ``clip_sigma``
+    below the model (the parallax of a binary is smaller than its spectro-photometric one)
+    or ``clip_upper_sigma`` above; the likelihood of the kept stars is the Gaussian
+    truncated at those bounds, so that the clipping does not shrink the fitted scatter.
+    Maximum likelihood (L-BFGS-B, k >= 0); the error of k from the curvature of the
+    profile likelihood. Non-finite rows are ignored.
+
+    Returns ``slope_mag_per_ebv``, ``slope_err``, ``max_mks``, ``ebv_edges``,
+    ``offsets_mag`` (per cell, E(B-V) bins for M_Ks < max_mks
+    then the rest), ``n_input``, ``n_used``, ``n_group_used``; the slope is 0 with
+    ``skipped`` set when fewer than ``min_group`` stars of the group are usable.
+    """
+    from scipy.optimize import minimize
+    from scipy.special import ndtr
+
+    a = [np.asarray(v, dtype=np.float64) for v in (mks, mks_err, ks0, ks0_err, plx_mas,
+                                                    plx_err_mas, ebv)]
+    ok = np.all([np.isfinite(v) for v in a], axis=0) & (a[5] > 0) & (a[1] > 0)
+    ok &= (a[0] > -9) & (a[6] > -9)
+    m, me, k0, k0e, plx, pe, e = (v[ok] for v in a)
+    group = m < max_mks
+    edges = np.asarray(ebv_edges, dtype=np.float64)
+    n_bins = edges.size + 1
+    cell = np.searchsorted(edges, e, side="right") + np.where(group, 0, n_bins)
+    n_cells = 2 * n_bins
+    out: dict[str, Any] = {"max_mks": float(max_mks), "ebv_edges": [float(x) for x in edges],
+                           "n_input": int(ok.sum()), "clip_sigma": clip_sigma,
+                           "clip_upper_sigma": clip_upper_sigma}
+    if group.sum() < min_group:
+        log.warning("extra M_Ks scatter: %d usable stars with M_Ks < %g (need %d); none "
+                    "fitted", group.sum(), max_mks, min_group)
+        return {**out, "slope_mag_per_ebv": 0.0, "slope_err": float("nan"),
+                "offsets_mag": [], "n_used": 0,
+                "n_group_used": int(group.sum()), "skipped": "too few stars in the group"}
+    plx_s = 10.0 ** (-0.2 * (k0 - m - 10.0))  # eq. (15)
+    base_var = me**2 + k0e**2
+    e_pos = np.where(group, np.clip(e, 0.0, None), 0.0)
+
+    def resid_var(th: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        model = plx_s[k] * 10.0 ** (-0.2 * th[cell[k]])
+        # eq. (17) at plx_s itself: a variance that moved with the offsets would let the
+        # fit shrink it by trading offsets against zp (the ln-variance term of ML)
+        var = pe[k] ** 2 + (_K_PLX * plx_s[k]) ** 2 * (base_var[k] + (th[-1] * e_pos[k]) ** 2)
+        return plx[k] - model, var
+
+    keep = np.ones(m.size, dtype=bool)
+    lo = np.full(m.size, -np.inf)
+    hi = np.full(m.size, np.inf)
+
+    def nll(th: np.ndarray, k: np.ndarray) -> float:
+        r, var = resid_var(th, k)
+        sd = np.sqrt(var)
+        norm = np.clip(ndtr(hi[k] / sd) - ndtr(lo[k] / sd), 1e-300, None)
+        return float(0.5 * np.sum(r**2 / var + np.log(var)) + np.sum(np.log(norm)))
+
+    bounds = [(-3.0, 3.0)] * n_cells + [(0.0, 5.0)]
+    th = np.r_[np.zeros(n_cells), 0.1]
+    n_it = 0
+    for n_it in range(1, max_iter + 1):  # noqa: B007  (n_it is reported)
+        th = minimize(nll, th, args=(keep,), method="L-BFGS-B", bounds=bounds).x
+        r, var = resid_var(th, np.arange(m.size))
+        lo, hi = -clip_sigma * np.sqrt(var), clip_upper_sigma * np.sqrt(var)
+        new = (r >= lo) & (r <= hi)
+        if np.array_equal(new, keep):
+            break
+        keep = new
+    step = max(0.01, 0.05 * th[-1])
+    f = [nll(np.r_[th[:-1], max(th[-1] + d, 0.0)], keep) for d in (-step, 0.0, step)]
+    curv = (f[0] - 2 * f[1] + f[2]) / step**2 if th[-1] >= step else float("nan")
+    out.update({"slope_mag_per_ebv": float(th[-1]),
+                "slope_err": float(1.0 / np.sqrt(curv)) if curv > 0 else float("nan"),
+                "offsets_mag": [float(x) for x in th[:n_cells]], "n_used": int(keep.sum()),
+                "n_group_used": int((keep & group).sum()), "n_clip_iterations": n_it})
+    log.info("extra M_Ks scatter at M_Ks < %g: %.3f +- %.3f mag per mag of E(B-V) (%d of %d "
+             "stars kept, %d in the group)", max_mks, out["slope_mag_per_ebv"], out["slope_err"],
+             out["n_used"], out["n_input"], out["n_group_used"])
+    return out
 
 
 def sigma_s_from_table(snr: np.ndarray, table_snr: np.ndarray, table_sigma_mag: np.ndarray
@@ -334,6 +455,19 @@ class NoiseModelResult:
         if not t or len(t.get("snr", [])) < 2:
             return None
         return np.asarray(t["snr"], dtype=np.float64), np.asarray(t["sigma_mag"], np.float64)
+
+    @property
+    def extra_scatter_slope(self) -> float:
+        """k of :func:`extra_scatter_mag` (mag per mag of E(B-V)) from
+        ``meta["extra_scatter"]`` (:func:`fit_extra_scatter`), 0 without it (older files)."""
+        t = self.meta.get("extra_scatter") or {}
+        return float(t.get("slope_mag_per_ebv", 0.0))
+
+    @property
+    def extra_scatter_max_mks(self) -> float:
+        """The M_Ks below which :func:`extra_scatter_mag` applies (mag)."""
+        t = self.meta.get("extra_scatter") or {}
+        return float(t.get("max_mks", EXTRA_SCATTER_MAX_MKS))
 
     def summary(self) -> dict[str, Any]:
         q = np.percentile(self.samples, [16, 50, 84], axis=0)

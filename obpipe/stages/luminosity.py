@@ -20,9 +20,11 @@
     visit of it, the one member that never saw it; else the mean of the ensemble
     members; ``MKs_fold`` says which), ``MKs_err`` (sqrt(sigma_int^2 +
     sigma_s^2), eqs. 8-10, with sigma_s(S/N) measured on degraded held-out spectra,
-    :func:`calibrate_sigma_s`), ``MKs_spread`` (the members' standard
-    deviation), ``MKs_model`` (0 = network a, 1 = network b, -9 = none: em_flag 0 uses
-    (a); 1 and -9 (undetermined) use (b), which ignores the emission-line regions),
+    :func:`calibrate_sigma_s`, and, at M_Ks < -3, k E(B-V) in quadrature with k fitted on
+    the candidates' parallaxes, :func:`calibrate_extra_scatter`), ``MKs_spread`` (the
+    members' standard deviation), ``MKs_model`` (0 = network a, 1 = network b, -9 =
+    none: em_flag 0 uses (a); 1 and -9 (undetermined) use (b), which ignores the
+    emission-line regions),
     ``luminosity_set`` (bits: 1 trained (a), 2 trained (b), 4 test set, 8 removed from
     training as a binary, 16 extra training table).
 
@@ -101,7 +103,8 @@ OUTPUTS: dict[str, Output] = {
     "MKs": Output("float32", "mag", "spectroscopic K_s absolute magnitude (eq. 6 network)"),
     "MKs_err": Output("float32", "mag", "sqrt(sigma_int^2 + sigma_s(S/N)^2) (Sec. 5.3, "
                       "eqs. 8-10; sigma_s from degraded spectra where the noise model has "
-                      "them, else eq. 10)"),
+                      "them, else eq. 10), with k E(B-V) in quadrature at M_Ks < -3 (k "
+                      "fitted on parallaxes where the noise model has it)"),
     "MKs_spread": Output("float32", "mag", "standard deviation of the ensemble members' "
                          "M_Ks (epistemic; large where the training set is thin)"),
     "MKs_model": Output("int8", "", "network used: 0 = (a) non-emission, full range; "
@@ -236,6 +239,22 @@ def calibrate_sigma_s(ctx: Any, model: str, usable: np.ndarray, snr: np.ndarray,
     return noise_model.degraded_snr_scatter(flux, ivar, snr[rows], predict, seed=seed)
 
 
+def calibrate_extra_scatter(net: MKsNetwork, noise: noise_model.NoiseModelResult,
+                            x: np.ndarray, star_id: np.ndarray, snr: np.ndarray,
+                            ks0: np.ndarray, ks0_err: np.ndarray, plx_mas: np.ndarray,
+                            plx_err_mas: np.ndarray, ebv: np.ndarray) -> dict[str, Any]:
+    """The extra M_Ks error of luminous reddened stars for network ``net`` (issue 15):
+    out-of-fold M_Ks of the given spectra (the training candidates: S/N > 50 with a
+    parallax) and their ``MKs_err`` as the stage computes it (``noise``'s sigma_int,
+    sigma_s table and spread), then :func:`noise_model.fit_extra_scatter` in parallax
+    space. Needs ``noise.meta["sigma_s_degraded"]`` set first."""
+    mks, spread, _ = net.predict_out_of_fold(x, star_id)
+    err = noise_model.mks_uncertainty(snr, noise.sigma_int, noise.sigma_s100,
+                                      spread if noise.includes_epistemic else None,
+                                      sigma_s_table=noise.sigma_s_table)
+    return noise_model.fit_extra_scatter(mks, err, ks0, ks0_err, plx_mas, plx_err_mas, ebv)
+
+
 def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = None
                         ) -> dict[str, Any]:
     """Steps 1-3 of the stage: train, calibrate, save the model files."""
@@ -297,6 +316,15 @@ def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = 
             ctx, m, sel & ((cols["quality_flags"] & BROKEN_BIT) == 0), snr_all, star_all,
             res.networks[m], cfg.input_kind, seed=cfg.seed)
     res.report["timing_s"]["sigma_s_degraded"] = time.perf_counter() - t_cal
+    t_cal = time.perf_counter()
+    ebv_rows = prods["ebv"].isel(spec=rows).values
+    for m, sel in (("a", em == 0), ("b", em != 0)):
+        k = sel & usable
+        res.noise[m].meta["extra_scatter"] = calibrate_extra_scatter(
+            res.networks[m], res.noise[m], x[m][k], star_all[rows][k], snr_all[rows][k],
+            *(cols[c][rows][k] for c in ("Ks0", "Ks0_err", "parallax_corrected",
+                                         "parallax_corrected_error")), ebv_rows[k])
+    res.report["timing_s"]["extra_scatter"] = time.perf_counter() - t_cal
     for m, path in _noise_paths(ctx.products_dir).items():
         tmp = temp_name(path)
         res.noise[m].save(tmp)
@@ -328,7 +356,8 @@ def noise_sigmas(noise: dict[str, noise_model.NoiseModelResult]) -> tuple[tuple[
         t = r.sigma_s_table
         return None if t is None else (tuple(map(float, t[0])), tuple(map(float, t[1])))
 
-    return tuple((m, r.sigma_int, r.sigma_s100, r.includes_epistemic, table(r))
+    return tuple((m, r.sigma_int, r.sigma_s100, r.includes_epistemic, table(r),
+                  (r.extra_scatter_max_mks, r.extra_scatter_slope))
                  for m, r in noise.items())
 
 
@@ -338,9 +367,11 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
                      ) -> dict[str, np.ndarray]:
     """M_Ks, its error and the model code for one chunk of spectra (pure numpy).
 
-    ``sigmas``: per model ``(name, sigma_int, sigma_s100[, with_spread[, table]])``;
-    with_spread adds the ensemble spread to MKs_err (a noise model fitted with it);
-    table, ``((S/N, ...), (sigma_s mag, ...))`` from degraded spectra, replaces eq. (10).
+    ``sigmas``: per model ``(name, sigma_int, sigma_s100[, with_spread[, table[,
+    extra]]])``; with_spread adds the ensemble spread to MKs_err (a noise model fitted
+    with it); table, ``((S/N, ...), (sigma_s mag, ...))`` from degraded spectra, replaces
+    eq. (10); extra, ``(max_mks, k)``, adds k E(B-V) in quadrature at M_Ks < max_mks
+    (:func:`noise_model.extra_scatter_mag`; needs ``inputs["ebv"]``).
 
     ``input_kind="recon_flux"``: network (a) reads ``recon_flux``; network (b) the
     clean-window reconstruction from ``pca_coeff`` and the PCA model of ``products_dir``
@@ -358,7 +389,8 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
     flag = np.where((np.asarray(inputs["quality_flags"]) & BROKEN_BIT) > 0, 2, 0).astype(np.int8)
     paths = dict(model_paths)
     sig = {m: (si, s100, bool(rest[0]) if rest else False,
-               rest[1] if len(rest) > 1 else None) for m, si, s100, *rest in sigmas}
+               rest[1] if len(rest) > 1 else None, rest[2] if len(rest) > 2 else None)
+           for m, si, s100, *rest in sigmas}
     for m, rows in (("a", em == 0), ("b", em != 0)):
         if not rows.any():
             continue
@@ -379,10 +411,13 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
                 fold[rows] = -1
             flag[rows] |= net.input_out_of_range(x).astype(np.int8)
             flag[rows] |= np.where(fold[rows] == -2, 4, 0).astype(np.int8)
-        si, s100, with_spread, table = sig[m]
+        si, s100, with_spread, table, extra = sig[m]
         err[rows] = noise_model.mks_uncertainty(snr[rows], si, s100,
                                                 spread[rows] if with_spread else None,
                                                 sigma_s_table=table)
+        if extra is not None and extra[1] > 0 and "ebv" in inputs:
+            err[rows] = np.hypot(err[rows], noise_model.extra_scatter_mag(
+                np.asarray(inputs["ebv"])[rows], mks[rows], extra[1], extra[0]))
         code[rows] = MODEL_CODES[m]
     bad = ~np.isfinite(mks)
     err[bad] = np.nan
@@ -407,7 +442,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     noise = {m: noise_model.NoiseModelResult.load(p) for m, p in npaths.items()}
     sigmas = noise_sigmas(noise)
     input_kind = load_network(paths["a"]).input_kind
-    pvars: tuple[str, ...] = ("em_flag", "quality_flags")
+    pvars: tuple[str, ...] = ("em_flag", "quality_flags", "ebv")
     pvars += ("recon_flux", "pca_coeff") if input_kind == "recon_flux" else (
         "pca_coeff", "pca_coeff_full")
     t0 = time.perf_counter()
@@ -430,6 +465,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
                                  for m, r in noise.items()})
     grp["MKs_err"].attrs.update({f"noise_{m}_sigma_s_degraded": r.meta["sigma_s_degraded"]
                                  for m, r in noise.items() if r.sigma_s_table is not None})
+    grp["MKs_err"].attrs.update({f"noise_{m}_extra_scatter": r.meta["extra_scatter"]
+                                 for m, r in noise.items() if r.meta.get("extra_scatter")})
     return {**result, "noise": {m: r.mean for m, r in noise.items()},
             "training_seconds": report.get("training", {}).get("timing_s", {})}
 
