@@ -1,0 +1,250 @@
+"""Noise-augmented training of network (a) against the low-S/N bias (issue 15 item 2).
+
+On a finished run (survey + products through ``luminosity``), network (a) is retrained
+twice with the luminosity stage's own function (:func:`obpipe.luminosity.network_training.
+train_network`, the run's network options, the parallax-space loss, folds by star) on the
+run's final (binary-cleaned) training spectra of (a) (``luminosity_set`` bit 1):
+
+* **baseline**: those spectra as the pipeline reads them (``recon_flux``);
+* **augmented**: the same plus ``--copies`` degraded copies of each, same targets and the
+  same star (hence the same fold): the *raw* survey flux gets Gaussian noise of variance
+  ``1 / ivar_new - 1 / ivar`` with ``ivar_new = ivar (S/N_new / S/N)^2`` at an S/N drawn
+  from the survey's own ``snr_g`` below ``--max-snr`` (50), then goes through the
+  pipeline's steps: :func:`obpipe.spectra.normalize.normalize` (the pseudo-continuum fit
+  on the noisy spectrum), the weighted PCA projection of the run's model (prior as the run
+  was configured) and the full-basis reconstruction (as the emission stage writes
+  ``recon_flux``). The noise is white: the mock's pixel correlation is not imitated.
+
+Both are scored, beside the run's own networks (the catalog's ``MKs``), on single
+non-emission OB stars that no network trained on (no visit in ``luminosity_set`` bits
+1, 2 or 8),
+against the truth, by S/N bin: median bias, std and pull std. The pull's error for a
+retrained network is the run's sigma_int (``MKs_err`` attributes) and its own sigma_s(S/N)
+measured on degraded held-out spectra (:func:`obpipe.luminosity.noise_model.
+degraded_snr_scatter`, as the stage does) with its ensemble spread; the run's networks
+use the catalog's ``MKs_err``.
+
+Usage::
+
+    python benchmarks/noise_augmented.py SURVEY.zarr PRODUCTS_DIR [--copies 1]
+        [--max-snr 50] [--max-epochs N] [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from obpipe.engine.blockwise import open_products
+from obpipe.io import store
+from obpipe.luminosity import noise_model
+from obpipe.luminosity.network import MKsNetwork
+from obpipe.luminosity.network_training import TrainConfig, fakemag_from_parallax, train_network
+from obpipe.spectra.bases import load_pca_model
+from obpipe.spectra.normalize import normalize
+from obpipe.stats import robust_std
+
+log = logging.getLogger("noise_augmented")
+SNR_BINS = ((5, 20), (20, 50), (50, 100), (100, 200), (200, np.inf))
+MKS_BINS = ((-np.inf, -3), (-3, -2), (-2, -1), (-1, 0), (0, np.inf))
+
+
+def degrade_raw(flux: np.ndarray, ivar: np.ndarray, snr: np.ndarray, target: np.ndarray,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Raw flux and ivar (n, n_wave) degraded from S/N ``snr`` to ``target`` (per row):
+    ivar x (target / S/N)^2 and Gaussian noise of the missing variance on pixels with
+    ivar > 0 (masked / empty pixels stay as they are)."""
+    ratio = (snr / target).astype(np.float32)[:, None]
+    ok = ivar > 0
+    sd = np.where(ok, 1.0 / np.sqrt(np.where(ok, ivar, 1.0)), 0.0).astype(np.float32)
+    noisy = flux + rng.standard_normal(flux.shape, dtype=np.float32) * sd * np.sqrt(
+        np.maximum(ratio**2 - 1.0, 0.0))
+    return noisy.astype(np.float32), (ivar / ratio**2).astype(np.float32)
+
+
+def pipeline_recon(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, pca_model: Any,
+                   width_aa: float, prior: bool, batch: int = 1000) -> np.ndarray:
+    """``recon_flux`` of network (a) for raw spectra: normalise, project, reconstruct."""
+    out = np.empty(flux.shape, dtype=np.float32)
+    for lo in range(0, flux.shape[0], batch):
+        s = slice(lo, lo + batch)
+        nf, ni = normalize(flux[s], ivar[s], mask[s], width_aa)
+        coeff = pca_model.full.project(nf, ni, prior=prior)
+        rec = pca_model.full.reconstruct(np.nan_to_num(coeff))
+        rec[~np.isfinite(coeff[:, 0])] = np.nan
+        out[s] = rec
+    return out
+
+
+def _read_rows(arr: Any, rows: np.ndarray) -> np.ndarray:
+    return np.asarray(arr.isel(spec=rows).values)
+
+
+def _stats(resid: np.ndarray, err: np.ndarray) -> dict[str, Any]:
+    ok = np.isfinite(resid) & np.isfinite(err) & (err > 0)
+    if ok.sum() < 5:
+        return {"n": int(ok.sum())}
+    r = resid[ok]
+    return {"n": int(r.size), "bias": float(np.median(r)), "std": float(np.std(r)),
+            "robust_std": float(robust_std(r)), "pull_std": float(np.std(r / err[ok]))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("survey")
+    ap.add_argument("products")
+    ap.add_argument("--copies", type=int, default=1)
+    ap.add_argument("--max-snr", type=float, default=50.0)
+    ap.add_argument("--max-epochs", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    rng = np.random.default_rng(a.seed)
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    sv = store.open_cube(a.survey)
+    tr = store.open_truth(a.survey)
+    pr = open_products(a.products)
+    summary = json.loads((Path(a.products) / "run_summary.json").read_text())
+    cfg_lum = summary["config"]["luminosity"]
+    cfg_spec = summary["config"]["spectral"]
+    net_cfg = TrainConfig(**{k: v for k, v in cfg_lum["network"].items()
+                             if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    if a.max_epochs:
+        net_cfg = dataclasses.replace(net_cfg, max_epochs=a.max_epochs)
+    pca_model = load_pca_model(a.products)
+    width, prior = float(cfg_spec["continuum_kernel_aa"]), bool(cfg_spec["projection_prior"])
+
+    snr_all = sv["snr_g"].values.astype(float)
+    star = sv["star_id"].values.astype(object).astype(str)
+    lset = pr["luminosity_set"].values.astype(int)
+    train = np.flatnonzero((lset & 1) > 0)
+    log.info("%d training spectra of network (a)", train.size)
+    ks0, ks0e, plx, plxe = (pr[k].values.astype(float)[train] for k in (
+        "Ks0", "Ks0_err", "parallax_corrected", "parallax_corrected_error"))
+    fmag, fmag_err = fakemag_from_parallax(plx, plxe, ks0, ks0e)
+    y = pr["MKs_geo"].values.astype(float)[train]
+    x_clean = _read_rows(pr["recon_flux"], train)
+
+    # degraded copies from the raw survey flux, through the pipeline's own steps
+    low = snr_all[(snr_all >= 5) & (snr_all < a.max_snr)]
+    t1 = time.perf_counter()
+    copies = []
+    flux = _read_rows(sv["flux"], train).astype(np.float32)
+    ivar = _read_rows(sv["ivar"], train).astype(np.float32)
+    mask = _read_rows(sv["mask"], train)
+    for _ in range(a.copies):
+        target = np.minimum(rng.choice(low, train.size), snr_all[train] / 1.5)
+        f, iv = degrade_raw(flux, ivar, snr_all[train], target, rng)
+        copies.append((pipeline_recon(f, iv, mask, pca_model, width, prior), target))
+    del flux, ivar
+    timing["degrade_and_project"] = time.perf_counter() - t1
+
+    nets: dict[str, MKsNetwork] = {}
+    for name, xs, reps in (("baseline", x_clean, 1),
+                           ("augmented", np.concatenate([x_clean] + [c[0] for c in copies]),
+                            1 + a.copies)):
+        t1 = time.perf_counter()
+        nets[name], hist = train_network(
+            xs, np.tile(y, reps), kind="a", config=net_cfg, input_kind="recon_flux",
+            sigma_floor_mag=cfg_lum.get("weight_floor_mag"), fakemag=np.tile(fmag, reps),
+            fakemag_err=np.tile(fmag_err, reps), groups=np.tile(star[train], reps),
+            meta={"benchmark": "noise_augmented", "variant": name})
+        timing[f"train_{name}"] = time.perf_counter() - t1
+        log.info("%s: %d rows, %d epochs, %.0f s", name, xs.shape[0], len(hist.train_loss),
+                 timing[f"train_{name}"])
+
+    # never-trained single non-emission OB stars
+    em = pr["em_flag"].values.astype(int)
+    qf = pr["quality_flags"].values.astype(int)
+    cls = tr["star_class"].values.astype(object).astype(str)
+    single_ob = ((cls == "OB") & ~tr["is_binary"].values.astype(bool)
+                 & ~tr["has_emission"].values.astype(bool) & (em == 0) & ((qf & 1) == 0))
+    ever = np.flatnonzero((lset & (1 | 2 | 8)) > 0)  # trained (a) or (b), or cleaned away
+    unseen = single_ob & ~np.isin(star, np.unique(star[ever]))
+    rows = np.flatnonzero(unseen)
+    x_test = _read_rows(pr["recon_flux"], rows)
+    mks_true = tr["MKs_true"].values.astype(float)[rows]
+    snr = snr_all[rows]
+    sigma_int = float(pr["MKs_err"].attrs["noise_a_sigma_int"])
+    res: dict[str, Any] = {"n_train": int(train.size), "copies": a.copies,
+                           "max_snr": a.max_snr, "n_unseen": int(rows.size), "scores": {}}
+    cat_mks = pr["MKs"].values.astype(float)[rows]
+    cat_err = pr["MKs_err"].values.astype(float)[rows]
+    preds = {"run": (cat_mks, cat_err)}
+    # sigma_s(S/N) of each retrained network on held-out high-S/N spectra (as the stage)
+    pool = rows[snr > 100]
+    nf = _read_rows(pr["norm_flux"], pool)
+    ni = _read_rows(pr["norm_ivar"], pool)
+    for name, net in nets.items():
+        t1 = time.perf_counter()
+        m, spread = net.predict(x_test, return_std=True)
+
+        def predict(f: np.ndarray, iv: np.ndarray, sel: np.ndarray, net: MKsNetwork = net
+                    ) -> np.ndarray:
+            return net.predict(pca_model.full.reconstruct(np.nan_to_num(
+                pca_model.full.project(f, iv, prior=prior))))
+
+        tab = noise_model.degraded_snr_scatter(nf, ni, snr_all[pool], predict, seed=a.seed)
+        err = noise_model.mks_uncertainty(snr, sigma_int, 0.0, spread,
+                                          sigma_s_table=(np.array(tab["snr"]),
+                                                         np.array(tab["sigma_mag"])))
+        preds[name] = (m, err)
+        res[f"sigma_s_degraded_{name}"] = tab
+        timing[f"predict_and_sigma_s_{name}"] = time.perf_counter() - t1
+    for name, (m, err) in preds.items():
+        block = {}
+        for lo, hi in SNR_BINS:
+            sel = (snr >= lo) & (snr < hi)
+            block[f"{lo:g}-{hi:g}"] = _stats(m[sel] - mks_true[sel], err[sel])
+        block[">50"] = _stats((m - mks_true)[snr > 50], err[snr > 50])
+        res["scores"][name] = block
+        # at fixed true M_Ks: a bias that is the same at every S/N here but differs in the
+        # S/N bins above is the mix of the populations, not the noise
+        res.setdefault("by_true_mks", {})[name] = {
+            f"{lo:g}..{hi:g}": {rng_: _stats(*(v[(mks_true >= lo) & (mks_true < hi) & sel]
+                                              for v in (m - mks_true, err)))
+                                for rng_, sel in (("snr 5-50", snr < 50),
+                                                  ("snr > 50", snr >= 50))}
+            for lo, hi in MKS_BINS}
+    timing["total"] = time.perf_counter() - t0
+    res["timing_s"] = timing
+    print(f"never-trained single non-emission OB stars (n = {rows.size}); "
+          f"median bias / std / pull std by S/N")
+    print(f"{'S/N':>8s} " + " ".join(f"{k:>24s}" for k in preds))
+    for b in res["scores"]["run"]:
+        cells = []
+        for k in preds:
+            s = res["scores"][k][b]
+            cells.append(f"{s['bias']:+.3f} / {s['std']:.3f} / {s['pull_std']:.2f}"
+                         if "std" in s else "-")
+        print(f"{b:>8s} " + " ".join(f"{c:>24s}" for c in cells) +
+              f"   (n {res['scores']['run'][b]['n']})")
+    print("median bias at fixed true M_Ks, S/N 5-50 | S/N > 50 (n)")
+    for b in res["by_true_mks"]["run"]:
+        cells = []
+        for k in preds:
+            lo_, hi_ = (res["by_true_mks"][k][b][r] for r in ("snr 5-50", "snr > 50"))
+            cells.append(f"{lo_.get('bias', np.nan):+.3f} | {hi_.get('bias', np.nan):+.3f}")
+        n_lo, n_hi = (res["by_true_mks"]["run"][b][r]["n"] for r in ("snr 5-50", "snr > 50"))
+        print(f"{b:>10s} " + " ".join(f"{c:>24s}" for c in cells) + f"   ({n_lo} | {n_hi})")
+    print(f"median true M_Ks: S/N 5-50 {np.median(mks_true[snr < 50]):+.2f}, "
+          f"S/N > 50 {np.median(mks_true[snr >= 50]):+.2f}")
+    print("timing (s):", {k: round(v, 1) for k, v in timing.items()})
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
