@@ -105,15 +105,6 @@ WINDOW_FILES = 500
 SHARED_ROWS_MAX_BYTES = 256 * 2**20
 
 
-def spectra_compressors() -> tuple[Any, ...]:
-    """Zarr compressors of an ingested cube's flux / ivar / mask: Blosc LZ4 with byte
-    shuffle, about half the CPU of Zarr's default Zstd on noisy float32 spectra and
-    ~20 % smaller (a standard Zarr codec: every reader and stage opens it)."""
-    from zarr.codecs import BloscCodec
-
-    return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
-
-
 class IngestError(RuntimeError):
     """An ingest that cannot go on (strict mode, unusable store or inputs)."""
 
@@ -315,7 +306,7 @@ def _open_or_create(
         # one row of fill values written now (no dask placeholders to build and tokenise);
         # _Writer grows the arrays to the run's rows
         store.create_cube(out, 1, cfg.chunk_size, attrs=attrs, columns=_all_columns(),
-                          spectra_compressors=spectra_compressors(), lazy_fill=False)
+                          spectra_compressors=store.spectra_compressors(), lazy_fill=False)
         store.create_row_group(out, REPORT_GROUP, REPORT_COLUMNS, 10_000, "file",
                                attrs={"description": "one line per input file of obpipe "
                                       "ingest: ingested, flagged, skipped or duplicate"})

@@ -29,7 +29,6 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
-from zarr.codecs import ZstdCodec
 
 from obpipe.engine.lock import process_gone, process_start
 from obpipe.io import store
@@ -37,11 +36,6 @@ from obpipe.io import store
 log = logging.getLogger(__name__)
 
 PRODUCTS_STORE = "products.zarr"
-#: zstd level of the product arrays with extra dimensions (normalised flux, its inverse
-#: variance, reconstructions: 31 MB per block of 2,000 float32 spectra): level 1
-#: compresses noisy float32 spectra as well as the default level 3 (~1.2x) in half the
-#: CPU time, and they are written once per block and read by several stages
-SPECTRA_ZSTD_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -134,8 +128,9 @@ def ensure_outputs(
             data_vars[name] = xr.Variable(dims, da.full(shape, out.fill, dtype=out.dtype,
                                                         chunks=chunks), attrs=attrs)
             encoding[name] = {"chunks": chunks}
-            if out.extra_dims:  # spectra-sized (spec, wave) arrays: the fast zstd level
-                encoding[name]["compressors"] = (ZstdCodec(level=SPECTRA_ZSTD_LEVEL),)
+            if out.extra_dims:  # spectra-sized arrays (31 MB per block of 2,000 float32
+                # spectra, written once, read by later stages): the fast lossless codec
+                encoding[name]["compressors"] = store.spectra_compressors()
         # xarray's append rewrites the root attributes: carry the existing ones over, or
         # the stage-complete marks and thresholds of earlier stages would be lost
         xr.Dataset(data_vars, attrs=dict(grp.attrs)).to_zarr(
