@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/golden.py [--baseline-rev REV] [--n-stars 600] [--seed 7] [--keep DIR]
+                                [--new-tree DIR]
 
 Makes a temporary ``git worktree`` of ``REV`` (default: the merge-base of HEAD and
 ``main``), simulates one small default survey once (with the baseline's code), runs
@@ -75,6 +76,8 @@ def _json_diff(a: object, b: object, where: str = "") -> list[str]:
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         pairs = enumerate(zip(a, b, strict=True))
         return [d for i, (x, y) in pairs for d in _json_diff(x, y, f"{where}[{i}]")]
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return []  # NaN in both (JSON NaN never equals itself)
     return [] if a == b else [f"{where}: {str(a)[:60]!r} vs {str(b)[:60]!r}"]
 
 
@@ -240,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-stars", type=int, default=600)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--keep", default=None, help="work directory to keep (default: temporary)")
+    ap.add_argument("--new-tree", default=None,
+                    help="the source tree to compare (default: this working tree); e.g. an "
+                    "export of the baseline with only your own changes applied, when others "
+                    "edit the working tree at the same time")
     args = ap.parse_args(argv)
     rev = args.baseline_rev or _sh(["git", "merge-base", "HEAD", "main"], cwd=REPO).strip()
     rev = _sh(["git", "rev-parse", rev], cwd=REPO).strip()
@@ -255,14 +262,15 @@ def main(argv: list[str] | None = None) -> int:
                  str(args.n_stars), "--seed", str(args.seed), "--out", str(survey),
                  "--scheduler", "threads"], cwd=base_tree, env=_env(base_tree))
         toml = work / "fast.toml"
-        toml.write_text(_fast_toml(REPO))
+        new_tree = Path(args.new_tree).resolve() if args.new_tree else REPO
+        toml.write_text(_fast_toml(new_tree))
         out = {}
-        for name, tree in (("baseline", base_tree), ("new", REPO)):
+        for name, tree in (("baseline", base_tree), ("new", new_tree)):
             out[name] = work / f"products-{name}"
             if not out[name].exists():
                 _sh([sys.executable, "-m", "obpipe.cli", "run", str(survey), "--out",
                      str(out[name]), "--config", str(toml)], cwd=work, env=_env(tree))
-            print(f"{name}: {rev[:10] if name == 'baseline' else 'HEAD+worktree'} -> "
+            print(f"{name}: {rev[:10] if name == 'baseline' else str(new_tree)} -> "
                   f"{out[name]}")
         diffs = compare_products(out["baseline"], out["new"])
     finally:

@@ -34,12 +34,16 @@ every stage (the process tree's user + sys, sampled with the memory).
     python benchmarks/scale.py --sizes 3000,6000                 # a quick check
     python benchmarks/scale.py --workdir /tmp/obpipe-scale --keep  # keep everything
     python benchmarks/scale.py --sizes 30000 --baseline-rev REV --repeat 2  # old vs new
+    python benchmarks/scale.py --sizes 30000 --baseline-rev REV --workdir W --reuse-models
 
 With ``--baseline-rev`` that revision's code (``git archive`` into the workdir,
 ``PYTHONPATH``) trains its own models on the smallest survey too, and every inference
 run is made twice per repeat, with the old code and models and with the working tree's,
 alternating, on the same survey, scheduler and workers; the side-by-side seconds are
-printed first (the rest of the report is the working tree's best run).
+printed first, then each stage's wall and CPU seconds for both codes (the rest of the
+report is the working tree's best run). ``--reuse-models`` skips the training runs
+whose ``train-N[-REV]/models`` already hold model files (a training run otherwise
+resumes, and retrains when the code's training options changed).
 
 Disk: about 28 kB per spectrum for a survey and 45 kB per spectrum for its products
 (compressed; measured on a 3k survey); a size that does not fit in the free space of
@@ -230,6 +234,10 @@ def main() -> None:
                     help="also run each size's inference with the code of this git revision "
                     "(exported with git archive), same survey, models and scheduler, "
                     "alternating with the working tree, and print the two side by side")
+    ap.add_argument("--reuse-models", action="store_true",
+                    help="skip each code's training run where its train-N/models directory "
+                    "already holds model files (no resume check: a code whose provenance "
+                    "keys changed would otherwise retrain)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="inference runs per size and code (the best is reported)")
     args = ap.parse_args()
@@ -276,9 +284,14 @@ def main() -> None:
     for label, code in codes:
         suffix = "" if code is None else f"-{args.baseline_rev}"
         train_dir = os.path.join(workdir, f"train-{n_train}{suffix}")
+        model_dirs[label] = os.path.join(train_dir, "models")
+        if args.reuse_models and os.path.isdir(model_dirs[label]) and model_signature(
+                model_dirs[label]):
+            print(f"training run on {n_train} ({label}): --reuse-models, the model files of "
+                  f"{train_dir} as they are", flush=True)
+            continue
         train = obpipe_run(surveys[n_train]["path"], train_dir, args.scheduler, args.workers,
                            code)
-        model_dirs[label] = os.path.join(train_dir, "models")
         reused = all(v["status"] != "done" for v in train["summary"]["stages"].values())
         print(f"training run on {n_train} ({label}): " + (
             "complete in the workdir, reused" if reused else
@@ -289,6 +302,7 @@ def main() -> None:
     # 3.-4. inference with the trained models, then the machine's bound, per size
     rows = []
     side: dict[int, dict[str, list[float]]] = {}
+    stage_side: dict[int, dict[str, dict[str, Any]]] = {}
     for n, sv in surveys.items():
         products = os.path.join(workdir, f"products-{n}")
         best_run: dict[str, Any] | None = None
@@ -306,6 +320,12 @@ def main() -> None:
                 if not_done:
                     raise SystemExit(f"size {n} ({label}): stages not run: {not_done}")
                 side.setdefault(n, {}).setdefault(label, []).append(run["seconds"])
+                # per-stage wall and CPU seconds of each code's fastest run
+                if run["seconds"] <= min(side[n][label]):
+                    stage_side.setdefault(n, {})[label] = {
+                        "wall": {k: v["seconds"] for k, v in run["summary"]["stages"].items()},
+                        "cpu": run["stage_cpu_seconds"], "seconds": run["seconds"],
+                        "cpu_seconds": run["cpu_seconds"]}
                 n_spec = int(run["summary"]["n_spectra"])
                 side[n]["spectra"] = [n_spec]
                 print(f"inference {n}, {label}, run {rep + 1}: {run['seconds']:.1f} s "
@@ -345,6 +365,19 @@ def main() -> None:
             print(f"  {n}: " + "   ".join(f"{k} {min(v):.1f} s ({n_spec / min(v):.0f}/s)"
                                           for k, v in by.items())
                   + f"   ratio old/new {min(next(iter(by.values()))) / min(by['new']):.2f}")
+        print("\nper stage, side by side (the fastest run of each code): wall seconds / CPU "
+              "seconds (user + sys of the process tree, sampled)")
+        for n, by_code in stage_side.items():
+            labels = list(by_code)
+            names = ["startup"] + [s for s in next(iter(by_code.values()))["wall"]]
+            print(f"  {n}:  " + "".join(f"{lab:>26}" for lab in labels))
+            for s in names:
+                print(f"  {s:<12}" + "".join(
+                    f"{by_code[lab]['wall'].get(s, float('nan')):>14.1f} /"
+                    f"{by_code[lab]['cpu'].get(s, 0.0):>9.1f}" for lab in labels))
+            print(f"  {'total':<12}" + "".join(
+                f"{by_code[lab]['seconds']:>14.1f} /{by_code[lab]['cpu_seconds']:>9.1f}"
+                for lab in labels))
     print()
     print(f"{'size':>8} {'spectra':>8} {'seconds':>8} {'CPU s':>7} {'spectra/s':>9} "
           f"{'peak GB':>8} {'read s':>7} {'read+mm s':>9} {'x bound':>8} {'load':>5}")
@@ -395,9 +428,12 @@ def main() -> None:
         print("\nwarnings of the inference runs:\n  " + "\n  ".join(warnings))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"sizes": rows, "training": {"size": n_train, "seconds": train["seconds"],
-                                                   "stages": train["summary"]["stages"]},
+            json.dump({"sizes": rows, "training": {"size": n_train,
+                                                   "seconds": train.get("seconds"),
+                                                   "stages": train.get("summary", {}).get(
+                                                       "stages")},
                        "time_ratios": time_ratios, "memory_ratio": mem_ratio,
+                       "side_by_side": stage_side,
                        "scheduler": args.scheduler, "workers": args.workers}, fh, indent=1)
     if args.workdir is None and not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
