@@ -383,6 +383,10 @@ def install_models(models_dir: str, products_dir: str, survey: dict[str, Any],
         copied.append(dst)
     log.warning("reusing %d model file(s) from %s: %s", len(copied), models_dir,
                 ", ".join(os.path.basename(p) for p in copied))
+    if store.absolute(root) != store.absolute(products_dir):
+        from obpipe.report.run_figures import copy_model_figures
+
+        copy_model_figures(root, products_dir)  # their figures (Fig. 8), not redrawn
     return copied
 
 

@@ -3,6 +3,11 @@ draw): Figs. 2-3 after ``emission``
 (:func:`obpipe.report.spectral_figures.write_spectral_figures`), Fig. 8 after
 ``luminosity`` (the noise-model posteriors), Figs. 10 and 5 after ``binary``, under
 ``PRODUCTS_DIR/figures``. ``obpipe report`` re-draws them from the products.
+
+Fig. 8 shows a model file, not this run's products: it is drawn when its noise model
+is newer than the figure (fitted in this run), and travels with the model files that
+``obpipe run --models`` reuses (:func:`copy_model_figures`) instead of being drawn
+again (~1 s of CPU per figure).
 """
 
 from __future__ import annotations
@@ -87,19 +92,53 @@ def write_fig10(survey_path: str, products_dir: str) -> str:
     return path
 
 
+def _fig8_path(products_dir: str, model: str) -> str:
+    return os.path.join(products_dir, "figures", f"fig8_noise_model_{model}.png")
+
+
+def _newer(path: str, than: str) -> bool:
+    """True for a local file ``path`` modified no earlier than the local file ``than``
+    (False for URLs, whose modification times are not compared)."""
+    if store.is_url(path) or store.is_url(than):
+        return False
+    try:
+        return os.path.getmtime(path) >= os.path.getmtime(than)
+    except OSError:
+        return False
+
+
+def copy_model_figures(source_dir: str, products_dir: str) -> list[str]:
+    """Copy the figures of the model files that ``obpipe run --models`` reuses (Fig. 8 of
+    each noise model) from the products directory ``source_dir`` into ``products_dir``,
+    where ``source_dir`` has one drawn from its current noise model (no older than it);
+    call after the model files are copied. Returns the figures copied."""
+    copied = []
+    for m, name in NOISE_FILES.items():
+        src = _fig8_path(source_dir, m)
+        if _newer(src, os.path.join(source_dir, MODEL_DIR, name)):
+            dst = _fig8_path(products_dir, m)
+            store.makedirs(os.path.dirname(dst))
+            store.copy_file(src, dst)
+            copied.append(dst)
+    return copied
+
+
 def _noise_model_figures(products_dir: str) -> list[str]:
+    """Fig. 8 of each noise model of ``products_dir``, drawn unless the figure is no older
+    than the model file (drawn or copied after it was written)."""
     from obpipe.luminosity import noise_model
 
-    figdir = os.path.join(products_dir, "figures")
-    store.makedirs(figdir)
+    store.makedirs(os.path.join(products_dir, "figures"))
     out = []
     for m in ("a", "b"):
         src = os.path.join(products_dir, MODEL_DIR, NOISE_FILES[m])
-        if store.exists(src):
+        fig = _fig8_path(products_dir, m)
+        if _newer(fig, src):
+            out.append(fig)
+        elif store.exists(src):
             r = noise_model.NoiseModelResult.load(src)
             out.append(noise_model.corner_plot(
-                r, os.path.join(figdir, f"fig8_noise_model_{m}.png"),
-                title=f"network ({m}): {r.meta.get('sample', '')}"))
+                r, fig, title=f"network ({m}): {r.meta.get('sample', '')}"))
     return out
 
 
