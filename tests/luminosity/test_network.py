@@ -339,7 +339,10 @@ def test_given_folds_are_held_out(linear_problem) -> None:
     # it learns a mean offset of ~ +2.5 mag, independent of x)
     assert np.median(np.abs(members[1, shifted] - y[shifted])) < 0.5
     assert np.median(members[0, shifted] - y[shifted]) > 1.0
-    np.testing.assert_allclose(hist.out_of_fold, members[folds, np.arange(x.shape[0])])
+    # (the out-of-fold values come from the torch forward at the end of training: float32
+    # rounding apart, the saved model's held-out member)
+    np.testing.assert_allclose(hist.out_of_fold, members[folds, np.arange(x.shape[0])],
+                               rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("with_projection", [True, False])
