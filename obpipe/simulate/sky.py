@@ -156,6 +156,10 @@ def place_stars(
         g_app = abs_g[todo] + 5.0 * np.log10(d * 1000.0) - 5.0 + a_g
         ok = keep_disk & (g_app >= cfg.bright_limit_g) & (g_app <= cfg.faint_limit_g)
         b_deg = np.degrees(np.arcsin(sin_b))
+        # LAMOST sees the northern sky: a direction below its declination limit is drawn
+        # again, like any other star outside the survey (its l, b, distance and dust
+        # stay one consistent position)
+        ok &= _galactic_to_icrs(lon, b_deg)[1] >= cfg.min_declination_deg
         idx = todo[ok]
         out["distance_kpc"][idx] = d[ok]
         out["l"][idx] = lon[ok]
@@ -165,17 +169,10 @@ def place_stars(
     if todo.size:
         # extremely faint objects: place them at the bright edge of their range, unreddened
         out["distance_kpc"][todo] = d_min[todo]
-        out["l"][todo] = rng.uniform(0.0, 360.0, todo.size)
+        out["l"][todo] = rng.uniform(35.0, 205.0, todo.size)  # north of dec -10 at |b| <= 5
         out["b"][todo] = rng.uniform(-5.0, 5.0, todo.size)
         out["ebv"][todo] = 0.01
-    ra, dec = _galactic_to_icrs(out["l"], out["b"])
-    # LAMOST sees the northern sky: reflect southern positions in Galactic longitude
-    south = dec < cfg.min_declination_deg
-    if south.any():
-        out["l"][south] = (180.0 - out["l"][south]) % 360.0
-        ra[south], dec[south] = _galactic_to_icrs(out["l"][south], out["b"][south])
-        dec = np.where(dec < cfg.min_declination_deg, -dec, dec)
-    out["ra"], out["dec"] = ra, dec
+    out["ra"], out["dec"] = _galactic_to_icrs(out["l"], out["b"])
     out["abs_mag"] = abs_mag
     out["r_v"] = r_v
     return out

@@ -64,6 +64,24 @@ def test_extinction_rises_with_distance(small_survey) -> None:
     assert ebv.max() > 2.0 and d.max() > 10
 
 
+def test_positions_are_northern_and_near_the_plane(small_survey) -> None:
+    """Every star lies north of LAMOST's declination limit at the Galactic latitude its
+    distance and dust were drawn with: the height above the plane that the observed
+    position implies stays within a few of the mock's scale heights (a southern star
+    reflected in declination kept its distance but not its latitude: 17 % of the
+    default survey's OB stars then sat > 0.5 kpc from the plane)."""
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+
+    obs = store.open_cube(small_survey)
+    truth = store.open_truth(small_survey)
+    dec = obs["dec"].values
+    assert dec.min() >= SMALL.min_declination_deg
+    b = SkyCoord(ra=obs["ra"].values * u.deg, dec=dec * u.deg).galactic.b.rad
+    z_kpc = truth["distance_kpc_true"].values * np.sin(b)
+    assert np.mean(np.abs(z_kpc) > 10 * SMALL.disk_scale_height_kpc) < 0.005
+
+
 def test_parallaxes_consistent_with_truth(small_survey) -> None:
     """Quoted DR2 errors underestimate the scatter (published external-error relation):
     pulls are wide with the quoted error and unit-width with ``parallax_error_true``."""
