@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +59,7 @@ from obpipe.distance import (
     population_prior_from_record,
 )
 from obpipe.engine.blockwise import block_bounds, open_products, products_path, read_block
+from obpipe.engine.schedulers import compute_ahead
 from obpipe.io import store
 from obpipe.io.catalog_writer import TableStreamWriter, fits_flag_columns  # noqa: F401
 from obpipe.options import option
@@ -305,6 +306,31 @@ def catalog_block(survey_path: str, products_dir: str, start: int, stop: int, *,
     return frame, np.asarray(raw["MKs_model"])
 
 
+#: columns of the catalog kept (1-D, every row) for the unique-star view
+_KEEP = ("star_id", "uniqflag", "MKs", "MKs_err")
+#: catalog blocks per Dask computation of :func:`write_catalog` (its parts of the same
+#: batch are written once the batch is done, while the next batches compute)
+BATCH_BLOCKS = 4
+
+
+def _catalog_part(survey_path: str, products_dir: str, start: int, stop: int,
+                  schema: pa.Schema, simulated_models: bool
+                  ) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    """Rows ``start:stop`` of the catalog as a pyarrow table with ``schema`` (a Dask task
+    of :func:`write_catalog`), and the 1-D columns the unique-star view keeps (``_KEEP``
+    and ``model``, the network of each row's M_Ks)."""
+    frame, model = catalog_block(survey_path, products_dir, start, stop,
+                                 simulated_models=simulated_models)
+    keep = {name: frame[name].to_numpy() for name in _KEEP}
+    keep["model"] = model
+    return pa.Table.from_pandas(frame, schema=schema, preserve_index=False), keep
+
+
+def _windows(n: int, size: int) -> list[range]:
+    """``range(n)`` cut into consecutive windows of ``size``."""
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
 def _missing_products(products_dir: str) -> list[str]:
     have = set(open_products(products_dir).variables)
     need = {c.var for c in CATALOG_COLUMNS.values() if c.source == "products"}
@@ -480,21 +506,6 @@ def _unique_block(parquet_file: str, row_group: int, combined: Mapping[str, np.n
                                 preserve_index=False)
 
 
-def _batches(sizes: Sequence[int], limit: int) -> Iterator[list[int]]:
-    """Consecutive indices grouped so that the sizes of a group add up to <= limit (a
-    single larger item forms its own group)."""
-    group: list[int] = []
-    total = 0
-    for i, n in enumerate(sizes):
-        if group and total + n > limit:
-            yield group
-            group, total = [], 0
-        group.append(i)
-        total += n
-    if group:
-        yield group
-
-
 def write_catalog(survey_path: str, products_dir: str,
                   formats: Sequence[str] = DEFAULT_FORMATS,
                   distance_cfg: DistanceConfig | None = None,
@@ -502,13 +513,17 @@ def write_catalog(survey_path: str, products_dir: str,
     """Write ``catalog.*`` and ``catalog_unique.*`` (see the module docstring).
 
     Block by block, memory flat in the number of spectra: one pass over the cube's row
-    chunks writes ``catalog.parquet`` and streams ``catalog.fits`` / ``.ecsv``
-    (:class:`TableStreamWriter`) and keeps only the 1-D columns the unique-star view
-    needs (star_id, uniqflag, MKs, MKs_err, the network, the distance inputs); the
-    visits are combined per star (:func:`combine_visits`); a second pass makes the
-    unique-star rows of each row group (their distances recomputed, eqs. 18-24) as Dask
-    tasks on ``scheduler`` (CPU-bound: a process-based scheduler runs them in parallel)
-    and streams them to ``catalog_unique.*``.
+    chunks makes each chunk's rows as a Dask task on ``scheduler``
+    (:func:`_catalog_part`), writes them to ``catalog.parquet`` and streams
+    ``catalog.fits`` / ``.ecsv`` (:class:`TableStreamWriter`), and keeps only the 1-D
+    columns the unique-star view needs (star_id, uniqflag, MKs, MKs_err, the network, the
+    distance inputs); the visits are combined per star (:func:`combine_visits`); a second
+    pass makes the unique-star rows of each row group (their distances recomputed, eqs.
+    18-24) as Dask tasks and streams them to ``catalog_unique.*``. The tasks run in
+    batches of :data:`BATCH_BLOCKS` chunks a few batches ahead of the writing
+    (:func:`obpipe.engine.schedulers.compute_ahead`; CPU-bound: a process-based
+    scheduler runs them in parallel), so the workers compute while this process writes
+    the files (the same files as written one chunk after the other).
     """
     distance_cfg = distance_cfg or DistanceConfig()
     t0 = time.perf_counter()
@@ -545,23 +560,24 @@ def write_catalog(survey_path: str, products_dir: str,
                     n_spec, FITS_MAX_ROWS)
     tmp = path + ".partial"
     rows = 0
-    keep = {"star_id": [], "uniqflag": [], "MKs": [], "MKs_err": [], "model": []}
+    keep: dict[str, list[np.ndarray]] = {name: [] for name in (*_KEEP, "model")}
     stream = TableStreamWriter(path[: -len(".parquet")], columns, n_spec,
                                () if big else formats, cards)
     fs, tmp_where = store.url_to_fs(tmp)  # (None, tmp) for a local path
+    kwargs = {"scheduler": scheduler} if scheduler else {}
+    # the blocks' rows made by the workers, a few batches ahead of the files written here
+    parts = ([dask.delayed(_catalog_part)(survey_path, products_dir, *bounds[b], schema,
+                                          simulated_models, dask_key_name=f"catalog-{b}")
+              for b in window] for window in _windows(len(bounds), BATCH_BLOCKS))
     with pq.ParquetWriter(tmp_where, schema, filesystem=fs) as writer, stream:
-        for start, stop in bounds:
-            frame, model = catalog_block(survey_path, products_dir, start, stop,
-                                         survey=survey, products=prods,
-                                         simulated_models=simulated_models)
-            table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-            writer.write_table(table)
-            stream.write(table)
-            rows += len(frame)
-            for name in ("star_id", "uniqflag", "MKs", "MKs_err"):
-                keep[name].append(frame[name].to_numpy())
-            keep["model"].append(model)
-            del frame, table
+        for done in compute_ahead(parts, **kwargs):
+            for table, cols in done:
+                writer.write_table(table)
+                stream.write(table)
+                rows += table.num_rows
+                for name, values in cols.items():
+                    keep[name].append(values)
+            del done
     store.replace(tmp, path)
     t1 = time.perf_counter()
     if rows != n_spec:
@@ -596,22 +612,23 @@ def write_catalog(survey_path: str, products_dir: str,
     utmp_where = store.url_to_fs(utmp)[1]
     pending: list[pa.Table] = []
     n_pending = 0
-    kwargs = {"scheduler": scheduler} if scheduler else {}
     # the file's schema is the first part's (with pyarrow's pandas metadata, as
     # pq.write_table of the whole frame has it)
     uwriter: pq.ParquetWriter | None = None
+
+    def unique_task(b: int) -> Any:
+        sl = slice(int(offsets[b]), int(offsets[b + 1]))
+        return dask.delayed(_unique_block)(
+            path, b, {k: v[sl] for k, v in comb_cols.items()},
+            {k: v[sl] for k, v in dist.items()}, distance_cfg, uschema, hyper,
+            dask_key_name=f"catalog-unique-{b}")
+
     with TableStreamWriter(upath[: -len(".parquet")], ucols, n_uniq, formats,
                            cards) as ustream:
         try:
-            for group in _batches(per_block, ROW_GROUP_ROWS):
-                tasks = []
-                for b in group:
-                    sl = slice(int(offsets[b]), int(offsets[b + 1]))
-                    tasks.append(dask.delayed(_unique_block)(
-                        path, b, {k: v[sl] for k, v in comb_cols.items()},
-                        {k: v[sl] for k, v in dist.items()}, distance_cfg, uschema, hyper,
-                        dask_key_name=f"catalog-unique-{b}"))
-                for part in dask.compute(*tasks, **kwargs):
+            for done in compute_ahead(([unique_task(b) for b in window] for window in
+                                       _windows(len(bounds), BATCH_BLOCKS)), **kwargs):
+                for part in done:
                     ustream.write(part)
                     if uwriter is None:
                         uwriter = pq.ParquetWriter(utmp_where, part.schema, filesystem=fs)
@@ -623,7 +640,7 @@ def write_catalog(survey_path: str, products_dir: str,
                         uwriter.write_table(whole.slice(0, ROW_GROUP_ROWS).combine_chunks())
                         pending = [whole.slice(ROW_GROUP_ROWS)]
                         n_pending -= ROW_GROUP_ROWS
-                del tasks
+                del done
             if uwriter is None:
                 uwriter = pq.ParquetWriter(utmp_where, uschema, filesystem=fs)
             if n_pending:

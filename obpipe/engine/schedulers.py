@@ -19,13 +19,15 @@ Orchestration only (no science):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
+import itertools
 import logging
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO, TypeVar
 
@@ -209,6 +211,33 @@ def _active_client() -> Any:
         return default_client()
     except ValueError:
         return None
+
+
+def compute_ahead(batches: Iterable[Sequence[Any]], ahead: int = 2, **kwargs: Any
+                  ) -> Iterator[tuple[Any, ...]]:
+    """``dask.compute(*batch, **kwargs)`` of each batch of delayed objects, the results
+    yielded in batch order, while up to ``ahead`` later batches compute (one at a time, in
+    a background thread): serial work of the caller on a result (writing it to a file)
+    overlaps the workers' computation of the next batches instead of leaving them idle.
+    Memory: at most ``ahead + 1`` batches of results. Batches not yet started when the
+    caller stops (an exception) are cancelled."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if ahead < 0:
+        raise ValueError(f"ahead must be >= 0, got {ahead}")
+    it = iter(batches)
+    with ThreadPoolExecutor(1, thread_name_prefix="obpipe-compute-ahead") as ex:
+        pending = collections.deque(ex.submit(dask.compute, *b, **kwargs)
+                                    for b in itertools.islice(it, ahead + 1))
+        # the first batch, then ``ahead`` more while the caller holds each result
+        try:
+            while pending:
+                yield pending.popleft().result()
+                for b in itertools.islice(it, 1):
+                    pending.append(ex.submit(dask.compute, *b, **kwargs))
+        finally:
+            for fut in pending:
+                fut.cancel()
 
 
 @contextlib.contextmanager
