@@ -14,6 +14,10 @@ run's final (binary-cleaned) training spectra of (a) (``luminosity_set`` bit 1):
   on the noisy spectrum), the weighted PCA projection of the run's model (prior as the run
   was configured) and the full-basis reconstruction (as the emission stage writes
   ``recon_flux``). The noise is white: the mock's pixel correlation is not imitated.
+  With ``--realistic`` the copies also get noise correlated between neighbouring pixels
+  (lag-1 ``--rho``, the mock's default 0.25: an optimistic case) and a rest-frame shift
+  of the survey's own quoted RV error at the target S/N (beyond the clean spectrum's),
+  :func:`rv_error_at`, :func:`shift_rows`.
 
 Both are scored, beside the run's own networks (the catalog's ``MKs``), on single
 non-emission OB stars that no network trained on (no visit in ``luminosity_set`` bits
@@ -24,10 +28,23 @@ measured on degraded held-out spectra (:func:`obpipe.luminosity.noise_model.
 degraded_snr_scatter`, as the stage does) with its ensemble spread; the run's networks
 use the catalog's ``MKs_err``.
 
+With ``--shift-check`` (no training): never-trained single non-emission OB spectra at
+S/N > 100 are degraded (raw flux, as above) to S/N 10 and 30 with white noise and with
+noise correlated between neighbouring pixels (lag-1 correlation ``--rho``, a [c, 1, c]
+kernel of unit variance, as LAMOST's resampling makes it), then also with the rest-frame
+shift of the survey's quoted RV error at that S/N; normalised, projected and predicted
+by the run's network (a); printed: the median shift from the clean reading, to compare
+with the median bias of the survey's own spectra at that S/N, and, for never-trained
+stars with two visits whose S/N differ by > 3x (the lower < 50), the median difference of
+the catalog M_Ks of the low- and the high-S/N visit (the same star: noise as the survey
+makes it).
+
 Usage::
 
+    python benchmarks/noise_augmented.py SURVEY.zarr PRODUCTS_DIR --shift-check [--rho 0.25]
     python benchmarks/noise_augmented.py SURVEY.zarr PRODUCTS_DIR [--copies 1]
-        [--max-snr 50] [--max-epochs N] [--json OUT.json]
+        [--max-snr 50] [--max-epochs N] [--realistic [--rho 0.25]]
+        [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -49,6 +66,7 @@ from obpipe.luminosity import noise_model
 from obpipe.luminosity.network import MKsNetwork
 from obpipe.luminosity.network_training import TrainConfig, fakemag_from_parallax, train_network
 from obpipe.spectra.bases import load_pca_model
+from obpipe.spectra.grid import velocity_per_pixel_kms
 from obpipe.spectra.normalize import normalize
 from obpipe.stats import robust_std
 
@@ -58,16 +76,140 @@ MKS_BINS = ((-np.inf, -3), (-3, -2), (-2, -1), (-1, 0), (0, np.inf))
 
 
 def degrade_raw(flux: np.ndarray, ivar: np.ndarray, snr: np.ndarray, target: np.ndarray,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                rng: np.random.Generator, rho: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Raw flux and ivar (n, n_wave) degraded from S/N ``snr`` to ``target`` (per row):
     ivar x (target / S/N)^2 and Gaussian noise of the missing variance on pixels with
-    ivar > 0 (masked / empty pixels stay as they are)."""
+    ivar > 0 (masked / empty pixels stay as they are), lag-1 correlated by ``rho``."""
     ratio = (snr / target).astype(np.float32)[:, None]
     ok = ivar > 0
     sd = np.where(ok, 1.0 / np.sqrt(np.where(ok, ivar, 1.0)), 0.0).astype(np.float32)
-    noisy = flux + rng.standard_normal(flux.shape, dtype=np.float32) * sd * np.sqrt(
+    noisy = flux + correlated_normal(flux.shape, rho, rng) * sd * np.sqrt(
         np.maximum(ratio**2 - 1.0, 0.0))
     return noisy.astype(np.float32), (ivar / ratio**2).astype(np.float32)
+
+
+def rv_error_at(snr_all: np.ndarray, rv_err_all: np.ndarray, target: np.ndarray
+                ) -> np.ndarray:
+    """The survey's quoted RV error (km/s) at S/N ``target``: the median ``rv_err`` of its
+    spectra in bins of log S/N, interpolated (an observable: no truth)."""
+    edges = np.logspace(np.log10(5), np.log10(1000), 25)
+    ok = np.isfinite(snr_all) & np.isfinite(rv_err_all) & (rv_err_all > 0)
+    k = np.digitize(snr_all[ok], edges)
+    centre, med = [], []
+    for i in range(1, edges.size):
+        q = k == i
+        if q.sum() >= 20:
+            centre.append(np.sqrt(edges[i - 1] * edges[i]))
+            med.append(np.median(rv_err_all[ok][q]))
+    return np.interp(np.log(target), np.log(centre), med)
+
+
+def shift_rows(flux: np.ndarray, ivar: np.ndarray, shift_px: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Each row shifted by ``shift_px`` pixels of the log-lambda grid (a rest-frame error
+    of shift_px x 69 km/s), linear interpolation; pixels whose neighbours include an
+    unusable one (ivar 0) get ivar 0."""
+    x = np.arange(flux.shape[1], dtype=np.float64)
+    f2, iv2 = np.empty_like(flux), np.empty_like(ivar)
+    for j in range(flux.shape[0]):
+        xs = x - shift_px[j]
+        f2[j] = np.interp(xs, x, flux[j])
+        good = np.interp(xs, x, (ivar[j] > 0).astype(np.float64)) > 0.999
+        iv2[j] = np.where(good, np.interp(xs, x, ivar[j]), 0.0)
+    return f2, iv2
+
+
+def correlated_normal(shape: tuple[int, int], rho: float, rng: np.random.Generator
+                      ) -> np.ndarray:
+    """Unit-variance Gaussian noise with lag-1 correlation ``rho`` along the last axis: white
+    noise through the kernel [c, 1, c] / sqrt(1 + 2 c^2), rho = 2 c / (1 + 2 c^2)."""
+    if rho <= 0:
+        return rng.standard_normal(shape, dtype=np.float32)
+    c = (1.0 - np.sqrt(1.0 - 2.0 * rho**2)) / (2.0 * rho)
+    w = rng.standard_normal((shape[0], shape[1] + 2), dtype=np.float32)
+    return ((c * w[:, :-2] + w[:, 1:-1] + c * w[:, 2:]) / np.sqrt(1 + 2 * c * c)).astype(
+        np.float32)
+
+
+def shift_check(a: argparse.Namespace) -> int:
+    """The ``--shift-check`` mode (see the module docstring)."""
+    from obpipe.stages.luminosity import load_network
+
+    rng = np.random.default_rng(a.seed)
+    sv, tr, pr = store.open_cube(a.survey), store.open_truth(a.survey), open_products(a.products)
+    summary = json.loads((Path(a.products) / "run_summary.json").read_text())
+    cfg_spec = summary["config"]["spectral"]
+    width, prior = float(cfg_spec["continuum_kernel_aa"]), bool(cfg_spec["projection_prior"])
+    pca_model = load_pca_model(a.products)
+    net = load_network(str(Path(a.products) / "models" / "mks_network_a.safetensors"))
+    snr = sv["snr_g"].values.astype(float)
+    star = sv["star_id"].values.astype(object).astype(str)
+    lset = pr["luminosity_set"].values.astype(int)
+    em = pr["em_flag"].values.astype(int)
+    cls = tr["star_class"].values.astype(object).astype(str)
+    ok = ((cls == "OB") & ~tr["is_binary"].values.astype(bool)
+          & ~tr["has_emission"].values.astype(bool) & (em == 0)
+          & ((pr["quality_flags"].values.astype(int) & 1) == 0))
+    ever = np.flatnonzero((lset & (1 | 2 | 8)) > 0)
+    unseen = ok & ~np.isin(star, np.unique(star[ever]))
+    mks_true = tr["MKs_true"].values.astype(float)
+    cat = pr["MKs"].values.astype(float)
+    rows = np.flatnonzero(unseen & (snr > 100))
+    rows = np.sort(rng.choice(rows, min(600, rows.size), replace=False))
+    flux = _read_rows(sv["flux"], rows).astype(np.float32)
+    ivar = _read_rows(sv["ivar"], rows).astype(np.float32)
+    mask = _read_rows(sv["mask"], rows)
+    clean = net.predict(pipeline_recon(flux, ivar, mask, pca_model, width, prior))
+    print(f"{rows.size} never-trained single OB spectra at S/N > 100: clean reading - truth "
+          f"median {np.median(clean - mks_true[rows]):+.3f}")
+    for target in (10.0, 30.0):
+        lo, hi = (5, 20) if target < 20 else (20, 50)
+        real = unseen & (snr >= lo) & (snr < hi)
+        line = (f"S/N {target:g}: survey's own S/N {lo}-{hi} spectra read "
+                f"{np.nanmedian(cat[real] - mks_true[real]):+.3f} (n {real.sum()}); "
+                "degraded, median shift from clean:")
+        for rho in (0.0, a.rho):
+            ratio = (snr[rows] / target).astype(np.float32)[:, None]
+            okp = ivar > 0
+            sd = np.where(okp, 1.0 / np.sqrt(np.where(okp, ivar, 1.0)), 0.0)
+            f = flux + correlated_normal(flux.shape, rho, rng) * sd * np.sqrt(ratio**2 - 1)
+            m = net.predict(pipeline_recon(f.astype(np.float32), ivar / ratio**2, mask,
+                                           pca_model, width, prior))
+            line += f"  rho {rho:g}: {np.median(m - clean):+.3f}"
+        # and a rest-frame error: the survey's quoted RV error at the target S/N (beyond the
+        # clean spectrum's own)
+        rv_t = rv_error_at(snr, sv["rv_err"].values.astype(float), np.array([target]))[0]
+        rv_c = sv["rv_err"].values.astype(float)[rows]
+        jit = np.sqrt(np.clip(rv_t**2 - rv_c**2, 0, None)) * rng.standard_normal(rows.size)
+        fs, ivs = shift_rows(flux, ivar, jit / velocity_per_pixel_kms())
+        okp = ivs > 0
+        sd = np.where(okp, 1.0 / np.sqrt(np.where(okp, ivs, 1.0)), 0.0)
+        f = fs + correlated_normal(flux.shape, a.rho, rng) * sd * np.sqrt(ratio**2 - 1)
+        m = net.predict(pipeline_recon(f.astype(np.float32), ivs / ratio**2, mask, pca_model,
+                                       width, prior))
+        line += f"  rho {a.rho:g} + RV error {rv_t:.0f} km/s: {np.median(m - clean):+.3f}"
+        print(line)
+    # the same star at two S/N: the catalog's own readings
+    both = np.flatnonzero(unseen & np.isfinite(cat))
+    order = np.argsort(star[both], kind="stable")
+    both = both[order]
+    _, start, cnt = np.unique(star[both], return_index=True, return_counts=True)
+    pairs = []
+    for s0, c in zip(start, cnt, strict=True):
+        if c < 2:
+            continue
+        r = both[s0:s0 + c]
+        hi, lo = r[np.argmax(snr[r])], r[np.argmin(snr[r])]
+        if snr[hi] > 3 * snr[lo] and snr[lo] < 50:
+            pairs.append((snr[lo], snr[hi], cat[lo] - cat[hi]))
+    pr_ = np.array(pairs).reshape(-1, 3)
+    for lo, hi in ((5, 20), (20, 50)):
+        q = (pr_[:, 0] >= lo) & (pr_[:, 0] < hi)
+        if q.sum():
+            print(f"same star, low visit at S/N {lo}-{hi} (n {q.sum()}, high visit median "
+                  f"S/N {np.median(pr_[q, 1]):.0f}): M_Ks(low) - M_Ks(high) median "
+                  f"{np.median(pr_[q, 2]):+.3f}")
+    return 0
 
 
 def pipeline_recon(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, pca_model: Any,
@@ -105,9 +247,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-snr", type=float, default=50.0)
     ap.add_argument("--max-epochs", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shift-check", action="store_true")
+    ap.add_argument("--rho", type=float, default=0.25)
+    ap.add_argument("--realistic", action="store_true",
+                    help="copies with lag-1 noise correlation --rho and the rest-frame error "
+                         "of the survey's quoted RV error at the target S/N")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if a.shift_check:
+        return shift_check(a)
     rng = np.random.default_rng(a.seed)
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -143,22 +292,32 @@ def main(argv: list[str] | None = None) -> int:
     flux = _read_rows(sv["flux"], train).astype(np.float32)
     ivar = _read_rows(sv["ivar"], train).astype(np.float32)
     mask = _read_rows(sv["mask"], train)
-    for _ in range(a.copies):
-        target = np.minimum(rng.choice(low, train.size), snr_all[train] / 1.5)
-        f, iv = degrade_raw(flux, ivar, snr_all[train], target, rng)
-        copies.append((pipeline_recon(f, iv, mask, pca_model, width, prior), target))
+    src = [np.arange(train.size)] * a.copies
+    rv_err_all = sv["rv_err"].values.astype(float)
+    for idx in src:
+        target = np.minimum(rng.choice(low, idx.size), snr_all[train][idx] / 1.5)
+        f, iv = flux[idx], ivar[idx]
+        if a.realistic:
+            rv_t = rv_error_at(snr_all, rv_err_all, target)
+            jit = np.sqrt(np.clip(rv_t**2 - rv_err_all[train][idx] ** 2, 0, None))
+            f, iv = shift_rows(f, iv, jit * rng.standard_normal(idx.size)
+                               / velocity_per_pixel_kms())
+        f, iv = degrade_raw(f, iv, snr_all[train][idx], target, rng,
+                            rho=a.rho if a.realistic else 0.0)
+        copies.append((pipeline_recon(f, iv, mask[idx], pca_model, width, prior), idx))
     del flux, ivar
     timing["degrade_and_project"] = time.perf_counter() - t1
 
     nets: dict[str, MKsNetwork] = {}
-    for name, xs, reps in (("baseline", x_clean, 1),
+    every = np.concatenate([np.arange(train.size)] + [c[1] for c in copies])
+    for name, xs, take in (("baseline", x_clean, np.arange(train.size)),
                            ("augmented", np.concatenate([x_clean] + [c[0] for c in copies]),
-                            1 + a.copies)):
+                            every)):
         t1 = time.perf_counter()
         nets[name], hist = train_network(
-            xs, np.tile(y, reps), kind="a", config=net_cfg, input_kind="recon_flux",
-            sigma_floor_mag=cfg_lum.get("weight_floor_mag"), fakemag=np.tile(fmag, reps),
-            fakemag_err=np.tile(fmag_err, reps), groups=np.tile(star[train], reps),
+            xs, y[take], kind="a", config=net_cfg, input_kind="recon_flux",
+            sigma_floor_mag=cfg_lum.get("weight_floor_mag"), fakemag=fmag[take],
+            fakemag_err=fmag_err[take], groups=star[train][take],
             meta={"benchmark": "noise_augmented", "variant": name})
         timing[f"train_{name}"] = time.perf_counter() - t1
         log.info("%s: %d rows, %d epochs, %.0f s", name, xs.shape[0], len(hist.train_loss),
@@ -178,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     snr = snr_all[rows]
     sigma_int = float(pr["MKs_err"].attrs["noise_a_sigma_int"])
     res: dict[str, Any] = {"n_train": int(train.size), "copies": a.copies,
+                           "realistic": a.realistic, "rho": a.rho,
                            "max_snr": a.max_snr, "n_unseen": int(rows.size), "scores": {}}
     cat_mks = pr["MKs"].values.astype(float)[rows]
     cat_err = pr["MKs_err"].values.astype(float)[rows]
