@@ -19,9 +19,17 @@ and scored on the other half against the truth, both ways round: pull std of sin
 non-emission OB stars per cell of catalog E(B-V) x M_Ks (S/N > 50) and per S/N bin,
 before / after.
 
+With ``--snr-offsets``: an M_Ks offset per S/N bin fitted without truth in parallax space
+(eqs. 15-17: the catalog's out-of-fold M_Ks of every non-emission spectrum with a parallax,
+the corrected parallax, 2-sigma / 3-sigma clipping with the truncated likelihood of
+``noise_model.fit_extra_scatter``), beside the truth's median and mean M_Ks - M_Ks,true of
+single non-emission OB stars in the same bin: could the low-S/N bias be calibrated on
+parallaxes?
+
 Usage::
 
-    python benchmarks/mks_tails.py SURVEY.zarr PRODUCTS_DIR [--json OUT.json] [--extra-scatter]
+    python benchmarks/mks_tails.py SURVEY.zarr PRODUCTS_DIR [--json OUT.json]
+        [--extra-scatter | --snr-offsets]
 """
 
 from __future__ import annotations
@@ -148,6 +156,68 @@ def extra_scatter_check(survey: str, products: str) -> dict[str, Any]:
     return out
 
 
+def snr_offsets(survey: str, products: str) -> dict[str, Any]:
+    """Parallax-space M_Ks offset per S/N bin beside the truth's bias (module docstring)."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import ndtr
+
+    from obpipe.binary import spectrophotometric_parallax_mas
+    from obpipe.engine.blockwise import open_products
+
+    cat, t, _ = load(survey, products)
+    p = open_products(products)
+    if not np.array_equal(p["specid"].values, cat["specid"].to_numpy()):
+        raise SystemExit("catalog and products rows differ in order")
+    ks0, ks0e, plx, pe = (p[k].values.astype(float) for k in (
+        "Ks0", "Ks0_err", "parallax_corrected", "parallax_corrected_error"))
+    mks = cat["MKs"].to_numpy(float)
+    mks[mks <= -9] = np.nan
+    err = cat["MKs_err"].to_numpy(float)
+    snr = cat["snr_g"].to_numpy(float)
+    ok = (np.isfinite(mks) & np.isfinite(err) & np.isfinite(ks0) & np.isfinite(plx)
+          & (pe > 0) & (cat["em_flag"].to_numpy(int) == 0)
+          & ((cat["quality_flags"].to_numpy(int) & 1) == 0))
+    ps = spectrophotometric_parallax_mas(ks0, mks)
+    var = pe**2 + (0.2 * np.log(10) * ps) ** 2 * (err**2 + ks0e**2)
+    resid = mks - t["MKs_true"]
+    sob = ((t["star_class"] == "OB") & ~t["is_binary"].astype(bool)
+           & ~t["has_emission"].astype(bool) & np.isfinite(resid))
+    out: dict[str, Any] = {}
+    for lo, hi in SNR_BINS:
+        sel = ok & (snr >= lo) & (snr < hi)
+        keep = sel.copy()
+        lo_b = np.full(sel.size, -np.inf)
+        hi_b = np.full(sel.size, np.inf)
+
+        def nll(d: float, keep: np.ndarray = keep, lo_b: np.ndarray = lo_b,
+                hi_b: np.ndarray = hi_b) -> float:
+            m = ps[keep] * 10 ** (-0.2 * d)
+            sd = np.sqrt(var[keep])
+            norm = np.clip(ndtr(hi_b[keep] / sd) - ndtr(lo_b[keep] / sd), 1e-300, None)
+            return float(0.5 * np.sum((plx[keep] - m) ** 2 / var[keep]) + np.sum(np.log(norm)))
+
+        d = 0.0
+        for _ in range(20):
+            d = minimize_scalar(nll, bounds=(-2, 2), method="bounded",
+                                args=(keep, lo_b, hi_b)).x
+            r = plx - ps * 10 ** (-0.2 * d)
+            lo_b, hi_b = -2 * np.sqrt(var), 3 * np.sqrt(var)
+            new = sel & (r >= lo_b) & (r <= hi_b)
+            if np.array_equal(new, keep):
+                break
+            keep = new
+        h = 0.01
+        f = [nll(d + x, keep, lo_b, hi_b) for x in (-h, 0.0, h)]
+        curv = (f[0] - 2 * f[1] + f[2]) / h**2
+        q = sob & (snr >= lo) & (snr < hi)
+        out[f"{lo:g}-{hi:g}"] = {
+            "offset_mag": float(d), "offset_err": float(1 / np.sqrt(curv)) if curv > 0
+            else float("nan"), "n_used": int(keep.sum()), "n": int(sel.sum()),
+            "truth_median": float(np.median(resid[q])), "truth_mean": float(np.mean(resid[q])),
+            "n_truth": int(q.sum())}
+    return out
+
+
 def _cell(resid: np.ndarray, err: np.ndarray, err2: np.ndarray, c: np.ndarray
           ) -> dict[str, Any]:
     ok = c & np.isfinite(err) & (err > 0)
@@ -165,7 +235,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--extra-scatter", action="store_true",
                     help="check the extra M_Ks error term on halves of the star ids")
+    ap.add_argument("--snr-offsets", action="store_true",
+                    help="parallax-space M_Ks offset per S/N bin beside the truth's bias")
     a = ap.parse_args(argv)
+    if a.snr_offsets:
+        res = snr_offsets(a.survey, a.products)
+        print("S/N bin: parallax-space offset (no truth) | truth median / mean M_Ks - "
+              "M_Ks,true, single non-emission OB")
+        for b, v in res.items():
+            print(f"  {b:>9s}: {v['offset_mag']:+.3f} +- {v['offset_err']:.3f} "
+                  f"({v['n_used']} of {v['n']}) | {v['truth_median']:+.3f} / "
+                  f"{v['truth_mean']:+.3f} ({v['n_truth']})")
+        if a.json:
+            Path(a.json).write_text(json.dumps(res, indent=1))
+        return 0
     if a.extra_scatter:
         res = extra_scatter_check(a.survey, a.products)
         print(f"slope the run fitted (all candidates): {res['run_slope']}")
