@@ -43,7 +43,10 @@ alternating, on the same survey, scheduler and workers; the side-by-side seconds
 printed first, then each stage's wall and CPU seconds for both codes (the rest of the
 report is the working tree's best run). ``--reuse-models`` skips the training runs
 whose ``train-N[-REV]/models`` already hold model files (a training run otherwise
-resumes, and retrains when the code's training options changed).
+resumes, and retrains when the code's training options changed); ``--same-models``
+gives the old code the working tree's model files (the distance stage's cost depends on
+the networks' M_Ks through the fitted population prior: with each code's own models the
+two runs differ by more than the code).
 
 Disk: about 28 kB per spectrum for a survey and 45 kB per spectrum for its products
 (compressed; measured on a 3k survey); a size that does not fit in the free space of
@@ -238,6 +241,10 @@ def main() -> None:
                     help="skip each code's training run where its train-N/models directory "
                     "already holds model files (no resume check: a code whose provenance "
                     "keys changed would otherwise retrain)")
+    ap.add_argument("--same-models", action="store_true",
+                    help="with --baseline-rev: the old code's inference reuses the working "
+                    "tree's models instead of training its own (same M_Ks, so that the "
+                    "later stages' data-dependent costs are the same)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="inference runs per size and code (the best is reported)")
     args = ap.parse_args()
@@ -278,11 +285,18 @@ def main() -> None:
         subprocess.run(["tar", "-x", "-C", base_dir], input=tar, check=True)
         codes.insert(0, (f"old ({args.baseline_rev})", base_dir))
     # each code trains its own models (a model file records its training options, whose
-    # defaults may differ between revisions: the other code would retrain)
+    # defaults may differ between revisions: the other code would retrain), unless
+    # --same-models: then the old code's inference reuses the working tree's models
+    # (obpipe run --models never retrains), so that both run on the same M_Ks
     model_dirs: dict[str, str] = {}
     train: dict[str, Any] = {}
-    for label, code in codes:
+    for label, code in sorted(codes, key=lambda c: c[1] is not None):  # the new code first
         suffix = "" if code is None else f"-{args.baseline_rev}"
+        if code is not None and args.same_models:
+            model_dirs[label] = model_dirs["new"]
+            print(f"training run on {n_train} ({label}): --same-models, the working tree's "
+                  f"models", flush=True)
+            continue
         train_dir = os.path.join(workdir, f"train-{n_train}{suffix}")
         model_dirs[label] = os.path.join(train_dir, "models")
         if args.reuse_models and os.path.isdir(model_dirs[label]) and model_signature(
