@@ -19,6 +19,13 @@ run's final (binary-cleaned) training spectra of (a) (``luminosity_set`` bit 1):
   of the survey's own quoted RV error at the target S/N (beyond the clean spectrum's),
   :func:`rv_error_at`, :func:`shift_rows`.
 
+With ``--mask-ism`` the second network is not augmented but blind to the interstellar
+lines (:data:`ISM_WINDOWS_AA`: Ca II K, Na D, K I and the strong DIBs): their pixels get
+zero weight in the PCA projection of its input spectra (training, scoring and sigma_s
+alike), so the reconstruction holds only what the stellar pixels imply there, and are
+left out of its pixel mask: does the low-S/N bias come from the networks reading the
+interstellar absorption (which grows with distance) as a luminosity cue?
+
 Both are scored, beside the run's own networks (the catalog's ``MKs``), on single
 non-emission OB stars that no network trained on (no visit in ``luminosity_set`` bits
 1, 2 or 8),
@@ -43,7 +50,7 @@ Usage::
 
     python benchmarks/noise_augmented.py SURVEY.zarr PRODUCTS_DIR --shift-check [--rho 0.25]
     python benchmarks/noise_augmented.py SURVEY.zarr PRODUCTS_DIR [--copies 1]
-        [--max-snr 50] [--max-epochs N] [--realistic [--rho 0.25]]
+        [--max-snr 50] [--max-epochs N] [--realistic [--rho 0.25]] [--mask-ism]
         [--json OUT.json]
 """
 
@@ -71,6 +78,14 @@ from obpipe.spectra.normalize import normalize
 from obpipe.stats import robust_std
 
 log = logging.getLogger("noise_augmented")
+#: interstellar absorption windows (vacuum AA): Ca II K 3934.8 and Na D 5891.6 / 5897.6,
+#: K I 7667.0 / 7701.1 (NIST), and the strong diffuse interstellar bands of Hobbs et al.
+#: (2008, ApJ 680, 1256; air wavelengths + 1.6 AA), +-6 AA (+-20 AA for the broad 4428)
+_ISM_LINES_AA = (3934.8, 4503.6, 4728.7, 4764.2, 4781.5, 4883.9, 4965.8, 5364.0, 5489.1,
+                 5706.6, 5781.6, 5798.6, 5851.4, 5891.6, 5897.6, 6197.4, 6205.2, 6271.8,
+                 6285.6, 6378.9, 6615.4, 6662.2, 6995.1, 7226.0, 7667.0, 7701.1, 8623.4)
+ISM_WINDOWS_AA: tuple[tuple[float, float], ...] = ((4409.6, 4449.6),) + tuple(
+    (lam - 6.0, lam + 6.0) for lam in _ISM_LINES_AA)
 SNR_BINS = ((5, 20), (20, 50), (50, 100), (100, 200), (200, np.inf))
 MKS_BINS = ((-np.inf, -3), (-3, -2), (-2, -1), (-1, 0), (0, np.inf))
 
@@ -226,6 +241,21 @@ def pipeline_recon(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, pca_mod
     return out
 
 
+def recon_from_norm(nf: np.ndarray, ni: np.ndarray, pca_model: Any, prior: bool,
+                    zero_pix: np.ndarray | None = None, batch: int = 1000) -> np.ndarray:
+    """Full-basis reconstruction of normalised spectra (as the emission stage writes
+    ``recon_flux``), with the pixels of ``zero_pix`` given zero weight in the projection."""
+    out = np.empty(nf.shape, dtype=np.float32)
+    for lo in range(0, nf.shape[0], batch):
+        s = slice(lo, lo + batch)
+        iv = ni[s] if zero_pix is None else np.where(zero_pix[None, :], 0.0, ni[s])
+        coeff = pca_model.full.project(nf[s], iv.astype(np.float32), prior=prior)
+        rec = pca_model.full.reconstruct(np.nan_to_num(coeff))
+        rec[~np.isfinite(coeff[:, 0])] = np.nan
+        out[s] = rec
+    return out
+
+
 def _read_rows(arr: Any, rows: np.ndarray) -> np.ndarray:
     return np.asarray(arr.isel(spec=rows).values)
 
@@ -249,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shift-check", action="store_true")
     ap.add_argument("--rho", type=float, default=0.25)
+    ap.add_argument("--mask-ism", action="store_true",
+                    help="second network: no augmentation, interstellar-line pixels masked")
     ap.add_argument("--realistic", action="store_true",
                     help="copies with lag-1 noise correlation --rho and the rest-frame error "
                          "of the survey's quoted RV error at the target S/N")
@@ -294,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     mask = _read_rows(sv["mask"], train)
     src = [np.arange(train.size)] * a.copies
     rv_err_all = sv["rv_err"].values.astype(float)
-    for idx in src:
+    for idx in ([] if a.mask_ism else src):
         target = np.minimum(rng.choice(low, idx.size), snr_all[train][idx] / 1.5)
         f, iv = flux[idx], ivar[idx]
         if a.realistic:
@@ -310,12 +342,25 @@ def main(argv: list[str] | None = None) -> int:
 
     nets: dict[str, MKsNetwork] = {}
     every = np.concatenate([np.arange(train.size)] + [c[1] for c in copies])
-    for name, xs, take in (("baseline", x_clean, np.arange(train.size)),
-                           ("augmented", np.concatenate([x_clean] + [c[0] for c in copies]),
-                            every)):
+    variants = [("baseline", x_clean, np.arange(train.size), None)]
+    zero_pix: dict[str, np.ndarray | None] = {"baseline": None, "augmented": None}
+    if a.mask_ism:
+        from obpipe.luminosity.network import wavelength_mask
+        from obpipe.spectra.pca import window_mask
+
+        ism = window_mask(ISM_WINDOWS_AA)
+        zero_pix["ism_masked"] = ism
+        x_ism = recon_from_norm(_read_rows(pr["norm_flux"], train),
+                                _read_rows(pr["norm_ivar"], train), pca_model, prior, ism)
+        variants.append(("ism_masked", x_ism, np.arange(train.size),
+                         wavelength_mask("a") & ~ism))
+    else:
+        variants.append(("augmented", np.concatenate([x_clean] + [c[0] for c in copies]),
+                         every, None))
+    for name, xs, take, pix in variants:
         t1 = time.perf_counter()
         nets[name], hist = train_network(
-            xs, y[take], kind="a", config=net_cfg, input_kind="recon_flux",
+            xs, y[take], kind="a", config=net_cfg, input_kind="recon_flux", pixel_mask=pix,
             sigma_floor_mag=cfg_lum.get("weight_floor_mag"), fakemag=fmag[take],
             fakemag_err=fmag_err[take], groups=star[train][take],
             meta={"benchmark": "noise_augmented", "variant": name})
@@ -337,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     snr = snr_all[rows]
     sigma_int = float(pr["MKs_err"].attrs["noise_a_sigma_int"])
     res: dict[str, Any] = {"n_train": int(train.size), "copies": a.copies,
-                           "realistic": a.realistic, "rho": a.rho,
+                           "realistic": a.realistic, "rho": a.rho, "mask_ism": a.mask_ism,
                            "max_snr": a.max_snr, "n_unseen": int(rows.size), "scores": {}}
     cat_mks = pr["MKs"].values.astype(float)[rows]
     cat_err = pr["MKs_err"].values.astype(float)[rows]
@@ -348,12 +393,15 @@ def main(argv: list[str] | None = None) -> int:
     ni = _read_rows(pr["norm_ivar"], pool)
     for name, net in nets.items():
         t1 = time.perf_counter()
-        m, spread = net.predict(x_test, return_std=True)
+        zp = zero_pix[name]
+        xt = x_test if zp is None else recon_from_norm(
+            _read_rows(pr["norm_flux"], rows), _read_rows(pr["norm_ivar"], rows), pca_model,
+            prior, zp)
+        m, spread = net.predict(xt, return_std=True)
 
-        def predict(f: np.ndarray, iv: np.ndarray, sel: np.ndarray, net: MKsNetwork = net
-                    ) -> np.ndarray:
-            return net.predict(pca_model.full.reconstruct(np.nan_to_num(
-                pca_model.full.project(f, iv, prior=prior))))
+        def predict(f: np.ndarray, iv: np.ndarray, sel: np.ndarray, net: MKsNetwork = net,
+                    zp: np.ndarray | None = zp) -> np.ndarray:
+            return net.predict(recon_from_norm(f, iv, pca_model, prior, zp))
 
         tab = noise_model.degraded_snr_scatter(nf, ni, snr_all[pool], predict, seed=a.seed)
         err = noise_model.mks_uncertainty(snr, sigma_int, 0.0, spread,
