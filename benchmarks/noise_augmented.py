@@ -24,7 +24,9 @@ lines (:data:`ISM_WINDOWS_AA`: Ca II K, Na D, K I and the strong DIBs): their pi
 zero weight in the PCA projection of its input spectra (training, scoring and sigma_s
 alike), so the reconstruction holds only what the stellar pixels imply there, and are
 left out of its pixel mask: does the low-S/N bias come from the networks reading the
-interstellar absorption (which grows with distance) as a luminosity cue?
+interstellar absorption (which grows with distance) as a luminosity cue? With
+``--ism-continuum`` as well, those pixels also carry no weight in the pseudo-continuum
+(the spectra are normalised again from the raw survey flux).
 
 Both are scored, beside the run's own networks (the catalog's ``MKs``), on single
 non-emission OB stars that no network trained on (no visit in ``luminosity_set`` bits
@@ -50,7 +52,8 @@ Usage::
 
     python benchmarks/noise_augmented.py SURVEY.zarr PRODUCTS_DIR --shift-check [--rho 0.25]
     python benchmarks/noise_augmented.py SURVEY.zarr PRODUCTS_DIR [--copies 1]
-        [--max-snr 50] [--max-epochs N] [--realistic [--rho 0.25]] [--mask-ism]
+        [--max-snr 50] [--max-epochs N] [--realistic [--rho 0.25]]
+        [--mask-ism [--ism-continuum]]
         [--json OUT.json]
 """
 
@@ -256,6 +259,14 @@ def recon_from_norm(nf: np.ndarray, ni: np.ndarray, pca_model: Any, prior: bool,
     return out
 
 
+def ism_blind_norm(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, zero_pix: np.ndarray,
+                   width_aa: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`normalize` with the pixels of ``zero_pix`` out of the pseudo-continuum (and
+    zero norm_ivar there)."""
+    return normalize(flux, np.where(zero_pix[None, :], 0.0, ivar).astype(np.float32), mask,
+                     width_aa)
+
+
 def _read_rows(arr: Any, rows: np.ndarray) -> np.ndarray:
     return np.asarray(arr.isel(spec=rows).values)
 
@@ -281,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rho", type=float, default=0.25)
     ap.add_argument("--mask-ism", action="store_true",
                     help="second network: no augmentation, interstellar-line pixels masked")
+    ap.add_argument("--ism-continuum", action="store_true",
+                    help="with --mask-ism: the interstellar pixels out of the continuum too")
     ap.add_argument("--realistic", action="store_true",
                     help="copies with lag-1 noise correlation --rho and the rest-frame error "
                          "of the survey's quoted RV error at the target S/N")
@@ -350,8 +363,12 @@ def main(argv: list[str] | None = None) -> int:
 
         ism = window_mask(ISM_WINDOWS_AA)
         zero_pix["ism_masked"] = ism
-        x_ism = recon_from_norm(_read_rows(pr["norm_flux"], train),
-                                _read_rows(pr["norm_ivar"], train), pca_model, prior, ism)
+        nf_tr, ni_tr = ((_read_rows(pr["norm_flux"], train), _read_rows(pr["norm_ivar"], train))
+                        if not a.ism_continuum else ism_blind_norm(
+                            _read_rows(sv["flux"], train), _read_rows(sv["ivar"], train),
+                            _read_rows(sv["mask"], train), ism, width))
+        x_ism = recon_from_norm(nf_tr, ni_tr, pca_model, prior, ism)
+        del nf_tr, ni_tr
         variants.append(("ism_masked", x_ism, np.arange(train.size),
                          wavelength_mask("a") & ~ism))
     else:
@@ -383,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     sigma_int = float(pr["MKs_err"].attrs["noise_a_sigma_int"])
     res: dict[str, Any] = {"n_train": int(train.size), "copies": a.copies,
                            "realistic": a.realistic, "rho": a.rho, "mask_ism": a.mask_ism,
+                           "ism_continuum": a.ism_continuum,
                            "max_snr": a.max_snr, "n_unseen": int(rows.size), "scores": {}}
     cat_mks = pr["MKs"].values.astype(float)[rows]
     cat_err = pr["MKs_err"].values.astype(float)[rows]
@@ -394,9 +412,15 @@ def main(argv: list[str] | None = None) -> int:
     for name, net in nets.items():
         t1 = time.perf_counter()
         zp = zero_pix[name]
-        xt = x_test if zp is None else recon_from_norm(
-            _read_rows(pr["norm_flux"], rows), _read_rows(pr["norm_ivar"], rows), pca_model,
-            prior, zp)
+        if zp is None:
+            xt = x_test
+        elif a.ism_continuum:
+            xt = recon_from_norm(*ism_blind_norm(
+                _read_rows(sv["flux"], rows), _read_rows(sv["ivar"], rows),
+                _read_rows(sv["mask"], rows), zp, width), pca_model, prior, zp)
+        else:
+            xt = recon_from_norm(_read_rows(pr["norm_flux"], rows),
+                                 _read_rows(pr["norm_ivar"], rows), pca_model, prior, zp)
         m, spread = net.predict(xt, return_std=True)
 
         def predict(f: np.ndarray, iv: np.ndarray, sel: np.ndarray, net: MKsNetwork = net,
