@@ -144,20 +144,23 @@ def run_pipeline(
 
 def _run_stages(ctx: RunContext, selected: Sequence[Stage], ident: dict[str, Any],
                 simulated_models: list[str], progress: bool) -> dict[str, Any]:
+    from obpipe.engine.pools import background_pool
     from obpipe.engine.schedulers import (
         dask_progress,
         show_progress,
         single_threaded_blas,
         stage_banner,
     )
-    from obpipe.report.run_figures import after_stage
+    from obpipe.report.run_figures import FigureDrawer, after_stage
 
     report: dict[str, Any] = {}
     prepared = False
     ran: set[str] = set()
     records = provenance_records(ctx.products_dir)
+    # the figures, drawn off the stages' path where the run has a pool of processes
+    drawer = FigureDrawer(lambda: background_pool(ctx))
     with show_progress(progress), single_threaded_blas(), \
-            provenance.training_survey(ident):
+            provenance.training_survey(ident), drawer:
         for i, stage in enumerate(selected, start=1):
             t0 = time.perf_counter()
             new = _stage_record(ctx, stage.name, ident, records)
@@ -195,7 +198,8 @@ def _run_stages(ctx: RunContext, selected: Sequence[Stage], ident: dict[str, Any
                     result = stage.run(run_ctx)
                 finally:  # the block buffers a stage kept for its next block go back
                     release_free_heap()
-            result = {**result, **after_stage(stage.name, ctx.survey_path, ctx.products_dir)}
+            result = {**result, **after_stage(stage.name, ctx.survey_path, ctx.products_dir,
+                                              drawer)}
             new["finished_utc"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
             _write_record(ctx, stage.name, {**new, "status": "complete"})
             records[stage.name] = new

@@ -22,7 +22,13 @@ from typing import Any
 
 import dask
 
-from obpipe.engine.blockwise import block_bounds, open_products
+from obpipe.engine.blockwise import (
+    DriverToken,
+    _watch_driver,
+    block_bounds,
+    driver_token,
+    open_products,
+)
 from obpipe.io import store
 
 log = logging.getLogger(__name__)
@@ -56,15 +62,19 @@ def _process_pool(num_workers: int) -> ProcessPoolExecutor:
     if os.environ.get("PYTHONHASHSEED") in (None, "0"):
         os.environ["PYTHONHASHSEED"] = "6640"
     return ProcessPoolExecutor(num_workers, mp_context=dmp.get_context(),
-                               initializer=_initialize_worker)
+                               initializer=_initialize_worker, initargs=(driver_token(),))
 
 
-def _initialize_worker() -> None:
+def _initialize_worker(driver: DriverToken | None = None) -> None:
     """Dask's worker initialiser (the allocator policy comes with the environment the
-    worker process starts with: :func:`obpipe.engine.memory.set_process_allocator`)."""
+    worker process starts with: :func:`obpipe.engine.memory.set_process_allocator`), and
+    the watch on the driver from the start: a worker that never got a block (started
+    early by :func:`prestart_process_pool`) exits too when the driver is killed."""
     import dask.multiprocessing as dmp
 
     dmp.initialize_worker_process()
+    if driver is not None:
+        _watch_driver(driver)
 
 
 def shared_process_pool(num_workers: int) -> ProcessPoolExecutor:
@@ -114,6 +124,22 @@ def process_pool_for(scheduler: str | None) -> Iterator[None]:
     workers = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
     with dask.config.set(pool=shared_process_pool(workers), chunksize=1):
         yield
+
+
+def background_pool(ctx: Any) -> ProcessPoolExecutor | None:
+    """The shared pool of worker processes when it is already started and the run
+    ``ctx`` uses it for its Python-bound stages (:func:`scheduler_for` is "processes" and
+    Dask has no pool of its own), for work off the stages' path (the run's figures); else
+    None (do it in place: no pool is started for it)."""
+    if _process_pool.cache_info().currsize == 0:
+        return None
+    try:
+        if scheduler_for(ctx) != "processes" or dask.config.get("pool", None) is not None:
+            return None
+    except FileNotFoundError:  # no products store yet
+        return None
+    return shared_process_pool(int(dask.config.get("num_workers", None) or os.cpu_count()
+                                   or 1))
 
 
 def n_blocks(products_dir: str) -> int:

@@ -92,3 +92,35 @@ def test_distance_pool_prestarts_when_the_stage_will_use_processes(tmp_path) -> 
         prestart_process_pool(ctx_sync)
         assert _worker_processes() == running
         assert shared_process_pool(2) is pool
+
+
+_DRIVER = """
+import os, sys, time
+from obpipe.engine.pools import shared_process_pool
+if __name__ == "__main__":
+    pool = shared_process_pool(2)
+    pids = {pool.submit(os.getpid).result(timeout=120) for _ in range(8)}
+    print(" ".join(map(str, sorted(pids))), flush=True)
+    time.sleep(600)
+"""
+
+
+def test_idle_pool_workers_exit_when_the_driver_is_killed(tmp_path) -> None:
+    """Workers started early (prestart) that never ran a block exit with the driver."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "driver.py"
+    script.write_text(_DRIVER)
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        pids = [int(p) for p in driver.stdout.readline().split()]
+        workers = [psutil.Process(p) for p in pids]
+        assert workers and all(w.is_running() for w in workers)
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=15)
+    assert alive == [], f"orphan workers still running: {[p.pid for p in alive]}"

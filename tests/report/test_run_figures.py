@@ -75,3 +75,29 @@ def test_no_figure_copied_from_a_models_dir_without_figures(tmp_path) -> None:
     _noise_file(src, "a", 1_000.0)
     assert run_figures.copy_model_figures(src, dst) == []
     assert not os.path.exists(os.path.join(dst, "figures"))
+
+
+def test_figures_drawn_in_a_worker_process_are_the_ones_drawn_in_place(tmp_path,
+                                                                      caplog) -> None:
+    """FigureDrawer on a process pool writes the same PNG bytes as in this thread, and a
+    figure that fails is logged, not raised."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    rng = np.random.default_rng(3)
+    n = 400
+    cols = {"snr_dparallax": rng.normal(0, 2, n), "MKs_geo": rng.normal(-1, 1, n),
+            "parallax_corrected": rng.uniform(0.5, 2, n),
+            "parallax_corrected_error": np.full(n, 0.05)}
+    here = {"cols": cols, "snr": rng.uniform(10, 300, n),
+            "path": str(tmp_path / "here" / "fig10.png")}
+    there = {**here, "path": str(tmp_path / "there" / "fig10.png")}
+    run_figures.FigureDrawer().draw("binary", run_figures.draw_fig10, here)
+    with ProcessPoolExecutor(1) as pool:
+        with run_figures.FigureDrawer(lambda: pool) as drawer:
+            drawer.draw("binary", run_figures.draw_fig10, there)
+            drawer.draw("binary", run_figures.draw_fig10, {"cols": {}, "snr": None,
+                                                            "path": there["path"]})
+            assert drawer.executor is pool
+    assert "binary figures not written" in caplog.text
+    with open(here["path"], "rb") as a, open(there["path"], "rb") as b:
+        assert a.read() == b.read()
