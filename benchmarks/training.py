@@ -53,6 +53,20 @@ def _metrics(d, err, sel) -> dict:  # noqa: ANN001
 SNR_BINS = ((5, 20), (20, 50), (50, 100), (100, 200), (200, 100000))
 
 
+def _stage_module():  # noqa: ANN202
+    """The luminosity stage module of whichever ``obpipe`` was imported:
+    ``obpipe.stages.luminosity``, or ``obpipe.luminosity.stage`` before the restructuring
+    (issue 16). Decided by the files of that checkout: the installed editable finder
+    would otherwise resolve a module the old checkout lacks to the working tree's."""
+    import importlib
+
+    import obpipe
+
+    new = os.path.isdir(os.path.join(os.path.dirname(obpipe.__file__), "stages"))
+    return importlib.import_module("obpipe.stages.luminosity" if new else
+                                   "obpipe.luminosity.stage")
+
+
 def worker(survey_path: str, products_dir: str, network_seed: int | None = None) -> dict:
     """One training run with whichever ``obpipe`` is first on ``sys.path``: networks and
     cleaning rounds, the emcee noise models and (where the code has it) the sigma_s(S/N)
@@ -63,7 +77,7 @@ def worker(survey_path: str, products_dir: str, network_seed: int | None = None)
     from obpipe.luminosity import noise_model
     from obpipe.luminosity import training as tr
     from obpipe.pipeline import RunContext
-    from obpipe.stages import luminosity as lum
+    lum = _stage_module()
 
     ctx = RunContext(survey_path, products_dir, scheduler="threads", force=True)
     if len(inspect.signature(lum._config).parameters) > 1:  # before the typed config
@@ -170,7 +184,7 @@ def _never_trained(survey_path: str, products_dir: str, res, rows, star_ids, nm,
 
     from obpipe.io import store
     from obpipe.luminosity import noise_model
-    from obpipe.stages import luminosity as lum
+    lum = _stage_module()
 
     survey = store.open_cube(survey_path)
     prods = lum.open_products(products_dir)
