@@ -30,7 +30,10 @@ is linear in the parallax, so stars with ``plx/err < 10`` and negative parallaxe
 train without the bias of the magnitude of a noisy parallax; variance
 ``sigma_fakemag^2 + (0.2 ln10 10^(0.2 M) floor)^2`` (:func:`fakemag_from_parallax`).
 
-Training is seeded, uses Adam (Kingma & Ba 2015), runs on the CPU unless
+Training is seeded, uses Adam (Kingma & Ba 2015) and keeps an exponential moving average
+of the weights (``weight_average_epochs``; the average is what is validated, early-stopped
+and saved: its held-out loss is smooth, so the learning rate can be higher and the
+patience shorter), runs on the CPU unless
 ``device="auto"`` finds a GPU, and returns an :class:`obpipe.luminosity.network.MKsNetwork`.
 """
 
