@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from importlib import resources
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -315,8 +316,25 @@ _TEFF_NODES_LAW = np.exp(np.linspace(np.log(3500.0), np.log(50000.0), 120))
 DUSTAPPROX_TAU_PER_MAG: float = 2.5 / np.log(10.0)
 
 
-@functools.lru_cache(maxsize=16)
+_LAW_GRIDS: dict[tuple[str, float], dict[str, np.ndarray]] = {}
+_LAW_GRIDS_LOCK = threading.Lock()
+
+
 def _law_grid(law: str, r_v: float) -> dict[str, np.ndarray]:
+    """:func:`_build_law_grid`, built once per process for each (law, R_V): the Dask
+    threads of a block-parallel stage that ask at the same time wait for the first build
+    (~1-1.5 s each) instead of each building its own."""
+    key = (law, float(r_v))
+    grid = _LAW_GRIDS.get(key)
+    if grid is None:
+        with _LAW_GRIDS_LOCK:
+            grid = _LAW_GRIDS.get(key)
+            if grid is None:
+                grid = _LAW_GRIDS[key] = _build_law_grid(law, float(r_v))
+    return grid
+
+
+def _build_law_grid(law: str, r_v: float) -> dict[str, np.ndarray]:
     """{band: R_X on (Teff nodes, A0 nodes)} from dustapprox's A0-R0 polynomial models."""
     import warnings
 

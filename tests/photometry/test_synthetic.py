@@ -215,3 +215,26 @@ def test_law_coefficients_fall_with_extinction_and_rise_with_r_v():
         syn.law_coefficients(20000.0, 1.0, "G23", 6.0)
     with pytest.raises(ValueError, match="law"):
         syn.law_coefficients(20000.0, 1.0, "XYZ", 3.1)
+
+
+def test_law_grid_is_built_once_for_threads_asking_together():
+    """The Dask threads of the photometry stage ask for the same law grid at once: they
+    share one build (before, each thread built and kept its own, ~1-1.5 s apiece)."""
+    import threading
+
+    key = ("F99", 3.7)
+    syn._LAW_GRIDS.pop(key, None)
+    start = threading.Barrier(3)
+    got: list[dict] = []
+
+    def ask() -> None:
+        start.wait()
+        got.append(syn._law_grid(*key))
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 3 and all(g is got[0] for g in got)
+    assert syn._law_grid(*key) is got[0]
