@@ -71,6 +71,7 @@ from obpipe.io.lamost_batch import (  # noqa: F401
 )
 from obpipe.io.store import Column
 from obpipe.io.tables import TABLE_COLUMNS, StarTable, assign_stars
+from obpipe.options import option
 from obpipe.spectra.grid import wavelength_grid
 from obpipe.version import __version__
 
@@ -111,24 +112,25 @@ class IngestError(RuntimeError):
 
 @dataclass(frozen=True)
 class IngestConfig:
-    """Options of ``obpipe ingest``.
+    """Options of ``obpipe ingest`` (each documented in its field's metadata)."""
 
-    ``chunk_size``: spectra per Zarr chunk (new stores) and per commit window.
-    ``files_per_task``: files read by one Dask task. ``match_radius_arcsec``:
-    radius of the sky-position join. ``group_radius_arcsec``: visits closer than
-    this (and without a shared Gaia id) are one star. ``strict``: stop at the first
-    file that is not cleanly ingested. ``max_decompressed_mib``: an input file
-    larger than this (MiB) once decompressed is skipped with a reason; a gzipped
-    file is inflated only up to the limit (a gzip bomb never fills memory).
-    """
-
-    chunk_size: int = 2000
-    files_per_task: int = 100
-    match_radius_arcsec: float = 3.0
-    group_radius_arcsec: float = 2.0
-    gaia_release: str = "auto"
-    strict: bool = False
-    max_decompressed_mib: float = DEFAULT_MAX_DECOMPRESSED_BYTES / 2**20
+    chunk_size: int = option(
+        2000, doc="spectra per Zarr chunk (new stores) and per commit window.")
+    files_per_task: int = option(100, doc="input FITS files read by one Dask task.")
+    match_radius_arcsec: float = option(
+        3.0, doc="radius (arcsec) of the sky-position join of spectra to the star table.")
+    group_radius_arcsec: float = option(
+        2.0, doc="visits closer than this (arcsec), and without a shared Gaia id, are one star.")
+    gaia_release: str = option(
+        "auto",
+        doc="the star table's Gaia release: \"DR2\", \"DR3\", or \"auto\" (the table's "
+            "``gaia_release`` column, else DR3 if DR3-only columns are present).")
+    strict: bool = option(
+        False, doc="stop at the first file that is not cleanly ingested (default: flag it).")
+    max_decompressed_mib: float = option(
+        DEFAULT_MAX_DECOMPRESSED_BYTES / 2**20,
+        doc="an input file larger than this (MiB) once decompressed is skipped with a reason; a "
+            "gzipped file is inflated only up to the limit (a gzip bomb never fills memory).")
 
     @property
     def max_decompressed_bytes(self) -> int:

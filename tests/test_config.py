@@ -235,3 +235,19 @@ def test_every_run_option_is_documented_in_its_field_metadata() -> None:
 
     walk(PipelineConfig(), "")
     assert not undocumented, undocumented
+
+
+@pytest.mark.parametrize("config_class", ["simulate", "ingest"])
+def test_every_simulate_and_ingest_option_is_documented(config_class: str) -> None:
+    """``obpipe simulate`` and ``obpipe ingest`` options carry their docs in the field
+    metadata too (``obpipe.options.option``), with a default, like the run's options."""
+    from obpipe.ingest import IngestConfig
+    from obpipe.options import field_docs
+    from obpipe.simulate.options import SimulationConfig
+
+    cls = {"simulate": SimulationConfig, "ingest": IngestConfig}[config_class]
+    docs = field_docs(cls)
+    undocumented = [name for name, doc in docs.items() if len(doc) < 10]
+    assert not undocumented, f"{cls.__name__} options without a docstring: {undocumented}"
+    for f in dataclasses.fields(cls):
+        assert f.default is not dataclasses.MISSING, f"{cls.__name__}.{f.name} has no default"

@@ -16,8 +16,13 @@ class SimulationConfig:
     typical of a LAMOST hot-star selection (see ``obpipe.simulate`` docs).
     """
 
-    n_stars: int = 16002
-    seed: int = 42
+    n_stars: int = option(
+        16002,
+        doc="stars in the mock survey (the paper's 16,002 OB stars); each has 1 or more visits.")
+    seed: int = option(
+        42,
+        doc="seed of the random draws: the same seed and options give the same survey, bit for bit,"
+            " on any scheduler or chunking.")
     mean_visits: float = option(
         27784 / 16002,
         doc="mean number of spectra (visits) per star; 27,784 / 16,002 in the paper.")
@@ -39,11 +44,17 @@ class SimulationConfig:
         doc="an evolved OB star's crossing ends where it would become cooler than this (K) or "
             "reach a lower log g than ``evolved_min_logg``: the OB selection (DESIGN.md: Teff ~ "
             "10-45 kK, log g ~ 3-4.5) sees blue, not yellow or red, supergiants.")
-    evolved_min_logg: float = 3.0
+    evolved_min_logg: float = option(
+        3.0,
+        doc="lowest log g (cgs) an evolved OB star reaches on its crossing (see "
+            "``evolved_min_teff_k``); the log g < 3 stars come from ``supergiant_fraction``.")
     binary_fraction: float = option(
         0.30,
         doc="unresolved binaries among OB stars and interlopers (mass ratio q uniform).")
-    min_mass_ratio: float = 0.1
+    min_mass_ratio: float = option(
+        0.1,
+        doc="lowest secondary/primary mass ratio q of a binary; q is uniform in [min_mass_ratio, "
+            "1].")
     emission_fraction: float = option(
         0.13,
         doc="emission-line stars (Be discs + nebular lines) among OB stars.")
@@ -58,27 +69,46 @@ class SimulationConfig:
     mass_function_slope: float = option(
         2.0,
         doc="slope alpha of the present-day, magnitude-selected mass function dN/dM ~ M^-alpha.")
-    min_mass_msun: float = 2.5
-    max_mass_msun: float = 40.0
+    min_mass_msun: float = option(
+        2.5,
+        doc="lower bound (Msun) of the OB stars' mass function (a late-B dwarf).")
+    max_mass_msun: float = option(
+        40.0,
+        doc="upper bound (Msun) of the OB stars' mass function.")
     cosmic_log_mass_scatter_dex: float = option(
         0.08,
         doc="\"cosmic\" luminosity scatter: scatter of log mass at fixed (Teff, log g), dex. Not "
             "visible in the spectrum; it sets the floor of any spectroscopic M_Ks.")
-    feh_mean: float = -0.05
-    feh_scatter: float = 0.15
+    feh_mean: float = option(
+        -0.05,
+        doc="mean [Fe/H] (dex) of the stars: a young thin-disk population.")
+    feh_scatter: float = option(
+        0.15,
+        doc="star-to-star scatter of [Fe/H] (dex, Gaussian).")
 
     # --- sky, dust and photometry ---
     dust_ebv_per_kpc: float = option(
         0.45,
         doc="E(B-V) per kpc in the Galactic mid-plane near the Sun (mag/kpc).")
-    dust_scale_height_kpc: float = 0.12
+    dust_scale_height_kpc: float = option(
+        0.12,
+        doc="scale height (kpc) of the exponential dust layer: E(B-V) to d = k h/|sin b| (1 - "
+            "exp(-d |sin b|/h)), k = ``dust_ebv_per_kpc``.")
     dust_clumpiness_dex: float = option(
         0.25,
         doc="lognormal clumpiness of the dust column per sight line (dex).")
-    max_ebv: float = 3.5
-    disk_scale_length_kpc: float = 3.0
-    disk_scale_height_kpc: float = 0.06
-    max_distance_kpc: float = 15.0
+    max_ebv: float = option(
+        3.5,
+        doc="largest E(B-V) (mag) of any sight line: the column is capped there.")
+    disk_scale_length_kpc: float = option(
+        3.0,
+        doc="radial scale length (kpc) of the OB stars' exponential disk.")
+    disk_scale_height_kpc: float = option(
+        0.06,
+        doc="vertical scale height (kpc) of the OB stars' disk.")
+    max_distance_kpc: float = option(
+        15.0,
+        doc="largest heliocentric distance (kpc) a star is drawn at.")
     distance_power: float = option(
         -0.5,
         doc="distances are drawn with p(d) ~ d^distance_power (before the disk density and the "
@@ -89,10 +119,17 @@ class SimulationConfig:
             "its 16,002 stars with Gaia DR2 plx/err > 10 and S/N > 50 (Sec. 5.2: 6,861 training "
             "stars are 4/5 of them, ~200 added) and \"the majority within 3 kpc\" (Sec. 7); with 1"
             " the mock had 21 % and 29 %, with -0.5 it has 50 % and 56 %.")
-    sun_galactocentric_x_kpc: float = -8.1
+    sun_galactocentric_x_kpc: float = option(
+        -8.1,
+        doc="the Sun's Galactocentric X (kpc) used to place the disk.")
     bright_limit_g: float = option(8.0, doc="LAMOST-like magnitude limits on Gaia G.")
-    faint_limit_g: float = 17.8
-    min_declination_deg: float = -10.0
+    faint_limit_g: float = option(
+        17.8,
+        doc="faint limit of the survey on Gaia G (mag); ``bright_limit_g`` is the bright one.")
+    min_declination_deg: float = option(
+        -10.0,
+        doc="southernmost declination (deg) LAMOST observes; a star drawn further south is drawn "
+            "again.")
     optical_missing_fraction: float = option(
         0.08,
         doc="fraction of stars without each optical (g, r, i) measurement (survey gaps).")
@@ -128,7 +165,9 @@ class SimulationConfig:
     rv_mean: float = option(
         3.1,
         doc="R_V per star ~ N(rv_mean, rv_scatter), clipped to 2.3-4.6 (truth ``R_V_true``).")
-    rv_scatter: float = 0.25
+    rv_scatter: float = option(
+        0.25,
+        doc="star-to-star scatter of R_V (see ``rv_mean``).")
     intrinsic_colour_scatter_mag: float = option(
         0.02,
         doc="star-to-star scatter (mag) of each intrinsic colour around Mamajek's sequence.")
@@ -136,7 +175,10 @@ class SimulationConfig:
         1.05,
         doc="true / quoted noise per exposure ~ lognormal(median, sigma_ln), clipped to 0.8-1.3 "
             "(truth ``ivar_scale_true``); sigma_ln = 0 and median = 1: the ivar is right.")
-    ivar_scale_sigma_ln: float = 0.1
+    ivar_scale_sigma_ln: float = option(
+        0.1,
+        doc="lognormal width (natural log) of the true / quoted noise ratio (see "
+            "``ivar_scale_median``).")
     noise_neighbour_correlation: float = option(
         0.25,
         doc="correlation coefficient of the noise of neighbouring pixels (resampling); 0: white.")
@@ -144,7 +186,9 @@ class SimulationConfig:
         250,
         doc="spectra per plate and rms of the per-plate RV zero-point (km/s; truth "
             "``plate_rv_offset_true``); 0: no plate offsets.")
-    plate_rv_offset_kms: float = 3.0
+    plate_rv_offset_kms: float = option(
+        3.0,
+        doc="rms (km/s) of the per-plate radial-velocity zero-point (see ``spectra_per_plate``).")
     supergiant_fraction: float = option(
         0.04,
         doc="B/A supergiants and bright giants (log g 1.5-3, Teff 10-30 kK), fraction of OB stars;"
@@ -156,19 +200,29 @@ class SimulationConfig:
             "read distance from them?), not a realistic one.")
 
     # --- spectra ---
-    resolving_power: float = 1800.0
+    resolving_power: float = option(
+        1800.0,
+        doc="spectral resolving power R = lambda / FWHM of the mock spectra (LAMOST low "
+            "resolution).")
     snr_at_g14: float = option(
         110.0,
         doc="S/N (per pixel, g band) at G = 14 for median conditions.")
-    snr_max: float = 1000.0
-    snr_min: float = 4.0
+    snr_max: float = option(
+        1000.0,
+        doc="largest S/N (per pixel, g band) of a visit: S/N is clipped here.")
+    snr_min: float = option(
+        4.0,
+        doc="smallest S/N (per pixel, g band) of a visit: S/N is clipped here.")
     snr_conditions_dex: float = option(
         0.2,
         doc="lognormal scatter of S/N from observing conditions, per visit (dex).")
     rv_dispersion_kms: float = option(
         20.0,
         doc="turbulence of line-of-sight radial velocities of single stars (km/s).")
-    rv_error_at_snr50_kms: float = 8.0
+    rv_error_at_snr50_kms: float = option(
+        8.0,
+        doc="quoted radial-velocity error (km/s) at S/N 50; it scales as 50/S/N (clipped to 1.5-60 "
+            "km/s) and grows with v sin i.")
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a one-line reason for impossible options."""
