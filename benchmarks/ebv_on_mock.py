@@ -35,8 +35,9 @@ import numpy as np
 
 from obpipe.io import store
 from obpipe.photometry import extinction
+from obpipe.photometry.block import SURVEY_VARS, photometry_block
+from obpipe.photometry.options import BAND_COLUMNS
 from obpipe.simulate import sed
-from obpipe.stages.photometry import BAND_COLUMNS, SURVEY_VARS, photometry_block
 from obpipe.stats import robust_std
 
 

@@ -9,7 +9,7 @@ otherwise; 2MASS errors are not in the table and take the pipeline's documented 
 (0.03 mag); Gaia errors come from ``phot_*_flux_over_error``. Bands BP, RP, J, H (K_s is
 never used for E(B-V)).
 
-For each model the same estimator (:func:`obpipe.stages.photometry.photometry_block`, the
+For each model the same estimator (:func:`obpipe.photometry.block.photometry_block`, the
 pipeline's own error propagation) gives:
 
 * the median and 90th percentile of the reduced chi^2 of the colour excesses about their
@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 
 from obpipe.photometry import extinction, synthetic_builder
+from obpipe.photometry.block import photometry_block
 from obpipe.photometry.star_table import read_inputs
-from obpipe.stages.photometry import photometry_block
 
 DEFAULT_TABLE = (Path(__file__).resolve().parents[2] / "shared" / "data" / "hotstars_gaia_2mass"
                  / "lamost_hot_stars_gaia_dr3_2mass.csv")

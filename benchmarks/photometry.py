@@ -26,8 +26,9 @@ import time
 
 import numpy as np
 
+from obpipe.photometry.block import photometry_block
+from obpipe.photometry.options import BAND_COLUMNS
 from obpipe.photometry.synthetic import absolute_magnitudes, extinction_coefficients
-from obpipe.stages.photometry import BAND_COLUMNS, photometry_block
 
 
 def synthetic_inputs(n: int, seed: int = 0) -> dict[str, np.ndarray]:

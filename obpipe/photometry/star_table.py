@@ -1,7 +1,7 @@
 """``obpipe photometry TABLE --out OUT.parquet``: the photometry stage on a star table.
 
 The same science as the photometry stage (Sec. 4, eqs. 11, 12, 24;
-:func:`obpipe.stages.photometry.photometry_block`: E(B-V) from adjacent-band colour
+:func:`obpipe.photometry.block.photometry_block`: E(B-V) from adjacent-band colour
 excesses, A_Ks, the Gaia parallax zero-point and the geometric M_Ks) for a table of
 stars without spectra, e.g. a Gaia archive query joined to 2MASS.
 
@@ -48,7 +48,8 @@ import pandas as pd
 
 from obpipe.io.tables import TableError, normalize_table, read_table_frame
 from obpipe.photometry import extinction
-from obpipe.stages.photometry import BAND_COLUMNS, SURVEY_VARS, photometry_block
+from obpipe.photometry.block import SURVEY_VARS, photometry_block
+from obpipe.photometry.options import BAND_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def photometry_table(
 ) -> pd.DataFrame:
     """The photometry of a star table (one row per input row), see the module docstring.
 
-    ``options`` are those of :func:`obpipe.stages.photometry.photometry_block` (``bands``,
+    ``options`` are those of :func:`obpipe.photometry.block.photometry_block` (``bands``,
     ``law``, ``r_v``, ``r_v_scatter``, ``extinction_dependent``, ``coefficients``...).
     """
     bands = tuple(options.get("bands", extinction.EBV_BANDS))

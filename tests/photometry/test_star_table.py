@@ -12,8 +12,8 @@ import pytest
 from obpipe.cli import main
 from obpipe.io.tables import TableError
 from obpipe.photometry import extinction
+from obpipe.photometry.block import photometry_block
 from obpipe.photometry.star_table import OUTPUT_COLUMNS, read_inputs, run_photometry_table
-from obpipe.stages.photometry import photometry_block
 
 REAL_TABLE = (Path(__file__).resolve().parents[3] / "shared" / "data" / "hotstars_gaia_2mass"
               / "lamost_hot_stars_gaia_dr3_2mass.csv")

@@ -8,14 +8,9 @@ import pytest
 from obpipe.engine.blockwise import open_products
 from obpipe.io import store
 from obpipe.photometry import extinction, parallax
+from obpipe.photometry.block import SURVEY_VARS, photometry_block
 from obpipe.pipeline import RunContext, run_pipeline
-from obpipe.stages.photometry import (
-    OUTPUTS,
-    SURVEY_VARS,
-    is_complete,
-    photometry_block,
-    run,
-)
+from obpipe.stages.photometry import OUTPUTS, is_complete, run
 from obpipe.validate import photometry_metrics
 
 
