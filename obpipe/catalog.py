@@ -21,7 +21,8 @@ Files (``PRODUCTS_DIR``):
   treatment of LB-1's 12 spectra, Sec. 8), with an uncertainty that keeps the
   intrinsic term, ``sqrt(sigma_int^2 + 1 / sum_i 1/sigma_s,i^2)`` (sigma_int, the
   model's intrinsic scatter, does not average down over visits of one star), and
-  the distance is recomputed from it (Sec. 7). Also block by block: only the 1-D
+  the distance is recomputed from it (Sec. 7; a star with one visit keeps that visit's,
+  the same numbers). Also block by block: only the 1-D
   columns that combine the visits are held for all rows (:func:`write_catalog`).
 
 Every file carries the run's provenance (:func:`catalog_provenance`: effective config,
@@ -519,7 +520,8 @@ def write_catalog(survey_path: str, products_dir: str,
     columns the unique-star view needs (star_id, uniqflag, MKs, MKs_err, the network, the
     distance inputs); the visits are combined per star (:func:`combine_visits`); a second
     pass makes the unique-star rows of each row group (their distances recomputed, eqs.
-    18-24) as Dask tasks and streams them to ``catalog_unique.*``. The tasks run in
+    18-24, where the combined M_Ks is not the visit's: :func:`unique_view_from_rows`) as
+    Dask tasks and streams them to ``catalog_unique.*``. The tasks run in
     batches of :data:`BATCH_BLOCKS` chunks a few batches ahead of the writing
     (:func:`obpipe.engine.schedulers.compute_ahead`; CPU-bound: a process-based
     scheduler runs them in parallel), so the workers compute while this process writes
@@ -667,21 +669,34 @@ def unique_view_from_rows(uniq_rows: pd.DataFrame, combined: pd.DataFrame,
     ``combined``: ``MKs``, ``MKs_err``, ``MKs_nvisits`` of each row's star
     (:func:`combine_visits`, aligned with the rows); ``distance_inputs``: ``Ks0``,
     ``Ks0_err``, ``parallax_corrected(_error)`` of the rows; ``hyper``: the population
-    prior fitted by the distance stage (``distance_cfg.prior == "population"``)."""
+    prior fitted by the distance stage (``distance_cfg.prior == "population"``).
+
+    A row whose combined M_Ks and M_Ks_err (float32, as stored) are its own visit's (a
+    star with one visit, or one visit with an M_Ks) keeps the visit's distance columns:
+    the distance stage computed them from the same inputs with the same recipe
+    (:func:`catalog_distances`, ``distance_cfg`` and ``hyper`` being the run's), so they
+    are what the recomputation would give, bit for bit; only the other rows' distance
+    posteriors are evaluated again."""
     uniq = uniq_rows.copy()
-    uniq["MKs"] = combined["MKs"].to_numpy(dtype=np.float32)
-    uniq["MKs_err"] = combined["MKs_err"].to_numpy(dtype=np.float32)
+    mks = combined["MKs"].to_numpy(dtype=np.float32)
+    mks_err = combined["MKs_err"].to_numpy(dtype=np.float32)
+    redo = ~(_same_values(mks, uniq["MKs"].to_numpy(dtype=np.float32))
+             & _same_values(mks_err, uniq["MKs_err"].to_numpy(dtype=np.float32)))
+    uniq["MKs"] = mks
+    uniq["MKs_err"] = mks_err
     uniq["MKs_nvisits"] = combined["MKs_nvisits"].fillna(0).to_numpy(dtype=np.int16)
-    res = catalog_distances(uniq["ra"].to_numpy(), uniq["dec"].to_numpy(),
-                            distance_inputs["Ks0"], distance_inputs["Ks0_err"],
-                            uniq["MKs"].to_numpy(), uniq["MKs_err"].to_numpy(),
-                            uniq["binary_flag"].to_numpy(),
-                            distance_inputs["parallax_corrected"],
-                            distance_inputs["parallax_corrected_error"], distance_cfg, hyper)
-    for k in ("dis", "dis_low", "dis_high", "logdis", "logdis_err", "distance_flags",
-              "X", "Y", "Z"):
-        uniq[k] = res[k]
-    flags = res["distance_flags"]
+    if redo.any():
+        inp = {k: np.asarray(distance_inputs[k])[redo] for k in _DISTANCE_INPUTS}
+        res = catalog_distances(uniq["ra"].to_numpy()[redo], uniq["dec"].to_numpy()[redo],
+                                inp["Ks0"], inp["Ks0_err"], mks[redo], mks_err[redo],
+                                uniq["binary_flag"].to_numpy()[redo],
+                                inp["parallax_corrected"], inp["parallax_corrected_error"],
+                                distance_cfg, hyper)
+        for k in _UNIQUE_DISTANCE_COLUMNS:
+            values = uniq[k].to_numpy(copy=True)  # the visit's, in the catalog's dtype
+            values[redo] = res[k]
+            uniq[k] = values
+    flags = uniq["distance_flags"].to_numpy()
     no_dis = ~np.isfinite(uniq["dis"].to_numpy())
     q = uniq["quality_flags"].to_numpy().copy()
     q &= ~(QUALITY_BITS["no_distance"] | QUALITY_BITS["distance_parallax_only"]
@@ -693,3 +708,13 @@ def unique_view_from_rows(uniq_rows: pd.DataFrame, combined: pd.DataFrame,
         "distance_truncated"]
     uniq["quality_flags"] = q
     return uniq
+
+
+#: the columns of :func:`obpipe.distance.catalog_distances` in a catalog row
+_UNIQUE_DISTANCE_COLUMNS = ("dis", "dis_low", "dis_high", "logdis", "logdis_err",
+                            "distance_flags", "X", "Y", "Z")
+
+
+def _same_values(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise: equal, or both NaN."""
+    return (a == b) | (np.isnan(a) & np.isnan(b))
