@@ -55,7 +55,7 @@ import numpy as np
 
 from obpipe.binary import identify_binaries
 from obpipe.luminosity import noise_model
-from obpipe.luminosity.network import MKsNetwork
+from obpipe.luminosity.network import MKsNetwork, wavelength_mask
 from obpipe.luminosity.network_training import (
     TrainConfig,
     _folds,
@@ -135,6 +135,13 @@ class TrainingConfig:
     input_kind: str = option(
         "recon_flux",
         doc="\"recon_flux\" (the paper) or \"pca_coeff\" (variant: 100 PCA coefficients)")
+    exclude_interstellar_lines: bool = option(
+        False,
+        doc="interstellar-blind networks (issue 15, beyond the paper): the pixels of the "
+            "interstellar lines (Ca II K, Na D, K I, the strong DIBs; "
+            ":data:`obpipe.luminosity.network.INTERSTELLAR_WINDOWS_AA`) get zero weight in the "
+            "PCA projection of both networks' inputs and are out of their pixels, so that the "
+            "networks cannot read distance (E(B-V)) as luminosity")
     network: TrainConfig = option(
         default_factory=TrainConfig,
         doc="the network and its optimiser (eq. 6, Sec. 5.1)")
@@ -333,12 +340,16 @@ def train_with_binary_cleaning(
             init = nets.get(m) if cfg.warm_start else None
             nets[m], hist = train_network(
                 xm[rows], target[rows], kind=m, config=net_cfg,
+                pixel_mask=(wavelength_mask(m, exclude_interstellar=True)
+                            if cfg.exclude_interstellar_lines
+                            and cfg.input_kind == "recon_flux" else None),
                 input_kind=cfg.input_kind, y_err_mag=target_err[rows],
                 sigma_floor_mag=cfg.weight_floor_mag, fakemag=fmag[rows],
                 fakemag_err=fmag_err[rows], groups=stars[rows], init=init,
                 folds=np.where(folds[m][rows] == -2, -1, folds[m][rows]),
                 meta={"training_iteration": it, "n_training_rows": int(rows.sum()),
                       "warm_start": init is not None,
+                      "exclude_interstellar_lines": cfg.exclude_interstellar_lines,
                       "selection": {k: v for k, v in cfg.as_dict().items()
                                     if k != "network"}},
             )

@@ -3,7 +3,9 @@
 ``luminosity``
     1. reads the good-parallax candidates (and the rows of an optional extra training
        table) from the products store: ``recon_flux`` (or the PCA coefficients for
-       the ``input_kind="pca_coeff"`` variant), ``em_flag``, ``quality_flags``,
+       the ``input_kind="pca_coeff"`` variant; with ``exclude_interstellar_lines``,
+       issue 15, both networks' inputs projected again from ``norm_flux`` without the
+       interstellar windows, :func:`project_inputs`), ``em_flag``, ``quality_flags``,
        ``MKs_geo(_err)``, ``Ks0(_err)``, ``parallax_corrected(_error)``, S/N;
     2. trains networks (a) and (b) with two binary-cleaning iterations and samples
        the noise model (:mod:`obpipe.luminosity.training`);
@@ -67,7 +69,12 @@ from obpipe.engine.blockwise import (
 from obpipe.engine.context import RunContext
 from obpipe.io import store
 from obpipe.luminosity import noise_model
-from obpipe.luminosity.network import MKsNetwork, recon_out_of_range, wavelength_mask
+from obpipe.luminosity.network import (
+    MKsNetwork,
+    interstellar_blind_ivar,
+    recon_out_of_range,
+    wavelength_mask,
+)
 from obpipe.luminosity.training import TrainingConfig, train_with_binary_cleaning
 from obpipe.version import __version__
 
@@ -185,8 +192,55 @@ def clean_window_reconstruction(pca_coeff: np.ndarray, products_dir: str) -> np.
     return out
 
 
-def _network_inputs(prods: xr.Dataset, rows: np.ndarray, input_kind: str, products_dir: str
-                    ) -> dict[str, np.ndarray]:
+def project_inputs(norm_flux: np.ndarray, norm_ivar: np.ndarray, model: str,
+                   products_dir: str, input_kind: str = "recon_flux", prior: bool = True,
+                   exclude_interstellar: bool = False, batch: int = 1000) -> np.ndarray:
+    """Network ``model``'s inputs for rows of normalised spectra, projected here rather than
+    read from the pca / emission products: the weighted PCA projection (Sec. 3) on the
+    run's full-range basis (model a) or clean-window basis (b), then, for
+    ``input_kind="recon_flux"``, the full-grid reconstruction (eq. 2; NaN rows stay NaN).
+    ``exclude_interstellar``: the interstellar windows carry zero weight
+    (:func:`obpipe.luminosity.network.interstellar_blind_ivar`, issue 15), so the input
+    holds only what the stellar pixels say."""
+    from obpipe.spectra.bases import load_pca_model
+
+    pca_model = load_pca_model(products_dir)
+    basis = pca_model.full if model == "a" else pca_model.clean
+    n = np.asarray(norm_flux).shape[0]
+    width = basis.full_mean.size if input_kind == "recon_flux" else basis.n_components
+    out = np.empty((n, width), dtype=np.float32)
+    for lo in range(0, n, batch):
+        sl = slice(lo, min(lo + batch, n))
+        ivar = np.asarray(norm_ivar[sl], dtype=np.float32)
+        if exclude_interstellar:
+            ivar = interstellar_blind_ivar(ivar)
+        coeff = basis.project(np.asarray(norm_flux[sl], dtype=np.float32), ivar, prior=prior)
+        if input_kind == "recon_flux":
+            x = basis.reconstruct(np.nan_to_num(coeff))
+            x[~np.isfinite(coeff[:, 0])] = np.nan
+        else:
+            x = coeff
+        out[sl] = x
+    return out
+
+
+def _network_inputs(prods: xr.Dataset, rows: np.ndarray, input_kind: str, products_dir: str,
+                    exclude_interstellar: bool = False, prior: bool = True,
+                    batch: int = 2000) -> dict[str, np.ndarray]:
+    if exclude_interstellar:  # projected again without the interstellar pixels (issue 15)
+        parts: dict[str, list[np.ndarray]] = {"a": [], "b": []}
+        for lo in range(0, rows.size, batch):
+            r = rows[lo:lo + batch]
+            nf = prods["norm_flux"].isel(spec=r).values
+            ni = prods["norm_ivar"].isel(spec=r).values
+            for m in parts:
+                parts[m].append(project_inputs(nf, ni, m, products_dir, input_kind, prior,
+                                               exclude_interstellar=True))
+        width = {m: (prods.sizes["wave"] if input_kind == "recon_flux"
+                     else prods["pca_coeff_full" if m == "a" else "pca_coeff"].shape[1])
+                 for m in parts}
+        return {m: (np.concatenate(v) if v else np.empty((0, width[m]), np.float32))
+                for m, v in parts.items()}
     if input_kind == "recon_flux":
         return {"a": prods["recon_flux"].isel(spec=rows).values,
                 "b": clean_window_reconstruction(prods["pca_coeff"].isel(spec=rows).values,
@@ -199,14 +253,16 @@ def _network_inputs(prods: xr.Dataset, rows: np.ndarray, input_kind: str, produc
 
 def calibrate_sigma_s(ctx: Any, model: str, usable: np.ndarray, snr: np.ndarray,
                       star_id: np.ndarray, net: MKsNetwork, input_kind: str,
-                      min_snr: float = 100.0, max_spectra: int = 2000, seed: int = 0
-                      ) -> dict[str, list[float]]:
+                      min_snr: float = 100.0, max_spectra: int = 2000, seed: int = 0,
+                      exclude_interstellar: bool = False) -> dict[str, list[float]]:
     """sigma_s(S/N) of eq. (9) for network ``model`` from degraded spectra (issue 15).
 
     Up to ``max_spectra`` ``usable`` spectra with S/N > ``min_snr`` (of the model's
     emission class; network (b) takes every class when its own has < 200) go through
     :func:`noise_model.degraded_snr_scatter` with the pca stage's projection (prior as
-    configured) and the out-of-fold member of each star (:meth:`predict_out_of_fold`).
+    configured) and the out-of-fold member of each star (:meth:`predict_out_of_fold`);
+    ``exclude_interstellar``: the interstellar windows carry no weight in that projection,
+    as in the network's own inputs (:func:`project_inputs`).
     """
     from obpipe.spectra.bases import load_pca_model
 
@@ -232,6 +288,8 @@ def calibrate_sigma_s(ctx: Any, model: str, usable: np.ndarray, snr: np.ndarray,
         net = net.on_coefficients(basis.reconstruct(np.eye(basis.n_components)) - r0, r0)
 
     def predict(f: np.ndarray, iv: np.ndarray, sel: np.ndarray) -> np.ndarray:
+        if exclude_interstellar:
+            iv = interstellar_blind_ivar(iv)
         coeff = basis.project(f, iv, prior=prior)
         x = np.nan_to_num(coeff) if input_kind == "recon_flux" else coeff
         return net.predict_out_of_fold(x, ids[sel])[0]
@@ -280,14 +338,17 @@ def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = 
     log.info("luminosity: %d candidate spectra (good parallax or extra table) of %d",
              rows.size, snr_all.size)
     em = cols["em_flag"][rows]
-    x = _network_inputs(prods, rows, cfg.input_kind, ctx.products_dir)
+    ism = bool(cfg.exclude_interstellar_lines)
+    x = _network_inputs(prods, rows, cfg.input_kind, ctx.products_dir,
+                        exclude_interstellar=ism,
+                        prior=bool(ctx.config.spectral.projection_prior))
     usable = (((cols["quality_flags"][rows] & BROKEN_BIT) == 0)
               & np.all(np.isfinite(x["a"]), axis=1) & np.all(np.isfinite(x["b"]), axis=1))
     if cfg.input_kind == "recon_flux":
         # failed reconstructions within a model's own pixels never train a network (a
         # non-emission spectrum trains both)
-        bad_a = recon_out_of_range(x["a"][:, wavelength_mask("a")])
-        bad_b = recon_out_of_range(x["b"][:, wavelength_mask("b")])
+        bad_a = recon_out_of_range(x["a"][:, wavelength_mask("a", exclude_interstellar=ism)])
+        bad_b = recon_out_of_range(x["b"][:, wavelength_mask("b", exclude_interstellar=ism)])
         bad = np.where(em == 0, bad_a | bad_b, bad_b)
         usable &= ~bad
         log.info("luminosity: %d candidates with an out-of-range reconstruction excluded",
@@ -314,7 +375,7 @@ def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = 
     for m, sel in (("a", cols["em_flag"] == 0), ("b", cols["em_flag"] != 0)):
         res.noise[m].meta["sigma_s_degraded"] = calibrate_sigma_s(
             ctx, m, sel & ((cols["quality_flags"] & BROKEN_BIT) == 0), snr_all, star_all,
-            res.networks[m], cfg.input_kind, seed=cfg.seed)
+            res.networks[m], cfg.input_kind, seed=cfg.seed, exclude_interstellar=ism)
     res.report["timing_s"]["sigma_s_degraded"] = time.perf_counter() - t_cal
     t_cal = time.perf_counter()
     ebv_rows = prods["ebv"].isel(spec=rows).values
@@ -363,7 +424,8 @@ def noise_sigmas(noise: dict[str, noise_model.NoiseModelResult]) -> tuple[tuple[
 
 def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str, str], ...],
                      sigmas: tuple[tuple[Any, ...], ...], input_kind: str,
-                     batch_size: int = 2048, products_dir: str | None = None
+                     batch_size: int = 2048, products_dir: str | None = None,
+                     exclude_interstellar: bool = False, projection_prior: bool = True
                      ) -> dict[str, np.ndarray]:
     """M_Ks, its error and the model code for one chunk of spectra (pure numpy).
 
@@ -375,7 +437,12 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
 
     ``input_kind="recon_flux"``: network (a) reads ``recon_flux``; network (b) the
     clean-window reconstruction from ``pca_coeff`` and the PCA model of ``products_dir``
-    (``recon_flux`` itself when ``products_dir`` is None)."""
+    (``recon_flux`` itself when ``products_dir`` is None).
+
+    ``exclude_interstellar`` (networks trained with ``exclude_interstellar_lines``): both
+    networks' inputs are projected again from ``norm_flux`` / ``norm_ivar`` with the
+    PCA model of ``products_dir`` (prior ``projection_prior``), the interstellar windows
+    at zero weight (:func:`project_inputs`)."""
     from threadpoolctl import threadpool_limits
 
     em = np.asarray(inputs["em_flag"])
@@ -395,7 +462,14 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
         if not rows.any():
             continue
         net = load_network(paths[m])
-        if input_kind == "recon_flux":
+        if exclude_interstellar:
+            if products_dir is None:
+                raise ValueError("interstellar-blind networks need products_dir (PCA model)")
+            with threadpool_limits(1):
+                x = project_inputs(inputs["norm_flux"][rows], inputs["norm_ivar"][rows], m,
+                                   products_dir, input_kind, projection_prior,
+                                   exclude_interstellar=True)
+        elif input_kind == "recon_flux":
             x = inputs["recon_flux"][rows]
             if m == "b" and products_dir is not None:
                 x = clean_window_reconstruction(inputs["pca_coeff"][rows], products_dir)
@@ -442,15 +516,22 @@ def run(ctx: RunContext) -> dict[str, Any]:
     noise = {m: noise_model.NoiseModelResult.load(p) for m, p in npaths.items()}
     sigmas = noise_sigmas(noise)
     input_kind = load_network(paths["a"]).input_kind
+    # interstellar-blind networks (issue 15) read their own projection of the spectrum
+    ism = bool(load_network(paths["a"]).meta.get("exclude_interstellar_lines", False))
     pvars: tuple[str, ...] = ("em_flag", "quality_flags", "ebv")
-    pvars += ("recon_flux", "pca_coeff") if input_kind == "recon_flux" else (
-        "pca_coeff", "pca_coeff_full")
+    if ism:
+        pvars += ("norm_flux", "norm_ivar")
+    else:
+        pvars += ("recon_flux", "pca_coeff") if input_kind == "recon_flux" else (
+            "pca_coeff", "pca_coeff_full")
     t0 = time.perf_counter()
     result = run_blockwise_stage(
         ctx.survey_path, ctx.products_dir, STAGE,
         functools.partial(luminosity_block, model_paths=tuple(sorted(paths.items())),
                           sigmas=sigmas, input_kind=input_kind,
-                          products_dir=store.absolute(ctx.products_dir)),
+                          products_dir=store.absolute(ctx.products_dir),
+                          exclude_interstellar=ism,
+                          projection_prior=bool(ctx.config.spectral.projection_prior)),
         OUTPUTS, survey_vars=("snr_g", "star_id"), product_vars=pvars, scheduler=ctx.scheduler,
         force=force,
     )
