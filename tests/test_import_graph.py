@@ -113,3 +113,27 @@ def test_a_cycle_is_found(tmp_path: Path) -> None:
     assert set(cycle) == {"obpipe.a", "obpipe.sub.b", "obpipe.c"}
     (pkg / "c.py").write_text("import numpy\n")
     assert find_cycle(import_graph(pkg)) is None
+
+
+#: the science packages (pure numpy, unit-tested without Dask) and the layers above them
+SCIENCE = ("obpipe.photometry", "obpipe.luminosity", "obpipe.spectra", "obpipe.distance",
+           "obpipe.binary", "obpipe.stats", "obpipe.simulate", "obpipe.io")
+ABOVE_SCIENCE = ("obpipe.stages", "obpipe.engine", "obpipe.pipeline", "obpipe.cli",
+                 "obpipe.report", "obpipe.validate", "obpipe.config")
+
+
+def _within(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def test_science_never_imports_stages_engine_or_cli() -> None:
+    """The stage shape (DESIGN.md): science modules are pure numpy; a stage module maps them
+    over the survey. So no science module imports a stage, the engine, the CLI, the report
+    or the run configuration (the direction of every arrow is from the layers above)."""
+    graph = import_graph(PACKAGE)
+    science = [m for m in graph if _within(m, SCIENCE)]
+    assert len(science) > 20
+    upward = {m: sorted(d for d in deps if _within(d, ABOVE_SCIENCE))
+              for m, deps in graph.items() if m in science}
+    upward = {m: d for m, d in upward.items() if d}
+    assert not upward, f"science modules importing the layers above them: {upward}"
