@@ -33,7 +33,10 @@ one measured on held-out high-S/N spectra degraded to S/N 5-100
 Eq. (14)'s sample (good parallaxes) holds few of the distant, reddened, luminous stars, whose
 errors that sigma_int leaves too small; :func:`fit_extra_scatter` measures an extra term for
 them, ``sigma_extra = k E(B-V)`` at M_Ks < -3, from their parallaxes (eqs. 15-17's
-parallax space) and :func:`extra_scatter_mag` applies it.
+parallax space), together with a constant term for every spectrum (eq. 14's sigma_int is
+measured about the fitted line of eq. 7, and left the brightest spectra's errors ~25 % too
+small); :func:`fit_broken_scatter` measures the error of spectra flagged broken (App. A)
+from theirs; :func:`extra_error_mag` applies the three.
 """
 
 from __future__ import annotations
@@ -115,8 +118,10 @@ def fit_extra_scatter(mks: np.ndarray, mks_err: np.ndarray, ks0: np.ndarray,
                       ebv: np.ndarray, max_mks: float = EXTRA_SCATTER_MAX_MKS,
                       ebv_edges: tuple[float, ...] = EXTRA_SCATTER_EBV_EDGES,
                       clip_sigma: float = 2.0, clip_upper_sigma: float = 3.0,
-                      min_group: int = 30, max_iter: int = 30) -> dict[str, Any]:
-    """Fit the slope k of ``sigma_extra = k E(B-V)`` (M_Ks < ``max_mks``) from parallaxes.
+                      min_group: int = 30, max_iter: int = 30, fit_constant: bool = True
+                      ) -> dict[str, Any]:
+    """Fit the slope k of ``sigma_extra = k E(B-V)`` (M_Ks < ``max_mks``) from parallaxes,
+    and (``fit_constant``) a term ``sigma_const`` that every spectrum gets in quadrature.
 
     Eq. (14) in parallax space (the variable of eqs. 15-17, where a poor or negative
     parallax still counts with its own weight): the corrected parallax of each star is
@@ -126,7 +131,13 @@ def fit_extra_scatter(mks: np.ndarray, mks_err: np.ndarray, ks0: np.ndarray,
     the zero-point correction left; a free parallax offset as well would trade against
     them: within a cell of E(B-V), i.e. of distance, ``plx_s`` spans little beside its
     own noise, so a line with an intercept is diluted) with variance
-    ``plx_err^2 + (0.2 ln10 plx_s)^2 (mks_err^2 + sigma_extra^2 + ks0_err^2)`` (eq. 17).
+    ``plx_err^2 + (0.2 ln10 plx_s)^2 (mks_err^2 + sigma_const^2 + sigma_extra^2 +
+    ks0_err^2)`` (eq. 17). ``sigma_const`` (issue 15's pull std 1.24-1.27 at S/N > 200):
+    eq. (14)'s sigma_int is the scatter about the fitted line ``(1 + eps) M_g + delta``
+    (eq. 7), whose slope absorbs part of the scatter, and the stage pairs it with a sigma_s
+    measured on degraded spectra rather than eq. (14)'s own sigma_s100; the M_Ks errors of
+    the brightest spectra, ~sigma_int, are then too small. Here the scatter is measured
+    about M_Ks itself (cell offsets only), as the catalog's error must describe it.
     ``mks`` / ``mks_err`` must be out of fold (never from a member that saw the star). As
     in the paper's fit, binaries are clipped iteratively: stars more than ``clip_sigma``
     below the model (the parallax of a binary is smaller than its spectro-photometric one)
@@ -135,7 +146,8 @@ def fit_extra_scatter(mks: np.ndarray, mks_err: np.ndarray, ks0: np.ndarray,
     Maximum likelihood (L-BFGS-B, k >= 0); the error of k from the curvature of the
     profile likelihood. Non-finite rows are ignored.
 
-    Returns ``slope_mag_per_ebv``, ``slope_err``, ``max_mks``, ``ebv_edges``,
+    Returns ``slope_mag_per_ebv``, ``slope_err``, ``sigma_const_mag`` (0 without
+    ``fit_constant``), ``sigma_const_err``, ``max_mks``, ``ebv_edges``,
     ``offsets_mag`` (per cell, E(B-V) bins for M_Ks < max_mks
     then the rest), ``n_input``, ``n_used``, ``n_group_used``; the slope is 0 with
     ``skipped`` set when fewer than ``min_group`` stars of the group are usable.
@@ -160,6 +172,7 @@ def fit_extra_scatter(mks: np.ndarray, mks_err: np.ndarray, ks0: np.ndarray,
         log.warning("extra M_Ks scatter: %d usable stars with M_Ks < %g (need %d); none "
                     "fitted", group.sum(), max_mks, min_group)
         return {**out, "slope_mag_per_ebv": 0.0, "slope_err": float("nan"),
+                "sigma_const_mag": 0.0, "sigma_const_err": float("nan"),
                 "offsets_mag": [], "n_used": 0,
                 "n_group_used": int(group.sum()), "skipped": "too few stars in the group"}
     plx_s = 10.0 ** (-0.2 * (k0 - m - 10.0))  # eq. (15)
@@ -170,7 +183,8 @@ def fit_extra_scatter(mks: np.ndarray, mks_err: np.ndarray, ks0: np.ndarray,
         model = plx_s[k] * 10.0 ** (-0.2 * th[cell[k]])
         # eq. (17) at plx_s itself: a variance that moved with the offsets would let the
         # fit shrink it by trading offsets against zp (the ln-variance term of ML)
-        var = pe[k] ** 2 + (_K_PLX * plx_s[k]) ** 2 * (base_var[k] + (th[-1] * e_pos[k]) ** 2)
+        var = pe[k] ** 2 + (_K_PLX * plx_s[k]) ** 2 * (base_var[k] + th[-1] ** 2
+                                                        + (th[-2] * e_pos[k]) ** 2)
         return plx[k] - model, var
 
     keep = np.ones(m.size, dtype=bool)
@@ -183,8 +197,8 @@ def fit_extra_scatter(mks: np.ndarray, mks_err: np.ndarray, ks0: np.ndarray,
         norm = np.clip(ndtr(hi[k] / sd) - ndtr(lo[k] / sd), 1e-300, None)
         return float(0.5 * np.sum(r**2 / var + np.log(var)) + np.sum(np.log(norm)))
 
-    bounds = [(-3.0, 3.0)] * n_cells + [(0.0, 5.0)]
-    th = np.r_[np.zeros(n_cells), 0.1]
+    bounds = [(-3.0, 3.0)] * n_cells + [(0.0, 5.0), (0.0, 2.0 if fit_constant else 0.0)]
+    th = np.r_[np.zeros(n_cells), 0.1, 0.05 if fit_constant else 0.0]
     n_it = 0
     for n_it in range(1, max_iter + 1):  # noqa: B007  (n_it is reported)
         th = minimize(nll, th, args=(keep,), method="L-BFGS-B", bounds=bounds).x
@@ -194,17 +208,66 @@ def fit_extra_scatter(mks: np.ndarray, mks_err: np.ndarray, ks0: np.ndarray,
         if np.array_equal(new, keep):
             break
         keep = new
-    step = max(0.01, 0.05 * th[-1])
-    f = [nll(np.r_[th[:-1], max(th[-1] + d, 0.0)], keep) for d in (-step, 0.0, step)]
-    curv = (f[0] - 2 * f[1] + f[2]) / step**2 if th[-1] >= step else float("nan")
-    out.update({"slope_mag_per_ebv": float(th[-1]),
-                "slope_err": float(1.0 / np.sqrt(curv)) if curv > 0 else float("nan"),
+    errs = []
+    for j in (-2, -1):  # the curvature of the likelihood in k, then in sigma_const
+        step = max(0.01, 0.05 * th[j])
+        f = []
+        for d in (-step, 0.0, step):
+            t = th.copy()
+            t[j] = max(t[j] + d, 0.0)
+            f.append(nll(t, keep))
+        curv = (f[0] - 2 * f[1] + f[2]) / step**2 if th[j] >= step else float("nan")
+        errs.append(float(1.0 / np.sqrt(curv)) if curv > 0 else float("nan"))
+    out.update({"slope_mag_per_ebv": float(th[-2]), "slope_err": errs[0],
+                "sigma_const_mag": float(th[-1]), "sigma_const_err": errs[1],
                 "offsets_mag": [float(x) for x in th[:n_cells]], "n_used": int(keep.sum()),
                 "n_group_used": int((keep & group).sum()), "n_clip_iterations": n_it})
-    log.info("extra M_Ks scatter at M_Ks < %g: %.3f +- %.3f mag per mag of E(B-V) (%d of %d "
-             "stars kept, %d in the group)", max_mks, out["slope_mag_per_ebv"], out["slope_err"],
-             out["n_used"], out["n_input"], out["n_group_used"])
+    log.info("extra M_Ks scatter at M_Ks < %g: %.3f +- %.3f mag per mag of E(B-V); constant "
+             "term %.3f +- %.3f mag (%d of %d stars kept, %d in the group)", max_mks,
+             out["slope_mag_per_ebv"], out["slope_err"], out["sigma_const_mag"],
+             out["sigma_const_err"], out["n_used"], out["n_input"], out["n_group_used"])
     return out
+
+
+def fit_broken_scatter(mks: np.ndarray, mks_err: np.ndarray, mks_geo: np.ndarray,
+                       mks_geo_err: np.ndarray, min_n: int = 20) -> dict[str, Any]:
+    """The M_Ks error of spectra flagged broken (App. A, Fig. 15; beyond the paper, issue 15)
+    from their parallaxes: ``sigma_broken^2 = robust_std(M_Ks - M_Ks,geo)^2 -
+    median(mks_err^2 + mks_geo_err^2)`` (eq. 11's geometric M_Ks; ``robust_std``: MAD-based,
+    since a broken spectrum's M_Ks can be off by several mag). ``mks`` / ``mks_err``: the
+    stage's out-of-fold values and errors of the broken spectra with a good parallax.
+    Applied in quadrature by :func:`extra_error_mag`: a broken spectrum keeps its M_Ks and
+    its flag, with an error bar that says how little it is worth. Returns ``sigma_mag`` (0
+    with ``skipped`` set when fewer than ``min_n`` spectra are usable), ``n_used``,
+    ``robust_std_mag``, ``median_bias_mag``."""
+    a = [np.asarray(v, dtype=np.float64) for v in (mks, mks_err, mks_geo, mks_geo_err)]
+    ok = np.all([np.isfinite(v) for v in a], axis=0) & (a[0] > -9) & (a[2] > -9)
+    m, me, g, ge = (v[ok] for v in a)
+    out: dict[str, Any] = {"n_used": int(ok.sum())}
+    if ok.sum() < min_n:
+        log.warning("broken spectra: %d with an M_Ks and a good parallax (need %d); no extra "
+                    "error fitted", ok.sum(), min_n)
+        return {**out, "sigma_mag": 0.0, "skipped": "too few broken spectra with a parallax"}
+    d = m - g
+    rs = float(robust_std(d))
+    sigma = float(np.sqrt(max(rs**2 - float(np.median(me**2 + ge**2)), 0.0)))
+    out.update({"sigma_mag": sigma, "robust_std_mag": rs, "median_bias_mag": float(np.median(d))})
+    log.info("broken spectra: M_Ks - M_Ks,geo robust std %.2f mag over %d spectra; extra error "
+             "%.2f mag", rs, out["n_used"], sigma)
+    return out
+
+
+def extra_error_mag(ebv: np.ndarray, mks: np.ndarray, broken: np.ndarray,
+                    slope_mag_per_ebv: float, max_mks: float = EXTRA_SCATTER_MAX_MKS,
+                    const_mag: float = 0.0, broken_mag: float = 0.0) -> np.ndarray:
+    """Every M_Ks error term beyond eqs. (8)-(10), as one term (mag) to add in quadrature
+    to :func:`mks_uncertainty` (issue 15): ``const_mag`` for every spectrum and ``k
+    E(B-V)`` at M_Ks < ``max_mks`` (:func:`fit_extra_scatter`, :func:`extra_scatter_mag`),
+    and ``broken_mag`` where ``broken`` (a spectrum flagged broken, App. A;
+    :func:`fit_broken_scatter`)."""
+    var = (extra_scatter_mag(ebv, mks, slope_mag_per_ebv, max_mks) ** 2 + float(const_mag) ** 2
+           + np.where(np.asarray(broken, bool), float(broken_mag), 0.0) ** 2)
+    return np.sqrt(var)
 
 
 def sigma_s_from_table(snr: np.ndarray, table_snr: np.ndarray, table_sigma_mag: np.ndarray
@@ -462,6 +525,20 @@ class NoiseModelResult:
         ``meta["extra_scatter"]`` (:func:`fit_extra_scatter`), 0 without it (older files)."""
         t = self.meta.get("extra_scatter") or {}
         return float(t.get("slope_mag_per_ebv", 0.0))
+
+    @property
+    def extra_scatter_const(self) -> float:
+        """``sigma_const_mag`` of :func:`fit_extra_scatter` (mag; every spectrum, in
+        quadrature), 0 without it (older files)."""
+        t = self.meta.get("extra_scatter") or {}
+        return float(t.get("sigma_const_mag", 0.0))
+
+    @property
+    def broken_scatter(self) -> float:
+        """``sigma_mag`` of :func:`fit_broken_scatter` (``meta["broken_scatter"]``; mag, for
+        spectra flagged broken), 0 without it (older files)."""
+        t = self.meta.get("broken_scatter") or {}
+        return float(t.get("sigma_mag", 0.0))
 
     @property
     def extra_scatter_max_mks(self) -> float:
