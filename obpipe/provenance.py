@@ -2,8 +2,9 @@
 
 * The survey's identity (:func:`survey_identity`): the store's own id (its producer,
   creation time and producing configuration) plus a BLAKE2b checksum of its
-  per-spectrum table (every 1-D variable on ``spec``, in name order), and whether it is
-  simulated (a ``truth`` group or the simulator as producer).
+  per-spectrum table (every 1-D variable on ``spec``, in name order, as stored: its
+  metadata and its chunks' bytes), and whether it is simulated (a ``truth`` group or the
+  simulator as producer).
 * A stage's key (:func:`stage_key`): a hash of its configuration section, the survey's
   id and the keys recorded by the stages it read. The engine (:mod:`obpipe.pipeline`)
   records the key with the stage's completion; a complete stage whose recorded key
@@ -13,7 +14,8 @@
   obpipe version and the training survey (identity, size, simulated or not), taken from
   :func:`training_survey`, which the engine sets for the duration of a stage.
 
-No science here; stdlib, numpy and the store helpers only.
+No science here; stdlib, numpy, zarr / fsspec (the survey's stored bytes) and the store
+helpers only.
 """
 
 from __future__ import annotations
@@ -54,34 +56,57 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-def table_checksum(ds: Any) -> str:
-    """BLAKE2b-128 of a store's per-spectrum table: every variable with dims ``("spec",)``
-    in name order (name, dtype and values; strings as UTF-8 joined by NUL)."""
+def table_checksum(survey_path: str) -> str:
+    """BLAKE2b-128 of a store's per-spectrum table as stored: every array of its root
+    group with dimensions ``("spec",)``, in name order, by its metadata (dtype, shape,
+    fill value, codecs, attributes) and the bytes of each of its chunks as written
+    (encoded: a different value gives different bytes; an absent chunk, all fill value,
+    counts as absent). Nothing is decoded: ~0.1 s for 30,000 spectra, where reading the
+    values through xarray took ~0.9 s. A copy of the store (elsewhere, or under a URL)
+    has the same checksum; a store rewritten with other codecs or chunks has another."""
+    import itertools
+
+    import fsspec
+    import zarr
+
+    from obpipe.io import store
+
+    group = zarr.open_group(survey_path, mode="r", zarr_format=store.ZARR_FORMAT)
+    arrays = sorted((name, arr) for name, arr in group.arrays()
+                    if tuple(arr.metadata.dimension_names or ()) == ("spec",))
+    fs, root = fsspec.core.url_to_fs(survey_path)
+    root = root.rstrip("/")
     h = hashlib.blake2b(digest_size=16)
-    names = sorted(str(v) for v in ds.variables if ds[v].dims == ("spec",))
-    for name in names:
-        values = np.asarray(ds[name].values)
-        h.update(name.encode() + b"\0" + values.dtype.str.encode() + b"\0")
-        if values.dtype.kind in "OUST":
-            h.update("\0".join(map(str, values.tolist())).encode())
-        else:
-            h.update(np.ascontiguousarray(values).tobytes())
+    for name, arr in arrays:
+        h.update(name.encode() + b"\0" + digest(arr.metadata.to_dict()).encode())
+        keys = [arr.metadata.encode_chunk_key(c)
+                for c in itertools.product(*(range(k) for k in arr.cdata_shape))]
+        paths = [f"{root}/{arr.path}/{k}" for k in keys]
+        raw = fs.cat(paths, on_error="omit") if paths else {}
+        for key, path in zip(keys, paths, strict=True):
+            chunk = raw.get(path)
+            h.update(key.encode() + b"\0" + (b"absent" if chunk is None else
+                                              len(chunk).to_bytes(8, "little") + chunk))
     return h.hexdigest()
 
 
 def survey_identity(survey_path: str) -> dict[str, Any]:
-    """The survey's identity: ``id`` (hash of the store id and the table checksum),
-    ``table_checksum``, ``n_spectra``, ``simulated``, ``producer``, ``created_utc`` and
-    ``path`` (informative only: a survey moved elsewhere keeps its id)."""
+    """The survey's identity: ``id`` (hash of the store id and the table checksum,
+    :func:`table_checksum`), ``table_checksum``, ``n_spectra``, ``simulated``,
+    ``producer``, ``created_utc`` and ``path`` (informative only: a survey moved
+    elsewhere keeps its id). Reads the store's metadata and its table's stored bytes
+    only (open and validate it with :func:`obpipe.io.store.open_cube`)."""
+    import zarr
+
     from obpipe.io import store
 
-    ds = store.open_cube(survey_path)
-    attrs = dict(ds.attrs)
-    checksum = table_checksum(ds)
+    group = zarr.open_group(survey_path, mode="r", zarr_format=store.ZARR_FORMAT)
+    attrs = dict(group.attrs)
+    checksum = table_checksum(survey_path)
     store_id = {k: attrs.get(k) for k in _STORE_ID_ATTRS}
-    simulated = attrs.get("producer") == SIMULATED_PRODUCER or store.has_truth(survey_path)
+    simulated = attrs.get("producer") == SIMULATED_PRODUCER or store.TRUTH_GROUP in group
     return {"id": digest({"store": store_id, "table": checksum}),
-            "table_checksum": checksum, "n_spectra": int(ds.sizes["spec"]),
+            "table_checksum": checksum, "n_spectra": int(group["specid"].shape[0]),
             "simulated": bool(simulated), "producer": attrs.get("producer"),
             "created_utc": attrs.get("created_utc"), "path": store.absolute(survey_path)}
 
