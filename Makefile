@@ -22,14 +22,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/obpipe demo --dir demo
 
-# -rs: the summary lists every skipped test and why (tests that need ../shared/data)
+# -rs: the summary lists every skipped test and why (tests that need ../shared/data);
+# whole files to the two workers, in collection order: tests/conftest.py starts the
+# longest files first (LONG_FILES), so that none of them ends the run alone
+XDIST   = -n 2 --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
 	$(VENV)/bin/ruff check obpipe tests benchmarks
-	$(PY) -m pytest -n 2 --dist loadfile -rs tests
+	$(PY) -m pytest $(XDIST) -rs tests
 
 # the suite without the end-to-end tests marked slow
 test-fast: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile -rs -m "not slow" tests
+	$(PY) -m pytest $(XDIST) -rs -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check obpipe tests benchmarks

@@ -30,3 +30,30 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(NEEDS_SHARED_DATA)
     return SHARED_DATA
+
+
+#: the longest test files, longest first (seconds of setup + calls on 2 cores, from
+#: ``pytest -n 2 --dist loadfile --durations=40``, docs/performance.md). ``make test``
+#: hands whole files to the two xdist workers (``--dist loadfile``) in collection order
+#: (``--no-loadscope-reorder``; xdist's default order, files with the most tests first,
+#: left these few-test files for the end, where one of them ran alone on one worker while
+#: the other sat idle): started first, the short files even the two workers out at the end
+LONG_FILES = (
+    "tests/test_pipeline_distributed.py",  # ~120 s: a full run locally and on a cluster
+    "tests/test_chunking.py",  # ~64 s
+    "tests/stages/test_luminosity.py",  # ~45 s
+    "tests/test_fsspec_run.py",  # ~40 s
+    "tests/test_catalog.py",  # ~40 s (the shared small run)
+    "tests/test_provenance.py",  # ~35 s
+    "tests/test_models_cli.py",  # ~30 s
+    "tests/test_notebooks.py",  # ~30 s
+    "tests/simulate/test_survey.py",  # ~27 s
+    "tests/stages/test_spectral.py",  # ~20 s
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the files of :data:`LONG_FILES` first, in that order; the order of the tests
+    within a file, and of the other files, is kept (a stable sort)."""
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
