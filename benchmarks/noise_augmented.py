@@ -20,7 +20,8 @@ run's final (binary-cleaned) training spectra of (a) (``luminosity_set`` bit 1):
   :func:`rv_error_at`, :func:`shift_rows`.
 
 With ``--mask-ism`` the second network is not augmented but blind to the interstellar
-lines (:data:`ISM_WINDOWS_AA`: Ca II K, Na D, K I and the strong DIBs): their pixels get
+lines (:data:`obpipe.luminosity.network.INTERSTELLAR_WINDOWS_AA`: Ca II K, Na D, K I and
+the strong DIBs; before 04fd904 the list here, the same lines to ~1 AA): their pixels get
 zero weight in the PCA projection of its input spectra (training, scoring and sigma_s
 alike), so the reconstruction holds only what the stellar pixels imply there, and are
 left out of its pixel mask: does the low-S/N bias come from the networks reading the
@@ -81,14 +82,6 @@ from obpipe.spectra.normalize import normalize
 from obpipe.stats import robust_std
 
 log = logging.getLogger("noise_augmented")
-#: interstellar absorption windows (vacuum AA): Ca II K 3934.8 and Na D 5891.6 / 5897.6,
-#: K I 7667.0 / 7701.1 (NIST), and the strong diffuse interstellar bands of Hobbs et al.
-#: (2008, ApJ 680, 1256; air wavelengths + 1.6 AA), +-6 AA (+-20 AA for the broad 4428)
-_ISM_LINES_AA = (3934.8, 4503.6, 4728.7, 4764.2, 4781.5, 4883.9, 4965.8, 5364.0, 5489.1,
-                 5706.6, 5781.6, 5798.6, 5851.4, 5891.6, 5897.6, 6197.4, 6205.2, 6271.8,
-                 6285.6, 6378.9, 6615.4, 6662.2, 6995.1, 7226.0, 7667.0, 7701.1, 8623.4)
-ISM_WINDOWS_AA: tuple[tuple[float, float], ...] = ((4409.6, 4449.6),) + tuple(
-    (lam - 6.0, lam + 6.0) for lam in _ISM_LINES_AA)
 SNR_BINS = ((5, 20), (20, 50), (50, 100), (100, 200), (200, np.inf))
 MKS_BINS = ((-np.inf, -3), (-3, -2), (-2, -1), (-1, 0), (0, np.inf))
 
@@ -358,10 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     variants = [("baseline", x_clean, np.arange(train.size), None)]
     zero_pix: dict[str, np.ndarray | None] = {"baseline": None, "augmented": None}
     if a.mask_ism:
-        from obpipe.luminosity.network import wavelength_mask
-        from obpipe.spectra.pca import window_mask
+        from obpipe.luminosity.network import interstellar_mask, wavelength_mask
 
-        ism = window_mask(ISM_WINDOWS_AA)
+        ism = interstellar_mask()
         zero_pix["ism_masked"] = ism
         nf_tr, ni_tr = ((_read_rows(pr["norm_flux"], train), _read_rows(pr["norm_ivar"], train))
                         if not a.ism_continuum else ism_blind_norm(
