@@ -480,7 +480,10 @@ def _sigma_int_per_visit(products_dir: str, model: np.ndarray) -> np.ndarray:
     for code, name in ((0, "a"), (1, "b")):
         val = attrs.get(f"noise_{name}_sigma_int")
         if val is not None:
-            out[model == code] = float(val)
+            # the constant term of noise_model.fit_extra_scatter is intrinsic as well (it
+            # does not average down over visits of one star)
+            const = (attrs.get(f"noise_{name}_extra_scatter") or {}).get("sigma_const_mag", 0)
+            out[model == code] = float(np.hypot(float(val), float(const)))
     if np.isnan(out[model >= 0]).any():
         log.warning("catalog: no sigma_int in MKs_err attributes; visits combined by "
                     "plain inverse variance")

@@ -22,8 +22,10 @@
     visit of it, the one member that never saw it; else the mean of the ensemble
     members; ``MKs_fold`` says which), ``MKs_err`` (sqrt(sigma_int^2 +
     sigma_s^2), eqs. 8-10, with sigma_s(S/N) measured on degraded held-out spectra,
-    :func:`calibrate_sigma_s`, and, at M_Ks < -3, k E(B-V) in quadrature with k fitted on
-    the candidates' parallaxes, :func:`calibrate_extra_scatter`), ``MKs_spread`` (the
+    :func:`calibrate_sigma_s`, and in quadrature k E(B-V) at M_Ks < -3 and a constant
+    term, both fitted on the candidates' parallaxes, :func:`calibrate_extra_scatter`, and
+    for a spectrum flagged broken its class's scatter about the geometric M_Ks,
+    :func:`calibrate_broken_scatter`), ``MKs_spread`` (the
     members' standard deviation), ``MKs_model`` (0 = network a, 1 = network b, -9 =
     none: em_flag 0 uses (a); 1 and -9 (undetermined) use (b), which ignores the
     emission-line regions),
@@ -110,8 +112,10 @@ OUTPUTS: dict[str, Output] = {
     "MKs": Output("float32", "mag", "spectroscopic K_s absolute magnitude (eq. 6 network)"),
     "MKs_err": Output("float32", "mag", "sqrt(sigma_int^2 + sigma_s(S/N)^2) (Sec. 5.3, "
                       "eqs. 8-10; sigma_s from degraded spectra where the noise model has "
-                      "them, else eq. 10), with k E(B-V) in quadrature at M_Ks < -3 (k "
-                      "fitted on parallaxes where the noise model has it)"),
+                      "them, else eq. 10), with k E(B-V) at M_Ks < -3 and a constant term "
+                      "in quadrature (both fitted on parallaxes where the noise model has "
+                      "them), and for a spectrum flagged broken (MKs_flag 2) the broken "
+                      "spectra's scatter about their geometric M_Ks"),
     "MKs_spread": Output("float32", "mag", "standard deviation of the ensemble members' "
                          "M_Ks (epistemic; large where the training set is thin)"),
     "MKs_model": Output("int8", "", "network used: 0 = (a) non-emission, full range; "
@@ -313,6 +317,34 @@ def calibrate_extra_scatter(net: MKsNetwork, noise: noise_model.NoiseModelResult
     return noise_model.fit_extra_scatter(mks, err, ks0, ks0_err, plx_mas, plx_err_mas, ebv)
 
 
+def calibrate_broken_scatter(nets: dict[str, MKsNetwork],
+                             noise: dict[str, noise_model.NoiseModelResult],
+                             x: dict[str, np.ndarray], model: np.ndarray,
+                             star_id: np.ndarray, snr: np.ndarray, ebv: np.ndarray,
+                             mks_geo: np.ndarray, mks_geo_err: np.ndarray) -> dict[str, Any]:
+    """The M_Ks error of spectra flagged broken (issue 15): their out-of-fold M_Ks from the
+    network of their emission class (``model``: "a" / "b" per row) and their ``MKs_err``
+    as the stage computes it without this term (sigma_int, sigma_s, spread, and
+    :func:`calibrate_extra_scatter`'s terms, which must be in ``noise`` first), then
+    :func:`noise_model.fit_broken_scatter` against ``mks_geo`` (eq. 11) over both
+    networks' rows. The given rows: the broken training candidates (good parallax)."""
+    mks = np.full(snr.size, np.nan)
+    err = np.full(snr.size, np.nan)
+    for m, net in nets.items():
+        k = (model == m) & np.all(np.isfinite(x[m]), axis=1)
+        if not k.any():
+            continue
+        r = noise[m]
+        mks[k], spread, _ = net.predict_out_of_fold(x[m][k], star_id[k])
+        base = noise_model.mks_uncertainty(snr[k], r.sigma_int, r.sigma_s100,
+                                           spread if r.includes_epistemic else None,
+                                           sigma_s_table=r.sigma_s_table)
+        err[k] = np.hypot(base, noise_model.extra_error_mag(
+            ebv[k], mks[k], np.zeros(int(k.sum()), bool), r.extra_scatter_slope,
+            r.extra_scatter_max_mks, r.extra_scatter_const))
+    return noise_model.fit_broken_scatter(mks, err, mks_geo, mks_geo_err)
+
+
 def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = None
                         ) -> dict[str, Any]:
     """Steps 1-3 of the stage: train, calibrate, save the model files."""
@@ -385,6 +417,13 @@ def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = 
             res.networks[m], res.noise[m], x[m][k], star_all[rows][k], snr_all[rows][k],
             *(cols[c][rows][k] for c in ("Ks0", "Ks0_err", "parallax_corrected",
                                          "parallax_corrected_error")), ebv_rows[k])
+    broken = (cols["quality_flags"][rows] & BROKEN_BIT) > 0
+    fit = calibrate_broken_scatter(
+        res.networks, res.noise, {m: v[broken] for m, v in x.items()},
+        np.where(em[broken] == 0, "a", "b"), star_all[rows][broken], snr_all[rows][broken],
+        ebv_rows[broken], cols["MKs_geo"][rows][broken], cols["MKs_geo_err"][rows][broken])
+    for m in res.noise:
+        res.noise[m].meta["broken_scatter"] = fit
     res.report["timing_s"]["extra_scatter"] = time.perf_counter() - t_cal
     for m, path in _noise_paths(ctx.products_dir).items():
         tmp = temp_name(path)
@@ -418,7 +457,8 @@ def noise_sigmas(noise: dict[str, noise_model.NoiseModelResult]) -> tuple[tuple[
         return None if t is None else (tuple(map(float, t[0])), tuple(map(float, t[1])))
 
     return tuple((m, r.sigma_int, r.sigma_s100, r.includes_epistemic, table(r),
-                  (r.extra_scatter_max_mks, r.extra_scatter_slope))
+                  (r.extra_scatter_max_mks, r.extra_scatter_slope, r.extra_scatter_const,
+                   r.broken_scatter))
                  for m, r in noise.items())
 
 
@@ -432,8 +472,9 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
     ``sigmas``: per model ``(name, sigma_int, sigma_s100[, with_spread[, table[,
     extra]]])``; with_spread adds the ensemble spread to MKs_err (a noise model fitted
     with it); table, ``((S/N, ...), (sigma_s mag, ...))`` from degraded spectra, replaces
-    eq. (10); extra, ``(max_mks, k)``, adds k E(B-V) in quadrature at M_Ks < max_mks
-    (:func:`noise_model.extra_scatter_mag`; needs ``inputs["ebv"]``).
+    eq. (10); extra, ``(max_mks, k[, const[, broken]])``, adds in quadrature k E(B-V) at
+    M_Ks < max_mks (needs ``inputs["ebv"]``), const everywhere and broken where the spectrum
+    is flagged broken (:func:`noise_model.extra_error_mag`).
 
     ``input_kind="recon_flux"``: network (a) reads ``recon_flux``; network (b) the
     clean-window reconstruction from ``pca_coeff`` and the PCA model of ``products_dir``
@@ -489,9 +530,12 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
         err[rows] = noise_model.mks_uncertainty(snr[rows], si, s100,
                                                 spread[rows] if with_spread else None,
                                                 sigma_s_table=table)
-        if extra is not None and extra[1] > 0 and "ebv" in inputs:
-            err[rows] = np.hypot(err[rows], noise_model.extra_scatter_mag(
-                np.asarray(inputs["ebv"])[rows], mks[rows], extra[1], extra[0]))
+        if extra is not None:
+            ebv = (np.asarray(inputs["ebv"])[rows] if "ebv" in inputs
+                   else np.full(int(rows.sum()), np.nan))
+            err[rows] = np.hypot(err[rows], noise_model.extra_error_mag(
+                ebv, mks[rows], (flag[rows] & 2) > 0, extra[1], extra[0],
+                *extra[2:4]))
         code[rows] = MODEL_CODES[m]
     bad = ~np.isfinite(mks)
     err[bad] = np.nan
@@ -548,6 +592,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
                                  for m, r in noise.items() if r.sigma_s_table is not None})
     grp["MKs_err"].attrs.update({f"noise_{m}_extra_scatter": r.meta["extra_scatter"]
                                  for m, r in noise.items() if r.meta.get("extra_scatter")})
+    grp["MKs_err"].attrs.update({f"noise_{m}_broken_scatter": r.meta["broken_scatter"]
+                                 for m, r in noise.items() if r.meta.get("broken_scatter")})
     return {**result, "noise": {m: r.mean for m, r in noise.items()},
             "training_seconds": report.get("training", {}).get("timing_s", {})}
 

@@ -115,3 +115,55 @@ def test_the_terms_survive_save_and_load(tmp_path) -> None:
     res.save(str(tmp_path / "noise.npz"))
     back = nm.NoiseModelResult.load(str(tmp_path / "noise.npz"))
     assert back.extra_scatter_const == 0.17 and back.broken_scatter == 1.1
+
+
+def test_block_applies_the_constant_and_broken_terms(tmp_path) -> None:
+    """luminosity_block: the constant term on every row, the broken term on the rows whose
+    quality_flags say broken (MKs_flag 2) only; M_Ks itself unchanged."""
+    from obpipe.luminosity.network_training import TrainConfig, train_network
+    from obpipe.stages.luminosity import luminosity_block, noise_sigmas
+
+    theta = np.array([0.0, 0.0, 0.2, 0.1])
+    res = nm.NoiseModelResult(samples=np.tile(theta, (10, 1)), ml=theta,
+                              keep=np.ones(10, bool), tau=np.ones(4), acceptance=0.3,
+                              n_steps=10, converged=True, n_clip_iterations=1)
+    rng = np.random.default_rng(0)
+    x = (1.0 + 0.05 * rng.standard_normal((60, 3909))).astype(np.float32)
+    path = str(tmp_path / "a.safetensors")
+    train_network(x, x[:, 1000:1100].mean(axis=1) * 10, kind="a",
+                  config=TrainConfig(max_epochs=2, loss="mag", n_members=2))[0].save(path)
+    inputs = {"recon_flux": x[:4], "em_flag": np.zeros(4, np.int8),
+              "quality_flags": np.array([0, 1, 0, 1], np.int16), "snr_g": np.full(4, 300.0),
+              "ebv": np.full(4, 0.5, np.float32)}
+    paths = (("a", path), ("b", path))
+    base = luminosity_block(inputs, paths, noise_sigmas({"a": res, "b": res}), "recon_flux")
+    res.meta["extra_scatter"] = {"slope_mag_per_ebv": 0.0, "sigma_const_mag": 0.17}
+    res.meta["broken_scatter"] = {"sigma_mag": 1.1}
+    out = luminosity_block(inputs, paths, noise_sigmas({"a": res, "b": res}), "recon_flux")
+    want = np.sqrt(base["MKs_err"].astype(float) ** 2 + 0.17**2
+                   + np.array([0, 1, 0, 1]) * 1.1**2)
+    np.testing.assert_allclose(out["MKs_err"], want, rtol=1e-5)
+    np.testing.assert_array_equal(out["MKs"], base["MKs"])
+    assert np.array_equal((out["MKs_flag"] & 2) > 0, [False, True, False, True])
+
+
+def test_the_unique_star_view_keeps_the_constant_term_intrinsic(tmp_path) -> None:
+    """Visits of one star average sigma_s down, not the intrinsic terms: the catalog's
+    per-visit sigma_int includes the constant term (``catalog._sigma_int_per_visit``)."""
+    import xarray as xr
+
+    from obpipe.catalog import _sigma_int_per_visit, combine_visits
+    from obpipe.engine.blockwise import products_path
+    from obpipe.io import store
+
+    err = xr.DataArray(np.full(2, 0.3, np.float32), dims="spec")
+    err.attrs.update({"noise_a_sigma_int": 0.15,
+                      "noise_a_extra_scatter": {"sigma_const_mag": 0.2}})
+    xr.Dataset({"MKs_err": err}).to_zarr(products_path(str(tmp_path)),
+                                          zarr_format=store.ZARR_FORMAT,
+                                          consolidated=store.CONSOLIDATED)
+    sint = _sigma_int_per_visit(str(tmp_path), np.array([0, 0]))
+    np.testing.assert_allclose(sint, 0.25)
+    comb = combine_visits(np.array(["s", "s"]), np.array([1.0, 1.2]), np.full(2, 0.3), sint)
+    # sqrt(0.25^2 + (0.3^2 - 0.25^2) / 2): the 0.25 does not shrink
+    np.testing.assert_allclose(comb["MKs_err"].iloc[0], np.sqrt(0.0625 + 0.0275 / 2))
