@@ -5,9 +5,16 @@ the GIL, so on the "threads" scheduler they run their blocks on "processes" inst
 (:func:`gil_free_scheduler`) when there are enough blocks to repay starting the worker
 processes (~2x on 2 cores); any other scheduler (a cluster, "processes", "synchronous")
 is used as given. On "processes" the stages share one pool of worker processes
-(:func:`shared_process_pool`: the workers start and import obpipe once, ~1.7 CPU s each)
-and hand out one block at a time (Dask's default hands 6 to a worker at once, which leaves
-the other idle at the end of a stage).
+(:func:`shared_process_pool`) and hand out one block at a time (Dask's default hands 6 to
+a worker at once, which leaves the other idle at the end of a stage).
+
+Start method (:func:`pool_context`): Dask's "spawn" starts each worker as a new Python
+that imports numpy, pandas, dask, xarray, zarr and obpipe by itself (~2.5 CPU s each, on
+the cores the spectral stages are using); where the platform has it and Dask's
+``multiprocessing.context`` is not set, the pool uses "forkserver" instead, with the
+modules the blocks need preloaded: one server process imports them once and every
+worker is a fork of it (a fresh single-threaded process, so forking it is safe, unlike
+forking the driver with its Dask threads).
 """
 
 from __future__ import annotations
@@ -15,9 +22,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import multiprocessing
 import os
-from collections.abc import Iterator
+import sys
+import threading
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.context import BaseContext
 from typing import Any
 
 import dask
@@ -35,6 +46,14 @@ log = logging.getLogger(__name__)
 
 #: fewest blocks for which "threads" becomes "processes" (:func:`gil_free_scheduler`)
 MIN_BLOCKS_FOR_PROCESSES = 8
+#: what the fork server of the shared pool imports before it forks the workers, besides
+#: the modules the stages name (:func:`prestart_process_pool`): the run's figures, drawn
+#: in the pool (:class:`obpipe.report.run_figures.FigureDrawer`; matplotlib ~1 CPU s)
+POOL_PRELOAD: tuple[str, ...] = ("obpipe.report.run_figures",
+                                 "obpipe.report.spectral_figures", "matplotlib.figure",
+                                 "matplotlib.backends.backend_agg")
+_preload: dict[str, None] = dict.fromkeys(POOL_PRELOAD)  # ordered set
+_pool_lock = threading.Lock()
 
 
 def gil_free_scheduler(scheduler: str | None, n_blocks: int, stores: tuple[str, ...] = ()
@@ -53,15 +72,31 @@ def gil_free_scheduler(scheduler: str | None, n_blocks: int, stores: tuple[str, 
     return scheduler
 
 
-@functools.lru_cache(maxsize=1)
-def _process_pool(num_workers: int) -> ProcessPoolExecutor:
+def pool_context(preload: Iterable[str] = ()) -> BaseContext:
+    """The start method of the shared pool: Dask's (``multiprocessing.context``, "spawn"
+    by default) where the configuration sets one or the platform has no "forkserver";
+    else "forkserver" with ``preload`` (module names) imported by the server before it
+    forks (the main module of a ``python -m`` run first: each worker runs it again as
+    ``__mp_main__``, as under "spawn"). The fork server is one per process: a preload list
+    given after it started has no effect (the workers then import what they need)."""
     import dask.multiprocessing as dmp
 
+    if dask.config.get("multiprocessing.context", None) is not None \
+            or "forkserver" not in multiprocessing.get_all_start_methods():
+        return dmp.get_context()
+    ctx = multiprocessing.get_context("forkserver")
+    main = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None)
+    ctx.set_forkserver_preload(["__main__", *([main] if main else []), *preload])
+    return ctx
+
+
+@functools.lru_cache(maxsize=1)
+def _process_pool(num_workers: int) -> ProcessPoolExecutor:
     # as dask.multiprocessing.get makes its own pool: a fixed hash seed, its start method
-    # and worker initialiser
+    # (or the fork server, :func:`pool_context`) and worker initialiser
     if os.environ.get("PYTHONHASHSEED") in (None, "0"):
         os.environ["PYTHONHASHSEED"] = "6640"
-    return ProcessPoolExecutor(num_workers, mp_context=dmp.get_context(),
+    return ProcessPoolExecutor(num_workers, mp_context=pool_context(_preload),
                                initializer=_initialize_worker, initargs=(driver_token(),))
 
 
@@ -77,14 +112,18 @@ def _initialize_worker(driver: DriverToken | None = None) -> None:
         _watch_driver(driver)
 
 
-def shared_process_pool(num_workers: int) -> ProcessPoolExecutor:
+def shared_process_pool(num_workers: int, preload: Iterable[str] = ()) -> ProcessPoolExecutor:
     """One pool of ``num_workers`` worker processes for the Python-bound stages of this
-    process (started on first use, shut down at exit; replaced if a worker died)."""
-    pool = _process_pool(num_workers)
-    if getattr(pool, "_broken", False) or getattr(pool, "_shutdown_thread", False):
-        _process_pool.cache_clear()
+    process (started on first use, shut down at exit; replaced if a worker died).
+    ``preload``: modules its workers will need, imported once by the fork server when
+    this call starts the pool (:func:`pool_context`)."""
+    with _pool_lock:
+        _preload.update(dict.fromkeys(preload))
         pool = _process_pool(num_workers)
-    return pool
+        if getattr(pool, "_broken", False) or getattr(pool, "_shutdown_thread", False):
+            _process_pool.cache_clear()
+            pool = _process_pool(num_workers)
+        return pool
 
 
 def _import_modules(names: tuple[str, ...]) -> None:
@@ -100,17 +139,26 @@ def prestart_process_pool(ctx: Any, modules: tuple[str, ...]) -> None:
     them, and import ``modules`` (what the blocks need) in each.
 
     When the Python-bound stages (distance, catalog) will use the pool (see
-    :func:`gil_free_scheduler`), its spawned workers start Python and import numpy,
-    dask, xarray, zarr and obpipe (1-2 s of CPU each) while the spectral stages run,
-    instead of at the start of the distance stage, when nothing else does. The pool is
-    the same one the stages then use; no product is touched."""
+    :func:`gil_free_scheduler`), its workers start and import numpy, dask, xarray, zarr
+    and obpipe (under "forkserver" once, in the server, :func:`pool_context`) while the
+    spectral stages run, instead of at the start of the distance stage, when nothing
+    else does. The pool is the same one the stages then use; no product is touched.
+    Returns at once: the first worker of a fork server waits for the server's imports,
+    so the pool is started by a thread of its own."""
     scheduler = scheduler_for(ctx)
     if scheduler != "processes" or dask.config.get("pool", None) is not None:
         return
     workers = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
-    pool = shared_process_pool(workers)
-    for _ in range(workers):  # one submission per worker process to start
-        pool.submit(_import_modules, modules)
+
+    def start() -> None:
+        try:
+            pool = shared_process_pool(workers, modules)
+            for _ in range(workers):  # one submission per worker process to start
+                pool.submit(_import_modules, modules)
+        except Exception as exc:  # an optimisation only: the stage starts the pool itself
+            log.warning("worker processes not started early (%s)", exc)
+
+    threading.Thread(target=start, name="obpipe-pool-start", daemon=True).start()
     log.info("distance / catalog: %d worker processes starting", workers)
 
 

@@ -32,19 +32,34 @@ def _pids(scheduler: str) -> set[int]:
 
 
 def _worker_processes() -> set[int]:
-    """pids of this process's live worker children (multiprocessing's resource tracker and
-    fork server excluded)."""
+    """pids of this process's live worker processes: its children, or under the
+    "forkserver" start method the fork server's children (multiprocessing's resource
+    tracker and the fork server itself excluded)."""
     out = set()
-    for child in psutil.Process().children():
+    me = os.getpid()
+    for child in psutil.Process().children(recursive=True):
         try:
             if child.status() == psutil.STATUS_ZOMBIE:
                 continue
             cmd = " ".join(child.cmdline())
+            parent = child.ppid()
         except psutil.NoSuchProcess:
             continue
-        if "resource_tracker" not in cmd and "forkserver" not in cmd:
-            out.add(child.pid)
+        if "resource_tracker" in cmd or ("forkserver" in cmd and parent == me):
+            continue
+        out.add(child.pid)
     return out
+
+
+def _wait_for_workers(before: set[int], n: int, timeout_s: float = 120.0) -> set[int]:
+    """The worker processes started since ``before``, once there are ``n`` (or at the
+    timeout): the pool is started by a thread of its own."""
+    import time
+
+    t_end = time.monotonic() + timeout_s
+    while len(started := _worker_processes() - before) < n and time.monotonic() < t_end:
+        time.sleep(0.1)
+    return started
 
 
 def test_processes_share_one_pool_and_threads_are_untouched():
@@ -82,7 +97,7 @@ def test_distance_pool_prestarts_when_the_stage_will_use_processes(tmp_path) -> 
         assert store.open_cube(path).sizes["spec"] >= 10 * MIN_BLOCKS_FOR_PROCESSES
         before = _worker_processes()
         prestart_process_pool(ctx)
-        started = _worker_processes() - before
+        started = _wait_for_workers(before, 2)
         assert len(started) == 2  # started now, before any distance block
         pool = shared_process_pool(2)
         assert pool.submit(os.getpid).result(timeout=120) in started
