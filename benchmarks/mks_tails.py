@@ -11,10 +11,11 @@ the ones marked "observable" are defined from catalog columns only and could be 
 honestly on real data.
 
 With ``--extra-scatter``: the check of the luminosity stage's extra error term
-(``noise_model.fit_extra_scatter``, k E(B-V) at M_Ks < -3, fitted on parallaxes): k is
-fitted on the S/N > 50 non-emission spectra of one half of the star ids (by CRC32 of
-``star_id``) with the catalog's out-of-fold M_Ks and its ``MKs_err`` *without* the term
-(recomputed from the products' noise-model attributes where the run already added it),
+(``noise_model.fit_extra_scatter``, k E(B-V) at M_Ks < -3 and the constant term, fitted
+on parallaxes): both are fitted on the S/N > 50 non-emission spectra not flagged broken of
+one half of the star ids (by CRC32 of ``star_id``) with the catalog's out-of-fold M_Ks and
+its ``MKs_err`` *without* them (the run's terms, network (a)'s, taken out again, the
+broken spectra's term with them, and put back for scoring),
 and scored on the other half against the truth, both ways round: pull std of single
 non-emission OB stars per cell of catalog E(B-V) x M_Ks (S/N > 50) and per S/N bin,
 before / after.
@@ -125,14 +126,17 @@ def extra_scatter_check(survey: str, products: str) -> dict[str, Any]:
     err = cat["MKs_err"].to_numpy(float)
     ebv = cat["ebv"].to_numpy(float)
     att = p["MKs_err"].attrs.get("noise_a_extra_scatter") or {}
-    if att.get("slope_mag_per_ebv", 0) > 0:  # the run added it: take it out again
-        add = nm.extra_scatter_mag(ebv, mks, att["slope_mag_per_ebv"], att["max_mks"])
-        err = np.sqrt(np.clip(err**2 - add**2, 0, None))
+    brk = (p["MKs_err"].attrs.get("noise_a_broken_scatter") or {}).get("sigma_mag", 0.0)
+    broken = (cat["quality_flags"].to_numpy(int) & 16) > 0  # catalog bit broken_spectrum
+    # the run added k E(B-V), the constant term and the broken spectra's term: out again
+    add = nm.extra_error_mag(ebv, mks, broken, att.get("slope_mag_per_ebv", 0.0),
+                             att.get("max_mks", nm.EXTRA_SCATTER_MAX_MKS),
+                             att.get("sigma_const_mag", 0.0), brk)
+    err = np.sqrt(np.clip(err**2 - add**2, 0, None))
     snr = cat["snr_g"].to_numpy(float)
     em = cat["em_flag"].to_numpy(int)
-    qf = cat["quality_flags"].to_numpy(int)
     half = np.array([zlib.crc32(str(s).encode()) % 2 for s in cat["star_id"].to_numpy()])
-    fit_rows = (snr > 50) & (em == 0) & ((qf & 1) == 0)
+    fit_rows = (snr > 50) & (em == 0) & ~broken
     resid = mks - t["MKs_true"]
     sob = ((t["star_class"] == "OB") & ~t["is_binary"].astype(bool)
            & ~t["has_emission"].astype(bool) & np.isfinite(resid))
@@ -142,7 +146,9 @@ def extra_scatter_check(survey: str, products: str) -> dict[str, Any]:
         fit = nm.fit_extra_scatter(mks[sel], err[sel], col["Ks0"][sel], col["Ks0_err"][sel],
                                    col["parallax_corrected"][sel],
                                    col["parallax_corrected_error"][sel], ebv[sel])
-        err2 = np.hypot(err, nm.extra_scatter_mag(ebv, mks, fit["slope_mag_per_ebv"]))
+        err2 = np.hypot(err, nm.extra_error_mag(ebv, mks, broken, fit["slope_mag_per_ebv"],
+                                                const_mag=fit["sigma_const_mag"],
+                                                broken_mag=brk))
         score = sob & (half == 1 - h)
         rows: dict[str, Any] = {}
         for lum, lname in ((mks < -3, "MKs < -3"), (mks >= -3, "MKs >= -3")):
@@ -255,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         for hv in res["halves"]:
             f = hv["fit"]
             print(f"fit on half {hv['fit_half']}: k = {f['slope_mag_per_ebv']:.3f} +- "
-                  f"{f['slope_err']:.3f} mag per mag of E(B-V) ({f['n_used']} of "
+                  f"{f['slope_err']:.3f} mag per mag of E(B-V), constant "
+                  f"{f['sigma_const_mag']:.3f} +- {f['sigma_const_err']:.3f} mag ({f['n_used']} of "
                   f"{f['n_input']} kept, {f['n_group_used']} with M_Ks < {f['max_mks']:g}); "
                   f"scored on the other half (single non-emission OB): pull std before -> after")
             for name, c in hv["pulls"].items():
