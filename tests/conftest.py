@@ -8,6 +8,7 @@ import pytest
 
 from obpipe.config import SimulationConfig
 from obpipe.simulate.survey import simulate_survey
+from tests.small_run import session_dir
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 #: skip reason of every test that reads the reference data (README "Tests")
@@ -16,13 +17,31 @@ NEEDS_SHARED_DATA = (f"needs the real reference data in ../shared/data next to t
 
 #: ~2,000 spectra: the "small survey" of the realism tests
 SMALL = SimulationConfig(n_stars=1200, seed=11, chunk_size=500)
+#: the stages of :func:`small_spectral_products`
+SPECTRAL = ["index", "normalize", "pca", "emission"]
 
 
 @pytest.fixture(scope="session")
 def small_survey(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = str(tmp_path_factory.mktemp("survey") / "small.zarr")
-    simulate_survey(path, SMALL, scheduler="threads")
-    return path
+    """The small survey, simulated once per session (the xdist workers share it): tests
+    read it and write their products elsewhere."""
+    root = session_dir(tmp_path_factory, "small_survey",
+                       lambda d: simulate_survey(str(d / "small.zarr"), SMALL,
+                                                 scheduler="threads"))
+    return str(root / "small.zarr")
+
+
+@pytest.fixture(scope="session")
+def small_spectral_products(small_survey: str,
+                            tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Products of the small survey through the spectral stages (index, normalize, pca,
+    emission), once per session; tests copy them before running anything on them."""
+    from obpipe.pipeline import run_pipeline
+
+    root = session_dir(tmp_path_factory, "small_spectral",
+                       lambda d: run_pipeline(small_survey, str(d / "products"), SPECTRAL,
+                                              scheduler="threads"))
+    return str(root / "products")
 
 
 @pytest.fixture(scope="session")

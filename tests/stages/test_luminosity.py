@@ -23,8 +23,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def products(small_survey, tmp_path_factory) -> str:
+def products(small_survey, small_spectral_products, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("luminosity") / "products")
+    # the session's spectral stages (conftest), then photometry
+    shutil.copytree(small_spectral_products, out)
     run_pipeline(small_survey, out, ["index", "normalize", "pca", "emission", "photometry"],
                  scheduler="threads")
     ctx = RunContext(small_survey, out, scheduler="threads",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -17,10 +18,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def products(small_survey, tmp_path_factory) -> str:
+def products(small_spectral_products, tmp_path_factory) -> str:
+    """A copy of the session's spectral-stage products of the small survey (conftest:
+    index, normalize, pca, emission; the luminosity tests start from the same run)."""
     out = str(tmp_path_factory.mktemp("spectral") / "products")
-    run_pipeline(small_survey, out, ["index", "normalize", "pca", "emission"],
-                 scheduler="threads")
+    shutil.copytree(small_spectral_products, out)
     return out
 
 
