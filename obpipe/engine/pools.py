@@ -104,10 +104,16 @@ def _initialize_worker(driver: DriverToken | None = None) -> None:
     """Dask's worker initialiser (the allocator policy comes with the environment the
     worker process starts with: :func:`obpipe.engine.memory.set_process_allocator`), and
     the watch on the driver from the start: a worker that never got a block (started
-    early by :func:`prestart_process_pool`) exits too when the driver is killed."""
+    early by :func:`prestart_process_pool`) exits too when the driver is killed. The
+    graphs a block computes inside the worker (its reads) run in place (Dask's
+    synchronous ``get``, given as the function: a scheduler named by a string makes
+    Dask import ``distributed``, ~0.3 CPU s, in every worker) without a thread pool of
+    the worker's own."""
+    import dask.local
     import dask.multiprocessing as dmp
 
     dmp.initialize_worker_process()
+    dask.config.set(scheduler=dask.local.get_sync)
     if driver is not None:
         _watch_driver(driver)
 

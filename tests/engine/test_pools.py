@@ -139,3 +139,25 @@ def test_idle_pool_workers_exit_when_the_driver_is_killed(tmp_path) -> None:
         driver.wait()
     gone, alive = psutil.wait_procs(workers, timeout=15)
     assert alive == [], f"orphan workers still running: {[p.pid for p in alive]}"
+
+
+def _nested_compute_in_worker(_: int) -> tuple[bool, bool, float]:
+    import sys
+
+    import dask.array as da
+    import dask.local
+
+    total = float(da.ones(10, chunks=5).sum().compute())  # a block's nested graph
+    return (dask.config.get("scheduler", None) is dask.local.get_sync,
+            "distributed" in sys.modules, total)
+
+
+def test_pool_workers_compute_nested_graphs_in_place() -> None:
+    """A block's own graphs (its reads) run synchronously in the worker, without looking
+    for a distributed client (which imports distributed in every worker)."""
+    pool = shared_process_pool(2)
+    in_place, imported, total = pool.submit(_nested_compute_in_worker, 0).result(
+        timeout=120)
+    assert in_place
+    assert total == 10.0
+    assert not imported
