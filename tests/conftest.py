@@ -74,5 +74,8 @@ LONG_FILES = (
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run the files of :data:`LONG_FILES` first, in that order; the order of the tests
     within a file, and of the other files, is kept (a stable sort)."""
+    missing = [name for name in LONG_FILES if not (config.rootpath / name).is_file()]
+    if missing:  # a renamed file would silently lose its place
+        raise pytest.UsageError(f"tests/conftest.py LONG_FILES names missing files: {missing}")
     rank = {name: i for i, name in enumerate(LONG_FILES)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))

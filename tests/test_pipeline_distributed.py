@@ -9,7 +9,12 @@
   that were written and the products are identical.
 
 The kill tests run the blockwise stages without model fits (index, normalize,
-photometry) to stay fast; the full pipeline runs once on the cluster and once locally.
+photometry) to stay fast, on a dedicated survey and against a local run of those stages.
+The full pipeline runs once on the cluster, on the survey of the session's shared small run
+(``tests/small_run.py``, run locally in the test process with the threaded scheduler): that
+run is the reference, so no second local run is needed. Its short training (no
+binary-cleaning round, 8 epochs) loses nothing here: training and cleaning run in the
+driver (torch on arrays read from the store), the cluster maps the stages' blocks.
 """
 
 from __future__ import annotations
@@ -34,21 +39,12 @@ import zarr
 from obpipe.cli import main
 from obpipe.config import SimulationConfig
 from obpipe.simulate.survey import simulate_survey
-from tests.small_run import OBPIPE
+from tests.small_run import FAST_LUMINOSITY_TOML, OBPIPE, small_run
 
 pytestmark = pytest.mark.slow
 
-#: a dedicated small survey: 300 stars, ~540 spectra in 14 blocks
+#: the kill tests' survey: 300 stars, ~540 spectra in 14 blocks
 SURVEY = SimulationConfig(n_stars=300, seed=23, chunk_size=40)
-#: a shorter training (one binary-cleaning round, fewer epochs and MCMC steps) keeps the
-#: two full runs fast; it goes through --config like any user's configuration
-CONFIG = """
-[luminosity]
-n_clean_iterations = 1
-noise_n_steps = 200
-[luminosity.network]
-max_epochs = 40
-"""
 #: a stage is caught half-way with at least this many blocks still to do: more than the
 #: two workers can have running and queued (worker-saturation) when the driver dies
 MARGIN_BLOCKS = 6
@@ -157,20 +153,13 @@ def survey(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def config_file(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("dconfig") / "test.toml"
-    path.write_text(CONFIG)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def local_products(survey: str, config_file: str,
-                   tmp_path_factory: pytest.TempPathFactory) -> str:
-    """All stages, local threaded scheduler (in this process): the reference."""
+def local_products(survey: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The stages of the kill tests, local threaded scheduler (in this process): their
+    reference."""
     out = str(tmp_path_factory.mktemp("dlocal") / "products")
     with contextlib.redirect_stdout(io.StringIO()) as text:
-        rc = main(["run", survey, "--out", out, "--config", config_file, "--scheduler",
-                   "threads", "--json"])
+        rc = main(["run", survey, "--out", out, "--stages", ",".join(KILL_STAGES),
+                   "--scheduler", "threads", "--json"])
     assert rc == 0
     assert all(s["status"] == "done" for s in _summary(text.getvalue())["stages"].values())
     return out
@@ -260,20 +249,6 @@ def _summary(stdout: str) -> dict:
 
 
 # ------------------------------------------------------------------ tests
-def test_cluster_run_identical_to_local(cluster: Cluster, survey: str, config_file: str,
-                                        local_products: str, tmp_path: Path) -> None:
-    out = str(tmp_path / "products")
-    res = _run(_obpipe("run", survey, "--out", out, "--config", config_file,
-                       "--scheduler", cluster.address, "--json"))
-    summary = _summary(res.stdout)
-    assert summary["scheduler"] == cluster.address
-    assert all(s["status"] == "done" for s in summary["stages"].values())
-    n = assert_products_identical(out, local_products)
-    assert n > 40
-    logs = [(cluster.workdir / f"worker{i}.log").read_text() for i in range(2)]
-    assert all("Traceback" not in log for log in logs), logs
-
-
 def test_worker_killed_mid_run(cluster: Cluster, survey: str, local_products: str,
                                tmp_path: Path) -> None:
     out = str(tmp_path / "products")
@@ -324,3 +299,24 @@ def test_driver_killed_then_resumed(cluster: Cluster, survey: str, local_product
     assert rec["blocks_skipped"] == int(done.sum()) > 0
     assert rec["blocks_written"] == done.size - int(done.sum()) > 0
     assert_products_identical(out, local_products, KILL_STAGES)
+
+
+def test_cluster_run_identical_to_local(cluster: Cluster, tmp_path: Path,
+                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Last in the file: under ``make test`` the other worker builds the shared small run
+    meanwhile (the kill tests do not need it)."""
+    survey, local = small_run(tmp_path_factory)  # the local run: the reference
+    config = tmp_path / "fast.toml"  # the shared run's training, through --config
+    config.write_text(FAST_LUMINOSITY_TOML)
+    out = str(tmp_path / "products")
+    res = _run(_obpipe("run", survey, "--out", out, "--config", str(config),
+                       "--scheduler", cluster.address, "--json"))
+    summary = _summary(res.stdout)
+    assert summary["scheduler"] == cluster.address
+    assert all(s["status"] == "done" for s in summary["stages"].values())
+    blocks = [s["blocks_written"] for s in summary["stages"].values() if "blocks_written" in s]
+    assert blocks and min(blocks) > 1  # blocks for both workers in every blockwise stage
+    n = assert_products_identical(out, local)
+    assert n > 40
+    logs = [(cluster.workdir / f"worker{i}.log").read_text() for i in range(2)]
+    assert all("Traceback" not in log for log in logs), logs
