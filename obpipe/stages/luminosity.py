@@ -465,8 +465,7 @@ def noise_sigmas(noise: dict[str, noise_model.NoiseModelResult]) -> tuple[tuple[
 def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str, str], ...],
                      sigmas: tuple[tuple[Any, ...], ...], input_kind: str,
                      batch_size: int = 2048, products_dir: str | None = None,
-                     exclude_interstellar: bool = False, projection_prior: bool = True
-                     ) -> dict[str, np.ndarray]:
+                     projection_prior: bool = True) -> dict[str, np.ndarray]:
     """M_Ks, its error and the model code for one chunk of spectra (pure numpy).
 
     ``sigmas``: per model ``(name, sigma_int, sigma_s100[, with_spread[, table[,
@@ -480,10 +479,10 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
     clean-window reconstruction from ``pca_coeff`` and the PCA model of ``products_dir``
     (``recon_flux`` itself when ``products_dir`` is None).
 
-    ``exclude_interstellar`` (networks trained with ``exclude_interstellar_lines``): both
-    networks' inputs are projected again from ``norm_flux`` / ``norm_ivar`` with the
-    PCA model of ``products_dir`` (prior ``projection_prior``), the interstellar windows
-    at zero weight (:func:`project_inputs`)."""
+    A network trained with ``exclude_interstellar_lines`` (its metadata says so) reads its
+    input projected again from ``norm_flux`` / ``norm_ivar`` with the PCA model of
+    ``products_dir`` (prior ``projection_prior``), the interstellar windows at zero
+    weight (:func:`project_inputs`)."""
     from threadpoolctl import threadpool_limits
 
     em = np.asarray(inputs["em_flag"])
@@ -503,9 +502,13 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
         if not rows.any():
             continue
         net = load_network(paths[m])
-        if exclude_interstellar:
-            if products_dir is None:
-                raise ValueError("interstellar-blind networks need products_dir (PCA model)")
+        if net.meta.get("exclude_interstellar_lines", False):
+            missing = [k for k in ("norm_flux", "norm_ivar") if k not in inputs]
+            if products_dir is None or missing:
+                raise ValueError(
+                    f"network ({m}) {paths[m]} is interstellar-blind (trained with "
+                    "exclude_interstellar_lines): it needs norm_flux and norm_ivar and the "
+                    f"products_dir of its PCA model (missing: {missing or 'products_dir'})")
             with threadpool_limits(1):
                 x = project_inputs(inputs["norm_flux"][rows], inputs["norm_ivar"][rows], m,
                                    products_dir, input_kind, projection_prior,
@@ -561,11 +564,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
     sigmas = noise_sigmas(noise)
     input_kind = load_network(paths["a"]).input_kind
     # interstellar-blind networks (issue 15) read their own projection of the spectrum
-    ism = bool(load_network(paths["a"]).meta.get("exclude_interstellar_lines", False))
+    blind = [bool(load_network(p).meta.get("exclude_interstellar_lines", False))
+             for p in paths.values()]
     pvars: tuple[str, ...] = ("em_flag", "quality_flags", "ebv")
-    if ism:
+    if any(blind):
         pvars += ("norm_flux", "norm_ivar")
-    else:
+    if not all(blind):
         pvars += ("recon_flux", "pca_coeff") if input_kind == "recon_flux" else (
             "pca_coeff", "pca_coeff_full")
     t0 = time.perf_counter()
@@ -574,7 +578,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
         functools.partial(luminosity_block, model_paths=tuple(sorted(paths.items())),
                           sigmas=sigmas, input_kind=input_kind,
                           products_dir=store.absolute(ctx.products_dir),
-                          exclude_interstellar=ism,
                           projection_prior=bool(ctx.config.spectral.projection_prior)),
         OUTPUTS, survey_vars=("snr_g", "star_id"), product_vars=pvars, scheduler=ctx.scheduler,
         force=force,

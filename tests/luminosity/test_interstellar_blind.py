@@ -107,12 +107,16 @@ def test_flux_in_interstellar_windows_cannot_move_the_prediction(products: str) 
     def mks(f: np.ndarray) -> np.ndarray:
         out = luminosity_block({**inputs, "norm_flux": f}, tuple(sorted(paths.items())),
                                (("a", 0.25, 0.1), ("b", 0.3, 0.1)), "recon_flux",
-                               products_dir=products, exclude_interstellar=True)
+                               products_dir=products)
         assert np.all(out["MKs_model"] == np.array([0, 0, 0, 1, 1, 1]))
         return out["MKs"]
 
     base = mks(flux)
     assert np.all(np.isfinite(base))
+    with pytest.raises(ValueError, match="interstellar-blind.*norm_flux"):
+        luminosity_block({k: v for k, v in inputs.items() if k != "norm_flux"},
+                         tuple(sorted(paths.items())), (("a", 0.25, 0.1), ("b", 0.3, 0.1)),
+                         "recon_flux", products_dir=products)
     for lam, depth in ((4429.0, 0.3), (3934.8, 0.5), (5781.0, 0.4)):
         deeper = flux - depth * _gauss(lam, 2.0 if lam != 4429.0 else 6.0)
         deeper[:, ~interstellar_mask()] = flux[:, ~interstellar_mask()]  # inside the window
