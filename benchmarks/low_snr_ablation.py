@@ -1,0 +1,293 @@
+"""What makes low-S/N spectra read bright? An ablation with fixed networks (issue 15 item 2).
+
+The control mock has the pipeline's own extinction law (G23) and parallax zero-point, so
+its training targets carry no law / zero-point bias; on it, never-trained single
+non-emission OB stars still read 0.27-0.37 mag bright at S/N 5-50. Each *variant* is the
+same survey (same seed, hence the same stars, visits, S/N and star ids) with one of the
+mock's systematics switched off, so that only the spectra's noise and artefacts differ;
+each is run **with the control run's models** (``obpipe run --models``: the same PCA
+bases, networks and noise models, inference only), and the run's M_Ks of each star is
+compared with the truth and, paired, with the control run's M_Ks of the same spectrum.
+Pipeline-side variants run the control survey itself with another ``[spectral]`` option.
+
+Groups: "never trained" and "out-of-fold" are the control run's own (``MKs_fold`` of its
+products: -1 = no member trained on the star, >= 0 = the member that never saw it); the
+variant runs use the same models and star ids, hence the same held-out member for every
+star (checked: the script stops if a variant's ``MKs_fold`` differs from the control's).
+S/N bins are the control survey's ``snr_g`` for every variant (the same spectra in the same
+bins; a variant's own S/N differs by its noise). Rows: single non-emission OB stars
+(truth).
+
+Usage::
+
+    # once: the control mock and its full run (trains the networks)
+    python -c "from obpipe.config import SimulationConfig as C; \
+from obpipe.simulate.survey import simulate_survey as s; \
+s('g23zp.zarr', C(seed=2026, extinction_law='G23', parallax_zp_variations=False))"
+    obpipe run g23zp.zarr --out base
+    # each variant: its mock, an inference-only run with the control's models, the table
+    python benchmarks/low_snr_ablation.py make white_noise --dir WORK
+    python benchmarks/low_snr_ablation.py run white_noise --dir WORK --models base
+    python benchmarks/low_snr_ablation.py score g23zp.zarr base white_noise=WORK/white_noise
+    # or all of them in turn (each variant mock is deleted after its run unless --keep)
+    python benchmarks/low_snr_ablation.py all --dir WORK --control g23zp.zarr --models base
+
+``score`` arguments after the control products are NAME=PRODUCTS (the survey is
+``PRODUCTS.zarr`` next to them, or the control survey for a pipeline-side variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+log = logging.getLogger("low_snr_ablation")
+
+SNR_BINS = ((5, 20), (20, 50), (50, 100), (100, np.inf))
+#: the control mock: the pipeline's own extinction law and parallax zero-point
+CONTROL = {"seed": 2026, "extinction_law": "G23", "parallax_zp_variations": False}
+#: mock-side variants: SimulationConfig overrides of the control (one systematic off each),
+#: and the names of patches of the mock's synthesis (``_patched``) for those without a switch
+MOCK_VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
+    # the spectra are shifted by the RV measurement error (8 km/s x 50 / (S/N), clipped to
+    # 1.5-60 km/s, x (1 + v sin i / 200)) and by the plate's RV zero-point (3 km/s rms)
+    "no_rv_error": ({"rv_error_at_snr50_kms": 0.0, "plate_rv_offset_kms": 0.0}, ()),
+    "white_noise": ({"noise_neighbour_correlation": 0.0}, ()),
+    "exact_ivar": ({"ivar_scale_median": 1.0, "ivar_scale_sigma_ln": 0.0}, ()),
+    "no_sky_telluric": ({}, ("sky", "telluric")),
+    "no_ism": ({"ism_absorption": False}, ()),
+}
+#: pipeline-side variants: TOML of ``obpipe run --config`` on the control survey
+PIPELINE_VARIANTS: dict[str, str] = {
+    "no_prior": "[spectral]\nprojection_prior = false\n",
+}
+INFERENCE_STAGES = "index,normalize,pca,emission,photometry,luminosity"
+
+
+@contextmanager
+def _patched(names: tuple[str, ...]) -> Iterator[None]:
+    """Switch off mock artefacts that have no option: sky-line residuals, telluric bands.
+
+    Diagnostic only (the mock's own module attributes, restored on exit). Without sky lines
+    the per-spectrum random stream after them shifts (fewer draws), so the bad pixels and
+    edges of a spectrum differ from the control's; the stars and S/N do not."""
+    from obpipe.simulate import spectra
+
+    saved = {"sky": spectra.SKY_LINES, "telluric": spectra.telluric_transmission}
+    try:
+        if "sky" in names:
+            spectra.SKY_LINES = ()
+        if "telluric" in names:
+            spectra.telluric_transmission = (
+                lambda wave, rv_kms, residual: np.ones((np.size(rv_kms), np.size(wave))))
+        yield
+    finally:
+        spectra.SKY_LINES = saved["sky"]
+        spectra.telluric_transmission = saved["telluric"]
+
+
+def make_variant(name: str, work: Path) -> Path:
+    """Simulate the variant mock WORK/NAME.zarr (threads: the patches stay in-process)."""
+    from obpipe.config import SimulationConfig
+    from obpipe.simulate.survey import simulate_survey
+
+    overrides, patches = MOCK_VARIANTS[name]
+    path = work / f"{name}.zarr"
+    with _patched(patches):
+        simulate_survey(str(path), SimulationConfig(**CONTROL, **overrides), overwrite=True,
+                        scheduler="threads")
+    return path
+
+
+def run_variant(name: str, work: Path, models: Path, control: Path | None) -> Path:
+    """``obpipe run`` of a variant with the control run's models, up to the luminosity
+    stage; a pipeline-side variant runs on the control survey with its TOML."""
+    out = work / name
+    cmd = [str(Path(sys.executable).parent / "obpipe"), "run"]
+    if name in PIPELINE_VARIANTS:
+        if control is None:
+            raise SystemExit(f"{name}: a pipeline-side variant needs --control SURVEY")
+        toml = work / f"{name}.toml"
+        toml.write_text(PIPELINE_VARIANTS[name])
+        cmd += [str(control), "--config", str(toml)]
+    else:
+        cmd += [str(work / f"{name}.zarr")]
+    cmd += ["--out", str(out), "--models", str(models), "--stages", INFERENCE_STAGES, "-q"]
+    log.info("%s", " ".join(cmd))
+    subprocess.run(cmd, check=True)
+    return out
+
+
+def _read(path: str | Path, group: str | None, names: list[str]) -> dict[str, np.ndarray]:
+    root = zarr.open_group(str(path), mode="r")
+    g = root[group] if group else root
+    return {n: np.asarray(g[n][...]) for n in names if n in g}
+
+
+def _products(products: Path, specid: np.ndarray) -> dict[str, np.ndarray]:
+    """MKs and MKs_fold of the products, in the survey's specid order."""
+    p = _read(products / "products.zarr", None, ["specid", "MKs", "MKs_fold"])
+    order = {int(s): i for i, s in enumerate(p["specid"])}
+    try:
+        idx = np.array([order[int(s)] for s in specid])
+    except KeyError as exc:
+        raise SystemExit(f"{products}: no product row for specid {exc}") from None
+    mks = p["MKs"][idx].astype(float)
+    mks[mks <= -9] = np.nan
+    return {"MKs": mks, "MKs_fold": p["MKs_fold"][idx].astype(int)}
+
+
+def _control(control: Path, control_products: Path) -> dict[str, Any]:
+    """What every variant is compared with: the control survey's rows, S/N, truth and run."""
+    obs = _read(control, None, ["specid", "snr_g"])
+    t = _read(control, "truth", ["star_class", "is_binary", "has_emission", "MKs_true"])
+    cls = np.array(t["star_class"].tolist(), dtype=object).astype(str)
+    base = _products(control_products, obs["specid"])
+    return {"survey": control, "specid": obs["specid"], "snr": obs["snr_g"].astype(float),
+            "MKs_true": t["MKs_true"].astype(float), "base": base,
+            "rows": (cls == "OB") & ~t["is_binary"].astype(bool)
+            & ~t["has_emission"].astype(bool),
+            "groups": {"never_trained": base["MKs_fold"] == -1,
+                       "out_of_fold": base["MKs_fold"] >= 0}}
+
+
+def score_variant(ctl: dict[str, Any], survey: Path, products: Path | None) -> dict[str, Any]:
+    """Median M_Ks - truth per S/N bin and group, and the median paired shift (variant -
+    control, same spectrum); ``products`` None: the control run itself."""
+    res: dict[str, Any] = {}
+    if survey != ctl["survey"]:  # same stars, same order, same truth
+        v_obs = _read(survey, None, ["specid", "snr_g"])
+        v_t = _read(survey, "truth", ["MKs_true"])
+        if not np.array_equal(v_obs["specid"], ctl["specid"]):
+            raise SystemExit(f"{survey}: spectra differ from the control's")
+        same = np.isclose(v_t["MKs_true"], ctl["MKs_true"], equal_nan=True)
+        res["truth_MKs_differs"] = int(np.sum(~same))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            res["median_snr_ratio"] = float(np.nanmedian(v_obs["snr_g"] / ctl["snr"]))
+    base = ctl["base"]
+    pr = base if products is None else _products(products, ctl["specid"])
+    # a spectrum whose emission flag differs between the runs goes to the other network,
+    # which did not train on it: such rows are left out (counted); many mean other models
+    differs = (pr["MKs_fold"] >= 0) != (base["MKs_fold"] >= 0)
+    res["fold_differs"] = int(differs.sum())
+    if differs.mean() > 0.01:
+        raise SystemExit(f"{products}: MKs_fold differs from the control run's for "
+                         f"{differs.sum()} spectra: not the same models / stars")
+    resid = np.where(differs, np.nan, pr["MKs"] - ctl["MKs_true"])
+    shift = pr["MKs"] - base["MKs"]
+    snr = ctl["snr"]
+    for gname, gsel in ctl["groups"].items():
+        for lo, hi in SNR_BINS:
+            sel = ctl["rows"] & gsel & (snr >= lo) & (snr < hi) & np.isfinite(resid)
+            any_ = bool(sel.any())
+            res[f"{gname}/snr_{lo}_{hi}"] = {
+                "n": int(sel.sum()),
+                "bias_median": float(np.median(resid[sel])) if any_ else None,
+                "std": float(np.std(resid[sel])) if any_ else None,
+                "shift_median": float(np.nanmedian(shift[sel])) if any_ else None}
+    return res
+
+
+def score(control: Path, control_products: Path, variants: dict[str, Path]
+          ) -> dict[str, Any]:
+    """The control run's record and each variant's (``variants``: name -> products; the
+    survey is PRODUCTS.zarr where it exists, else the control survey)."""
+    ctl = _control(control, control_products)
+    out = {"control": score_variant(ctl, control, None)}
+    for name, p in variants.items():
+        survey = p.with_suffix(".zarr") if p.with_suffix(".zarr").exists() else control
+        out[name] = score_variant(ctl, survey, p)
+    return out
+
+
+def print_table(res: dict[str, Any]) -> None:
+    bins = [f"snr_{lo}_{hi}" for lo, hi in SNR_BINS]
+    labels = ["5-20", "20-50", "50-100", ">100"]
+    for gname in ("never_trained", "out_of_fold"):
+        n = [res["control"][f"{gname}/{b}"]["n"] for b in bins]
+        print(f"\n{gname}: median M_Ks - truth (paired shift vs control), S/N "
+              + " / ".join(labels) + f"   (n = {' / '.join(map(str, n))})")
+        for name, r in res.items():
+            cells = []
+            for b in bins:
+                c = r[f"{gname}/{b}"]
+                if c["bias_median"] is None:
+                    cells.append("   -   ")
+                elif name == "control":
+                    cells.append(f"{c['bias_median']:+.3f}")
+                else:
+                    cells.append(f"{c['bias_median']:+.3f} ({c['shift_median']:+.3f})")
+            extra = ""
+            if "truth_MKs_differs" in r:
+                extra = (f"   [truth M_Ks differs: {r['truth_MKs_differs']}; median S/N ratio "
+                         f"{r['median_snr_ratio']:.3f}]")
+            if r.get("fold_differs"):
+                extra += f" [{r['fold_differs']} spectra on the other network: left out]"
+            print(f"  {name:16s} " + " | ".join(cells) + extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    names = [*MOCK_VARIANTS, *PIPELINE_VARIANTS]
+    m = sub.add_parser("make", help="simulate a mock-side variant")
+    m.add_argument("name", choices=list(MOCK_VARIANTS))
+    m.add_argument("--dir", required=True, type=Path)
+    r = sub.add_parser("run", help="inference-only obpipe run with the control's models")
+    r.add_argument("name", choices=names)
+    r.add_argument("--dir", required=True, type=Path)
+    r.add_argument("--models", required=True, type=Path)
+    r.add_argument("--control", type=Path, default=None)
+    s = sub.add_parser("score", help="the table")
+    s.add_argument("control", type=Path)
+    s.add_argument("control_products", type=Path)
+    s.add_argument("variants", nargs="*", help="NAME=PRODUCTS")
+    s.add_argument("--json", type=Path, default=None)
+    a_ = sub.add_parser("all", help="make, run and score each variant in turn")
+    a_.add_argument("--dir", required=True, type=Path)
+    a_.add_argument("--control", required=True, type=Path)
+    a_.add_argument("--models", required=True, type=Path)
+    a_.add_argument("--only", nargs="*", choices=names, default=None)
+    a_.add_argument("--keep", action="store_true", help="keep the variant mocks")
+    a = ap.parse_args(argv)
+    if a.cmd == "make":
+        a.dir.mkdir(parents=True, exist_ok=True)
+        make_variant(a.name, a.dir)
+    elif a.cmd == "run":
+        run_variant(a.name, a.dir, a.models, a.control)
+    elif a.cmd == "score":
+        variants = dict(v.split("=", 1) for v in a.variants)
+        res = score(a.control, a.control_products, {k: Path(v) for k, v in variants.items()})
+        print_table(res)
+        if a.json:
+            a.json.write_text(json.dumps(res, indent=1))
+    else:
+        a.dir.mkdir(parents=True, exist_ok=True)
+        ctl = _control(a.control, a.models)
+        res = {"control": score_variant(ctl, a.control, None)}
+        for name in a.only or names:
+            mock = a.dir / f"{name}.zarr"
+            if name in MOCK_VARIANTS and not mock.exists():
+                make_variant(name, a.dir)
+            products = run_variant(name, a.dir, a.models, a.control)
+            res[name] = score_variant(ctl, mock if mock.exists() else a.control, products)
+            if name in MOCK_VARIANTS and not a.keep:
+                shutil.rmtree(mock)
+        print_table(res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
