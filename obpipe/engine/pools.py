@@ -97,15 +97,23 @@ def _process_pool(num_workers: int) -> ProcessPoolExecutor:
     # (or the fork server, :func:`pool_context`) and worker initialiser
     if os.environ.get("PYTHONHASHSEED") in (None, "0"):
         os.environ["PYTHONHASHSEED"] = "6640"
+    from obpipe.engine.schedulers import _THREAD_ENV
+
+    one_blas_thread = all(os.environ.get(k) == "1" for k in _THREAD_ENV)
     return ProcessPoolExecutor(num_workers, mp_context=pool_context(_preload),
-                               initializer=_initialize_worker, initargs=(driver_token(),))
+                               initializer=_initialize_worker,
+                               initargs=(driver_token(), one_blas_thread))
 
 
-def _initialize_worker(driver: DriverToken | None = None) -> None:
+def _initialize_worker(driver: DriverToken | None = None, one_blas_thread: bool = False
+                       ) -> None:
     """Dask's worker initialiser (the allocator policy comes with the environment the
     worker process starts with: :func:`obpipe.engine.memory.set_process_allocator`), and
     the watch on the driver from the start: a worker that never got a block (started
-    early by :func:`prestart_process_pool`) exits too when the driver is killed. The
+    early by :func:`prestart_process_pool`) exits too when the driver is killed.
+    ``one_blas_thread``: the pool was made under
+    :func:`obpipe.engine.schedulers.single_threaded_blas` (a spawned worker reads it from
+    its environment; a fork of a fork server that started earlier has the server's). The
     graphs a block computes inside the worker (its reads) run in place (Dask's
     synchronous ``get``, given as the function: a scheduler named by a string makes
     Dask import ``distributed``, ~0.3 CPU s, in every worker) without a thread pool of
@@ -115,6 +123,10 @@ def _initialize_worker(driver: DriverToken | None = None) -> None:
 
     dmp.initialize_worker_process()
     dask.config.set(scheduler=dask.local.get_sync)
+    if one_blas_thread:
+        from obpipe.engine.schedulers import _limit_blas_threads
+
+        _limit_blas_threads()
     if driver is not None:
         _watch_driver(driver)
 

@@ -161,3 +161,25 @@ def test_pool_workers_compute_nested_graphs_in_place() -> None:
     assert in_place
     assert total == 10.0
     assert not imported
+
+
+def _blas_threads(_: int) -> set[int]:
+    from threadpoolctl import threadpool_info
+
+    return {int(i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"}
+
+
+def test_a_pool_made_in_a_run_has_one_blas_thread_in_every_worker() -> None:
+    """Workers of a pool made under single_threaded_blas use one BLAS thread, also when
+    they are forks of a fork server started earlier, outside it (bitwise-identical
+    products whatever the scheduler)."""
+    from obpipe.engine.schedulers import single_threaded_blas
+
+    shared_process_pool(2).shutdown()
+    shared_process_pool(2).submit(os.getpid).result(timeout=120)  # started outside a run
+    shared_process_pool(2).shutdown()
+    with single_threaded_blas():
+        pool = shared_process_pool(2)
+        threads = [pool.submit(_blas_threads, i).result(timeout=120) for i in range(4)]
+    pool.shutdown()
+    assert all(t == {1} for t in threads), threads
