@@ -141,7 +141,10 @@ class TrainingConfig:
             "interstellar lines (Ca II K, Na D, K I, the strong DIBs; "
             ":data:`obpipe.luminosity.network.INTERSTELLAR_WINDOWS_AA`) get zero weight in the "
             "PCA projection of both networks' inputs and are out of their pixels, so that the "
-            "networks cannot read distance (E(B-V)) as luminosity")
+            "networks cannot read distance (E(B-V)) as luminosity (S/N 5-20 bias of never-"
+            "trained stars -0.10 -> +0.02 mag on the default mock; docs/validation.md; the "
+            "luminosity stage ~2x slower); False: the paper's inputs (the pca stage's "
+            "reconstruction)")
     network: TrainConfig = option(
         default_factory=TrainConfig,
         doc="the network and its optimiser (eq. 6, Sec. 5.1)")

@@ -255,6 +255,24 @@ def _network_inputs(prods: xr.Dataset, rows: np.ndarray, input_kind: str, produc
     raise ValueError(f"unknown input_kind {input_kind!r}")
 
 
+def network_input(products_dir: str, rows: np.ndarray, model: str, net: MKsNetwork,
+                  prior: bool = True) -> np.ndarray:
+    """What the stage feeds network ``model`` (the loaded ``net``) for the spectra ``rows``
+    (indices) of the products in ``products_dir``, as :func:`luminosity_block` builds it:
+    ``recon_flux`` (a) or the clean-window reconstruction (b); the PCA coefficients for
+    ``input_kind="pca_coeff"``; for an interstellar-blind network
+    (``exclude_interstellar_lines`` in its metadata) the projection of ``norm_flux``
+    without the interstellar windows (:func:`project_inputs`, prior ``prior``, the run's
+    ``spectral.projection_prior``)."""
+    prods = open_products(products_dir)
+    rows = np.asarray(rows)
+    if net.meta.get("exclude_interstellar_lines", False):
+        return project_inputs(prods["norm_flux"].isel(spec=rows).values,
+                              prods["norm_ivar"].isel(spec=rows).values, model, products_dir,
+                              net.input_kind, prior, exclude_interstellar=True)
+    return _network_inputs(prods, rows, net.input_kind, products_dir)[model]
+
+
 def calibrate_sigma_s(ctx: Any, model: str, usable: np.ndarray, snr: np.ndarray,
                       star_id: np.ndarray, net: MKsNetwork, input_kind: str,
                       min_snr: float = 100.0, max_spectra: int = 2000, seed: int = 0,
