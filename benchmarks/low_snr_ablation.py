@@ -67,12 +67,18 @@ MOCK_VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "exact_ivar": ({"ivar_scale_median": 1.0, "ivar_scale_sigma_ln": 0.0}, ()),
     "no_sky_telluric": ({}, ("sky", "telluric")),
     "no_ism": ({"ism_absorption": False}, ()),
+    # all of the noise and instrument systematics above off at once (interstellar lines on)
+    "clean_noise": ({"rv_error_at_snr50_kms": 0.0, "plate_rv_offset_kms": 0.0,
+                     "noise_neighbour_correlation": 0.0, "ivar_scale_median": 1.0,
+                     "ivar_scale_sigma_ln": 0.0}, ("sky", "telluric")),
 }
 #: pipeline-side variants: TOML of ``obpipe run --config`` on the control survey
 PIPELINE_VARIANTS: dict[str, str] = {
     "no_prior": "[spectral]\nprojection_prior = false\n",
 }
 INFERENCE_STAGES = "index,normalize,pca,emission,photometry,luminosity"
+#: (spec, wave) and (spec, K) products of a variant run, deleted once it is done
+BULKY_PRODUCTS = ("norm_flux", "norm_ivar", "recon_flux", "pca_coeff", "pca_coeff_full")
 
 
 @contextmanager
@@ -126,6 +132,8 @@ def run_variant(name: str, work: Path, models: Path, control: Path | None) -> Pa
     cmd += ["--out", str(out), "--models", str(models), "--stages", INFERENCE_STAGES, "-q"]
     log.info("%s", " ".join(cmd))
     subprocess.run(cmd, check=True)
+    for name_ in BULKY_PRODUCTS:  # 0.85 GB a run: the scores need the per-spectrum values only
+        shutil.rmtree(out / "products.zarr" / name_, ignore_errors=True)
     return out
 
 

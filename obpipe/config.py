@@ -107,6 +107,8 @@ class PipelineConfig:
         net = lum.network
         checks = [
             ("spectral.continuum_kernel_aa", s.continuum_kernel_aa > 0, "must be > 0"),
+            ("spectral.continuum_weighting", s.continuum_weighting in ("ivar", "uniform"),
+             "must be \"ivar\" or \"uniform\""),
             ("spectral.n_components", s.n_components == N_COMPONENTS,
              f"must be {N_COMPONENTS} (the products' component axis has that fixed size)"),
             ("spectral.max_train", s.max_train >= 2 * s.n_components,

@@ -8,7 +8,15 @@ Ness et al. 2015)::
 
 with L = 50 AA. The width is in AA, so on the log-lambda grid the kernel spans
 ~41 pixels (sigma) at 3,700 AA and ~17 at 9,100 AA. Masked and zero-ivar pixels
-have no weight, so they do not pull the continuum. The normalised flux is f / c
+have no weight, so they do not pull the continuum.
+
+``weighting="uniform"`` drops the ivar from the weights (every usable pixel counts the
+same: the paper's plain Gaussian smoothing, Sec. 2 and Fig. 2). The ivar weights pull the
+estimate toward the kernel's low-flux side wherever the ivar follows the flux (noise
+relative to the flux, ivar ~ 1/f^2; Poisson noise, ivar ~ 1/f): toward line cores, and
+toward the blue on a steeply reddened continuum, so that part of the reddening survives
+normalisation as a slope and curvature of the normalised lines (issue 15 item 2:
+``benchmarks/low_snr_ablation.py``, docs/validation.md). The normalised flux is f / c
 and its inverse variance ivar c^2 (the continuum is treated as exact); bad or
 uncovered pixels get norm_ivar = 0.
 
@@ -32,6 +40,8 @@ CONTINUUM_KERNEL_AA = 50.0
 #: residual) keeps the pixel out of the continuum estimate.
 UNUSABLE_MASK_BITS = MASK_BITS["bad_pixel"] | MASK_BITS["no_coverage"]
 _TILE = 64
+#: weights of the pseudo-continuum's running mean: "ivar" (Ho et al. 2017) or "uniform"
+CONTINUUM_WEIGHTINGS = ("ivar", "uniform")
 
 
 @dataclass(frozen=True)
@@ -65,15 +75,23 @@ def gaussian_smooth(values: np.ndarray, width_aa: float = CONTINUUM_KERNEL_AA) -
     return out
 
 
+def _check_weighting(weighting: str) -> None:
+    if weighting not in CONTINUUM_WEIGHTINGS:
+        raise ValueError(f"continuum weighting must be one of {CONTINUUM_WEIGHTINGS}, got "
+                         f"{weighting!r}")
+
+
 def pseudo_continuum(
     flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray | None = None,
-    width_aa: float = CONTINUUM_KERNEL_AA,
+    width_aa: float = CONTINUUM_KERNEL_AA, weighting: str = "ivar",
 ) -> np.ndarray:
-    """Inverse-variance-weighted Gaussian running mean of the flux (n, n_pix).
+    """Gaussian running mean of the flux (n, n_pix), inverse-variance weighted
+    (``weighting="ivar"``) or with the same weight for every usable pixel ("uniform").
 
     Pixels with ``mask != 0`` or ivar <= 0 or non-finite flux carry no weight.
     Where no pixel within the kernel has weight the continuum is NaN.
     """
+    _check_weighting(weighting)
     flux = np.atleast_2d(np.asarray(flux, dtype=np.float32))
     weight = np.array(np.atleast_2d(ivar), dtype=np.float32)  # a copy
     good = np.isfinite(flux)
@@ -81,6 +99,8 @@ def pseudo_continuum(
     good &= weight > 0
     if mask is not None:
         good &= np.atleast_2d(mask) == 0
+    if weighting == "uniform":
+        weight[...] = 1.0
     np.copyto(weight, np.float32(0.0), where=~good)
     # scale the weights per row to O(1) so float32 sums keep their precision
     scale = np.max(weight, axis=1, keepdims=True)
@@ -99,14 +119,17 @@ def pseudo_continuum(
 def normalize(
     flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray | None = None,
     width_aa: float = CONTINUUM_KERNEL_AA, rows_per_chunk: int = 256,
+    weighting: str = "ivar",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Continuum-normalised flux and its inverse variance, (n, n_pix) float32 each.
 
     norm_flux = f / c and norm_ivar = ivar c^2 (0 where the pixel is masked, has no
     data, or the continuum is not positive); norm_flux is NaN where it is undefined.
+    ``weighting``: the pseudo-continuum's weights (:func:`pseudo_continuum`).
     Rows are independent: they are done ``rows_per_chunk`` at a time, so that the
     temporaries stay in cache and their memory does not grow with the number of rows.
     """
+    _check_weighting(weighting)
     flux = np.atleast_2d(np.asarray(flux, dtype=np.float32))
     ivar = np.atleast_2d(np.asarray(ivar, dtype=np.float32))
     mask = None if mask is None else np.atleast_2d(mask)
@@ -115,7 +138,7 @@ def normalize(
         rows = slice(lo, lo + rows_per_chunk)
         m = None if mask is None else mask[rows]
         f, iv = flux[rows], ivar[rows]
-        cont = pseudo_continuum(f, iv, m, width_aa)
+        cont = pseudo_continuum(f, iv, m, width_aa, weighting)
         ok = np.isfinite(cont)
         ok &= cont > 0
         ok &= np.isfinite(f)

@@ -18,6 +18,12 @@ class SpectralConfig:
         normalize.CONTINUUM_KERNEL_AA,
         doc="width L (AA) of the Gaussian pseudo-continuum kernel w = exp(-(lambda - lambda0)^2 / "
             "L^2) (Sec. 2: 50 AA)")
+    continuum_weighting: str = option(
+        "ivar",
+        doc="weights of the pseudo-continuum's running mean: \"ivar\" (inverse variance, Ho et "
+            "al. 2017) or \"uniform\" (every usable pixel alike: the paper's plain Gaussian "
+            "smoothing, Sec. 2; leaves less of the reddening in the normalised spectrum, issue "
+            "15 item 2)")
     n_components: int = option(
         pca.N_COMPONENTS,
         doc="principal components K of each PCA basis (Sec. 3: 100)")

@@ -33,8 +33,11 @@ SECTION = "spectral"
 
 
 def provenance_config(config: PipelineConfig) -> dict[str, Any]:
-    """What this stage's provenance key hashes: the one option it reads."""
-    return {"continuum_kernel_aa": config.spectral.continuum_kernel_aa}
+    """What this stage's provenance key hashes: the options it reads."""
+    out: dict[str, Any] = {"continuum_kernel_aa": config.spectral.continuum_kernel_aa}
+    if config.spectral.continuum_weighting != "ivar":  # the default keeps its old key
+        out["continuum_weighting"] = config.spectral.continuum_weighting
+    return out
 
 
 OUTPUTS = {
@@ -46,9 +49,11 @@ OUTPUTS = {
 
 
 @row_tiled  # chunk-independent bits (the PCA fit amplifies last-bit differences)
-def block(inputs: dict[str, np.ndarray], width_aa: float) -> dict[str, np.ndarray]:
+def block(inputs: dict[str, np.ndarray], width_aa: float, weighting: str = "ivar"
+          ) -> dict[str, np.ndarray]:
     with threadpool_limits(1):
-        nf, ni = normalize.normalize(inputs["flux"], inputs["ivar"], inputs["mask"], width_aa)
+        nf, ni = normalize.normalize(inputs["flux"], inputs["ivar"], inputs["mask"], width_aa,
+                                     weighting=weighting)
     return {"norm_flux": nf, "norm_ivar": ni}
 
 
@@ -56,7 +61,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     cfg: SpectralConfig = ctx.config.spectral
     return run_blockwise_stage(
         ctx.survey_path, ctx.products_dir, NAME,
-        functools.partial(block, width_aa=cfg.continuum_kernel_aa),
+        functools.partial(block, width_aa=cfg.continuum_kernel_aa,
+                          weighting=cfg.continuum_weighting),
         OUTPUTS, survey_vars=("flux", "ivar", "mask"), scheduler=ctx.scheduler,
         force=force_requested(ctx),
     )
