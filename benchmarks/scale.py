@@ -153,8 +153,12 @@ def obpipe_run(survey: str, products: str, scheduler: str, workers: int,
         env["PYTHONPATH"] = code
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
+    # run from the products' parent, not from here: ``python -m`` puts the current
+    # directory first on sys.path, ahead of PYTHONPATH, so a run started in the
+    # repository imports the working tree's obpipe whatever ``code`` says (every
+    # "side by side" before this fix compared the working tree with itself)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=env)
+                            env=env, cwd=os.path.dirname(os.path.abspath(products)))
     with PeakRSS(proc.pid, keep_samples=True) as mem:
         _, stderr = proc.communicate()
     seconds = time.perf_counter() - t0
@@ -175,6 +179,16 @@ def obpipe_run(survey: str, products: str, scheduler: str, workers: int,
             "stage_peak_rss_bytes": peaks, "stage_cpu_seconds": stage_cpu, "summary": summary,
             "warnings": [ln for ln in stderr.splitlines()
                          if ln.strip() and " INFO " not in ln]}
+
+
+def imported_obpipe(code: str | None, cwd: str) -> str:
+    """The ``obpipe`` package directory a run with ``code`` (PYTHONPATH) started in ``cwd``
+    imports (printed, so that a side-by-side run shows which code each side ran)."""
+    env = {**os.environ, **({"PYTHONPATH": code} if code is not None else {})}
+    out = subprocess.run([sys.executable, "-c", "import obpipe, os; "
+                          "print(os.path.dirname(obpipe.__file__))"], env=env, cwd=cwd,
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip()
 
 
 def model_signature(models_dir: str) -> dict[str, str]:
@@ -296,6 +310,8 @@ def main() -> None:
                              check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", base_dir], input=tar, check=True)
         codes.insert(0, (f"old ({args.baseline_rev})", base_dir))
+    for label, code in codes:
+        print(f"code {label}: {imported_obpipe(code, workdir)}", flush=True)
     # each code trains its own models (a model file records its training options, whose
     # defaults may differ between revisions: the other code would retrain), unless
     # --same-models: then the old code's inference reuses the working tree's models
