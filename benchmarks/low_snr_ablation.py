@@ -31,6 +31,9 @@ s('g23zp.zarr', C(seed=2026, extinction_law='G23', parallax_zp_variations=False)
     python benchmarks/low_snr_ablation.py score g23zp.zarr base white_noise=WORK/white_noise
     # or all of them in turn (each variant mock is deleted after its run unless --keep)
     python benchmarks/low_snr_ablation.py all --dir WORK --control g23zp.zarr --models base
+    # the never-trained stars of an S/N bin re-synthesised with one change at a time, and
+    # the network's response to a rest-frame shift
+    python benchmarks/low_snr_ablation.py resynth g23zp.zarr base --snr 5 20
 
 ``score`` arguments after the control products are NAME=PRODUCTS (the survey is
 ``PRODUCTS.zarr`` next to them, or the control survey for a pipeline-side variant).
@@ -219,6 +222,110 @@ def score(control: Path, control_products: Path, variants: dict[str, Path]
     return out
 
 
+#: re-synthesis cases: (label, S/N or None for the spectrum's own, changes to the rows)
+RESYNTH_CASES: tuple[tuple[str, float | None, tuple[str, ...]], ...] = (
+    ("own S/N (the survey's spectra again)", None, ()),
+    ("own S/N, no RV residual", None, ("rv",)),
+    ("own S/N, no RV residual, no ISM lines", None, ("rv", "ism")),
+    ("S/N 200", 200.0, ()),
+    ("S/N 200, no RV residual", 200.0, ("rv",)),
+    ("S/N 200, no RV residual, no ISM lines", 200.0, ("rv", "ism")),
+    ("S/N 200, no RV residual, no ISM lines, E(B-V) = 0", 200.0, ("rv", "ism", "ebv")),
+)
+
+
+def resynthesize(control: Path, products: Path, snr_lo: float, snr_hi: float, n: int,
+                 blind: bool = False, shifts_kms: tuple[float, ...] = (10.0, 21.0, 41.0, 69.0),
+                 weighting: str = "ivar") -> None:
+    """Network (a) of ``products`` on never-trained single non-emission OB spectra of an S/N
+    bin, re-synthesised by the mock's own code (``simulate.survey.synthesize_spectra``, same
+    stars and noise stream) with one thing changed at a time (:data:`RESYNTH_CASES`), then
+    normalised, projected on the run's full basis and predicted as the pipeline does; and the
+    response of the same network to a rest-frame shift of the survey's own normalised
+    spectra (an exact Fourier shift, unusable pixels filled by the reconstruction).
+    ``blind``: the network was trained with ``exclude_interstellar_lines``."""
+    from obpipe.config import SimulationConfig
+    from obpipe.engine.blockwise import open_products
+    from obpipe.luminosity.network import MKsNetwork, interstellar_blind_ivar
+    from obpipe.simulate.survey import build_tables, synthesize_spectra
+    from obpipe.spectra.bases import load_pca_model
+    from obpipe.spectra.grid import velocity_per_pixel_kms, wavelength_grid
+    from obpipe.spectra.normalize import CONTINUUM_WEIGHTINGS, normalize
+
+    cfg = SimulationConfig(**CONTROL)
+    _, _, synth = build_tables(cfg)
+    ctl = _control(control, products)
+    if not np.array_equal(synth["specid"], ctl["specid"]):
+        raise SystemExit(f"{control}: not the control mock ({CONTROL})")
+    model = np.asarray(open_products(str(products))["MKs_model"].values)
+    snr = ctl["snr"]
+    pool = np.flatnonzero(ctl["rows"] & ctl["groups"]["never_trained"] & (model == 0)
+                          & (snr >= snr_lo) & (snr < snr_hi))
+    rows = np.sort(np.random.default_rng(1).choice(pool, min(n, pool.size), replace=False))
+    basis = load_pca_model(str(products)).full
+    net = MKsNetwork.load(str(products / "models" / "mks_network_a.safetensors"))
+    truth = ctl["MKs_true"][rows]
+
+    def predict(nf: np.ndarray, ni: np.ndarray) -> np.ndarray:
+        coeff = basis.project(np.nan_to_num(nf, nan=1.0), interstellar_blind_ivar(ni)
+                              if blind else ni)
+        return net.predict(basis.reconstruct(np.nan_to_num(coeff)))
+
+    print(f"{products} network (a){' ISM-blind' if blind else ''}: {rows.size} never-trained "
+          f"single OB spectra at S/N {snr_lo:g}-{snr_hi:g}, catalog M_Ks - truth "
+          f"{np.median(ctl['base']['MKs'][rows] - truth):+.3f} (median)")
+    for label, snr_new, changes in RESYNTH_CASES:
+        part = {k: v[rows] for k, v in synth.items()}
+        if snr_new is not None:
+            part["snr"] = np.full(rows.size, snr_new)
+        if "rv" in changes:
+            part["rv_residual_kms"] = np.zeros(rows.size)
+        if "ism" in changes:
+            part["ism_ebv"] = np.zeros(rows.size)
+        if "ebv" in changes:
+            part["ebv"] = np.zeros(rows.size)
+        o = synthesize_spectra(part, cfg.seed, cfg.resolving_power, cfg.extinction_law,
+                               cfg.noise_neighbour_correlation)
+        nf, ni = normalize(o["flux"], o["ivar"], o["mask"], weighting=weighting)
+        print(f"  re-synthesised, {label:52s} {np.median(predict(nf, ni) - truth):+.3f}")
+    # how much of the reddened continuum survives normalisation: noise-free, no RV residual
+    # and no ISM lines, E(B-V) as it is against 0, |difference| of the normalised flux
+    part = {k: v[rows] for k, v in synth.items()}
+    part.update(snr=np.full(rows.size, 1000.0), rv_residual_kms=np.zeros(rows.size),
+                ism_ebv=np.zeros(rows.size))
+    flat = dict(part, ebv=np.zeros(rows.size))
+    spectra = [synthesize_spectra(x, cfg.seed, cfg.resolving_power, cfg.extinction_law,
+                                  cfg.noise_neighbour_correlation) for x in (part, flat)]
+    wave = wavelength_grid()
+    bands = ((3750, 4000), (4000, 4500), (4500, 5500), (5500, 7000), (7000, 9000))
+    for w in CONTINUUM_WEIGHTINGS:
+        nf2 = [normalize(o["flux"], o["ivar"], o["mask"], weighting=w) for o in spectra]
+        diff = np.where(nf2[0][1] > 0, np.abs(nf2[0][0] - nf2[1][0]), np.nan)
+        cells = [f"{np.nanmedian(np.nanmean(diff[:, (wave >= lo) & (wave < hi)], axis=1)):.4f}"
+                 for lo, hi in bands]
+        print(f"  {w:8s} weights: median |norm. flux(E(B-V) {np.median(part['ebv']):.2f}) - "
+              f"norm. flux(0)| at " + ", ".join(f"{lo}-{hi}" for lo, hi in bands) + " AA: "
+              + " / ".join(cells))
+    # the response to a rest-frame shift, on the products' own normalised spectra
+    prods = open_products(str(products))
+    nf = prods["norm_flux"].isel(spec=rows).values
+    ni = prods["norm_ivar"].isel(spec=rows).values
+    model_flux = basis.reconstruct(np.nan_to_num(basis.project(np.nan_to_num(nf, nan=1.0), ni)))
+    nf = np.where((ni > 0) & np.isfinite(nf), nf, model_flux) - 1.0
+    m0 = predict(nf + 1.0, ni)
+    pad = 64
+    padded = np.pad(nf, ((0, 0), (pad, pad)), mode="edge")
+    freq = np.fft.rfftfreq(padded.shape[1])
+    for v in shifts_kms:
+        d = v / velocity_per_pixel_kms()
+        shifted = np.fft.irfft(np.fft.rfft(padded, axis=1) * np.exp(-2j * np.pi * freq * d),
+                               n=padded.shape[1], axis=1)[:, pad:-pad] + 1.0
+        iv = np.roll(ni, int(np.rint(d)), axis=1)
+        print(f"  shifted by {v:4.0f} km/s ({d:.2f} px): median M_Ks change "
+              f"{np.median(predict(shifted.astype(np.float32), iv) - m0):+.3f}")
+
+
+
 def print_table(res: dict[str, Any]) -> None:
     bins = [f"snr_{lo}_{hi}" for lo, hi in SNR_BINS]
     labels = ["5-20", "20-50", "50-100", ">100"]
@@ -269,8 +376,20 @@ def main(argv: list[str] | None = None) -> int:
     a_.add_argument("--models", required=True, type=Path)
     a_.add_argument("--only", nargs="*", choices=names, default=None)
     a_.add_argument("--keep", action="store_true", help="keep the variant mocks")
+    rs = sub.add_parser("resynth", help="re-synthesised spectra of an S/N bin, one change at "
+                        "a time, and the response to a rest-frame shift (network a)")
+    rs.add_argument("control", type=Path)
+    rs.add_argument("products", type=Path)
+    rs.add_argument("--snr", nargs=2, type=float, default=(5.0, 20.0))
+    rs.add_argument("-n", type=int, default=400)
+    rs.add_argument("--blind", action="store_true",
+                    help="the products' networks are interstellar-blind")
+    rs.add_argument("--weighting", default="ivar", help="the run's continuum_weighting")
     a = ap.parse_args(argv)
-    if a.cmd == "make":
+    if a.cmd == "resynth":
+        resynthesize(a.control, a.products, a.snr[0], a.snr[1], a.n, a.blind,
+                     weighting=a.weighting)
+    elif a.cmd == "make":
         a.dir.mkdir(parents=True, exist_ok=True)
         make_variant(a.name, a.dir)
     elif a.cmd == "run":
