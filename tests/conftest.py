@@ -51,23 +51,26 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-#: the longest test files, longest first (seconds of setup + calls on 2 cores, from
-#: ``pytest -n 2 --dist loadfile --durations=40``, docs/performance.md). ``make test``
-#: hands whole files to the two xdist workers (``--dist loadfile``) in collection order
-#: (``--no-loadscope-reorder``; xdist's default order, files with the most tests first,
-#: left these few-test files for the end, where one of them ran alone on one worker while
-#: the other sat idle): started first, the short files even the two workers out at the end
+#: the longest test files, longest first (seconds of setup + calls per file in one
+#: ``make test`` with ``--durations=0``, 574 tests, 2 shared cores at load 6-7, so about twice
+#: a quiet machine's; docs/performance.md). ``make test`` hands whole files to the two xdist
+#: workers (``--dist loadfile``) in collection order (``--no-loadscope-reorder``; xdist's
+#: default order, files with the most tests first, left these few-test files for the end,
+#: where one of them ran alone on one worker while the other sat idle): started first, the
+#: short files even the two workers out at the end
 LONG_FILES = (
-    "tests/test_pipeline_distributed.py",  # ~120 s: a full run locally and on a cluster
-    "tests/test_chunking.py",  # ~64 s
-    "tests/stages/test_luminosity.py",  # ~45 s
-    "tests/test_fsspec_run.py",  # ~40 s
-    "tests/test_catalog.py",  # ~40 s (the shared small run)
-    "tests/test_provenance.py",  # ~35 s
-    "tests/test_models_cli.py",  # ~30 s
-    "tests/test_notebooks.py",  # ~30 s
-    "tests/simulate/test_survey.py",  # ~27 s
-    "tests/stages/test_spectral.py",  # ~20 s
+    "tests/test_pipeline_distributed.py",  # 218 s: kill tests, then a full run on a cluster
+    "tests/test_chunking.py",  # 193 s, with the shared small run, which it builds
+    "tests/stages/test_luminosity.py",  # 112 s
+    "tests/test_fsspec_run.py",  # 95 s
+    "tests/test_deploy.py",  # 55 s
+    "tests/simulate/test_survey.py",  # 49 s
+    "tests/test_provenance.py",  # 46 s
+    "tests/simulate/test_realism.py",  # 39 s
+    "tests/test_cli.py",  # 36 s
+    "tests/test_notebooks.py",  # 33 s
+    "tests/engine/test_lock.py",  # 30 s
+    "tests/spectra/test_pca.py",  # 28 s
 )
 
 
