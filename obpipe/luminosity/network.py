@@ -12,12 +12,16 @@ the paper:
 * ``"b"``: stars with emission lines, the clean windows only
   (:data:`obpipe.spectra.pca.CLEAN_WINDOWS_AA`).
 
-Interstellar-blind inputs (beyond the paper; issue 15, ``exclude_interstellar_lines``):
-the clean windows and model (a)'s pixels both hold interstellar Ca II K, K I and the
-strong DIBs (:data:`INTERSTELLAR_WINDOWS_AA`), whose depth grows with E(B-V), hence with
-distance. With the option, those pixels carry zero weight in the weighted PCA projection
-of the network input (:func:`interstellar_blind_ivar`) and are out of the network's
-pixels (:func:`wavelength_mask`), for both models.
+Interstellar-blind inputs (beyond the paper; issue 15, ``[spectral]
+exclude_interstellar_lines``, on by default): the clean windows and model (a)'s pixels
+both hold interstellar Ca II K, K I and the strong DIBs
+(:data:`obpipe.spectra.pca.INTERSTELLAR_WINDOWS_AA`), whose depth grows with E(B-V), hence
+with distance. With the option the pca stage gives those pixels zero weight in its
+weighted projection (so ``pca_coeff`` and ``recon_flux`` hold no interstellar line; the
+products say so in ``pca_coeff``'s attribute ``interstellar_blind``), and both networks
+leave them out of their pixels (:func:`wavelength_mask`); the network file records it in
+its metadata (``exclude_interstellar_lines``), and a network applied to products
+projected the other way is an error.
 
 Input. The reconstructed spectrum is a linear function of at most 100 PCA
 coefficients (Sec. 5.1: "the first 100 PCs"), so the model's pixels span a space of at
@@ -51,8 +55,15 @@ from typing import Any
 import numpy as np
 
 from obpipe.spectra.grid import wavelength_grid
-from obpipe.spectra.indices import air_to_vacuum
-from obpipe.spectra.pca import CLEAN_WINDOWS_AA, _blas_controller, window_mask
+from obpipe.spectra.pca import (  # noqa: F401  (the interstellar windows, re-exported)
+    CLEAN_WINDOWS_AA,
+    INTERSTELLAR_LINES_AIR_AA,
+    INTERSTELLAR_WINDOWS_AA,
+    _blas_controller,
+    interstellar_blind_ivar,
+    interstellar_mask,
+    window_mask,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,29 +72,6 @@ EXCLUDED_WINDOWS_AA: tuple[tuple[float, float], ...] = (
     (5720.0, 6050.0), (6270.0, 6380.0), (6800.0, 6990.0), (7100.0, 7320.0),
     (7520.0, 7740.0), (8050.0, 8350.0),
 )
-#: Interstellar absorption lines in the LAMOST range (air AA, 0.1-1 AA precision): Ca II K
-#: 3933.66, Na D2 / D1 5889.95 / 5895.92, K I 7664.90 / 7698.96 (NIST atomic spectra
-#: database), and the strong narrow diffuse interstellar bands (DIBs) of the catalogues of
-#: Jenniskens & Desert (1994, A&AS 106, 39) and Hobbs et al. (2008, ApJ 680, 1256): 4501.8,
-#: 4726.8, 4762.6, 4780.0, 4881.8, 4963.9, 5362.1, 5487.7, 5705.1, 5780.5, 5797.1, 5849.8,
-#: 6196.0, 6203.6, 6269.8, 6283.8, 6379.3, 6613.6, 6660.7, 6993.1, 7224.0, and the Gaia RVS
-#: DIB 8620.4 (Munari et al. 2008, A&A 488, 969). Their strength grows with E(B-V), i.e.
-#: with distance: a network that reads them learns distance, not luminosity (issue 15).
-INTERSTELLAR_LINES_AIR_AA: tuple[float, ...] = (
-    3933.66, 4501.8, 4726.8, 4762.6, 4780.0, 4881.8, 4963.9, 5362.1, 5487.7, 5705.1,
-    5780.5, 5797.1, 5849.8, 5889.95, 5895.92, 6196.0, 6203.6, 6269.8, 6283.8, 6379.3,
-    6613.6, 6660.7, 6993.1, 7224.0, 7664.90, 7698.96, 8620.4)
-#: half-width (AA) of the window about each line of :data:`INTERSTELLAR_LINES_AIR_AA`:
-#: the LAMOST FWHM (~2.5-5 AA at R ~ 1800), the narrow DIBs' own widths (< 3 AA), the
-#: catalogues' rounding and interstellar velocities of +-100 km/s (+-2 AA)
-INTERSTELLAR_HALF_WIDTH_AA = 6.0
-#: the broad 4428 AA DIB (FWHM ~ 20 AA; Snow et al. 2002, ApJ 573, 662), vacuum AA
-BROAD_DIB_4428_WINDOW_AA = (4409.0, 4450.0)
-#: Windows (vacuum AA) of the interstellar lines: zero weight in the network inputs'
-#: projection and out of their pixels with ``exclude_interstellar_lines`` (issue 15).
-INTERSTELLAR_WINDOWS_AA: tuple[tuple[float, float], ...] = (BROAD_DIB_4428_WINDOW_AA,) + tuple(
-    (float(lam) - INTERSTELLAR_HALF_WIDTH_AA, float(lam) + INTERSTELLAR_HALF_WIDTH_AA)
-    for lam in air_to_vacuum(np.array(INTERSTELLAR_LINES_AIR_AA)))
 MODEL_KINDS = ("a", "b")
 #: a reconstructed normalised spectrum departing from 1 by more than this within a
 #: model's pixels is not a stellar spectrum (a failed projection): not used to train,
@@ -94,12 +82,6 @@ DROPOUT = 0.2
 FORMAT_VERSION = 2
 #: the ``format`` entry of a network file's safetensors header
 NETWORK_FILE_FORMAT = "obpipe-mks-network"
-
-
-def interstellar_mask(wave_aa: np.ndarray | None = None) -> np.ndarray:
-    """Boolean mask of the pixels in :data:`INTERSTELLAR_WINDOWS_AA` (vacuum AA grid)."""
-    return window_mask(INTERSTELLAR_WINDOWS_AA,
-                       wavelength_grid() if wave_aa is None else np.asarray(wave_aa))
 
 
 def wavelength_mask(kind: str, wave_aa: np.ndarray | None = None,
@@ -117,16 +99,6 @@ def wavelength_mask(kind: str, wave_aa: np.ndarray | None = None,
     else:
         raise ValueError(f"unknown network model {kind!r}; expected one of {MODEL_KINDS}")
     return m & ~interstellar_mask(wave_aa) if exclude_interstellar else m
-
-
-def interstellar_blind_ivar(norm_ivar: np.ndarray, wave_aa: np.ndarray | None = None
-                            ) -> np.ndarray:
-    """``norm_ivar`` (n, n_wave) with zero weight in :data:`INTERSTELLAR_WINDOWS_AA`: a
-    weighted PCA projection (Sec. 3) of the spectrum then reads only its stellar pixels,
-    and its reconstruction holds no interstellar line (issue 15)."""
-    ivar = np.array(norm_ivar, dtype=np.float32, copy=True)
-    ivar[..., interstellar_mask(wave_aa)] = 0.0
-    return ivar
 
 
 def recon_out_of_range(x: np.ndarray, max_dev: float = RECON_MAX_DEVIATION) -> np.ndarray:

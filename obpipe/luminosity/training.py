@@ -135,16 +135,6 @@ class TrainingConfig:
     input_kind: str = option(
         "recon_flux",
         doc="\"recon_flux\" (the paper) or \"pca_coeff\" (variant: 100 PCA coefficients)")
-    exclude_interstellar_lines: bool = option(
-        False,
-        doc="interstellar-blind networks (issue 15, beyond the paper): the pixels of the "
-            "interstellar lines (Ca II K, Na D, K I, the strong DIBs; "
-            ":data:`obpipe.luminosity.network.INTERSTELLAR_WINDOWS_AA`) get zero weight in the "
-            "PCA projection of both networks' inputs and are out of their pixels, so that the "
-            "networks cannot read distance (E(B-V)) as luminosity (S/N 5-20 bias of never-"
-            "trained stars -0.10 -> +0.02 mag on the default mock; docs/validation.md; the "
-            "luminosity stage ~2x slower); False: the paper's inputs (the pca stage's "
-            "reconstruction)")
     network: TrainConfig = option(
         default_factory=TrainConfig,
         doc="the network and its optimiser (eq. 6, Sec. 5.1)")
@@ -270,6 +260,7 @@ def train_with_binary_cleaning(
     extra_mks: np.ndarray | None = None,
     extra_mks_err: np.ndarray | None = None,
     run_mcmc: bool = True,
+    interstellar_blind: bool = False,
 ) -> TrainingResult:
     """Sec. 5.2 training of networks (a) and (b) with iterative binary cleaning.
 
@@ -277,7 +268,10 @@ def train_with_binary_cleaning(
     (n, 100) PCA coefficients per ``cfg.input_kind``). ``extra_mks`` (NaN where absent)
     marks rows of the extra training table and gives their M_Ks target. Returns the final
     networks, the emcee noise models (``run_mcmc``; else maximum likelihood only), the
-    sets and a report with the timing of each step.
+    sets and a report with the timing of each step. ``interstellar_blind``: the inputs
+    were projected without the interstellar windows (the pca stage's
+    ``exclude_interstellar_lines``, issue 15): the networks leave those pixels out and
+    record it in their metadata.
     """
     cfg = cfg or TrainingConfig()
     t_start = time.perf_counter()
@@ -344,15 +338,15 @@ def train_with_binary_cleaning(
             nets[m], hist = train_network(
                 xm[rows], target[rows], kind=m, config=net_cfg,
                 pixel_mask=(wavelength_mask(m, exclude_interstellar=True)
-                            if cfg.exclude_interstellar_lines
-                            and cfg.input_kind == "recon_flux" else None),
+                            if interstellar_blind and cfg.input_kind == "recon_flux"
+                            else None),
                 input_kind=cfg.input_kind, y_err_mag=target_err[rows],
                 sigma_floor_mag=cfg.weight_floor_mag, fakemag=fmag[rows],
                 fakemag_err=fmag_err[rows], groups=stars[rows], init=init,
                 folds=np.where(folds[m][rows] == -2, -1, folds[m][rows]),
                 meta={"training_iteration": it, "n_training_rows": int(rows.sum()),
                       "warm_start": init is not None,
-                      "exclude_interstellar_lines": cfg.exclude_interstellar_lines,
+                      "exclude_interstellar_lines": bool(interstellar_blind),
                       "selection": {k: v for k, v in cfg.as_dict().items()
                                     if k != "network"}},
             )

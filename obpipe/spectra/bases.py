@@ -26,6 +26,10 @@ from obpipe.version import __version__
 
 #: the PCA model file of a run, relative to its products directory
 MODEL_FILE = os.path.join("models", "pca_model.npz")
+#: attribute of the products' ``pca_coeff`` and ``pca_coeff_full``: 1 when the pca stage
+#: projected without the interstellar windows (``[spectral] exclude_interstellar_lines``,
+#: issue 15), 0 (or absent, in older products) when it read every usable pixel
+INTERSTELLAR_ATTR = "interstellar_blind"
 
 
 @lru_cache(maxsize=2)
@@ -39,25 +43,46 @@ def load_pca_model(products_dir: str) -> pca.PCAModel:
     return _load_model(path, store.file_token(path))
 
 
+def stellar_pixels(norm_ivar: np.ndarray, clean_pixels: np.ndarray,
+                   exclude_interstellar: bool
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The weights and clean-window pixels that the residual statistics read and the
+    ``exclude`` mask of the projection (:meth:`obpipe.spectra.pca.PCABasis.project`):
+    with ``exclude_interstellar`` (issue 15) zero weight in the interstellar windows
+    (:func:`obpipe.spectra.pca.interstellar_blind_ivar`), the clean windows without
+    them, and their mask; else unchanged and None."""
+    if not exclude_interstellar:
+        return norm_ivar, clean_pixels, None
+    ism = pca.interstellar_mask()
+    return (pca.interstellar_blind_ivar(norm_ivar), np.asarray(clean_pixels, bool) & ~ism,
+            ism)
+
+
 def pca_statistics(model: pca.PCAModel, norm_flux: np.ndarray, norm_ivar: np.ndarray,
-                   prior: bool = True, rows_per_chunk: int = 256) -> dict[str, np.ndarray]:
+                   prior: bool = True, rows_per_chunk: int = 256,
+                   exclude_interstellar: bool = False) -> dict[str, np.ndarray]:
     """The pca stage's numbers for rows of normalised spectra (n, n_wave), numpy only.
 
     Weighted projection on both bases (Sec. 3), the clean-window reconstruction (eq. 2)
     and the residual statistics of ``emission.residual_statistics`` (Fig. 3, App. A),
     ``rows_per_chunk`` rows at a time: every row is independent, and chunks keep the
     temporaries in cache and the memory independent of the number of rows.
+    ``exclude_interstellar``: the interstellar windows carry no weight in either
+    (:func:`stellar_pixels`; ``clean_fraction`` counts the clean pixels outside them).
     """
     n = norm_flux.shape[0]
     out: dict[str, np.ndarray] = {}
     for lo in range(0, max(n, 1), rows_per_chunk):  # one empty chunk for n = 0
         rows = slice(lo, min(lo + rows_per_chunk, n))
-        nf, ni = norm_flux[rows], norm_ivar[rows]
-        coeff = model.clean.project(nf, ni, prior=prior)
+        nf = norm_flux[rows]
+        ni, clean_pix, excl = stellar_pixels(norm_ivar[rows], model.clean.pixels,
+                                             exclude_interstellar)
+        coeff = model.clean.project(nf, ni, prior=prior, exclude=excl)
         part = {"pca_coeff": coeff.astype(np.float32),
-                "pca_coeff_full": model.full.project(nf, ni, prior=prior).astype(np.float32)}
+                "pca_coeff_full": model.full.project(nf, ni, prior=prior,
+                                                     exclude=excl).astype(np.float32)}
         part.update(emission.residual_statistics(nf, ni, model.clean.reconstruct(coeff),
-                                                 model.clean.sigma_model, model.clean.pixels))
+                                                 model.clean.sigma_model, clean_pix))
         for k, v in part.items():
             if k not in out:
                 out[k] = np.empty((n, *v.shape[1:]), dtype=v.dtype)
@@ -100,9 +125,9 @@ def fit_pca_model(norm_flux: np.ndarray, norm_ivar: np.ndarray, snr: np.ndarray,
                               cfg.n_components, cfg.seed)
         if iteration == 1:
             break
-        recon = clean.reconstruct(clean.project(norm_flux, norm_ivar))
-        stats = emission.residual_statistics(norm_flux, norm_ivar, recon, clean.sigma_model,
-                                             clean_pix)
+        ivar, pix, excl = stellar_pixels(norm_ivar, clean_pix, cfg.exclude_interstellar_lines)
+        recon = clean.reconstruct(clean.project(norm_flux, ivar, exclude=excl))
+        stats = emission.residual_statistics(norm_flux, ivar, recon, clean.sigma_model, pix)
         thr = emission.choose_thresholds(stats, snr, cfg.emission_target_purity,
                                          broken_mad_sigma=cfg.broken_mad_sigma,
                                          broken_min_chi2=cfg.broken_min_chi2)

@@ -38,6 +38,15 @@ class SpectralConfig:
     projection_prior: bool = option(
         True,
         doc="weighted projection with the coefficient prior (False: plain weighted LSQ)")
+    exclude_interstellar_lines: bool = option(
+        True,
+        doc="interstellar-blind projection (issue 15 item 2, beyond the paper): the windows of "
+            "the interstellar lines (Ca II K, Na D, K I, the strong DIBs; "
+            ":data:`obpipe.spectra.pca.INTERSTELLAR_WINDOWS_AA`) get zero weight in the pca "
+            "stage's weighted projection and residual statistics, so pca_coeff / recon_flux "
+            "(the networks' inputs) hold no interstellar line, and the networks leave those "
+            "pixels out: they cannot read distance (E(B-V)) as luminosity "
+            "(docs/validation.md); False: the paper's projection of every usable pixel")
     emission_target_purity: float = option(
         0.99,
         doc="H-alpha emission threshold: the smallest significance at which the mirrored negative "

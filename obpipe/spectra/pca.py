@@ -26,6 +26,12 @@ efficiency but no accuracy in expectation. Everything per row is float32 BLAS; t
 K x K systems are solved by Cholesky factorisation (LAPACK ?posv), one call per
 spectrum, to float32 precision of the float64 estimator (tests/spectra/test_pca.py).
 
+Interstellar-blind projection (beyond the paper; issue 15 item 2, ``[spectral]
+exclude_interstellar_lines``): the windows of the interstellar lines
+(:data:`INTERSTELLAR_WINDOWS_AA`: Ca II K, Na D, K I, the strong DIBs), whose depth grows
+with E(B-V), hence with distance, get zero weight (:func:`interstellar_blind_ivar`), so
+the coefficients and the reconstruction hold only what the stellar pixels say.
+
 The fitted bases are a small ``.npz`` model file (loaded with allow_pickle=False)
 with their wavelength windows, training selection and package version.
 """
@@ -43,6 +49,7 @@ from scipy.linalg import lapack
 from threadpoolctl import ThreadpoolController
 
 from obpipe.spectra.grid import wavelength_grid
+from obpipe.spectra.indices import air_to_vacuum
 from obpipe.stats import MAD_TO_SIGMA
 
 log = logging.getLogger(__name__)
@@ -78,6 +85,48 @@ def window_mask(windows: tuple[tuple[float, float], ...], wave: np.ndarray | Non
     for lo, hi in windows:
         m |= (wave >= lo) & (wave <= hi)
     return m
+
+
+#: Interstellar absorption lines in the LAMOST range (air AA, 0.1-1 AA precision): Ca II K
+#: 3933.66, Na D2 / D1 5889.95 / 5895.92, K I 7664.90 / 7698.96 (NIST atomic spectra
+#: database), and the strong narrow diffuse interstellar bands (DIBs) of the catalogues of
+#: Jenniskens & Desert (1994, A&AS 106, 39) and Hobbs et al. (2008, ApJ 680, 1256): 4501.8,
+#: 4726.8, 4762.6, 4780.0, 4881.8, 4963.9, 5362.1, 5487.7, 5705.1, 5780.5, 5797.1, 5849.8,
+#: 6196.0, 6203.6, 6269.8, 6283.8, 6379.3, 6613.6, 6660.7, 6993.1, 7224.0, and the Gaia RVS
+#: DIB 8620.4 (Munari et al. 2008, A&A 488, 969). Their strength grows with E(B-V), i.e.
+#: with distance: a network that reads them learns distance, not luminosity (issue 15).
+INTERSTELLAR_LINES_AIR_AA: tuple[float, ...] = (
+    3933.66, 4501.8, 4726.8, 4762.6, 4780.0, 4881.8, 4963.9, 5362.1, 5487.7, 5705.1,
+    5780.5, 5797.1, 5849.8, 5889.95, 5895.92, 6196.0, 6203.6, 6269.8, 6283.8, 6379.3,
+    6613.6, 6660.7, 6993.1, 7224.0, 7664.90, 7698.96, 8620.4)
+#: half-width (AA) of the window about each line of :data:`INTERSTELLAR_LINES_AIR_AA`:
+#: the LAMOST FWHM (~2.5-5 AA at R ~ 1800), the narrow DIBs' own widths (< 3 AA), the
+#: catalogues' rounding and interstellar velocities of +-100 km/s (+-2 AA)
+INTERSTELLAR_HALF_WIDTH_AA = 6.0
+#: the broad 4428 AA DIB (FWHM ~ 20 AA; Snow et al. 2002, ApJ 573, 662), vacuum AA
+BROAD_DIB_4428_WINDOW_AA = (4409.0, 4450.0)
+#: Windows (vacuum AA) of the interstellar lines: zero weight in the weighted projection
+#: and the residual statistics of the pca stage, and out of the networks' pixels, with
+#: ``[spectral] exclude_interstellar_lines`` (issue 15).
+INTERSTELLAR_WINDOWS_AA: tuple[tuple[float, float], ...] = (BROAD_DIB_4428_WINDOW_AA,) + tuple(
+    (float(lam) - INTERSTELLAR_HALF_WIDTH_AA, float(lam) + INTERSTELLAR_HALF_WIDTH_AA)
+    for lam in air_to_vacuum(np.array(INTERSTELLAR_LINES_AIR_AA)))
+
+
+def interstellar_mask(wave_aa: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of the pixels in :data:`INTERSTELLAR_WINDOWS_AA` (vacuum AA grid)."""
+    return window_mask(INTERSTELLAR_WINDOWS_AA,
+                       wavelength_grid() if wave_aa is None else np.asarray(wave_aa))
+
+
+def interstellar_blind_ivar(norm_ivar: np.ndarray, wave_aa: np.ndarray | None = None
+                            ) -> np.ndarray:
+    """``norm_ivar`` (n, n_wave) with zero weight in :data:`INTERSTELLAR_WINDOWS_AA`: a
+    weighted projection (Sec. 3) of the spectrum then reads only its stellar pixels, and
+    its reconstruction holds no interstellar line (issue 15). A float32 copy."""
+    ivar = np.array(norm_ivar, dtype=np.float32, copy=True)
+    ivar[..., interstellar_mask(wave_aa)] = 0.0
+    return ivar
 
 
 @dataclass
@@ -155,21 +204,43 @@ class PCABasis:
         return z, w
 
     def project(self, norm_flux: np.ndarray, norm_ivar: np.ndarray, prior: bool = True,
-                batch: int = 500) -> np.ndarray:
-        """Coefficients (n, K) by inverse-variance weighted least squares (see module doc)."""
+                batch: int = 500, exclude: np.ndarray | None = None) -> np.ndarray:
+        """Coefficients (n, K) by inverse-variance weighted least squares (see module doc).
+
+        ``exclude`` (grid mask, e.g. :func:`interstellar_mask`): pixels of zero weight in
+        every row, out of the smooth part of W too, so they cost no low-rank correction;
+        the same coefficients as zero ``norm_ivar`` there."""
         norm_flux = np.atleast_2d(norm_flux)
         norm_ivar = np.atleast_2d(norm_ivar)
         out = np.empty((norm_flux.shape[0], self.n_components))
         for lo in range(0, norm_flux.shape[0], batch):
             sl = slice(lo, lo + batch)
-            out[sl] = self._project_batch(norm_flux[sl], norm_ivar[sl], prior)
+            out[sl] = self._project_batch(norm_flux[sl], norm_ivar[sl], prior, exclude)
         return out
 
-    def _project_batch(self, norm_flux: np.ndarray, norm_ivar: np.ndarray, prior: bool
-                       ) -> np.ndarray:
+    def _excluded_h(self, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The basis pixels in grid mask ``exclude`` and the smooth part's (J, K K) matrices
+        without them (cached per mask)."""
+        key = ("excluded", np.packbits(exclude).tobytes())
+        if key not in self._cache:
+            g, _, _ = self._bumps()
+            out = np.asarray(exclude, bool)[self.pixels]
+            phi = self.components.astype(np.float64)[:, ~out]
+            gk = g[~out]
+            h = np.stack([(phi * gk[:, j]) @ phi.T for j in range(g.shape[1])])
+            self._cache[key] = (out, h.reshape(h.shape[0], -1).astype(np.float32))
+        return self._cache[key]
+
+    def _project_batch(self, norm_flux: np.ndarray, norm_ivar: np.ndarray, prior: bool,
+                       exclude: np.ndarray | None = None) -> np.ndarray:
         z, w = self.standardise(norm_flux, norm_ivar)
         k = self.n_components
         c = self._f32()
+        h = c["h"]
+        out = None
+        if exclude is not None:
+            out, h = self._excluded_h(exclude)
+            w[:, out] = 0.0
         used = w > 0
         n_good = np.count_nonzero(used, axis=1)
         # the smooth part of W: J bumps fitted to the row, its unusable pixels filled with the
@@ -185,11 +256,13 @@ class PCABasis:
         np.multiply(w, np.float32(_DEVIANT_FACTOR), out=scaled)
         deviant |= scaled < w_smooth
         del scaled
+        if out is not None:  # zero weight by design, already out of the smooth part
+            deviant[:, out] = False
         counts = np.count_nonzero(deviant, axis=1)
         # the K x K matrices in the order of their number of deviant pixels, so that the
         # corrections of each group are added to a contiguous slice (no gather / scatter)
         order = np.argsort(counts, kind="stable")
-        gram = (a[order] @ c["h"]).reshape(-1, k, k)  # Phi diag(w_smooth) Phi^T, (n, K, K)
+        gram = (a[order] @ h).reshape(-1, k, k)  # Phi diag(w_smooth) Phi^T, (n, K, K)
         # many small matrices: one BLAS thread each (threads only contend here)
         with _blas_controller().limit(limits=1):
             _add_deviant_corrections(gram, np.asarray(self.components, dtype=np.float64),

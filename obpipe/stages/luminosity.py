@@ -3,9 +3,10 @@
 ``luminosity``
     1. reads the good-parallax candidates (and the rows of an optional extra training
        table) from the products store: ``recon_flux`` (or the PCA coefficients for
-       the ``input_kind="pca_coeff"`` variant; with ``exclude_interstellar_lines``,
-       issue 15, both networks' inputs projected again from ``norm_flux`` without the
-       interstellar windows, :func:`project_inputs`), ``em_flag``, ``quality_flags``,
+       the ``input_kind="pca_coeff"`` variant; interstellar-blind when the pca stage
+       projected without the interstellar windows, ``[spectral]
+       exclude_interstellar_lines``, issue 15: :func:`products_interstellar_blind`),
+       ``em_flag``, ``quality_flags``,
        ``MKs_geo(_err)``, ``Ks0(_err)``, ``parallax_corrected(_error)``, S/N;
     2. trains networks (a) and (b) with two binary-cleaning iterations and samples
        the noise model (:mod:`obpipe.luminosity.training`);
@@ -73,11 +74,12 @@ from obpipe.io import store
 from obpipe.luminosity import noise_model
 from obpipe.luminosity.network import (
     MKsNetwork,
-    interstellar_blind_ivar,
+    interstellar_mask,
     recon_out_of_range,
     wavelength_mask,
 )
 from obpipe.luminosity.training import TrainingConfig, train_with_binary_cleaning
+from obpipe.spectra.bases import INTERSTELLAR_ATTR
 from obpipe.version import __version__
 
 log = logging.getLogger(__name__)
@@ -196,55 +198,30 @@ def clean_window_reconstruction(pca_coeff: np.ndarray, products_dir: str) -> np.
     return out
 
 
-def project_inputs(norm_flux: np.ndarray, norm_ivar: np.ndarray, model: str,
-                   products_dir: str, input_kind: str = "recon_flux", prior: bool = True,
-                   exclude_interstellar: bool = False, batch: int = 1000) -> np.ndarray:
-    """Network ``model``'s inputs for rows of normalised spectra, projected here rather than
-    read from the pca / emission products: the weighted PCA projection (Sec. 3) on the
-    run's full-range basis (model a) or clean-window basis (b), then, for
-    ``input_kind="recon_flux"``, the full-grid reconstruction (eq. 2; NaN rows stay NaN).
-    ``exclude_interstellar``: the interstellar windows carry zero weight
-    (:func:`obpipe.luminosity.network.interstellar_blind_ivar`, issue 15), so the input
-    holds only what the stellar pixels say."""
-    from obpipe.spectra.bases import load_pca_model
-
-    pca_model = load_pca_model(products_dir)
-    basis = pca_model.full if model == "a" else pca_model.clean
-    n = np.asarray(norm_flux).shape[0]
-    width = basis.full_mean.size if input_kind == "recon_flux" else basis.n_components
-    out = np.empty((n, width), dtype=np.float32)
-    for lo in range(0, n, batch):
-        sl = slice(lo, min(lo + batch, n))
-        ivar = np.asarray(norm_ivar[sl], dtype=np.float32)
-        if exclude_interstellar:
-            ivar = interstellar_blind_ivar(ivar)
-        coeff = basis.project(np.asarray(norm_flux[sl], dtype=np.float32), ivar, prior=prior)
-        if input_kind == "recon_flux":
-            x = basis.reconstruct(np.nan_to_num(coeff))
-            x[~np.isfinite(coeff[:, 0])] = np.nan
-        else:
-            x = coeff
-        out[sl] = x
-    return out
+def products_interstellar_blind(prods: xr.Dataset) -> bool:
+    """Whether the products' PCA coefficients (and ``recon_flux``) were projected without
+    the interstellar windows: the pca stage's record
+    (:data:`obpipe.spectra.bases.INTERSTELLAR_ATTR`; False for older products)."""
+    return bool(int(prods["pca_coeff"].attrs.get(INTERSTELLAR_ATTR, 0)))
 
 
-def _network_inputs(prods: xr.Dataset, rows: np.ndarray, input_kind: str, products_dir: str,
-                    exclude_interstellar: bool = False, prior: bool = True,
-                    batch: int = 2000) -> dict[str, np.ndarray]:
-    if exclude_interstellar:  # projected again without the interstellar pixels (issue 15)
-        parts: dict[str, list[np.ndarray]] = {"a": [], "b": []}
-        for lo in range(0, rows.size, batch):
-            r = rows[lo:lo + batch]
-            nf = prods["norm_flux"].isel(spec=r).values
-            ni = prods["norm_ivar"].isel(spec=r).values
-            for m in parts:
-                parts[m].append(project_inputs(nf, ni, m, products_dir, input_kind, prior,
-                                               exclude_interstellar=True))
-        width = {m: (prods.sizes["wave"] if input_kind == "recon_flux"
-                     else prods["pca_coeff_full" if m == "a" else "pca_coeff"].shape[1])
-                 for m in parts}
-        return {m: (np.concatenate(v) if v else np.empty((0, width[m]), np.float32))
-                for m, v in parts.items()}
+def check_interstellar(net: MKsNetwork, blind: bool, path: str = "") -> None:
+    """A clear error when network ``net`` was trained on inputs projected otherwise than
+    the products it is applied to (with / without the interstellar windows, issue 15)."""
+    trained = bool(net.meta.get("exclude_interstellar_lines", False))
+    if trained != bool(blind):
+        how = {True: "without the interstellar windows", False: "with every usable pixel"}
+        raise ValueError(
+            f"network ({net.kind}) {path or ''}: trained on PCA inputs projected "
+            f"{how[trained]} (exclude_interstellar_lines = {str(trained).lower()} in its "
+            f"metadata), but these products were projected {how[bool(blind)]} "
+            f"([spectral] exclude_interstellar_lines = {str(bool(blind)).lower()}): run the "
+            "pca stage with the network's setting, or retrain the networks on these "
+            "products")
+
+
+def _network_inputs(prods: xr.Dataset, rows: np.ndarray, input_kind: str, products_dir: str
+                    ) -> dict[str, np.ndarray]:
     if input_kind == "recon_flux":
         return {"a": prods["recon_flux"].isel(spec=rows).values,
                 "b": clean_window_reconstruction(prods["pca_coeff"].isel(spec=rows).values,
@@ -255,22 +232,16 @@ def _network_inputs(prods: xr.Dataset, rows: np.ndarray, input_kind: str, produc
     raise ValueError(f"unknown input_kind {input_kind!r}")
 
 
-def network_input(products_dir: str, rows: np.ndarray, model: str, net: MKsNetwork,
-                  prior: bool = True) -> np.ndarray:
+def network_input(products_dir: str, rows: np.ndarray, model: str, net: MKsNetwork
+                  ) -> np.ndarray:
     """What the stage feeds network ``model`` (the loaded ``net``) for the spectra ``rows``
     (indices) of the products in ``products_dir``, as :func:`luminosity_block` builds it:
     ``recon_flux`` (a) or the clean-window reconstruction (b); the PCA coefficients for
-    ``input_kind="pca_coeff"``; for an interstellar-blind network
-    (``exclude_interstellar_lines`` in its metadata) the projection of ``norm_flux``
-    without the interstellar windows (:func:`project_inputs`, prior ``prior``, the run's
-    ``spectral.projection_prior``)."""
+    ``input_kind="pca_coeff"``. A clear error when the network was trained on inputs
+    projected otherwise (:func:`check_interstellar`)."""
     prods = open_products(products_dir)
-    rows = np.asarray(rows)
-    if net.meta.get("exclude_interstellar_lines", False):
-        return project_inputs(prods["norm_flux"].isel(spec=rows).values,
-                              prods["norm_ivar"].isel(spec=rows).values, model, products_dir,
-                              net.input_kind, prior, exclude_interstellar=True)
-    return _network_inputs(prods, rows, net.input_kind, products_dir)[model]
+    check_interstellar(net, products_interstellar_blind(prods))
+    return _network_inputs(prods, np.asarray(rows), net.input_kind, products_dir)[model]
 
 
 def calibrate_sigma_s(ctx: Any, model: str, usable: np.ndarray, snr: np.ndarray,
@@ -284,7 +255,7 @@ def calibrate_sigma_s(ctx: Any, model: str, usable: np.ndarray, snr: np.ndarray,
     :func:`noise_model.degraded_snr_scatter` with the pca stage's projection (prior as
     configured) and the out-of-fold member of each star (:meth:`predict_out_of_fold`);
     ``exclude_interstellar``: the interstellar windows carry no weight in that projection,
-    as in the network's own inputs (:func:`project_inputs`).
+    as in the pca stage's (``[spectral] exclude_interstellar_lines``).
     """
     from obpipe.spectra.bases import load_pca_model
 
@@ -309,10 +280,10 @@ def calibrate_sigma_s(ctx: Any, model: str, usable: np.ndarray, snr: np.ndarray,
         r0 = basis.reconstruct(np.zeros((1, basis.n_components)))[0]
         net = net.on_coefficients(basis.reconstruct(np.eye(basis.n_components)) - r0, r0)
 
+    excl = interstellar_mask() if exclude_interstellar else None
+
     def predict(f: np.ndarray, iv: np.ndarray, sel: np.ndarray) -> np.ndarray:
-        if exclude_interstellar:
-            iv = interstellar_blind_ivar(iv)
-        coeff = basis.project(f, iv, prior=prior)
+        coeff = basis.project(f, iv, prior=prior, exclude=excl)
         x = np.nan_to_num(coeff) if input_kind == "recon_flux" else coeff
         return net.predict_out_of_fold(x, ids[sel])[0]
 
@@ -388,10 +359,8 @@ def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = 
     log.info("luminosity: %d candidate spectra (good parallax or extra table) of %d",
              rows.size, snr_all.size)
     em = cols["em_flag"][rows]
-    ism = bool(cfg.exclude_interstellar_lines)
-    x = _network_inputs(prods, rows, cfg.input_kind, ctx.products_dir,
-                        exclude_interstellar=ism,
-                        prior=bool(ctx.config.spectral.projection_prior))
+    ism = products_interstellar_blind(prods)
+    x = _network_inputs(prods, rows, cfg.input_kind, ctx.products_dir)
     usable = (((cols["quality_flags"][rows] & BROKEN_BIT) == 0)
               & np.all(np.isfinite(x["a"]), axis=1) & np.all(np.isfinite(x["b"]), axis=1))
     if cfg.input_kind == "recon_flux":
@@ -411,6 +380,7 @@ def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = 
         cols["parallax_corrected_error"][rows], cfg,
         extra_mks=None if extra_mks is None else extra_mks[rows],
         extra_mks_err=None if extra_err is None else extra_err[rows],
+        interstellar_blind=ism,
     )
     res.report["timing_s"]["read_inputs"] = t_read
     mdir = os.path.join(ctx.products_dir, MODEL_DIR)
@@ -483,7 +453,7 @@ def noise_sigmas(noise: dict[str, noise_model.NoiseModelResult]) -> tuple[tuple[
 def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str, str], ...],
                      sigmas: tuple[tuple[Any, ...], ...], input_kind: str,
                      batch_size: int = 2048, products_dir: str | None = None,
-                     projection_prior: bool = True) -> dict[str, np.ndarray]:
+                     interstellar_blind: bool | None = None) -> dict[str, np.ndarray]:
     """M_Ks, its error and the model code for one chunk of spectra (pure numpy).
 
     ``sigmas``: per model ``(name, sigma_int, sigma_s100[, with_spread[, table[,
@@ -497,10 +467,9 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
     clean-window reconstruction from ``pca_coeff`` and the PCA model of ``products_dir``
     (``recon_flux`` itself when ``products_dir`` is None).
 
-    A network trained with ``exclude_interstellar_lines`` (its metadata says so) reads its
-    input projected again from ``norm_flux`` / ``norm_ivar`` with the PCA model of
-    ``products_dir`` (prior ``projection_prior``), the interstellar windows at zero
-    weight (:func:`project_inputs`)."""
+    ``interstellar_blind``: whether the inputs were projected without the interstellar
+    windows (:func:`products_interstellar_blind`); a network trained otherwise is an
+    error (:func:`check_interstellar`). None: not checked."""
     from threadpoolctl import threadpool_limits
 
     em = np.asarray(inputs["em_flag"])
@@ -520,18 +489,9 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
         if not rows.any():
             continue
         net = load_network(paths[m])
-        if net.meta.get("exclude_interstellar_lines", False):
-            missing = [k for k in ("norm_flux", "norm_ivar") if k not in inputs]
-            if products_dir is None or missing:
-                raise ValueError(
-                    f"network ({m}) {paths[m]} is interstellar-blind (trained with "
-                    "exclude_interstellar_lines): it needs norm_flux and norm_ivar and the "
-                    f"products_dir of its PCA model (missing: {missing or 'products_dir'})")
-            with threadpool_limits(1):
-                x = project_inputs(inputs["norm_flux"][rows], inputs["norm_ivar"][rows], m,
-                                   products_dir, input_kind, projection_prior,
-                                   exclude_interstellar=True)
-        elif input_kind == "recon_flux":
+        if interstellar_blind is not None:
+            check_interstellar(net, interstellar_blind, paths[m])
+        if input_kind == "recon_flux":
             x = inputs["recon_flux"][rows]
             if m == "b" and products_dir is not None:
                 x = clean_window_reconstruction(inputs["pca_coeff"][rows], products_dir)
@@ -581,22 +541,19 @@ def run(ctx: RunContext) -> dict[str, Any]:
     noise = {m: noise_model.NoiseModelResult.load(p) for m, p in npaths.items()}
     sigmas = noise_sigmas(noise)
     input_kind = load_network(paths["a"]).input_kind
-    # interstellar-blind networks (issue 15) read their own projection of the spectrum
-    blind = [bool(load_network(p).meta.get("exclude_interstellar_lines", False))
-             for p in paths.values()]
-    pvars: tuple[str, ...] = ("em_flag", "quality_flags", "ebv")
-    if any(blind):
-        pvars += ("norm_flux", "norm_ivar")
-    if not all(blind):
-        pvars += ("recon_flux", "pca_coeff") if input_kind == "recon_flux" else (
-            "pca_coeff", "pca_coeff_full")
+    blind = products_interstellar_blind(open_products(ctx.products_dir))
+    for p in paths.values():  # before any block: a clear error, not one per block
+        check_interstellar(load_network(p), blind, p)
+    pvars: tuple[str, ...] = ("em_flag", "quality_flags", "ebv") + (
+        ("recon_flux", "pca_coeff") if input_kind == "recon_flux" else
+        ("pca_coeff", "pca_coeff_full"))
     t0 = time.perf_counter()
     result = run_blockwise_stage(
         ctx.survey_path, ctx.products_dir, STAGE,
         functools.partial(luminosity_block, model_paths=tuple(sorted(paths.items())),
                           sigmas=sigmas, input_kind=input_kind,
                           products_dir=store.absolute(ctx.products_dir),
-                          projection_prior=bool(ctx.config.spectral.projection_prior)),
+                          interstellar_blind=blind),
         OUTPUTS, survey_vars=("snr_g", "star_id"), product_vars=pvars, scheduler=ctx.scheduler,
         force=force,
     )

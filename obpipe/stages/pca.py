@@ -3,7 +3,10 @@
 Science: :mod:`obpipe.spectra.bases` (training selection, the refit without emission and
 broken spectra, projection statistics) on :mod:`obpipe.spectra.pca`. Products:
 ``pca_coeff``, ``pca_coeff_full`` (spec, component), the H-alpha and residual statistics;
-model file ``PRODUCTS_DIR/models/pca_model.npz``.
+model file ``PRODUCTS_DIR/models/pca_model.npz``. With ``[spectral]
+exclude_interstellar_lines`` (default, issue 15) the interstellar windows carry zero weight
+in the projection and the statistics; ``pca_coeff``'s attribute ``interstellar_blind``
+records it (:data:`obpipe.spectra.bases.INTERSTELLAR_ATTR`).
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import os
 from typing import Any
 
 import numpy as np
+import zarr
 from threadpoolctl import threadpool_limits
 
 from obpipe.engine.blockwise import (
     Output,
     force_requested,
     open_products,
+    products_path,
     row_tiled,
     run_blockwise_stage,
     stage_complete,
@@ -28,6 +33,7 @@ from obpipe.engine.context import RunContext
 from obpipe.io import store
 from obpipe.spectra import pca
 from obpipe.spectra.bases import (
+    INTERSTELLAR_ATTR,
     MODEL_FILE,
     _load_model,
     fit_pca_model,
@@ -60,11 +66,12 @@ OUTPUTS = {
 
 
 @row_tiled
-def block(inputs: dict[str, np.ndarray], model_path: str, prior: bool
-              ) -> dict[str, np.ndarray]:
+def block(inputs: dict[str, np.ndarray], model_path: str, prior: bool,
+          exclude_interstellar: bool = False) -> dict[str, np.ndarray]:
     model = _load_model(model_path, store.file_token(model_path))
     with threadpool_limits(1):
-        return pca_statistics(model, inputs["norm_flux"], inputs["norm_ivar"], prior)
+        return pca_statistics(model, inputs["norm_flux"], inputs["norm_ivar"], prior,
+                              exclude_interstellar=exclude_interstellar)
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -101,10 +108,17 @@ def run(ctx: RunContext) -> dict[str, Any]:
         report["n_train"] = int(train.size)
     result = run_blockwise_stage(
         ctx.survey_path, ctx.products_dir, "pca",
-        functools.partial(block, model_path=model_path, prior=cfg.projection_prior),
+        functools.partial(block, model_path=model_path, prior=cfg.projection_prior,
+                          exclude_interstellar=cfg.exclude_interstellar_lines),
         OUTPUTS, product_vars=("norm_flux", "norm_ivar"), scheduler=ctx.scheduler,
         force=force_requested(ctx),
     )
+    # on the arrays themselves (root attributes are rewritten when a later stage adds
+    # variables): what the luminosity stage's networks must have been trained on
+    grp = zarr.open_group(products_path(ctx.products_dir), mode="r+",
+                          zarr_format=store.ZARR_FORMAT)
+    for name in ("pca_coeff", "pca_coeff_full"):
+        grp[name].attrs[INTERSTELLAR_ATTR] = int(cfg.exclude_interstellar_lines)
     return {**report, **result}
 
 

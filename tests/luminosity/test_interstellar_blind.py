@@ -1,6 +1,8 @@
-"""Interstellar-blind network inputs (issue 15 item 2, ``exclude_interstellar_lines``):
-the interstellar windows carry zero weight in the projection of both networks' inputs
-and are out of their pixels, so flux there cannot move a prediction."""
+"""Interstellar-blind network inputs (issue 15 item 2, ``[spectral]
+exclude_interstellar_lines``): the pca stage projects without the interstellar windows
+(tests/spectra/test_pca_interstellar.py) and both networks leave them out of their
+pixels, so flux there cannot move a prediction; a network applied to products projected
+otherwise is an error."""
 
 from __future__ import annotations
 
@@ -22,7 +24,11 @@ from obpipe.luminosity.training import TrainingConfig, train_with_binary_cleanin
 from obpipe.spectra import pca
 from obpipe.spectra.grid import wavelength_grid
 from obpipe.spectra.indices import air_to_vacuum
-from obpipe.stages.luminosity import luminosity_block, project_inputs
+from obpipe.stages.luminosity import (
+    clean_window_reconstruction,
+    luminosity_block,
+    products_interstellar_blind,
+)
 
 WAVE = wavelength_grid()
 #: stellar lines (vacuum AA) and interstellar features (the 4428 DIB, Ca II K, DIB 5780)
@@ -94,42 +100,88 @@ def test_windows_cover_the_lines_and_leave_the_model_pixels() -> None:
     assert np.all(iv[:, ism] == 0) and np.all(iv[:, ~ism] == 1)
 
 
+def _inputs(flux: np.ndarray, ivar: np.ndarray, products: str, blind: bool
+            ) -> dict[str, np.ndarray]:
+    """The luminosity stage's block inputs as the pca and emission stages make them."""
+    model = pca.PCAModel.load(os.path.join(products, "models", "pca_model.npz"))
+    excl = interstellar_mask() if blind else None
+    iv = interstellar_blind_ivar(ivar) if blind else ivar
+    coeff = model.clean.project(flux, iv, exclude=excl)
+    full = model.full.project(flux, iv, exclude=excl)
+    em = np.array([0, 0, 0, 1, 1, 1], np.int8)
+    recon = model.full.reconstruct(full)
+    recon[em == 1] = model.clean.reconstruct(coeff)[em == 1]
+    return {"em_flag": em, "snr_g": np.full(6, 80.0), "quality_flags": np.zeros(6, np.int16),
+            "ebv": np.full(6, 1.0), "recon_flux": recon, "pca_coeff": coeff}
+
+
 def test_flux_in_interstellar_windows_cannot_move_the_prediction(products: str) -> None:
     flux, ivar, _ = _spectra(6, 1)
     paths = {}
     for kind, seed in (("a", 1), ("b", 2)):
         paths[kind] = os.path.join(products, "models", f"net_{kind}.safetensors")
         _random_network(kind, seed).save(paths[kind])
-    inputs = {"em_flag": np.array([0, 0, 0, 1, 1, 1], np.int8), "snr_g": np.full(6, 80.0),
-              "quality_flags": np.zeros(6, np.int16), "ebv": np.full(6, 1.0),
-              "norm_flux": flux, "norm_ivar": ivar}
+    sig = (("a", 0.25, 0.1), ("b", 0.3, 0.1))
 
     def mks(f: np.ndarray) -> np.ndarray:
-        out = luminosity_block({**inputs, "norm_flux": f}, tuple(sorted(paths.items())),
-                               (("a", 0.25, 0.1), ("b", 0.3, 0.1)), "recon_flux",
-                               products_dir=products)
+        out = luminosity_block(_inputs(f, ivar, products, True), tuple(sorted(paths.items())),
+                               sig, "recon_flux", products_dir=products,
+                               interstellar_blind=True)
         assert np.all(out["MKs_model"] == np.array([0, 0, 0, 1, 1, 1]))
         return out["MKs"]
 
     base = mks(flux)
     assert np.all(np.isfinite(base))
-    with pytest.raises(ValueError, match="interstellar-blind.*norm_flux"):
-        luminosity_block({k: v for k, v in inputs.items() if k != "norm_flux"},
-                         tuple(sorted(paths.items())), (("a", 0.25, 0.1), ("b", 0.3, 0.1)),
-                         "recon_flux", products_dir=products)
     for lam, depth in ((4429.0, 0.3), (3934.8, 0.5), (5781.0, 0.4)):
         deeper = flux - depth * _gauss(lam, 2.0 if lam != 4429.0 else 6.0)
         deeper[:, ~interstellar_mask()] = flux[:, ~interstellar_mask()]  # inside the window
         np.testing.assert_allclose(mks(deeper), base, atol=1e-5, err_msg=str(lam))
-        # control: without the option the projection reads the line (the test can fail)
-        for kind in ("a", "b"):
-            seen = project_inputs(flux, ivar, kind, products)
-            moved = project_inputs(deeper, ivar, kind, products)
-            m = wavelength_mask(kind, exclude_interstellar=True)
-            assert np.max(np.abs(moved - seen)[:, m]) > 1e-3, (lam, kind)
+        # control: the paper's projection reads the line (the test can fail)
+        seen, moved = _inputs(flux, ivar, products, False), _inputs(deeper, ivar, products,
+                                                                     False)
+        m = wavelength_mask("a", exclude_interstellar=True)
+        assert np.max(np.abs(moved["recon_flux"] - seen["recon_flux"])[:3][:, m]) > 1e-3, lam
+        rb = [clean_window_reconstruction(x["pca_coeff"], products) for x in (seen, moved)]
+        m = wavelength_mask("b", exclude_interstellar=True)
+        assert np.max(np.abs(rb[1] - rb[0])[:, m]) > 1e-3, lam
     # a stellar line in both models' pixels (He I 4472) does move it
     stellar = flux - 0.3 * _gauss(4472.7, 3.0)
     assert np.min(np.abs(mks(stellar) - base)) > 1e-3
+
+
+def test_network_and_products_projected_otherwise_is_an_error(products: str) -> None:
+    flux, ivar, _ = _spectra(6, 1)
+    blind_paths = {}
+    for kind, seed in (("a", 1), ("b", 2)):
+        blind_paths[kind] = os.path.join(products, "models", f"net_{kind}.safetensors")
+        _random_network(kind, seed).save(blind_paths[kind])
+    sig = (("a", 0.25, 0.1), ("b", 0.3, 0.1))
+    # an interstellar-blind network on products projected with every pixel
+    with pytest.raises(ValueError, match=r"network \(a\).*without the interstellar windows"
+                       r".*these products were projected with every usable pixel"):
+        luminosity_block(_inputs(flux, ivar, products, False),
+                         tuple(sorted(blind_paths.items())), sig, "recon_flux",
+                         products_dir=products, interstellar_blind=False)
+    # and the paper's network on interstellar-blind products
+    plain = {}
+    for kind in ("a", "b"):
+        net = _random_network(kind, 3)
+        net.meta["exclude_interstellar_lines"] = False
+        plain[kind] = os.path.join(products, "models", f"plain_{kind}.safetensors")
+        net.save(plain[kind])
+    with pytest.raises(ValueError, match="exclude_interstellar_lines = true"):
+        luminosity_block(_inputs(flux, ivar, products, True), tuple(sorted(plain.items())),
+                         sig, "recon_flux", products_dir=products, interstellar_blind=True)
+
+
+def test_products_record_of_the_projection() -> None:
+    import xarray as xr
+
+    coeff = np.zeros((2, 3), np.float32)
+    for attrs, expected in (({}, False), ({"interstellar_blind": 0}, False),
+                            ({"interstellar_blind": 1}, True)):
+        ds = xr.Dataset({"pca_coeff": (("spec", "component"), coeff, attrs)})
+        assert products_interstellar_blind(ds) is expected
 
 
 def test_training_option_drops_the_windows_from_both_networks() -> None:
@@ -139,13 +191,13 @@ def test_training_option_drops_the_windows_from_both_networks() -> None:
     mks = -3.0 + 3.0 * lum
     plx = np.full(n, 1.0)
     ks0 = mks + 10.0
-    cfg = TrainingConfig(exclude_interstellar_lines=True, n_clean_iterations=0,
+    cfg = TrainingConfig(n_clean_iterations=0,
                          network=TrainConfig(max_epochs=3, n_members=2, loss="mag",
                                              n_components=20))
     res = train_with_binary_cleaning(
         {"a": flux, "b": flux}, np.array([f"s{i}" for i in range(n)]), np.full(n, 100.0),
         np.zeros(n, np.int8), np.ones(n, bool), mks, np.full(n, 0.1), ks0, np.full(n, 0.02),
-        plx, np.full(n, 0.05), cfg, run_mcmc=False)
+        plx, np.full(n, 0.05), cfg, run_mcmc=False, interstellar_blind=True)
     for kind, net in res.networks.items():
         assert np.array_equal(net.pixel_mask, wavelength_mask(kind, exclude_interstellar=True))
         assert net.meta["exclude_interstellar_lines"] is True
