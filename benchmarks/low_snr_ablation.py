@@ -231,6 +231,8 @@ RESYNTH_CASES: tuple[tuple[str, float | None, tuple[str, ...]], ...] = (
     ("S/N 200, no RV residual", 200.0, ("rv",)),
     ("S/N 200, no RV residual, no ISM lines", 200.0, ("rv", "ism")),
     ("S/N 200, no RV residual, no ISM lines, E(B-V) = 0", 200.0, ("rv", "ism", "ebv")),
+    ("own S/N, no RV residual, no 4429 AA DIB", None, ("rv", "dib4429")),
+    ("S/N 200, no RV residual, no 4429 AA DIB", 200.0, ("rv", "dib4429")),
 )
 
 
@@ -247,6 +249,7 @@ def resynthesize(control: Path, products: Path, snr_lo: float, snr_hi: float, n:
     from obpipe.config import SimulationConfig
     from obpipe.engine.blockwise import open_products
     from obpipe.luminosity.network import MKsNetwork, interstellar_blind_ivar
+    from obpipe.simulate import spectra as mock_spectra
     from obpipe.simulate.survey import build_tables, synthesize_spectra
     from obpipe.spectra.bases import load_pca_model
     from obpipe.spectra.grid import velocity_per_pixel_kms, wavelength_grid
@@ -284,8 +287,14 @@ def resynthesize(control: Path, products: Path, snr_lo: float, snr_hi: float, n:
             part["ism_ebv"] = np.zeros(rows.size)
         if "ebv" in changes:
             part["ebv"] = np.zeros(rows.size)
-        o = synthesize_spectra(part, cfg.seed, cfg.resolving_power, cfg.extinction_law,
-                               cfg.noise_neighbour_correlation)
+        dibs = mock_spectra.DIBS
+        if "dib4429" in changes:  # the broad DIB alone out (the mock's module attribute)
+            mock_spectra.DIBS = tuple(d for d in dibs if abs(d[0] - 4429.0) > 1.0)
+        try:
+            o = synthesize_spectra(part, cfg.seed, cfg.resolving_power, cfg.extinction_law,
+                                   cfg.noise_neighbour_correlation)
+        finally:
+            mock_spectra.DIBS = dibs
         nf, ni = normalize(o["flux"], o["ivar"], o["mask"], weighting=weighting)
         print(f"  re-synthesised, {label:52s} {np.median(predict(nf, ni) - truth):+.3f}")
     # how much of the reddened continuum survives normalisation: noise-free, no RV residual
