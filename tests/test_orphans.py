@@ -1,5 +1,6 @@
 """Pool workers exit when the driver dies, and commit no block after that (issue 17 item 4):
-a real ``obpipe run`` is SIGKILLed during its pooled distance stage."""
+a real ``obpipe run`` is SIGKILLed (or SIGTERMed, as a batch system or ``kill`` does) during
+its pooled distance stage."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def _register(products: str) -> np.ndarray | None:
 
 
 @pytest.mark.slow
-def test_sigkill_of_the_driver_ends_its_pool_workers(tmp_path, tmp_path_factory):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_sigkill_of_the_driver_ends_its_pool_workers(sig, tmp_path, tmp_path_factory):
     survey, base = small_run(tmp_path_factory)
     products = str(tmp_path / "products")
     shutil.copytree(base, products)
@@ -49,7 +51,7 @@ def test_sigkill_of_the_driver_ends_its_pool_workers(tmp_path, tmp_path_factory)
             break  # pool running, some blocks committed, some not
         time.sleep(0.05)
     assert driver.poll() is None and workers, "the distance stage ended before the kill"
-    os.kill(driver.pid, signal.SIGKILL)
+    os.kill(driver.pid, sig)
     driver.wait()
     time.sleep(1.0)  # a commit already past its check may land in this second
     after_kill = _register(products)
