@@ -24,7 +24,9 @@ Usage::
     python -c "from obpipe.config import SimulationConfig as C; \
 from obpipe.simulate.survey import simulate_survey as s; \
 s('g23zp.zarr', C(seed=2026, extinction_law='G23', parallax_zp_variations=False))"
-    obpipe run g23zp.zarr --out base
+    obpipe run g23zp.zarr --out base   # docs/validation.md's table: at 5eeb1bd; since 60cb45e
+    # the projection is interstellar-blind by default: add --config T (and --config T below),
+    # T = "[spectral]\nexclude_interstellar_lines = false\n", for that table's control
     # each variant: its mock, an inference-only run with the control's models, the table
     python benchmarks/low_snr_ablation.py make white_noise --dir WORK
     python benchmarks/low_snr_ablation.py run white_noise --dir WORK --models base
@@ -119,19 +121,36 @@ def make_variant(name: str, work: Path) -> Path:
     return path
 
 
-def run_variant(name: str, work: Path, models: Path, control: Path | None) -> Path:
+def _toml(sections: dict[str, dict[str, Any]]) -> str:
+    def value(v: Any) -> str:
+        return ("true" if v else "false") if isinstance(v, bool) else json.dumps(v)
+    return "".join(f"[{sec}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in kv.items()) + "\n"
+                   for sec, kv in sections.items())
+
+
+def run_variant(name: str, work: Path, models: Path, control: Path | None,
+                config: Path | None = None) -> Path:
     """``obpipe run`` of a variant with the control run's models, up to the luminosity
-    stage; a pipeline-side variant runs on the control survey with its TOML."""
+    stage; a pipeline-side variant runs on the control survey with its TOML. ``config``:
+    the control run's own TOML (e.g. ``[spectral] exclude_interstellar_lines = false`` for a
+    control trained so), given to every variant run (a pipeline variant's options on top)."""
+    import tomllib
+
     out = work / name
     cmd = [str(Path(sys.executable).parent / "obpipe"), "run"]
+    sections: dict[str, dict[str, Any]] = tomllib.loads(config.read_text()) if config else {}
     if name in PIPELINE_VARIANTS:
         if control is None:
             raise SystemExit(f"{name}: a pipeline-side variant needs --control SURVEY")
-        toml = work / f"{name}.toml"
-        toml.write_text(PIPELINE_VARIANTS[name])
-        cmd += [str(control), "--config", str(toml)]
+        for sec, kv in tomllib.loads(PIPELINE_VARIANTS[name]).items():
+            sections.setdefault(sec, {}).update(kv)
+        cmd += [str(control)]
     else:
         cmd += [str(work / f"{name}.zarr")]
+    if sections:
+        toml = work / f"{name}.toml"
+        toml.write_text(_toml(sections))
+        cmd += ["--config", str(toml)]
     cmd += ["--out", str(out), "--models", str(models), "--stages", INFERENCE_STAGES, "-q"]
     log.info("%s", " ".join(cmd))
     subprocess.run(cmd, check=True)
@@ -245,7 +264,8 @@ def resynthesize(control: Path, products: Path, snr_lo: float, snr_hi: float, n:
     normalised, projected on the run's full basis and predicted as the pipeline does; and the
     response of the same network to a rest-frame shift of the survey's own normalised
     spectra (an exact Fourier shift, unusable pixels filled by the reconstruction).
-    ``blind``: the network was trained with ``exclude_interstellar_lines``."""
+    ``blind``: the network was trained with ``exclude_interstellar_lines`` (read from the
+    products' ``pca_coeff`` where they record it)."""
     from obpipe.config import SimulationConfig
     from obpipe.engine.blockwise import open_products
     from obpipe.luminosity.network import MKsNetwork, interstellar_blind_ivar
@@ -268,6 +288,9 @@ def resynthesize(control: Path, products: Path, snr_lo: float, snr_hi: float, n:
     basis = load_pca_model(str(products)).full
     net = MKsNetwork.load(str(products / "models" / "mks_network_a.safetensors"))
     truth = ctl["MKs_true"][rows]
+    # products projected without the interstellar windows say so (60cb45e on; the default)
+    blind = blind or bool(open_products(str(products))["pca_coeff"].attrs.get(
+        "interstellar_blind", False))
 
     def predict(nf: np.ndarray, ni: np.ndarray) -> np.ndarray:
         coeff = basis.project(np.nan_to_num(nf, nan=1.0), interstellar_blind_ivar(ni)
@@ -374,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--dir", required=True, type=Path)
     r.add_argument("--models", required=True, type=Path)
     r.add_argument("--control", type=Path, default=None)
+    r.add_argument("--config", type=Path, default=None, help="the control run's TOML")
     s = sub.add_parser("score", help="the table")
     s.add_argument("control", type=Path)
     s.add_argument("control_products", type=Path)
@@ -385,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     a_.add_argument("--models", required=True, type=Path)
     a_.add_argument("--only", nargs="*", choices=names, default=None)
     a_.add_argument("--keep", action="store_true", help="keep the variant mocks")
+    a_.add_argument("--config", type=Path, default=None, help="the control run's TOML")
     rs = sub.add_parser("resynth", help="re-synthesised spectra of an S/N bin, one change at "
                         "a time, and the response to a rest-frame shift (network a)")
     rs.add_argument("control", type=Path)
@@ -402,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         a.dir.mkdir(parents=True, exist_ok=True)
         make_variant(a.name, a.dir)
     elif a.cmd == "run":
-        run_variant(a.name, a.dir, a.models, a.control)
+        run_variant(a.name, a.dir, a.models, a.control, a.config)
     elif a.cmd == "score":
         variants = dict(v.split("=", 1) for v in a.variants)
         res = score(a.control, a.control_products, {k: Path(v) for k, v in variants.items()})
@@ -417,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             mock = a.dir / f"{name}.zarr"
             if name in MOCK_VARIANTS and not mock.exists():
                 make_variant(name, a.dir)
-            products = run_variant(name, a.dir, a.models, a.control)
+            products = run_variant(name, a.dir, a.models, a.control, a.config)
             res[name] = score_variant(ctl, mock if mock.exists() else a.control, products)
             if name in MOCK_VARIANTS and not a.keep:
                 shutil.rmtree(mock)
