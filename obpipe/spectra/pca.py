@@ -237,12 +237,7 @@ class PCABasis:
         k = self.n_components
         c = self._f32()
         h = c["h"]
-        out = None
-        if exclude is not None:
-            out, h = self._excluded_h(exclude)
-            w[:, out] = 0.0
         used = w > 0
-        n_good = np.count_nonzero(used, axis=1)
         # the smooth part of W: J bumps fitted to the row, its unusable pixels filled with the
         # row's median weight (the 1 / ivar of a masked pixel says nothing about the row)
         filled = np.where(used, w, _row_median(w, used)[:, None])
@@ -250,6 +245,12 @@ class PCABasis:
         del filled
         w_smooth = a @ c["bumps_t"]  # (n, P)
         np.maximum(w_smooth, np.float32(1e-12), out=w_smooth)
+        out = None
+        if exclude is not None:  # after the smooth fit, which their weights still shape
+            out, h = self._excluded_h(exclude)
+            w[:, out] = 0.0
+            used[:, out] = False
+        n_good = np.count_nonzero(used, axis=1)
         # deviant = (w > 3 w_smooth) | (3 w < w_smooth), with one float temporary
         scaled = np.multiply(w_smooth, np.float32(_DEVIANT_FACTOR))
         deviant = w > scaled
