@@ -116,3 +116,15 @@ def test_flux_in_interstellar_windows_cannot_move_pca_coeff(model_path: str) -> 
 
 def test_option_default_on() -> None:
     assert SpectralConfig().exclude_interstellar_lines is True
+
+
+def test_pca_stage_records_the_projection(small_spectral_products: str) -> None:
+    """The spectral stages at their defaults write interstellar-blind coefficients and say
+    so, where the luminosity stage looks (the networks must match it)."""
+    from obpipe.engine.blockwise import open_products
+    from obpipe.stages.luminosity import products_interstellar_blind
+
+    prods = open_products(small_spectral_products)
+    for name in ("pca_coeff", "pca_coeff_full"):
+        assert prods[name].attrs[pca_stage.INTERSTELLAR_ATTR] == 1, name
+    assert products_interstellar_blind(prods) is True
