@@ -76,3 +76,15 @@ def test_real_survey_needs_models_and_refuses_simulated_ones(shared_data, tmp_pa
         [*OBPIPE, "-v", "run", real, "--out", str(tmp_path / "p"), "--models",
          mock_products, "--allow-simulated-models", "--stages", "pca", "-q"],
         capture_output=True, text=True, timeout=600).stderr
+    # --force with --models reruns the stages but never retrains the supplied networks (this
+    # survey is too small to train on: a retrain would stop with exit code 2)
+    from obpipe.stages.luminosity import NETWORK_FILES, NOISE_FILES
+
+    supplied = {f: _digest(Path(mock_products) / "models" / f)
+                for f in (*NETWORK_FILES.values(), *NOISE_FILES.values())}
+    out = _run(real, "--out", str(tmp_path / "p"), "--models", mock_products,
+               "--allow-simulated-models", "--stages", "luminosity", "--force", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["stages"]["luminosity"]["rerun_because"] == "--force"
+    for name, digest in supplied.items():
+        assert _digest(tmp_path / "p" / "models" / name) == digest, name

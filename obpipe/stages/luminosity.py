@@ -536,7 +536,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
     npaths = _noise_paths(ctx.products_dir)
     report: dict[str, Any] = {}
     have = all(store.exists(p) for p in (*paths.values(), *npaths.values()))
-    if force or not have:
+    # --force reruns inference; it retrains only networks this run trained itself, never
+    # the ones supplied with --models (as the pca stage keeps a supplied basis)
+    retrain = force and not getattr(ctx, "models_supplied", False)
+    if retrain or not have:
         report["training"] = train_from_products(ctx, cfg, extra["extra_training"])
     noise = {m: noise_model.NoiseModelResult.load(p) for m, p in npaths.items()}
     sigmas = noise_sigmas(noise)
