@@ -77,9 +77,12 @@ def pca_statistics(model: pca.PCAModel, norm_flux: np.ndarray, norm_ivar: np.nda
         nf = norm_flux[rows]
         ni, clean_pix, excl = stellar_pixels(norm_ivar[rows], model.clean.pixels,
                                              exclude_interstellar)
-        coeff = model.clean.project(nf, ni, prior=prior, exclude=excl)
+        # the projection gets the measured weights with the windows as ``exclude``: they
+        # still shape the smooth part of W (zeroed, they would be filled with the row's
+        # median and make ~250 other pixels per row deviant, each a low-rank correction)
+        coeff = model.clean.project(nf, norm_ivar[rows], prior=prior, exclude=excl)
         part = {"pca_coeff": coeff.astype(np.float32),
-                "pca_coeff_full": model.full.project(nf, ni, prior=prior,
+                "pca_coeff_full": model.full.project(nf, norm_ivar[rows], prior=prior,
                                                      exclude=excl).astype(np.float32)}
         part.update(emission.residual_statistics(nf, ni, model.clean.reconstruct(coeff),
                                                  model.clean.sigma_model, clean_pix))
@@ -126,7 +129,7 @@ def fit_pca_model(norm_flux: np.ndarray, norm_ivar: np.ndarray, snr: np.ndarray,
         if iteration == 1:
             break
         ivar, pix, excl = stellar_pixels(norm_ivar, clean_pix, cfg.exclude_interstellar_lines)
-        recon = clean.reconstruct(clean.project(norm_flux, ivar, exclude=excl))
+        recon = clean.reconstruct(clean.project(norm_flux, norm_ivar, exclude=excl))
         stats = emission.residual_statistics(norm_flux, ivar, recon, clean.sigma_model, pix)
         thr = emission.choose_thresholds(stats, snr, cfg.emission_target_purity,
                                          broken_mad_sigma=cfg.broken_mad_sigma,
