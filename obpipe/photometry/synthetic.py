@@ -43,7 +43,7 @@ import logging
 import threading
 from importlib import resources
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -334,30 +334,45 @@ def _law_grid(law: str, r_v: float) -> dict[str, np.ndarray]:
     return grid
 
 
+@functools.cache
+def _dustapprox_library() -> Any:
+    """dustapprox's library of precomputed models (its constructor reads the model files'
+    headers), once per process."""
+    from dustapprox.models import PrecomputedModel
+
+    return PrecomputedModel()
+
+
+@functools.cache
+def _dustapprox_model(law: str, passband: str) -> Any:
+    """dustapprox's A0-R0 polynomial model of ``law`` (Kurucz atmospheres) for ``passband``,
+    loaded once per process: finding it reads the headers of every precomputed model file
+    (~1.5 s), and the same model serves every R_V (R0 is one of its features)."""
+    found = [m for m in _dustapprox_library().find(passband=passband, extinction=law,
+                                                  atmosphere="kurucz")
+             if "R0" in (m.model or {}).get("feature_names", [])]
+    if not found:
+        raise LookupError(f"dustapprox has no {law}/Kurucz A0-R0 model for {passband}")
+    return found[0].load_model(passband=passband)
+
+
 def _build_law_grid(law: str, r_v: float) -> dict[str, np.ndarray]:
     """{band: R_X on (Teff nodes, A0 nodes)} from dustapprox's A0-R0 polynomial models."""
     import warnings
 
     import pandas as pd
-    from dustapprox.models import PrecomputedModel
 
     if law not in EXTINCTION_LAWS:
         raise ValueError(f"extinction law must be one of {EXTINCTION_LAWS}, got {law!r}")
     if not R_V_RANGE[0] <= r_v <= R_V_RANGE[1]:
         raise ValueError(f"R_V = {r_v} outside the models' range {R_V_RANGE}")
-    lib = PrecomputedModel()
     tt, aa = np.meshgrid(_TEFF_NODES_LAW, np.asarray(A0_NODES_MAG), indexing="ij")
     # dustapprox's "A0" is an optical depth: tau = A0_mag / 1.0857 (DUSTAPPROX_TAU_PER_MAG)
     feats = pd.DataFrame({"A0": aa.ravel() / DUSTAPPROX_TAU_PER_MAG,
                           "R0": np.full(aa.size, r_v), "teff": tt.ravel()})
     out = {}
     for band in BANDS:
-        pb = DUSTAPPROX_PASSBANDS[band]
-        found = [m for m in lib.find(passband=pb, extinction=law, atmosphere="kurucz")
-                 if "R0" in (m.model or {}).get("feature_names", [])]
-        if not found:
-            raise LookupError(f"dustapprox has no {law}/Kurucz A0-R0 model for {pb}")
-        model = found[0].load_model(passband=pb)
+        model = _dustapprox_model(law, DUSTAPPROX_PASSBANDS[band])
         with warnings.catch_warnings():  # sklearn feature-name warnings
             warnings.simplefilter("ignore")
             k = np.asarray(model.predict(feats), dtype=float).reshape(tt.shape)
