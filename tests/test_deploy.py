@@ -31,6 +31,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tomllib
@@ -786,6 +787,15 @@ def _container_env(doc: dict[str, Any], name: str, tls_dir: Path) -> dict[str, s
             for e in c.get("env", []) if e["name"].startswith("DASK_")}
 
 
+def _free_tcp_port() -> int:
+    """A port the OS has just handed out on 127.0.0.1. A random port in 40000-60000 lies in
+    Linux's ephemeral range: another test's client socket may hold it, the scheduler then
+    cannot bind, and the client's TLS handshake meets whatever listens there."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.mark.skipif(not shutil.which("openssl"), reason="needs the openssl command")
 def test_tls_env_of_the_manifests_encrypts_and_refuses_plain_tcp(tmp_path: Path) -> None:
     """A scheduler and a worker started with the DaskCluster's own TLS settings (and the
@@ -798,7 +808,7 @@ def test_tls_env_of_the_manifests_encrypts_and_refuses_plain_tcp(tmp_path: Path)
     env_s = {**base, **_container_env(cluster, "scheduler", tmp_path)}
     env_w = {**base, **_container_env(cluster, "worker", tmp_path)}
     env_c = {**base, **_container_env(manifest("DaskJob"), "job", tmp_path)}
-    port = 40000 + uuid.uuid4().int % 20000
+    port = _free_tcp_port()
     address = f"tls://127.0.0.1:{port}"
     dask_bin = str(Path(sys.executable).parent / "dask")
     procs = [subprocess.Popen([dask_bin, "scheduler", "--protocol", "tls", "--host",
