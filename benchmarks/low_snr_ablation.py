@@ -268,12 +268,13 @@ def resynthesize(control: Path, products: Path, snr_lo: float, snr_hi: float, n:
     products' ``pca_coeff`` where they record it)."""
     from obpipe.config import SimulationConfig
     from obpipe.engine.blockwise import open_products
-    from obpipe.luminosity.network import MKsNetwork, interstellar_blind_ivar
+    from obpipe.luminosity.network import MKsNetwork
     from obpipe.simulate import spectra as mock_spectra
     from obpipe.simulate.survey import build_tables, synthesize_spectra
     from obpipe.spectra.bases import load_pca_model
     from obpipe.spectra.grid import velocity_per_pixel_kms, wavelength_grid
     from obpipe.spectra.normalize import CONTINUUM_WEIGHTINGS, normalize
+    from obpipe.spectra.pca import interstellar_blind_ivar
 
     cfg = SimulationConfig(**CONTROL)
     _, _, synth = build_tables(cfg)

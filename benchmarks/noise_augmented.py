@@ -20,7 +20,7 @@ run's final (binary-cleaned) training spectra of (a) (``luminosity_set`` bit 1):
   :func:`rv_error_at`, :func:`shift_rows`.
 
 With ``--mask-ism`` the second network is not augmented but blind to the interstellar
-lines (:data:`obpipe.luminosity.network.INTERSTELLAR_WINDOWS_AA`: Ca II K, Na D, K I and
+lines (:data:`obpipe.spectra.pca.INTERSTELLAR_WINDOWS_AA`: Ca II K, Na D, K I and
 the strong DIBs; before 04fd904 the list here, the same lines to ~1 AA): their pixels get
 zero weight in the PCA projection of its input spectra (training, scoring and sigma_s
 alike), so the reconstruction holds only what the stellar pixels imply there, and are
@@ -351,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = [("baseline", x_clean, np.arange(train.size), None)]
     zero_pix: dict[str, np.ndarray | None] = {"baseline": None, "augmented": None}
     if a.mask_ism:
-        from obpipe.luminosity.network import interstellar_mask, wavelength_mask
+        from obpipe.luminosity.network import wavelength_mask
+        from obpipe.spectra.pca import interstellar_mask
 
         ism = interstellar_mask()
         zero_pix["ism_masked"] = ism

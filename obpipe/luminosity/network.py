@@ -55,12 +55,9 @@ from typing import Any
 import numpy as np
 
 from obpipe.spectra.grid import wavelength_grid
-from obpipe.spectra.pca import (  # noqa: F401  (the interstellar windows, re-exported)
+from obpipe.spectra.pca import (
     CLEAN_WINDOWS_AA,
-    INTERSTELLAR_LINES_AIR_AA,
-    INTERSTELLAR_WINDOWS_AA,
     _blas_controller,
-    interstellar_blind_ivar,
     interstellar_mask,
     window_mask,
 )

@@ -208,8 +208,11 @@ class PCABasis:
         """Coefficients (n, K) by inverse-variance weighted least squares (see module doc).
 
         ``exclude`` (grid mask, e.g. :func:`interstellar_mask`): pixels of zero weight in
-        every row, out of the smooth part of W too, so they cost no low-rank correction;
-        the same coefficients as zero ``norm_ivar`` there."""
+        every row, out of the smooth part's matrices, so they cost no low-rank correction.
+        Pass the measured ``norm_ivar`` there, not zeros: the weights still shape the smooth
+        part of W. Zeroing them as well gives other (less exact) coefficients and makes
+        many other pixels deviant (tests/spectra/test_pca_interstellar.py compares with
+        the float64 zero-weight estimator)."""
         norm_flux = np.atleast_2d(norm_flux)
         norm_ivar = np.atleast_2d(norm_ivar)
         out = np.empty((norm_flux.shape[0], self.n_components))

@@ -11,19 +11,18 @@ import os
 import numpy as np
 import pytest
 
-from obpipe.luminosity.network import (
-    INTERSTELLAR_LINES_AIR_AA,
-    INTERSTELLAR_WINDOWS_AA,
-    MKsNetwork,
-    interstellar_blind_ivar,
-    interstellar_mask,
-    wavelength_mask,
-)
+from obpipe.luminosity.network import MKsNetwork, wavelength_mask
 from obpipe.luminosity.network_training import TrainConfig
 from obpipe.luminosity.training import TrainingConfig, train_with_binary_cleaning
 from obpipe.spectra import pca
 from obpipe.spectra.grid import wavelength_grid
 from obpipe.spectra.indices import air_to_vacuum
+from obpipe.spectra.pca import (
+    INTERSTELLAR_LINES_AIR_AA,
+    INTERSTELLAR_WINDOWS_AA,
+    interstellar_blind_ivar,
+    interstellar_mask,
+)
 from obpipe.stages.luminosity import (
     clean_window_reconstruction,
     luminosity_block,
