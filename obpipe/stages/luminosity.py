@@ -232,18 +232,6 @@ def _network_inputs(prods: xr.Dataset, rows: np.ndarray, input_kind: str, produc
     raise ValueError(f"unknown input_kind {input_kind!r}")
 
 
-def network_input(products_dir: str, rows: np.ndarray, model: str, net: MKsNetwork
-                  ) -> np.ndarray:
-    """What the stage feeds network ``model`` (the loaded ``net``) for the spectra ``rows``
-    (indices) of the products in ``products_dir``, as :func:`luminosity_block` builds it:
-    ``recon_flux`` (a) or the clean-window reconstruction (b); the PCA coefficients for
-    ``input_kind="pca_coeff"``. A clear error when the network was trained on inputs
-    projected otherwise (:func:`check_interstellar`)."""
-    prods = open_products(products_dir)
-    check_interstellar(net, products_interstellar_blind(prods))
-    return _network_inputs(prods, np.asarray(rows), net.input_kind, products_dir)[model]
-
-
 def calibrate_sigma_s(ctx: Any, model: str, usable: np.ndarray, snr: np.ndarray,
                       star_id: np.ndarray, net: MKsNetwork, input_kind: str,
                       min_snr: float = 100.0, max_spectra: int = 2000, seed: int = 0,
