@@ -168,6 +168,8 @@ class DistanceGrid:
     inv_d: np.ndarray  # 1 / d, mas (1 / kpc)
     log10_d: np.ndarray  # log10(d / kpc)
     log10_d_sq: np.ndarray
+    d_kpc: np.ndarray  # d, the values of distance_kpc(i)
+    ln_d: np.ndarray  # ln(d / kpc), for the population prior
 
     @classmethod
     def build(cls, cfg: DistanceConfig) -> DistanceGrid:
@@ -175,7 +177,7 @@ class DistanceGrid:
         n = int(np.floor(cfg.d_max_kpc / step + 1e-9))
         d = (np.arange(n, dtype=np.float64) + 1.0) * step
         lg = np.log10(d)
-        return cls(step, n, 1.0 / d, lg, lg * lg)
+        return cls(step, n, 1.0 / d, lg, lg * lg, d, np.log(d))
 
     def distance_kpc(self, index: np.ndarray | int) -> np.ndarray:
         return (np.asarray(index, dtype=np.float64) + 1.0) * self.step_kpc
@@ -252,24 +254,31 @@ class PopulationPrior:
         return {k: float(v) for k, v in _dc.asdict(self).items()}
 
 
-def population_log_prior(d_kpc: np.ndarray, pt: np.ndarray) -> np.ndarray:
+def population_log_prior(d_kpc: np.ndarray, pt: np.ndarray,
+                         ln_d: np.ndarray | None = None) -> np.ndarray:
     """ln P(d) of :class:`PopulationPrior` (unnormalised) from per-star terms ``pt``
-    (last axis: the columns of :data:`_PT`, broadcast against ``d_kpc``)."""
+    (last axis: the columns of :data:`_PT`, broadcast against ``d_kpc``; a 1-D ``pt`` is
+    one star's row). ``ln_d``: ln(d_kpc) if the caller has it tabulated."""
     d = np.asarray(d_kpc, dtype=np.float64)
-    col = {k: pt[..., i] for k, i in _PT.items()}
+    if pt.ndim == 1:  # one star: Python floats, the same arithmetic in the same order
+        col = dict(zip(_PT, pt.tolist(), strict=True))
+    else:
+        col = {k: pt[..., i] for k, i in _PT.items()}
     r0 = col["r0"]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        ln_d = np.log(d)
+        if ln_d is None:
+            ln_d = np.log(d)
         r = np.sqrt(np.maximum(r0 * r0 + d * d * col["cos2b"] - 2.0 * d * col["a_r0"], 0.0))
         out = (col["beta"] * ln_d - (r - r0) * col["inv_h_r"] - d * col["abs_sinb"]
                * col["inv_h_z"] - np.exp(col["alpha"] * (ln_d - col["ln_sel_length"])))
     return out
 
 
-def population_penalty(d_kpc: np.ndarray, pt: np.ndarray) -> np.ndarray:
+def population_penalty(d_kpc: np.ndarray, pt: np.ndarray,
+                       ln_d: np.ndarray | None = None) -> np.ndarray:
     """G = -2 w ln(P(d) / max P) ≥ 0 of the (tempered) population prior (see :func:`phi`)."""
     return pt[..., _PT["weight"]] * np.maximum(
-        -2.0 * (population_log_prior(d_kpc, pt) - pt[..., _PT["ln_p_max"]]), 0.0)
+        -2.0 * (population_log_prior(d_kpc, pt, ln_d) - pt[..., _PT["ln_p_max"]]), 0.0)
 
 
 def population_prior_terms(l_deg: np.ndarray, b_deg: np.ndarray, mks_mag: np.ndarray,
@@ -667,11 +676,9 @@ def _log_post(grid: DistanceGrid, sl: slice, plx: float, plx_err: float, dm0: fl
         np.multiply(t, t, out=t)
         out += t
     if cfg.prior == "edsd":
-        idx = np.arange(*sl.indices(grid.n_points))
-        out += _edsd_penalty(grid.distance_kpc(idx), cfg.edsd_length_kpc)
+        out += _edsd_penalty(grid.d_kpc[sl], cfg.edsd_length_kpc)
     elif cfg.prior == "population" and pt is not None:
-        idx = np.arange(*sl.indices(grid.n_points))
-        out += population_penalty(grid.distance_kpc(idx), pt)
+        out += population_penalty(grid.d_kpc[sl], pt, grid.ln_d[sl])
     out *= -0.5
     return out
 
@@ -779,9 +786,9 @@ def _node_pass(grid: DistanceGrid, lo: np.ndarray, hi: np.ndarray, n_cells: int,
                 np.where(has_phot, sig, 1.0)[:, None])
             lp += np.where(has_phot[:, None], t * t, 0.0)
         if cfg.prior == "edsd":
-            lp += _edsd_penalty(grid.distance_kpc(idx), cfg.edsd_length_kpc)
+            lp += _edsd_penalty(grid.d_kpc[idx], cfg.edsd_length_kpc)
         elif cfg.prior == "population" and pt is not None:
-            lp += population_penalty(grid.distance_kpc(idx), pt[:, None, :])
+            lp += population_penalty(grid.d_kpc[idx], pt[:, None, :], grid.ln_d[idx])
     lp *= -0.5
     ref = lp.max(axis=1)
     f = np.exp(lp - ref[:, None])
