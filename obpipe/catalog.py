@@ -159,6 +159,8 @@ CATALOG_COLUMNS: Mapping[str, CatalogColumn] = {
     "logdis_err": _p("logdis_err", "float32"),
     "ebv": _p("ebv", "float32"),
     "ebv_err": _p("ebv_err", "float32"),
+    "r_v": _p("r_v", "float32"),  # beyond Table 1: the extinction curve's R_V (fitted or fixed)
+    "r_v_err": _p("r_v_err", "float32"),
     "snr_dparallax": _p("snr_dparallax", "float32"),
     "binary_flag": _p("binary_flag", "int8"),
     "binary_flag_paper": _p("binary_flag_paper", "int8"),

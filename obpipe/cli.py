@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--r-v", type=float, default=None, help="R_V of the curve (default 3.1)")
     p.add_argument("--r-v-scatter", type=float, default=None,
                    help="sigma(R_V) propagated into ebv_err / AKs_err (default 0.18)")
+    p.add_argument("--fit-r-v", action="store_true",
+                   help="fit R_V per star with E(B-V), prior N(r_v, r_v_scatter) (beyond the "
+                        "paper; [photometry] fit_r_v)")
     p.add_argument("--low-extinction-coefficients", action="store_true",
                    help="coefficients of the low-extinction limit (the paper's), not at each "
                         "star's own A0")
@@ -436,6 +439,8 @@ def _cmd_photometry(args: argparse.Namespace) -> int:
     over = {"law": args.law, "r_v": args.r_v, "r_v_scatter": args.r_v_scatter}
     if args.low_extinction_coefficients:
         over["extinction_dependent"] = False
+    if args.fit_r_v:
+        over["fit_r_v"] = True
     cfg = dataclasses.replace(cfg, **{k: v for k, v in over.items() if v is not None})
     frame = run_photometry_table(args.table, args.out, args.format, args.gaia_release,
                                  **dataclasses.asdict(cfg))

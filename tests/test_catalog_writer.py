@@ -118,7 +118,7 @@ def test_a_block_with_another_column_layout_is_refused(tmp_path: Path) -> None:
     nulled = pa.array([None] + second.column(idx).to_pylist()[1:], pa.int16())
     second = second.set_column(idx, second.schema.field(idx), nulled)
     with pytest.raises(ValueError,
-                       match=r"cat\.fits: rows 10-19 .*TFORM5: \[252, 'D'\] vs \[246, 'I'\]"):
+                       match=r"cat\.fits: rows 10-19 .*TFORM5: \[\d+, 'D'\] vs \[\d+, 'I'\]"):
         _stream(tmp_path / "cat", [first, second])
     assert not list(tmp_path.iterdir())  # the partial files are removed
 

@@ -44,6 +44,7 @@ def photometry_block(
     r_v_scatter: float = extinction.R_V_SCATTER,
     extinction_dependent: bool = True,
     intrinsic_mag_error_mag: float = extinction.INTRINSIC_MAG_ERROR_MAG,
+    fit_r_v: bool = False,
     per_colour: bool = False,
 ) -> dict[str, np.ndarray]:
     """The stage's pure numpy function on one chunk of rows (all outputs of :data:`OUTPUTS`).
@@ -53,21 +54,40 @@ def photometry_block(
     with a magnitude but no error gets :data:`obpipe.photometry.extinction.
     DEFAULT_MAG_ERRORS_MAG` (flag bit 11). ``law``, ``r_v``, ``r_v_scatter``,
     ``extinction_dependent`` and ``intrinsic_mag_error_mag`` choose the extinction model
-    (:func:`obpipe.photometry.extinction.ebv_from_colour_excess`); ``per_colour`` adds
-    ``ebv_<blue>_<red>`` (the E(B-V) of each adjacent colour, float32) to the outputs.
+    (:func:`obpipe.photometry.extinction.ebv_from_colour_excess`); ``fit_r_v`` fits R_V per
+    star instead, with the prior N(``r_v``, ``r_v_scatter``)
+    (:func:`obpipe.photometry.extinction.ebv_rv_fit`; ``coefficients`` and
+    ``extinction_dependent`` must then be "star" and True). ``r_v`` / ``r_v_err`` are the
+    fitted R_V and its error, or the fixed ``r_v`` and ``r_v_scatter`` (NaN where E(B-V)
+    is). ``per_colour`` adds ``ebv_<blue>_<red>`` (the E(B-V) of each adjacent colour,
+    float32) to the outputs.
     """
     n = len(next(iter(inputs.values())))
     ebv_and_ks = (*bands, "Ks")
     mags = np.column_stack([_col(inputs, BAND_COLUMNS[b][0], n) for b in ebv_and_ks])
     errs = np.column_stack([_col(inputs, BAND_COLUMNS[b][1], n) for b in ebv_and_ks])
     errs, err_flags = extinction.fill_default_errors(mags, errs, ebv_and_ks)
-    ext = extinction.ebv_from_colour_excess(
-        mags[:, :-1], errs[:, :-1], _col(inputs, "teff", n), _col(inputs, "logg", n),
-        _col(inputs, "teff_err", n), _col(inputs, "logg_err", n), bands=bands,
-        coefficients=coefficients, include_parameter_error=include_parameter_error,
-        law=law, r_v=r_v, r_v_scatter=r_v_scatter, extinction_dependent=extinction_dependent,
-        intrinsic_mag_error_mag=intrinsic_mag_error_mag,
-    )
+    params = (_col(inputs, "teff", n), _col(inputs, "logg", n), _col(inputs, "teff_err", n),
+              _col(inputs, "logg_err", n))
+    if fit_r_v:
+        if coefficients != "star" or not extinction_dependent:
+            raise ValueError("fit_r_v needs coefficients='star' and extinction_dependent=True")
+        ext = extinction.ebv_rv_fit(
+            mags[:, :-1], errs[:, :-1], *params, bands=bands, law=law, r_v_prior=r_v,
+            r_v_prior_sigma=r_v_scatter, include_parameter_error=include_parameter_error,
+            intrinsic_mag_error_mag=intrinsic_mag_error_mag)
+        r_v_out, r_v_err_out = ext["r_v"], ext["r_v_err"]
+    else:
+        ext = extinction.ebv_from_colour_excess(
+            mags[:, :-1], errs[:, :-1], *params, bands=bands,
+            coefficients=coefficients, include_parameter_error=include_parameter_error,
+            law=law, r_v=r_v, r_v_scatter=r_v_scatter,
+            extinction_dependent=extinction_dependent,
+            intrinsic_mag_error_mag=intrinsic_mag_error_mag,
+        )
+        has = np.isfinite(ext["ebv"])
+        r_v_out = np.where(has, r_v, np.nan)
+        r_v_err_out = np.where(has, r_v_scatter, np.nan)
     aks, aks_err = ext["aks"], ext["aks_err"]
 
     release = inputs.get("gaia_release")
@@ -93,6 +113,8 @@ def photometry_block(
         "ebv_nbands": ext["n_bands"].astype(np.int16),
         "ebv_chi2": ext["chi2_red"].astype(np.float32),
         "R_Ks": ext["r_ks"].astype(np.float32),
+        "r_v": r_v_out.astype(np.float32),
+        "r_v_err": r_v_err_out.astype(np.float32),
         "AKs": aks.astype(np.float32),
         "AKs_err": aks_err.astype(np.float32),
         "Ks0": geo["Ks0"].astype(np.float32),

@@ -543,3 +543,224 @@ def stack_bands(
         if b in errors and errors[b] is not None:
             errs[:, i] = np.asarray(errors[b], float)
     return mags, errs
+
+
+# ------------------------------------------------------------- per-star R_V (beyond the paper)
+
+#: R_V grid of :func:`ebv_rv_fit`, within dustapprox's R0 range (2.3-5.1); above 4.5 the
+#: prior N(3.1, 0.18) is < 1e-15 of its peak.
+R_V_FIT_GRID: tuple[float, ...] = tuple(np.round(np.arange(2.3, 4.501, 0.1), 2).tolist())
+#: Band error floor of :func:`ebv_rv_fit`, mag: the paper's 0.014 mag colour floor (Sec. 4)
+#: shared by the two bands of a colour, 0.014 / sqrt(2).
+BAND_ERROR_FLOOR_MAG: float = COLOUR_ERROR_FLOOR_MAG / np.sqrt(2.0)
+#: Passes of the extinction-dependent coefficients per R_V node of :func:`ebv_rv_fit` (from the
+#: E(B-V) of the prior mean's converged solution).
+RV_FIT_A0_PASSES: int = 2
+#: Variance given to an unusable band in :func:`ebv_rv_fit` (weight ~0), mag^2.
+_UNUSED_BAND_VAR: float = 1e6
+
+
+def _band_precision(errs: np.ndarray, usable: np.ndarray, d_t: np.ndarray, d_g: np.ndarray,
+                    intrinsic_mag_error_mag: float, floor_mag: float) -> np.ndarray:
+    """Inverse covariance (n, B, B) of the band magnitudes about the model: photometric error
+    (floored) and intrinsic-magnitude error per band, plus the common modes of the intrinsic
+    magnitudes' Teff and log g errors (rank one each, ``d_t``/``d_g``: change of each band's
+    intrinsic magnitude for a 1 sigma change)."""
+    var = np.where(usable, np.maximum(np.nan_to_num(errs), floor_mag) ** 2
+                   + intrinsic_mag_error_mag**2, _UNUSED_BAND_VAR)
+    d_t = np.where(usable, d_t, 0.0)
+    d_g = np.where(usable, d_g, 0.0)
+    cov = (var[:, :, None] * np.eye(var.shape[1])[None]
+           + d_t[:, :, None] * d_t[:, None, :] + d_g[:, :, None] * d_g[:, None, :])
+    return np.linalg.inv(cov)
+
+
+def ebv_rv_fit(
+    mags: np.ndarray,
+    mag_errs: np.ndarray,
+    teff_k: np.ndarray,
+    logg: np.ndarray,
+    teff_err_k: np.ndarray | None = None,
+    logg_err: np.ndarray | None = None,
+    bands: Sequence[str] = EBV_BANDS,
+    law: str | CoefficientModel = DEFAULT_LAW,
+    r_v_prior: float = DEFAULT_R_V,
+    r_v_prior_sigma: float = R_V_SCATTER,
+    r_v_grid: Sequence[float] = R_V_FIT_GRID,
+    include_parameter_error: bool = True,
+    intrinsic_mag_error_mag: float = INTRINSIC_MAG_ERROR_MAG,
+    band_floor_mag: float = BAND_ERROR_FLOOR_MAG,
+) -> dict[str, np.ndarray]:
+    """E(B-V) and R_V fitted jointly per star from the band magnitudes (beyond the paper).
+
+    The paper (Sec. 4) fixes the curve (here G23 at R_V = 3.1, :func:`ebv_from_colour_excess`).
+    Here each usable band X of ``bands`` is modelled as
+    ``m_X = M0_X(Teff, log g) + mu + R_X(R_V, A0) E(B-V)`` with ``mu`` a free offset (distance
+    modulus and luminosity), ``M0_X`` the shipped intrinsic magnitudes and ``R_X`` the
+    coefficients of ``law`` at R_V and the star's own A0 = R_V E(B-V) (dustapprox Kurucz,
+    :func:`obpipe.photometry.synthetic.law_coefficients`). For each R_V of ``r_v_grid`` the
+    model is linear in (mu, E(B-V)): generalised least squares with the band covariance of
+    :func:`_band_precision` (photometric errors floored at ``band_floor_mag``, the paper's
+    0.014 mag colour floor; ``intrinsic_mag_error_mag`` per band; the Teff / log g errors of
+    the intrinsic magnitudes as correlated common modes if ``include_parameter_error``).
+    The posterior on the grid is the likelihood marginalised over (mu, E(B-V)) with flat
+    priors, ``exp(-chi2 / 2) / sqrt(det F)`` (F: their Fisher matrix), times the prior
+    R_V ~ N(``r_v_prior``, ``r_v_prior_sigma``) (Schlafly et al. 2016, ApJ 821, 78:
+    3.1 +- 0.18 in the diffuse ISM), so that barely reddened stars keep R_V ~ 3.1. A star
+    with fewer than three usable bands has no R_V information: its posterior is the prior.
+
+    E(B-V), A_Ks = R_Ks E(B-V) (eq. 24) and R_V are posterior means, their errors posterior
+    standard deviations (within-R_V variance plus the spread between R_V nodes: the R_V
+    uncertainty is marginalised, not added as the fixed-R_V estimator's +-sigma(R_V) term).
+    K_s is never used.
+
+    Parameters
+    ----------
+    mags, mag_errs, teff_k, logg, teff_err_k, logg_err, bands, law, intrinsic_mag_error_mag
+        As :func:`ebv_from_colour_excess` (``law``: ``"G23"``, ``"F99"`` or a
+        :data:`CoefficientModel`).
+    r_v_prior, r_v_prior_sigma : float
+        Gaussian prior on R_V.
+    r_v_grid : sequence of float
+        R_V nodes (within :data:`obpipe.photometry.synthetic.R_V_RANGE` for a named law).
+    band_floor_mag : float
+        Minimal photometric error of a band, mag.
+
+    Returns
+    -------
+    dict of numpy.ndarray, shape (n,)
+        The keys of :func:`ebv_from_colour_excess` (``chi2_red``: chi^2 of the bands at the
+        most probable R_V node over n_bands - 2 degrees of freedom; ``ebv_rv_err``: the
+        between-R_V part of ``ebv_err``; ``per_colour``: each adjacent colour's E(B-V) with
+        the coefficients of the most probable node) plus ``r_v``, ``r_v_err`` (posterior
+        mean and standard deviation of R_V) and ``chi2_red_prior`` (the same chi^2 at the
+        node nearest ``r_v_prior``).
+    """
+    if "Ks" in bands:
+        raise ValueError("K_s must not be used for E(B-V) (disc emission; Sec. 4)")
+    mags = np.atleast_2d(np.asarray(mags, float))
+    errs = np.atleast_2d(np.asarray(mag_errs, float))
+    n, nb = mags.shape
+    if errs.shape != mags.shape or nb != len(bands):
+        raise ValueError(f"mags {mags.shape} / errors {errs.shape} do not match {len(bands)} "
+                         "bands")
+    grid = np.asarray(r_v_grid, float)
+    if grid.ndim != 1 or grid.size < 2 or np.any(np.diff(grid) <= 0):
+        raise ValueError("r_v_grid must hold at least two increasing R_V values")
+    if not r_v_prior_sigma > 0:
+        raise ValueError(f"r_v_prior_sigma must be > 0, got {r_v_prior_sigma}")
+    nan = np.full(n, np.nan)
+    t, s_ln, g, s_g, flags = _fill_parameters(teff_k, nan if teff_err_k is None else teff_err_k,
+                                              logg, nan if logg_err is None else logg_err)
+    bands = tuple(bands)
+    with_ks = (*bands, "Ks")
+    usable = np.isfinite(mags) & np.isfinite(errs) & (errs > 0)
+    n_use = usable.sum(axis=1)
+    good = n_use >= 2
+    m0 = intrinsic_magnitudes(t, g, bands)
+    y = np.where(usable, mags - m0, 0.0)
+    if include_parameter_error:
+        d_t = 0.5 * (intrinsic_magnitudes(t * np.exp(s_ln), g, bands)
+                     - intrinsic_magnitudes(t * np.exp(-s_ln), g, bands))
+        d_g = 0.5 * (intrinsic_magnitudes(t, g + s_g, bands)
+                     - intrinsic_magnitudes(t, g - s_g, bands))
+    else:
+        d_t = d_g = np.zeros_like(y)
+    prec = _band_precision(errs, usable, d_t, d_g, intrinsic_mag_error_mag, band_floor_mag)
+    u = usable.astype(float)
+    pu = np.einsum("nij,nj->ni", prec, u)
+    f_uu = np.einsum("ni,ni->n", u, pu)
+    b_u = np.einsum("ni,ni->n", y, pu)
+    y_py = np.einsum("ni,nij,nj->n", y, prec, y)
+
+    def solve(coeff: np.ndarray) -> tuple[np.ndarray, ...]:
+        v = np.where(usable, coeff[:, :nb], 0.0)
+        pv = np.einsum("nij,nj->ni", prec, v)
+        f_uv = np.einsum("ni,ni->n", u, pv)
+        f_vv = np.einsum("ni,ni->n", v, pv)
+        b_v = np.einsum("ni,ni->n", y, pv)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            det = f_uu * f_vv - f_uv**2
+            ebv = (f_uu * b_v - f_uv * b_u) / det
+            var = f_uu / det
+            chi2 = y_py - (f_vv * b_u**2 - 2.0 * f_uv * b_u * b_v + f_uu * b_v**2) / det
+        return ebv, var, chi2, det
+
+    def coeffs(rv: float, ebv: np.ndarray) -> np.ndarray:
+        a0 = np.clip(np.nan_to_num(rv * ebv, nan=0.01), 0.01, None)
+        return coefficient_matrix(t, with_ks, a0, law, rv)
+
+    ebv0 = np.zeros(n)
+    for _ in range(EXTINCTION_ITERATIONS):  # the prior mean's solution: A0 start of each node
+        ebv0 = solve(coeffs(r_v_prior, ebv0))[0]
+    k = grid.size
+    lp = np.empty((n, k))
+    e_r = np.empty((n, k))
+    v_r = np.empty((n, k))
+    rks_r = np.empty((n, k))
+    chi2_best = np.full(n, np.inf)
+    lp_best = np.full(n, -np.inf)
+    coeff_best = np.zeros((n, nb + 1))
+    i_prior = int(np.argmin(np.abs(grid - r_v_prior)))
+    chi2_prior = nan
+    informative = n_use >= 3
+    for i, rv in enumerate(grid):
+        e = ebv0
+        for _ in range(RV_FIT_A0_PASSES):
+            c = coeffs(rv, e)
+            e, var, chi2, det = solve(c)
+        e_r[:, i], v_r[:, i], rks_r[:, i] = e, var, c[:, nb]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            like = np.where(informative, -0.5 * (chi2 + np.log(det)), 0.0)
+        lp[:, i] = like - 0.5 * ((rv - r_v_prior) / r_v_prior_sigma) ** 2
+        better = lp[:, i] > lp_best
+        lp_best = np.where(better, lp[:, i], lp_best)
+        chi2_best = np.where(better, chi2, chi2_best)
+        coeff_best[better] = c[better]
+        if i == i_prior:
+            chi2_prior = chi2
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = np.exp(lp - lp.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        ebv = np.sum(p * e_r, axis=1)
+        var_within = np.sum(p * v_r, axis=1)
+        var_rv = np.clip(np.sum(p * e_r**2, axis=1) - ebv**2, 0.0, None)
+        a_r = rks_r * e_r
+        aks = np.sum(p * a_r, axis=1)
+        var_aks = (np.sum(p * rks_r**2 * v_r, axis=1)
+                   + np.clip(np.sum(p * a_r**2, axis=1) - aks**2, 0.0, None))
+        r_v = p @ grid
+        r_v_err = np.sqrt(np.clip(p @ grid**2 - r_v**2, 0.0, None))
+        dof = np.maximum(n_use - 2, 1)
+        chi2_red = np.where(n_use >= 3, chi2_best / dof, np.nan)
+        chi2_red_prior = np.where(n_use >= 3, chi2_prior / dof, np.nan)
+    ebv_err = np.sqrt(var_within + var_rv)
+    out_nan = ~good | ~np.isfinite(ebv)
+    flags |= np.where(out_nan, FLAG_EBV_FEW_BANDS, 0).astype(np.int32)
+    flags |= np.where(~out_nan & (ebv + 3.0 * ebv_err < 0), FLAG_EBV_NEGATIVE, 0).astype(np.int32)
+
+    def masked(x: np.ndarray) -> np.ndarray:
+        return np.where(out_nan, np.nan, x)
+
+    # each adjacent colour's E(B-V) with the most probable node's coefficients
+    k_col = coeff_best[:, :nb - 1] - coeff_best[:, 1:nb]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        e_col = ((mags[:, :-1] - mags[:, 1:]) - (m0[:, :-1] - m0[:, 1:])) / k_col
+    adjacent = usable[:, :-1] & usable[:, 1:] & ~out_nan[:, None]
+    per_colour = {name: np.where(adjacent[:, b], e_col[:, b], np.nan)
+                  for b, name in enumerate(colour_names(bands))}
+    return {
+        "ebv": masked(ebv),
+        "ebv_err": masked(ebv_err),
+        "n_bands": n_use.astype(np.int16),
+        "chi2_red": masked(chi2_red),
+        "chi2_red_prior": masked(chi2_red_prior),
+        "r_ks": masked(np.where(ebv != 0, aks / ebv, np.sum(p * rks_r, axis=1))),
+        "aks": masked(aks),
+        "aks_err": masked(np.sqrt(var_aks)),
+        "ebv_rv_err": masked(np.sqrt(var_rv)),
+        "r_v": masked(r_v),
+        "r_v_err": masked(r_v_err),
+        "flags": flags,
+        "per_colour": per_colour,
+    }

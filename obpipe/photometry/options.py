@@ -55,6 +55,12 @@ class PhotometryConfig:
         True,
         doc="band coefficients at each star's own A0 = R_V E(B-V) (False: low-extinction limit, as"
             " in the paper)")
+    fit_r_v: bool = option(
+        False,
+        doc="fit R_V per star jointly with E(B-V) (beyond the paper; "
+            "obpipe.photometry.extinction.ebv_rv_fit): prior N(r_v, r_v_scatter), errors "
+            "marginalised over R_V; off by default (docs/validation.md, \"R_V fitted per "
+            "star\")")
     intrinsic_mag_error_mag: float = option(
         0.02,
         doc="uncertainty of each band's intrinsic magnitude (mag, independent per band) added to "
@@ -72,6 +78,10 @@ class PhotometryConfig:
         if not self.intrinsic_mag_error_mag >= 0:
             raise ValueError("intrinsic_mag_error_mag must be >= 0, got "
                              f"{self.intrinsic_mag_error_mag}")
+        if self.fit_r_v and not (self.coefficients == "star" and self.extinction_dependent
+                                 and self.r_v_scatter > 0):
+            raise ValueError("fit_r_v needs coefficients = \"star\", extinction_dependent = "
+                             "true and r_v_scatter > 0 (the prior's sigma)")
         unknown = [b for b in self.bands if b not in BAND_COLUMNS]
         if unknown:
             raise ValueError(f"bands: unknown {unknown}; known: {', '.join(BAND_COLUMNS)}")

@@ -55,8 +55,9 @@ log = logging.getLogger(__name__)
 
 #: output columns (besides the per-colour ``ebv_<blue>_<red>``), in order
 OUTPUT_COLUMNS: tuple[str, ...] = (
-    "source_id", "ebv", "ebv_err", "ebv_nbands", "ebv_chi2", "R_Ks", "AKs", "AKs_err",
-    "parallax_offset", "parallax_corrected", "MKs_geo", "MKs_geo_err", "photometry_flags",
+    "source_id", "ebv", "ebv_err", "ebv_nbands", "ebv_chi2", "R_Ks", "r_v", "r_v_err",
+    "AKs", "AKs_err", "parallax_offset", "parallax_corrected", "MKs_geo", "MKs_geo_err",
+    "photometry_flags",
 )
 #: input columns (Gaia archive names) without which the command refuses the table
 REQUIRED_COLUMNS: tuple[str, ...] = ("source_id", "parallax", "parallax_error")

@@ -82,7 +82,12 @@ OUTPUTS: dict[str, Output] = {
     "ebv_nbands": Output("int16", "", "number of usable bands for E(B-V) (colours = N-1)"),
     "ebv_chi2": Output("float32", "", "reduced chi2 of the per-colour E(B-V) about the mean"),
     "R_Ks": Output("float32", "",
-                   "A_Ks / E(B-V) used (G23 R_V=3.1 at the star's A0, Kurucz, dustapprox)"),
+                   "A_Ks / E(B-V) used (G23 at r_v and the star's A0, Kurucz, dustapprox)"),
+    "r_v": Output("float32", "", "R_V of the extinction curve: fitted per star, posterior mean "
+                  "with the prior N(r_v, r_v_scatter) ([photometry] fit_r_v), else the fixed "
+                  "r_v"),
+    "r_v_err": Output("float32", "", "uncertainty of r_v (posterior std; fixed R_V: the "
+                      "sigma(R_V) propagated into ebv_err)"),
     "AKs": Output("float32", "mag", "K_s extinction R_Ks E(B-V) (eq. 24)"),
     "AKs_err": Output("float32", "mag", "uncertainty of AKs (incl. R_V scatter)"),
     "Ks0": Output("float32", "mag", "dereddened apparent K_s, m0 = Ks - AKs"),
