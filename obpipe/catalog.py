@@ -148,6 +148,8 @@ CATALOG_COLUMNS: Mapping[str, CatalogColumn] = {
     "snr_g": _s("snr_g", "float32", "", "spectral S/N per pixel in the g band"),
     "rv": _s("rv", "float32", "km / s", "radial velocity"),
     "rv_err": _s("rv_err", "float32", "km / s", "uncertainty of rv"),
+    "rv_refined_kms": _p("rv_refined_kms", "float32"),
+    "rv_refined_err_kms": _p("rv_refined_err_kms", "float32"),
     "MKs": _p("MKs", "float32"),
     "MKs_err": _p("MKs_err", "float32"),
     "MKs_geo": _p("MKs_geo", "float32"),

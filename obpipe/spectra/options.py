@@ -47,6 +47,15 @@ class SpectralConfig:
             "(the networks' inputs) hold no interstellar line, and the networks leave those "
             "pixels out: they cannot read distance (E(B-V)) as luminosity "
             "(docs/validation.md); False: the paper's projection of every usable pixel")
+    refine_rv: bool = option(
+        False,
+        doc="rest frame refined against the PCA reconstruction (issue 15 item 2, beyond the "
+            "paper): the pca stage measures each spectrum's residual velocity against its own "
+            "clean-window reconstruction (linearised weighted least squares on dR/dv, the "
+            "clean windows without the interstellar ones, two steps; "
+            ":func:`obpipe.spectra.velocity.refine_rest_frame`), shifts it to that rest "
+            "frame and projects it again, so the networks do not read a catalogue-RV error "
+            "as luminosity; products rv_refined_kms, rv_refined_err_kms")
     emission_target_purity: float = option(
         0.99,
         doc="H-alpha emission threshold: the smallest significance at which the mirrored negative "

@@ -6,7 +6,11 @@ broken spectra, projection statistics) on :mod:`obpipe.spectra.pca`. Products:
 model file ``PRODUCTS_DIR/models/pca_model.npz``. With ``[spectral]
 exclude_interstellar_lines`` (default, issue 15) the interstellar windows carry zero weight
 in the projection and the statistics; ``pca_coeff``'s attribute ``interstellar_blind``
-records it (:data:`obpipe.spectra.bases.INTERSTELLAR_ATTR`).
+records it (:data:`obpipe.spectra.bases.INTERSTELLAR_ATTR`). With ``[spectral] refine_rv``
+(beyond the paper, issue 15 item 2) each spectrum is first brought to the rest frame of its
+own clean-window reconstruction (:func:`obpipe.spectra.velocity.refine_rest_frame`) and
+projected again: every product above is the refined spectrum's, and ``rv_refined_kms`` /
+``rv_refined_err_kms`` record the velocity.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from obpipe.engine.blockwise import (
 )
 from obpipe.engine.context import RunContext
 from obpipe.io import store
-from obpipe.spectra import pca
+from obpipe.spectra import pca, velocity
 from obpipe.spectra.bases import (
     INTERSTELLAR_ATTR,
     MODEL_FILE,
@@ -62,16 +66,36 @@ OUTPUTS = {
     "window_chi2_max_wide": Output("float32", "", "window_chi2_max with wide emission "
                                    "exclusions (used for emission spectra)"),
     "clean_fraction": Output("float32", "", "fraction of clean-window pixels usable"),
+    "rv_refined_kms": Output(
+        "float32", "km / s", "radial velocity refined against the spectrum's own PCA "
+        "reconstruction: rv + the residual velocity of the clean windows without the "
+        "interstellar lines ([spectral] refine_rv; NaN when off or not measurable)"),
+    "rv_refined_err_kms": Output(
+        "float32", "km / s", "uncertainty of rv_refined_kms (normal equation, scaled by "
+        "sqrt(reduced chi2) above 1; excludes the uncertainty of the basis' rest frame)"),
 }
 
 
 @row_tiled
 def block(inputs: dict[str, np.ndarray], model_path: str, prior: bool,
-          exclude_interstellar: bool = False) -> dict[str, np.ndarray]:
+          exclude_interstellar: bool = False, refine_rv: bool = False
+          ) -> dict[str, np.ndarray]:
     model = _load_model(model_path, store.file_token(model_path))
+    nf, ni = inputs["norm_flux"], inputs["norm_ivar"]
+    rv = np.full(nf.shape[0], np.nan, dtype=np.float32)
+    rv_err = rv.copy()
     with threadpool_limits(1):
-        return pca_statistics(model, inputs["norm_flux"], inputs["norm_ivar"], prior,
-                              exclude_interstellar=exclude_interstellar)
+        if refine_rv:
+            ism = pca.interstellar_mask()
+            nf, ni, dv, dv_err = velocity.refine_rest_frame(
+                model.clean, nf, ni, model.clean.pixels & ~ism,
+                exclude=ism if exclude_interstellar else None, prior=prior)
+            rv = (np.asarray(inputs.get("rv", rv), dtype=np.float64) + dv).astype(np.float32)
+            rv_err = dv_err.astype(np.float32)
+        out = pca_statistics(model, nf, ni, prior, exclude_interstellar=exclude_interstellar)
+    out["rv_refined_kms"] = rv
+    out["rv_refined_err_kms"] = rv_err
+    return out
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -109,8 +133,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
     result = run_blockwise_stage(
         ctx.survey_path, ctx.products_dir, "pca",
         functools.partial(block, model_path=model_path, prior=cfg.projection_prior,
-                          exclude_interstellar=cfg.exclude_interstellar_lines),
-        OUTPUTS, product_vars=("norm_flux", "norm_ivar"), scheduler=ctx.scheduler,
+                          exclude_interstellar=cfg.exclude_interstellar_lines,
+                          refine_rv=cfg.refine_rv),
+        OUTPUTS, survey_vars=("rv",) if cfg.refine_rv else (),
+        product_vars=("norm_flux", "norm_ivar"), scheduler=ctx.scheduler,
         force=force_requested(ctx),
     )
     # on the arrays themselves (root attributes are rewritten when a later stage adds
