@@ -50,10 +50,12 @@ def _native(dtype: np.dtype) -> np.dtype:
 
 
 def _stream(base: Path, blocks: list[pa.Table], n_rows: int | None = None,
-            formats: tuple[str, ...] = ("fits", "ecsv")) -> None:
+            formats: tuple[str, ...] = ("fits", "ecsv"), batch_rows: int = 1) -> None:
+    """Stream ``blocks``; ``batch_rows`` 1 (default here): astropy renders every block
+    alone, the path that a real catalog's blocks take after the first batch."""
     n = sum(b.num_rows for b in blocks) if n_rows is None else n_rows
     with TableStreamWriter(str(base), CATALOG_COLUMNS, n, formats,
-                           fits_provenance_cards(META)) as w:
+                           fits_provenance_cards(META), batch_rows=batch_rows) as w:
         for b in blocks:
             w.write(b)
 
@@ -70,9 +72,12 @@ def _whole_table_files(parquet_file: Path, out: Path) -> None:
     table.write(out.with_suffix(".ecsv"), format="ascii.ecsv")
 
 
-def test_streamed_blocks_equal_the_whole_table_written_by_astropy(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batch_rows", [1, 100, 8192])
+def test_streamed_blocks_equal_the_whole_table_written_by_astropy(
+        tmp_path: Path, batch_rows: int) -> None:
+    """Every block alone, blocks gathered (37 + 1 + 120 rows, then 5) and all at once."""
     blocks = [_catalog_table(n, seed) for seed, n in enumerate((37, 1, 120, 5))]
-    _stream(tmp_path / "cat", blocks)
+    _stream(tmp_path / "cat", blocks, batch_rows=batch_rows)
     whole = pa.concat_tables(blocks)
     pq.write_table(whole, tmp_path / "cat.parquet")
     _whole_table_files(tmp_path / "cat.parquet", tmp_path / "ref")
