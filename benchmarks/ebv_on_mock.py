@@ -15,6 +15,14 @@ seven E(B-V) bands and a survey Teff (the selection of
   mock's R_V scatter and intrinsic colours;
 * ``oracle true R_V``: the same at each star's true R_V (binned by 0.05): what is left is
   the mock's intrinsic colours (Mamajek + scatter) against the pipeline's table;
+* ``R_V fitted (fit_r_v)``: the stage with ``[photometry] fit_r_v = true``
+  (:func:`obpipe.photometry.extinction.ebv_rv_fit`: E(B-V) and R_V per star on a grid of
+  G23 curves, prior N(3.1, 0.18)), and its R_V against ``R_V_true`` by true E(B-V);
+* the budget (``--budget``): the pipeline's estimator at each star's true R_V, and on
+  "exact colours" (magnitudes made of the pipeline's own intrinsic magnitudes plus the
+  mock's true band extinction, no noise: what is left is the curve family and R_V), at
+  R_V = 3.1 and at the true R_V; by true E(B-V) and by |R_V_true - 3.1|, for the selection
+  of ``benchmarks/score_truth.py`` (single OB stars, any bands, emission included) too;
 * ``R_V fitted (linearised)``: the pipeline's per-colour E(B-V) at R_V = 3.1 combined by
   generalised least squares with the R_V, Teff and log g sensitivities of each colour as
   common-mode terms (equivalent to fitting E(B-V) and R_V jointly with a N(3.1, 0.18)
@@ -23,13 +31,18 @@ seven E(B-V) bands and a survey Teff (the selection of
   right).
 
     obpipe simulate --n-stars 4000 --seed 7 --out /tmp/mock4k.zarr
-    python benchmarks/ebv_on_mock.py /tmp/mock4k.zarr
+    python benchmarks/ebv_on_mock.py /tmp/mock4k.zarr [--budget]
+
+The last line times the stage's block function on every row of the survey, fixed R_V and
+fitted R_V side by side (best of three each, after one warm-up call that builds the
+coefficient grids).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import numpy as np
 
@@ -111,22 +124,90 @@ def rv_fitted(cols: dict, r_v: float = extinction.DEFAULT_R_V,
     return {"ebv": ebv, "ebv_err": err, "ebv_nbands": np.where(ok, len(bands), 0)}
 
 
-def line(name: str, out: dict, truth: dict, sel: np.ndarray) -> None:
-    s = sel & (np.asarray(out["ebv_nbands"]) == len(extinction.EBV_BANDS))
+def line(name: str, out: dict, truth: dict, sel: np.ndarray, all_bands: bool = True,
+         bins: tuple[tuple[float, float], ...] = ((0.0, 0.7), (0.7, 1.2), (1.2, 9.0)),
+         by_rv: bool = False) -> None:
+    """Bias (mean; median for the score_truth selection), scatter, robust scatter and pull
+    std of E(B-V) - truth over ``sel`` (with all seven bands if ``all_bands``), by true
+    E(B-V) and optionally by |R_V_true - 3.1|."""
+    s = sel & np.isfinite(out["ebv"])
+    if all_bands:
+        s &= np.asarray(out["ebv_nbands"]) == len(extinction.EBV_BANDS)
     d = out["ebv"][s] - truth["ebv_true"][s]
     p = d / out["ebv_err"][s]
-    print(f"{name:34s} n={s.sum():5d} bias={d.mean():+.4f} scatter={d.std():.4f} "
-          f"robust={robust_std(d):.4f} pull_std={p.std():.2f}")
+    print(f"{name:34s} n={s.sum():5d} bias={d.mean():+.4f} median={np.median(d):+.4f} "
+          f"scatter={d.std():.4f} robust={robust_std(d):.4f} pull_std={p.std():.2f}")
     e = truth["ebv_true"][s]
-    for lo, hi in ((0.0, 0.7), (0.7, 1.2), (1.2, 9.0)):
+    for lo, hi in bins:
         q = (e >= lo) & (e < hi)
         print(f"    E(B-V)_true {lo:.1f}-{hi:.1f}: n={q.sum():5d} bias={d[q].mean():+.4f} "
               f"scatter={d[q].std():.4f} pull_std={p[q].std():.2f}")
+    if by_rv:
+        dr = np.abs(truth["R_V_true"][s] - extinction.DEFAULT_R_V)
+        for lo, hi in ((0.0, 0.1), (0.1, 0.25), (0.25, 9.0)):
+            q = (dr >= lo) & (dr < hi)
+            print(f"    |R_V_true - 3.1| {lo:.2f}-{hi:.2f}: n={q.sum():5d} bias="
+                  f"{d[q].mean():+.4f} scatter={d[q].std():.4f}")
+
+
+def rv_versus_truth(out: dict, truth: dict, sel: np.ndarray) -> None:
+    """Fitted R_V against R_V_true by true E(B-V): mean, std, correlation, std of the
+    difference, median error and pull std."""
+    s = sel & np.isfinite(out["r_v"])
+    rv, rt, e = out["r_v"][s], truth["R_V_true"][s], truth["ebv_true"][s]
+    err = out["r_v_err"][s]
+    for lo, hi in ((0.0, 0.5), (0.5, 1.0), (1.0, 2.0), (2.0, 9.0)):
+        q = (e >= lo) & (e < hi)
+        print(f"    R_V at E(B-V)_true {lo:.1f}-{hi:.1f}: n={q.sum():5d} fitted mean "
+              f"{rv[q].mean():.3f} std {rv[q].std():.3f} (truth {rt[q].mean():.3f} / "
+              f"{rt[q].std():.3f}), corr {np.corrcoef(rv[q], rt[q])[0, 1]:.3f}, std(fit - true) "
+              f"{np.std(rv[q] - rt[q]):.3f}, median r_v_err {np.median(err[q]):.3f}, pull std "
+              f"{np.std((rv[q] - rt[q]) / err[q]):.2f}")
+
+
+def exact_colours(cols: dict, truth: dict, law: str) -> dict:
+    """Survey columns whose E(B-V) bands are the pipeline's intrinsic magnitudes (at the
+    survey Teff / log g, defaults where missing) plus the mock's true band extinction (its
+    ``law`` at the true Teff, E(B-V) and R_V), noise-free; bands missing in the survey stay
+    missing."""
+    bands = extinction.EBV_BANDS
+    teff = np.asarray(cols["teff"], float)
+    logg = np.asarray(cols["logg"], float)
+    t = np.where(np.isfinite(teff) & (teff > 0), teff, extinction.DEFAULT_TEFF_K)
+    g = np.where(np.isfinite(logg), logg, extinction.DEFAULT_LOGG)
+    m0 = extinction.intrinsic_magnitudes(t, g, bands)
+    a = sed.band_extinction(truth["teff_true"], truth["ebv_true"], truth["R_V_true"], law,
+                            bands=bands)
+    out = dict(cols)
+    for i, b in enumerate(bands):
+        col = BAND_COLUMNS[b][0]
+        if col in cols:
+            out[col] = np.where(np.isfinite(np.asarray(cols[col], float)), m0[:, i] + a[b],
+                                np.nan)
+    return out
+
+
+def timing(cols: dict) -> str:
+    """Wall time of the block function on every row: fixed R_V vs fitted (best of 3)."""
+    res = {}
+    for name, kw in (("fixed R_V", {}), ("R_V fitted", {"fit_r_v": True})):
+        photometry_block({k: v[:10] for k, v in cols.items()}, **kw)  # grids built
+        best = np.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            photometry_block(cols, **kw)
+            best = min(best, time.perf_counter() - t0)
+        res[name] = best
+    n = len(next(iter(cols.values())))
+    return f"block on {n} rows: " + ", ".join(f"{k} {v:.2f} s" for k, v in res.items())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("survey")
+    ap.add_argument("--budget", action="store_true",
+                    help="also the error budget (true R_V, exact colours) and the "
+                         "score_truth selection")
     args = ap.parse_args()
     ds = store.open_cube(args.survey)
     tr = store.open_truth(args.survey).load()
@@ -155,6 +236,23 @@ def main() -> None:
          sel)
     line("R_V fitted (linearised)", rv_fitted(cols), truth, sel)
     line("oracle fixed-R_V + R_V fitted", rv_fitted(oracle, law=mock_law(law)), truth, sel)
+    fit = photometry_block(cols, fit_r_v=True)
+    line("R_V fitted (fit_r_v)", fit, truth, sel)
+    rv_versus_truth(fit, truth, sel)
+    if args.budget:
+        wide = ((0.0, 0.5), (0.5, 1.0), (1.0, 2.0), (2.0, 9.0))
+        obs = (truth["star_class"] == "OB") & ~truth["is_binary"].astype(bool)
+        ex = exact_colours(cols, truth, law)
+        print("budget, score_truth selection (single OB, any bands, emission included):")
+        for name, out in (("pipeline", base),
+                          ("pipeline at true R_V", at_true_rv(cols, truth["R_V_true"])),
+                          ("exact colours, R_V = 3.1", photometry_block(ex)),
+                          ("exact colours, true R_V", at_true_rv(ex, truth["R_V_true"])),
+                          ("R_V fitted (fit_r_v)", fit),
+                          ("R_V fitted, exact colours", photometry_block(ex, fit_r_v=True))):
+            line(name, out, truth, obs, all_bands=False, bins=wide, by_rv=True)
+        rv_versus_truth(fit, truth, obs)
+    print("# " + timing(cols))
 
 
 if __name__ == "__main__":

@@ -227,6 +227,37 @@ def by_quartile(inputs: Mapping[str, np.ndarray], **options: Any) -> str:
     return "; ".join(parts)
 
 
+def rv_fit_summary(inputs: Mapping[str, np.ndarray], **options: Any) -> str:
+    """The per-star R_V fit (``[photometry] fit_r_v``, :func:`extinction.ebv_rv_fit`, prior
+    N(3.1, 0.18)): fitted R_V (mean, std, 5/50/95 %, median error), and the band chi^2 of the
+    same fit at the most probable R_V against R_V = 3.1 (reduced, n_bands - 2 degrees of
+    freedom), overall and in the most reddened quarter."""
+    from obpipe.photometry.options import BAND_COLUMNS
+
+    n = len(inputs["parallax"])
+    mags = np.column_stack([np.asarray(inputs.get(BAND_COLUMNS[b][0], np.full(n, np.nan)),
+                                       float) for b in BANDS])
+    errs = np.column_stack([np.asarray(inputs.get(BAND_COLUMNS[b][1], np.full(n, np.nan)),
+                                       float) for b in BANDS])
+    errs, _ = extinction.fill_default_errors(mags, errs, BANDS)
+    nan = np.full(n, np.nan)
+    out = extinction.ebv_rv_fit(mags, errs, inputs.get("teff", nan), inputs.get("logg", nan),
+                                inputs.get("teff_err", nan), inputs.get("logg_err", nan),
+                                bands=BANDS, **options)
+    rv, ok = out["r_v"], np.isfinite(out["r_v"])
+    top = ok & (out["ebv"] >= np.nanpercentile(out["ebv"], 75))
+    pct = np.percentile(rv[ok], [5, 50, 95])
+    return (f"n={ok.sum()}: R_V mean {rv[ok].mean():.3f} std {rv[ok].std():.3f}, 5/50/95 % "
+            + " / ".join(f"{v:.2f}" for v in pct)
+            + f", median r_v_err {np.median(out['r_v_err'][ok]):.3f}; band chi2_red median "
+            f"{np.nanmedian(out['chi2_red']):.2f} fitted vs "
+            f"{np.nanmedian(out['chi2_red_prior']):.2f} at R_V = 3.1; top E(B-V) quarter "
+            f"(E ~ {np.median(out['ebv'][top]):.2f}): R_V mean "
+            f"{rv[top].mean():.3f} std {rv[top].std():.3f}, chi2_red "
+            f"{np.nanmedian(out['chi2_red'][top]):.2f} vs "
+            f"{np.nanmedian(out['chi2_red_prior'][top]):.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--table", type=Path, default=DEFAULT_TABLE)
@@ -257,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
          30000.0),
         ("G23 R_V=3.1 A0-dep., Teff=12 kK", {"law": "G23"}, 12000.0),
         ("G23 R_V=3.1 A0-dep., Teff=30 kK", {"law": "G23"}, 30000.0),
+        ("G23 R_V fitted per star, prior N(3.1, 0.18)", {"law": "G23", "fit_r_v": True}, None),
         ("Wang & Chen 2019 (constant, R_V=3.16)",
          {"law": wang_chen_model, "extinction_dependent": False, "r_v_scatter": 0.0}, None),
     ]
@@ -292,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                             ("F99 R_V=3.1 low-A0", {"law": "F99", "extinction_dependent": False})):
             print(f"# {label}: " + bootstrap(inputs, args.bootstrap, **opts))
         print("# by E(B-V) quartile (default): " + by_quartile(inputs))
+        print("# by E(B-V) quartile (R_V fitted): " + by_quartile(inputs, fit_r_v=True))
+    print("# R_V fitted per star (G23, prior N(3.1, 0.18)): " + rv_fit_summary(inputs))
     print(f"# {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -554,7 +554,9 @@ R_V_FIT_GRID: tuple[float, ...] = tuple(np.round(np.arange(2.3, 4.501, 0.1), 2).
 #: shared by the two bands of a colour, 0.014 / sqrt(2).
 BAND_ERROR_FLOOR_MAG: float = COLOUR_ERROR_FLOOR_MAG / np.sqrt(2.0)
 #: Passes of the extinction-dependent coefficients per R_V node of :func:`ebv_rv_fit` (from the
-#: E(B-V) of the prior mean's converged solution).
+#: E(B-V) of the prior mean's converged solution). Against 4 passes on the 27,777 rows of the
+#: DR5-size F19 mock: E(B-V) within 0.003 mag (99th percentile; 0.029 at most), R_V within
+#: 0.003 (0.027).
 RV_FIT_A0_PASSES: int = 2
 #: Variance given to an unusable band in :func:`ebv_rv_fit` (weight ~0), mag^2.
 _UNUSED_BAND_VAR: float = 1e6
@@ -668,17 +670,17 @@ def ebv_rv_fit(
         d_t = d_g = np.zeros_like(y)
     prec = _band_precision(errs, usable, d_t, d_g, intrinsic_mag_error_mag, band_floor_mag)
     u = usable.astype(float)
-    pu = np.einsum("nij,nj->ni", prec, u)
-    f_uu = np.einsum("ni,ni->n", u, pu)
-    b_u = np.einsum("ni,ni->n", y, pu)
-    y_py = np.einsum("ni,nij,nj->n", y, prec, y)
+    pu = np.matmul(prec, u[:, :, None])[:, :, 0]
+    f_uu = np.sum(u * pu, axis=1)
+    b_u = np.sum(y * pu, axis=1)
+    y_py = np.sum(y * np.matmul(prec, y[:, :, None])[:, :, 0], axis=1)
 
     def solve(coeff: np.ndarray) -> tuple[np.ndarray, ...]:
         v = np.where(usable, coeff[:, :nb], 0.0)
-        pv = np.einsum("nij,nj->ni", prec, v)
-        f_uv = np.einsum("ni,ni->n", u, pv)
-        f_vv = np.einsum("ni,ni->n", v, pv)
-        b_v = np.einsum("ni,ni->n", y, pv)
+        pv = np.matmul(prec, v[:, :, None])[:, :, 0]
+        f_uv = np.sum(u * pv, axis=1)
+        f_vv = np.sum(v * pv, axis=1)
+        b_v = np.sum(y * pv, axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             det = f_uu * f_vv - f_uv**2
             ebv = (f_uu * b_v - f_uv * b_u) / det
@@ -686,8 +688,12 @@ def ebv_rv_fit(
             chi2 = y_py - (f_vv * b_u**2 - 2.0 * f_uv * b_u * b_v + f_uu * b_v**2) / det
         return ebv, var, chi2, det
 
+    lookup = synthetic.LawGridLookup(t, law, with_ks) if isinstance(law, str) else None
+
     def coeffs(rv: float, ebv: np.ndarray) -> np.ndarray:
         a0 = np.clip(np.nan_to_num(rv * ebv, nan=0.01), 0.01, None)
+        if lookup is not None:
+            return lookup(rv, a0)
         return coefficient_matrix(t, with_ks, a0, law, rv)
 
     ebv0 = np.zeros(n)

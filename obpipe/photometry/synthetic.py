@@ -438,6 +438,40 @@ def law_coefficients(
     return out
 
 
+class LawGridLookup:
+    """:func:`law_coefficients` at many R_V for the same stars: the Teff interpolation
+    weights are computed once and shared by every R_V (the per-star R_V fit of
+    :func:`obpipe.photometry.extinction.ebv_rv_fit` asks for ~20 R_V per block).
+
+    ``LawGridLookup(teff_k, law, bands)(r_v, a0_mag)`` equals
+    ``law_coefficients(teff_k, a0_mag, law, r_v, bands)`` stacked as an (n, len(bands))
+    array (the same bilinear interpolation, Teff in log, A0 clamped to
+    :data:`A0_NODES_MAG`).
+    """
+
+    def __init__(self, teff_k: np.ndarray, law: str, bands: tuple[str, ...]) -> None:
+        t = np.asarray(teff_k, dtype=float)
+        lt = np.log(np.clip(t, _TEFF_NODES_LAW[0], _TEFF_NODES_LAW[-1]))
+        tnodes = np.log(_TEFF_NODES_LAW)
+        it = np.clip(np.searchsorted(tnodes, lt, side="right") - 1, 0, tnodes.size - 2)
+        self._it = it
+        self._ft = ((lt - tnodes[it]) / (tnodes[it + 1] - tnodes[it]))[None, :]
+        self._law, self._bands = law, tuple(bands)
+
+    def __call__(self, r_v: float, a0_mag: np.ndarray) -> np.ndarray:
+        grid = _law_grid(self._law, float(r_v))
+        g = np.stack([grid[b] for b in self._bands])  # (bands, teff nodes, A0 nodes)
+        anodes = np.asarray(A0_NODES_MAG)
+        la = np.clip(np.broadcast_to(np.asarray(a0_mag, dtype=float), self._it.shape),
+                     anodes[0], anodes[-1])
+        ia = np.clip(np.searchsorted(anodes, la, side="right") - 1, 0, anodes.size - 2)
+        fa = ((la - anodes[ia]) / (anodes[ia + 1] - anodes[ia]))[None, :]
+        it, ft = self._it, self._ft
+        out = ((1 - ft) * (1 - fa) * g[:, it, ia] + ft * (1 - fa) * g[:, it + 1, ia]
+               + (1 - ft) * fa * g[:, it, ia + 1] + ft * fa * g[:, it + 1, ia + 1])
+        return out.T
+
+
 def clear_table_cache() -> None:
     """Forget the loaded table, so that the next lookup reads the file again (after
     :func:`obpipe.photometry.synthetic_builder.write_intrinsic_photometry_table`)."""

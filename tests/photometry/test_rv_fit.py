@@ -136,3 +136,17 @@ def test_block_columns_and_options() -> None:
     with pytest.raises(ValueError, match="fit_r_v"):
         PhotometryConfig(fit_r_v=True, r_v_scatter=0.0)
     assert PhotometryConfig(fit_r_v=True).fit_r_v
+
+
+def test_law_grid_lookup_equals_law_coefficients() -> None:
+    from obpipe.photometry import synthetic
+
+    rng = np.random.default_rng(7)
+    teff = rng.uniform(3000.0, 60000.0, 50)  # beyond both Teff edges too
+    a0 = rng.uniform(0.0, 25.0, 50)
+    bands = ("g", "BP", "J", "Ks")
+    look = synthetic.LawGridLookup(teff, "G23", bands)
+    for r_v in (2.5, 3.1, 4.2):
+        ref = synthetic.law_coefficients(teff, a0, "G23", r_v, bands)
+        np.testing.assert_allclose(look(r_v, a0), np.column_stack([ref[b] for b in bands]),
+                                   rtol=1e-12)
