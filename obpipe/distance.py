@@ -49,7 +49,7 @@ import functools
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -170,6 +170,10 @@ class DistanceGrid:
     log10_d_sq: np.ndarray
     d_kpc: np.ndarray  # d, the values of distance_kpc(i)
     ln_d: np.ndarray  # ln(d / kpc), for the population prior
+    #: tables of the population prior's terms common to every star, by (beta, alpha)
+    #: (:func:`_star_population_penalty`)
+    prior_tables: dict[tuple[float, float], tuple[np.ndarray, np.ndarray, np.ndarray]] = \
+        field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, cfg: DistanceConfig) -> DistanceGrid:
@@ -279,6 +283,39 @@ def population_penalty(d_kpc: np.ndarray, pt: np.ndarray,
     """G = -2 w ln(P(d) / max P) ≥ 0 of the (tempered) population prior (see :func:`phi`)."""
     return pt[..., _PT["weight"]] * np.maximum(
         -2.0 * (population_log_prior(d_kpc, pt, ln_d) - pt[..., _PT["ln_p_max"]]), 0.0)
+
+
+def _star_population_penalty(grid: DistanceGrid, sl: slice, pt: np.ndarray) -> np.ndarray:
+    """:func:`population_penalty` of one star (``pt``: its row of the terms) on the grid
+    points ``sl``, with the terms every star shares -- beta ln d, d^alpha = exp(alpha ln d)
+    and d^2 -- tabulated on the grid once per (beta, alpha): equal to
+    :func:`population_penalty` to rounding (~1e-13 relative), ~2x faster on the few
+    hundred to few thousand points a star's refinement evaluates at a time."""
+    t = dict(zip(_PT, pt.tolist(), strict=True))
+    key = (t["beta"], t["alpha"])
+    tables = grid.prior_tables.get(key)
+    if tables is None:
+        tables = (t["beta"] * grid.ln_d, np.exp(t["alpha"] * grid.ln_d), grid.d_kpc ** 2)
+        grid.prior_tables[key] = tables
+    beta_ln_d, d_alpha, d_sq = tables
+    d = grid.d_kpc[sl]
+    r0 = t["r0"]
+    with np.errstate(invalid="ignore", over="ignore"):
+        # -ln P(d) = -beta ln d + (R - R0)/h_R + d |sin b|/h_z + (d/L)^alpha (PopulationPrior)
+        g = d_sq[sl] * t["cos2b"]
+        g -= d * (2.0 * t["a_r0"])
+        g += r0 * r0
+        np.maximum(g, 0.0, out=g)
+        np.sqrt(g, out=g)
+        g -= r0
+        g *= t["inv_h_r"]
+        g += d * (t["abs_sinb"] * t["inv_h_z"])
+        g += d_alpha[sl] * np.exp(-t["alpha"] * t["ln_sel_length"])
+        g -= beta_ln_d[sl]
+        g += t["ln_p_max"]  # G = -2 w (ln P - ln P_max), >= 0
+        g *= 2.0 * t["weight"]
+        np.maximum(g, 0.0, out=g)
+    return g
 
 
 def population_prior_terms(l_deg: np.ndarray, b_deg: np.ndarray, mks_mag: np.ndarray,
@@ -678,7 +715,7 @@ def _log_post(grid: DistanceGrid, sl: slice, plx: float, plx_err: float, dm0: fl
     if cfg.prior == "edsd":
         out += _edsd_penalty(grid.d_kpc[sl], cfg.edsd_length_kpc)
     elif cfg.prior == "population" and pt is not None:
-        out += population_penalty(grid.d_kpc[sl], pt, grid.ln_d[sl])
+        out += _star_population_penalty(grid, sl, pt)
     out *= -0.5
     return out
 

@@ -626,3 +626,32 @@ def test_cli_distance_rejects_nonsense_and_flags_tension(capsys: pytest.CaptureF
                  "--dec", "20", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["prior"] == "population" and out["dis_high"] < 25.0
+
+
+def test_one_stars_tabulated_population_penalty_equals_the_reference() -> None:
+    """The refinement's per-star prior (beta ln d, d^alpha and d^2 tabulated on the grid)
+    is population_penalty to rounding, for stars of every sky position, luminosity and
+    weight, on windows near and far (the tables are keyed by (beta, alpha))."""
+    from obpipe.distance import (
+        DistanceConfig,
+        DistanceGrid,
+        PopulationPrior,
+        _star_population_penalty,
+        population_penalty,
+        population_prior_terms,
+    )
+
+    grid = DistanceGrid.build(DistanceConfig(prior="population"))
+    rng = np.random.default_rng(7)
+    n = 40
+    for hyper in (PopulationPrior(), PopulationPrior(beta=0.57, selection_power=2.37,
+                                                     weight=0.5)):
+        pt = population_prior_terms(rng.uniform(0, 360, n), rng.uniform(-60, 60, n),
+                                    rng.uniform(-6, 1, n), hyper, grid.d_max_kpc)
+        for i in range(n):
+            lo = int(rng.integers(0, grid.n_points - 5000))
+            sl = slice(lo, lo + int(rng.integers(1, 5000)))
+            ref = population_penalty(grid.distance_kpc(np.arange(sl.start, sl.stop)), pt[i])
+            got = _star_population_penalty(grid, sl, pt[i])
+            np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9)
+    assert len(grid.prior_tables) == 2
