@@ -36,6 +36,12 @@ s('g23zp.zarr', C(seed=2026, extinction_law='G23', parallax_zp_variations=False)
     # the never-trained stars of an S/N bin re-synthesised with one change at a time, and
     # the network's response to a rest-frame shift
     python benchmarks/low_snr_ablation.py resynth g23zp.zarr base --snr 5 20
+    # the rest frame refined against the PCA reconstruction ([spectral] refine_rv): the
+    # refined RV against the mock's true RV per S/N bin, and M_Ks of the stars that neither
+    # run trained on, same stars, against a baseline run of the same survey
+    python benchmarks/low_snr_ablation.py rv g23zp.zarr RUN --baseline base
+    # its cost: the pca stage's block on N rows of a run's products, off and on, CPU s
+    python benchmarks/low_snr_ablation.py rv-cost RUN -n 4000 --repeat 2
 
 ``score`` arguments after the control products are NAME=PRODUCTS (the survey is
 ``PRODUCTS.zarr`` next to them, or the control survey for a pipeline-side variant).
@@ -359,6 +365,124 @@ def resynthesize(control: Path, products: Path, snr_lo: float, snr_hi: float, n:
 
 
 
+SNR_BINS = ((5, 20), (20, 50), (50, 100), (100, 200), (200, np.inf))
+
+
+def refined_rv(survey: Path, products: Path, baseline: Path | None = None) -> dict[str, Any]:
+    """``rv_refined_kms`` of a run against the truth, per S/N bin: the true residual
+    velocity of the stored frame (``rv_true - rv``) and the error of the refinement
+    (``rv_refined_kms - rv_true``: std, robust std, median, pull std with
+    ``rv_refined_err_kms``), for all spectra and for single non-emission OB stars; with a
+    ``baseline`` run of the same survey, median M_Ks - truth of the single non-emission OB
+    stars that no member of either run trained on (the same stars in both columns)."""
+    from obpipe.stats import robust_std
+
+    obs = _read(survey, None, ["specid", "snr_g", "rv"])
+    t = _read(survey, "truth", ["star_class", "is_binary", "has_emission", "MKs_true",
+                                "rv_true"])
+    p = _read(products / "products.zarr", None, ["specid", "rv_refined_kms",
+                                                  "rv_refined_err_kms"])
+    if not np.array_equal(p["specid"], obs["specid"]):
+        raise SystemExit(f"{products}: rows not in the survey's order")
+    if "rv_refined_kms" not in p:
+        raise SystemExit(f"{products}: no rv_refined_kms (run with [spectral] refine_rv)")
+    snr = obs["snr_g"].astype(float)
+    rv, rv_true = obs["rv"].astype(float), t["rv_true"].astype(float)
+    ref, err = p["rv_refined_kms"].astype(float), p["rv_refined_err_kms"].astype(float)
+    cls = np.array(t["star_class"].tolist(), dtype=object).astype(str)
+    single_ob = (cls == "OB") & ~t["is_binary"].astype(bool) & ~t["has_emission"].astype(bool)
+    out: dict[str, Any] = {"n_measured": int(np.isfinite(ref).sum()), "n": int(ref.size)}
+    print(f"{products}: rv_refined_kms for {out['n_measured']} of {out['n']} spectra")
+    print("  S/N bin | true residual rms | refined - true: std / robust std / median / "
+          "pull std / median error (km/s)")
+    for label, sel in (("all spectra", np.ones(snr.size, bool)), ("single OB", single_ob)):
+        print(f" {label}")
+        for lo, hi in SNR_BINS:
+            k = sel & (snr >= lo) & (snr < hi) & np.isfinite(ref)
+            if k.sum() < 5:
+                continue
+            e = ref[k] - rv_true[k]
+            cell = {"n": int(k.sum()), "true_residual_rms": float(np.std(rv_true[k] - rv[k])),
+                    "std": float(np.std(e)), "robust_std": float(robust_std(e)),
+                    "median": float(np.median(e)), "pull_std": float(np.std(e / err[k])),
+                    "median_err": float(np.median(err[k]))}
+            out.setdefault(label, {})[f"{lo}-{hi}"] = cell
+            print(f"  {lo:>3}-{hi:<4} (n {cell['n']:5d}) {cell['true_residual_rms']:6.1f} | "
+                  f"{cell['std']:6.1f} / {cell['robust_std']:5.1f} / {cell['median']:+5.1f} / "
+                  f"{cell['pull_std']:5.2f} / {cell['median_err']:5.1f}")
+    # no truth: two visits of a catalog single (binary_flag 0, em_flag 0) at S/N > 100
+    import pyarrow.parquet as pq
+
+    cat = pq.read_table(products / "catalog.parquet", columns=[
+        "star_id", "snr_g", "rv_refined_kms", "rv_refined_err_kms", "binary_flag",
+        "em_flag"]).to_pandas()
+    cat = cat[(cat.snr_g > 100) & (cat.binary_flag == 0) & (cat.em_flag == 0)
+              & np.isfinite(cat.rv_refined_kms)]
+    pairs = cat.groupby("star_id").head(2)
+    pairs = pairs[pairs.groupby("star_id")["snr_g"].transform("size") == 2].sort_values(
+        "star_id", kind="stable")
+    v, e = pairs["rv_refined_kms"].to_numpy(), pairs["rv_refined_err_kms"].to_numpy()
+    diff, err2 = v[0::2] - v[1::2], e[0::2] ** 2 + e[1::2] ** 2
+    if diff.size >= 5:
+        spread = robust_std(diff) / np.sqrt(2.0)
+        floor = float(np.sqrt(max(spread**2 - np.median(err2) / 2.0, 0.0)))
+        out["repeat_visits"] = {"n_pairs": int(diff.size), "robust_std_kms": float(spread),
+                                "pull_robust_std": float(robust_std(diff / np.sqrt(err2))),
+                                "floor_kms": floor}
+        print(f" no truth: {diff.size} pairs of visits of catalog singles at S/N > 100: "
+              f"robust std of the difference / sqrt(2) {spread:.2f} km/s, robust pull std "
+              f"{out['repeat_visits']['pull_robust_std']:.2f}: a floor of {floor:.2f} km/s "
+              "beyond rv_refined_err_kms")
+    if baseline is not None:
+        mt = t["MKs_true"].astype(float)
+        new, old = _products(products, obs["specid"]), _products(baseline, obs["specid"])
+        both = single_ob & (new["MKs_fold"] == -1) & (old["MKs_fold"] == -1)
+        print(f" M_Ks - truth, single OB never trained in either run: baseline {baseline} "
+              "-> this run (median, paired median shift)")
+        for lo, hi in SNR_BINS:
+            k = both & (snr >= lo) & (snr < hi) & np.isfinite(new["MKs"]) & np.isfinite(
+                old["MKs"])
+            if k.sum() < 5:
+                continue
+            b, r = np.median(old["MKs"][k] - mt[k]), np.median(new["MKs"][k] - mt[k])
+            d = np.median(new["MKs"][k] - old["MKs"][k])
+            out.setdefault("mks_same_stars", {})[f"{lo}-{hi}"] = {
+                "n": int(k.sum()), "baseline": float(b), "refined": float(r),
+                "paired": float(d)}
+            print(f"  {lo:>3}-{hi:<4} (n {int(k.sum()):5d}) {b:+.3f} -> {r:+.3f} "
+                  f"(paired {d:+.3f})")
+    return out
+
+
+def refine_cost(products: Path, n: int, repeat: int) -> dict[str, Any]:
+    """CPU seconds of the pca stage's block (:func:`obpipe.stages.pca.block`, one thread,
+    the run's PCA model, interstellar-blind projection) on the first ``n`` rows of
+    ``products``, with ``refine_rv`` off and on, alternating ``repeat`` times."""
+    import time
+
+    from obpipe.stages import pca as pca_stage
+
+    p = zarr.open_group(str(products / "products.zarr"), mode="r")
+    inputs = {"norm_flux": np.asarray(p["norm_flux"][:n]),
+              "norm_ivar": np.asarray(p["norm_ivar"][:n]),
+              "rv": np.zeros(min(n, p["norm_flux"].shape[0]), dtype=np.float32)}
+    model = str(products / "models" / "pca_model.npz")
+    pca_stage.block({k: v[:8] for k, v in inputs.items()}, model_path=model, prior=True,
+                    exclude_interstellar=True, refine_rv=True)  # caches warm
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(repeat):
+        for key in ("off", "on"):
+            t0 = time.process_time()
+            pca_stage.block(inputs, model_path=model, prior=True, exclude_interstellar=True,
+                            refine_rv=key == "on")
+            times[key].append(time.process_time() - t0)
+    rows = inputs["rv"].size
+    print(f"pca stage block, {rows} rows, CPU s per 1,000 spectra (one thread), off vs on, "
+          "pair by pair: " + ", ".join(f"{a / rows * 1e3:.2f} vs {b / rows * 1e3:.2f}"
+                                       for a, b in zip(times["off"], times["on"], strict=True)))
+    return {"rows": rows, **times}
+
+
 def print_table(res: dict[str, Any]) -> None:
     bins = [f"snr_{lo}_{hi}" for lo, hi in SNR_BINS]
     labels = ["5-20", "20-50", "50-100", ">100"]
@@ -420,8 +544,24 @@ def main(argv: list[str] | None = None) -> int:
     rs.add_argument("--blind", action="store_true",
                     help="the products' networks are interstellar-blind")
     rs.add_argument("--weighting", default="ivar", help="the run's continuum_weighting")
+    rvp = sub.add_parser("rv", help="a refine_rv run's refined RV against the truth, and its "
+                         "M_Ks against a baseline run on the same stars")
+    rvp.add_argument("survey", type=Path)
+    rvp.add_argument("products", type=Path)
+    rvp.add_argument("--baseline", type=Path, default=None)
+    rvp.add_argument("--json", type=Path, default=None)
+    rc = sub.add_parser("rv-cost", help="CPU of the pca stage's block, refine_rv off vs on")
+    rc.add_argument("products", type=Path)
+    rc.add_argument("-n", type=int, default=4000)
+    rc.add_argument("--repeat", type=int, default=2)
     a = ap.parse_args(argv)
-    if a.cmd == "resynth":
+    if a.cmd == "rv-cost":
+        refine_cost(a.products, a.n, a.repeat)
+    elif a.cmd == "rv":
+        res = refined_rv(a.survey, a.products, a.baseline)
+        if a.json:
+            a.json.write_text(json.dumps(res, indent=1))
+    elif a.cmd == "resynth":
         resynthesize(a.control, a.products, a.snr[0], a.snr[1], a.n, a.blind,
                      weighting=a.weighting)
     elif a.cmd == "make":
