@@ -59,7 +59,14 @@ from obpipe.distance import (
     catalog_distances,
     population_prior_from_record,
 )
-from obpipe.engine.blockwise import block_bounds, open_products, products_path, read_block
+from obpipe.engine.blockwise import (
+    array_attrs,
+    block_bounds,
+    open_products,
+    products_path,
+    read_block,
+    stored_arrays,
+)
 from obpipe.engine.schedulers import compute_ahead
 from obpipe.io import store
 from obpipe.io.catalog_writer import TableStreamWriter, fits_flag_columns  # noqa: F401
@@ -337,7 +344,11 @@ def _windows(n: int, size: int) -> list[range]:
 
 
 def _missing_products(products_dir: str) -> list[str]:
-    have = set(open_products(products_dir).variables)
+    try:
+        have = stored_arrays(products_path(products_dir))
+    except FileNotFoundError:
+        open_products(products_dir)  # the products store's own message
+        raise
     need = {c.var for c in CATALOG_COLUMNS.values() if c.source == "products"}
     return sorted((need | set(_AUX_PRODUCTS)) - have)
 
@@ -479,7 +490,7 @@ def combine_visits(star_id: np.ndarray, mks_mag: np.ndarray, mks_err_mag: np.nda
 
 
 def _sigma_int_per_visit(products_dir: str, model: np.ndarray) -> np.ndarray:
-    attrs = dict(open_products(products_dir)["MKs_err"].attrs)
+    attrs = array_attrs(products_path(products_dir), "MKs_err")
     out = np.full(model.shape, np.nan)
     for code, name in ((0, "a"), (1, "b")):
         val = attrs.get(f"noise_{name}_sigma_int")

@@ -40,6 +40,7 @@ from obpipe.engine.blockwise import (
     driver_token,
     open_products,
     products_path,
+    spec_chunking,
 )
 from obpipe.io import store
 
@@ -213,15 +214,15 @@ def n_blocks(products_dir: str) -> int:
     """Row blocks (chunks) of the products store, from its ``specid`` array's metadata
     (zarr: ~1 ms, where opening the products with xarray takes ~0.1 s; the run asks a
     few times). Raises FileNotFoundError if the store is missing."""
-    import zarr
-
     try:
-        specid = zarr.open_array(f"{products_path(products_dir)}/specid", mode="r",
-                                 zarr_format=store.ZARR_FORMAT)
+        n_spec, chunk = spec_chunking(products_path(products_dir))
     except FileNotFoundError:
         open_products(products_dir)  # the products store's own message
         raise
-    return len(block_bounds(int(specid.shape[0]), int(specid.chunks[0])))
+    except KeyError as exc:
+        raise FileNotFoundError(f"{products_path(products_dir)}: no 'specid' array (run "
+                                "the 'index' stage)") from exc
+    return len(block_bounds(n_spec, chunk))
 
 
 def scheduler_for(ctx: Any) -> str | None:

@@ -15,7 +15,6 @@ import logging
 from typing import Any
 
 import numpy as np
-import xarray as xr
 import zarr
 
 from obpipe.binary import (
@@ -30,8 +29,8 @@ from obpipe.binary import (
 from obpipe.engine.blockwise import (
     Output,
     force_requested,
-    open_products,
     products_path,
+    read_arrays,
     run_blockwise_stage,
     stage_complete,
 )
@@ -78,14 +77,11 @@ def block(inputs: dict[str, np.ndarray], threshold: float = 2.0) -> dict[str, np
 
 def star_feature_inputs(survey_path: str, products_dir: str) -> dict[str, np.ndarray]:
     """The 1-D columns of every spectrum that the per-star binary features need."""
-    survey = xr.open_zarr(survey_path, consolidated=store.CONSOLIDATED,
-                          zarr_format=store.ZARR_FORMAT)
-    prods = open_products(products_dir)
-    out = {k: survey[k].values for k in ("star_id", "rv", "rv_err", "ruwe")}
+    out = read_arrays(survey_path, ("star_id", "rv", "rv_err", "ruwe"))
     out["star_id"] = np.asarray(out["star_id"]).astype(object).astype(str)
-    for k in ("MKs", "MKs_err", "MKs_model", "Ks0", "Ks0_err", "parallax_corrected",
-              "parallax_corrected_error"):
-        out[k] = prods[k].values
+    out.update(read_arrays(products_path(products_dir), (
+        "MKs", "MKs_err", "MKs_model", "Ks0", "Ks0_err", "parallax_corrected",
+        "parallax_corrected_error")))
     return out
 
 
@@ -128,8 +124,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
     grp["rv_chi2_log10_p"][:] = feats["rv_chi2_log10_p"].astype(np.float32)
     grp["binary_flag"][:] = flag
     grp["binary_flag"].attrs["prob_threshold"] = float(BINARY_PROB_THRESHOLD)
-    prods = open_products(ctx.products_dir)
-    flag = prods["binary_flag"].values
     result["fractions"] = {"binary": float(np.mean(flag == FLAG_BINARY)),
                            "single": float(np.mean(flag == 0)),
                            "unclassified": float(np.mean(flag == -9))}

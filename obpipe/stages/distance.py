@@ -38,8 +38,8 @@ from obpipe.distance import (
 from obpipe.engine.blockwise import (
     Output,
     force_requested,
-    open_products,
     products_path,
+    read_arrays,
     run_blockwise_stage,
     stage_complete,
 )
@@ -94,15 +94,11 @@ def survey_prior_inputs(survey_path: str, products_dir: str, cfg: DistanceConfig
     """The keyword arguments of :func:`fit_population_prior` for this survey's products:
     the single stars' (``binary_flag == 0``) corrected parallaxes (NaN for the others),
     dm0 and sigma_tot of eqs. (22)-(23), Galactic l, b and M_Ks."""
-    import xarray as xr
-
-    prods = open_products(products_dir)
-    survey = xr.open_zarr(survey_path, consolidated=store.CONSOLIDATED,
-                          zarr_format=store.ZARR_FORMAT)
-    v = {k: prods[k].values for k in PRODUCT_INPUTS}
+    v = read_arrays(products_path(products_dir), PRODUCT_INPUTS)
+    pos = read_arrays(survey_path, ("ra", "dec"))
     dm0, sig = distance_modulus_terms(v["Ks0"], v["Ks0_err"], v["MKs"], v["MKs_err"])
     single = np.asarray(v["binary_flag"]) == 0
-    lon, lat = galactic_lb_deg(survey["ra"].values, survey["dec"].values)
+    lon, lat = galactic_lb_deg(pos["ra"], pos["dec"])
     return {"parallax_mas": np.where(single, v["parallax_corrected"], np.nan),
             "parallax_error_mas": v["parallax_corrected_error"], "dm0_mag": dm0,
             "sigma_tot_mag": sig, "l_deg": lon, "b_deg": lat, "mks_mag": v["MKs"],
@@ -154,7 +150,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     result["config"] = dataclasses.asdict(cfg)
     if prior_info:
         result["population_prior"] = prior_info
-    flags = open_products(ctx.products_dir)["distance_flags"].values
+    flags = read_arrays(products_path(ctx.products_dir), ("distance_flags",))["distance_flags"]
     result["fractions"] = {k: float(np.mean((flags & v) > 0))
                            for k, v in DISTANCE_FLAG_BITS.items()}
     return result

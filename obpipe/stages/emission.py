@@ -22,10 +22,11 @@ from obpipe.engine.blockwise import (
     ensure_outputs,
     force_requested,
     mark_blocks_done,
-    open_products,
     products_path,
+    read_arrays,
     row_tiled,
     run_blockwise_stage,
+    spec_chunking,
     stage_complete,
     write_products_block,
 )
@@ -74,20 +75,18 @@ def block(inputs: dict[str, np.ndarray], model_path: str) -> dict[str, np.ndarra
 
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg: SpectralConfig = ctx.config.spectral
-    survey = store.open_cube(ctx.survey_path)
-    prods = open_products(ctx.products_dir)
     names = ("halpha_excess", "halpha_excess_err", "halpha_chi2", "quality_chi2",
              "window_chi2_max", "window_chi2_max_wide", "clean_fraction")
-    stats = {k: prods[k].values for k in names}
-    snr = survey["snr_g"].values
+    stats = read_arrays(products_path(ctx.products_dir), names)
+    survey = read_arrays(ctx.survey_path, ("snr_g", "star_id"))
+    snr = survey["snr_g"]
     thr = emission.choose_thresholds(stats, snr, cfg.emission_target_purity,
                                      broken_mad_sigma=cfg.broken_mad_sigma,
                                      broken_min_chi2=cfg.broken_min_chi2)
     flags = emission.flag(stats, snr, thr)
     flags["em_flag_star"] = emission.star_flag_from_best_visit(
-        survey["star_id"].values, survey["snr_g"].values, flags["em_flag"])
-    n_spec = int(prods.sizes["spec"])
-    chunk = int(prods["specid"].chunks[0][0])
+        survey["star_id"], snr, flags["em_flag"])
+    n_spec, chunk = spec_chunking(products_path(ctx.products_dir))
     ensure_outputs(ctx.products_dir, "emission_flags", FLAG_OUTPUTS, n_spec, chunk)
     write_products_block(ctx.products_dir, 0, {k: flags[k] for k in FLAG_OUTPUTS})
     mark_blocks_done(ctx.products_dir, "emission_flags")
