@@ -137,6 +137,10 @@ def line(name: str, out: dict, truth: dict, sel: np.ndarray, all_bands: bool = T
     p = d / out["ebv_err"][s]
     print(f"{name:34s} n={s.sum():5d} bias={d.mean():+.4f} median={np.median(d):+.4f} "
           f"scatter={d.std():.4f} robust={robust_std(d):.4f} pull_std={p.std():.2f}")
+    if "AKs" in out and "AKs_true" in truth:
+        a = out["AKs"][s] - truth["AKs_true"][s]
+        print(f"    A_Ks - truth: median={np.median(a):+.4f} scatter={a.std():.4f} "
+              f"robust={robust_std(a):.4f}")
     e = truth["ebv_true"][s]
     for lo, hi in bins:
         q = (e >= lo) & (e < hi)
@@ -214,7 +218,7 @@ def main() -> None:
     cols = {v: np.asarray(ds[v].values) for v in SURVEY_VARS if v in ds.variables}
     truth = {k: np.asarray(tr[k].values) for k in
              ("ebv_true", "R_V_true", "teff_true", "logg_true", "has_emission", "is_binary",
-              "star_class")}
+              "star_class", "AKs_true")}
     law = json.loads(ds.attrs["simulation_config"]).get("extinction_law", "G23")
     sel = ((truth["star_class"] == "OB") & ~truth["has_emission"].astype(bool)
            & ~truth["is_binary"].astype(bool) & np.isfinite(np.asarray(cols["teff"], float)))

@@ -326,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         print("# by E(B-V) quartile (default): " + by_quartile(inputs))
         print("# by E(B-V) quartile (R_V fitted): " + by_quartile(inputs, fit_r_v=True))
     print("# R_V fitted per star (G23, prior N(3.1, 0.18)): " + rv_fit_summary(inputs))
+    n = len(inputs["parallax"])
+    for t in (15000.0, 20000.0, 25000.0):  # as if Teff were measured (5 %)
+        assumed = dict(inputs, teff=np.full(n, t), teff_err=np.full(n, 0.05 * t))
+        print(f"# R_V fitted, Teff = {t / 1e3:.0f} kK assumed: " + rv_fit_summary(assumed))
     print(f"# {time.perf_counter() - t0:.0f} s")
     return 0
 
