@@ -447,7 +447,9 @@ def _cmd_photometry(args: argparse.Namespace) -> int:
     n_ebv = int(np.isfinite(frame["ebv"]).sum())
     print(f"{len(frame)} rows: {n_ebv} with E(B-V) (median reduced chi2 "
           f"{np.nanmedian(frame['ebv_chi2']):.2f}), {int(np.isfinite(frame['MKs_geo']).sum())} "
-          f"with MKs_geo; extinction {cfg.law} R_V={cfg.r_v}")
+          f"with MKs_geo; extinction {cfg.law} R_V={cfg.r_v}"
+          + (f" (prior; fitted per star, median {np.nanmedian(frame['r_v']):.2f})"
+             if cfg.fit_r_v else ""))
     print(f"written: {args.out}")
     return 0
 
