@@ -47,6 +47,7 @@ Usage::
 
     python benchmarks/scatter_floor.py SURVEY.zarr PRODUCTS_DIR train \\
         [--variants geo true ...] [--seeds 0 1] [--json OUT.json]
+    python benchmarks/scatter_floor.py SURVEY.zarr PRODUCTS_DIR rescore --save PRED.npz
     python benchmarks/scatter_floor.py SURVEY.zarr PRODUCTS_DIR labels
     python benchmarks/scatter_floor.py SURVEY.zarr PRODUCTS_DIR population
 """
@@ -76,6 +77,9 @@ log = logging.getLogger("scatter_floor")
 
 VARIANTS = ("geo", "true", "plx_noise", "plx_zp", "plx_obs", "ks0", "true_equal")
 SNR_BINS = ((50, 100), (100, 200), (200, np.inf))
+#: the paper's eq. (14) posterior means on its test stars (Sec. 5.3, Fig. 8)
+PAPER_SIGMA_INT_MAG = 0.25
+PAPER_SIGMA_S100_MAG = 0.10
 
 
 def load(survey: str, products: str) -> tuple[Any, dict[str, np.ndarray], np.ndarray]:
@@ -130,7 +134,14 @@ def score_mks(mks: np.ndarray, fold: np.ndarray, cat: Any, t: dict[str, np.ndarr
                "rest_not_broken": _stats(resid[s & ~m["tail"] & ~m["broken"]]),
                "tail_share": float(np.mean(m["tail"][s])) if s.any() else None}
         for lo, hi in SNR_BINS:
-            blk[f"snr_{lo}_{hi}"] = _stats(resid[s & (m["snr"] >= lo) & (m["snr"] < hi)])
+            b = s & (m["snr"] >= lo) & (m["snr"] < hi)
+            blk[f"snr_{lo}_{hi}"] = _stats(resid[b])
+            blk[f"snr_{lo}_{hi}_not_broken"] = _stats(resid[b & ~m["broken"]])
+        # the paper's test population: parallax S/N > 10 (Sec. 5.2-5.3)
+        good = s & (cat["parallax"].to_numpy(float) / cat["parallax_error"].to_numpy(float) > 10)
+        blk["plx_snr_gt_10"] = _stats(resid[good])
+        blk["plx_snr_gt_10_not_broken"] = _stats(resid[good & ~m["broken"]])
+        blk["n_broken"] = int(np.sum(s & m["broken"]))
         out[gname] = blk
     return out
 
@@ -292,6 +303,24 @@ def _specids(products: str) -> np.ndarray:
     return open_products(products)["specid"].values
 
 
+def run_rescore(survey: str, products: str, saved: str) -> dict[str, Any]:
+    """Score again the predictions a ``train --save`` run kept (no training)."""
+    cat, t, fold_run = load(survey, products)
+    z = np.load(saved, allow_pickle=False)
+    pos = {int(s): i for i, s in enumerate(cat["specid"].to_numpy())}
+    rows = np.array([pos[int(s)] for s in z["specid"]])
+    cat_rows = cat.iloc[rows].reset_index(drop=True)
+    t_rows = {k: v[rows] for k, v in t.items()}
+    mks_run = cat_rows["MKs"].to_numpy(float)
+    mks_run[mks_run <= -9] = np.nan
+    out: dict[str, Any] = {"run_catalog": score_mks(mks_run, fold_run[rows], cat_rows, t_rows),
+                           "variants": {}}
+    for key in sorted(k[:-4] for k in z.files if k.endswith("_mks")):
+        out["variants"][key] = {"score": score_mks(z[f"{key}_mks"], z[f"{key}_fold"],
+                                                   cat_rows, t_rows)}
+    return out
+
+
 # ---------------------------------------------------------------------------- labels
 def run_labels(survey: str, products: str, n_folds: int = 5, seed: int = 0
                ) -> dict[str, Any]:
@@ -371,6 +400,10 @@ def run_population(survey: str, products: str, ebv_edges: list[float] | None = N
                             "never_trained_not_broken": _stats(
                                 resid[good & (fold == -1) & ~m["broken"]])}
     out["noise_model_eq14"] = _noise_model_means(products)
+    # what the paper's own noise model (Sec. 5.3: sigma_int = 0.25, sigma_s100 = 0.10 mag)
+    # implies for a std at this sample's S/N: rms of sqrt(sigma_int^2 + sigma_s^2), eq. (10)
+    out["paper_noise_model_rms_at_this_snr"] = float(np.sqrt(np.mean(
+        PAPER_SIGMA_INT_MAG**2 + (PAPER_SIGMA_S100_MAG * 100.0 / m["snr"][s]) ** 2)))
     em = cat["em_flag"].to_numpy(int)
     a_cand = (m["snr"] > 50) & (plx_snr > 10) & (em == 0)
     out["counts_like_paper"] = {
@@ -387,6 +420,19 @@ def run_population(survey: str, products: str, ebv_edges: list[float] | None = N
                        "all": _stats(resid[b]), "never_trained": _stats(resid[b & (fold == -1)])})
     out["by_ebv_true"] = by_bin
     out["real_table"] = real_table_population(edges)
+    # the mock's sample in the real table's G range (5-95 %): like for like in brightness
+    obs = _read_group(survey, None, ["specid", "phot_g_mean_mag"])
+    pos = {int(v): i for i, v in enumerate(obs["specid"])}
+    gmag = obs["phot_g_mean_mag"][[pos[int(v)] for v in cat["specid"].to_numpy()]]
+    g_lo, g_hi = out["real_table"]["G"][0], out["real_table"]["G"][-1]
+    gm = s & (gmag > g_lo) & (gmag < g_hi) & np.isfinite(resid)
+    ebv_cat = cat["ebv"].to_numpy(float)
+    out["mock_in_real_G_range"] = {
+        "G": [g_lo, g_hi], "n": int(gm.sum()), "share_of_sample": float(gm.sum() / s.sum()),
+        "ebv_catalog": pct(ebv_cat[gm]), "share_ebv_gt_1": float(np.mean(ebv_cat[gm] > 1)),
+        "MKs_true": pct(t["MKs_true"][gm]), "distance_kpc_true": pct(t["distance_kpc_true"][gm]),
+        "share_plx_snr_gt_10": float(np.mean(plx_snr[gm] > 10)),
+        "all": _stats(resid[gm]), "never_trained": _stats(resid[gm & (fold == -1)])}
     if not ebv_weights:  # the real table's shares (bright stars: a biased sample)
         ebv_weights = [b["share"] for b in out["real_table"]["by_ebv"]]
     if ebv_weights:
@@ -466,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("survey")
     ap.add_argument("products")
-    ap.add_argument("what", choices=("train", "labels", "population"))
+    ap.add_argument("what", choices=("train", "rescore", "labels", "population"))
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0],
                     help="offsets added to the run's network.seed")
@@ -479,6 +525,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if a.what == "train":
         res = run_train(a.survey, a.products, a.variants, a.seeds, a.save)
+    elif a.what == "rescore":
+        if not a.save:
+            ap.error("rescore needs --save (the .npz of a train run)")
+        res = run_rescore(a.survey, a.products, a.save)
     elif a.what == "labels":
         res = run_labels(a.survey, a.products)
     else:
