@@ -75,19 +75,20 @@ def _group(path: str, mode: str = "r+") -> zarr.Group:
     return zarr.open_group(path, mode=mode, zarr_format=store.ZARR_FORMAT)
 
 
-def read_arrays(path: str, names: Sequence[str]) -> dict[str, np.ndarray]:
+def read_arrays(path: str, names: Sequence[str], rows: slice | None = None
+                ) -> dict[str, np.ndarray]:
     """Whole arrays ``names`` of a Zarr store (the survey cube, or a products store:
     :func:`products_path`), read with zarr alone: the values of
     ``xr.open_zarr(path)[name].values`` (the stores' floats are filled with NaN and
     their integers have no fill attribute, so xarray's decoding changes nothing), without
     opening every array's metadata and building a Dask graph per array (~0.1 s per open
     plus ~15 ms per array on a 30k-spectrum run). For the whole-column reads of a stage's
-    serial part; blocks are read by :func:`read_block`."""
+    serial part; blocks are read by :func:`read_block`. ``rows``: only these rows."""
     grp = _group(path, mode="r")
     missing = [k for k in names if k not in grp]
     if missing:
         raise KeyError(f"{path}: no array(s) {missing}")
-    return {k: grp[k][...] for k in names}
+    return {k: grp[k][...] if rows is None else grp[k][rows] for k in names}
 
 
 def array_attrs(path: str, name: str) -> dict[str, Any]:

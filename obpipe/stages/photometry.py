@@ -58,9 +58,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import threading
 from typing import Any
 
-from obpipe.engine.blockwise import Output, force_requested, run_blockwise_stage, stage_complete
+from obpipe.engine.blockwise import (
+    Output,
+    force_requested,
+    read_arrays,
+    run_blockwise_stage,
+    stage_complete,
+    stored_arrays,
+)
 from obpipe.engine.context import RunContext
 from obpipe.photometry.block import SURVEY_VARS, photometry_block
 from obpipe.photometry.options import PhotometryConfig
@@ -136,6 +144,32 @@ def run(ctx: RunContext) -> dict[str, Any]:
         survey_vars=_survey_columns(ctx.survey_path), scheduler=ctx.scheduler, force=force,
     )
     return report
+
+
+def prepare(ctx: RunContext) -> threading.Thread | None:
+    """Run the block function on the survey's first row in a background thread while the
+    spectral stages run, when the blocks will run in this process ("threads" or
+    "synchronous"): it loads what every block needs once per process (the shipped
+    synthetic photometry, the extinction law's dustapprox models, the parallax
+    zero-point's tables: ~1 s that the first blocks would otherwise wait for). Nothing is
+    written; a failure only means the blocks load them themselves. Returns the thread
+    (None when the blocks run elsewhere)."""
+    if ctx.scheduler not in (None, "threads", "synchronous"):
+        return None
+    cfg: PhotometryConfig = ctx.config.photometry
+    survey_path = ctx.survey_path
+
+    def warm() -> None:
+        try:
+            names = sorted(stored_arrays(survey_path) & set(SURVEY_VARS))
+            photometry_block(read_arrays(survey_path, names, rows=slice(0, 1)),
+                             **dataclasses.asdict(cfg))
+        except Exception as exc:  # noqa: BLE001 (an optimisation only)
+            log.debug("photometry: caches not loaded ahead (%s)", exc)
+
+    thread = threading.Thread(target=warm, name="obpipe-photometry-warm", daemon=True)
+    thread.start()
+    return thread
 
 
 def is_complete(ctx: RunContext) -> bool:
