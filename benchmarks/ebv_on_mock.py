@@ -212,6 +212,8 @@ def main() -> None:
     ap.add_argument("--budget", action="store_true",
                     help="also the error budget (true R_V, exact colours) and the "
                          "score_truth selection")
+    ap.add_argument("--prior-sigma", type=float, nargs="*", default=[],
+                    help="also the R_V fit with these prior sigmas (instead of 0.18)")
     args = ap.parse_args()
     ds = store.open_cube(args.survey)
     tr = store.open_truth(args.survey).load()
@@ -243,6 +245,11 @@ def main() -> None:
     fit = photometry_block(cols, fit_r_v=True)
     line("R_V fitted (fit_r_v)", fit, truth, sel)
     rv_versus_truth(fit, truth, sel)
+    for sigma in args.prior_sigma:
+        other = photometry_block(cols, fit_r_v=True, r_v_scatter=sigma)
+        line(f"R_V fitted, prior sigma {sigma:.2f}", other, truth, sel)
+        line("  same, score_truth selection", other, truth,
+             (truth["star_class"] == "OB") & ~truth["is_binary"].astype(bool), all_bands=False)
     if args.budget:
         wide = ((0.0, 0.5), (0.5, 1.0), (1.0, 2.0), (2.0, 9.0))
         obs = (truth["star_class"] == "OB") & ~truth["is_binary"].astype(bool)
