@@ -157,7 +157,7 @@ def load_network(path: str) -> MKsNetwork:
     return _load_network(path, store.file_token(path))
 
 
-def _config(ctx: Any) -> tuple[TrainingConfig, dict[str, Any]]:
+def _config(ctx: RunContext) -> tuple[TrainingConfig, dict[str, Any]]:
     """The typed section ``ctx.config.luminosity`` and the extra training table (or None)."""
     return ctx.config.luminosity, {"extra_training": ctx.config.extra_training_table or None}
 
@@ -232,7 +232,7 @@ def _network_inputs(prods: xr.Dataset, rows: np.ndarray, input_kind: str, produc
     raise ValueError(f"unknown input_kind {input_kind!r}")
 
 
-def calibrate_sigma_s(ctx: Any, model: str, usable: np.ndarray, snr: np.ndarray,
+def calibrate_sigma_s(ctx: RunContext, model: str, usable: np.ndarray, snr: np.ndarray,
                       star_id: np.ndarray, net: MKsNetwork, input_kind: str,
                       min_snr: float = 100.0, max_spectra: int = 2000, seed: int = 0,
                       exclude_interstellar: bool = False) -> dict[str, list[float]]:
@@ -322,7 +322,7 @@ def calibrate_broken_scatter(nets: dict[str, MKsNetwork],
     return noise_model.fit_broken_scatter(mks, err, mks_geo, mks_geo_err)
 
 
-def train_from_products(ctx: Any, cfg: TrainingConfig, extra_path: str | None = None
+def train_from_products(ctx: RunContext, cfg: TrainingConfig, extra_path: str | None = None
                         ) -> dict[str, Any]:
     """Steps 1-3 of the stage: train, calibrate, save the model files."""
     t0 = time.perf_counter()
