@@ -40,6 +40,8 @@ s('g23zp.zarr', C(seed=2026, extinction_law='G23', parallax_zp_variations=False)
     # refined RV against the mock's true RV per S/N bin, and M_Ks of the stars that neither
     # run trained on, same stars, against a baseline run of the same survey
     python benchmarks/low_snr_ablation.py rv g23zp.zarr RUN --baseline base
+    # its own effect, without retraining: a baseline run's networks on its spectra refined
+    python benchmarks/low_snr_ablation.py rv-fixed g23zp.zarr base [--shrink]
     # its cost: the pca stage's block on N rows of a run's products, off and on, CPU s
     python benchmarks/low_snr_ablation.py rv-cost RUN -n 4000 --repeat 2
 
@@ -454,6 +456,72 @@ def refined_rv(survey: Path, products: Path, baseline: Path | None = None) -> di
     return out
 
 
+def refine_fixed_networks(survey: Path, products: Path, shrink: bool = False,
+                          batch: int = 1000) -> dict[str, Any]:
+    """M_Ks with a run's own networks, its spectra as they are and refined
+    (:func:`obpipe.spectra.velocity.refine_rest_frame` on the run's clean basis, the
+    interstellar windows excluded): never-trained single non-emission OB stars of network
+    (a), median / std of M_Ks - truth per S/N bin, and the paired median shift. Run on
+    products made with ``refine_rv`` off. ``shrink``: also δv shrunk toward the catalogue
+    RV by its quoted error, δv rv_err^2 / (rv_err^2 + σ^2)."""
+    from obpipe.engine.blockwise import open_products
+    from obpipe.luminosity.network import MKsNetwork
+    from obpipe.spectra import pca, velocity
+    from obpipe.spectra.bases import load_pca_model
+    from obpipe.spectra.grid import velocity_per_pixel_kms
+
+    prods = open_products(str(products))
+    obs = _read(survey, None, ["specid", "snr_g", "rv_err", "star_id"])
+    t = _read(survey, "truth", ["star_class", "is_binary", "has_emission", "MKs_true"])
+    if not np.array_equal(prods["specid"].values, obs["specid"]):
+        raise SystemExit(f"{products}: rows not in the survey's order")
+    cls = np.array(t["star_class"].tolist(), dtype=object).astype(str)
+    rows = np.flatnonzero((cls == "OB") & ~t["is_binary"].astype(bool)
+                          & ~t["has_emission"].astype(bool) & (prods["MKs_fold"].values == -1)
+                          & (prods["MKs_model"].values == 0))
+    snr, mt = obs["snr_g"].astype(float)[rows], t["MKs_true"].astype(float)[rows]
+    rv_err = obs["rv_err"].astype(float)[rows]
+    sid = np.array(obs["star_id"][rows].tolist(), dtype=object).astype(str)
+    model = load_pca_model(str(products))
+    net = MKsNetwork.load(str(products / "models" / "mks_network_a.safetensors"))
+    ism, vpix = pca.interstellar_mask(), velocity_per_pixel_kms()
+    variants: dict[str, np.ndarray] = {k: np.empty(rows.size) for k in (
+        "off", "on", *(("shrunk",) if shrink else ()))}
+
+    def predict(f: np.ndarray, iv: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        c = model.full.project(f, iv, exclude=ism)
+        return net.predict_out_of_fold(model.full.reconstruct(np.nan_to_num(c)), ids)[0]
+
+    for lo in range(0, rows.size, batch):
+        sl = slice(lo, lo + batch)
+        nf = prods["norm_flux"].isel(spec=rows[sl]).values
+        ni = prods["norm_ivar"].isel(spec=rows[sl]).values
+        variants["off"][sl] = predict(nf, ni, sid[sl])
+        f, iv, dv, err = velocity.refine_rest_frame(model.clean, nf, ni,
+                                                    model.clean.pixels & ~ism, exclude=ism)
+        variants["on"][sl] = predict(f, iv, sid[sl])
+        if shrink:
+            recon = model.clean.reconstruct(np.nan_to_num(
+                model.clean.project(f, iv, exclude=ism)))
+            k = rv_err[sl] ** 2 / (rv_err[sl] ** 2 + err**2)
+            fs, ivs = velocity.shift_spectra(nf, ni, -np.nan_to_num(dv * k) / vpix, recon)
+            variants["shrunk"][sl] = predict(fs, ivs, sid[sl])
+    out: dict[str, Any] = {}
+    print(f"{products}: network (a), never-trained single OB, M_Ks - truth median / std, "
+          + " | ".join(variants) + " (paired median shift of 'on')")
+    for lo, hi in (*SNR_BINS, (50, np.inf)):
+        k = (snr >= lo) & (snr < hi)
+        if k.sum() < 5:
+            continue
+        cells = {name: (float(np.median(v[k] - mt[k])), float(np.std(v[k] - mt[k])))
+                 for name, v in variants.items()}
+        paired = float(np.median(variants["on"][k] - variants["off"][k]))
+        out[f"{lo}-{hi}"] = {"n": int(k.sum()), **cells, "paired_on": paired}
+        print(f"  {lo:>3}-{hi:<4} (n {int(k.sum()):5d}) " + " | ".join(
+            f"{m:+.3f} / {sd:.3f}" for m, sd in cells.values()) + f"  ({paired:+.3f})")
+    return out
+
+
 def refine_cost(products: Path, n: int, repeat: int) -> dict[str, Any]:
     """CPU seconds of the pca stage's block (:func:`obpipe.stages.pca.block`, one thread,
     the run's PCA model, interstellar-blind projection) on the first ``n`` rows of
@@ -550,12 +618,22 @@ def main(argv: list[str] | None = None) -> int:
     rvp.add_argument("products", type=Path)
     rvp.add_argument("--baseline", type=Path, default=None)
     rvp.add_argument("--json", type=Path, default=None)
+    rf = sub.add_parser("rv-fixed", help="a run's networks on its spectra as they are and "
+                        "refined (inference only)")
+    rf.add_argument("survey", type=Path)
+    rf.add_argument("products", type=Path)
+    rf.add_argument("--shrink", action="store_true")
+    rf.add_argument("--json", type=Path, default=None)
     rc = sub.add_parser("rv-cost", help="CPU of the pca stage's block, refine_rv off vs on")
     rc.add_argument("products", type=Path)
     rc.add_argument("-n", type=int, default=4000)
     rc.add_argument("--repeat", type=int, default=2)
     a = ap.parse_args(argv)
-    if a.cmd == "rv-cost":
+    if a.cmd == "rv-fixed":
+        res = refine_fixed_networks(a.survey, a.products, a.shrink)
+        if a.json:
+            a.json.write_text(json.dumps(res, indent=1))
+    elif a.cmd == "rv-cost":
         refine_cost(a.products, a.n, a.repeat)
     elif a.cmd == "rv":
         res = refined_rv(a.survey, a.products, a.baseline)

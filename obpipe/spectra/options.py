@@ -55,7 +55,10 @@ class SpectralConfig:
             "clean windows without the interstellar ones, two steps; "
             ":func:`obpipe.spectra.velocity.refine_rest_frame`), shifts it to that rest "
             "frame and projects it again, so the networks do not read a catalogue-RV error "
-            "as luminosity; products rv_refined_kms, rv_refined_err_kms")
+            "as luminosity; products rv_refined_kms, rv_refined_err_kms. Off: on the mocks "
+            "it halves the RV error below S/N 50 but, retrained, moves the S/N 5-20 bias "
+            "-0.18 -> -0.13 (control) and +0.03 -> +0.17 (default mock), for 2.5x the pca "
+            "stage's CPU (docs/validation.md, \"Rest frame refined\")")
     emission_target_purity: float = option(
         0.99,
         doc="H-alpha emission threshold: the smallest significance at which the mirrored negative "
