@@ -163,6 +163,20 @@ def test_shift_keeps_masks_and_edges() -> None:
     assert centroid == pytest.approx(2000.3, abs=0.03)  # Lanczos: ~0.02 px (1.4 km/s)
 
 
+def test_spike_stays_local() -> None:
+    """An artefact of a broken spectrum (a spike of 100 in a good pixel) moves with the
+    shift and stays within the kernel's three pixels: the quality statistics still see
+    it, and the rest of the row is untouched (a Fourier shift rings over the whole row)."""
+    n_pix = WAVE.size
+    flux = np.ones((1, n_pix), dtype=np.float32)
+    flux[0, 2000] = 100.0
+    ivar = np.full((1, n_pix), 4.0, dtype=np.float32)
+    f, _ = velocity.shift_spectra(flux, ivar, np.array([0.4]), np.ones_like(flux))
+    touched = np.flatnonzero(np.abs(f[0] - 1.0) > 1e-4)
+    assert touched.min() >= 2000 - 3 and touched.max() <= 2000 + 3, touched
+    assert f[0, 2000] > 50  # still a spike where the quality statistics look
+
+
 def test_stage_block_records_the_refined_rv(model: pca.PCAModel, tmp_path) -> None:
     path = str(tmp_path / "pca_model.npz")
     model.save(path)
