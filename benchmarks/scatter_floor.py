@@ -17,7 +17,7 @@ written into the products):
 
     * ``geo``: the run's own (corrected parallax, the pipeline's Ks0): reproduces the run;
     * ``true``: ``parallax_mas_true`` and ``Ks0`` = MKs_true - 5 log10(100 / plx_true),
-      so the target is exactly ``MKs_true``;
+      so the target is exactly ``MKs_true`` (a binary's: its primary's, as the scorer's);
     * ``plx_noise``: the true Ks0 and the parallax with its random error only
       (``parallax - parallax_zp_true``);
     * ``plx_zp``: the true Ks0 and the true parallax plus the zero-point the pipeline
@@ -71,7 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from score_truth import _read_group  # noqa: E402  (the independent scorer's reader)
 from score_truth import load as _load  # noqa: E402
 
-EXTRA_TRUTH = ["parallax_mas_true", "AKs_true", "feh_true", "vsini_true"]
+EXTRA_TRUTH = ["parallax_mas_true", "feh_true", "vsini_true"]
 
 log = logging.getLogger("scatter_floor")
 
@@ -160,7 +160,7 @@ def _training_config(products: str) -> Any:
 
 def _inputs(survey: str, products: str, cfg: Any) -> dict[str, Any]:
     """The stage's candidate rows and network inputs (as
-    :func:`obpipe.stages.luminosity.train_from_products`, steps 1), plus the rows to score
+    :func:`obpipe.stages.luminosity.train_from_products`, step 1), plus the rows to score
     (S/N > 50), the truth of every row and the products' columns."""
     from obpipe.engine.blockwise import open_products
     from obpipe.io import store
