@@ -43,7 +43,7 @@ s('g23zp.zarr', C(seed=2026, extinction_law='G23', parallax_zp_variations=False)
     # its own effect, without retraining: a baseline run's networks on its spectra refined
     python benchmarks/low_snr_ablation.py rv-fixed g23zp.zarr base [--shrink]
     # its cost: the pca stage's block on N rows of a run's products, off and on, CPU s
-    python benchmarks/low_snr_ablation.py rv-cost RUN -n 4000 --repeat 2
+    python benchmarks/low_snr_ablation.py rv-cost g23zp.zarr RUN -n 4000 --repeat 2
 
 ``score`` arguments after the control products are NAME=PRODUCTS (the survey is
 ``PRODUCTS.zarr`` next to them, or the control survey for a pipeline-side variant).
@@ -522,33 +522,40 @@ def refine_fixed_networks(survey: Path, products: Path, shrink: bool = False,
     return out
 
 
-def refine_cost(products: Path, n: int, repeat: int) -> dict[str, Any]:
+def refine_cost(survey: Path, products: Path, n: int, repeat: int) -> dict[str, Any]:
     """CPU seconds of the pca stage's block (:func:`obpipe.stages.pca.block`, one thread,
-    the run's PCA model, interstellar-blind projection) on the first ``n`` rows of
-    ``products``, with ``refine_rv`` off and on, alternating ``repeat`` times."""
+    the run's PCA model, interstellar-blind projection) on ``n`` rows of ``products``
+    (every k-th, so that the S/N mix is the survey's), ``refine_rv`` off, on below S/N 50
+    (the default ``refine_rv_max_snr``) and on for every spectrum, alternating ``repeat``
+    times."""
     import time
 
     from obpipe.stages import pca as pca_stage
 
     p = zarr.open_group(str(products / "products.zarr"), mode="r")
-    inputs = {"norm_flux": np.asarray(p["norm_flux"][:n]),
-              "norm_ivar": np.asarray(p["norm_ivar"][:n]),
-              "rv": np.zeros(min(n, p["norm_flux"].shape[0]), dtype=np.float32)}
+    n_all = p["norm_flux"].shape[0]
+    rows = np.arange(0, n_all, max(n_all // n, 1))[:n]
+    inputs = {"norm_flux": np.asarray(p["norm_flux"].get_orthogonal_selection((rows, slice(None)))),
+              "norm_ivar": np.asarray(p["norm_ivar"].get_orthogonal_selection((rows, slice(None)))),
+              "rv": np.zeros(rows.size, dtype=np.float32),
+              "snr_g": np.asarray(zarr.open_group(str(survey), mode="r")["snr_g"][...])[rows]}
     model = str(products / "models" / "pca_model.npz")
-    pca_stage.block({k: v[:8] for k, v in inputs.items()}, model_path=model, prior=True,
-                    exclude_interstellar=True, refine_rv=True)  # caches warm
-    times: dict[str, list[float]] = {"off": [], "on": []}
+    kw = {"model_path": model, "prior": True, "exclude_interstellar": True}
+    pca_stage.block({k: v[:8] for k, v in inputs.items()}, **kw, refine_rv=True)  # warm
+    variants = {"off": {}, "on, S/N < 50": {"refine_rv": True, "refine_rv_max_snr": 50.0},
+                "on, all": {"refine_rv": True}}
+    times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(repeat):
-        for key in ("off", "on"):
+        for key, opts in variants.items():
             t0 = time.process_time()
-            pca_stage.block(inputs, model_path=model, prior=True, exclude_interstellar=True,
-                            refine_rv=key == "on")
+            pca_stage.block(inputs, **kw, **opts)
             times[key].append(time.process_time() - t0)
-    rows = inputs["rv"].size
-    print(f"pca stage block, {rows} rows, CPU s per 1,000 spectra (one thread), off vs on, "
-          "pair by pair: " + ", ".join(f"{a / rows * 1e3:.2f} vs {b / rows * 1e3:.2f}"
-                                       for a, b in zip(times["off"], times["on"], strict=True)))
-    return {"rows": rows, **times}
+    low = float(np.mean(inputs["snr_g"] < 50))
+    print(f"pca stage block, {rows.size} rows ({low:.0%} at S/N < 50), CPU s per 1,000 "
+          "spectra (one thread), " + " vs ".join(variants) + ", run by run: " + ", ".join(
+              " vs ".join(f"{times[k][i] / rows.size * 1e3:.2f}" for k in variants)
+              for i in range(repeat)))
+    return {"rows": int(rows.size), "fraction_below_50": low, **times}
 
 
 def print_table(res: dict[str, Any]) -> None:
@@ -625,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     rf.add_argument("--shrink", action="store_true")
     rf.add_argument("--json", type=Path, default=None)
     rc = sub.add_parser("rv-cost", help="CPU of the pca stage's block, refine_rv off vs on")
+    rc.add_argument("survey", type=Path)
     rc.add_argument("products", type=Path)
     rc.add_argument("-n", type=int, default=4000)
     rc.add_argument("--repeat", type=int, default=2)
@@ -634,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.json:
             a.json.write_text(json.dumps(res, indent=1))
     elif a.cmd == "rv-cost":
-        refine_cost(a.products, a.n, a.repeat)
+        refine_cost(a.survey, a.products, a.n, a.repeat)
     elif a.cmd == "rv":
         res = refined_rv(a.survey, a.products, a.baseline)
         if a.json:

@@ -56,9 +56,15 @@ class SpectralConfig:
             ":func:`obpipe.spectra.velocity.refine_rest_frame`), shifts it to that rest "
             "frame and projects it again, so the networks do not read a catalogue-RV error "
             "as luminosity; products rv_refined_kms, rv_refined_err_kms. Off: on the mocks "
-            "it halves the RV error below S/N 50 but, retrained, moves the S/N 5-20 bias "
-            "-0.18 -> -0.13 (control) and +0.03 -> +0.17 (default mock), for 2.5x the pca "
-            "stage's CPU (docs/validation.md, \"Rest frame refined\")")
+            "it halves the RV error below S/N 50 and moves the S/N 5-20 bias -0.18 -> -0.06 "
+            "on the control mock, but +0.03 -> +0.15 on the default mock, whose targets read "
+            "faint (docs/validation.md, \"Rest frame refined\")")
+    refine_rv_max_snr: float = option(
+        50.0,
+        doc="refine_rv only for spectra below this S/N (snr_g); at or above it (the S/N > 50 "
+            "training spectra of the bases and networks) they keep the catalogue frame: "
+            "networks trained on refined spectra gave half the low-S/N gain back (control "
+            "mock S/N 5-20: -0.13 with every spectrum refined, -0.06 with this); inf: all")
     emission_target_purity: float = option(
         0.99,
         doc="H-alpha emission threshold: the smallest significance at which the mirrored negative "

@@ -7,10 +7,10 @@ model file ``PRODUCTS_DIR/models/pca_model.npz``. With ``[spectral]
 exclude_interstellar_lines`` (default, issue 15) the interstellar windows carry zero weight
 in the projection and the statistics; ``pca_coeff``'s attribute ``interstellar_blind``
 records it (:data:`obpipe.spectra.bases.INTERSTELLAR_ATTR`). With ``[spectral] refine_rv``
-(beyond the paper, issue 15 item 2) each spectrum is first brought to the rest frame of its
-own clean-window reconstruction (:func:`obpipe.spectra.velocity.refine_rest_frame`) and
-projected again: every product above is the refined spectrum's, and ``rv_refined_kms`` /
-``rv_refined_err_kms`` record the velocity.
+(beyond the paper, issue 15 item 2) each spectrum below ``refine_rv_max_snr`` is first
+brought to the rest frame of its own clean-window reconstruction
+(:func:`obpipe.spectra.velocity.refine_rest_frame`) and projected again: its products are
+the refined spectrum's, and ``rv_refined_kms`` / ``rv_refined_err_kms`` record the velocity.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ OUTPUTS = {
     "rv_refined_kms": Output(
         "float32", "km / s", "radial velocity refined against the spectrum's own PCA "
         "reconstruction: rv + the residual velocity of the clean windows without the "
-        "interstellar lines ([spectral] refine_rv; NaN when off or not measurable)"),
+        "interstellar lines ([spectral] refine_rv; NaN when off, at S/N >= "
+        "refine_rv_max_snr or not measurable)"),
     "rv_refined_err_kms": Output(
         "float32", "km / s", "uncertainty of rv_refined_kms (normal equation, scaled by "
         "sqrt(reduced chi2) above 1; excludes the uncertainty of the basis' rest frame)"),
@@ -78,20 +79,28 @@ OUTPUTS = {
 
 @row_tiled
 def block(inputs: dict[str, np.ndarray], model_path: str, prior: bool,
-          exclude_interstellar: bool = False, refine_rv: bool = False
-          ) -> dict[str, np.ndarray]:
+          exclude_interstellar: bool = False, refine_rv: bool = False,
+          refine_rv_max_snr: float = np.inf) -> dict[str, np.ndarray]:
     model = _load_model(model_path, store.file_token(model_path))
     nf, ni = inputs["norm_flux"], inputs["norm_ivar"]
     rv = np.full(nf.shape[0], np.nan, dtype=np.float32)
     rv_err = rv.copy()
     with threadpool_limits(1):
+        # refine_rv: the spectra below refine_rv_max_snr (snr_g; NaN S/N counts as below)
+        refine = np.zeros(nf.shape[0], dtype=bool)
         if refine_rv:
+            snr = np.asarray(inputs.get("snr_g", np.full(nf.shape[0], np.nan)), dtype=float)
+            refine = ~(snr >= refine_rv_max_snr)
+        if refine.any():
             ism = pca.interstellar_mask()
-            nf, ni, dv, dv_err = velocity.refine_rest_frame(
-                model.clean, nf, ni, model.clean.pixels & ~ism,
+            nf = np.array(nf, dtype=np.float32)
+            ni = np.array(ni, dtype=np.float32)
+            nf[refine], ni[refine], dv, dv_err = velocity.refine_rest_frame(
+                model.clean, nf[refine], ni[refine], model.clean.pixels & ~ism,
                 exclude=ism if exclude_interstellar else None, prior=prior)
-            rv = (np.asarray(inputs.get("rv", rv), dtype=np.float64) + dv).astype(np.float32)
-            rv_err = dv_err.astype(np.float32)
+            rv0 = np.asarray(inputs.get("rv", rv), dtype=np.float64)[refine]
+            rv[refine] = rv0 + dv
+            rv_err[refine] = dv_err
         out = pca_statistics(model, nf, ni, prior, exclude_interstellar=exclude_interstellar)
     out["rv_refined_kms"] = rv
     out["rv_refined_err_kms"] = rv_err
@@ -134,8 +143,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         ctx.survey_path, ctx.products_dir, "pca",
         functools.partial(block, model_path=model_path, prior=cfg.projection_prior,
                           exclude_interstellar=cfg.exclude_interstellar_lines,
-                          refine_rv=cfg.refine_rv),
-        OUTPUTS, survey_vars=("rv",) if cfg.refine_rv else (),
+                          refine_rv=cfg.refine_rv, refine_rv_max_snr=cfg.refine_rv_max_snr),
+        OUTPUTS, survey_vars=("rv", "snr_g") if cfg.refine_rv else (),
         product_vars=("norm_flux", "norm_ivar"), scheduler=ctx.scheduler,
         force=force_requested(ctx),
     )

@@ -180,16 +180,23 @@ def test_spike_stays_local() -> None:
 def test_stage_block_records_the_refined_rv(model: pca.PCAModel, tmp_path) -> None:
     path = str(tmp_path / "pca_model.npz")
     model.save(path)
-    dv_true = np.array([-40.0, 0.0, 30.0])
+    dv_true = np.array([-40.0, 0.0, 30.0, 30.0])
     flux, ivar, _, _ = _shifted_from_basis(model, dv_true.size, dv_true, 0.01, 9)
-    rv = np.array([10.0, -5.0, 100.0], dtype=np.float32)
-    inputs = {"norm_flux": flux, "norm_ivar": ivar, "rv": rv}
-    on = pca_stage.block(inputs, model_path=path, prior=True, exclude_interstellar=True,
-                         refine_rv=True)
-    off = pca_stage.block(inputs, model_path=path, prior=True, exclude_interstellar=True)
+    rv = np.array([10.0, -5.0, 100.0, 100.0], dtype=np.float32)
+    snr = np.array([10.0, 20.0, np.nan, 80.0], dtype=np.float32)  # the last at >= 50
+    inputs = {"norm_flux": flux, "norm_ivar": ivar, "rv": rv, "snr_g": snr}
+    kw = {"model_path": path, "prior": True, "exclude_interstellar": True}
+    on = pca_stage.block(inputs, **kw, refine_rv=True, refine_rv_max_snr=50.0)
+    off = pca_stage.block(inputs, **kw)
     assert set(pca_stage.OUTPUTS) == set(on) == set(off)
     assert np.all(np.isnan(off["rv_refined_kms"])) and np.all(np.isnan(off["rv_refined_err_kms"]))
-    pull = (on["rv_refined_kms"] - (rv + dv_true)) / on["rv_refined_err_kms"]
+    pull = (on["rv_refined_kms"][:3] - (rv + dv_true)[:3]) / on["rv_refined_err_kms"][:3]
     assert np.all(np.abs(pull) < 4.0), (on["rv_refined_kms"], on["rv_refined_err_kms"])
     # the products are the refined spectrum's: the shifted rows' reduced chi2 falls
     assert np.all(on["quality_chi2"][[0, 2]] < off["quality_chi2"][[0, 2]])
+    # at S/N >= refine_rv_max_snr: the catalogue frame, as with the option off
+    assert np.isnan(on["rv_refined_kms"][3]) and np.isnan(on["rv_refined_err_kms"][3])
+    for name in ("pca_coeff", "pca_coeff_full", "quality_chi2"):
+        np.testing.assert_array_equal(on[name][3], off[name][3])
+    everyone = pca_stage.block(inputs, **kw, refine_rv=True)  # default: no S/N limit
+    assert np.isfinite(everyone["rv_refined_kms"]).all()
