@@ -60,3 +60,16 @@ def test_sigkill_of_the_driver_ends_its_pool_workers(sig, tmp_path, tmp_path_fac
     assert alive == [], f"orphan workers still running: {[p.pid for p in alive]}"
     time.sleep(3.0)
     np.testing.assert_array_equal(_register(products), after_kill)
+
+
+def test_an_orphan_worker_exits_even_when_its_stderr_is_a_broken_pipe() -> None:
+    """The watchdog's last word goes to stderr; when that is a pipe whose reader died with
+    the driver (a killed parent, ``obpipe run ... | head``), writing raises EPIPE, and the
+    worker must exit all the same (before the fix the thread died and the worker, with its
+    fork server, lived on)."""
+    code = ("import time; time.sleep(0.5); "
+            "from obpipe.engine.blockwise import _exit_orphan; "
+            "_exit_orphan(('host', 12345, 0.0), 'test')")
+    child = subprocess.Popen([OBPIPE[0], "-c", code], stderr=subprocess.PIPE)
+    child.stderr.close()  # the reader is gone before the worker writes
+    assert child.wait(timeout=60) == 70

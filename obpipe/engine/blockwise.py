@@ -317,8 +317,13 @@ DRIVER_POLL_S = 0.5
 
 
 def _exit_orphan(token: DriverToken, what: str) -> None:
-    print(f"obpipe worker {os.getpid()}: driver pid {token[1]} is gone; exiting ({what})",
-          file=sys.stderr, flush=True)
+    try:
+        print(f"obpipe worker {os.getpid()}: driver pid {token[1]} is gone; exiting ({what})",
+              file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        # stderr went with the driver (a pipe whose reader is gone: EPIPE): a raise here
+        # would end the watchdog thread and leave the worker, and its fork server, alive
+        pass
     os._exit(70)
 
 
