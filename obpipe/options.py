@@ -63,6 +63,7 @@ OPTION_RANGES: dict[str, Range] = {
     "SpectralConfig.continuum_kernel_aa": Range(0, 1000, low_open=True, unit="Angstrom"),
     "SpectralConfig.n_components": Range(1, 3909),
     "SpectralConfig.train_min_snr": _SNR,
+    "SpectralConfig.refine_rv_max_snr": _SNR,
     "SpectralConfig.max_train": Range(2, 10**8),
     "SpectralConfig.seed": _SEED,
     "SpectralConfig.emission_target_purity": _FRACTION_OPEN,

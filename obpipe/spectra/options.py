@@ -64,7 +64,7 @@ class SpectralConfig:
         doc="refine_rv only for spectra below this S/N (snr_g); at or above it (the S/N > 50 "
             "training spectra of the bases and networks) they keep the catalogue frame: "
             "networks trained on refined spectra gave half the low-S/N gain back (control "
-            "mock S/N 5-20: -0.13 with every spectrum refined, -0.06 with this); inf: all")
+            "mock S/N 5-20: -0.13 with every spectrum refined, -0.06 with this); 1e4: all")
     emission_target_purity: float = option(
         0.99,
         doc="H-alpha emission threshold: the smallest significance at which the mirrored negative "
