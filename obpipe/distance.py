@@ -264,10 +264,7 @@ def population_log_prior(d_kpc: np.ndarray, pt: np.ndarray,
     (last axis: the columns of :data:`_PT`, broadcast against ``d_kpc``; a 1-D ``pt`` is
     one star's row). ``ln_d``: ln(d_kpc) if the caller has it tabulated."""
     d = np.asarray(d_kpc, dtype=np.float64)
-    if pt.ndim == 1:  # one star: Python floats, the same arithmetic in the same order
-        col = dict(zip(_PT, pt.tolist(), strict=True))
-    else:
-        col = {k: pt[..., i] for k, i in _PT.items()}
+    col = {k: pt[..., i] for k, i in _PT.items()}
     r0 = col["r0"]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if ln_d is None:
