@@ -122,11 +122,14 @@ OUTPUTS: dict[str, Output] = {
 block = photometry_block
 
 
-def _survey_columns(survey_path: str) -> tuple[str, ...]:
-    from obpipe.io import store
+def _present_columns(survey_path: str) -> tuple[str, ...]:
+    """The columns of :data:`SURVEY_VARS` that the survey has, in that order."""
+    stored = stored_arrays(survey_path)
+    return tuple(v for v in SURVEY_VARS if v in stored)
 
-    ds = store.open_cube(survey_path)
-    present = tuple(v for v in SURVEY_VARS if v in ds.variables)
+
+def _survey_columns(survey_path: str) -> tuple[str, ...]:
+    present = _present_columns(survey_path)
     missing = sorted(set(SURVEY_VARS) - set(present))
     if missing:
         log.warning("photometry: survey lacks %s; treated as missing", ", ".join(missing))
@@ -161,8 +164,8 @@ def prepare(ctx: RunContext) -> threading.Thread | None:
 
     def warm() -> None:
         try:
-            names = sorted(stored_arrays(survey_path) & set(SURVEY_VARS))
-            photometry_block(read_arrays(survey_path, names, rows=slice(0, 1)),
+            photometry_block(read_arrays(survey_path, _present_columns(survey_path),
+                                         rows=slice(0, 1)),
                              **dataclasses.asdict(cfg))
         except Exception as exc:  # noqa: BLE001 (an optimisation only)
             log.debug("photometry: caches not loaded ahead (%s)", exc)
