@@ -120,18 +120,11 @@ def test_the_terms_survive_save_and_load(tmp_path) -> None:
 def test_block_applies_the_constant_and_broken_terms(tmp_path) -> None:
     """luminosity_block: the constant term on every row, the broken term on the rows whose
     quality_flags say broken (MKs_flag 2) only; M_Ks itself unchanged."""
-    from obpipe.luminosity.network_training import TrainConfig, train_network
     from obpipe.stages.luminosity import luminosity_block, noise_sigmas
+    from tests.luminosity._block_inputs import fixed_noise_model, tiny_network
 
-    theta = np.array([0.0, 0.0, 0.2, 0.1])
-    res = nm.NoiseModelResult(samples=np.tile(theta, (10, 1)), ml=theta,
-                              keep=np.ones(10, bool), tau=np.ones(4), acceptance=0.3,
-                              n_steps=10, converged=True, n_clip_iterations=1)
-    rng = np.random.default_rng(0)
-    x = (1.0 + 0.05 * rng.standard_normal((60, 3909))).astype(np.float32)
-    path = str(tmp_path / "a.safetensors")
-    train_network(x, x[:, 1000:1100].mean(axis=1) * 10, kind="a",
-                  config=TrainConfig(max_epochs=2, loss="mag", n_members=2))[0].save(path)
+    res = fixed_noise_model()
+    x, path = tiny_network(tmp_path)
     inputs = {"recon_flux": x[:4], "em_flag": np.zeros(4, np.int8),
               "quality_flags": np.array([0, 1, 0, 1], np.int16), "snr_g": np.full(4, 300.0),
               "ebv": np.full(4, 0.5, np.float32)}

@@ -83,19 +83,11 @@ def test_too_few_luminous_stars_fit_nothing() -> None:
 def test_block_adds_the_term_where_the_noise_model_has_it(tmp_path) -> None:
     """luminosity_block adds k E(B-V) in quadrature at M_Ks < max_mks when the noise model
     carries ``meta["extra_scatter"]`` (it survives save / load), and nothing without it."""
-    from obpipe.luminosity.network_training import TrainConfig, train_network
     from obpipe.stages.luminosity import luminosity_block, noise_sigmas
+    from tests.luminosity._block_inputs import fixed_noise_model, tiny_network
 
-    theta = np.array([0.0, 0.0, 0.2, 0.1])
-    res = nm.NoiseModelResult(samples=np.tile(theta, (10, 1)), ml=theta,
-                              keep=np.ones(10, bool), tau=np.ones(4), acceptance=0.3,
-                              n_steps=10, converged=True, n_clip_iterations=1)
-    rng = np.random.default_rng(0)
-    x = (1.0 + 0.05 * rng.standard_normal((60, 3909))).astype(np.float32)
-    y = x[:, 1000:1100].mean(axis=1) * 10  # M_Ks ~ 10
-    path = str(tmp_path / "a.safetensors")
-    train_network(x, y, kind="a", config=TrainConfig(max_epochs=2, loss="mag",
-                                                     n_members=2))[0].save(path)
+    res = fixed_noise_model()
+    x, path = tiny_network(tmp_path)  # M_Ks ~ 10
     snr = np.full(4, 100.0)
     inputs = {"recon_flux": x[:4], "em_flag": np.zeros(4, np.int8),
               "quality_flags": np.zeros(4, np.int16), "snr_g": snr,

@@ -114,13 +114,23 @@ def _inputs(flux: np.ndarray, ivar: np.ndarray, products: str, blind: bool
             "ebv": np.full(6, 1.0), "recon_flux": recon, "pca_coeff": coeff}
 
 
-def test_flux_in_interstellar_windows_cannot_move_the_prediction(products: str) -> None:
-    flux, ivar, _ = _spectra(6, 1)
+#: the noise model's (sigma_int, sigma_s100) per network, for luminosity_block
+_SIGMAS = (("a", 0.25, 0.1), ("b", 0.3, 0.1))
+
+
+def _blind_networks(products: str) -> dict[str, str]:
+    """Interstellar-blind random networks (a) and (b) saved in the products' models/."""
     paths = {}
     for kind, seed in (("a", 1), ("b", 2)):
         paths[kind] = os.path.join(products, "models", f"net_{kind}.safetensors")
         _random_network(kind, seed).save(paths[kind])
-    sig = (("a", 0.25, 0.1), ("b", 0.3, 0.1))
+    return paths
+
+
+def test_flux_in_interstellar_windows_cannot_move_the_prediction(products: str) -> None:
+    flux, ivar, _ = _spectra(6, 1)
+    paths = _blind_networks(products)
+    sig = _SIGMAS
 
     def mks(f: np.ndarray) -> np.ndarray:
         out = luminosity_block(_inputs(f, ivar, products, True), tuple(sorted(paths.items())),
@@ -150,11 +160,8 @@ def test_flux_in_interstellar_windows_cannot_move_the_prediction(products: str) 
 
 def test_network_and_products_projected_otherwise_is_an_error(products: str) -> None:
     flux, ivar, _ = _spectra(6, 1)
-    blind_paths = {}
-    for kind, seed in (("a", 1), ("b", 2)):
-        blind_paths[kind] = os.path.join(products, "models", f"net_{kind}.safetensors")
-        _random_network(kind, seed).save(blind_paths[kind])
-    sig = (("a", 0.25, 0.1), ("b", 0.3, 0.1))
+    blind_paths = _blind_networks(products)
+    sig = _SIGMAS
     # an interstellar-blind network on products projected with every pixel
     with pytest.raises(ValueError, match=r"network \(a\).*without the interstellar windows"
                        r".*these products were projected with every usable pixel"):
