@@ -71,6 +71,7 @@ from obpipe.engine.schedulers import compute_ahead
 from obpipe.io import store
 from obpipe.io.catalog_writer import TableStreamWriter, fits_flag_columns  # noqa: F401
 from obpipe.options import option
+from obpipe.photometry.parallax import CALIBRATED_PARALLAX_INPUTS, calibrated_parallax
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -179,6 +180,7 @@ CATALOG_COLUMNS: Mapping[str, CatalogColumn] = {
     "parallax": _s("parallax", "float64", "mas", "Gaia parallax as published"),
     "parallax_error": _s("parallax_error", "float32", "mas", "uncertainty of parallax"),
     "parallax_offset": _p("parallax_offset", "float32"),
+    "parallax_zp_fit": _p("parallax_zp_fit", "float32"),  # beyond Table 1
     "pmra": _s("pmra", "float32", "mas / yr", "proper motion in RA * cos(dec)"),
     "pmra_error": _s("pmra_error", "float32", "mas / yr", "uncertainty of pmra"),
     "pmdec": _s("pmdec", "float32", "mas / yr", "proper motion in Dec"),
@@ -506,7 +508,7 @@ def _sigma_int_per_visit(products_dir: str, model: np.ndarray) -> np.ndarray:
 
 
 #: product variables of the unique-star view's distances (eqs. 18-24)
-_DISTANCE_INPUTS = ("Ks0", "Ks0_err", "parallax_corrected", "parallax_corrected_error")
+_DISTANCE_INPUTS = ("Ks0", "Ks0_err", *CALIBRATED_PARALLAX_INPUTS, "parallax_corrected_error")
 
 
 def _unique_block(parquet_file: str, row_group: int, combined: Mapping[str, np.ndarray],
@@ -708,7 +710,7 @@ def unique_view_from_rows(uniq_rows: pd.DataFrame, combined: pd.DataFrame,
         res = catalog_distances(uniq["ra"].to_numpy()[redo], uniq["dec"].to_numpy()[redo],
                                 inp["Ks0"], inp["Ks0_err"], mks[redo], mks_err[redo],
                                 uniq["binary_flag"].to_numpy()[redo],
-                                inp["parallax_corrected"], inp["parallax_corrected_error"],
+                                calibrated_parallax(inp), inp["parallax_corrected_error"],
                                 distance_cfg, hyper)
         for k in _UNIQUE_DISTANCE_COLUMNS:
             values = uniq[k].to_numpy(copy=True)  # the visit's, in the catalog's dtype

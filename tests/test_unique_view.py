@@ -11,6 +11,7 @@ import pytest
 
 from obpipe.catalog import QUALITY_BITS, combine_visits, unique_view_from_rows
 from obpipe.distance import DistanceConfig, PopulationPrior, catalog_distances
+from obpipe.photometry.parallax import calibrated_parallax
 
 DISTANCE_COLUMNS = ("dis", "dis_low", "dis_high", "logdis", "logdis_err", "distance_flags",
                     "X", "Y", "Z")
@@ -36,6 +37,8 @@ def _visits(seed: int = 3, n_stars: int = 60) -> pd.DataFrame:
         "binary_flag": rng.choice(np.array([0, 0, 0, 1, -9], dtype=np.int8), n),
         "parallax_corrected": rng.uniform(0.05, 1.5, n_stars)[star],
         "parallax_corrected_error": rng.uniform(0.02, 0.2, n_stars)[star],
+        # a fitted residual zero-point (luminosity stage): the distances use the difference
+        "parallax_zp_fit": rng.uniform(0.0, 0.02, n_stars).astype(np.float32)[star],
         "quality_flags": rng.choice(np.array([0, QUALITY_BITS["no_ebv"]], dtype=np.int32), n),
     })
     rows.loc[rng.random(n) < 0.15, ["MKs", "MKs_err"]] = np.nan  # visits without M_Ks
@@ -46,9 +49,10 @@ def _visits(seed: int = 3, n_stars: int = 60) -> pd.DataFrame:
 def _with_visit_distances(rows: pd.DataFrame, cfg: DistanceConfig,
                           hyper: PopulationPrior) -> pd.DataFrame:
     out = rows.copy()
+    plx = calibrated_parallax(rows)
     parts = [catalog_distances(*(rows[k].to_numpy()[sl] for k in (
-        "ra", "dec", "Ks0", "Ks0_err", "MKs", "MKs_err", "binary_flag",
-        "parallax_corrected", "parallax_corrected_error")), cfg, hyper)
+        "ra", "dec", "Ks0", "Ks0_err", "MKs", "MKs_err", "binary_flag")), plx[sl],
+        rows["parallax_corrected_error"].to_numpy()[sl], cfg, hyper)
         for sl in (slice(0, len(rows) // 2), slice(len(rows) // 2, None))]
     for k in DISTANCE_COLUMNS:
         out[k] = np.concatenate([p[k] for p in parts])
@@ -62,7 +66,7 @@ def _view(rows: pd.DataFrame, cfg: DistanceConfig, hyper: PopulationPrior
     uniq = rows[rows["uniqflag"] == 1].reset_index(drop=True)
     combined = comb.reindex(uniq["star_id"].to_numpy()).reset_index(drop=True)
     inputs = {k: uniq[k].to_numpy() for k in ("Ks0", "Ks0_err", "parallax_corrected",
-                                              "parallax_corrected_error")}
+                                              "parallax_zp_fit", "parallax_corrected_error")}
     return uniq, unique_view_from_rows(uniq, combined, cfg, inputs, hyper)
 
 
@@ -79,7 +83,7 @@ def test_unique_view_equals_every_distance_recomputed(prior: str) -> None:
                             uniq["Ks0"].to_numpy(), uniq["Ks0_err"].to_numpy(),
                             view["MKs"].to_numpy(), view["MKs_err"].to_numpy(),
                             uniq["binary_flag"].to_numpy(),
-                            uniq["parallax_corrected"].to_numpy(),
+                            calibrated_parallax(uniq),
                             uniq["parallax_corrected_error"].to_numpy(), cfg, hyper)
     for k in DISTANCE_COLUMNS:
         np.testing.assert_array_equal(view[k].to_numpy(), ref[k], err_msg=k)

@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 
 LOSSES = ("mag", "fakemag")
 _K_MAG = 0.2 * math.log(10.0)
+#: unit of the fitted zero-point coefficients inside the optimiser, mas (10 uas)
+_ZP_UNIT_MAS = 0.01
 #: the binary mixture of the loss: Delta M_Ks of a binary system uniform up to the
 #: equal-mass offset 2.5 log10(2), on a grid of nodes
 _DELTA_MAX_MAG = 2.5 * math.log10(2.0)
@@ -73,11 +75,16 @@ def fakemag_from_parallax(plx_mas: np.ndarray, plx_err_mas: np.ndarray, ks0_mag:
                           ks0_err_mag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Parallax-space target ``plx 10^(0.2 m0 - 2)`` (= 10^(0.2 M_Ks) for a perfect
     parallax; Leung & Bovy 2019) and its error from the parallax and ``m0`` errors."""
-    scale = 10.0 ** (0.2 * np.asarray(ks0_mag, float) - 2.0)
+    scale = fakemag_per_mas(ks0_mag)
     f = np.asarray(plx_mas, float) * scale
     err = np.hypot(np.asarray(plx_err_mas, float) * scale,
                    np.abs(f) * _K_MAG * np.asarray(ks0_err_mag, float))
     return f, err
+
+
+def fakemag_per_mas(ks0_mag: np.ndarray) -> np.ndarray:
+    """``10^(0.2 m0 - 2)``: the parallax-space target per mas of parallax."""
+    return 10.0 ** (0.2 * np.asarray(ks0_mag, float) - 2.0)
 
 
 def fakemag_from_mks(mks_mag: np.ndarray, mks_err_mag: np.ndarray
@@ -392,6 +399,8 @@ def train_network(
     groups: np.ndarray | None = None,
     init: MKsNetwork | None = None,
     folds: np.ndarray | None = None,
+    zp_design: np.ndarray | None = None,
+    fakemag_per_mas: np.ndarray | None = None,
 ) -> tuple[MKsNetwork, TrainHistory]:
     """Fit the eq. (6) network (ensemble) to M_Ks targets.
 
@@ -411,6 +420,14 @@ def train_network(
     keeps its best epoch on its held-out fold (early stopping: ``patience`` epochs, or
     ``warm_patience`` with ``init``).
 
+    ``zp_design`` (n, P) with ``fakemag_per_mas`` (n,) (loss ``"fakemag"`` only; beyond
+    the paper): each member also fits coefficients ``c`` (mas) of a residual parallax
+    zero-point ``dZ = zp_design @ c``, its targets becoming ``fakemag - fakemag_per_mas
+    dZ`` (the target of the parallax ``varpi - dZ``); rows that should not move (no
+    parallax) have zero design rows. The member-mean ``c`` and each member's go in the
+    metadata (``parallax_zp_coefficients_mas``, ``..._by_member_mas``), and a warm start
+    starts from ``init``'s.
+
     Runs with ``config.n_threads`` torch and BLAS threads (the projection, the
     standardisation and the numpy predictions too: on a shared machine a second BLAS
     thread made the small matrix products 2-5x slower).
@@ -421,7 +438,8 @@ def train_network(
     with threadpool_limits(cfg.n_threads) if cfg.n_threads else contextlib.nullcontext():
         return _fit(x, y_mag, kind, weights, cfg, pixel_mask, input_kind, meta,
                     y_err_mag=y_err_mag, sigma_floor_mag=sigma_floor_mag, fakemag=fakemag,
-                    fakemag_err=fakemag_err, groups=groups, init=init, folds=folds)
+                    fakemag_err=fakemag_err, groups=groups, init=init, folds=folds,
+                    zp_design=zp_design, fakemag_per_mas=fakemag_per_mas)
 
 
 def _fit(
@@ -441,6 +459,8 @@ def _fit(
     groups: np.ndarray | None,
     init: MKsNetwork | None,
     folds: np.ndarray | None,
+    zp_design: np.ndarray | None = None,
+    fakemag_per_mas: np.ndarray | None = None,
 ) -> tuple[MKsNetwork, TrainHistory]:
     """:func:`train_network` within its thread limits."""
     import torch
@@ -460,6 +480,8 @@ def _fit(
         t = np.asarray(fakemag, np.float64)
         t_err = np.asarray(fakemag_err, np.float64)
         ok_t = np.isfinite(t) & np.isfinite(t_err) & (t_err > 0)
+    elif zp_design is not None:
+        raise ValueError("a zero-point fit (zp_design) needs loss 'fakemag'")
     else:
         if weights is not None:
             w = np.asarray(weights, dtype=np.float64)
@@ -551,6 +573,20 @@ def _fit(
             terms = torch.cat([(log_w0 - 0.5 * z0)[None], log_wj - 0.5 * zj], dim=0)
             return -torch.logsumexp(terms, dim=0) + 0.5 * log_var
 
+        zp_c = zp_dt = None
+        if fake and zp_design is not None:
+            # residual zero-point coefficients per member, in units of _ZP_UNIT_MAS (Adam's
+            # steps are ~learning_rate units), and each row's fakemag per unit
+            design = np.nan_to_num(np.asarray(zp_design, np.float64).reshape(n_all, -1)[idx])
+            per_mas = np.nan_to_num(np.asarray(fakemag_per_mas, np.float64)[idx])
+            zp_dt = torch.from_numpy((design * (per_mas * _ZP_UNIT_MAS)[:, None])
+                                     .astype(np.float32)).to(device)
+            c0 = np.zeros((k_mem, design.shape[1]))
+            if init is not None and "parallax_zp_coefficients_by_member_mas" in init.meta:
+                c0 = np.asarray(init.meta["parallax_zp_coefficients_by_member_mas"], float)
+            zp_c = torch.tensor(c0 / _ZP_UNIT_MAS, dtype=torch.float32, device=device,
+                                requires_grad=True)
+
         if fake:
             tt = torch.from_numpy(t.astype(np.float32)).to(device)
             te = torch.from_numpy(t_err.astype(np.float32)).to(device)
@@ -558,12 +594,15 @@ def _fit(
             def row_loss(out: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
                 fp = torch.pow(10.0, 0.2 * (y_mean + y_std * out))
                 var = te[b] ** 2 + (fp.detach() * _K_MAG * floor) ** 2
-                z0 = (fp - tt[b]) ** 2 / var
+                target = tt[b]
+                if zp_c is not None:  # the target of varpi - dZ: fakemag - per_mas dZ
+                    target = target - (zp_dt[b] * zp_c[:, None, :]).sum(dim=-1)
+                z0 = (fp - target) ** 2 / var
                 if f_bin <= 0:
                     return z0
                 # a binary's target is 10^(0.2 (M - Delta)): fp 10^(-0.2 Delta)
                 fj = fp[None] * torch.pow(10.0, -0.2 * deltas)[:, None, None]
-                zj = (fj - tt[b]) ** 2 / var[None]
+                zj = (fj - target) ** 2 / var[None]
                 return mixture_nll(z0, zj, torch.log(var))
 
             def row_weight(b: torch.Tensor) -> torch.Tensor:
@@ -620,12 +659,15 @@ def _fit(
         # gathered index: the rows it holds out cost no compute), all members in step
         tr_rows = [torch.from_numpy(np.flatnonzero(train_mask[k])).to(device)
                    for k in range(k_mem)]
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate,
-                               weight_decay=cfg.weight_decay)
+        groups_opt: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+        if zp_c is not None:
+            groups_opt.append({"params": [zp_c], "weight_decay": 0.0})
+        opt = torch.optim.Adam(groups_opt, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         hist = TrainHistory()
         best = np.full(k_mem, np.inf)
         best_ep = np.full(k_mem, -1)
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        best_c = None if zp_c is None else zp_c.detach().clone()
         since = np.zeros(k_mem, dtype=int)
         t0 = time.perf_counter()
         sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_epochs)
@@ -660,6 +702,8 @@ def _fit(
                 sel = torch.from_numpy(np.flatnonzero(improved)).to(device)
                 for k, v in eval_model.state_dict().items():
                     best_state[k][sel] = v.detach()[sel]
+                if best_c is not None:
+                    best_c[sel] = zp_c.detach()[sel]
                 best[improved] = vl[improved]
                 best_ep[improved] = epoch
             since = np.where(improved, 0, since + 1)
@@ -686,6 +730,11 @@ def _fit(
         "best_epochs": hist.best_epochs, "epochs_run": len(hist.train_loss),
         "best_val_loss_by_member": [float(v) for v in best],
         "train_seconds": hist.seconds, "config": asdict(cfg),
+        **({} if best_c is None else {
+            "parallax_zp_coefficients_by_member_mas":
+                (best_c.cpu().double().numpy() * _ZP_UNIT_MAS).tolist(),
+            "parallax_zp_coefficients_mas":
+                (best_c.cpu().double().numpy().mean(axis=0) * _ZP_UNIT_MAS).tolist()}),
         "obpipe_version": __version__, "architecture": "eq. 6: sigmoid(100) - dropout - "
         "sigmoid(100) - dropout - linear; first layer on the coordinates of the masked "
         "reconstructed spectrum in its principal subspace"

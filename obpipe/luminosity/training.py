@@ -61,9 +61,15 @@ from obpipe.luminosity.network_training import (
     _folds,
     fakemag_from_mks,
     fakemag_from_parallax,
+    fakemag_per_mas,
     train_network,
 )
 from obpipe.options import option
+from obpipe.photometry.parallax import (
+    ZERO_POINT_FIT_TERMS,
+    zero_point_fit_design,
+    zero_point_fit_mas,
+)
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +144,26 @@ class TrainingConfig:
     input_kind: str = option(
         "recon_flux",
         doc="\"recon_flux\" (the paper) or \"pca_coeff\" (variant: 100 PCA coefficients)")
+    fit_parallax_zero_point: str = option(
+        "none",
+        doc="fit the survey's residual parallax zero-point dZ (mas) jointly with the networks "
+            "(beyond the paper, as Leung & Bovy 2019 did for DR2; parallax-space loss only): "
+            "\"constant\", \"linear_g\" (a constant plus a slope in G, 9-17 mag, about G = 13) or "
+            "\"none\" (the published zero-point alone, the paper). The fitted dZ is removed from "
+            "the parallaxes of the binary cleaning, the noise model, the binary flag and the "
+            "distances (product ``parallax_zp_fit``; obpipe.photometry.parallax."
+            "zero_point_fit_design)")
     network: TrainConfig = option(
         default_factory=TrainConfig,
         doc="the network and its optimiser (eq. 6, Sec. 5.1)")
+
+    def __post_init__(self) -> None:
+        if self.fit_parallax_zero_point not in ZERO_POINT_FIT_TERMS:
+            raise ValueError(f"fit_parallax_zero_point must be one of {ZERO_POINT_FIT_TERMS}, "
+                             f"got {self.fit_parallax_zero_point!r}")
+        if self.fit_parallax_zero_point != "none" and self.network.loss != "fakemag":
+            raise ValueError("fit_parallax_zero_point needs the parallax-space loss "
+                             "([luminosity.network] loss = \"fakemag\")")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -264,6 +287,7 @@ def train_with_binary_cleaning(
     extra_mks_err: np.ndarray | None = None,
     run_mcmc: bool = True,
     interstellar_blind: bool = False,
+    g_mag: np.ndarray | None = None,
 ) -> TrainingResult:
     """Sec. 5.2 training of networks (a) and (b) with iterative binary cleaning.
 
@@ -274,7 +298,10 @@ def train_with_binary_cleaning(
     sets and a report with the timing of each step. ``interstellar_blind``: the inputs
     were projected without the interstellar windows (the pca stage's
     ``exclude_interstellar_lines``, issue 15): the networks leave those pixels out and
-    record it in their metadata.
+    record it in their metadata. ``g_mag``: Gaia G of every row, needed by
+    ``cfg.fit_parallax_zero_point``; each network's fitted residual zero-point is removed
+    from the parallaxes of its binary cleaning and noise model (``report
+    ["parallax_zero_point_fit"]``).
     """
     cfg = cfg or TrainingConfig()
     t_start = time.perf_counter()
@@ -300,6 +327,17 @@ def train_with_binary_cleaning(
     sets = select_sets(stars, snr, em, usable, mks_geo, plx_mas, plx_err_mas, cfg, extra,
                        has_parallax=has_plx)
     faint = faint_outliers(fmag, fmag_err, cfg.max_mks_mag) & ~extra
+    zp_terms = cfg.fit_parallax_zero_point
+    zp_design = per_mas = None
+    if zp_terms != "none":
+        if g_mag is None:
+            raise ValueError("fit_parallax_zero_point needs the Gaia G magnitude of each row "
+                             "(phot_g_mean_mag)")
+        zp_design = zero_point_fit_design(g_mag, zp_terms)
+        zp_design[extra] = 0.0  # an extra-table target has no parallax to shift
+        per_mas = fakemag_per_mas(ks0)
+    plx_fit = {m: np.asarray(plx_mas, float) for m in ("a", "b")}
+    geo_fit = {m: mks_geo for m in ("a", "b")}
     report: dict[str, Any] = {"config": cfg.as_dict(), "sets": sets.counts(),
                               "n_faint_outliers_not_trained": int(np.sum(
                                   faint & sets.train_b)),
@@ -347,12 +385,22 @@ def train_with_binary_cleaning(
                 sigma_floor_mag=cfg.weight_floor_mag, fakemag=fmag[rows],
                 fakemag_err=fmag_err[rows], groups=stars[rows], init=init,
                 folds=np.where(folds[m][rows] == -2, -1, folds[m][rows]),
+                zp_design=None if zp_design is None else zp_design[rows],
+                fakemag_per_mas=None if per_mas is None else per_mas[rows],
                 meta={"training_iteration": it, "n_training_rows": int(rows.sum()),
+                      "parallax_zero_point_terms": zp_terms,
                       "warm_start": init is not None,
                       "exclude_interstellar_lines": bool(interstellar_blind),
                       "selection": {k: v for k, v in cfg.as_dict().items()
                                     if k != "network"}},
             )
+            if zp_design is not None:  # this network's residual zero-point, every row
+                coef = nets[m].meta["parallax_zp_coefficients_mas"]
+                dz = zero_point_fit_mas(g_mag, coef, zp_terms)
+                plx_fit[m] = np.asarray(plx_mas, float) - dz
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    geo_fit[m] = mks_geo + 5.0 * np.log10(plx_fit[m] / np.asarray(plx_mas, float))
+                rec[f"parallax_zp_coefficients_mas_{m}"] = [float(c) for c in coef]
             rec[f"n_train_{m}"] = int(rows.sum())
             rec[f"epochs_{m}"] = len(hist.train_loss)
             rec[f"seconds_per_epoch_{m}"] = hist.seconds_per_epoch
@@ -369,19 +417,19 @@ def train_with_binary_cleaning(
             o[rows] = hist.out_of_fold
             oof[m] = o
             honest = np.where(np.isfinite(o), o, p)
-            sample = _noise_sample(m, sets, em, snr, mks_geo, cfg)
+            sample = _noise_sample(m, sets, em, snr, geo_fit[m], cfg)
             _, theta, _ = noise_model.clip_binaries(
-                p[sample], mks_geo[sample], mks_geo_err[sample], snr[sample],
+                p[sample], geo_fit[m][sample], mks_geo_err[sample], snr[sample],
                 clip_sigma=cfg.noise_clip_sigma, clip_lower_sigma=cfg.noise_clip_lower_sigma,
                 epistemic_mag=None if epi is None else epi[sample])
             ml_theta[m] = theta
             rec[f"noise_ml_{m}"] = dict(zip(noise_model.PARAM_NAMES, map(float, theta),
                                             strict=True))
             test_sel = sample & np.isfinite(p)
-            rec[f"test_rms_vs_geo_{m}"] = float(np.std(p[test_sel] - mks_geo[test_sel]))
+            rec[f"test_rms_vs_geo_{m}"] = float(np.std(p[test_sel] - geo_fit[m][test_sel]))
             if it < cfg.n_clean_iterations:
                 err = noise_model.mks_uncertainty(snr, theta[2], theta[3], epi)
-                z = identify_binaries(honest, err, ks0, ks0_err, plx_mas, plx_err_mas,
+                z = identify_binaries(honest, err, ks0, ks0_err, plx_fit[m], plx_err_mas,
                                       threshold=cfg.clean_snr_threshold)["snr_dparallax"]
                 with np.errstate(invalid="ignore"):
                     out = (np.abs(z) if cfg.clean_two_sided else z) > cfg.clean_snr_threshold
@@ -398,9 +446,9 @@ def train_with_binary_cleaning(
     if run_mcmc:
         t0 = time.perf_counter()
         for m in ("a", "b"):
-            sample = _noise_sample(m, sets, em, snr, mks_geo, cfg)
+            sample = _noise_sample(m, sets, em, snr, geo_fit[m], cfg)
             noise[m] = noise_model.fit_noise_model(
-                preds[m][sample], mks_geo[sample], mks_geo_err[sample], snr[sample],
+                preds[m][sample], geo_fit[m][sample], mks_geo_err[sample], snr[sample],
                 clip_sigma=cfg.noise_clip_sigma, n_steps=cfg.noise_n_steps, seed=cfg.seed,
                 clip_lower_sigma=cfg.noise_clip_lower_sigma,
                 epistemic_mag=spreads[m][sample] if cfg.noise_include_spread else None,
@@ -409,6 +457,12 @@ def train_with_binary_cleaning(
                       "min_snr": cfg.noise_min_snr, "max_mks_mag": cfg.max_mks_mag},
             )
         report["timing_s"]["mcmc"] = time.perf_counter() - t0
+    if zp_design is not None:
+        report["parallax_zero_point_fit"] = {
+            "terms": zp_terms, "unit": "mas",
+            "coefficients_mas": {m: nets[m].meta["parallax_zp_coefficients_mas"] for m in nets},
+            "coefficients_by_member_mas": {
+                m: nets[m].meta["parallax_zp_coefficients_by_member_mas"] for m in nets}}
     report["noise_ml"] = {m: dict(zip(noise_model.PARAM_NAMES, map(float, t), strict=True))
                           for m, t in ml_theta.items()}
     clean_train = {m: base_train[m] & keep[m] for m in ("a", "b")}

@@ -225,6 +225,57 @@ def external_parallax_error(parallax_error_mas: np.ndarray, phot_g_mean_mag: np.
     return np.where(ok, np.sqrt((k * s) ** 2 + floor**2), s)
 
 
+#: terms of the survey's own zero-point residual fitted with the networks (beyond the
+#: paper; :func:`zero_point_fit_design`): none, a constant, or a constant plus a slope in G
+ZERO_POINT_FIT_TERMS: tuple[str, ...] = ("none", "constant", "linear_g")
+#: G magnitude range and pivot of the ``linear_g`` term (outside: the end value)
+ZERO_POINT_FIT_G_RANGE: tuple[float, float] = (9.0, 17.0)
+ZERO_POINT_FIT_G_PIVOT: float = 13.0
+
+
+def zero_point_fit_design(phot_g_mean_mag: np.ndarray, terms: str) -> np.ndarray:
+    """Design matrix (n, P) of a residual zero-point ``dZ = D @ c`` (mas) fitted jointly
+    with the luminosity networks, so that ``varpi_corrected - dZ`` is the parallax the
+    spectra agree with (Leung & Bovy 2019 fitted the DR2 offset this way).
+
+    ``terms``: ``"constant"`` (P = 1: ``dZ = c0``) or ``"linear_g"`` (P = 2: ``dZ = c0
+    + c1 (G - 13)`` with G clipped to 9-17 mag). A missing G contributes the constant
+    only (its slope column is 0).
+    """
+    if terms not in ZERO_POINT_FIT_TERMS or terms == "none":
+        raise ValueError(f"zero-point fit terms must be one of {ZERO_POINT_FIT_TERMS[1:]}, "
+                         f"got {terms!r}")
+    g = np.asarray(phot_g_mean_mag, dtype=float)
+    cols = [np.ones(g.shape)]
+    if terms == "linear_g":
+        lo, hi = ZERO_POINT_FIT_G_RANGE
+        cols.append(np.where(np.isfinite(g), np.clip(g, lo, hi) - ZERO_POINT_FIT_G_PIVOT, 0.0))
+    return np.stack(cols, axis=-1)
+
+
+def zero_point_fit_mas(phot_g_mean_mag: np.ndarray, coefficients_mas: Any,
+                       terms: str) -> np.ndarray:
+    """Residual zero-point ``dZ`` (mas, same sign as ``parallax_offset``: the corrected
+    parallax is too large by it) of :func:`zero_point_fit_design` with fitted
+    ``coefficients_mas``; zeros for ``terms == "none"``."""
+    g = np.asarray(phot_g_mean_mag, dtype=float)
+    if terms == "none":
+        return np.zeros(g.shape)
+    return zero_point_fit_design(g, terms) @ np.asarray(coefficients_mas, dtype=float)
+
+
+#: the product variables of :func:`calibrated_parallax`
+CALIBRATED_PARALLAX_INPUTS: tuple[str, ...] = ("parallax_corrected", "parallax_zp_fit")
+
+
+def calibrated_parallax(products: Any) -> np.ndarray:
+    """The parallax (mas) the stages after ``luminosity`` use: ``parallax_corrected`` (the
+    published zero-point removed) less ``parallax_zp_fit`` (the residual zero-point fitted
+    with the networks, 0 when not fitted), from a mapping of product arrays."""
+    return (np.asarray(products["parallax_corrected"], float)
+            - np.asarray(products["parallax_zp_fit"], float))
+
+
 def correct_parallax(parallax_mas: np.ndarray, zero_point_mas: np.ndarray) -> np.ndarray:
     """Zero-point-corrected parallax ``varpi - Z``, mas."""
     return np.asarray(parallax_mas, float) - np.asarray(zero_point_mas, float)

@@ -36,6 +36,7 @@ from obpipe.engine.blockwise import (
 )
 from obpipe.engine.context import RunContext
 from obpipe.io import store
+from obpipe.photometry.parallax import CALIBRATED_PARALLAX_INPUTS, calibrated_parallax
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def block(inputs: dict[str, np.ndarray], threshold: float = 2.0) -> dict[str, np
     (``binary_prob``, ``rv_chi2_log10_p``, the combined ``binary_flag``) are filled by
     :func:`run` once every block is done."""
     out = identify_binaries(inputs["MKs"], inputs["MKs_err"], inputs["Ks0"], inputs["Ks0_err"],
-                            inputs["parallax_corrected"], inputs["parallax_corrected_error"],
+                            calibrated_parallax(inputs), inputs["parallax_corrected_error"],
                             threshold=threshold)
     out["binary_flag_paper"] = out["binary_flag"].copy()
     n = out["binary_flag"].size
@@ -80,7 +81,7 @@ def star_feature_inputs(survey_path: str, products_dir: str) -> dict[str, np.nda
     out = read_arrays(survey_path, ("star_id", "rv", "rv_err", "ruwe"))
     out["star_id"] = np.asarray(out["star_id"]).astype(object).astype(str)
     out.update(read_arrays(products_path(products_dir), (
-        "MKs", "MKs_err", "MKs_model", "Ks0", "Ks0_err", "parallax_corrected",
+        "MKs", "MKs_err", "MKs_model", "Ks0", "Ks0_err", *CALIBRATED_PARALLAX_INPUTS,
         "parallax_corrected_error")))
     return out
 
@@ -96,7 +97,7 @@ def combined_snr_dparallax(products_dir: str, inp: dict[str, np.ndarray]
     comb = combine_visits(inp["star_id"], inp["MKs"], inp["MKs_err"], sint)
     per = comb.reindex(inp["star_id"])
     eq16 = identify_binaries(per["MKs"].to_numpy(), per["MKs_err"].to_numpy(), inp["Ks0"],
-                             inp["Ks0_err"], inp["parallax_corrected"],
+                             inp["Ks0_err"], calibrated_parallax(inp),
                              inp["parallax_corrected_error"])["snr_dparallax"]
     return star_binary_features(inp["star_id"], eq16, inp["rv"], inp["rv_err"], inp["ruwe"])
 
@@ -107,7 +108,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     result = run_blockwise_stage(
         ctx.survey_path, ctx.products_dir, NAME,
         functools.partial(block, threshold=threshold), OUTPUTS,
-        product_vars=("MKs", "MKs_err", "Ks0", "Ks0_err", "parallax_corrected",
+        product_vars=("MKs", "MKs_err", "Ks0", "Ks0_err", *CALIBRATED_PARALLAX_INPUTS,
                       "parallax_corrected_error"),
         scheduler=ctx.scheduler, force=force_requested(ctx),
     )

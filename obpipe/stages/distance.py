@@ -46,6 +46,7 @@ from obpipe.engine.blockwise import (
 from obpipe.engine.context import RunContext
 from obpipe.engine.pools import prestart_process_pool, process_pool_for, scheduler_for
 from obpipe.io import store
+from obpipe.photometry.parallax import CALIBRATED_PARALLAX_INPUTS, calibrated_parallax
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,8 @@ OUTPUTS: dict[str, Output] = {
 }
 #: blocks from which the "threads" scheduler is replaced by "processes" (starting the
 #: worker processes and importing obpipe in them costs about as much as 2-3 blocks)
-PRODUCT_INPUTS = ("parallax_corrected", "parallax_corrected_error", "Ks0", "Ks0_err", "MKs",
-                  "MKs_err", "binary_flag")
+PRODUCT_INPUTS = (*CALIBRATED_PARALLAX_INPUTS, "parallax_corrected_error", "Ks0", "Ks0_err",
+                  "MKs", "MKs_err", "binary_flag")
 
 
 def block(inputs: dict[str, np.ndarray], cfg: DistanceConfig,
@@ -88,7 +89,7 @@ def block(inputs: dict[str, np.ndarray], cfg: DistanceConfig,
     binaries use the parallax alone)."""
     return catalog_distances(inputs["ra"], inputs["dec"], inputs["Ks0"], inputs["Ks0_err"],
                              inputs["MKs"], inputs["MKs_err"], inputs["binary_flag"],
-                             inputs["parallax_corrected"], inputs["parallax_corrected_error"],
+                             calibrated_parallax(inputs), inputs["parallax_corrected_error"],
                              cfg, hyper)
 
 
@@ -102,7 +103,7 @@ def survey_prior_inputs(survey_path: str, products_dir: str, cfg: DistanceConfig
     dm0, sig = distance_modulus_terms(v["Ks0"], v["Ks0_err"], v["MKs"], v["MKs_err"])
     single = np.asarray(v["binary_flag"]) == 0
     lon, lat = galactic_lb_deg(pos["ra"], pos["dec"])
-    return {"parallax_mas": np.where(single, v["parallax_corrected"], np.nan),
+    return {"parallax_mas": np.where(single, calibrated_parallax(v), np.nan),
             "parallax_error_mas": v["parallax_corrected_error"], "dm0_mag": dm0,
             "sigma_tot_mag": sig, "l_deg": lon, "b_deg": lat, "mks_mag": v["MKs"],
             "d_max_kpc": cfg.d_max_kpc}

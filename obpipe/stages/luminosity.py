@@ -79,6 +79,7 @@ from obpipe.luminosity.network import (
     wavelength_mask,
 )
 from obpipe.luminosity.training import TrainingConfig, train_with_binary_cleaning
+from obpipe.photometry.parallax import zero_point_fit_mas
 from obpipe.spectra.bases import INTERSTELLAR_ATTR
 from obpipe.version import __version__
 
@@ -126,6 +127,10 @@ OUTPUTS: dict[str, Output] = {
                        "> 2 within the model pixels: a failed PCA projection, M_Ks "
                        "unreliable), 2 spectrum flagged broken (quality_flags bit 0), 4 "
                        "in-sample (a one-network model trained on this star)"),
+    "parallax_zp_fit": Output("float32", "mas", "residual parallax zero-point fitted with the "
+                              "networks ([luminosity] fit_parallax_zero_point; 0 when off): "
+                              "the binary flag and the distances use parallax_corrected minus "
+                              "it"),
     "MKs_fold": Output("int8", "", "which ensemble members gave MKs (issue 15): k >= 0 "
                        "the one member (0-based) that never saw this star, whose other "
                        "members trained on one of its visits (out-of-fold); -1 the mean of "
@@ -360,6 +365,12 @@ def train_from_products(ctx: RunContext, cfg: TrainingConfig, extra_path: str | 
         usable &= ~bad
         log.info("luminosity: %d candidates with an out-of-range reconstruction excluded",
                  int(np.sum(bad)))
+    g_all = None
+    if cfg.fit_parallax_zero_point != "none":
+        if "phot_g_mean_mag" not in survey:
+            raise ValueError(f"{ctx.survey_path}: fit_parallax_zero_point needs the survey "
+                             "column phot_g_mean_mag (Gaia G)")
+        g_all = survey["phot_g_mean_mag"].values.astype(float)
     t_read = time.perf_counter() - t0
     res = train_with_binary_cleaning(
         x, star_all[rows], snr_all[rows], em, usable,
@@ -368,9 +379,20 @@ def train_from_products(ctx: RunContext, cfg: TrainingConfig, extra_path: str | 
         cols["parallax_corrected_error"][rows], cfg,
         extra_mks=None if extra_mks is None else extra_mks[rows],
         extra_mks_err=None if extra_err is None else extra_err[rows],
-        interstellar_blind=ism,
+        interstellar_blind=ism, g_mag=None if g_all is None else g_all[rows],
     )
     res.report["timing_s"]["read_inputs"] = t_read
+    # the candidates' parallaxes less each network's fitted residual zero-point (the
+    # calibrations below see the parallaxes the networks were trained on)
+    plx_rows = cols["parallax_corrected"][rows].astype(float)
+    geo_rows = cols["MKs_geo"][rows].astype(float)
+    if g_all is not None:
+        dz = np.where(em == 0, *(zero_point_fit_mas(
+            g_all[rows], res.networks[m].meta["parallax_zp_coefficients_mas"],
+            cfg.fit_parallax_zero_point) for m in ("a", "b")))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            geo_rows = geo_rows + 5.0 * np.log10((plx_rows - dz) / plx_rows)
+        plx_rows = plx_rows - dz
     mdir = os.path.join(ctx.products_dir, MODEL_DIR)
     store.makedirs(mdir)
     for m, path in _model_paths(ctx.products_dir).items():
@@ -391,13 +413,13 @@ def train_from_products(ctx: RunContext, cfg: TrainingConfig, extra_path: str | 
         k = sel & usable
         res.noise[m].meta["extra_scatter"] = calibrate_extra_scatter(
             res.networks[m], res.noise[m], x[m][k], star_all[rows][k], snr_all[rows][k],
-            *(cols[c][rows][k] for c in ("Ks0", "Ks0_err", "parallax_corrected",
-                                         "parallax_corrected_error")), ebv_rows[k])
+            cols["Ks0"][rows][k], cols["Ks0_err"][rows][k], plx_rows[k],
+            cols["parallax_corrected_error"][rows][k], ebv_rows[k])
     broken = (cols["quality_flags"][rows] & BROKEN_BIT) > 0
     fit = calibrate_broken_scatter(
         res.networks, res.noise, {m: v[broken] for m, v in x.items()},
         np.where(em[broken] == 0, "a", "b"), star_all[rows][broken], snr_all[rows][broken],
-        ebv_rows[broken], cols["MKs_geo"][rows][broken], cols["MKs_geo_err"][rows][broken])
+        ebv_rows[broken], geo_rows[broken], cols["MKs_geo_err"][rows][broken])
     for m in res.noise:
         res.noise[m].meta["broken_scatter"] = fit
     res.report["timing_s"]["extra_scatter"] = time.perf_counter() - t_cal
@@ -442,7 +464,9 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
                      sigmas: tuple[tuple[Any, ...], ...], input_kind: str,
                      batch_size: int = 2048, products_dir: str | None = None,
                      interstellar_blind: bool | None = None) -> dict[str, np.ndarray]:
-    """M_Ks, its error and the model code for one chunk of spectra (pure numpy).
+    """M_Ks, its error and the model code for one chunk of spectra (pure numpy), and the
+    residual parallax zero-point its network fitted (``parallax_zp_fit``, mas, from
+    ``inputs["phot_g_mean_mag"]``; 0 for a network without a fit).
 
     ``sigmas``: per model ``(name, sigma_int, sigma_s100[, with_spread[, table[,
     extra]]])``; with_spread adds the ensemble spread to MKs_err (a noise model fitted
@@ -468,6 +492,7 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
     err = np.full(n, np.nan)
     code = np.full(n, -9, dtype=np.int8)
     fold = np.full(n, -9, dtype=np.int8)
+    zp_fit = np.zeros(n)
     flag = np.where((np.asarray(inputs["quality_flags"]) & BROKEN_BIT) > 0, 2, 0).astype(np.int8)
     paths = dict(model_paths)
     sig = {m: (si, s100, bool(rest[0]) if rest else False,
@@ -485,6 +510,10 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
                 x = clean_window_reconstruction(inputs["pca_coeff"][rows], products_dir)
         else:
             x = inputs["pca_coeff_full" if m == "a" else "pca_coeff"][rows]
+        terms = net.meta.get("parallax_zero_point_terms", "none")
+        if terms != "none":
+            zp_fit[rows] = zero_point_fit_mas(np.asarray(inputs["phot_g_mean_mag"])[rows],
+                                              net.meta["parallax_zp_coefficients_mas"], terms)
         with threadpool_limits(1):
             if "star_id" in inputs:  # out-of-fold for the stars the model trained on
                 mks[rows], spread[rows], fold[rows] = net.predict_out_of_fold(
@@ -513,7 +542,8 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
     fold[bad] = -9
     return {"MKs": mks.astype(np.float32), "MKs_err": err.astype(np.float32),
             "MKs_spread": spread.astype(np.float32),
-            "MKs_model": code, "MKs_flag": flag, "MKs_fold": fold}
+            "MKs_model": code, "MKs_flag": flag, "MKs_fold": fold,
+            "parallax_zp_fit": zp_fit.astype(np.float32)}
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -532,6 +562,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     noise = {m: noise_model.NoiseModelResult.load(p) for m, p in npaths.items()}
     sigmas = noise_sigmas(noise)
     input_kind = load_network(paths["a"]).input_kind
+    fits_zp = any(load_network(p).meta.get("parallax_zero_point_terms", "none") != "none"
+                  for p in paths.values())
     blind = products_interstellar_blind(open_products(ctx.products_dir))
     for p in paths.values():  # before any block: a clear error, not one per block
         check_interstellar(load_network(p), blind, p)
@@ -545,7 +577,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
                           sigmas=sigmas, input_kind=input_kind,
                           products_dir=store.absolute(ctx.products_dir),
                           interstellar_blind=blind),
-        OUTPUTS, survey_vars=("snr_g", "star_id"), product_vars=pvars, scheduler=ctx.scheduler,
+        OUTPUTS, survey_vars=("snr_g", "star_id") + (("phot_g_mean_mag",) if fits_zp else ()),
+        product_vars=pvars, scheduler=ctx.scheduler,
         force=force,
     )
     result["inference_seconds"] = time.perf_counter() - t0

@@ -198,6 +198,41 @@ def test_parallax_space_loss_unbiased_with_noisy_parallaxes() -> None:
     assert abs(np.median(naive.predict(x) - mks)) > abs(bias) + 0.05
 
 
+def test_parallax_zero_point_fitted_jointly_with_the_network() -> None:
+    """Parallaxes too large by a constant 30 uas read the M_Ks of distant stars too faint;
+    with ``zp_design`` the networks recover the offset (Leung & Bovy 2019) and the bias
+    goes away. Stars of one spectrum at 0.5-8 kpc make the offset identifiable."""
+    from obpipe.luminosity.network_training import fakemag_per_mas
+
+    rng = np.random.default_rng(4)
+    n = 4000
+    x = rng.normal(size=(n, 5)).astype(np.float32)
+    mks = -1.5 + 0.8 * x[:, 0]
+    d_kpc = np.exp(rng.uniform(np.log(0.5), np.log(8.0), n))
+    ks0 = mks + 5 * np.log10(d_kpc * 100)
+    plx_err = np.full(n, 0.02)
+    dz_true = 0.030
+    plx = 1.0 / d_kpc + dz_true + rng.normal(size=n) * plx_err
+    f, fe = fakemag_from_parallax(plx, plx_err, ks0, np.full(n, 0.02))
+    cfg = TrainConfig(seed=0, n_members=2, **{**FAST, "loss": "fakemag"})
+    kw = {"input_kind": "pca_coeff", "config": cfg, "fakemag": f, "fakemag_err": fe,
+          "sigma_floor_mag": 0.05}
+    plain, _ = train_network(x, np.full(n, np.nan), **kw)
+    fitted, _ = train_network(x, np.full(n, np.nan), zp_design=np.ones((n, 1)),
+                              fakemag_per_mas=fakemag_per_mas(ks0), **kw)
+    coef = fitted.meta["parallax_zp_coefficients_mas"]
+    assert len(coef) == 1 and abs(coef[0] - dz_true) < 0.006, coef
+    assert np.asarray(fitted.meta["parallax_zp_coefficients_by_member_mas"]).shape == (2, 1)
+    far = d_kpc > 3
+    bias_plain = np.median(plain.predict(x[far]) - mks[far])
+    bias_fit = np.median(fitted.predict(x[far]) - mks[far])
+    assert bias_plain > 0.05, bias_plain  # the offset, averaged over every distance
+    assert abs(bias_fit) < 0.03, bias_fit
+    with pytest.raises(ValueError, match="fakemag"):
+        train_network(x, mks, input_kind="pca_coeff", config=TrainConfig(seed=0, **FAST),
+                      zp_design=np.ones((n, 1)), fakemag_per_mas=fakemag_per_mas(ks0))
+
+
 def test_binary_mixture_loss_resists_bright_targets() -> None:
     """With the binary mixture, 30 % of targets made brighter by U(0, 0.75) mag pull
     the prediction less than with the squared error."""

@@ -157,3 +157,29 @@ def test_external_parallax_error_published_relations() -> None:
     assert dr3[0] == pytest.approx(np.hypot(0.13, 0.0103))
     assert dr3[1] == pytest.approx(np.hypot(0.13, 0.0103))
     assert (dr3[:3] > sig[:3]).all()
+
+
+def test_zero_point_fit_design_terms_clip_and_missing_g() -> None:
+    g = np.array([8.0, 13.0, 15.5, 19.0, np.nan])
+    const = px.zero_point_fit_design(g, "constant")
+    assert const.shape == (5, 1) and np.all(const == 1.0)
+    lin = px.zero_point_fit_design(g, "linear_g")
+    assert lin.shape == (5, 2)
+    # G clipped to 9-17 about G = 13; a missing G keeps the constant only
+    assert np.array_equal(lin[:, 1], [-4.0, 0.0, 2.5, 4.0, 0.0])
+    dz = px.zero_point_fit_mas(g, [0.01, 0.002], "linear_g")
+    assert np.allclose(dz, [0.002, 0.01, 0.015, 0.018, 0.01])
+    assert np.array_equal(px.zero_point_fit_mas(g, [], "none"), np.zeros(5))
+    with pytest.raises(ValueError, match="zero-point fit terms"):
+        px.zero_point_fit_design(g, "quadratic")
+
+
+def test_calibrated_parallax_removes_the_fitted_residual() -> None:
+    prods = {"parallax_corrected": np.array([0.5, 1.0, np.nan]),
+             "parallax_zp_fit": np.array([0.01, 0.0, 0.01], dtype=np.float32)}
+    out = px.calibrated_parallax(prods)
+    assert np.allclose(out[:2], [0.49, 1.0]) and np.isnan(out[2])
+    # no fit (zeros): the corrected parallax, bit for bit
+    prods["parallax_zp_fit"] = np.zeros(3, np.float32)
+    assert np.array_equal(px.calibrated_parallax(prods), prods["parallax_corrected"],
+                          equal_nan=True)

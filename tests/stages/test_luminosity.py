@@ -251,3 +251,56 @@ def test_fig5_with_models_trained_on_another_survey(small_survey, products, tmp_
 
     path = write_fig5(small_survey, str(copy))
     assert os.path.getsize(path) > 10_000
+
+
+def test_block_writes_each_networks_fitted_zero_point_and_later_stages_remove_it(
+        tmp_path) -> None:
+    """``parallax_zp_fit`` is each row's own network's residual zero-point at its G (0
+    for a network without a fit), and the binary and distance blocks use
+    ``parallax_corrected - parallax_zp_fit``."""
+    from obpipe.config import PipelineConfig
+    from obpipe.luminosity.network import MKsNetwork
+    from obpipe.photometry.parallax import zero_point_fit_mas
+    from obpipe.stages import binary as binary_stage
+    from obpipe.stages import distance as distance_stage
+    from obpipe.stages.luminosity import luminosity_block
+    from tests.luminosity._block_inputs import tiny_network
+
+    x, path_a = tiny_network(tmp_path)
+    net = MKsNetwork.load(path_a)
+    coef = [0.012, 0.003]
+    net.meta.update({"parallax_zero_point_terms": "linear_g",
+                     "parallax_zp_coefficients_mas": coef})
+    fitted = str(tmp_path / "a_zp.safetensors")
+    net.save(fitted)
+    n = 20
+    g = np.linspace(9.5, 16.5, n).astype(np.float32)
+    em = np.where(np.arange(n) < 12, 0, 1).astype(np.int8)  # rows 12-19: network (b)
+    inputs = {"recon_flux": x[:n], "pca_coeff": np.zeros((n, 100)), "em_flag": em,
+              "quality_flags": np.zeros(n, np.int16), "snr_g": np.full(n, 80.0),
+              "phot_g_mean_mag": g}
+    out = luminosity_block(inputs, (("a", fitted), ("b", path_a)),
+                           (("a", 0.2, 0.1), ("b", 0.2, 0.1)), "recon_flux")
+    want = np.where(em == 0, zero_point_fit_mas(g, coef, "linear_g"), 0.0)
+    np.testing.assert_allclose(out["parallax_zp_fit"], want, rtol=1e-6)
+    assert np.all(out["parallax_zp_fit"][:12] > 0)
+
+    rng = np.random.default_rng(1)
+    plx = rng.uniform(0.2, 1.0, n)
+    mks = rng.uniform(-3.0, 0.0, n)
+    prods = {"MKs": mks, "MKs_err": np.full(n, 0.3), "Ks0": mks + 10 - 5 * np.log10(plx),
+             "Ks0_err": np.full(n, 0.03), "parallax_corrected_error": np.full(n, 0.05),
+             "binary_flag": np.zeros(n, np.int8), "ra": np.full(n, 90.0),
+             "dec": np.full(n, 20.0)}
+    dz = out["parallax_zp_fit"]
+    with_fit = {**prods, "parallax_corrected": plx + dz, "parallax_zp_fit": dz}
+    shifted = {**prods, "parallax_corrected": plx + dz - dz.astype(float),
+               "parallax_zp_fit": np.zeros(n, np.float32)}
+    b1, b2 = binary_stage.block(with_fit), binary_stage.block(shifted)
+    np.testing.assert_allclose(b1["snr_dparallax"], b2["snr_dparallax"], rtol=1e-6)
+    cfg = PipelineConfig().distance
+    d1, d2 = distance_stage.block(with_fit, cfg), distance_stage.block(shifted, cfg)
+    np.testing.assert_allclose(d1["dis"], d2["dis"], rtol=1e-9)
+    # and the fit matters: the same parallaxes without removing it give other distances
+    raw = {**with_fit, "parallax_zp_fit": np.zeros(n, np.float32)}
+    assert not np.allclose(distance_stage.block(raw, cfg)["dis"][:12], d1["dis"][:12])
