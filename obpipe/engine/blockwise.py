@@ -254,22 +254,30 @@ def row_tiled(block_fn: Callable[..., dict[str, np.ndarray]]
     @functools.wraps(block_fn)
     def tiled(inputs: dict[str, np.ndarray], *args: Any, **kwargs: Any
               ) -> dict[str, np.ndarray]:
-        n = next(iter(inputs.values())).shape[0] if inputs else 0
-        if n == 0:
-            return block_fn(inputs, *args, **kwargs)
-        parts: list[dict[str, np.ndarray]] = []
-        for lo in range(0, n, ROW_TILE):
-            tile = {k: v[lo: lo + ROW_TILE] for k, v in inputs.items()}
-            pad = ROW_TILE - (min(lo + ROW_TILE, n) - lo)
-            if pad:
-                tile = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)])
-                        for k, v in tile.items()}
-            parts.append(block_fn(tile, *args, **kwargs))
-        if len(parts) == 1:
-            return {k: v[:n] for k, v in parts[0].items()}
-        return {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
+        return in_row_tiles(block_fn, inputs, ROW_TILE, *args, **kwargs)
 
     return tiled
+
+
+def in_row_tiles(block_fn: Callable[..., dict[str, np.ndarray]], inputs: dict[str, np.ndarray],
+                 tile: int, *args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
+    """``block_fn(inputs, *args, **kwargs)`` on tiles of exactly ``tile`` rows (see
+    :func:`row_tiled`; also for a subset of a tile's rows, e.g. the spectra that one step
+    applies to, whose number depends on the tile's content)."""
+    n = next(iter(inputs.values())).shape[0] if inputs else 0
+    if n == 0:
+        return block_fn(inputs, *args, **kwargs)
+    parts: list[dict[str, np.ndarray]] = []
+    for lo in range(0, n, tile):
+        part = {k: v[lo: lo + tile] for k, v in inputs.items()}
+        pad = tile - (min(lo + tile, n) - lo)
+        if pad:
+            part = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)])
+                    for k, v in part.items()}
+        parts.append(block_fn(part, *args, **kwargs))
+    if len(parts) == 1:
+        return {k: v[:n] for k, v in parts[0].items()}
+    return {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
 
 
 def invalidate_stage(products_dir: str, stage: str) -> None:

@@ -48,17 +48,18 @@ class SpectralConfig:
             "pixels out: they cannot read distance (E(B-V)) as luminosity "
             "(docs/validation.md); False: the paper's projection of every usable pixel")
     refine_rv: bool = option(
-        False,
+        True,
         doc="rest frame refined against the PCA reconstruction (issue 15 item 2, beyond the "
             "paper): the pca stage measures each spectrum's residual velocity against its own "
             "clean-window reconstruction (linearised weighted least squares on dR/dv, the "
             "clean windows without the interstellar ones, two steps; "
             ":func:`obpipe.spectra.velocity.refine_rest_frame`), shifts it to that rest "
             "frame and projects it again, so the networks do not read a catalogue-RV error "
-            "as luminosity; products rv_refined_kms, rv_refined_err_kms. Off: on the mocks "
-            "it halves the RV error below S/N 50 and moves the S/N 5-20 bias -0.18 -> -0.06 "
-            "on the control mock, but +0.03 -> +0.15 on the default mock, whose targets read "
-            "faint (docs/validation.md, \"Rest frame refined\")")
+            "as luminosity; products rv_refined_kms, rv_refined_err_kms. On (tenth session) "
+            "with [luminosity] clean_two_sided: alone it moves the low-S/N bins faint by "
+            "0.06-0.12 mag where the one-sided cleaning's faint targets are left; together "
+            "they fail the fewest M_Ks targets over three mock realisations (docs/validation"
+            ".md, \"Two-sided cleaning with the refined rest frame\")")
     refine_rv_max_snr: float = option(
         50.0,
         doc="refine_rv only for spectra below this S/N (snr_g); at or above it (the S/N > 50 "

@@ -26,6 +26,7 @@ from threadpoolctl import threadpool_limits
 from obpipe.engine.blockwise import (
     Output,
     force_requested,
+    in_row_tiles,
     open_products,
     products_path,
     row_tiled,
@@ -77,6 +78,18 @@ OUTPUTS = {
 }
 
 
+#: rows per call of the rest-frame refinement (a tile's spectra below refine_rv_max_snr,
+#: padded: :func:`obpipe.engine.blockwise.in_row_tiles`)
+REFINE_TILE = 32
+
+
+def _refine_rows(inputs: dict[str, np.ndarray], basis: Any, pixels: np.ndarray,
+                 exclude: np.ndarray | None, prior: bool) -> dict[str, np.ndarray]:
+    f, iv, dv, err = velocity.refine_rest_frame(basis, inputs["norm_flux"], inputs["norm_ivar"],
+                                                pixels, exclude=exclude, prior=prior)
+    return {"norm_flux": f, "norm_ivar": iv, "dv": dv, "dv_err": err}
+
+
 @row_tiled
 def block(inputs: dict[str, np.ndarray], model_path: str, prior: bool,
           exclude_interstellar: bool = False, refine_rv: bool = False,
@@ -95,9 +108,13 @@ def block(inputs: dict[str, np.ndarray], model_path: str, prior: bool,
             ism = pca.interstellar_mask()
             nf = np.array(nf, dtype=np.float32)
             ni = np.array(ni, dtype=np.float32)
-            nf[refine], ni[refine], dv, dv_err = velocity.refine_rest_frame(
-                model.clean, nf[refine], ni[refine], model.clean.pixels & ~ism,
-                exclude=ism if exclude_interstellar else None, prior=prior)
+            # in tiles of REFINE_TILE rows: the number of spectra to refine depends on the
+            # tile's content, and fixed shapes keep each row's bits chunk-independent
+            res = in_row_tiles(_refine_rows, {"norm_flux": nf[refine], "norm_ivar": ni[refine]},
+                               REFINE_TILE, model.clean, model.clean.pixels & ~ism,
+                               ism if exclude_interstellar else None, prior)
+            nf[refine], ni[refine] = res["norm_flux"], res["norm_ivar"]
+            dv, dv_err = res["dv"], res["dv_err"]
             rv0 = np.asarray(inputs.get("rv", rv), dtype=np.float64)[refine]
             rv[refine] = rv0 + dv
             rv_err[refine] = dv_err
