@@ -107,8 +107,9 @@ class TrainingConfig:
         doc="also remove spectra with S/N_dplx < -clean_snr_threshold (outliers on the faint "
             "side): the one-sided cleaning removes the singles whose parallax noise came out "
             "low and keeps those whose noise came out high, so the trained parallaxes were "
-            "biased high (+4 uas) and the M_Ks of S/N > 50 read +0.02-0.05 mag faint on three "
-            "mock realisations; False: the paper's one-sided cleaning (docs/validation.md, "
+            "biased high (+4 uas; with refine_rv the S/N > 50 bias goes from +0.028 to -0.012 "
+            "on average over five mock realisations); False: the paper's one-sided cleaning "
+            "(docs/validation.md, "
             "\"Two-sided cleaning with the refined rest frame\")")
     weight_floor_mag: float | None = option(
         0.25,
