@@ -3,7 +3,7 @@
 For a finished run on a mock survey: per S/N bin below 50 (the spectra the pca stage
 refines, ``[spectral] refine_rv``), the median and robust std of ``rv_refined_kms -
 rv_true`` and of ``rv - rv_true`` (km/s), their median quoted errors and robust pulls.
-Reads only the catalog and the survey's ``truth`` group.
+Reads only the catalog and the survey's ``truth`` group (``score_truth.load``).
 
 Usage::
 
@@ -18,21 +18,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
-import zarr
 
 from obpipe.stats import robust_std
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from score_truth import load  # noqa: E402  (the independent scorer's reader)
 
 SNR_BINS = ((5, 10), (10, 20), (20, 30), (30, 50))
 
 
 def rv_errors(survey: str, products: str) -> dict[str, dict[str, float]]:
-    cat = pq.read_table(Path(products) / "catalog.parquet", columns=[
-        "specid", "snr_g", "rv", "rv_err", "rv_refined_kms", "rv_refined_err_kms"]).to_pandas()
-    g = zarr.open_group(survey, mode="r")
-    order = {int(s): i for i, s in enumerate(g["specid"][...])}
-    idx = np.array([order[int(s)] for s in cat["specid"]])
-    rv_true = g["truth"]["rv_true"][...][idx].astype(float)
+    cat, truth, _ = load(survey, products)
+    rv_true = truth["rv_true"].astype(float)
     snr = cat["snr_g"].to_numpy(float)
     out: dict[str, dict[str, float]] = {}
     for lo, hi in SNR_BINS:

@@ -73,7 +73,8 @@ def load(survey: str, products: str) -> tuple[Any, dict[str, np.ndarray], np.nda
     truth_names = ["star_class", "is_binary", "mass_ratio", "has_emission", "MKs_true",
                    "distance_kpc_true", "ebv_true", "logg_true", "star_index",
                    "parallax_zp_true", "parallax_error_true", "R_V_true", "ivar_scale_true",
-                   "parallax_zero_point_mas", "is_supergiant", "is_evolved", "teff_true"]
+                   "parallax_zero_point_mas", "is_supergiant", "is_evolved", "teff_true",
+                   "rv_true"]
     truth = _read_group(survey, "truth", truth_names)
     order = {int(s): i for i, s in enumerate(obs["specid"])}
     idx = np.array([order[int(s)] for s in cat["specid"].to_numpy()])

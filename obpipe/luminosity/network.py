@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from obpipe.photometry.parallax import zero_point_fit_mas
 from obpipe.spectra.grid import wavelength_grid
 from obpipe.spectra.pca import (
     CLEAN_WINDOWS_AA,
@@ -140,6 +141,21 @@ class MKsNetwork:
     @property
     def input_kind(self) -> str:
         return str(self.meta.get("input_kind", "recon_flux"))
+
+    @property
+    def fits_parallax_zero_point(self) -> bool:
+        """Whether the network was trained with a residual parallax zero-point
+        (``[luminosity] fit_parallax_zero_point``)."""
+        return self.meta.get("parallax_zero_point_terms", "none") != "none"
+
+    def parallax_zero_point_mas(self, phot_g_mean_mag: np.ndarray) -> np.ndarray:
+        """The residual parallax zero-point dZ (mas) this network fitted, at each Gaia G
+        (:func:`obpipe.photometry.parallax.zero_point_fit_mas`); zeros without a fit."""
+        g = np.asarray(phot_g_mean_mag, dtype=float)
+        if not self.fits_parallax_zero_point:
+            return np.zeros(g.shape)
+        return zero_point_fit_mas(g, self.meta["parallax_zp_coefficients_mas"],
+                                  self.meta["parallax_zero_point_terms"])
 
     @property
     def n_members(self) -> int:

@@ -67,8 +67,8 @@ from obpipe.luminosity.network_training import (
 from obpipe.options import option
 from obpipe.photometry.parallax import (
     ZERO_POINT_FIT_TERMS,
+    geometric_mks_with_offset,
     zero_point_fit_design,
-    zero_point_fit_mas,
 )
 
 log = logging.getLogger(__name__)
@@ -400,12 +400,11 @@ def train_with_binary_cleaning(
                                     if k != "network"}},
             )
             if zp_design is not None:  # this network's residual zero-point, every row
-                coef = nets[m].meta["parallax_zp_coefficients_mas"]
-                dz = zero_point_fit_mas(g_mag, coef, zp_terms)
+                dz = nets[m].parallax_zero_point_mas(g_mag)
                 plx_fit[m] = np.asarray(plx_mas, float) - dz
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    geo_fit[m] = mks_geo + 5.0 * np.log10(plx_fit[m] / np.asarray(plx_mas, float))
-                rec[f"parallax_zp_coefficients_mas_{m}"] = [float(c) for c in coef]
+                geo_fit[m] = geometric_mks_with_offset(mks_geo, plx_mas, dz)
+                rec[f"parallax_zp_coefficients_mas_{m}"] = [
+                    float(c) for c in nets[m].meta["parallax_zp_coefficients_mas"]]
             rec[f"n_train_{m}"] = int(rows.sum())
             rec[f"epochs_{m}"] = len(hist.train_loss)
             rec[f"seconds_per_epoch_{m}"] = hist.seconds_per_epoch

@@ -264,6 +264,17 @@ def zero_point_fit_mas(phot_g_mean_mag: np.ndarray, coefficients_mas: Any,
     return zero_point_fit_design(g, terms) @ np.asarray(coefficients_mas, dtype=float)
 
 
+def geometric_mks_with_offset(mks_geo_mag: np.ndarray, parallax_mas: np.ndarray,
+                              offset_mas: np.ndarray) -> np.ndarray:
+    """Eq. (11)'s M_Ks of the parallax ``parallax_mas - offset_mas`` from the one of
+    ``parallax_mas`` (``mks_geo_mag``): + 5 log10((varpi - dZ) / varpi); NaN where either
+    parallax is not positive."""
+    plx = np.asarray(parallax_mas, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray(mks_geo_mag, float) + 5.0 * np.log10(
+            (plx - np.asarray(offset_mas, float)) / plx)
+
+
 #: the product variables of :func:`calibrated_parallax`
 CALIBRATED_PARALLAX_INPUTS: tuple[str, ...] = ("parallax_corrected", "parallax_zp_fit")
 

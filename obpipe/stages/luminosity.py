@@ -79,7 +79,7 @@ from obpipe.luminosity.network import (
     wavelength_mask,
 )
 from obpipe.luminosity.training import TrainingConfig, train_with_binary_cleaning
-from obpipe.photometry.parallax import zero_point_fit_mas
+from obpipe.photometry.parallax import geometric_mks_with_offset
 from obpipe.spectra.bases import INTERSTELLAR_ATTR
 from obpipe.version import __version__
 
@@ -387,11 +387,9 @@ def train_from_products(ctx: RunContext, cfg: TrainingConfig, extra_path: str | 
     plx_rows = cols["parallax_corrected"][rows].astype(float)
     geo_rows = cols["MKs_geo"][rows].astype(float)
     if g_all is not None:
-        dz = np.where(em == 0, *(zero_point_fit_mas(
-            g_all[rows], res.networks[m].meta["parallax_zp_coefficients_mas"],
-            cfg.fit_parallax_zero_point) for m in ("a", "b")))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            geo_rows = geo_rows + 5.0 * np.log10((plx_rows - dz) / plx_rows)
+        dz = np.where(em == 0, *(res.networks[m].parallax_zero_point_mas(g_all[rows])
+                                 for m in ("a", "b")))
+        geo_rows = geometric_mks_with_offset(geo_rows, plx_rows, dz)
         plx_rows = plx_rows - dz
     mdir = os.path.join(ctx.products_dir, MODEL_DIR)
     store.makedirs(mdir)
@@ -510,10 +508,8 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
                 x = clean_window_reconstruction(inputs["pca_coeff"][rows], products_dir)
         else:
             x = inputs["pca_coeff_full" if m == "a" else "pca_coeff"][rows]
-        terms = net.meta.get("parallax_zero_point_terms", "none")
-        if terms != "none":
-            zp_fit[rows] = zero_point_fit_mas(np.asarray(inputs["phot_g_mean_mag"])[rows],
-                                              net.meta["parallax_zp_coefficients_mas"], terms)
+        if net.fits_parallax_zero_point:
+            zp_fit[rows] = net.parallax_zero_point_mas(np.asarray(inputs["phot_g_mean_mag"])[rows])
         with threadpool_limits(1):
             if "star_id" in inputs:  # out-of-fold for the stars the model trained on
                 mks[rows], spread[rows], fold[rows] = net.predict_out_of_fold(
@@ -562,8 +558,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     noise = {m: noise_model.NoiseModelResult.load(p) for m, p in npaths.items()}
     sigmas = noise_sigmas(noise)
     input_kind = load_network(paths["a"]).input_kind
-    fits_zp = any(load_network(p).meta.get("parallax_zero_point_terms", "none") != "none"
-                  for p in paths.values())
+    fits_zp = any(load_network(p).fits_parallax_zero_point for p in paths.values())
     blind = products_interstellar_blind(open_products(ctx.products_dir))
     for p in paths.values():  # before any block: a clear error, not one per block
         check_interstellar(load_network(p), blind, p)

@@ -183,3 +183,16 @@ def test_calibrated_parallax_removes_the_fitted_residual() -> None:
     prods["parallax_zp_fit"] = np.zeros(3, np.float32)
     assert np.array_equal(px.calibrated_parallax(prods), prods["parallax_corrected"],
                           equal_nan=True)
+
+
+def test_geometric_mks_with_offset_equals_eq_11_of_the_shifted_parallax() -> None:
+    ks, aks = np.full(4, 11.0), np.full(4, 0.3)
+    plx = np.array([0.5, 0.2, 0.05, 1.0])
+    dz = np.array([0.01, 0.03, 0.06, 0.0])
+    zero = np.zeros(4)
+    before = px.geometric_absolute_magnitude(ks, zero, aks, zero, plx, plx / 20)["MKs_geo"]
+    after = px.geometric_absolute_magnitude(ks, zero, aks, zero, plx - dz, plx / 20)["MKs_geo"]
+    got = px.geometric_mks_with_offset(before, plx, dz)
+    np.testing.assert_allclose(got[[0, 1, 3]], after[[0, 1, 3]], rtol=0, atol=1e-12)
+    assert got[0] < before[0] and got[3] == before[3]  # a smaller parallax: brighter
+    assert np.isnan(got[2])  # the shifted parallax is negative: no M_Ks, no exception
