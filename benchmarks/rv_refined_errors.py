@@ -12,8 +12,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,7 +20,11 @@ import numpy as np
 from obpipe.stats import robust_std
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from score_truth import load  # noqa: E402  (the independent scorer's reader)
+from score_truth import (  # noqa: E402  (the independent scorer's reader and command line)
+    load,
+    survey_products_parser,
+    write_json,
+)
 
 SNR_BINS = ((5, 10), (10, 20), (20, 30), (30, 50))
 
@@ -50,19 +52,14 @@ def rv_errors(survey: str, products: str) -> dict[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("survey")
-    ap.add_argument("products")
-    ap.add_argument("--json", default=None)
-    a = ap.parse_args(argv)
+    a = survey_products_parser(__doc__).parse_args(argv)
     res = rv_errors(a.survey, a.products)
     for k, v in res.items():
         print(f"{k}: n={v['n']} refined {v['refined_median']:+.1f} / "
               f"{v['refined_robust_std']:.1f} (err {v['refined_median_err']:.1f}, pull "
               f"{v['refined_robust_pull']:.2f}); catalogue {v['catalogue_robust_std']:.1f} "
               f"(err {v['catalogue_median_err']:.1f}, pull {v['catalogue_robust_pull']:.2f})")
-    if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=1))
+    write_json(res, a.json, echo=False)
     return 0
 
 

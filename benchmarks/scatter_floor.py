@@ -54,7 +54,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -68,7 +67,11 @@ import numpy as np
 from obpipe.stats import robust_std
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from score_truth import _read_group  # noqa: E402  (the independent scorer's reader)
+from score_truth import (  # noqa: E402  (the independent scorer's reader and command line)
+    _read_group,
+    survey_products_parser,
+    write_json,
+)
 from score_truth import load as _load  # noqa: E402
 
 EXTRA_TRUTH = ["parallax_mas_true", "feh_true", "vsini_true"]
@@ -509,9 +512,7 @@ def real_table_population(ebv_edges: np.ndarray, min_snr: float = 50.0) -> dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("survey")
-    ap.add_argument("products")
+    ap = survey_products_parser(__doc__)
     ap.add_argument("what", choices=("train", "rescore", "labels", "population"))
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0],
@@ -520,7 +521,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ebv-weights", nargs="+", type=float, default=None,
                     help="target share per E(B-V) bin (population)")
     ap.add_argument("--save", default=None, help="train: .npz of the predictions")
-    ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if a.what == "train":
@@ -533,10 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         res = run_labels(a.survey, a.products)
     else:
         res = run_population(a.survey, a.products, a.ebv_edges, a.ebv_weights)
-    text = json.dumps(res, indent=1)
-    print(text)
-    if a.json:
-        Path(a.json).write_text(text)
+    write_json(res, a.json)
     return 0
 
 

@@ -179,17 +179,30 @@ def score(survey: str, products: str) -> dict[str, Any]:
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def survey_products_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line of a scorer of a finished run: ``SURVEY PRODUCTS_DIR [--json OUT]``
+    (the first line of ``doc``, the script's docstring, as its description); a script adds
+    its own arguments after these."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("survey")
     ap.add_argument("products")
     ap.add_argument("--json", default=None)
-    a = ap.parse_args(argv)
-    res = score(a.survey, a.products)
+    return ap
+
+
+def write_json(res: Any, json_path: str | None, echo: bool = True) -> None:
+    """``res`` as indented JSON: printed (unless ``echo`` is false) and written to
+    ``json_path`` when it is given (``--json``)."""
     text = json.dumps(res, indent=1)
-    print(text)
-    if a.json:
-        Path(a.json).write_text(text)
+    if echo:
+        print(text)
+    if json_path:
+        Path(json_path).write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = survey_products_parser(__doc__).parse_args(argv)
+    write_json(score(a.survey, a.products), a.json)
     return 0
 
 
