@@ -318,6 +318,21 @@ def _fill_parameters(
     return t_used, s_ln, g_used, g_err, flags
 
 
+def _band_arrays(mags: np.ndarray, mag_errs: np.ndarray, bands: Sequence[str]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The (n, len(bands)) magnitudes and errors (mag) of the E(B-V) estimators as float
+    arrays, checked: their shapes agree with ``bands``, which must not contain ``"Ks"``
+    (disc emission, Sec. 4)."""
+    if "Ks" in bands:
+        raise ValueError("K_s must not be used for E(B-V) (disc emission; Sec. 4)")
+    mags = np.atleast_2d(np.asarray(mags, float))
+    errs = np.atleast_2d(np.asarray(mag_errs, float))
+    if errs.shape != mags.shape or mags.shape[1] != len(bands):
+        raise ValueError(f"mags {mags.shape} / errors {errs.shape} do not match {len(bands)} "
+                         "bands")
+    return mags, errs
+
+
 def _colour_estimates(
     mags: np.ndarray,
     pair_ok: np.ndarray,
@@ -398,16 +413,10 @@ def ebv_from_colour_excess(
         for each adjacent pair of ``bands``, :func:`colour_names`; NaN where either band is
         unusable).
     """
-    if "Ks" in bands:
-        raise ValueError("K_s must not be used for E(B-V) (disc emission; Sec. 4)")
+    mags, errs = _band_arrays(mags, mag_errs, bands)
     if coefficients not in ("star", "fixed"):
         raise ValueError(f"coefficients must be 'star' or 'fixed', got {coefficients!r}")
-    mags = np.atleast_2d(np.asarray(mags, float))
-    errs = np.atleast_2d(np.asarray(mag_errs, float))
     n, nb = mags.shape
-    if errs.shape != mags.shape or nb != len(bands):
-        raise ValueError(f"mags {mags.shape} / errors {errs.shape} do not match {len(bands)} "
-                         "bands")
     nan = np.full(n, np.nan)
     teff_err_k = nan if teff_err_k is None else teff_err_k
     logg_err = nan if logg_err is None else logg_err
@@ -646,14 +655,8 @@ def ebv_rv_fit(
         mean and standard deviation of R_V) and ``chi2_red_prior`` (the same chi^2 at the
         node nearest ``r_v_prior``).
     """
-    if "Ks" in bands:
-        raise ValueError("K_s must not be used for E(B-V) (disc emission; Sec. 4)")
-    mags = np.atleast_2d(np.asarray(mags, float))
-    errs = np.atleast_2d(np.asarray(mag_errs, float))
+    mags, errs = _band_arrays(mags, mag_errs, bands)
     n, nb = mags.shape
-    if errs.shape != mags.shape or nb != len(bands):
-        raise ValueError(f"mags {mags.shape} / errors {errs.shape} do not match {len(bands)} "
-                         "bands")
     grid = np.asarray(r_v_grid, float)
     if grid.ndim != 1 or grid.size < 2 or np.any(np.diff(grid) <= 0):
         raise ValueError("r_v_grid must hold at least two increasing R_V values")
