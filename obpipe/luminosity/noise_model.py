@@ -270,6 +270,24 @@ def extra_error_mag(ebv: np.ndarray, mks: np.ndarray, broken: np.ndarray,
     return np.sqrt(var)
 
 
+def total_mks_error(snr: np.ndarray, sigma_int: float, sigma_s100: float,
+                    epistemic_mag: np.ndarray | None = None,
+                    sigma_s_table: tuple[np.ndarray, np.ndarray] | None = None,
+                    extra: tuple[float, ...] | None = None, ebv: np.ndarray | None = None,
+                    mks: np.ndarray | None = None, broken: np.ndarray | None = None
+                    ) -> np.ndarray:
+    """``MKs_err`` as the luminosity stage writes it (mag): :func:`mks_uncertainty` (eqs.
+    8-10, with ``epistemic_mag`` and ``sigma_s_table`` as there) and, with ``extra`` =
+    ``(max_mks, slope_mag_per_ebv[, const_mag[, broken_mag]])`` (issue 15;
+    :attr:`NoiseModelResult.extra_terms`), :func:`extra_error_mag` of ``ebv``, ``mks`` and
+    ``broken`` in quadrature."""
+    err = mks_uncertainty(snr, sigma_int, sigma_s100, epistemic_mag,
+                          sigma_s_table=sigma_s_table)
+    if extra is None:
+        return err
+    return np.hypot(err, extra_error_mag(ebv, mks, broken, extra[1], extra[0], *extra[2:4]))
+
+
 def sigma_s_from_table(snr: np.ndarray, table_snr: np.ndarray, table_sigma_mag: np.ndarray
                        ) -> np.ndarray:
     """Measurement term sigma_s (mag) of eq. (9) at each S/N from a measured table.
@@ -545,6 +563,13 @@ class NoiseModelResult:
         """The M_Ks below which :func:`extra_scatter_mag` applies (mag)."""
         t = self.meta.get("extra_scatter") or {}
         return float(t.get("max_mks", EXTRA_SCATTER_MAX_MKS))
+
+    @property
+    def extra_terms(self) -> tuple[float, float, float, float]:
+        """The ``extra`` of :func:`total_mks_error`: (:attr:`extra_scatter_max_mks`,
+        :attr:`extra_scatter_slope`, :attr:`extra_scatter_const`, :attr:`broken_scatter`)."""
+        return (self.extra_scatter_max_mks, self.extra_scatter_slope, self.extra_scatter_const,
+                self.broken_scatter)
 
     def summary(self) -> dict[str, Any]:
         q = np.percentile(self.samples, [16, 50, 84], axis=0)

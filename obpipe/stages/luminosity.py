@@ -318,12 +318,9 @@ def calibrate_broken_scatter(nets: dict[str, MKsNetwork],
             continue
         r = noise[m]
         mks[k], spread, _ = net.predict_out_of_fold(x[m][k], star_id[k])
-        base = noise_model.mks_uncertainty(snr[k], r.sigma_int, r.sigma_s100,
-                                           spread if r.includes_epistemic else None,
-                                           sigma_s_table=r.sigma_s_table)
-        err[k] = np.hypot(base, noise_model.extra_error_mag(
-            ebv[k], mks[k], np.zeros(int(k.sum()), bool), r.extra_scatter_slope,
-            r.extra_scatter_max_mks, r.extra_scatter_const))
+        err[k] = noise_model.total_mks_error(
+            snr[k], r.sigma_int, r.sigma_s100, spread if r.includes_epistemic else None,
+            r.sigma_s_table, r.extra_terms, ebv[k], mks[k], np.zeros(int(k.sum()), bool))
     return noise_model.fit_broken_scatter(mks, err, mks_geo, mks_geo_err)
 
 
@@ -452,9 +449,7 @@ def noise_sigmas(noise: dict[str, noise_model.NoiseModelResult]) -> tuple[tuple[
         t = r.sigma_s_table
         return None if t is None else (tuple(map(float, t[0])), tuple(map(float, t[1])))
 
-    return tuple((m, r.sigma_int, r.sigma_s100, r.includes_epistemic, table(r),
-                  (r.extra_scatter_max_mks, r.extra_scatter_slope, r.extra_scatter_const,
-                   r.broken_scatter))
+    return tuple((m, r.sigma_int, r.sigma_s100, r.includes_epistemic, table(r), r.extra_terms)
                  for m, r in noise.items())
 
 
@@ -521,15 +516,13 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
             flag[rows] |= net.input_out_of_range(x).astype(np.int8)
             flag[rows] |= np.where(fold[rows] == -2, 4, 0).astype(np.int8)
         si, s100, with_spread, table, extra = sig[m]
-        err[rows] = noise_model.mks_uncertainty(snr[rows], si, s100,
-                                                spread[rows] if with_spread else None,
-                                                sigma_s_table=table)
+        ebv = None
         if extra is not None:
             ebv = (np.asarray(inputs["ebv"])[rows] if "ebv" in inputs
                    else np.full(int(rows.sum()), np.nan))
-            err[rows] = np.hypot(err[rows], noise_model.extra_error_mag(
-                ebv, mks[rows], (flag[rows] & 2) > 0, extra[1], extra[0],
-                *extra[2:4]))
+        err[rows] = noise_model.total_mks_error(
+            snr[rows], si, s100, spread[rows] if with_spread else None, table, extra, ebv,
+            mks[rows], (flag[rows] & 2) > 0)
         code[rows] = MODEL_CODES[m]
     bad = ~np.isfinite(mks)
     err[bad] = np.nan
