@@ -36,6 +36,10 @@ s('g23zp.zarr', C(seed=2026, extinction_law='G23', parallax_zp_variations=False)
     # the never-trained stars of an S/N bin re-synthesised with one change at a time, and
     # the network's response to a rest-frame shift
     python benchmarks/low_snr_ablation.py resynth g23zp.zarr base --snr 5 20
+    # any other mock that records its simulation_config (e.g. a zero-point-exact copy of
+    # the default mock); the continuum is fitted as the run's [spectral]
+    # continuum_excludes_interstellar says (--continuum-exclude forces it)
+    python benchmarks/low_snr_ablation.py resynth s29zp.zarr P --snr 20 50
     # the rest frame refined against the PCA reconstruction ([spectral] refine_rv): the
     # refined RV against the mock's true RV per S/N bin, and M_Ks of the stars that neither
     # run trained on, same stars, against a baseline run of the same survey
@@ -260,20 +264,29 @@ RESYNTH_CASES: tuple[tuple[str, float | None, tuple[str, ...]], ...] = (
     ("S/N 200, no RV residual, no ISM lines, E(B-V) = 0", 200.0, ("rv", "ism", "ebv")),
     ("own S/N, no RV residual, no 4429 AA DIB", None, ("rv", "dib4429")),
     ("S/N 200, no RV residual, no 4429 AA DIB", 200.0, ("rv", "dib4429")),
+    # the interstellar windows out of the pseudo-continuum's weights as well
+    ("own S/N, continuum without the ISM windows", None, ("ismcont",)),
+    ("own S/N, no RV residual, continuum without the ISM windows", None, ("rv", "ismcont")),
+    ("S/N 200, no RV residual, continuum without the ISM windows", 200.0, ("rv", "ismcont")),
 )
 
 
 def resynthesize(control: Path, products: Path, snr_lo: float, snr_hi: float, n: int,
                  blind: bool = False, shifts_kms: tuple[float, ...] = (10.0, 21.0, 41.0, 69.0),
-                 weighting: str = "ivar") -> None:
+                 weighting: str = "ivar", continuum_exclude: bool = False) -> None:
     """Network (a) of ``products`` on never-trained single non-emission OB spectra of an S/N
-    bin, re-synthesised by the mock's own code (``simulate.survey.synthesize_spectra``, same
+    bin of the mock ``control`` (any mock that records its ``simulation_config``),
+    re-synthesised by the mock's own code (``simulate.survey.synthesize_spectra``, same
     stars and noise stream) with one thing changed at a time (:data:`RESYNTH_CASES`), then
     normalised, projected on the run's full basis and predicted as the pipeline does; and the
     response of the same network to a rest-frame shift of the survey's own normalised
     spectra (an exact Fourier shift, unusable pixels filled by the reconstruction).
     ``blind``: the network was trained with ``exclude_interstellar_lines`` (read from the
-    products' ``pca_coeff`` where they record it)."""
+    products' ``pca_coeff`` where they record it); ``continuum_exclude``: the run had
+    ``continuum_excludes_interstellar`` (read from the products' configuration too; every
+    case then normalises that way)."""
+    import zarr
+
     from obpipe.config import SimulationConfig
     from obpipe.engine.blockwise import open_products
     from obpipe.luminosity.network import MKsNetwork
@@ -282,13 +295,17 @@ def resynthesize(control: Path, products: Path, snr_lo: float, snr_hi: float, n:
     from obpipe.spectra.bases import load_pca_model
     from obpipe.spectra.grid import velocity_per_pixel_kms, wavelength_grid
     from obpipe.spectra.normalize import CONTINUUM_WEIGHTINGS, normalize
-    from obpipe.spectra.pca import interstellar_blind_ivar
+    from obpipe.spectra.pca import interstellar_blind_ivar, interstellar_mask
 
-    cfg = SimulationConfig(**CONTROL)
+    # the survey's own simulation options where it records them (any mock; a copy made by
+    # zero_point_fit.py keeps them: only parallaxes differ), else the control mock's
+    stored = zarr.open_group(str(control), mode="r").attrs.get("simulation_config")
+    stored = json.loads(stored) if isinstance(stored, str) else stored
+    cfg = SimulationConfig(**stored) if stored else SimulationConfig(**CONTROL)
     _, _, synth = build_tables(cfg)
     ctl = _control(control, products)
     if not np.array_equal(synth["specid"], ctl["specid"]):
-        raise SystemExit(f"{control}: not the control mock ({CONTROL})")
+        raise SystemExit(f"{control}: its simulation options do not rebuild its spectra")
     model = np.asarray(open_products(str(products))["MKs_model"].values)
     snr = ctl["snr"]
     pool = np.flatnonzero(ctl["rows"] & ctl["groups"]["never_trained"] & (model == 0)
@@ -300,6 +317,11 @@ def resynthesize(control: Path, products: Path, snr_lo: float, snr_hi: float, n:
     # products projected without the interstellar windows say so (60cb45e on; the default)
     blind = blind or bool(open_products(str(products))["pca_coeff"].attrs.get(
         "interstellar_blind", False))
+    # and the run's configuration says how its continuum was fitted
+    run_cfg = open_products(str(products)).attrs.get("obpipe_config")
+    run_cfg = json.loads(run_cfg) if isinstance(run_cfg, str) else (run_cfg or {})
+    continuum_exclude = continuum_exclude or bool(
+        run_cfg.get("spectral", {}).get("continuum_excludes_interstellar", False))
 
     def predict(nf: np.ndarray, ni: np.ndarray) -> np.ndarray:
         coeff = basis.project(np.nan_to_num(nf, nan=1.0), interstellar_blind_ivar(ni)
@@ -327,8 +349,10 @@ def resynthesize(control: Path, products: Path, snr_lo: float, snr_hi: float, n:
                                    cfg.noise_neighbour_correlation)
         finally:
             mock_spectra.DIBS = dibs
-        nf, ni = normalize(o["flux"], o["ivar"], o["mask"], weighting=weighting)
-        print(f"  re-synthesised, {label:52s} {np.median(predict(nf, ni) - truth):+.3f}")
+        exclude = interstellar_mask() if continuum_exclude or "ismcont" in changes else None
+        nf, ni = normalize(o["flux"], o["ivar"], o["mask"], weighting=weighting,
+                           exclude=exclude)
+        print(f"  re-synthesised, {label:60s} {np.median(predict(nf, ni) - truth):+.3f}")
     # how much of the reddened continuum survives normalisation: noise-free, no RV residual
     # and no ISM lines, E(B-V) as it is against 0, |difference| of the normalised flux
     part = {k: v[rows] for k, v in synth.items()}
@@ -619,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
     rs.add_argument("--blind", action="store_true",
                     help="the products' networks are interstellar-blind")
     rs.add_argument("--weighting", default="ivar", help="the run's continuum_weighting")
+    rs.add_argument("--continuum-exclude", action="store_true",
+                    help="the run had [spectral] continuum_excludes_interstellar")
     rvp = sub.add_parser("rv", help="a refine_rv run's refined RV against the truth, and its "
                          "M_Ks against a baseline run on the same stars")
     rvp.add_argument("survey", type=Path)
@@ -649,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
             a.json.write_text(json.dumps(res, indent=1))
     elif a.cmd == "resynth":
         resynthesize(a.control, a.products, a.snr[0], a.snr[1], a.n, a.blind,
-                     weighting=a.weighting)
+                     weighting=a.weighting, continuum_exclude=a.continuum_exclude)
     elif a.cmd == "make":
         a.dir.mkdir(parents=True, exist_ok=True)
         make_variant(a.name, a.dir)

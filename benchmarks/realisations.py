@@ -113,7 +113,7 @@ def run_and_score(survey: Path, products: Path, config: str | None,
     scored = products.with_name(products.name + "_score.json")
     if scored.exists():
         return json.loads(scored.read_text())
-    if start_from is not None and not products.exists():
+    if start_from is not None and start_from.exists() and not products.exists():
         shutil.copytree(start_from, products)
     args = ["run", str(survey), "--out", str(products)]
     if config:
