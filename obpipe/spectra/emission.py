@@ -302,7 +302,12 @@ def choose_thresholds(
     broken_mad_sigma: float = 8.0,
     broken_min_chi2: float = 3.0,
 ) -> Thresholds:
-    """Thresholds for ``flag`` from the statistics of the whole survey (or training set)."""
+    """Thresholds for ``flag`` from the statistics of the whole survey (or training set).
+
+    The emission threshold is :func:`emission_threshold`'s mirror estimate on the spectra
+    that neither statistic calls an outlier for their S/N (:func:`broken_thresholds`'
+    rule): ``window_chi2_max_wide`` (artefacts) and, where given, ``quality_chi2`` (spectra
+    the basis does not reconstruct outside the emission windows)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         sig = stats["halpha_excess"] / stats["halpha_excess_err"]
     # artefacts scatter the significance both ways: leave out what the wide-window
@@ -313,6 +318,17 @@ def choose_thresholds(
                                  side="right") - 1, 0, len(cuts0) - 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         suspect = np.log10(stats["window_chi2_max_wide"]) > np.asarray(cuts0)[b0]
+    # and the spectra the basis does not model outside the emission windows (white dwarfs,
+    # the odd interloper: quality_chi2 an outlier for its S/N, the same rule): their H-alpha
+    # residual is no sample of the noise, and a handful of them on the negative side
+    # would decide the mirror estimate of a small survey
+    if "quality_chi2" in stats:
+        edges_q, cuts_q = broken_thresholds(stats["quality_chi2"], snr, broken_mad_sigma,
+                                            broken_min_chi2)
+        bq = np.clip(np.searchsorted(np.asarray(edges_q), np.nan_to_num(snr, nan=0.0),
+                                     side="right") - 1, 0, len(cuts_q) - 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            suspect |= np.log10(stats["quality_chi2"]) > np.asarray(cuts_q)[bq]
     t, purity = emission_threshold(sig[~suspect], target_purity)
     em = np.where((sig > t) & (stats["halpha_excess"] > min_excess), 1, 0)
     edges, cuts = broken_thresholds(broken_statistic(stats, em), snr, broken_mad_sigma,

@@ -84,11 +84,15 @@ def _check_weighting(weighting: str) -> None:
 def pseudo_continuum(
     flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray | None = None,
     width_aa: float = CONTINUUM_KERNEL_AA, weighting: str = "ivar",
+    exclude: np.ndarray | None = None,
 ) -> np.ndarray:
     """Gaussian running mean of the flux (n, n_pix), inverse-variance weighted
     (``weighting="ivar"``) or with the same weight for every usable pixel ("uniform").
 
-    Pixels with ``mask != 0`` or ivar <= 0 or non-finite flux carry no weight.
+    Pixels with ``mask != 0`` or ivar <= 0 or non-finite flux carry no weight, nor do the
+    pixels where ``exclude`` (n_pix,) is True (e.g. the interstellar lines' windows,
+    :func:`obpipe.spectra.pca.interstellar_mask`): the continuum there is interpolated by
+    the kernel from its neighbours.
     Where no pixel within the kernel has weight the continuum is NaN.
     """
     _check_weighting(weighting)
@@ -99,6 +103,8 @@ def pseudo_continuum(
     good &= weight > 0
     if mask is not None:
         good &= np.atleast_2d(mask) == 0
+    if exclude is not None:
+        good &= ~np.asarray(exclude, dtype=bool)[None, :]
     if weighting == "uniform":
         weight[...] = 1.0
     np.copyto(weight, np.float32(0.0), where=~good)
@@ -119,13 +125,14 @@ def pseudo_continuum(
 def normalize(
     flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray | None = None,
     width_aa: float = CONTINUUM_KERNEL_AA, rows_per_chunk: int = 256,
-    weighting: str = "ivar",
+    weighting: str = "ivar", exclude: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Continuum-normalised flux and its inverse variance, (n, n_pix) float32 each.
 
     norm_flux = f / c and norm_ivar = ivar c^2 (0 where the pixel is masked, has no
     data, or the continuum is not positive); norm_flux is NaN where it is undefined.
-    ``weighting``: the pseudo-continuum's weights (:func:`pseudo_continuum`).
+    ``weighting``, ``exclude``: the pseudo-continuum's weights and the pixels left out of
+    it (:func:`pseudo_continuum`); excluded pixels are normalised like the others.
     Rows are independent: they are done ``rows_per_chunk`` at a time, so that the
     temporaries stay in cache and their memory does not grow with the number of rows.
     """
@@ -138,7 +145,7 @@ def normalize(
         rows = slice(lo, lo + rows_per_chunk)
         m = None if mask is None else mask[rows]
         f, iv = flux[rows], ivar[rows]
-        cont = pseudo_continuum(f, iv, m, width_aa, weighting)
+        cont = pseudo_continuum(f, iv, m, width_aa, weighting, exclude)
         ok = np.isfinite(cont)
         ok &= cont > 0
         ok &= np.isfinite(f)

@@ -24,6 +24,15 @@ class SpectralConfig:
             "al. 2017) or \"uniform\" (every usable pixel alike: the paper's plain Gaussian "
             "smoothing, Sec. 2; leaves less of the reddening in the normalised spectrum, issue "
             "15 item 2)")
+    continuum_excludes_interstellar: bool = option(
+        True,
+        doc="leave the interstellar lines' windows (:data:`obpipe.spectra.pca."
+            "INTERSTELLAR_WINDOWS_AA`) out of the pseudo-continuum's running mean (beyond the "
+            "paper, issue 15 item 2; on since the eleventh session): a strong interstellar "
+            "line then cannot lower the continuum of the stellar lines within ~50 AA of it "
+            "(the 4428 AA DIB sits between H-gamma and He I 4471), which made reddened "
+            "low-S/N stars read bright through the interstellar-blind projection. Five "
+            "zero-point-exact mocks, S/N 5-20: -0.055 -> -0.005 mag (docs/validation.md)")
     n_components: int = option(
         pca.N_COMPONENTS,
         doc="principal components K of each PCA basis (Sec. 3: 100)")

@@ -1,7 +1,8 @@
 """Stage ``normalize``: pseudo-continuum normalisation, 50 AA Gaussian (Sec. 2, Fig. 2).
 
 Science: :func:`obpipe.spectra.normalize.normalize`. Products: ``norm_flux``,
-``norm_ivar`` (spec, wave).
+``norm_ivar`` (spec, wave). With ``[spectral] continuum_excludes_interstellar`` the
+interstellar lines' windows carry no weight in the pseudo-continuum.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from obpipe.engine.context import RunContext
 from obpipe.spectra import normalize
 from obpipe.spectra.grid import LAMOST_N_PIXELS as N_WAVE
 from obpipe.spectra.options import SpectralConfig
+from obpipe.spectra.pca import interstellar_mask
 
 NAME = "normalize"
 DESCRIPTION = "pseudo-continuum normalisation, 50 AA Gaussian (Sec. 2)"
@@ -37,6 +39,8 @@ def provenance_config(config: PipelineConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"continuum_kernel_aa": config.spectral.continuum_kernel_aa}
     if config.spectral.continuum_weighting != "ivar":  # the default keeps its old key
         out["continuum_weighting"] = config.spectral.continuum_weighting
+    # on by default since the eleventh session: products made before (no key) rerun
+    out["continuum_excludes_interstellar"] = config.spectral.continuum_excludes_interstellar
     return out
 
 
@@ -49,11 +53,12 @@ OUTPUTS = {
 
 
 @row_tiled  # chunk-independent bits (the PCA fit amplifies last-bit differences)
-def block(inputs: dict[str, np.ndarray], width_aa: float, weighting: str = "ivar"
-          ) -> dict[str, np.ndarray]:
+def block(inputs: dict[str, np.ndarray], width_aa: float, weighting: str = "ivar",
+          exclude_interstellar: bool = False) -> dict[str, np.ndarray]:
+    exclude = interstellar_mask() if exclude_interstellar else None
     with threadpool_limits(1):
         nf, ni = normalize.normalize(inputs["flux"], inputs["ivar"], inputs["mask"], width_aa,
-                                     weighting=weighting)
+                                     weighting=weighting, exclude=exclude)
     return {"norm_flux": nf, "norm_ivar": ni}
 
 
@@ -62,7 +67,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     return run_blockwise_stage(
         ctx.survey_path, ctx.products_dir, NAME,
         functools.partial(block, width_aa=cfg.continuum_kernel_aa,
-                          weighting=cfg.continuum_weighting),
+                          weighting=cfg.continuum_weighting,
+                          exclude_interstellar=cfg.continuum_excludes_interstellar),
         OUTPUTS, survey_vars=("flux", "ivar", "mask"), scheduler=ctx.scheduler,
         force=force_requested(ctx),
     )

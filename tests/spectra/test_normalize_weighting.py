@@ -84,3 +84,46 @@ def test_stage_passes_the_option_and_hashes_it_only_when_set() -> None:
     np.testing.assert_allclose(got, normalize(flux, ivar, weighting="uniform")[0], rtol=1e-5)
     assert not np.allclose(got, normalize_stage.block(inputs, width_aa=50.0)["norm_flux"],
                            rtol=1e-4)
+
+
+def test_excluded_windows_do_not_lower_the_continuum_of_the_lines_beside_them() -> None:
+    """A broad interstellar band (the 4428 AA DIB, 20 % deep) inside an excluded window
+    leaves the continuum of He I 4471 / H-gamma where it is without the band; not
+    excluded, it lowers it (issue 15 item 2)."""
+    from obpipe.spectra.pca import interstellar_mask
+
+    window = interstellar_mask()
+    assert window[np.searchsorted(WAVE, 4429.0)]
+    dib = 1.0 - 0.2 * np.exp(-0.5 * ((WAVE - 4429.0) / 7.0) ** 2)
+    dib[~window] = 1.0  # the band confined to its window
+    flux_clean = (1e3 * LINES)[None, :]
+    flux_dib = flux_clean * dib
+    ivar = 1.0 / (0.01 * flux_clean) ** 2
+    near = (WAVE > 4370.0) & (WAVE < 4500.0) & ~window
+    with_band = pseudo_continuum(flux_dib, ivar)[0, near]
+    without = pseudo_continuum(flux_clean, ivar, exclude=window)[0, near]
+    excluded = pseudo_continuum(flux_dib, ivar, exclude=window)[0, near]
+    assert np.max(np.abs(with_band / without - 1.0)) > 0.005  # the band pulls it down
+    np.testing.assert_allclose(excluded, without, rtol=1e-5)
+    # the excluded pixels are normalised like the others (their own flux / the continuum)
+    nf, ni = normalize(flux_dib, ivar, exclude=window)
+    assert np.all(ni[0, window] > 0)
+    assert nf[0, np.searchsorted(WAVE, 4429.0)] < 0.85
+
+
+def test_stage_excludes_the_interstellar_windows_by_default_and_hashes_the_choice() -> None:
+    off = PipelineConfig(spectral=SpectralConfig(continuum_excludes_interstellar=False))
+    assert PipelineConfig().spectral.continuum_excludes_interstellar
+    assert normalize_stage.provenance_config(PipelineConfig())[
+        "continuum_excludes_interstellar"] is True
+    assert normalize_stage.provenance_config(off)["continuum_excludes_interstellar"] is False
+    from obpipe.spectra.pca import interstellar_mask
+
+    flux = (1e3 * LINES * (1.0 - 0.2 * np.exp(-0.5 * ((WAVE - 4429.0) / 7.0) ** 2)))[None, :]
+    ivar = 1.0 / (0.01 * flux) ** 2
+    inputs = {"flux": flux, "ivar": ivar, "mask": np.zeros(flux.shape, np.uint8)}
+    got = normalize_stage.block(inputs, width_aa=50.0, exclude_interstellar=True)["norm_flux"]
+    np.testing.assert_allclose(got, normalize(flux, ivar, exclude=interstellar_mask())[0],
+                               rtol=1e-5)
+    assert not np.allclose(got, normalize_stage.block(inputs, width_aa=50.0)["norm_flux"],
+                           rtol=1e-4)

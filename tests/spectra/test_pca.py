@@ -266,3 +266,28 @@ def test_pca_statistics_independent_of_row_chunks(data) -> None:
         assert np.allclose(one[k], split[k], rtol=1e-4, atol=1e-6, equal_nan=True), k
     assert np.all(np.abs(one["pca_coeff"] - model.clean.project(flux, ivar))
                   < 1e-3 * np.sqrt(model.clean.variance))
+
+
+def test_emission_threshold_ignores_spectra_the_basis_cannot_model() -> None:
+    """A handful of spectra with a deep H-alpha residual *and* a poor fit everywhere else
+    (white dwarfs in a small survey) must not decide the mirror estimate; without their
+    poor fit (quality_chi2 ordinary) they would."""
+    rng = np.random.default_rng(5)
+    n = 400
+    sig = rng.normal(0.0, 1.0, n)
+    sig[:40] = rng.uniform(15.0, 200.0, 40)  # emission stars
+    sig[40:44] = -30.0  # four unmodelled spectra
+    quality = rng.lognormal(0.0, 0.1, n)
+    stats = {"halpha_excess": sig * 0.01, "halpha_excess_err": np.full(n, 0.01),
+             "window_chi2_max_wide": rng.lognormal(0.3, 0.1, n), "quality_chi2": quality}
+    stats["window_chi2_max"] = stats["window_chi2_max_wide"]
+    stats["clean_fraction"] = np.ones(n)
+    snr = np.full(n, 300.0)
+    fooled = emission.choose_thresholds(stats, snr)
+    assert fooled.emission_significance > 30.0  # quality_chi2 ordinary: they count
+    stats["quality_chi2"] = quality.copy()
+    stats["quality_chi2"][40:44] = 60.0  # as the white dwarfs of the small mock
+    robust = emission.choose_thresholds(stats, snr)
+    assert robust.emission_significance < 5.0
+    flags = emission.flag(stats, snr, robust)
+    assert np.all(flags["em_flag"][:40] == 1)
