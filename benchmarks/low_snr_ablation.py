@@ -40,6 +40,9 @@ s('g23zp.zarr', C(seed=2026, extinction_law='G23', parallax_zp_variations=False)
     # the default mock); the continuum is fitted as the run's [spectral]
     # continuum_excludes_interstellar says (--continuum-exclude forces it)
     python benchmarks/low_snr_ablation.py resynth s29zp.zarr P --snr 20 50
+    # an oracle: the mock's spectra dereddened with its true E(B-V) before anything else
+    # (then e.g. benchmarks/realisations.py on a work directory of such copies)
+    python benchmarks/low_snr_ablation.py deredden s29zp.zarr W/survey-2029.zarr
     # the rest frame refined against the PCA reconstruction ([spectral] refine_rv): the
     # refined RV against the mock's true RV per S/N bin, and M_Ks of the stars that neither
     # run trained on, same stars, against a baseline run of the same survey
@@ -391,6 +394,32 @@ def resynthesize(control: Path, products: Path, snr_lo: float, snr_hi: float, n:
 
 
 
+def deredden_copy(survey: Path, out: Path, law: str = "G23", r_v: float = 3.1) -> None:
+    """A diagnostic copy of a mock survey whose spectra are dereddened *with the truth's*
+    E(B-V) and the pipeline's assumed curve (``law`` at ``r_v``; the mock reddens with its
+    own curve and per-star R_V): flux x 10^(0.4 E(B-V) (k(l) - k(4700 AA))), ivar / that
+    squared. An oracle: the most that dereddening before the continuum fit could do."""
+    import zarr
+
+    from obpipe.simulate.sed import extinction_curve_per_ebv
+
+    if out.exists():
+        raise SystemExit(f"{out} exists")
+    shutil.copytree(survey, out)
+    g = zarr.open_group(str(out), mode="r+")
+    if not np.array_equal(g["truth"]["specid"][...], g["specid"][...]):
+        raise SystemExit(f"{survey}: truth rows are not the cube's")
+    ebv = np.asarray(g["truth"]["ebv_true"][...], dtype=float)
+    curve = extinction_curve_per_ebv(np.array([r_v]), law)[0]
+    k = (curve - curve[int(np.searchsorted(np.asarray(g["wave"][...]), 4700.0))])
+    flux, ivar = g["flux"], g["ivar"]
+    for lo in range(0, flux.shape[0], flux.chunks[0]):
+        hi = min(lo + flux.chunks[0], flux.shape[0])
+        fac = (10.0 ** (0.4 * ebv[lo:hi, None] * k[None, :])).astype(np.float32)
+        flux[lo:hi] = flux[lo:hi] * fac
+        ivar[lo:hi] = ivar[lo:hi] / fac**2
+
+
 SNR_BINS = ((5, 20), (20, 50), (50, 100), (100, 200), (200, np.inf))
 
 
@@ -645,6 +674,10 @@ def main(argv: list[str] | None = None) -> int:
     rs.add_argument("--weighting", default="ivar", help="the run's continuum_weighting")
     rs.add_argument("--continuum-exclude", action="store_true",
                     help="the run had [spectral] continuum_excludes_interstellar")
+    dr = sub.add_parser("deredden", help="a copy of a mock dereddened with its true E(B-V) "
+                        "(an oracle)")
+    dr.add_argument("survey", type=Path)
+    dr.add_argument("out", type=Path)
     rvp = sub.add_parser("rv", help="a refine_rv run's refined RV against the truth, and its "
                          "M_Ks against a baseline run on the same stars")
     rvp.add_argument("survey", type=Path)
@@ -673,6 +706,8 @@ def main(argv: list[str] | None = None) -> int:
         res = refined_rv(a.survey, a.products, a.baseline)
         if a.json:
             a.json.write_text(json.dumps(res, indent=1))
+    elif a.cmd == "deredden":
+        deredden_copy(a.survey, a.out)
     elif a.cmd == "resynth":
         resynthesize(a.control, a.products, a.snr[0], a.snr[1], a.n, a.blind,
                      weighting=a.weighting, continuum_exclude=a.continuum_exclude)
