@@ -30,6 +30,7 @@ the zero-point-exact copies of ``benchmarks/realisations.py --exact-zero-point``
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -37,6 +38,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from score_truth import _read_group, load  # noqa: E402
+
+from obpipe.luminosity.noise_model import sigma_s_from_table  # noqa: E402
+from obpipe.stats import robust_std  # noqa: E402
 
 SNR_BINS = ((5, 20), (20, 50), (50, 100), (100, np.inf))
 MKS_BINS = ((-9, -4), (-4, -3), (-3, -2), (-2, -1), (-1, 0), (0, 3))
@@ -67,10 +71,13 @@ def split_table(resid: np.ndarray, snr: np.ndarray, rows: np.ndarray, value: np.
               + " | ".join(cells))
 
 
-def visit_pairs(mks: np.ndarray, snr: np.ndarray, star: np.ndarray, rows: np.ndarray
-                ) -> None:
+def visit_pairs(mks: np.ndarray, snr: np.ndarray, star: np.ndarray, rows: np.ndarray,
+                sigma_s: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """Stars with a visit in a low S/N bin and one above :data:`PAIR_HIGH_SNR`: the median
-    and mean (with its standard error) of M_Ks(low visit) - M_Ks(best high visit)."""
+    and mean (with its standard error) of M_Ks(low visit) - M_Ks(best high visit), and the
+    robust std of that difference beside what the luminosity stage's degraded-spectra
+    sigma_s table (``sigma_s``: S/N nodes, sigma_s in mag) predicts for it, the quadrature
+    sum of sigma_s at the two visits' S/N (the noise of two visits is independent)."""
     idx = np.flatnonzero(rows)
     idx = idx[np.argsort(star[idx], kind="stable")]
     groups = np.split(idx, np.flatnonzero(np.diff(star[idx])) + 1)
@@ -82,13 +89,22 @@ def visit_pairs(mks: np.ndarray, snr: np.ndarray, star: np.ndarray, rows: np.nda
             low = g[(snr[g] >= lo) & (snr[g] < hi)]
             high = g[snr[g] > PAIR_HIGH_SNR]
             if low.size and high.size:
-                d.append(mks[low[0]] - mks[high[np.argmax(snr[high])]])
-        d_arr = np.asarray(d)
+                best = high[np.argmax(snr[high])]
+                d.append((mks[low[0]] - mks[best], snr[low[0]], snr[best]))
+        d_arr = np.asarray([x[0] for x in d])
         if d_arr.size < 5:
             print(f"  S/N {lo:g}-{hi:g}: {d_arr.size} pairs")
             continue
-        print(f"  S/N {lo:g}-{hi:g}: {d_arr.size} pairs, median {np.median(d_arr):+.3f}, mean "
-              f"{np.mean(d_arr):+.3f} +- {np.std(d_arr) / np.sqrt(d_arr.size):.3f}")
+        line = (f"  S/N {lo:g}-{hi:g}: {d_arr.size} pairs, median {np.median(d_arr):+.3f}, mean "
+                f"{np.mean(d_arr):+.3f} +- {np.std(d_arr) / np.sqrt(d_arr.size):.3f}; std "
+                f"{np.std(d_arr):.3f} (robust {robust_std(d_arr):.3f})")
+        if sigma_s is not None:
+            lo_snr = np.array([x[1] for x in d])
+            hi_snr = np.array([x[2] for x in d])
+            pred = np.hypot(sigma_s_from_table(lo_snr, *sigma_s),
+                            sigma_s_from_table(hi_snr, *sigma_s))
+            line += f", degraded-spectra sigma_s predicts {np.median(pred):.3f}"
+        print(line)
 
 
 def noise_profile_shifts(survey: str, products: str, n: int = 1500, seed: int = 0) -> None:
@@ -188,7 +204,14 @@ def main(argv: list[str] | None = None) -> int:
               + " / ".join(f"{m:.2f}" for m in mix))
     split_table(resid, snr, rows, t["ebv_true"], EBV_BINS, "E(B-V)")
     split_table(resid, snr, rows, feh, FEH_BINS, "[Fe/H]")
-    visit_pairs(mks, snr, t["star_index"], rows)
+    table = None
+    report = Path(a.products) / "models" / "luminosity_training.json"
+    if report.exists():  # network (a)'s degraded-spectra sigma_s, as the stage measured it
+        deg = json.loads(report.read_text()).get("noise", {}).get("a", {}).get(
+            "sigma_s_degraded", {})
+        if deg.get("snr"):
+            table = (np.asarray(deg["snr"], float), np.asarray(deg["sigma_mag"], float))
+    visit_pairs(mks, snr, t["star_index"], rows, table)
     return 0
 
 
