@@ -309,7 +309,8 @@ def resynthesize(control: Path, products: Path, snr_lo: float, snr_hi: float, n:
     ctl = _control(control, products)
     if not np.array_equal(synth["specid"], ctl["specid"]):
         raise SystemExit(f"{control}: its simulation options do not rebuild its spectra")
-    model = np.asarray(open_products(str(products))["MKs_model"].values)
+    prods = open_products(str(products))
+    model = np.asarray(prods["MKs_model"].values)
     snr = ctl["snr"]
     pool = np.flatnonzero(ctl["rows"] & ctl["groups"]["never_trained"] & (model == 0)
                           & (snr >= snr_lo) & (snr < snr_hi))
@@ -318,10 +319,10 @@ def resynthesize(control: Path, products: Path, snr_lo: float, snr_hi: float, n:
     net = MKsNetwork.load(str(products / "models" / "mks_network_a.safetensors"))
     truth = ctl["MKs_true"][rows]
     # products projected without the interstellar windows say so (60cb45e on; the default)
-    blind = blind or bool(open_products(str(products))["pca_coeff"].attrs.get(
+    blind = blind or bool(prods["pca_coeff"].attrs.get(
         "interstellar_blind", False))
     # and the run's configuration says how its continuum was fitted
-    run_cfg = open_products(str(products)).attrs.get("obpipe_config")
+    run_cfg = prods.attrs.get("obpipe_config")
     run_cfg = json.loads(run_cfg) if isinstance(run_cfg, str) else (run_cfg or {})
     continuum_exclude = continuum_exclude or bool(
         run_cfg.get("spectral", {}).get("continuum_excludes_interstellar", False))
@@ -375,7 +376,6 @@ def resynthesize(control: Path, products: Path, snr_lo: float, snr_hi: float, n:
               f"norm. flux(0)| at " + ", ".join(f"{lo}-{hi}" for lo, hi in bands) + " AA: "
               + " / ".join(cells))
     # the response to a rest-frame shift, on the products' own normalised spectra
-    prods = open_products(str(products))
     nf = prods["norm_flux"].isel(spec=rows).values
     ni = prods["norm_ivar"].isel(spec=rows).values
     model_flux = basis.reconstruct(np.nan_to_num(basis.project(np.nan_to_num(nf, nan=1.0), ni)))

@@ -294,6 +294,23 @@ def broken_thresholds(
     return tuple(float(e) for e in edges), tuple(cuts)
 
 
+def _cut_at_snr(edges: tuple[float, ...], cuts: tuple[float, ...], snr: np.ndarray
+                ) -> np.ndarray:
+    """Each row's cut of :func:`broken_thresholds`: the one of its S/N bin (NaN S/N: the
+    first bin)."""
+    b = np.clip(np.searchsorted(np.asarray(edges), np.nan_to_num(snr, nan=0.0),
+                                side="right") - 1, 0, len(cuts) - 1)
+    return np.asarray(cuts)[b]
+
+
+def _outliers_for_snr(chi2: np.ndarray, snr: np.ndarray, mad_sigma: float, min_chi2: float
+                      ) -> np.ndarray:
+    """Rows whose ``chi2`` lies above :func:`broken_thresholds`' cut for their S/N."""
+    edges, cuts = broken_thresholds(chi2, snr, mad_sigma, min_chi2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.log10(chi2) > _cut_at_snr(edges, cuts, snr)
+
+
 def choose_thresholds(
     stats: dict[str, np.ndarray],
     snr: np.ndarray,
@@ -312,23 +329,15 @@ def choose_thresholds(
         sig = stats["halpha_excess"] / stats["halpha_excess_err"]
     # artefacts scatter the significance both ways: leave out what the wide-window
     # statistic (valid with or without emission) already calls broken
-    edges0, cuts0 = broken_thresholds(stats["window_chi2_max_wide"], snr, broken_mad_sigma,
-                                      broken_min_chi2)
-    b0 = np.clip(np.searchsorted(np.asarray(edges0), np.nan_to_num(snr, nan=0.0),
-                                 side="right") - 1, 0, len(cuts0) - 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        suspect = np.log10(stats["window_chi2_max_wide"]) > np.asarray(cuts0)[b0]
+    suspect = _outliers_for_snr(stats["window_chi2_max_wide"], snr, broken_mad_sigma,
+                                broken_min_chi2)
     # and the spectra the basis does not model outside the emission windows (white dwarfs,
     # the odd interloper: quality_chi2 an outlier for its S/N, the same rule): their H-alpha
     # residual is no sample of the noise, and a handful of them on the negative side
     # would decide the mirror estimate of a small survey
     if "quality_chi2" in stats:
-        edges_q, cuts_q = broken_thresholds(stats["quality_chi2"], snr, broken_mad_sigma,
-                                            broken_min_chi2)
-        bq = np.clip(np.searchsorted(np.asarray(edges_q), np.nan_to_num(snr, nan=0.0),
-                                     side="right") - 1, 0, len(cuts_q) - 1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            suspect |= np.log10(stats["quality_chi2"]) > np.asarray(cuts_q)[bq]
+        suspect |= _outliers_for_snr(stats["quality_chi2"], snr, broken_mad_sigma,
+                                     broken_min_chi2)
     t, purity = emission_threshold(sig[~suspect], target_purity)
     em = np.where((sig > t) & (stats["halpha_excess"] > min_excess), 1, 0)
     edges, cuts = broken_thresholds(broken_statistic(stats, em), snr, broken_mad_sigma,
@@ -348,10 +357,7 @@ def flag(stats: dict[str, np.ndarray], snr: np.ndarray, thresholds: Thresholds
     em_flag[no_ha] = -9
     with np.errstate(invalid="ignore", divide="ignore"):
         log_chi2 = np.log10(broken_statistic(stats, em_flag))
-    edges = np.asarray(thresholds.broken_snr_edges)
-    b = np.clip(np.searchsorted(edges, np.nan_to_num(snr, nan=0.0), side="right") - 1, 0,
-                len(thresholds.broken_log_chi2) - 1)
-    cut = np.asarray(thresholds.broken_log_chi2)[b]
+    cut = _cut_at_snr(thresholds.broken_snr_edges, thresholds.broken_log_chi2, snr)
     q = np.zeros(sig.size, dtype=np.int16)
     q[log_chi2 > cut] |= QUALITY_BITS["broken"]
     q[no_ha] |= QUALITY_BITS["no_halpha_data"]
