@@ -287,7 +287,7 @@ def resynthesize(control: Path, products: Path, snr_lo: float, snr_hi: float, n:
     ``blind``: the network was trained with ``exclude_interstellar_lines`` (read from the
     products' ``pca_coeff`` where they record it); ``continuum_exclude``: the run had
     ``continuum_excludes_interstellar`` (read from the products' configuration too; every
-    case then normalises that way)."""
+    case then normalises that way, with the run's ``continuum_shape_degree``)."""
     import zarr
 
     from obpipe.config import SimulationConfig
@@ -326,6 +326,7 @@ def resynthesize(control: Path, products: Path, snr_lo: float, snr_hi: float, n:
     run_cfg = json.loads(run_cfg) if isinstance(run_cfg, str) else (run_cfg or {})
     continuum_exclude = continuum_exclude or bool(
         run_cfg.get("spectral", {}).get("continuum_excludes_interstellar", False))
+    shape_degree = int(run_cfg.get("spectral", {}).get("continuum_shape_degree", 0))
 
     def predict(nf: np.ndarray, ni: np.ndarray) -> np.ndarray:
         coeff = basis.project(np.nan_to_num(nf, nan=1.0), interstellar_blind_ivar(ni)
@@ -355,7 +356,7 @@ def resynthesize(control: Path, products: Path, snr_lo: float, snr_hi: float, n:
             mock_spectra.DIBS = dibs
         exclude = interstellar_mask() if continuum_exclude or "ismcont" in changes else None
         nf, ni = normalize(o["flux"], o["ivar"], o["mask"], weighting=weighting,
-                           exclude=exclude)
+                           exclude=exclude, shape_degree=shape_degree)
         print(f"  re-synthesised, {label:60s} {np.median(predict(nf, ni) - truth):+.3f}")
     # how much of the reddened continuum survives normalisation: noise-free, no RV residual
     # and no ISM lines, E(B-V) as it is against 0, |difference| of the normalised flux
@@ -367,12 +368,14 @@ def resynthesize(control: Path, products: Path, snr_lo: float, snr_hi: float, n:
                                   cfg.noise_neighbour_correlation) for x in (part, flat)]
     wave = wavelength_grid()
     bands = ((3750, 4000), (4000, 4500), (4500, 5500), (5500, 7000), (7000, 9000))
-    for w in CONTINUUM_WEIGHTINGS:
-        nf2 = [normalize(o["flux"], o["ivar"], o["mask"], weighting=w) for o in spectra]
+    for w, deg in [(w, 0) for w in CONTINUUM_WEIGHTINGS] + [("ivar", 3)]:
+        nf2 = [normalize(o["flux"], o["ivar"], o["mask"], weighting=w, shape_degree=deg)
+               for o in spectra]
         diff = np.where(nf2[0][1] > 0, np.abs(nf2[0][0] - nf2[1][0]), np.nan)
         cells = [f"{np.nanmedian(np.nanmean(diff[:, (wave >= lo) & (wave < hi)], axis=1)):.4f}"
                  for lo, hi in bands]
-        print(f"  {w:8s} weights: median |norm. flux(E(B-V) {np.median(part['ebv']):.2f}) - "
+        label = f"{w} weights" + (f", shape degree {deg}" if deg else "")
+        print(f"  {label}: median |norm. flux(E(B-V) {np.median(part['ebv']):.2f}) - "
               f"norm. flux(0)| at " + ", ".join(f"{lo}-{hi}" for lo, hi in bands) + " AA: "
               + " / ".join(cells))
     # the response to a rest-frame shift, on the products' own normalised spectra

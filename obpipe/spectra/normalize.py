@@ -84,7 +84,7 @@ def _check_weighting(weighting: str) -> None:
 def pseudo_continuum(
     flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray | None = None,
     width_aa: float = CONTINUUM_KERNEL_AA, weighting: str = "ivar",
-    exclude: np.ndarray | None = None,
+    exclude: np.ndarray | None = None, shape_degree: int = 0,
 ) -> np.ndarray:
     """Gaussian running mean of the flux (n, n_pix), inverse-variance weighted
     (``weighting="ivar"``) or with the same weight for every usable pixel ("uniform").
@@ -94,6 +94,15 @@ def pseudo_continuum(
     :func:`obpipe.spectra.pca.interstellar_mask`): the continuum there is interpolated by
     the kernel from its neighbours.
     Where no pixel within the kernel has weight the continuum is NaN.
+
+    ``shape_degree`` > 0 (beyond the paper, issue 15 item 2): the spectrum's broad shape
+    s(lambda) = exp(P(1/lambda)), P a polynomial of that degree fitted to the log of a
+    first running mean (:func:`broad_shape`), is divided out first, and the continuum is
+    s times the running mean of f / s (weights ivar s^2, the ivar of f / s). A reddening
+    or flux-calibration factor whose log is smooth in 1/lambda then leaves the normalised
+    spectrum as it was: without it, the running mean of a sloped spectrum leans toward
+    the kernel's faint side and across asymmetric line wings, so that part of the slope
+    survives normalisation in the shape of the lines.
     """
     _check_weighting(weighting)
     flux = np.atleast_2d(np.asarray(flux, dtype=np.float32))
@@ -107,6 +116,19 @@ def pseudo_continuum(
         good &= ~np.asarray(exclude, dtype=bool)[None, :]
     if weighting == "uniform":
         weight[...] = 1.0
+    cont = _running_mean(flux, weight, good, width_aa)
+    if shape_degree <= 0:
+        return cont
+    shape = broad_shape(cont, good, shape_degree)
+    if weighting == "ivar":
+        weight *= shape * shape  # the ivar of f / s
+    return shape * _running_mean(flux / shape, weight, good, width_aa)
+
+
+def _running_mean(flux: np.ndarray, weight: np.ndarray, good: np.ndarray, width_aa: float
+                  ) -> np.ndarray:
+    """sum_i w_i weight_i f_i / sum_i w_i weight_i over the ``good`` pixels (NaN where no
+    pixel within the kernel has weight); ``weight`` is rescaled in place."""
     np.copyto(weight, np.float32(0.0), where=~good)
     # scale the weights per row to O(1) so float32 sums keep their precision
     scale = np.max(weight, axis=1, keepdims=True)
@@ -122,17 +144,44 @@ def pseudo_continuum(
     return cont
 
 
+def broad_shape(continuum: np.ndarray, good: np.ndarray, degree: int) -> np.ndarray:
+    """exp(P(x)), x = 1 / lambda, P the least-squares polynomial of ``degree`` to
+    ln(continuum) over the ``good`` pixels where the continuum is positive, per row, with
+    every such pixel alike (so a factor exp(Q(x)), deg Q <= degree, on the continuum
+    multiplies the shape by exactly that factor). A row with too few such pixels gets a
+    flat shape (its median continuum, or 1). (n, n_pix) float32."""
+    n, n_pix = continuum.shape
+    x = 1e4 / wavelength_grid()[:n_pix]
+    x = (x - x.mean()) / x.std()
+    design = np.vander(x, degree + 1, increasing=True)  # (n_pix, degree + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        use = good & np.isfinite(continuum) & (continuum > 0)
+        y = np.where(use, np.log(np.where(use, continuum, 1.0)), 0.0)
+    w = use.astype(np.float64)
+    normal = np.einsum("np,pk,pl->nkl", w, design, design)
+    rhs = (w * y) @ design
+    enough = use.sum(axis=1) > 4 * (degree + 1)
+    coeff = np.zeros((n, degree + 1))
+    if enough.any():
+        coeff[enough] = np.linalg.solve(normal[enough], rhs[enough][..., None])[..., 0]
+    for j in np.flatnonzero(~enough):
+        if use[j].any():
+            coeff[j, 0] = np.log(np.median(continuum[j, use[j]]))
+    return np.exp(coeff @ design.T).astype(np.float32)
+
+
 def normalize(
     flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray | None = None,
     width_aa: float = CONTINUUM_KERNEL_AA, rows_per_chunk: int = 256,
-    weighting: str = "ivar", exclude: np.ndarray | None = None,
+    weighting: str = "ivar", exclude: np.ndarray | None = None, shape_degree: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Continuum-normalised flux and its inverse variance, (n, n_pix) float32 each.
 
     norm_flux = f / c and norm_ivar = ivar c^2 (0 where the pixel is masked, has no
     data, or the continuum is not positive); norm_flux is NaN where it is undefined.
-    ``weighting``, ``exclude``: the pseudo-continuum's weights and the pixels left out of
-    it (:func:`pseudo_continuum`); excluded pixels are normalised like the others.
+    ``weighting``, ``exclude``, ``shape_degree``: the pseudo-continuum's weights, the
+    pixels left out of it and the broad shape divided out first (:func:`pseudo_continuum`);
+    excluded pixels are normalised like the others.
     Rows are independent: they are done ``rows_per_chunk`` at a time, so that the
     temporaries stay in cache and their memory does not grow with the number of rows.
     """
@@ -145,7 +194,7 @@ def normalize(
         rows = slice(lo, lo + rows_per_chunk)
         m = None if mask is None else mask[rows]
         f, iv = flux[rows], ivar[rows]
-        cont = pseudo_continuum(f, iv, m, width_aa, weighting, exclude)
+        cont = pseudo_continuum(f, iv, m, width_aa, weighting, exclude, shape_degree)
         ok = np.isfinite(cont)
         ok &= cont > 0
         ok &= np.isfinite(f)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from obpipe.options import option
+from obpipe.options import Range, option
 from obpipe.spectra import normalize, pca
 
 
@@ -33,6 +33,14 @@ class SpectralConfig:
             "(the 4428 AA DIB sits between H-gamma and He I 4471), which made reddened "
             "low-S/N stars read bright through the interstellar-blind projection. Five "
             "zero-point-exact mocks, S/N 5-20: -0.055 -> -0.005 mag (docs/validation.md)")
+    continuum_shape_degree: int = option(
+        0,
+        doc="degree of the polynomial in 1/lambda of the spectrum's log broad shape divided "
+            "out before the pseudo-continuum's running mean (beyond the paper, issue 15 item "
+            "2; 0: off, the paper's running mean of the flux itself). Makes the normalised "
+            "spectrum blind to a reddening or flux-calibration slope "
+            "(:func:`obpipe.spectra.normalize.pseudo_continuum`)",
+        range=Range(0, 8))
     n_components: int = option(
         pca.N_COMPONENTS,
         doc="principal components K of each PCA basis (Sec. 3: 100)")

@@ -41,6 +41,8 @@ def provenance_config(config: PipelineConfig) -> dict[str, Any]:
         out["continuum_weighting"] = config.spectral.continuum_weighting
     # on by default since the eleventh session: products made before (no key) rerun
     out["continuum_excludes_interstellar"] = config.spectral.continuum_excludes_interstellar
+    if config.spectral.continuum_shape_degree:  # off keeps the old key
+        out["continuum_shape_degree"] = config.spectral.continuum_shape_degree
     return out
 
 
@@ -54,11 +56,13 @@ OUTPUTS = {
 
 @row_tiled  # chunk-independent bits (the PCA fit amplifies last-bit differences)
 def block(inputs: dict[str, np.ndarray], width_aa: float, weighting: str = "ivar",
-          exclude_interstellar: bool = False) -> dict[str, np.ndarray]:
+          exclude_interstellar: bool = False, shape_degree: int = 0
+          ) -> dict[str, np.ndarray]:
     exclude = interstellar_mask() if exclude_interstellar else None
     with threadpool_limits(1):
         nf, ni = normalize.normalize(inputs["flux"], inputs["ivar"], inputs["mask"], width_aa,
-                                     weighting=weighting, exclude=exclude)
+                                     weighting=weighting, exclude=exclude,
+                                     shape_degree=shape_degree)
     return {"norm_flux": nf, "norm_ivar": ni}
 
 
@@ -68,7 +72,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         ctx.survey_path, ctx.products_dir, NAME,
         functools.partial(block, width_aa=cfg.continuum_kernel_aa,
                           weighting=cfg.continuum_weighting,
-                          exclude_interstellar=cfg.continuum_excludes_interstellar),
+                          exclude_interstellar=cfg.continuum_excludes_interstellar,
+                          shape_degree=cfg.continuum_shape_degree),
         OUTPUTS, survey_vars=("flux", "ivar", "mask"), scheduler=ctx.scheduler,
         force=force_requested(ctx),
     )
