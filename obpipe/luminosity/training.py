@@ -64,7 +64,7 @@ from obpipe.luminosity.network_training import (
     fakemag_per_mas,
     train_network,
 )
-from obpipe.options import option
+from obpipe.options import Range, option
 from obpipe.photometry.parallax import (
     ZERO_POINT_FIT_TERMS,
     geometric_mks_with_offset,
@@ -158,6 +158,19 @@ class TrainingConfig:
             "the parallaxes of the binary cleaning, the noise model, the binary flag and the "
             "distances (product ``parallax_zp_fit``; obpipe.photometry.parallax."
             "zero_point_fit_design)")
+    reddened_copies: bool = option(
+        False,
+        doc="train each network also on one copy of each training spectrum with extra dust "
+            "(beyond the paper, issue 15 item 2): dE ~ U(0, reddened_copies_max_ebv) of the "
+            "G23 curve at R_V ~ N(3.1, 0.25), per-pixel S/N unchanged, the same M_Ks target "
+            "and fold, through the run's normalisation and projection "
+            "(:mod:`obpipe.luminosity.augment`). The networks then cannot learn "
+            "\"reddened, so luminous\" from the magnitude-limited training set, which read "
+            "faint reddened stars too bright (docs/validation.md)")
+    reddened_copies_max_ebv: float = option(
+        1.5,
+        doc="largest E(B-V) (mag) added to a reddened copy",
+        range=Range(0.0, 5.0, low_open=True))
     network: TrainConfig = option(
         default_factory=TrainConfig,
         doc="the network and its optimiser (eq. 6, Sec. 5.1)")
@@ -293,6 +306,7 @@ def train_with_binary_cleaning(
     run_mcmc: bool = True,
     interstellar_blind: bool = False,
     g_mag: np.ndarray | None = None,
+    x_reddened: dict[str, np.ndarray] | None = None,
 ) -> TrainingResult:
     """Sec. 5.2 training of networks (a) and (b) with iterative binary cleaning.
 
@@ -306,7 +320,10 @@ def train_with_binary_cleaning(
     record it in their metadata. ``g_mag``: Gaia G of every row, needed by
     ``cfg.fit_parallax_zero_point``; each network's fitted residual zero-point is removed
     from the parallaxes of its binary cleaning and noise model (``report
-    ["parallax_zero_point_fit"]``).
+    ["parallax_zero_point_fit"]``). ``x_reddened``: per model, the inputs of a reddened
+    copy of each row (``cfg.reddened_copies``; NaN rows have none): every round trains on
+    its rows and their copies (same target, star and fold); everything else (cleaning,
+    out-of-fold values, noise model) reads the rows themselves.
     """
     cfg = cfg or TrainingConfig()
     t_start = time.perf_counter()
@@ -381,18 +398,28 @@ def train_with_binary_cleaning(
             rows = base_train[m] & keep[m]
             xm = x[m] if isinstance(x, dict) else x
             init = nets.get(m) if cfg.warm_start else None
+            take = np.flatnonzero(rows)
+            x_fit = xm[take]
+            n_copies = 0
+            if x_reddened is not None:  # the rows, then the reddened copies they have
+                xr = x_reddened[m]
+                copied = take[np.all(np.isfinite(xr[take]), axis=1)]
+                n_copies = copied.size
+                x_fit = np.concatenate([x_fit, xr[copied]])
+                take = np.concatenate([take, copied])
             nets[m], hist = train_network(
-                xm[rows], target[rows], kind=m, config=net_cfg,
+                x_fit, target[take], kind=m, config=net_cfg,
                 pixel_mask=(wavelength_mask(m, exclude_interstellar=True)
                             if interstellar_blind and cfg.input_kind == "recon_flux"
                             else None),
-                input_kind=cfg.input_kind, y_err_mag=target_err[rows],
-                sigma_floor_mag=cfg.weight_floor_mag, fakemag=fmag[rows],
-                fakemag_err=fmag_err[rows], groups=stars[rows], init=init,
-                folds=np.where(folds[m][rows] == -2, -1, folds[m][rows]),
-                zp_design=None if zp_design is None else zp_design[rows],
-                fakemag_per_mas=None if per_mas is None else per_mas[rows],
+                input_kind=cfg.input_kind, y_err_mag=target_err[take],
+                sigma_floor_mag=cfg.weight_floor_mag, fakemag=fmag[take],
+                fakemag_err=fmag_err[take], groups=stars[take], init=init,
+                folds=np.where(folds[m][take] == -2, -1, folds[m][take]),
+                zp_design=None if zp_design is None else zp_design[take],
+                fakemag_per_mas=None if per_mas is None else per_mas[take],
                 meta={"training_iteration": it, "n_training_rows": int(rows.sum()),
+                      "n_reddened_copies": int(n_copies),
                       "parallax_zero_point_terms": zp_terms,
                       "warm_start": init is not None,
                       "exclude_interstellar_lines": bool(interstellar_blind),
@@ -406,6 +433,8 @@ def train_with_binary_cleaning(
                 rec[f"parallax_zp_coefficients_mas_{m}"] = [
                     float(c) for c in nets[m].meta["parallax_zp_coefficients_mas"]]
             rec[f"n_train_{m}"] = int(rows.sum())
+            if x_reddened is not None:
+                rec[f"n_reddened_copies_{m}"] = int(n_copies)
             rec[f"epochs_{m}"] = len(hist.train_loss)
             rec[f"seconds_per_epoch_{m}"] = hist.seconds_per_epoch
             rec[f"train_seconds_{m}"] = hist.seconds
@@ -418,7 +447,7 @@ def train_with_binary_cleaning(
             epi = spread if cfg.noise_include_spread else None
             # honest predictions for the training rows: their out-of-fold member's
             o = np.full(n, np.nan)
-            o[rows] = hist.out_of_fold
+            o[rows] = hist.out_of_fold[: int(rows.sum())]
             oof[m] = o
             honest = np.where(np.isfinite(o), o, p)
             sample = _noise_sample(m, sets, em, snr, geo_fit[m], cfg)

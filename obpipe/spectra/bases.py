@@ -58,6 +58,33 @@ def stellar_pixels(norm_ivar: np.ndarray, clean_pixels: np.ndarray,
             ism)
 
 
+def _project_both(model: pca.PCAModel, norm_flux: np.ndarray, norm_ivar: np.ndarray,
+                  prior: bool, exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted projections on the clean and the full basis (Sec. 3)."""
+    # the projection gets the measured weights with the windows as ``exclude``: they
+    # still shape the smooth part of W (zeroed, they would be filled with the row's
+    # median and make ~250 other pixels per row deviant, each a low-rank correction)
+    return (model.clean.project(norm_flux, norm_ivar, prior=prior, exclude=exclude),
+            model.full.project(norm_flux, norm_ivar, prior=prior, exclude=exclude))
+
+
+def pca_coefficients(model: pca.PCAModel, norm_flux: np.ndarray, norm_ivar: np.ndarray,
+                     prior: bool = True, rows_per_chunk: int = 256,
+                     exclude_interstellar: bool = False) -> dict[str, np.ndarray]:
+    """``pca_coeff`` and ``pca_coeff_full`` of :func:`pca_statistics` alone (float32, the
+    same numbers), without the residual statistics."""
+    n = norm_flux.shape[0]
+    out = {k: np.empty((n, model.clean.n_components if k == "pca_coeff" else
+                        model.full.n_components), dtype=np.float32)
+           for k in ("pca_coeff", "pca_coeff_full")}
+    excl = pca.interstellar_mask() if exclude_interstellar else None
+    for lo in range(0, n, rows_per_chunk):
+        rows = slice(lo, min(lo + rows_per_chunk, n))
+        coeff, coeff_full = _project_both(model, norm_flux[rows], norm_ivar[rows], prior, excl)
+        out["pca_coeff"][rows], out["pca_coeff_full"][rows] = coeff, coeff_full
+    return out
+
+
 def pca_statistics(model: pca.PCAModel, norm_flux: np.ndarray, norm_ivar: np.ndarray,
                    prior: bool = True, rows_per_chunk: int = 256,
                    exclude_interstellar: bool = False) -> dict[str, np.ndarray]:
@@ -77,13 +104,9 @@ def pca_statistics(model: pca.PCAModel, norm_flux: np.ndarray, norm_ivar: np.nda
         nf = norm_flux[rows]
         ni, clean_pix, excl = stellar_pixels(norm_ivar[rows], model.clean.pixels,
                                              exclude_interstellar)
-        # the projection gets the measured weights with the windows as ``exclude``: they
-        # still shape the smooth part of W (zeroed, they would be filled with the row's
-        # median and make ~250 other pixels per row deviant, each a low-rank correction)
-        coeff = model.clean.project(nf, norm_ivar[rows], prior=prior, exclude=excl)
+        coeff, coeff_full = _project_both(model, nf, norm_ivar[rows], prior, excl)
         part = {"pca_coeff": coeff.astype(np.float32),
-                "pca_coeff_full": model.full.project(nf, norm_ivar[rows], prior=prior,
-                                                     exclude=excl).astype(np.float32)}
+                "pca_coeff_full": coeff_full.astype(np.float32)}
         part.update(emission.residual_statistics(nf, ni, model.clean.reconstruct(coeff),
                                                  model.clean.sigma_model, clean_pix))
         for k, v in part.items():

@@ -237,6 +237,41 @@ def _network_inputs(prods: xr.Dataset, rows: np.ndarray, input_kind: str, produc
     raise ValueError(f"unknown input_kind {input_kind!r}")
 
 
+def reddened_inputs(ctx: RunContext, rows: np.ndarray, cfg: TrainingConfig,
+                    interstellar_blind: bool) -> dict[str, np.ndarray]:
+    """The networks' inputs of one reddened copy of each survey row ``rows``
+    (:func:`obpipe.luminosity.augment.reddened_copies`, seeded by ``cfg.seed``), made as
+    the run makes its own: the normalize stage's block with the run's options, the pca
+    stage's weighted projections (:func:`obpipe.spectra.bases.pca_coefficients`; the
+    rest frame is not refined: the training spectra are above ``refine_rv_max_snr`` by
+    default) and the reconstructions of :func:`_network_inputs`. Rows that fail any step
+    are NaN."""
+    from obpipe.luminosity.augment import reddened_copies
+    from obpipe.spectra.bases import load_pca_model, pca_coefficients
+    from obpipe.stages import normalize as normalize_stage
+
+    spec = ctx.config.spectral
+    survey = store.open_cube(ctx.survey_path)
+    raw = {k: survey[k].isel(spec=rows).values for k in ("flux", "ivar", "mask")}
+    raw["flux"], raw["ivar"], _ = reddened_copies(
+        raw["flux"], raw["ivar"], np.random.default_rng(cfg.seed), cfg.reddened_copies_max_ebv)
+    normed = normalize_stage.block(raw, **normalize_stage.block_options(spec))
+    del raw
+    model = load_pca_model(ctx.products_dir)
+    coeff = pca_coefficients(model, normed["norm_flux"], normed["norm_ivar"],
+                             prior=spec.projection_prior, exclude_interstellar=interstellar_blind)
+    bad = ~np.isfinite(coeff["pca_coeff"][:, 0])
+    if cfg.input_kind == "pca_coeff":
+        return {"a": coeff["pca_coeff_full"], "b": coeff["pca_coeff"]}
+    out = {"a": model.full.reconstruct(np.nan_to_num(coeff["pca_coeff_full"])),
+           "b": model.clean.reconstruct(np.nan_to_num(coeff["pca_coeff"]))}
+    for m, x in out.items():
+        x[bad] = np.nan
+        x[recon_out_of_range(x[:, wavelength_mask(m, exclude_interstellar=interstellar_blind)])
+          ] = np.nan
+    return out
+
+
 def calibrate_sigma_s(ctx: RunContext, model: str, usable: np.ndarray, snr: np.ndarray,
                       star_id: np.ndarray, net: MKsNetwork, input_kind: str,
                       min_snr: float = 100.0, max_spectra: int = 2000, seed: int = 0,
@@ -369,6 +404,18 @@ def train_from_products(ctx: RunContext, cfg: TrainingConfig, extra_path: str | 
                              "column phot_g_mean_mag (Gaia G)")
         g_all = survey["phot_g_mean_mag"].values.astype(float)
     t_read = time.perf_counter() - t0
+    x_red = None
+    if cfg.reddened_copies:  # every row that can train a network: usable, S/N > min_snr
+        t1 = time.perf_counter()
+        can = np.flatnonzero(usable & (snr_all[rows] > cfg.min_snr))
+        part = reddened_inputs(ctx, rows[can], cfg, ism)
+        x_red = {}
+        for m, v in part.items():
+            x_red[m] = np.full((rows.size, v.shape[1]), np.nan, dtype=np.float32)
+            x_red[m][can] = v
+        del part
+        log.info("luminosity: reddened copies of %d training candidates in %.1f s",
+                 can.size, time.perf_counter() - t1)
     res = train_with_binary_cleaning(
         x, star_all[rows], snr_all[rows], em, usable,
         cols["MKs_geo"][rows], cols["MKs_geo_err"][rows], cols["Ks0"][rows],
@@ -377,7 +424,9 @@ def train_from_products(ctx: RunContext, cfg: TrainingConfig, extra_path: str | 
         extra_mks=None if extra_mks is None else extra_mks[rows],
         extra_mks_err=None if extra_err is None else extra_err[rows],
         interstellar_blind=ism, g_mag=None if g_all is None else g_all[rows],
+        x_reddened=x_red,
     )
+    del x_red
     res.report["timing_s"]["read_inputs"] = t_read
     # the candidates' parallaxes less each network's fitted residual zero-point (the
     # calibrations below see the parallaxes the networks were trained on)

@@ -66,14 +66,18 @@ def block(inputs: dict[str, np.ndarray], width_aa: float, weighting: str = "ivar
     return {"norm_flux": nf, "norm_ivar": ni}
 
 
+def block_options(cfg: SpectralConfig) -> dict[str, Any]:
+    """:func:`block`'s keyword arguments for a run's ``[spectral]`` options."""
+    return {"width_aa": cfg.continuum_kernel_aa, "weighting": cfg.continuum_weighting,
+            "exclude_interstellar": cfg.continuum_excludes_interstellar,
+            "shape_degree": cfg.continuum_shape_degree}
+
+
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg: SpectralConfig = ctx.config.spectral
     return run_blockwise_stage(
         ctx.survey_path, ctx.products_dir, NAME,
-        functools.partial(block, width_aa=cfg.continuum_kernel_aa,
-                          weighting=cfg.continuum_weighting,
-                          exclude_interstellar=cfg.continuum_excludes_interstellar,
-                          shape_degree=cfg.continuum_shape_degree),
+        functools.partial(block, **block_options(cfg)),
         OUTPUTS, survey_vars=("flux", "ivar", "mask"), scheduler=ctx.scheduler,
         force=force_requested(ctx),
     )
