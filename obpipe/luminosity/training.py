@@ -73,6 +73,9 @@ from obpipe.photometry.parallax import (
 
 log = logging.getLogger(__name__)
 
+#: how the reddened copies of the training spectra train (:class:`TrainingConfig`)
+REDDENED_COPIES = ("none", "added", "swapped")
+
 
 @dataclass(frozen=True)
 class TrainingConfig:
@@ -158,15 +161,18 @@ class TrainingConfig:
             "the parallaxes of the binary cleaning, the noise model, the binary flag and the "
             "distances (product ``parallax_zp_fit``; obpipe.photometry.parallax."
             "zero_point_fit_design)")
-    reddened_copies: bool = option(
-        False,
-        doc="train each network also on one copy of each training spectrum with extra dust "
+    reddened_copies: str = option(
+        "none",
+        doc="train the networks also on copies of the training spectra with extra dust "
             "(beyond the paper, issue 15 item 2): dE ~ U(0, reddened_copies_max_ebv) of the "
             "G23 curve at R_V ~ N(3.1, 0.25), per-pixel S/N unchanged, the same M_Ks target "
             "and fold, through the run's normalisation and projection "
-            "(:mod:`obpipe.luminosity.augment`). The networks then cannot learn "
+            "(:mod:`obpipe.luminosity.augment`), so that the networks cannot learn "
             "\"reddened, so luminous\" from the magnitude-limited training set, which read "
-            "faint reddened stars too bright (docs/validation.md)")
+            "faint reddened stars too bright (docs/validation.md). \"added\": each "
+            "spectrum and its copy (twice the rows); \"swapped\": half the spectra, drawn "
+            "once, replaced by their copies (the same rows and training time); \"none\": "
+            "the paper")
     reddened_copies_max_ebv: float = option(
         1.5,
         doc="largest E(B-V) (mag) added to a reddened copy",
@@ -176,6 +182,9 @@ class TrainingConfig:
         doc="the network and its optimiser (eq. 6, Sec. 5.1)")
 
     def __post_init__(self) -> None:
+        if self.reddened_copies not in REDDENED_COPIES:
+            raise ValueError(f"reddened_copies must be one of {REDDENED_COPIES}, got "
+                             f"{self.reddened_copies!r}")
         if self.fit_parallax_zero_point not in ZERO_POINT_FIT_TERMS:
             raise ValueError(f"fit_parallax_zero_point must be one of {ZERO_POINT_FIT_TERMS}, "
                              f"got {self.fit_parallax_zero_point!r}")
@@ -321,8 +330,9 @@ def train_with_binary_cleaning(
     ``cfg.fit_parallax_zero_point``; each network's fitted residual zero-point is removed
     from the parallaxes of its binary cleaning and noise model (``report
     ["parallax_zero_point_fit"]``). ``x_reddened``: per model, the inputs of a reddened
-    copy of each row (``cfg.reddened_copies``; NaN rows have none): every round trains on
-    its rows and their copies (same target, star and fold); everything else (cleaning,
+    copy of each row (NaN rows have none): every round trains on its rows and their
+    copies (``cfg.reddened_copies`` "added"; same target, star and fold) or on its rows
+    with a fixed half replaced by their copies ("swapped"); everything else (cleaning,
     out-of-fold values, noise model) reads the rows themselves.
     """
     cfg = cfg or TrainingConfig()
@@ -386,6 +396,8 @@ def train_with_binary_cleaning(
         if n_members == 1:  # one network: its trained stars are in-sample
             f[base_train[m] & (f == -1)] = -2
         folds[m] = f
+    # the rows whose reddened copy replaces them in every round ("swapped")
+    swap = np.random.default_rng(cfg.seed + 1).random(n) < 0.5
     nets: dict[str, MKsNetwork] = {}
     preds: dict[str, np.ndarray] = {}
     spreads: dict[str, np.ndarray] = {}
@@ -401,12 +413,16 @@ def train_with_binary_cleaning(
             take = np.flatnonzero(rows)
             x_fit = xm[take]
             n_copies = 0
-            if x_reddened is not None:  # the rows, then the reddened copies they have
+            if x_reddened is not None:
                 xr = x_reddened[m]
                 copied = take[np.all(np.isfinite(xr[take]), axis=1)]
+                if cfg.reddened_copies == "swapped":  # the drawn half: the copy instead
+                    copied = copied[swap[copied]]
+                    x_fit[np.isin(take, copied)] = xr[copied]
+                else:  # the rows, then the copies they have
+                    x_fit = np.concatenate([x_fit, xr[copied]])
+                    take = np.concatenate([take, copied])
                 n_copies = copied.size
-                x_fit = np.concatenate([x_fit, xr[copied]])
-                take = np.concatenate([take, copied])
             nets[m], hist = train_network(
                 x_fit, target[take], kind=m, config=net_cfg,
                 pixel_mask=(wavelength_mask(m, exclude_interstellar=True)
@@ -447,7 +463,7 @@ def train_with_binary_cleaning(
             epi = spread if cfg.noise_include_spread else None
             # honest predictions for the training rows: their out-of-fold member's
             o = np.full(n, np.nan)
-            o[rows] = hist.out_of_fold[: int(rows.sum())]
+            o[rows] = hist.out_of_fold[: int(rows.sum())]  # the rows come first
             oof[m] = o
             honest = np.where(np.isfinite(o), o, p)
             sample = _noise_sample(m, sets, em, snr, geo_fit[m], cfg)

@@ -405,7 +405,7 @@ def train_from_products(ctx: RunContext, cfg: TrainingConfig, extra_path: str | 
         g_all = survey["phot_g_mean_mag"].values.astype(float)
     t_read = time.perf_counter() - t0
     x_red = None
-    if cfg.reddened_copies:  # every row that can train a network: usable, S/N > min_snr
+    if cfg.reddened_copies != "none":  # every row that can train: usable, S/N > min_snr
         t1 = time.perf_counter()
         can = np.flatnonzero(usable & (snr_all[rows] > cfg.min_snr))
         part = reddened_inputs(ctx, rows[can], cfg, ism)

@@ -52,8 +52,9 @@ def _slope(n: int) -> np.ndarray:
 def test_copies_teach_the_networks_to_ignore_a_shortcut() -> None:
     """Training spectra whose continuum slope tracks M_Ks (as reddening tracks luminosity
     in a magnitude-limited survey) teach a network to read the slope; copies with random
-    slopes and the same targets take most of that away, and the copies only train: the
-    out-of-fold values and the report count the spectra themselves."""
+    slopes and the same targets take most of that away, added or swapped for half the
+    spectra, and the copies only train: the out-of-fold values and the report count the
+    spectra themselves."""
     rng = np.random.default_rng(2)
     n = 600
     lum = rng.uniform(0, 1, n)
@@ -65,28 +66,39 @@ def test_copies_teach_the_networks_to_ignore_a_shortcut() -> None:
             + rng.normal(0, 0.005, (n, WAVE.size))).astype(np.float32)
     copies = (flux + 0.02 * rng.uniform(-1.0, 2.0, n)[:, None] * _slope(n)).astype(np.float32)
     copies[:50] = np.nan  # no copy for these rows
-    cfg = TrainingConfig(n_clean_iterations=0, train_fraction=0.8,
-                         network=TrainConfig(max_epochs=300, patience=40, n_members=2,
-                                             loss="mag", n_components=10))
     args = (np.array([f"s{i}" for i in range(n)]), np.full(n, 100.0), np.zeros(n, np.int8),
             np.ones(n, bool), mks, np.full(n, 0.05), mks + 10.0, np.full(n, 0.02),
-            np.full(n, 1.0), np.full(n, 0.05), cfg)
-    plain = train_with_binary_cleaning({"a": flux, "b": flux}, *args, run_mcmc=False)
-    taught = train_with_binary_cleaning({"a": flux, "b": flux}, *args, run_mcmc=False,
-                                        x_reddened={"a": copies, "b": copies})
+            np.full(n, 1.0), np.full(n, 0.05))
+    res = {}
+    for mode in ("none", "added", "swapped"):
+        cfg = TrainingConfig(n_clean_iterations=0, train_fraction=0.8, reddened_copies=mode,
+                             network=TrainConfig(max_epochs=300, patience=40, n_members=2,
+                                                 loss="mag", n_components=10))
+        res[mode] = train_with_binary_cleaning(
+            {"a": flux, "b": flux}, *args, cfg, run_mcmc=False,
+            x_reddened=None if mode == "none" else {"a": copies, "b": copies})
+    plain, taught = res["none"], res["added"]
     probe = flux[:200]
     response = {}
-    for name, res in (("plain", plain), ("copies", taught)):
-        net = res.networks["a"]
+    for name, r in (("plain", plain), ("copies", taught), ("swapped", res["swapped"])):
+        net = r.networks["a"]
         response[name] = float(np.median(net.predict(probe + 0.02 * _slope(200))
                                          - net.predict(probe)))
     assert response["plain"] < -0.5  # the slope reads as luminosity: brighter
     assert abs(response["copies"]) < 0.4 * abs(response["plain"])
+    assert abs(response["swapped"]) < 0.5 * abs(response["plain"])
     rec = taught.report["iterations"][0]
     n_train = rec["n_train_a"]
     assert rec["n_reddened_copies_a"] == n_train - np.sum(plain.sets.train_a[:50])
     assert taught.out_of_fold["a"].shape == (n,)
     assert np.sum(np.isfinite(taught.out_of_fold["a"])) == n_train
+    # swapped: the same rows, about half of those with a copy trained as their copy
+    swapped = res["swapped"].report["iterations"][0]
+    assert swapped["n_train_a"] == n_train
+    assert 0.4 < swapped["n_reddened_copies_a"] / rec["n_reddened_copies_a"] < 0.6
+    assert np.sum(np.isfinite(res["swapped"].out_of_fold["a"])) == n_train
+    with pytest.raises(ValueError, match="reddened_copies must be one of"):
+        TrainingConfig(reddened_copies="yes")
 
 
 @pytest.mark.slow
@@ -106,7 +118,7 @@ def test_stage_copies_without_dust_are_the_runs_own_inputs(small_survey: str,
     rows = np.flatnonzero((snr > 60) & (prods["em_flag"].values == 0))[:40]
     ctx = RunContext(small_survey, small_spectral_products, scheduler="threads",
                      config=config_from_dict({}))
-    cfg = TrainingConfig(reddened_copies=True, reddened_copies_max_ebv=1e-9)
+    cfg = TrainingConfig(reddened_copies="added", reddened_copies_max_ebv=1e-9)
     blind = lum.products_interstellar_blind(prods)
     got = lum.reddened_inputs(ctx, rows, cfg, blind)
     stored = lum._network_inputs(prods, rows, "recon_flux", small_spectral_products)
@@ -115,5 +127,5 @@ def test_stage_copies_without_dust_are_the_runs_own_inputs(small_survey: str,
         assert ok.any(axis=1).all()
         np.testing.assert_allclose(got[m][ok], stored[m][ok], atol=2e-4)
     # and with dust, the copies differ
-    red = lum.reddened_inputs(ctx, rows, TrainingConfig(reddened_copies=True), blind)
+    red = lum.reddened_inputs(ctx, rows, TrainingConfig(reddened_copies="added"), blind)
     assert np.nanmax(np.abs(red["a"] - stored["a"])) > 1e-3
