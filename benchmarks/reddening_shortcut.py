@@ -20,12 +20,14 @@ change per family. A spectroscopic M_Ks would not move.
 **Retrained variants** (``--retrain``; a mock, scored against its truth). Network (a) is
 retrained with the stage's own :func:`train_network` (the run's network options,
 parallax-space loss, folds by star) on the run's final training spectra of (a)
-(``luminosity_set`` bit 1). Three variants:
+(``luminosity_set`` bit 1). Four variants:
 
 * ``baseline``: those spectra as they are;
 * ``reddened``: the same, plus one copy of each, reddened by dE ~ U(0, 1.5) with G23 at
   R_V ~ N(3.1, 0.25) (:func:`obpipe.luminosity.augment.reddened_copies`), with the same
   target and star (so the same fold);
+* ``swapped``: the spectra, with a random half replaced by those copies (the pipeline's
+  default, ``[luminosity] reddened_copies = "swapped"``);
 * ``decorrelated``: the rows resampled with replacement, with weights
   p(E) p(M) / p(E, M). E is the photometry stage's ``ebv`` and M is ``MKs_geo``, each
   cut into 6 quantile bins, and the weights are clipped to 0.2-5. In the resampled set
@@ -187,9 +189,13 @@ def main(argv: list[str] | None = None) -> int:
         res["decorrelated_unique_rows"] = int(np.unique(pick).size)
         every = np.arange(train.size)
         pix = wavelength_mask("a", exclude_interstellar=inputs.project_exclude is not None)
+        half = rng.random(train.size) < 0.5
+        x_swap = np.where(half[:, None] & np.all(np.isfinite(x_red), axis=1)[:, None],
+                          x_red, x_clean)
         for name, x, take in (("baseline", x_clean, every),
                               ("reddened", np.concatenate([x_clean, x_red]),
                                np.concatenate([every, every])),
+                              ("swapped", x_swap, every),
                               ("decorrelated", x_clean[pick], pick)):
             t1 = time.perf_counter()
             nets[name], hist = train_network(

@@ -66,6 +66,14 @@ def test_products_and_model_files(small_survey, products) -> None:
         assert os.path.getsize(os.path.join(products, "figures", fig)) > 10_000
     ctx = RunContext(small_survey, products)
     assert lum.is_complete(ctx) and binary_stage.is_complete(ctx)
+    # by default each round trains half its spectra as their reddened copies (issue 15)
+    import json
+
+    with open(os.path.join(products, "models", lum.REPORT_FILE)) as fh:
+        rounds = json.load(fh)["iterations"]
+    for r in rounds:
+        for m in ("a", "b"):
+            assert 0.35 < r[f"n_reddened_copies_{m}"] / r[f"n_train_{m}"] < 0.65, r
 
 
 def test_mks_precision_against_truth(small_survey, products) -> None:
