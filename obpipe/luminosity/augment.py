@@ -6,8 +6,8 @@ what the reddening leaves in a normalised spectrum: the pseudo-continuum's runni
 of a sloped spectrum leans toward the kernel's faint side (:mod:`obpipe.spectra.
 normalize`). It then reads a faint star behind the same dust as too luminous. That puts a
 distance prior into a spectroscopic M_Ks. On the mock, network (a)'s M_Ks moved by
--0.05 to -0.08 mag per magnitude of E(B-V) added to the spectra alone
-(``benchmarks/reddening_shortcut.py``).
+-0.03 to -0.07 mag per magnitude of E(B-V) added to the spectra alone (F19, G23 or O94
+curves; -0.01 to -0.03 with the copies: ``benchmarks/reddening_shortcut.py``).
 
 The training set can say otherwise. Each training spectrum gets a copy with extra dust:
 the raw flux times 10^(-0.4 dE A(lambda) / E(B-V)), with its ivar divided by the square of

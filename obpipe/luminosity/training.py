@@ -173,7 +173,7 @@ class TrainingConfig:
             "once, replaced by their copies (the same rows and training time); \"added\": "
             "each spectrum and its copy (twice the rows, ~1.5x the training time, the same "
             "accuracy); \"none\": the paper. Five zero-point-exact mocks: the M_Ks change "
-            "per magnitude of E(B-V) put on the spectra alone -0.05..-0.08 -> -0.02..-0.03, "
+            "per magnitude of E(B-V) put on the spectra alone -0.03..-0.07 -> -0.01..-0.03, "
             "S/N 20-50 bias -0.088 -> -0.061 (docs/validation.md, \"The reddening "
             "shortcut\")")
     reddened_copies_max_ebv: float = option(
