@@ -237,31 +237,24 @@ def _network_inputs(prods: xr.Dataset, rows: np.ndarray, input_kind: str, produc
     raise ValueError(f"unknown input_kind {input_kind!r}")
 
 
-def reddened_inputs(ctx: RunContext, rows: np.ndarray, cfg: TrainingConfig,
+def inputs_from_raw(ctx: RunContext, raw: dict[str, np.ndarray], input_kind: str,
                     interstellar_blind: bool) -> dict[str, np.ndarray]:
-    """The networks' inputs of one reddened copy of each survey row ``rows``
-    (:func:`obpipe.luminosity.augment.reddened_copies`, seeded by ``cfg.seed``), made as
-    the run makes its own: the normalize stage's block with the run's options, the pca
-    stage's weighted projections (:func:`obpipe.spectra.bases.pca_coefficients`; the
-    rest frame is not refined: the training spectra are above ``refine_rv_max_snr`` by
-    default) and the reconstructions of :func:`_network_inputs`. Rows that fail any step
-    are NaN."""
-    from obpipe.luminosity.augment import reddened_copies
+    """The networks' inputs of raw spectra (``flux``, ``ivar``, ``mask`` rows on the
+    survey's grid), made as the run makes its own: the normalize stage's block with the
+    run's options, the pca stage's weighted projections
+    (:func:`obpipe.spectra.bases.pca_coefficients`; the rest frame is not refined: the
+    training spectra are above ``refine_rv_max_snr`` by default) and the reconstructions of
+    :func:`_network_inputs`. Rows that fail any step are NaN."""
     from obpipe.spectra.bases import load_pca_model, pca_coefficients
     from obpipe.stages import normalize as normalize_stage
 
     spec = ctx.config.spectral
-    survey = store.open_cube(ctx.survey_path)
-    raw = {k: survey[k].isel(spec=rows).values for k in ("flux", "ivar", "mask")}
-    raw["flux"], raw["ivar"], _ = reddened_copies(
-        raw["flux"], raw["ivar"], np.random.default_rng(cfg.seed), cfg.reddened_copies_max_ebv)
     normed = normalize_stage.block(raw, **normalize_stage.block_options(spec))
-    del raw
     model = load_pca_model(ctx.products_dir)
     coeff = pca_coefficients(model, normed["norm_flux"], normed["norm_ivar"],
                              prior=spec.projection_prior, exclude_interstellar=interstellar_blind)
     bad = ~np.isfinite(coeff["pca_coeff"][:, 0])
-    if cfg.input_kind == "pca_coeff":
+    if input_kind == "pca_coeff":
         return {"a": coeff["pca_coeff_full"], "b": coeff["pca_coeff"]}
     out = {"a": model.full.reconstruct(np.nan_to_num(coeff["pca_coeff_full"])),
            "b": model.clean.reconstruct(np.nan_to_num(coeff["pca_coeff"]))}
@@ -270,6 +263,52 @@ def reddened_inputs(ctx: RunContext, rows: np.ndarray, cfg: TrainingConfig,
         x[recon_out_of_range(x[:, wavelength_mask(m, exclude_interstellar=interstellar_blind)])
           ] = np.nan
     return out
+
+
+def _raw_rows(ctx: RunContext, rows: np.ndarray) -> dict[str, np.ndarray]:
+    survey = store.open_cube(ctx.survey_path)
+    return {k: survey[k].isel(spec=rows).values for k in ("flux", "ivar", "mask")}
+
+
+def reddened_inputs(ctx: RunContext, rows: np.ndarray, cfg: TrainingConfig,
+                    interstellar_blind: bool) -> dict[str, np.ndarray]:
+    """The networks' inputs (:func:`inputs_from_raw`) of one reddened copy of each survey
+    row ``rows`` (:func:`obpipe.luminosity.augment.reddened_copies`, seeded by
+    ``cfg.seed``)."""
+    from obpipe.luminosity.augment import reddened_copies
+
+    raw = _raw_rows(ctx, rows)
+    raw["flux"], raw["ivar"], _ = reddened_copies(
+        raw["flux"], raw["ivar"], np.random.default_rng(cfg.seed), cfg.reddened_copies_max_ebv)
+    return inputs_from_raw(ctx, raw, cfg.input_kind, interstellar_blind)
+
+
+def dust_response(ctx: RunContext, net: MKsNetwork, rows: np.ndarray, input_kind: str,
+                  interstellar_blind: bool, ebv: float = 1.0, r_v: float = 3.1
+                  ) -> dict[str, Any]:
+    """How far network (a)'s M_Ks moves when only the dust in front of the star changes
+    (issue 15 item 2; ``benchmarks/reddening_shortcut.py`` does the same for five curve
+    families): the raw spectra ``rows`` with ``ebv`` mag of E(B-V) more (G23 at ``r_v``,
+    :func:`obpipe.luminosity.augment.extinction_per_ebv`; ivar / factor^2, so the
+    per-pixel S/N is unchanged) and as they are, through :func:`inputs_from_raw` and
+    ``net``. A spectroscopic M_Ks would not move; negative: dust reads as luminosity.
+    Returns the median change (mag per ``ebv``), its standard error (1.2533 std /
+    sqrt(n), as for a Gaussian) and n."""
+    from obpipe.luminosity.augment import extinction_per_ebv
+
+    raw = _raw_rows(ctx, rows)
+    factor = (10.0 ** (-0.4 * ebv * extinction_per_ebv(np.full(rows.size, r_v),
+                                                        raw["flux"].shape[1]))
+              ).astype(np.float32)
+    dusty = dict(raw, flux=raw["flux"] * factor, ivar=raw["ivar"] / (factor * factor))
+    m0, m1 = (net.predict(inputs_from_raw(ctx, r, input_kind, interstellar_blind)["a"])
+              for r in (raw, dusty))
+    d = (m1 - m0)[np.isfinite(m1 - m0)]
+    if d.size < 10:
+        return {"n": int(d.size)}
+    return {"n": int(d.size), "ebv_mag": ebv, "r_v": r_v, "curve": "G23",
+            "median_mks_change_mag": float(np.median(d)),
+            "median_err_mag": float(1.2533 * np.std(d) / np.sqrt(d.size))}
 
 
 def calibrate_sigma_s(ctx: RunContext, model: str, usable: np.ndarray, snr: np.ndarray,
@@ -467,6 +506,17 @@ def train_from_products(ctx: RunContext, cfg: TrainingConfig, extra_path: str | 
     for m in res.noise:
         res.noise[m].meta["broken_scatter"] = fit
     res.report["timing_s"]["extra_scatter"] = time.perf_counter() - t_cal
+    # the dust response of network (a) on up to 400 usable S/N > 100 non-emission spectra
+    t_cal = time.perf_counter()
+    pool = rows[usable & (em == 0) & (snr_all[rows] > 100)]
+    pick = np.sort(np.random.default_rng(cfg.seed).choice(pool, min(400, pool.size),
+                                                          replace=False))
+    res.report["dust_response_a"] = (dust_response(ctx, res.networks["a"], pick,
+                                                   cfg.input_kind, ism)
+                                     if pick.size else {"n": 0})
+    log.info("luminosity: network (a) moves %s mag for +1 E(B-V) on the spectrum alone",
+             res.report["dust_response_a"].get("median_mks_change_mag"))
+    res.report["timing_s"]["dust_response"] = time.perf_counter() - t_cal
     for m, path in _noise_paths(ctx.products_dir).items():
         tmp = temp_name(path)
         res.noise[m].save(tmp)

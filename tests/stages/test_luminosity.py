@@ -76,6 +76,29 @@ def test_products_and_model_files(small_survey, products) -> None:
             assert 0.35 < r[f"n_reddened_copies_{m}"] / r[f"n_train_{m}"] < 0.65, r
 
 
+def test_dust_response_is_recorded_and_zero_without_dust(small_survey, products) -> None:
+    """The stage records how far network (a) moves for +1 E(B-V) on the spectrum alone;
+    the same measurement with no dust added reads no change (both sides go through the
+    same normalisation, projection and network)."""
+    import json
+
+    with open(os.path.join(products, "models", lum.REPORT_FILE)) as fh:
+        rec = json.load(fh)["dust_response_a"]
+    assert rec["n"] >= 20 and np.isfinite(rec["median_mks_change_mag"])
+    assert rec["median_err_mag"] > 0
+    ctx = RunContext(small_survey, products, scheduler="threads")
+    prods = open_products(products)
+    snr = store.open_cube(small_survey)["snr_g"].values
+    rows = np.flatnonzero((snr > 100) & (prods["em_flag"].values == 0))[:40]
+    net = lum.load_network(os.path.join(products, "models", lum.NETWORK_FILES["a"]))
+    blind = lum.products_interstellar_blind(prods)
+    none = lum.dust_response(ctx, net, rows, "recon_flux", blind, ebv=1e-9)
+    assert abs(none["median_mks_change_mag"]) < 1e-3
+    dusty = lum.dust_response(ctx, net, rows, "recon_flux", blind, ebv=1.0)
+    assert dusty["n"] == none["n"]
+    assert abs(dusty["median_mks_change_mag"]) > abs(none["median_mks_change_mag"])
+
+
 def test_mks_precision_against_truth(small_survey, products) -> None:
     survey = store.open_cube(small_survey)
     prods = open_products(products).load()
