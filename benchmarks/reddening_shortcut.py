@@ -14,8 +14,9 @@ families at R_V = 3.1 (``dust_extinction``: F19, G23, F99, CCM89, O94), and thei
 divided by the square of that factor. The S/N of every pixel is kept, so that only the
 dust changes. Each copy then goes through the run's own normalisation (its continuum
 options), the pca stage's projection (prior and interstellar windows as in the run) and
-the full-basis reconstruction, and into network (a) of the run. Printed: the median M_Ks
-change per family. A spectroscopic M_Ks would not move.
+the full-basis reconstruction, and into network (a) of the run: the luminosity stage's
+``dust_response`` and ``inputs_from_raw``, which every run uses for G23 alone. Printed:
+the median M_Ks change per family. A spectroscopic M_Ks would not move.
 
 **Retrained variants** (``--retrain``; a mock, scored against its truth). Network (a) is
 retrained with the stage's own :func:`train_network` (the run's network options,
@@ -52,15 +53,16 @@ from typing import Any
 
 import numpy as np
 
+from obpipe.config import config_from_dict
 from obpipe.engine.blockwise import open_products
+from obpipe.engine.context import RunContext
 from obpipe.io import store
 from obpipe.luminosity.augment import reddened_copies
 from obpipe.luminosity.network import MKsNetwork, wavelength_mask
 from obpipe.luminosity.network_training import TrainConfig, fakemag_from_parallax, train_network
-from obpipe.spectra.bases import load_pca_model
+from obpipe.simulate.sed import _curve
 from obpipe.spectra.grid import wavelength_grid
-from obpipe.spectra.normalize import normalize
-from obpipe.spectra.pca import interstellar_mask
+from obpipe.stages import luminosity as lum
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from noise_augmented import SNR_BINS, _read_rows  # noqa: E402
@@ -69,59 +71,28 @@ LAWS = ("F19", "G23", "F99", "CCM89", "O94")
 BROKEN_BIT = 1
 
 
-def extinction_per_ebv(law: str, r_v: float, wave_aa: np.ndarray) -> np.ndarray:
-    """A(lambda) / E(B-V) of a ``dust_extinction`` parameter-averaged curve."""
-    import astropy.units as u
-    from dust_extinction import parameter_averages
-
-    return r_v * np.asarray(getattr(parameter_averages, law)(Rv=r_v)(wave_aa * u.AA), float)
-
-
-class RunInputs:
-    """The run's normalisation, projection and reconstruction for raw spectra."""
-
-    def __init__(self, products: str) -> None:
-        summary = json.loads((Path(products) / "run_summary.json").read_text())
-        spec = summary["config"]["spectral"]
-        self.width = float(spec["continuum_kernel_aa"])
-        self.weighting = str(spec.get("continuum_weighting", "ivar"))
-        self.continuum_exclude = (interstellar_mask() if spec.get(
-            "continuum_excludes_interstellar", False) else None)
-        self.shape_degree = int(spec.get("continuum_shape_degree", 0))
-        self.prior = bool(spec["projection_prior"])
-        blind = bool(open_products(products)["pca_coeff"].attrs.get("interstellar_blind", 0))
-        self.project_exclude = interstellar_mask() if blind else None
-        self.basis = load_pca_model(products).full
-
-    def recon_flux(self, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray,
-                   batch: int = 1000) -> np.ndarray:
-        out = np.empty(flux.shape, dtype=np.float32)
-        for lo in range(0, flux.shape[0], batch):
-            s = slice(lo, lo + batch)
-            nf, ni = normalize(flux[s], ivar[s], mask[s], self.width, weighting=self.weighting,
-                               exclude=self.continuum_exclude, shape_degree=self.shape_degree)
-            coeff = self.basis.project(np.nan_to_num(nf, nan=1.0), ni, prior=self.prior,
-                                       exclude=self.project_exclude)
-            rec = self.basis.reconstruct(np.nan_to_num(coeff))
-            rec[~np.isfinite(coeff[:, 0])] = np.nan
-            out[s] = rec
-        return out
+def run_context(survey: str, products: str) -> RunContext:
+    """A context with the run's own ``[spectral]`` options (its ``run_summary.json``), so
+    that :func:`obpipe.stages.luminosity.inputs_from_raw` normalises and projects as it
+    did (the other sections are not read, and may hold options of older versions)."""
+    summary = json.loads((Path(products) / "run_summary.json").read_text())
+    return RunContext(survey, products, scheduler="threads",
+                      config=config_from_dict({"spectral": summary["config"]["spectral"]}))
 
 
-def reddening_response(nets: dict[str, MKsNetwork], inputs: RunInputs, flux: np.ndarray,
-                       ivar: np.ndarray, mask: np.ndarray, ebv: float
-                       ) -> dict[str, dict[str, float]]:
+def reddening_response(ctx: RunContext, nets: dict[str, MKsNetwork], rows: np.ndarray,
+                       blind: bool, ebv: float) -> dict[str, dict[str, float]]:
     """Median M_Ks change of each network when ``ebv`` of each curve family (R_V 3.1) is
-    put on the raw spectra at unchanged per-pixel S/N."""
-    wave = wavelength_grid()[: flux.shape[1]]
-    x0 = inputs.recon_flux(flux, ivar, mask)
-    base = {name: net.predict(x0) for name, net in nets.items()}
+    put on the raw spectra ``rows`` at unchanged per-pixel S/N
+    (:func:`obpipe.stages.luminosity.dust_response`)."""
+    wave = wavelength_grid()
     out: dict[str, dict[str, float]] = {name: {} for name in nets}
     for law in LAWS:
-        r = (10 ** (-0.4 * ebv * extinction_per_ebv(law, 3.1, wave))).astype(np.float32)
-        x1 = inputs.recon_flux(flux * r, ivar / r**2, mask)
+        curve = 3.1 * _curve(law, 3.1, wave)  # A(lambda) / E(B-V)
         for name, net in nets.items():
-            out[name][law] = float(np.nanmedian(net.predict(x1) - base[name]))
+            r = lum.dust_response(ctx, net, rows, "recon_flux", blind, ebv=ebv,
+                                  curve_per_ebv=curve)
+            out[name][law] = r.get("median_mks_change_mag", float("nan"))
     return out
 
 
@@ -160,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     sv = store.open_cube(a.survey)
     pr = open_products(a.products)
-    inputs = RunInputs(a.products)
+    ctx = run_context(a.survey, a.products)
+    blind = lum.products_interstellar_blind(pr)
     snr_all = sv["snr_g"].values.astype(float)
     em = pr["em_flag"].values.astype(int)
     qf = pr["quality_flags"].values.astype(int)
@@ -171,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.retrain:
         summary = json.loads((Path(a.products) / "run_summary.json").read_text())
-        lum = summary["config"]["luminosity"]
-        net_cfg = TrainConfig(**{k: v for k, v in lum["network"].items()
+        lum_cfg = summary["config"]["luminosity"]
+        net_cfg = TrainConfig(**{k: v for k, v in lum_cfg["network"].items()
                                  if k in {f.name for f in dataclasses.fields(TrainConfig)}})
         star = sv["star_id"].values.astype(object).astype(str)
         train = np.flatnonzero((lset & 1) > 0)
@@ -183,12 +155,13 @@ def main(argv: list[str] | None = None) -> int:
         x_clean = _read_rows(pr["recon_flux"], train)
         raw = [_read_rows(sv[k], train) for k in ("flux", "ivar", "mask")]
         f_red, iv_red, _ = reddened_copies(raw[0], raw[1], rng)
-        x_red = inputs.recon_flux(f_red, iv_red, raw[2])
+        x_red = lum.inputs_from_raw(ctx, {"flux": f_red, "ivar": iv_red, "mask": raw[2]},
+                                    "recon_flux", blind)["a"]
         del raw, f_red, iv_red
         pick = decorrelating_resample(pr["ebv"].values.astype(float)[train], y, rng)
         res["decorrelated_unique_rows"] = int(np.unique(pick).size)
         every = np.arange(train.size)
-        pix = wavelength_mask("a", exclude_interstellar=inputs.project_exclude is not None)
+        pix = wavelength_mask("a", exclude_interstellar=blind)
         half = rng.random(train.size) < 0.5
         x_swap = np.where(half[:, None] & np.all(np.isfinite(x_red), axis=1)[:, None],
                           x_red, x_clean)
@@ -200,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             t1 = time.perf_counter()
             nets[name], hist = train_network(
                 x, y[take], kind="a", config=net_cfg, input_kind="recon_flux",
-                pixel_mask=pix, sigma_floor_mag=lum.get("weight_floor_mag"),
+                pixel_mask=pix, sigma_floor_mag=lum_cfg.get("weight_floor_mag"),
                 fakemag=fmag[take], fakemag_err=fmag_err[take], groups=star[train][take],
                 meta={"benchmark": "reddening_shortcut", "variant": name})
             res.setdefault("training", {})[name] = {
@@ -209,10 +182,8 @@ def main(argv: list[str] | None = None) -> int:
 
     pool = np.flatnonzero((em == 0) & ((qf & BROKEN_BIT) == 0) & (snr_all > 100))
     rows = np.sort(rng.choice(pool, min(a.n, pool.size), replace=False))
-    raw = [_read_rows(sv[k], rows) for k in ("flux", "ivar", "mask")]
     res["response_n"] = int(rows.size)
-    res["response"] = reddening_response(nets, inputs, raw[0].astype(np.float32),
-                                         raw[1].astype(np.float32), raw[2], a.ebv)
+    res["response"] = reddening_response(ctx, nets, rows, blind, a.ebv)
     print(f"median M_Ks change for +{a.ebv:g} E(B-V) (R_V 3.1) on {rows.size} spectra at "
           f"S/N > 100, only the dust changed:")
     print(f"{'law':>6s} " + " ".join(f"{k:>13s}" for k in nets))

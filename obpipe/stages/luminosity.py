@@ -284,11 +284,12 @@ def reddened_inputs(ctx: RunContext, rows: np.ndarray, cfg: TrainingConfig,
 
 
 def dust_response(ctx: RunContext, net: MKsNetwork, rows: np.ndarray, input_kind: str,
-                  interstellar_blind: bool, ebv: float = 1.0, r_v: float = 3.1
-                  ) -> dict[str, Any]:
+                  interstellar_blind: bool, ebv: float = 1.0, r_v: float = 3.1,
+                  curve_per_ebv: np.ndarray | None = None) -> dict[str, Any]:
     """How far network (a)'s M_Ks moves when only the dust in front of the star changes
-    (issue 15 item 2; ``benchmarks/reddening_shortcut.py`` does the same for five curve
-    families): the raw spectra ``rows`` with ``ebv`` mag of E(B-V) more (G23 at ``r_v``,
+    (issue 15 item 2; ``benchmarks/reddening_shortcut.py`` asks it for five curve
+    families): the raw spectra ``rows`` with ``ebv`` mag of E(B-V) more (A(lambda) /
+    E(B-V) ``curve_per_ebv`` on the survey's grid, by default G23 at ``r_v``,
     :func:`obpipe.luminosity.augment.extinction_per_ebv`; ivar / factor^2, so the
     per-pixel S/N is unchanged) and as they are, through :func:`inputs_from_raw` and
     ``net``. A spectroscopic M_Ks would not move; negative: dust reads as luminosity.
@@ -297,16 +298,18 @@ def dust_response(ctx: RunContext, net: MKsNetwork, rows: np.ndarray, input_kind
     from obpipe.luminosity.augment import extinction_per_ebv
 
     raw = _raw_rows(ctx, rows)
-    factor = (10.0 ** (-0.4 * ebv * extinction_per_ebv(np.full(rows.size, r_v),
-                                                        raw["flux"].shape[1]))
-              ).astype(np.float32)
+    label = "G23" if curve_per_ebv is None else "given"
+    if curve_per_ebv is None:
+        curve_per_ebv = extinction_per_ebv(np.array([r_v]), raw["flux"].shape[1])[0]
+    factor = (10.0 ** (-0.4 * ebv * np.asarray(curve_per_ebv)[None, :])).astype(np.float32)
     dusty = dict(raw, flux=raw["flux"] * factor, ivar=raw["ivar"] / (factor * factor))
     m0, m1 = (net.predict(inputs_from_raw(ctx, r, input_kind, interstellar_blind)["a"])
               for r in (raw, dusty))
     d = (m1 - m0)[np.isfinite(m1 - m0)]
     if d.size < 10:
         return {"n": int(d.size)}
-    return {"n": int(d.size), "ebv_mag": ebv, "r_v": r_v, "curve": "G23",
+    return {"n": int(d.size), "ebv_mag": ebv, "r_v": r_v,
+            "curve": label,
             "median_mks_change_mag": float(np.median(d)),
             "median_err_mag": float(1.2533 * np.std(d) / np.sqrt(d.size))}
 
