@@ -22,6 +22,10 @@ spectra (``calibrate_sigma_s``, issue 15; absent from older revisions: 0 s there
 ``seconds_total`` = training + noise models + calibration, and prints the pull std of the
 held-out stars per S/N bin (5-20 / 20-50 / 50-100 / 100-200 / > 200) with the MKs_err
 the code would write. A table at the end puts every method's steps side by side.
+
+The methods' test sets differ (their training samples and cleaning rounds do), so the
+table also scores every method on the same spectra: those in every method's test set,
+with each method's scatter and bias minus the first method's on them.
 """
 
 from __future__ import annotations
@@ -170,6 +174,9 @@ def worker(survey_path: str, products_dir: str, network_seed: int | None = None)
                               for lo, hi in SNR_BINS}
     acc["never_trained_by_snr"] = _never_trained(
         survey_path, products_dir, res, rows, np.asarray(a[1]).astype(str), nm, kw)
+    # per-spectrum residuals, for the comparison on the stars every method held out
+    acc["test_spectra"] = {"row": np.asarray(rows)[test].tolist(), "residual": d.tolist(),
+                           "mks_err": err.tolist(), "snr": s_t.tolist()}
     return {"seconds_total": t_train + t_cal, "seconds_training_and_mcmc": t_train,
             "seconds_sigma_s_degraded": t_cal, "seconds": steps, "heldout": acc,
             "noise_a": nm.mean, "load_1min_start_end": [load0, os.getloadavg()[0]]}
@@ -207,6 +214,40 @@ def _never_trained(survey_path: str, products_dir: str, res, rows, star_ids, nm,
     d = mks - truth["MKs_true"].values.astype(float)[idx]
     return {f"{lo}-{hi}": _metrics(d, err, (snr[idx] >= lo) & (snr[idx] < hi))
             for lo, hi in SNR_BINS}
+
+
+def _common_test_set(runs: list[dict]) -> dict:
+    """Held-out accuracy of each method on the same spectra: the test-set single
+    non-emission OB spectra that no member of *any* compared method trained on (the
+    methods' own test sets differ: their training samples and cleaning rounds do).
+    Returns, per method, scatter / bias / pull std at S/N > 5 and > 50, and the
+    difference of each to the first (oldest) method, per spectrum paired."""
+    import numpy as np
+
+    per = {r["method"]: r["heldout"].get("test_spectra") for r in runs}
+    if any(v is None for v in per.values()):
+        return {}
+    common = None
+    for v in per.values():
+        rows = set(v["row"])
+        common = rows if common is None else common & rows
+    keep = np.array(sorted(common), dtype=np.int64)
+    out: dict = {"n_common": int(keep.size)}
+    ref = None
+    for name, v in per.items():
+        order = np.argsort(v["row"])
+        row = np.asarray(v["row"])[order]
+        at = order[np.searchsorted(row, keep)]
+        d, err, snr = (np.asarray(v[k], float)[at] for k in ("residual", "mks_err", "snr"))
+        m = {f"snr_gt_{lo}": _metrics(d, err, snr > lo) for lo in (5, 50)}
+        if ref is None:
+            ref = m
+        else:
+            for k in m:
+                m[k]["scatter_minus_first"] = m[k]["scatter"] - ref[k]["scatter"]
+                m[k]["bias_minus_first"] = m[k]["bias"] - ref[k]["bias"]
+        out[name] = m
+    return out
 
 
 def _export(rev: str, dest: str) -> str:
@@ -251,6 +292,14 @@ def _table(runs: list[dict]) -> str:
                 f"{best[n]['heldout'][key]['50-100'].get('scatter', float('nan')):.3f}/"
                 f"{best[n]['heldout'][key]['50-100'].get('bias', float('nan')):+.3f}"
                 for n in names]))
+    common = _common_test_set(list(best.values()))
+    if common:
+        rows.append(("common test spectra (n)", [common["n_common"]] * len(names)))
+        for sel in ("snr_gt_5", "snr_gt_50"):
+            for q in ("scatter", "bias", "pull_std", "scatter_minus_first",
+                      "bias_minus_first"):
+                rows.append((f"common test set, {sel}.{q}",
+                             [common[n][sel].get(q) for n in names]))
     rows.append(("load_1min_start_end", [best[n]["load_1min_start_end"] for n in names]))
 
     def fmt(v: object) -> str:
@@ -307,7 +356,9 @@ def main() -> None:
                 res = json.loads(r.stdout.strip().splitlines()[-1])
                 res["method"], res["repeat"] = name, rep
                 out["runs"].append(res)
-                print(json.dumps(res, default=float), flush=True)
+                brief = {**res, "heldout": {k: v for k, v in res["heldout"].items()
+                                            if k != "test_spectra"}}
+                print(json.dumps(brief, default=float), flush=True)
         by: dict = {}
         for r in out["runs"]:
             by.setdefault(r["method"], []).append(r["seconds_total"])
