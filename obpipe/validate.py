@@ -7,7 +7,9 @@ equal-mass-binary offset, and the parallax pull distribution.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,7 @@ from obpipe.binary import BINARY_SNR_THRESHOLD, expected_detection_probability
 from obpipe.io import store
 from obpipe.luminosity import noise_model
 from obpipe.photometry import extinction, parallax
-from obpipe.stages.luminosity import SET_BITS
+from obpipe.stages.luminosity import MODEL_DIR, REPORT_FILE, SET_BITS
 from obpipe.stats import robust_std, summary_stats
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,10 @@ def validate_survey(path: str, products_dir: str | None = None) -> dict[str, Any
     """All metrics available for the store at ``path`` (plus products where present)."""
     survey = store.open_cube(path)
     metrics: dict[str, Any] = {"store": path, "snr": snr_metrics(survey)}
+    if products_dir is not None:
+        checks = model_checks(products_dir)
+        if checks:
+            metrics["model_checks"] = checks
     if store.has_truth(path):
         truth = store.open_truth(path).load()
         metrics["population"] = population_metrics(truth)
@@ -510,6 +516,26 @@ def mock_systematics_metrics(survey: xr.Dataset, truth: xr.Dataset) -> dict[str,
             "binaries": float(np.mean(sd[is_bin] > 3 * err[is_bin])),
             "singles": float(np.mean(sd[~is_bin] > 3 * err[~is_bin]))}
     return out
+
+
+def model_checks(products_dir: str) -> dict[str, Any]:
+    """Checks of the run's models that need no truth, so that a real survey's run gets
+    them too: what the luminosity stage recorded in ``models/luminosity_training.json``.
+
+    ``dust_response_a``: the median change of network (a)'s M_Ks (mag) when +1 mag of
+    E(B-V) (G23 curve) is put on the raw flux of up to 400 S/N > 100 spectra, their S/N
+    kept (:func:`obpipe.stages.luminosity.dust_response`). A negative value means that the
+    networks read dust as luminosity, i.e. distance: the reddening shortcut of a
+    magnitude-limited training set (docs/validation.md, "The reddening shortcut").
+    Empty when the luminosity stage has not written its report (older runs lack the
+    dust response: it is then absent)."""
+    path = os.path.join(products_dir, MODEL_DIR, REPORT_FILE)
+    try:
+        with store.open_file(path, "r") as fh:
+            report = json.load(fh)
+    except FileNotFoundError:
+        return {}
+    return {k: report[k] for k in ("dust_response_a",) if k in report}
 
 
 def ism_shortcut_metrics(products: xr.Dataset, truth: xr.Dataset,

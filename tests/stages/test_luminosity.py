@@ -99,6 +99,21 @@ def test_dust_response_is_recorded_and_zero_without_dust(small_survey, products)
     assert abs(dusty["median_mks_change_mag"]) > abs(none["median_mks_change_mag"])
 
 
+def test_validate_reports_the_dust_response_without_truth(small_survey, products,
+                                                          tmp_path) -> None:
+    """``obpipe validate`` passes on the run's truth-free model checks (a real survey's run
+    gets them too), and has none for a products directory without the stage's report."""
+    import json
+
+    from obpipe.validate import model_checks, validate_survey
+
+    with open(os.path.join(products, "models", lum.REPORT_FILE)) as fh:
+        rec = json.load(fh)["dust_response_a"]
+    assert model_checks(products) == {"dust_response_a": rec}
+    assert validate_survey(small_survey, products)["model_checks"]["dust_response_a"] == rec
+    assert model_checks(str(tmp_path)) == {}
+
+
 def test_mks_precision_against_truth(small_survey, products) -> None:
     survey = store.open_cube(small_survey)
     prods = open_products(products).load()
