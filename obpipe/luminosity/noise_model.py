@@ -66,6 +66,8 @@ DEGRADE_SNR: tuple[float, ...] = (5.0, 8.0, 12.0, 17.0, 25.0, 35.0, 50.0, 70.0, 
 #: the measured sigma_s is then ~ sqrt(1 / (2 x 600)) = 3 % (sigma_err_mag says it per
 #: level), small beside the 0.85-1.2 band of the pulls (up to 2,000 per level before)
 DEGRADE_PER_LEVEL = 600
+#: smallest attenuation :func:`deshrink` divides by (a reading moved by at most 1 / this)
+MIN_ATTENUATION = 0.5
 #: the stars that get :func:`fit_extra_scatter`'s term: catalog M_Ks brighter than this (mag).
 #: Chosen on the mock's truth (``benchmarks/mks_tails.py``: pull std 1.5-1.9 at E(B-V) > 1 and
 #: M_Ks < -3, 1.0-1.2 elsewhere); fitted without it (docs/validation.md)
@@ -313,8 +315,9 @@ def sigma_s_from_table(snr: np.ndarray, table_snr: np.ndarray, table_sigma_mag: 
 def degraded_snr_scatter(norm_flux: np.ndarray, norm_ivar: np.ndarray, snr: np.ndarray,
                          predict: Any, target_snr: tuple[float, ...] = DEGRADE_SNR,
                          min_ratio: float = 3.0, seed: int = 0,
-                         max_per_level: int | None = DEGRADE_PER_LEVEL
-                         ) -> dict[str, list[float]]:
+                         max_per_level: int | None = DEGRADE_PER_LEVEL,
+                         pivot_mag: float | None = None,
+                         deshrink_below_snr: float | None = None) -> dict[str, Any]:
     """Measure eq. (9)'s measurement term sigma_s(S/N) without parallaxes (issue 15).
 
     Copies of held-out high-S/N spectra (normalised flux and ivar, (n, n_wave); ``snr``
@@ -330,8 +333,19 @@ def degraded_snr_scatter(norm_flux: np.ndarray, norm_ivar: np.ndarray, snr: np.n
 
     Returns per level ``snr``, ``n``, ``sigma_mag`` (std of M_Ks(degraded) - M_Ks(clean)),
     ``sigma_err_mag`` (the standard error of that std from its n values and their
-    kurtosis, the statistical error that ``max_per_level`` buys) and ``shift_mag`` (the
-    mean difference: what noise alone does to the mean reading).
+    kurtosis, the statistical error that ``max_per_level`` buys), ``shift_mag`` (the
+    mean difference: what noise alone does to the mean reading) and ``slope`` (the least-
+    squares slope of M_Ks(degraded) on M_Ks(clean): below 1, noise pulls every reading
+    toward one magnitude).
+
+    ``pivot_mag`` and ``deshrink_below_snr`` (beyond the paper, issue 15; both or
+    neither; ``deshrink_below_snr`` must be one of ``target_snr``): the readings below
+    that S/N are to be de-shrunk by :func:`deshrink` around ``pivot_mag`` with the
+    ``attenuation`` returned per level, the slope relative to the slope at
+    ``deshrink_below_snr`` (clipped to [:data:`MIN_ATTENUATION`, 1]; 1 at and above it).
+    ``sigma_mag``, ``sigma_err_mag`` and ``shift_mag`` then describe the de-shrunk
+    readings, and ``sigma_shrunk_mag`` keeps the std before; ``pivot_mag`` and
+    ``deshrink_below_snr`` are returned too.
     """
     snr = np.asarray(snr, dtype=np.float64)
     rng = np.random.default_rng(seed)
@@ -351,8 +365,12 @@ def degraded_snr_scatter(norm_flux: np.ndarray, norm_ivar: np.ndarray, snr: np.n
     clean = np.full(snr.size, np.nan)
     if union.size:
         clean[union] = np.asarray(predict(f0, iv0, union), dtype=np.float64)
-    out: dict[str, list[float]] = {"snr": [], "n": [], "sigma_mag": [], "sigma_err_mag": [],
-                                   "shift_mag": []}
+    if (pivot_mag is None) != (deshrink_below_snr is None):
+        raise ValueError("pivot_mag and deshrink_below_snr go together")
+    if deshrink_below_snr is not None and deshrink_below_snr not in target_snr:
+        raise ValueError(f"deshrink_below_snr {deshrink_below_snr} is not a level of "
+                         f"target_snr {tuple(target_snr)}")
+    pairs: dict[float, tuple[np.ndarray, np.ndarray]] = {}  # level: (degraded, clean)
     for target in sorted(target_snr):
         rows = chosen[target][np.isfinite(clean[chosen[target]])]
         if rows.size < 20:
@@ -366,18 +384,79 @@ def degraded_snr_scatter(norm_flux: np.ndarray, norm_ivar: np.ndarray, snr: np.n
         noise *= sd0[p]
         noise *= np.sqrt(ratio**2 - 1.0).astype(np.float32)[:, None]
         noise += f0[p]
-        d = np.asarray(predict(noise, iv, rows), dtype=np.float64) - clean[rows]
-        d = d[np.isfinite(d)]
+        deg = np.asarray(predict(noise, iv, rows), dtype=np.float64)
+        ok = np.isfinite(deg)
+        pairs[float(target)] = (deg[ok], clean[rows][ok])
+    slope = {t: _slope(c, d) for t, (d, c) in pairs.items()}
+    ref = None
+    if deshrink_below_snr is not None:
+        ref = slope.get(float(deshrink_below_snr))
+        if ref is None or not np.isfinite(ref) or ref <= 0:
+            log.warning("sigma_s: no usable slope at S/N %g; readings not de-shrunk",
+                        deshrink_below_snr)
+            ref = None
+    out: dict[str, Any] = {"snr": [], "n": [], "sigma_mag": [], "sigma_err_mag": [],
+                           "shift_mag": [], "slope": []}
+    if ref is not None:
+        out.update({"attenuation": [], "sigma_shrunk_mag": [], "pivot_mag": float(pivot_mag),
+                    "deshrink_below_snr": float(deshrink_below_snr)})
+    for target, (deg, cl) in pairs.items():
+        out["slope"].append(slope[target])
+        if ref is not None:
+            att = (float(np.clip(slope[target] / ref, MIN_ATTENUATION, 1.0))
+                   if target < deshrink_below_snr else 1.0)
+            out["attenuation"].append(att)
+            out["sigma_shrunk_mag"].append(float(np.std(deg - cl)))
+            deg = pivot_mag + (deg - pivot_mag) / att
+        d = deg - cl
         sig = float(np.std(d))
         out["snr"].append(float(target))
         out["n"].append(int(d.size))
         out["sigma_mag"].append(sig)
         out["sigma_err_mag"].append(_std_error(d))
         out["shift_mag"].append(float(np.mean(d)))
-        log.info("sigma_s at S/N %g: %.3f +- %.3f mag (mean shift %+.3f) from %d degraded "
-                 "spectra", target, sig, out["sigma_err_mag"][-1], out["shift_mag"][-1],
-                 d.size)
+        log.info("sigma_s at S/N %g: %.3f +- %.3f mag (mean shift %+.3f, slope %.3f) from %d "
+                 "degraded spectra", target, sig, out["sigma_err_mag"][-1],
+                 out["shift_mag"][-1], slope[target], d.size)
     return out
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares slope of y on x (NaN with fewer than 3 points or no spread in x)."""
+    if x.size < 3:
+        return float("nan")
+    xc = x - x.mean()
+    var = float(np.sum(xc * xc))
+    return float(np.sum(xc * (y - y.mean())) / var) if var > 0 else float("nan")
+
+
+def deshrink(mks_mag: np.ndarray, snr: np.ndarray, table: tuple[Any, ...] | None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Undo the pull of noise toward one magnitude (beyond the paper, issue 15).
+
+    At low S/N the networks' readings are attenuated toward the training set's mean
+    M_Ks: E[M_Ks(noisy) | M_Ks(clean)] ~ p + b (M_Ks(clean) - p) with b < 1 (measured on
+    degraded held-out spectra, :func:`degraded_snr_scatter`), so luminous stars read faint
+    and faint ones bright, and a bin's bias depends on its mix of stars. The reading
+    ``p + (M_Ks - p) / b`` has no such pull; its error is larger by 1 / b (the de-shrunk
+    ``sigma_mag`` of the table says how much).
+
+    ``table``: ``(snr_levels, attenuation, pivot_mag, below_snr)``
+    (:attr:`NoiseModelResult.attenuation_table`), or None (readings returned as they are).
+    b is interpolated in log S/N between the levels (the end values beyond them); rows at
+    S/N >= ``below_snr`` or with a non-finite S/N are left alone. Returns the de-shrunk
+    M_Ks and the factor 1 / b applied to each row (1 where untouched), for the members'
+    spread."""
+    m = np.asarray(mks_mag, dtype=np.float64)
+    if table is None:
+        return m, np.ones(m.shape)
+    levels, att, pivot, below = table
+    s = np.asarray(snr, dtype=np.float64)
+    low = np.isfinite(s) & (s < below)
+    b = np.ones(m.shape)
+    b[low] = np.interp(np.log(np.maximum(s[low], 1e-3)), np.log(np.asarray(levels, float)),
+                       np.asarray(att, float))
+    return np.where(low, pivot + (m - pivot) / b, m), 1.0 / b
 
 
 def _std_error(d: np.ndarray) -> float:
@@ -536,6 +615,17 @@ class NoiseModelResult:
         if not t or len(t.get("snr", [])) < 2:
             return None
         return np.asarray(t["snr"], dtype=np.float64), np.asarray(t["sigma_mag"], np.float64)
+
+    @property
+    def attenuation_table(self) -> tuple[tuple[float, ...], tuple[float, ...], float, float] | None:
+        """``(snr_levels, attenuation, pivot_mag, below_snr)`` of :func:`deshrink` from
+        ``meta["sigma_s_degraded"]`` (:func:`degraded_snr_scatter` with a pivot), or None
+        (the readings stay as the networks give them; older files)."""
+        t = self.meta.get("sigma_s_degraded") or {}
+        if "attenuation" not in t or len(t["attenuation"]) < 1:
+            return None
+        return (tuple(map(float, t["snr"])), tuple(map(float, t["attenuation"])),
+                float(t["pivot_mag"]), float(t["deshrink_below_snr"]))
 
     @property
     def extra_scatter_slope(self) -> float:

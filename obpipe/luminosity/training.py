@@ -180,6 +180,17 @@ class TrainingConfig:
         1.5,
         doc="largest E(B-V) (mag) added to a reddened copy",
         range=Range(0.0, 5.0, low_open=True))
+    deshrink_low_snr: bool = option(
+        True,
+        doc="below the training S/N (min_snr), undo the pull of noise toward the training "
+            "set's mean M_Ks (beyond the paper, issue 15 item 2): on degraded held-out "
+            "spectra the networks read M_Ks(noisy) ~ p + b (M_Ks(clean) - p), b 0.65-0.8 at "
+            "S/N 5-12 on the mock, so that luminous low-S/N stars read up to ~1 mag faint "
+            "and faint ones bright. The catalog then gives p + (M_Ks - p) / b, with p the "
+            "mean out-of-fold M_Ks of the network's training spectra and b relative to its "
+            "value at min_snr, and MKs_err from the de-shrunk degraded spectra "
+            "(obpipe.luminosity.noise_model.deshrink; docs/validation.md, \"Low S/N: "
+            "the pull toward the training mean\")")
     network: TrainConfig = option(
         default_factory=TrainConfig,
         doc="the network and its optimiser (eq. 6, Sec. 5.1)")

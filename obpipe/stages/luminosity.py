@@ -317,7 +317,8 @@ def dust_response(ctx: RunContext, net: MKsNetwork, rows: np.ndarray, input_kind
 def calibrate_sigma_s(ctx: RunContext, model: str, usable: np.ndarray, snr: np.ndarray,
                       star_id: np.ndarray, net: MKsNetwork, input_kind: str,
                       min_snr: float = 100.0, max_spectra: int = 2000, seed: int = 0,
-                      exclude_interstellar: bool = False) -> dict[str, list[float]]:
+                      exclude_interstellar: bool = False, pivot_mag: float | None = None,
+                      deshrink_below_snr: float | None = None) -> dict[str, Any]:
     """sigma_s(S/N) of eq. (9) for network ``model`` from degraded spectra (issue 15).
 
     Up to ``max_spectra`` ``usable`` spectra with S/N > ``min_snr`` (of the model's
@@ -325,7 +326,10 @@ def calibrate_sigma_s(ctx: RunContext, model: str, usable: np.ndarray, snr: np.n
     :func:`noise_model.degraded_snr_scatter` with the pca stage's projection (prior as
     configured) and the out-of-fold member of each star (:meth:`predict_out_of_fold`);
     ``exclude_interstellar``: the interstellar windows carry no weight in that projection,
-    as in the pca stage's (``[spectral] exclude_interstellar_lines``).
+    as in the pca stage's (``[spectral] exclude_interstellar_lines``). ``pivot_mag`` and
+    ``deshrink_below_snr``: the attenuation toward ``pivot_mag`` below that S/N is measured
+    too and sigma_s is that of the de-shrunk readings (``[luminosity] deshrink_low_snr``,
+    :func:`noise_model.deshrink`).
     """
     from obpipe.spectra.bases import load_pca_model
 
@@ -336,7 +340,7 @@ def calibrate_sigma_s(ctx: RunContext, model: str, usable: np.ndarray, snr: np.n
     if pool.size < 20:
         log.warning("luminosity: %d spectra at S/N > %g for network (%s); sigma_s from "
                     "eq. (10)", pool.size, min_snr, model)
-        return {"snr": [], "n": [], "sigma_mag": [], "shift_mag": []}
+        return {"snr": [], "n": [], "sigma_mag": [], "shift_mag": [], "slope": []}
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(pool, min(max_spectra, pool.size), replace=False))
     prods = open_products(ctx.products_dir)
@@ -357,7 +361,9 @@ def calibrate_sigma_s(ctx: RunContext, model: str, usable: np.ndarray, snr: np.n
         x = np.nan_to_num(coeff) if input_kind == "recon_flux" else coeff
         return net.predict_out_of_fold(x, ids[sel])[0]
 
-    return noise_model.degraded_snr_scatter(flux, ivar, snr[rows], predict, seed=seed)
+    return noise_model.degraded_snr_scatter(flux, ivar, snr[rows], predict, seed=seed,
+                                            pivot_mag=pivot_mag,
+                                            deshrink_below_snr=deshrink_below_snr)
 
 
 def calibrate_extra_scatter(net: MKsNetwork, noise: noise_model.NoiseModelResult,
@@ -370,6 +376,8 @@ def calibrate_extra_scatter(net: MKsNetwork, noise: noise_model.NoiseModelResult
     sigma_s table and spread), then :func:`noise_model.fit_extra_scatter` in parallax
     space. Needs ``noise.meta["sigma_s_degraded"]`` set first."""
     mks, spread, _ = net.predict_out_of_fold(x, star_id)
+    mks, gain = noise_model.deshrink(mks, snr, noise.attenuation_table)
+    spread = spread * gain
     err = noise_model.mks_uncertainty(snr, noise.sigma_int, noise.sigma_s100,
                                       spread if noise.includes_epistemic else None,
                                       sigma_s_table=noise.sigma_s_table)
@@ -395,10 +403,22 @@ def calibrate_broken_scatter(nets: dict[str, MKsNetwork],
             continue
         r = noise[m]
         mks[k], spread, _ = net.predict_out_of_fold(x[m][k], star_id[k])
+        mks[k], gain = noise_model.deshrink(mks[k], snr[k], r.attenuation_table)
+        spread = spread * gain
         err[k] = noise_model.total_mks_error(
             snr[k], r.sigma_int, r.sigma_s100, spread if r.includes_epistemic else None,
             r.sigma_s_table, r.extra_terms, ebv[k], mks[k], np.zeros(int(k.sum()), bool))
     return noise_model.fit_broken_scatter(mks, err, mks_geo, mks_geo_err)
+
+
+def deshrink_level(cfg: TrainingConfig) -> float | None:
+    """The S/N below which readings are de-shrunk (``[luminosity] deshrink_low_snr``): the
+    first level of :data:`noise_model.DEGRADE_SNR` at or above the training S/N
+    (``min_snr``); None when off or when no level is that high."""
+    if not cfg.deshrink_low_snr:
+        return None
+    levels = [v for v in noise_model.DEGRADE_SNR if v >= cfg.min_snr]
+    return min(levels) if levels else None
 
 
 def train_from_products(ctx: RunContext, cfg: TrainingConfig, extra_path: str | None = None
@@ -488,10 +508,17 @@ def train_from_products(ctx: RunContext, cfg: TrainingConfig, extra_path: str | 
         res.networks[m].save(tmp)
         store.replace(tmp, path)
     t_cal = time.perf_counter()
+    below = deshrink_level(cfg)
     for m, sel in (("a", cols["em_flag"] == 0), ("b", cols["em_flag"] != 0)):
+        pivot = None
+        if below is not None:  # the mean out-of-fold reading of the network's training set
+            tr_m = res.sets.train_a if m == "a" else res.sets.train_b
+            pivot = float(np.nanmean(res.networks[m].predict_out_of_fold(
+                x[m][tr_m], star_all[rows][tr_m])[0]))
         res.noise[m].meta["sigma_s_degraded"] = calibrate_sigma_s(
             ctx, m, sel & ((cols["quality_flags"] & BROKEN_BIT) == 0), snr_all, star_all,
-            res.networks[m], cfg.input_kind, seed=cfg.seed, exclude_interstellar=ism)
+            res.networks[m], cfg.input_kind, seed=cfg.seed, exclude_interstellar=ism,
+            pivot_mag=pivot, deshrink_below_snr=below)
     res.report["timing_s"]["sigma_s_degraded"] = time.perf_counter() - t_cal
     t_cal = time.perf_counter()
     ebv_rows = prods["ebv"].isel(spec=rows).values
@@ -551,8 +578,8 @@ def noise_sigmas(noise: dict[str, noise_model.NoiseModelResult]) -> tuple[tuple[
         t = r.sigma_s_table
         return None if t is None else (tuple(map(float, t[0])), tuple(map(float, t[1])))
 
-    return tuple((m, r.sigma_int, r.sigma_s100, r.includes_epistemic, table(r), r.extra_terms)
-                 for m, r in noise.items())
+    return tuple((m, r.sigma_int, r.sigma_s100, r.includes_epistemic, table(r), r.extra_terms,
+                  r.attenuation_table) for m, r in noise.items())
 
 
 def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str, str], ...],
@@ -563,12 +590,14 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
     residual parallax zero-point its network fitted (``parallax_zp_fit``, mas, from
     ``inputs["phot_g_mean_mag"]``; 0 for a network without a fit).
 
-    ``sigmas``: per model ``(name, sigma_int, sigma_s100[, with_spread[, table[,
-    extra]]])``; with_spread adds the ensemble spread to MKs_err (a noise model fitted
+    ``sigmas``: per model ``(name, sigma_int, sigma_s100[, with_spread[, table[, extra[,
+    attenuation]]]])``; with_spread adds the ensemble spread to MKs_err (a noise model fitted
     with it); table, ``((S/N, ...), (sigma_s mag, ...))`` from degraded spectra, replaces
     eq. (10); extra, ``(max_mks, k[, const[, broken]])``, adds in quadrature k E(B-V) at
     M_Ks < max_mks (needs ``inputs["ebv"]``), const everywhere and broken where the spectrum
-    is flagged broken (:func:`noise_model.extra_error_mag`).
+    is flagged broken (:func:`noise_model.extra_error_mag`); attenuation,
+    ``(levels, b, pivot_mag, below_snr)``, de-shrinks the readings below that S/N
+    (:func:`noise_model.deshrink`: the members' spread grows by the same factor).
 
     ``input_kind="recon_flux"``: network (a) reads ``recon_flux``; network (b) the
     clean-window reconstruction from ``pca_coeff`` and the PCA model of ``products_dir``
@@ -591,7 +620,8 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
     flag = np.where((np.asarray(inputs["quality_flags"]) & BROKEN_BIT) > 0, 2, 0).astype(np.int8)
     paths = dict(model_paths)
     sig = {m: (si, s100, bool(rest[0]) if rest else False,
-               rest[1] if len(rest) > 1 else None, rest[2] if len(rest) > 2 else None)
+               rest[1] if len(rest) > 1 else None, rest[2] if len(rest) > 2 else None,
+               rest[3] if len(rest) > 3 else None)
            for m, si, s100, *rest in sigmas}
     for m, rows in (("a", em == 0), ("b", em != 0)):
         if not rows.any():
@@ -617,7 +647,9 @@ def luminosity_block(inputs: dict[str, np.ndarray], model_paths: tuple[tuple[str
                 fold[rows] = -1
             flag[rows] |= net.input_out_of_range(x).astype(np.int8)
             flag[rows] |= np.where(fold[rows] == -2, 4, 0).astype(np.int8)
-        si, s100, with_spread, table, extra = sig[m]
+        si, s100, with_spread, table, extra, attenuation = sig[m]
+        mks[rows], gain = noise_model.deshrink(mks[rows], snr[rows], attenuation)
+        spread[rows] *= gain
         ebv = None
         if extra is not None:
             ebv = (np.asarray(inputs["ebv"])[rows] if "ebv" in inputs

@@ -224,3 +224,95 @@ def test_chain_converges_within_the_default_steps() -> None:
     assert np.all(res.tau < 20)
     for k, v in TRUE.items():
         assert abs(res.mean[k] - v) < 4 * res.std[k] + 0.005, (k, res.mean[k], v)
+
+
+# ---- the pull toward the training mean at low S/N, and its undoing (issue 15 item 2) ----
+
+PIVOT, SPREAD2, DEPTH = -1.0, 1.44, 0.015
+
+
+def _shrinking_reader(pattern: np.ndarray):
+    """A reader that behaves like the networks on prior-projected spectra: the line depth
+    along ``pattern`` measures M_Ks, and the reading is shrunk toward the population mean
+    PIVOT as far as the row's noise makes it uncertain (a posterior mean)."""
+    norm = DEPTH * float(pattern @ pattern)
+
+    def predict(f: np.ndarray, iv: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        est = (np.asarray(f, float) - 1.0) @ pattern / norm
+        noise_var = np.mean(1.0 / iv, axis=1) / (DEPTH * norm)
+        return PIVOT + SPREAD2 / (SPREAD2 + noise_var) * (est - PIVOT)
+
+    return predict
+
+
+def _line_spectra(m_true: np.ndarray, pattern: np.ndarray, snr: float, rng):
+    flux = 1.0 + DEPTH * m_true[:, None] * pattern[None, :]
+    flux = flux + rng.normal(0.0, 1.0 / snr, flux.shape)
+    return flux.astype(np.float32), np.full(flux.shape, snr**2, dtype=np.float32)
+
+
+def test_degraded_spectra_measure_the_pull_and_deshrink_undoes_it() -> None:
+    """On degraded copies the slope of the noisy on the clean reading falls with the S/N as
+    the reader's shrinkage does; de-shrunk with that attenuation, fresh noisy spectra of
+    known M_Ks read without the pull (slope ~1 on the truth) where the raw readings are
+    pulled toward the pivot, and the de-shrunk sigma is the larger one."""
+    rng = np.random.default_rng(5)
+    pattern = rng.normal(size=200)
+    predict = _shrinking_reader(pattern)
+    m_clean = rng.normal(PIVOT, np.sqrt(SPREAD2), 1500)
+    flux, ivar = _line_spectra(m_clean, pattern, 400.0, rng)
+    out = nm.degraded_snr_scatter(flux, ivar, np.full(m_clean.size, 400.0), predict,
+                                  target_snr=(5.0, 8.0, 12.0, 25.0, 50.0, 100.0),
+                                  max_per_level=None, pivot_mag=PIVOT, deshrink_below_snr=50.0)
+    att = dict(zip(out["snr"], out["attenuation"], strict=True))
+    slope = dict(zip(out["snr"], out["slope"], strict=True))
+    assert slope[5.0] < 0.7 and slope[50.0] > 0.95, slope
+    assert att[5.0] < att[8.0] < att[12.0] < att[25.0] < 1.0, att
+    assert att[50.0] == att[100.0] == 1.0
+    for lev, s_sh, s in zip(out["snr"], out["sigma_shrunk_mag"], out["sigma_mag"],
+                            strict=True):
+        assert (s > s_sh) if lev < 50 else (s == s_sh), (lev, s, s_sh)
+    table = (tuple(out["snr"]), tuple(out["attenuation"]), out["pivot_mag"],
+             out["deshrink_below_snr"])
+    m_true = rng.normal(PIVOT, np.sqrt(SPREAD2), 3000)
+    for snr in (5.5, 7.0):
+        f, iv = _line_spectra(m_true, pattern, snr, rng)
+        raw = predict(f, iv, np.arange(m_true.size))
+        fixed, gain = nm.deshrink(raw, np.full(m_true.size, snr), table)
+        raw_slope = np.polyfit(m_true, raw, 1)[0]
+        fixed_slope = np.polyfit(m_true, fixed, 1)[0]
+        assert raw_slope < 0.8, (snr, raw_slope)
+        assert abs(fixed_slope - 1.0) < 0.1, (snr, fixed_slope)
+        assert abs(np.mean(fixed - m_true)) < 0.1
+        assert np.all(gain > 1.0)
+
+
+def test_deshrink_leaves_high_snr_and_untabled_readings_alone() -> None:
+    mks = np.array([-4.0, -1.0, 2.0, -3.0, 0.5])
+    snr = np.array([5.0, 20.0, 50.0, 300.0, np.nan])
+    same, gain = nm.deshrink(mks, snr, None)
+    assert np.array_equal(same, mks) and np.all(gain == 1.0)
+    table = ((5.0, 20.0, 50.0), (0.5, 0.8, 1.0), -1.0, 50.0)
+    out, gain = nm.deshrink(mks, snr, table)
+    assert np.allclose(out[:2], [-1.0 + (-3.0) / 0.5, -1.0 + 0.0 / 0.8])
+    assert np.array_equal(out[2:], mks[2:])  # at or above the training S/N, or no S/N
+    assert np.allclose(gain, [2.0, 1.25, 1.0, 1.0, 1.0])
+
+
+def test_degraded_scatter_unchanged_without_a_pivot() -> None:
+    """Off (no pivot), the sigma table is what it was: the same draws, the same numbers."""
+    rng = np.random.default_rng(9)
+    pattern = rng.normal(size=120)
+    predict = _shrinking_reader(pattern)
+    m = rng.normal(PIVOT, 1.2, 400)
+    flux, ivar = _line_spectra(m, pattern, 300.0, rng)
+    kw = dict(target_snr=(8.0, 25.0, 50.0), max_per_level=None, seed=3)
+    off = nm.degraded_snr_scatter(flux, ivar, np.full(m.size, 300.0), predict, **kw)
+    on = nm.degraded_snr_scatter(flux, ivar, np.full(m.size, 300.0), predict, pivot_mag=PIVOT,
+                                 deshrink_below_snr=50.0, **kw)
+    assert "attenuation" not in off
+    assert off["sigma_mag"][-1] == on["sigma_mag"][-1]  # level 50: attenuation 1
+    assert on["sigma_shrunk_mag"] == off["sigma_mag"]
+    with pytest.raises(ValueError, match="not a level"):
+        nm.degraded_snr_scatter(flux, ivar, np.full(m.size, 300.0), predict, pivot_mag=0.0,
+                                deshrink_below_snr=40.0, **kw)
