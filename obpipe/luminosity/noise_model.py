@@ -617,6 +617,16 @@ class NoiseModelResult:
         return np.asarray(t["snr"], dtype=np.float64), np.asarray(t["sigma_mag"], np.float64)
 
     @property
+    def sigma_s_table_shrunk(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """:attr:`sigma_s_table` of the readings before de-shrinking (``sigma_shrunk_mag``
+        where :func:`degraded_snr_scatter` de-shrank them; else the same table)."""
+        t = self.meta.get("sigma_s_degraded") or {}
+        if "sigma_shrunk_mag" not in t:
+            return self.sigma_s_table
+        return np.asarray(t["snr"], dtype=np.float64), np.asarray(t["sigma_shrunk_mag"],
+                                                                  np.float64)
+
+    @property
     def attenuation_table(self) -> tuple[tuple[float, ...], tuple[float, ...], float, float] | None:
         """``(snr_levels, attenuation, pivot_mag, below_snr)`` of :func:`deshrink` from
         ``meta["sigma_s_degraded"]`` (:func:`degraded_snr_scatter` with a pivot), or None

@@ -374,13 +374,14 @@ def calibrate_extra_scatter(net: MKsNetwork, noise: noise_model.NoiseModelResult
     out-of-fold M_Ks of the given spectra (the training candidates: S/N > 50 with a
     parallax) and their ``MKs_err`` as the stage computes it (``noise``'s sigma_int,
     sigma_s table and spread), then :func:`noise_model.fit_extra_scatter` in parallax
-    space. Needs ``noise.meta["sigma_s_degraded"]`` set first."""
+    space. Needs ``noise.meta["sigma_s_degraded"]`` set first. The readings and sigma_s
+    are the networks' own, before any de-shrinking (``[luminosity] deshrink_low_snr``):
+    the terms then stay what they were without it (de-shrunk, the many good-parallax
+    candidates below the training S/N moved them, and the high-S/N pulls with them)."""
     mks, spread, _ = net.predict_out_of_fold(x, star_id)
-    mks, gain = noise_model.deshrink(mks, snr, noise.attenuation_table)
-    spread = spread * gain
     err = noise_model.mks_uncertainty(snr, noise.sigma_int, noise.sigma_s100,
                                       spread if noise.includes_epistemic else None,
-                                      sigma_s_table=noise.sigma_s_table)
+                                      sigma_s_table=noise.sigma_s_table_shrunk)
     return noise_model.fit_extra_scatter(mks, err, ks0, ks0_err, plx_mas, plx_err_mas, ebv)
 
 
@@ -394,7 +395,8 @@ def calibrate_broken_scatter(nets: dict[str, MKsNetwork],
     as the stage computes it without this term (sigma_int, sigma_s, spread, and
     :func:`calibrate_extra_scatter`'s terms, which must be in ``noise`` first), then
     :func:`noise_model.fit_broken_scatter` against ``mks_geo`` (eq. 11) over both
-    networks' rows. The given rows: the broken training candidates (good parallax)."""
+    networks' rows. The given rows: the broken training candidates (good parallax). As in
+    :func:`calibrate_extra_scatter`, the readings before any de-shrinking."""
     mks = np.full(snr.size, np.nan)
     err = np.full(snr.size, np.nan)
     for m, net in nets.items():
@@ -403,11 +405,10 @@ def calibrate_broken_scatter(nets: dict[str, MKsNetwork],
             continue
         r = noise[m]
         mks[k], spread, _ = net.predict_out_of_fold(x[m][k], star_id[k])
-        mks[k], gain = noise_model.deshrink(mks[k], snr[k], r.attenuation_table)
-        spread = spread * gain
         err[k] = noise_model.total_mks_error(
             snr[k], r.sigma_int, r.sigma_s100, spread if r.includes_epistemic else None,
-            r.sigma_s_table, r.extra_terms, ebv[k], mks[k], np.zeros(int(k.sum()), bool))
+            r.sigma_s_table_shrunk, r.extra_terms, ebv[k], mks[k],
+            np.zeros(int(k.sum()), bool))
     return noise_model.fit_broken_scatter(mks, err, mks_geo, mks_geo_err)
 
 

@@ -316,3 +316,31 @@ def test_degraded_scatter_unchanged_without_a_pivot() -> None:
     with pytest.raises(ValueError, match="not a level"):
         nm.degraded_snr_scatter(flux, ivar, np.full(m.size, 300.0), predict, pivot_mag=0.0,
                                 deshrink_below_snr=40.0, **kw)
+
+
+def test_block_deshrinks_low_snr_rows_with_the_saved_attenuation(tmp_path) -> None:
+    """luminosity_block applies the noise model's attenuation (it survives save / load) to
+    the rows below its S/N, M_Ks and spread alike, and leaves the others as they were."""
+    from obpipe.stages.luminosity import luminosity_block, noise_sigmas
+    from tests.luminosity._block_inputs import fixed_noise_model, tiny_network
+
+    res = fixed_noise_model()
+    x, path = tiny_network(tmp_path)  # M_Ks ~ 10
+    snr = np.array([5.0, 10.0, 49.0, 50.0, 200.0])
+    inputs = {"recon_flux": x[:5], "em_flag": np.zeros(5, np.int8),
+              "quality_flags": np.zeros(5, np.int16), "snr_g": snr}
+    paths = (("a", path), ("b", path))
+    base = luminosity_block(inputs, paths, noise_sigmas({"a": res, "b": res}), "recon_flux")
+    res.meta["sigma_s_degraded"] = {
+        "snr": [5.0, 12.0, 50.0], "sigma_mag": [0.9, 0.6, 0.3], "attenuation": [0.6, 0.8, 1.0],
+        "pivot_mag": 2.0, "deshrink_below_snr": 50.0}
+    res.save(str(tmp_path / "noise.npz"))
+    back = nm.NoiseModelResult.load(str(tmp_path / "noise.npz"))
+    assert back.attenuation_table == ((5.0, 12.0, 50.0), (0.6, 0.8, 1.0), 2.0, 50.0)
+    out = luminosity_block(inputs, paths, noise_sigmas({"a": back, "b": back}), "recon_flux")
+    b = np.interp(np.log(snr[:3]), np.log([5.0, 12.0, 50.0]), [0.6, 0.8, 1.0])
+    raw = base["MKs"].astype(float)
+    np.testing.assert_allclose(out["MKs"][:3], 2.0 + (raw[:3] - 2.0) / b, rtol=1e-5)
+    np.testing.assert_array_equal(out["MKs"][3:], base["MKs"][3:])
+    np.testing.assert_allclose(out["MKs_spread"][:3], base["MKs_spread"][:3] / b, rtol=1e-5)
+    assert np.all(np.abs(out["MKs"][:2] - raw[:2]) > 1.0)  # M_Ks ~ 10, pivot 2: a big move

@@ -12,6 +12,7 @@ import zarr
 from obpipe.config import config_from_dict
 from obpipe.engine.blockwise import open_products
 from obpipe.io import store
+from obpipe.luminosity import noise_model
 from obpipe.luminosity.network_training import _folds, fakemag_from_parallax
 from obpipe.luminosity.training import TrainingConfig, faint_outliers, select_sets
 from obpipe.pipeline import RunContext, run_pipeline
@@ -350,3 +351,19 @@ def test_block_writes_each_networks_fitted_zero_point_and_later_stages_remove_it
     # and the fit matters: the same parallaxes without removing it give other distances
     raw = {**with_fit, "parallax_zp_fit": np.zeros(n, np.float32)}
     assert not np.allclose(distance_stage.block(raw, cfg)["dis"][:12], d1["dis"][:12])
+
+
+def test_run_records_the_low_snr_attenuation(products) -> None:
+    """The run measures how far noise pulls each network toward its training mean and
+    stores it with the noise model (``[luminosity] deshrink_low_snr``, on): below the
+    training S/N the attenuation is at most 1 and smallest at the lowest S/N; from it up,
+    exactly 1; the pivot is a magnitude within the training targets' range."""
+    for m in ("a", "b"):
+        noise = noise_model.NoiseModelResult.load(
+            os.path.join(products, "models", f"noise_model_{m}.npz"))
+        levels, att, pivot, below = noise.attenuation_table
+        assert below == 50.0
+        assert all(0.5 <= a <= 1.0 for a in att)
+        assert all(a == 1.0 for lev, a in zip(levels, att, strict=True) if lev >= below)
+        assert att[0] == min(att) and att[0] < 1.0, (m, att)
+        assert -6.0 < pivot < 3.0
