@@ -705,6 +705,41 @@ def _stats(d: np.ndarray) -> dict[str, float]:
             "robust_scatter": float(robust_std(d))}
 
 
+#: true M_Ks bins (mag) of :func:`residual_by_true_mks`
+TRUE_MKS_EDGES: tuple[float, ...] = (-np.inf, -4.0, -3.0, -2.0, -1.0, 0.0, np.inf)
+
+
+def residual_by_true_mks(resid: np.ndarray, true_mks: np.ndarray, snr: np.ndarray,
+                         sel: np.ndarray,
+                         snr_bins: tuple[tuple[float, float], ...] = (
+                             (5, 20), (20, 50), (50, 100), (100, np.inf))) -> dict[str, Any]:
+    """M_Ks - MKs_true by S/N bin and true M_Ks bin (issue 15): a bin's mean bias can be
+    zero while luminous stars read faint and faint ones bright (a reading pulled toward
+    the training mean, which every distance of a luminous star then carries). Per S/N
+    bin: ``slope`` of the residual on the true M_Ks (least squares; 0 for a reading
+    unbiased at every M_Ks, negative when pulled toward the mean) and per true M_Ks bin
+    (:data:`TRUE_MKS_EDGES`) ``n`` and ``median``. Rows where ``sel`` and the residual is
+    finite."""
+    ok = sel & np.isfinite(resid) & np.isfinite(true_mks)
+    out: dict[str, Any] = {}
+    for lo, hi in snr_bins:
+        s = ok & (snr >= lo) & (snr < hi)
+        if s.sum() < 3:
+            continue
+        cells = {}
+        for a, b in zip(TRUE_MKS_EDGES[:-1], TRUE_MKS_EDGES[1:], strict=True):
+            k = s & (true_mks >= a) & (true_mks < b)
+            if k.any():
+                cells[f"{a:g}..{b:g}"] = {"n": int(k.sum()), "median": float(np.median(resid[k]))}
+        t = true_mks[s] - true_mks[s].mean()
+        var = float(np.sum(t * t))
+        out[f"{lo:g}-{hi:g}"] = {
+            "n": int(s.sum()),
+            "slope": float(np.sum(t * resid[s]) / var) if var > 0 else float("nan"),
+            "by_true_mks": cells}
+    return out
+
+
 def luminosity_metrics(survey: xr.Dataset, products: xr.Dataset, truth: xr.Dataset
                        ) -> dict[str, Any]:
     """M_Ks and binary-flag accuracy against the truth of a simulated survey.
@@ -712,6 +747,8 @@ def luminosity_metrics(survey: xr.Dataset, products: xr.Dataset, truth: xr.Datas
     * ``mks_vs_truth``: MKs - MKs_true (the primary: a binary's spectrum is its dominant
       star's) for single non-emission OB stars by S/N bin (bias, scatter, robust scatter,
       pull std with MKs_err); the same for single emission stars;
+    * ``single_nonemission_ob_by_snr_and_true_mks``: the same residual by S/N and true
+      M_Ks bin, with its slope on the true M_Ks (:func:`residual_by_true_mks`);
     * ``mks_vs_geo_test``: MKs - MKs_geo for test-set stars (plx/err > 10, S/N > 20);
     * ``noise_model``: sigma_int, sigma_s100 (posterior mean of each network) against the
       scatter measured from truth: sigma_int_truth from single non-emission OB stars with
@@ -770,6 +807,8 @@ def luminosity_metrics(survey: xr.Dataset, products: xr.Dataset, truth: xr.Datas
         "population_scatter_single_nonemission_ob": float(np.nanstd(true[single_ob & ~em])),
         "all_classes_snr_gt_50": _stats(d[~binary & (snr > 50)]),
         "fraction_nan": float(np.mean(~np.isfinite(mks))),
+        "single_nonemission_ob_by_snr_and_true_mks": residual_by_true_mks(
+            d, true, snr, single_ob & ~em),
     }
     if fold is not None:
         # trained-on stars (out-of-fold: the one member that never saw the star) and stars

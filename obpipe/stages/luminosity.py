@@ -112,7 +112,9 @@ BROKEN_BIT = 1
 SET_BITS = {"train_a": 1, "train_b": 2, "test": 4, "removed_binary": 8, "extra": 16}
 
 OUTPUTS: dict[str, Output] = {
-    "MKs": Output("float32", "mag", "spectroscopic K_s absolute magnitude (eq. 6 network)"),
+    "MKs": Output("float32", "mag", "spectroscopic K_s absolute magnitude (eq. 6 network); "
+                  "below the training S/N de-shrunk for the pull of noise toward the "
+                  "training mean ([luminosity] deshrink_low_snr)"),
     "MKs_err": Output("float32", "mag", "sqrt(sigma_int^2 + sigma_s(S/N)^2) (Sec. 5.3, "
                       "eqs. 8-10; sigma_s from degraded spectra where the noise model has "
                       "them, else eq. 10), with k E(B-V) at M_Ks < -3 and a constant term "

@@ -122,6 +122,20 @@ def test_mks_precision_against_truth(small_survey, products) -> None:
     from obpipe.validate import luminosity_metrics
 
     m = luminosity_metrics(survey, prods, truth)
+    # the residual by true M_Ks: each cell is the median of its stars, the slope their fit
+    by_true = m["mks_vs_truth"]["single_nonemission_ob_by_snr_and_true_mks"]
+    cls = truth["star_class"].values.astype(object).astype(str)
+    sel = ((cls == "OB") & ~truth["is_binary"].values.astype(bool)
+           & ~truth["has_emission"].values.astype(bool) & ~truth["is_broken"].values.astype(bool))
+    d = prods["MKs"].values.astype(float) - truth["MKs_true"].values.astype(float)
+    d = np.where(prods["MKs_fold"].values == -2, np.nan, d)
+    t, snr = truth["MKs_true"].values.astype(float), survey["snr_g"].values.astype(float)
+    s = sel & np.isfinite(d) & (snr >= 100)
+    cell = s & (t >= -2.0) & (t < -1.0)
+    assert by_true["100-inf"]["by_true_mks"]["-2..-1"] == {
+        "n": int(cell.sum()), "median": pytest.approx(float(np.median(d[cell])))}
+    assert by_true["100-inf"]["slope"] == pytest.approx(np.polyfit(t[s], d[s], 1)[0])
+    assert sum(c["n"] for c in by_true["100-inf"]["by_true_mks"].values()) == s.sum()
     hi = m["mks_vs_truth"]["single_nonemission_ob_snr_gt_50"]
     pop = m["mks_vs_truth"]["population_scatter_single_nonemission_ob"]
     # ~500 training spectra only: far from the DR5-size numbers, but clearly informative
