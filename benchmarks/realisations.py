@@ -21,7 +21,9 @@ so that a setting is judged by its mean, with the spread beside it:
 
 Printed: per setting and seed, the median M_Ks - truth and the pull std in the S/N bins
 5-20 / 20-50 / 50-100 / 100-200 / > 200 of all stars, the S/N > 50 bias and std, the
-E(B-V) scatter, the distance coverage and the number of the ten bin targets failed; then
+E(B-V) scatter, the distance coverage, the slope of the M_Ks residual on the true M_Ks at
+S/N 5-20 and 20-50 (0: no pull toward the training mean) and the number of the ten bin
+targets failed; then
 per setting the mean and standard deviation over the seeds of each figure, and the
 targets judged on the means; with three seeds or more, each bin's bias regressed on the
 realisation's zero-point residual (:func:`zero_point_residual_uas`). Runs are resumed: an
@@ -139,6 +141,8 @@ def figures(res: dict[str, Any], group: str = "all") -> dict[str, float]:
     out["std_snr_gt_50"] = m["snr_gt_50"].get("std", np.nan)
     out["ebv_std"] = res["ebv"].get("std", np.nan)
     out["coverage"] = res["distance"]["coverage_all_single"]
+    for b in ("snr_5_20", "snr_20_50"):  # NaN in scores written before it existed
+        out[f"slope_{b}"] = m[b].get("slope_on_true", np.nan)
     out["fails"] = fails
     return out
 
@@ -161,7 +165,8 @@ def _row(f: dict[str, float], sign: str = "+") -> str:
     bias = " / ".join(f"{f[f'bias_{b}']:{sign}.3f}" for b in BINS)
     pull = " / ".join(f"{f[f'pull_{b}']:.2f}" for b in BINS)
     return (f"{bias} | {pull} | {f['bias_snr_gt_50']:{sign}.3f} / {f['std_snr_gt_50']:.3f} | "
-            f"{f['ebv_std']:.3f} | {f['coverage']:.3f} | {f['fails']:.{0 if sign else 1}f}")
+            f"{f['ebv_std']:.3f} | {f['coverage']:.3f} | {f['slope_snr_5_20']:+.2f} / "
+            f"{f['slope_snr_20_50']:+.2f} | {f['fails']:.{0 if sign else 1}f}")
 
 
 def summary(per_seed: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
@@ -234,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{a.group} single non-emission OB stars; bins S/N {' / '.join(BINS)}")
     print("| setting | seed | median M_Ks - truth | pull std | S/N > 50 bias / std | "
-          "E(B-V) std | coverage | fails |")
-    print("|---|---|---|---|---|---|---|---|")
+          "E(B-V) std | coverage | slope on true M_Ks, S/N 5-20 / 20-50 | fails |")
+    print("|---|---|---|---|---|---|---|---|---|")
     out: dict[str, Any] = {}
     for name, _ in settings:
         rows = [table[name][s] for s in seeds]

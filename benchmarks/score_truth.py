@@ -120,6 +120,12 @@ def score(survey: str, products: str) -> dict[str, Any]:
         for lo, hi in SNR_BINS:
             sel = ob_single & gsel & (snr >= lo) & (snr < hi)
             block[f"snr_{lo}_{hi}"] = _stats(resid[sel], mks_err[sel])
+            # the residual's slope on the true M_Ks: 0 for a reading unbiased at every
+            # M_Ks, negative when pulled toward the training mean (luminous stars faint)
+            ok = sel & np.isfinite(resid)
+            if ok.sum() >= 5:
+                block[f"snr_{lo}_{hi}"]["slope_on_true"] = float(
+                    np.polyfit(t["MKs_true"][ok], resid[ok], 1)[0])
         block["snr_gt_50"] = _stats(resid[ob_single & gsel & (snr > 50)],
                                     mks_err[ob_single & gsel & (snr > 50)])
         block["snr_gt_100"] = _stats(resid[ob_single & gsel & (snr > 100)])
