@@ -3,7 +3,8 @@
 The paper measures scatters robustly: the emission-line thresholds use robust standard
 deviations of spectra of similar S/N (Sec. 3), and the accuracy figures quote the
 dispersion of the core of a residual distribution (Secs. 4-7). One helper does it here,
-so that the MAD-to-sigma factor is written once.
+so that the MAD-to-sigma factor is written once; the least-squares slope lives here
+for the same reason.
 """
 from __future__ import annotations
 
@@ -41,3 +42,15 @@ def summary_stats(x: np.ndarray) -> dict[str, float]:
         return {"n": 0, **{k: float("nan") for k in SUMMARY_KEYS[1:]}}
     return {"n": int(x.size), "mean": float(np.mean(x)), "median": float(np.median(x)),
             "std": float(np.std(x)), "robust_std": float(robust_std(x))}
+
+
+def least_squares_slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares slope of ``y`` on ``x`` (units of y per unit of x); NaN with fewer
+    than 3 points or no spread in ``x``. Both used as given (select finite values first)."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if x.size < 3:
+        return float("nan")
+    xc = x - x.mean()
+    var = float(np.sum(xc * xc))
+    return float(np.sum(xc * (y - y.mean())) / var) if var > 0 else float("nan")

@@ -20,7 +20,7 @@ from obpipe.io import store
 from obpipe.luminosity import noise_model
 from obpipe.photometry import extinction, parallax
 from obpipe.stages.luminosity import MODEL_DIR, REPORT_FILE, SET_BITS
-from obpipe.stats import robust_std, summary_stats
+from obpipe.stats import least_squares_slope, robust_std, summary_stats
 
 log = logging.getLogger(__name__)
 
@@ -731,12 +731,9 @@ def residual_by_true_mks(resid: np.ndarray, true_mks: np.ndarray, snr: np.ndarra
             k = s & (true_mks >= a) & (true_mks < b)
             if k.any():
                 cells[f"{a:g}..{b:g}"] = {"n": int(k.sum()), "median": float(np.median(resid[k]))}
-        t = true_mks[s] - true_mks[s].mean()
-        var = float(np.sum(t * t))
-        out[f"{lo:g}-{hi:g}"] = {
-            "n": int(s.sum()),
-            "slope": float(np.sum(t * resid[s]) / var) if var > 0 else float("nan"),
-            "by_true_mks": cells}
+        out[f"{lo:g}-{hi:g}"] = {"n": int(s.sum()),
+                                 "slope": least_squares_slope(true_mks[s], resid[s]),
+                                 "by_true_mks": cells}
     return out
 
 

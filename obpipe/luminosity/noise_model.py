@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from obpipe.stats import robust_std
+from obpipe.stats import least_squares_slope, robust_std
 
 log = logging.getLogger(__name__)
 
@@ -347,6 +347,11 @@ def degraded_snr_scatter(norm_flux: np.ndarray, norm_ivar: np.ndarray, snr: np.n
     readings, and ``sigma_shrunk_mag`` keeps the std before; ``pivot_mag`` and
     ``deshrink_below_snr`` are returned too.
     """
+    if (pivot_mag is None) != (deshrink_below_snr is None):
+        raise ValueError("pivot_mag and deshrink_below_snr go together")
+    if deshrink_below_snr is not None and deshrink_below_snr not in target_snr:
+        raise ValueError(f"deshrink_below_snr {deshrink_below_snr} is not a level of "
+                         f"target_snr {tuple(target_snr)}")
     snr = np.asarray(snr, dtype=np.float64)
     rng = np.random.default_rng(seed)
     order = rng.permutation(snr.size)
@@ -365,11 +370,6 @@ def degraded_snr_scatter(norm_flux: np.ndarray, norm_ivar: np.ndarray, snr: np.n
     clean = np.full(snr.size, np.nan)
     if union.size:
         clean[union] = np.asarray(predict(f0, iv0, union), dtype=np.float64)
-    if (pivot_mag is None) != (deshrink_below_snr is None):
-        raise ValueError("pivot_mag and deshrink_below_snr go together")
-    if deshrink_below_snr is not None and deshrink_below_snr not in target_snr:
-        raise ValueError(f"deshrink_below_snr {deshrink_below_snr} is not a level of "
-                         f"target_snr {tuple(target_snr)}")
     pairs: dict[float, tuple[np.ndarray, np.ndarray]] = {}  # level: (degraded, clean)
     for target in sorted(target_snr):
         rows = chosen[target][np.isfinite(clean[chosen[target]])]
@@ -387,7 +387,7 @@ def degraded_snr_scatter(norm_flux: np.ndarray, norm_ivar: np.ndarray, snr: np.n
         deg = np.asarray(predict(noise, iv, rows), dtype=np.float64)
         ok = np.isfinite(deg)
         pairs[float(target)] = (deg[ok], clean[rows][ok])
-    slope = {t: _slope(c, d) for t, (d, c) in pairs.items()}
+    slope = {t: least_squares_slope(c, d) for t, (d, c) in pairs.items()}
     ref = None
     if deshrink_below_snr is not None:
         ref = slope.get(float(deshrink_below_snr))
@@ -419,15 +419,6 @@ def degraded_snr_scatter(norm_flux: np.ndarray, norm_ivar: np.ndarray, snr: np.n
                  "degraded spectra", target, sig, out["sigma_err_mag"][-1],
                  out["shift_mag"][-1], slope[target], d.size)
     return out
-
-
-def _slope(x: np.ndarray, y: np.ndarray) -> float:
-    """Least-squares slope of y on x (NaN with fewer than 3 points or no spread in x)."""
-    if x.size < 3:
-        return float("nan")
-    xc = x - x.mean()
-    var = float(np.sum(xc * xc))
-    return float(np.sum(xc * (y - y.mean())) / var) if var > 0 else float("nan")
 
 
 def deshrink(mks_mag: np.ndarray, snr: np.ndarray, table: tuple[Any, ...] | None
@@ -607,24 +598,27 @@ class NoiseModelResult:
     def sigma_s100(self) -> float:
         return self.mean["sigma_s100"]
 
+    def _degraded_table(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(S/N, ``meta["sigma_s_degraded"][key]`` in mag), or None with fewer than 2
+        levels."""
+        t = self.meta.get("sigma_s_degraded")
+        if not t or len(t.get("snr", [])) < 2:
+            return None
+        return np.asarray(t["snr"], dtype=np.float64), np.asarray(t[key], np.float64)
+
     @property
     def sigma_s_table(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(S/N, sigma_s in mag) measured on degraded spectra (``meta["sigma_s_degraded"]``,
         :func:`degraded_snr_scatter`), or None: then eq. (10) gives sigma_s."""
-        t = self.meta.get("sigma_s_degraded")
-        if not t or len(t.get("snr", [])) < 2:
-            return None
-        return np.asarray(t["snr"], dtype=np.float64), np.asarray(t["sigma_mag"], np.float64)
+        return self._degraded_table("sigma_mag")
 
     @property
     def sigma_s_table_shrunk(self) -> tuple[np.ndarray, np.ndarray] | None:
         """:attr:`sigma_s_table` of the readings before de-shrinking (``sigma_shrunk_mag``
         where :func:`degraded_snr_scatter` de-shrank them; else the same table)."""
         t = self.meta.get("sigma_s_degraded") or {}
-        if "sigma_shrunk_mag" not in t:
-            return self.sigma_s_table
-        return np.asarray(t["snr"], dtype=np.float64), np.asarray(t["sigma_shrunk_mag"],
-                                                                  np.float64)
+        return self._degraded_table("sigma_shrunk_mag" if "sigma_shrunk_mag" in t
+                                    else "sigma_mag")
 
     @property
     def attenuation_table(self) -> tuple[tuple[float, ...], tuple[float, ...], float, float] | None:
